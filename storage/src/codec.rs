@@ -1,0 +1,162 @@
+//! Value encodings and the merge function shared by every engine.
+
+use roaring::RoaringBitmap;
+
+use crate::error::{Result, StorageError};
+use crate::keys;
+
+pub fn encode_bitmap(b: &RoaringBitmap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.serialized_size());
+    b.serialize_into(&mut out)
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+pub fn decode_bitmap(key: &[u8], v: &[u8]) -> Result<RoaringBitmap> {
+    RoaringBitmap::deserialize_from(v).map_err(|e| StorageError::corrupt(key, e))
+}
+
+/// One place a person was during an hour, as stored in the person index:
+/// the slice cell shifted right by `2 * (30 - level)` (the cell's lowest set
+/// bit stays, so the shift is reversible), the address id (0 = none) and the
+/// source id.
+pub type RawPlace = (u64, u32, u16);
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        if shift > 63 {
+            return None;
+        }
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+        shift += 7;
+    }
+}
+
+/// Encodes a sorted, deduplicated place set. Cells are delta-coded: one
+/// person's places in one hour are almost always the same or adjacent cells.
+pub fn encode_places(places: &[RawPlace]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + places.len() * 8);
+    put_varint(&mut out, places.len() as u64);
+    let mut prev = 0u64;
+    for &(cell, addr, src) in places {
+        // Sorted ascending, so the delta is never negative.
+        put_varint(&mut out, cell - prev);
+        prev = cell;
+        put_varint(&mut out, addr as u64);
+        put_varint(&mut out, src as u64);
+    }
+    out
+}
+
+pub fn decode_places(key: &[u8], b: &[u8]) -> Result<Vec<RawPlace>> {
+    let bad = || StorageError::corrupt(key, "truncated place set");
+    let mut pos = 0;
+    let n = get_varint(b, &mut pos).ok_or_else(bad)? as usize;
+    let mut out = Vec::with_capacity(n.min(1024));
+    let mut prev = 0u64;
+    for _ in 0..n {
+        let cell = prev + get_varint(b, &mut pos).ok_or_else(bad)?;
+        prev = cell;
+        let addr = get_varint(b, &mut pos).ok_or_else(bad)? as u32;
+        let src = get_varint(b, &mut pos).ok_or_else(bad)? as u16;
+        out.push((cell, addr, src));
+    }
+    Ok(out)
+}
+
+/// Combines a stored value with merge operands. Slices and the person index
+/// are sets, and the merge is set union: associative, commutative and
+/// idempotent, so it does not matter when or how often the engine combines
+/// operands, and applying the same events twice changes nothing.
+/// Any other key takes the last operand (a put).
+pub fn merge_values<'a>(
+    key: &[u8],
+    existing: Option<&[u8]>,
+    operands: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>> {
+    match key.first() {
+        Some(&keys::CELL_SLICE) | Some(&keys::ADDRESS_SLICE) | Some(&keys::HOUR_SLICE) => {
+            let mut acc = match existing {
+                Some(v) => decode_bitmap(key, v)?,
+                None => RoaringBitmap::new(),
+            };
+            for op in operands {
+                acc |= decode_bitmap(key, op)?;
+            }
+            Ok(encode_bitmap(&acc))
+        }
+        Some(&keys::PERSON) => {
+            let mut acc = match existing {
+                Some(v) => decode_places(key, v)?,
+                None => Vec::new(),
+            };
+            for op in operands {
+                acc.extend(decode_places(key, op)?);
+            }
+            acc.sort_unstable();
+            acc.dedup();
+            Ok(encode_places(&acc))
+        }
+        _ => {
+            let mut last = existing.map(|v| v.to_vec());
+            for op in operands {
+                last = Some(op.to_vec());
+            }
+            Ok(last.unwrap_or_default())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_round_trip() {
+        let p = vec![(5, 0, 1), (5, 3, 2), (900_000_000_001, 7, 0)];
+        let k = keys::person_hour(1, 2);
+        assert_eq!(decode_places(&k, &encode_places(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn merge_is_union_and_idempotent() {
+        let k = keys::cell_slice(10, 99);
+        let a = encode_bitmap(&RoaringBitmap::from_iter([1u32, 2]));
+        let b = encode_bitmap(&RoaringBitmap::from_iter([2u32, 3]));
+        let once = merge_values(&k, Some(&a), [&b[..]]).unwrap();
+        let twice = merge_values(&k, Some(&once), [&b[..], &a[..]]).unwrap();
+        assert_eq!(once, twice);
+        assert_eq!(
+            decode_bitmap(&k, &once).unwrap(),
+            RoaringBitmap::from_iter([1u32, 2, 3])
+        );
+        let pk = keys::person_hour(1, 10);
+        let x = encode_places(&[(4, 0, 1)]);
+        let y = encode_places(&[(2, 1, 1), (4, 0, 1)]);
+        let m = merge_values(&pk, Some(&x), [&y[..], &x[..]]).unwrap();
+        assert_eq!(decode_places(&pk, &m).unwrap(), vec![(2, 1, 1), (4, 0, 1)]);
+    }
+
+    #[test]
+    fn corrupt_values_are_errors_not_panics() {
+        let k = keys::cell_slice(1, 1);
+        assert!(merge_values(&k, Some(&[1, 2, 3]), []).is_err());
+        let pk = keys::person_hour(1, 1);
+        assert!(decode_places(&pk, &[5, 1]).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! Key layout. One byte of prefix, then big-endian fields so that byte
+//! order is numeric order.
+//!
+//! | prefix | rest                     | value                               |
+//! |--------|--------------------------|-------------------------------------|
+//! | 0x01   | meta name                | meta value                          |
+//! | 0x02   | external person u64      | internal id u32                     |
+//! | 0x03   | internal id u32          | external person u64                 |
+//! | 0x04   | address code             | [`crate::AddressRecord`] (bincode)  |
+//! | 0x06   | external person u64      | [`crate::RegistrationRecord`]       |
+//! | 0x07   | source id u16            | source label                        |
+//! | 0x10   | hour, cell u64           | roaring bitmap of internal ids      |
+//! | 0x11   | hour, address id u32     | roaring bitmap of internal ids      |
+//! | 0x12   | hour                     | roaring bitmap: everyone that hour  |
+//! | 0x20   | internal id u32, hour    | set of (cell, address, source)      |
+//!
+//! Slices are hour-major: a window over a region is, per hour, a handful of
+//! contiguous cell ranges (Hilbert order keeps neighbours together), and
+//! retention can later drop whole hours with one range delete. The person
+//! index is person-major so where-was is one short scan.
+//! Hours are stored as i32 with the sign bit flipped, so negative hours sort
+//! before positive ones.
+
+pub const META: u8 = 0x01;
+pub const DICT_EXT: u8 = 0x02;
+pub const DICT_INT: u8 = 0x03;
+pub const ADDRESS: u8 = 0x04;
+pub const REGISTRATION: u8 = 0x06;
+pub const SOURCE: u8 = 0x07;
+pub const CELL_SLICE: u8 = 0x10;
+pub const ADDRESS_SLICE: u8 = 0x11;
+pub const HOUR_SLICE: u8 = 0x12;
+pub const PERSON: u8 = 0x20;
+
+/// Smallest and largest hour a key can hold.
+pub const MIN_HOUR: i64 = i32::MIN as i64;
+pub const MAX_HOUR: i64 = i32::MAX as i64;
+
+pub fn hour_bytes(hour: i64) -> [u8; 4] {
+    debug_assert!((MIN_HOUR..=MAX_HOUR).contains(&hour));
+    ((hour as i32 as u32) ^ 0x8000_0000).to_be_bytes()
+}
+
+pub fn hour_from(b: &[u8]) -> i64 {
+    let v = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) ^ 0x8000_0000;
+    v as i32 as i64
+}
+
+pub fn meta(name: &str) -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn dict_ext(person: u64) -> Vec<u8> {
+    let mut k = vec![DICT_EXT];
+    k.extend_from_slice(&person.to_be_bytes());
+    k
+}
+
+pub fn dict_int(id: u32) -> Vec<u8> {
+    let mut k = vec![DICT_INT];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn address(code: &str) -> Vec<u8> {
+    let mut k = vec![ADDRESS];
+    k.extend_from_slice(code.as_bytes());
+    k
+}
+
+pub fn registration(person: u64) -> Vec<u8> {
+    let mut k = vec![REGISTRATION];
+    k.extend_from_slice(&person.to_be_bytes());
+    k
+}
+
+pub fn source(id: u16) -> Vec<u8> {
+    let mut k = vec![SOURCE];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn cell_slice(hour: i64, cell: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(CELL_SLICE);
+    k.extend_from_slice(&hour_bytes(hour));
+    k.extend_from_slice(&cell.to_be_bytes());
+    k
+}
+
+pub fn address_slice(hour: i64, address_id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(ADDRESS_SLICE);
+    k.extend_from_slice(&hour_bytes(hour));
+    k.extend_from_slice(&address_id.to_be_bytes());
+    k
+}
+
+pub fn hour_slice(hour: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5);
+    k.push(HOUR_SLICE);
+    k.extend_from_slice(&hour_bytes(hour));
+    k
+}
+
+pub fn person_hour(id: u32, hour: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(PERSON);
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(&hour_bytes(hour));
+    k
+}
+
+/// The first key after every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// A human-readable rendering of a key for error messages.
+pub fn describe(key: &[u8]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("0x{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_sort_numerically_across_zero() {
+        let hours = [MIN_HOUR, -5, -1, 0, 1, 500_000, MAX_HOUR];
+        for w in hours.windows(2) {
+            assert!(hour_bytes(w[0]) < hour_bytes(w[1]), "{} vs {}", w[0], w[1]);
+            assert_eq!(hour_from(&hour_bytes(w[0])), w[0]);
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_exclusive_upper_bound() {
+        assert_eq!(prefix_end(&[0x10, 0x01]), vec![0x10, 0x02]);
+        assert_eq!(prefix_end(&[0x10, 0xff]), vec![0x11]);
+        assert!(cell_slice(3, u64::MAX) < prefix_end(&cell_slice(3, 0)[..5]));
+    }
+}

@@ -1,0 +1,81 @@
+//! The ordered key-value interface that the store is written against.
+
+use crate::error::Result;
+
+/// One operation of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    /// Combine the operand with the current value through
+    /// [`crate::codec::merge_values`] (set union for slices and the person
+    /// index). Merges are associative and idempotent, which is what makes a
+    /// re-sent or re-applied batch change nothing.
+    Merge(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// An atomic group of writes: all of it becomes visible and durable, or none.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    pub ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put(key, value));
+    }
+    pub fn merge(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Merge(key, value));
+    }
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push(Op::Delete(key));
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// An ordered byte-key store.
+///
+/// Contract (every implementation passes the shared suite in
+/// `store::tests` and `kv_suite`):
+/// - `write` is atomic; with `sync = true` it returns only once the batch
+///   survives a process kill or power loss.
+/// - Reads see every write that returned before them.
+/// - `Merge` operands are combined with [`crate::codec::merge_values`]; the
+///   result must not depend on when the engine chooses to combine them.
+/// - An `Err` from any method means the engine can no longer be trusted: the
+///   caller stops serving rather than retrying.
+pub trait KvEngine: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()>;
+
+    /// Visits the keys in `[start, end)` in ascending order until `f`
+    /// returns false.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()>;
+
+    /// Visits the keys in `[start, end)` in descending order until `f`
+    /// returns false.
+    fn scan_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()>;
+
+    /// Bytes the data occupies on disk (live files), or an in-memory
+    /// estimate.
+    fn disk_bytes(&self) -> u64;
+
+    /// Flushes memtables and compacts, so that size measurements are honest.
+    fn compact(&self) -> Result<()>;
+}

@@ -1,0 +1,43 @@
+//! hourcell storage: population slices on a key-value engine.
+//!
+//! The main types:
+//! - [`KvEngine`]: the minimal ordered key-value interface the rest of the
+//!   crate is written against, with [`MemEngine`] (tests) and [`RocksEngine`]
+//!   (production; the only module that names `rocksdb`).
+//! - [`SliceStore`]: one shard's data: the id dictionary, the address and
+//!   registry catalog, per-hour roaring bitmaps per S2 cell, per address and
+//!   per hour, and the per-person index. It applies [`Command`]s, the unit
+//!   that a raft log entry will carry, deterministically: no wall clock, no
+//!   randomness.
+//! - [`keys`] documents the key layout; [`cell`] the S2 helpers.
+//!
+//! This crate is a leaf: it must not import proto, tonic, raft or any query
+//! or cluster code.
+
+pub mod catalog;
+pub mod cell;
+pub mod codec;
+pub mod command;
+pub mod error;
+pub mod keys;
+pub mod kv;
+pub mod mem;
+pub mod rocks;
+pub mod store;
+
+pub use catalog::{AddressKind, AddressRecord, RegistrationKind, RegistrationRecord};
+pub use command::{ApplyOutcome, Command, SliceEvent};
+pub use error::{Result, StorageError};
+pub use kv::{KvEngine, WriteBatch};
+pub use mem::MemEngine;
+pub use rocks::{RocksConfig, RocksEngine};
+pub use store::{PlaceEntry, SliceStore, StoreStats};
+
+/// Hours are UTC epoch hours: `floor(unix_seconds / 3600)`, computed with
+/// `div_euclid` so that times before 1970 land in the right hour.
+pub fn hour_of(unix_seconds: i64) -> i64 {
+    unix_seconds.div_euclid(3600)
+}
+
+/// The default S2 level of a slice cell (about 150 m across).
+pub const DEFAULT_SLICE_LEVEL: u8 = 16;

@@ -1,0 +1,91 @@
+//! An in-memory [`KvEngine`], the twin of the RocksDB engine used by tests.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use parking_lot::RwLock;
+
+use crate::codec::merge_values;
+use crate::error::Result;
+use crate::kv::{KvEngine, Op, WriteBatch};
+
+#[derive(Default)]
+pub struct MemEngine {
+    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl KvEngine for MemEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.map.read().get(key).cloned())
+    }
+
+    fn write(&self, batch: WriteBatch, _sync: bool) -> Result<()> {
+        let mut map = self.map.write();
+        for op in batch.ops {
+            match op {
+                Op::Put(k, v) => {
+                    map.insert(k, v);
+                }
+                Op::Delete(k) => {
+                    map.remove(&k);
+                }
+                Op::Merge(k, v) => {
+                    let merged = merge_values(&k, map.get(&k).map(|v| v.as_slice()), [&v[..]])?;
+                    map.insert(k, merged);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let map = self.map.read();
+        for (k, v) in map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))) {
+            if !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let map = self.map.read();
+        for (k, v) in map
+            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+            .rev()
+        {
+            if !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.map
+            .read()
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+
+    fn compact(&self) -> Result<()> {
+        Ok(())
+    }
+}

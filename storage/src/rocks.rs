@@ -1,0 +1,174 @@
+//! The RocksDB [`KvEngine`]. This is the only module that names `rocksdb`.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options,
+    ReadOptions, WriteOptions, DB,
+};
+
+use crate::codec::merge_values;
+use crate::error::{Result, StorageError};
+use crate::kv::{KvEngine, Op, WriteBatch};
+
+/// Tuning knobs; the defaults suit one county on a 2-core machine.
+#[derive(Debug, Clone)]
+pub struct RocksConfig {
+    pub block_cache_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub background_jobs: i32,
+}
+
+impl Default for RocksConfig {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 512 << 20,
+            write_buffer_bytes: 64 << 20,
+            background_jobs: 2,
+        }
+    }
+}
+
+pub struct RocksEngine {
+    db: DB,
+    path: PathBuf,
+}
+
+fn engine_err(e: rocksdb::Error) -> StorageError {
+    StorageError::Engine(e.to_string())
+}
+
+/// RocksDB calls this both for full merges (with the stored value) and for
+/// partial merges of operands; set union is associative so one function
+/// serves both. A decode failure cannot be reported through the callback:
+/// returning `None` makes RocksDB fail the read or compaction with a
+/// corruption error, which stops the node (the contract of `KvEngine`).
+fn merge_op(key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    match merge_values(key, existing, operands.iter()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "merge failed");
+            None
+        }
+    }
+}
+
+impl RocksEngine {
+    pub fn open(path: &Path, cfg: &RocksConfig) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_merge_operator_associative("hourcell-union", merge_op);
+        opts.set_write_buffer_size(cfg.write_buffer_bytes);
+        opts.set_max_background_jobs(cfg.background_jobs);
+        opts.set_level_compaction_dynamic_level_bytes(true);
+        // Bitmaps are already dense; lz4 is cheap on the upper levels and
+        // zstd squeezes the bottom level, where almost all bytes live.
+        opts.set_compression_type(DBCompressionType::Lz4);
+        opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+        // Fold long runs of merge operands on reads of hot keys.
+        opts.set_max_successive_merges(64);
+        let mut table = BlockBasedOptions::default();
+        let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
+        table.set_block_cache(&cache);
+        table.set_block_size(16 << 10);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+        let db = DB::open(&opts, path).map_err(engine_err)?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl KvEngine for RocksEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(engine_err)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in &batch.ops {
+            match op {
+                Op::Put(k, v) => wb.put(k, v),
+                Op::Merge(k, v) => wb.merge(k, v),
+                Op::Delete(k) => wb.delete(k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(engine_err)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek(start);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !f(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status().map_err(engine_err)
+    }
+
+    fn scan_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek_to_last();
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !f(k, v) {
+                return Ok(());
+            }
+            it.prev();
+        }
+        it.status().map_err(engine_err)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        let sst = self
+            .db
+            .property_int_value("rocksdb.live-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mem = self
+            .db
+            .property_int_value("rocksdb.cur-size-all-mem-tables")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        sst + mem
+    }
+
+    fn compact(&self) -> Result<()> {
+        self.db.flush().map_err(engine_err)?;
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+        Ok(())
+    }
+}

@@ -1,0 +1,186 @@
+//! One suite, every engine: the in-memory twin and RocksDB must behave the
+//! same through the store.
+
+use hourcell_storage::cell::cell_at;
+use hourcell_storage::*;
+use roaring::RoaringBitmap;
+
+fn addr(code: &str, lat: f64, lng: f64, area: &str) -> AddressRecord {
+    AddressRecord {
+        code: code.into(),
+        lat,
+        lng,
+        kind: AddressKind::Standard,
+        area: area.into(),
+        label: format!("test {code}"),
+        id: 0,
+    }
+}
+
+fn ev(person: u64, hour: i64, lat: f64, lng: f64, address: Option<&str>, source: &str) -> SliceEvent {
+    SliceEvent {
+        person,
+        hour,
+        cell: cell_at(lat, lng, 16),
+        address: address.map(Into::into),
+        source: source.into(),
+    }
+}
+
+fn collect_cells<E: KvEngine>(s: &SliceStore<E>, hour: i64) -> Vec<(u64, Vec<u64>)> {
+    let mut out = Vec::new();
+    s.cell_slices(hour, 0, u64::MAX, &mut |c, b| out.push((c, s.external_ids(&b))))
+        .unwrap();
+    out
+}
+
+fn run_suite<E: KvEngine>(make: &mut dyn FnMut() -> E) {
+    // Basic apply and every read path.
+    let s = SliceStore::open(make(), None).unwrap();
+    assert_eq!(s.slice_level(), 16);
+    s.apply(&Command::PutAddresses(vec![
+        addr("H1", 30.0, 120.0, "A1"),
+        addr("H2", 30.01, 120.01, "A1"),
+        addr("W1", 30.05, 120.05, "A2"),
+    ]))
+    .unwrap();
+    assert_eq!(s.address("H2").unwrap().id, 2);
+    assert_eq!(s.area_addresses("A1"), vec![1, 2]);
+    let events = vec![
+        ev(900, 100, 30.0, 120.0, Some("H1"), "utility"),
+        ev(7, 100, 30.0, 120.0, None, "access"),
+        ev(900, 101, 30.05, 120.05, Some("W1"), "service"),
+        ev(u64::MAX, -3, 30.01, 120.01, Some("H2"), "rental"),
+    ];
+    let out = s.apply(&Command::Ingest(events.clone())).unwrap();
+    assert_eq!(out.new_persons, 3);
+    // Idempotent: the same batch again changes no answer and no id.
+    let again = s.apply(&Command::Ingest(events.clone())).unwrap();
+    assert_eq!(again.new_persons, 0);
+    let cells = collect_cells(&s, 100);
+    assert_eq!(cells, vec![(cell_at(30.0, 120.0, 16), vec![7, 900])]);
+    assert_eq!(collect_cells(&s, -3)[0].1, vec![u64::MAX]);
+    let h1 = s.address_slice(100, 1).unwrap().unwrap();
+    assert_eq!(s.external_ids(&h1), vec![900]);
+    assert!(s.address_slice(101, 1).unwrap().is_none());
+    let mut hours = Vec::new();
+    s.hour_slices(-10, 1000, &mut |h, b| hours.push((h, b.len())))
+        .unwrap();
+    assert_eq!(hours, vec![(-3, 1), (100, 2), (101, 1)]);
+    let id = s.internal_id(900).unwrap();
+    let ph = s.person_hours(id, 0, 200).unwrap();
+    assert_eq!(ph.len(), 2);
+    assert_eq!(ph[0].0, 100);
+    assert_eq!(ph[0].1[0].address.as_deref(), Some("H1"));
+    assert_eq!(ph[0].1[0].source, "utility");
+    assert_eq!(ph[0].1[0].cell, cell_at(30.0, 120.0, 16));
+    assert_eq!(ph[1].1[0].address.as_deref(), Some("W1"));
+    let last = s
+        .last_active_before(id, 0, 101, &mut |_| true)
+        .unwrap();
+    assert_eq!(last, Some(100));
+    let last_w1 = s
+        .last_active_before(id, 0, 1000, &mut |p| p.iter().any(|e| e.address.as_deref() == Some("H1")))
+        .unwrap();
+    assert_eq!(last_w1, Some(100));
+    assert_eq!(s.last_active_before(id, 0, 100, &mut |_| true).unwrap(), None);
+    s.apply(&Command::PutRegistrations(vec![RegistrationRecord {
+        person: 7,
+        address: "H1".into(),
+        kind: RegistrationKind::Temporary,
+        valid_from: 0,
+        valid_until: Some(1000),
+    }]))
+    .unwrap();
+    assert!(s.registration(7).unwrap().valid_at(999));
+    assert!(!s.registration(7).unwrap().valid_at(1000));
+    let (postings, places) = s.count_postings().unwrap();
+    // cells: h100 {7,900}, h101 {900}, h-3 {max}; addresses: h100 H1 {900},
+    // h101 W1 {900}, h-3 H2 {max}.
+    assert_eq!(postings, 4 + 3);
+    assert_eq!(places, 4);
+    let st = s.stats().unwrap();
+    assert_eq!((st.first_hour, st.last_hour), (Some(-3), Some(101)));
+    assert_eq!(st.persons, 3);
+
+    // Changing the slice level of an existing store is refused.
+    drop(s);
+}
+
+fn merge_many_batches<E: KvEngine>(make: &mut dyn FnMut() -> E) {
+    let s = SliceStore::open(make(), Some(16)).unwrap();
+    let mut model = RoaringBitmap::new();
+    for batch in 0..50u64 {
+        let events: Vec<_> = (0..40u64)
+            .map(|i| ev(batch * 1000 + i * 7 % 300, 5, 10.0, 10.0, None, "access"))
+            .collect();
+        s.apply(&Command::Ingest(events)).unwrap();
+    }
+    s.cell_slices(5, 0, u64::MAX, &mut |_, b| model = b).unwrap();
+    assert_eq!(model.len(), 50 * 40_u64.min(300));
+}
+
+#[test]
+fn mem_engine_passes_suite() {
+    run_suite(&mut || MemEngine::new());
+    merge_many_batches(&mut || MemEngine::new());
+}
+
+#[test]
+fn rocks_engine_passes_suite() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut i = 0;
+    let mut make = || {
+        i += 1;
+        RocksEngine::open(dirs[i - 1].path(), &RocksConfig::default()).unwrap()
+    };
+    run_suite(&mut make);
+    merge_many_batches(&mut make);
+}
+
+#[test]
+fn rocks_store_survives_reopen_with_same_ids_and_level() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SliceStore::open(
+            RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
+            Some(14),
+        )
+        .unwrap();
+        s.apply(&Command::PutAddresses(vec![addr("H1", 1.0, 2.0, "A")]))
+            .unwrap();
+        s.apply(&Command::Ingest(vec![SliceEvent {
+            person: 42,
+            hour: 7,
+            cell: cell_at(1.0, 2.0, 14),
+            address: Some("H1".into()),
+            source: "utility".into(),
+        }]))
+        .unwrap();
+    }
+    let e = RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
+    let err = SliceStore::open(e, Some(16)).err().expect("level mismatch must fail");
+    assert!(err.to_string().contains("level 14"), "{err}");
+    let s = SliceStore::open(
+        RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(s.slice_level(), 14);
+    assert_eq!(s.internal_id(42), Some(0));
+    assert_eq!(s.address("H1").unwrap().id, 1);
+    let id = s.internal_id(42).unwrap();
+    let ph = s.person_hours(id, 0, 10).unwrap();
+    assert_eq!(ph[0].1[0].source, "utility");
+    assert_eq!(ph[0].1[0].cell, cell_at(1.0, 2.0, 14));
+    // New persons continue after the reloaded ones.
+    s.apply(&Command::Ingest(vec![SliceEvent {
+        person: 43,
+        hour: 7,
+        cell: cell_at(1.0, 2.0, 14),
+        address: None,
+        source: "utility".into(),
+    }]))
+    .unwrap();
+    assert_eq!(s.internal_id(43), Some(1));
+}
