@@ -1,0 +1,137 @@
+//! Micro-benchmarks of the hot paths: placing events (S2 cell mapping),
+//! applying an ingest batch, the bitmap merge, and the four queries on a
+//! small generated town held in RocksDB.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use hourcell_cluster::town::{Town, TownConfig};
+use hourcell_query::validate::{
+    check_addresses, check_registrations, place_events, EventTime, RawAddress, RawEvent,
+    RawRegistration,
+};
+use hourcell_query::{QueryEngine, Region};
+use hourcell_storage::cell::cell_at;
+use hourcell_storage::codec::{encode_bitmap, merge_values};
+use hourcell_storage::{keys, Command, RocksConfig, RocksEngine, SliceStore};
+use roaring::RoaringBitmap;
+
+fn raw_events(town: &Town, day: u32) -> Vec<RawEvent> {
+    town.events_for_day(day)
+        .into_iter()
+        .map(|e| RawEvent {
+            person: e.person,
+            time: EventTime::Unix(e.time),
+            lat: e.lat,
+            lng: e.lng,
+            address: e.address,
+            source: e.source.to_string(),
+        })
+        .collect()
+}
+
+fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
+    let s = Arc::new(
+        SliceStore::open(RocksEngine::open(dir, &RocksConfig::default()).unwrap(), Some(16))
+            .unwrap(),
+    );
+    let addrs: Vec<RawAddress> = town
+        .addresses()
+        .iter()
+        .map(|a| RawAddress {
+            code: a.code.clone(),
+            lat: a.lat,
+            lng: a.lng,
+            kind: a.kind.into(),
+            area: a.area.clone(),
+            label: a.label.clone(),
+        })
+        .collect();
+    s.apply(&Command::PutAddresses(check_addresses(&addrs).0)).unwrap();
+    let regs: Vec<RawRegistration> = town
+        .registry()
+        .into_iter()
+        .map(|r| RawRegistration {
+            person: r.person,
+            address: r.address,
+            kind: r.kind.into(),
+            valid_from: r.valid_from,
+            valid_until: r.valid_until,
+        })
+        .collect();
+    s.apply(&Command::PutRegistrations(check_registrations(s.as_ref(), &regs).0))
+        .unwrap();
+    for d in 0..town.config().days {
+        let ev = raw_events(town, d);
+        for chunk in ev.chunks(20_000) {
+            let (ok, _) = place_events(s.as_ref(), chunk, i64::MAX / 2);
+            s.apply(&Command::Ingest(ok)).unwrap();
+        }
+    }
+    s.engine().compact().unwrap();
+    s
+}
+
+fn benches(c: &mut Criterion) {
+    c.bench_function("cell_at level 16", |b| {
+        b.iter(|| cell_at(black_box(30.2741), black_box(120.1551), 16))
+    });
+
+    let k = keys::cell_slice(1, 1);
+    let a = encode_bitmap(&RoaringBitmap::from_iter((0..20_000u32).step_by(3)));
+    let o = encode_bitmap(&RoaringBitmap::from_iter((0..20_000u32).step_by(7)));
+    c.bench_function("merge bitmaps (7k + 3k ids)", |b| {
+        b.iter(|| merge_values(&k, Some(&a), [&o[..]]).unwrap())
+    });
+
+    let town = Town::new(TownConfig {
+        persons: 5_000,
+        days: 3,
+        ..TownConfig::default()
+    });
+    let day0 = raw_events(&town, 0);
+    let batch: Vec<RawEvent> = day0.iter().take(10_000).cloned().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store = loaded(&town, dir.path());
+
+    c.bench_function("place 10k events", |b| {
+        b.iter(|| place_events(store.as_ref(), black_box(&batch), i64::MAX / 2))
+    });
+
+    let (placed, _) = place_events(store.as_ref(), &batch, i64::MAX / 2);
+    let cmd = Command::Ingest(placed);
+    c.bench_function("apply 10k-event batch (synced, RocksDB)", |b| {
+        b.iter_batched(|| cmd.clone(), |cmd| store.apply(&cmd).unwrap(), BatchSize::SmallInput)
+    });
+
+    let q = QueryEngine::new(store.clone());
+    let cfg = town.config();
+    let end = cfg.start_unix + cfg.days as i64 * 86_400;
+    let home = &town.addresses()[0];
+    let person = town.persons()[0];
+    let circle = Region::Circle {
+        lat: home.lat,
+        lng: home.lng,
+        radius_m: 1000.0,
+    };
+    let addr = Region::Addresses(vec![home.code.clone()]);
+    c.bench_function("occupancy one address 24h", |b| {
+        b.iter(|| q.occupancy(&addr, end - 86_400, end, end).unwrap())
+    });
+    c.bench_function("who-was-at 1 km circle 24h", |b| {
+        b.iter(|| q.who_was_at(&circle, end - 86_400, end, end).unwrap())
+    });
+    c.bench_function("where-was 3 days", |b| {
+        b.iter(|| q.where_was(person, cfg.start_unix, end, end).unwrap())
+    });
+    c.bench_function("no-activity-since all registered", |b| {
+        b.iter(|| q.no_activity_since(end - 86_400, end, None, None).unwrap())
+    });
+}
+
+criterion_group! {
+    name = hot;
+    config = Criterion::default().sample_size(20);
+    targets = benches
+}
+criterion_main!(hot);

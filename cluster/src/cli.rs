@@ -1,0 +1,205 @@
+//! Command-line definitions for the `hourcell` binary. Parsing only: every
+//! subcommand hands its arguments to a library function.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hourcell",
+    version,
+    about = "hourcell: hour-by-hour population slices (who was where) on S2 cells and addresses",
+    long_about = "hourcell keeps, for every S2 cell and hour and for every address and hour, \
+the set of pseudonymous persons seen there, plus a per-person index of where each person was. \
+It answers who-was-at, where-was, occupancy and no-activity-since over gRPC.\n\n\
+Start with `hourcell dev`: it starts a node on 127.0.0.1:7420 with a generated demo town \
+and prints queries to try."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a single node for trying hourcell out: on an empty data
+    /// directory it generates and loads a demo town, then prints queries to
+    /// try. Runs until Ctrl-C.
+    Dev(DevArgs),
+    /// Start a production node from a config file (see
+    /// cluster/node.example.toml).
+    Node(NodeArgs),
+    /// Generate a deterministic synthetic town as CSV files.
+    Gen(GenArgs),
+    /// Import addresses, registrations or events from CSV into a node.
+    Import(ImportArgs),
+    /// Run a query against a node.
+    Query(QueryArgs),
+    /// Show a node's status.
+    Status(ServerArg),
+    /// Load generated data into a node over gRPC and measure ingest and
+    /// query latency (p50/p99/max).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Data directory; created if missing. A new one gets the demo town.
+    #[arg(long, default_value = "data/dev")]
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub listen: SocketAddr,
+    /// Persons in the demo town.
+    #[arg(long, default_value_t = 3000)]
+    pub persons: u64,
+    /// Days of events in the demo town (ending today).
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    /// Seed of the demo town.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Load the town, print the summary and exit instead of serving.
+    #[arg(long)]
+    pub no_serve: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 2000)]
+    pub persons: u64,
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    /// First day (UTC midnight), RFC 3339 or unix seconds. Default
+    /// 2026-11-01T00:00:00Z.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportKind {
+    Events,
+    Addresses,
+    Registry,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// What the file holds.
+    #[arg(long, value_enum)]
+    pub kind: ImportKind,
+    /// CSV file with a header row (as written by `hourcell gen`).
+    pub file: PathBuf,
+    /// Rows per request.
+    #[arg(long, default_value_t = 5000)]
+    pub batch: usize,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArg {
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryKind {
+    WhoWasAt,
+    WhereWas,
+    Occupancy,
+    NoActivitySince,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Which query to run.
+    #[arg(value_enum)]
+    pub kind: QueryKind,
+    /// Rectangle LAT1,LNG1,LAT2,LNG2 (degrees).
+    #[arg(long, allow_hyphen_values = true)]
+    pub rect: Option<String>,
+    /// Circle LAT,LNG,METRES.
+    #[arg(long, allow_hyphen_values = true)]
+    pub circle: Option<String>,
+    /// S2 cell tokens, comma separated, any level.
+    #[arg(long)]
+    pub cells: Option<String>,
+    /// Address codes, comma separated.
+    #[arg(long)]
+    pub addresses: Option<String>,
+    /// An area code: all addresses in it.
+    #[arg(long)]
+    pub area: Option<String>,
+    /// Person id (where-was).
+    #[arg(long)]
+    pub person: Option<u64>,
+    /// Window start, RFC 3339 or unix seconds (widened to the hour).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Window end, exclusive (widened to the hour). Default: as-of.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// no-activity-since: the time from which no activity is sought.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Answer as of this time (default now): later hours are not seen.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// no-activity-since: only activity inside this rectangle counts.
+    #[arg(long, allow_hyphen_values = true)]
+    pub local_rect: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Persons in the generated town.
+    #[arg(long, default_value_t = 20_000)]
+    pub persons: u64,
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    #[arg(long, default_value_t = 11)]
+    pub seed: u64,
+    /// Events per ingest request.
+    #[arg(long, default_value_t = 20_000)]
+    pub batch: usize,
+    /// Concurrent ingest requests in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Runs of each query.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Skip loading (the town with this seed is already in the node).
+    #[arg(long)]
+    pub skip_load: bool,
+}

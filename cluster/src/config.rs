@@ -1,0 +1,122 @@
+//! Node configuration: serde defaults, `validate()`, and a checked-in
+//! example (`cluster/node.example.toml`) that a test parses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where RocksDB keeps this node's data.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// S2 level of slice cells. Fixed when the data directory is created;
+    /// a different value on an existing directory is refused.
+    #[serde(default = "default_level")]
+    pub slice_level: u8,
+    /// RocksDB block cache, MiB.
+    #[serde(default = "default_cache")]
+    pub block_cache_mb: usize,
+    /// RocksDB memtable size, MiB.
+    #[serde(default = "default_write_buffer")]
+    pub write_buffer_mb: usize,
+    /// Most events accepted in one ingest request.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "hourcell=debug".
+    #[serde(default = "default_log")]
+    pub log: String,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:7420".parse().unwrap()
+}
+fn default_level() -> u8 {
+    hourcell_storage::DEFAULT_SLICE_LEVEL
+}
+fn default_cache() -> usize {
+    512
+}
+fn default_write_buffer() -> usize {
+    64
+}
+fn default_max_batch() -> usize {
+    100_000
+}
+fn default_log() -> String {
+    "info".into()
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: default_listen(),
+            slice_level: default_level(),
+            block_cache_mb: default_cache(),
+            write_buffer_mb: default_write_buffer(),
+            max_batch: default_max_batch(),
+            log: default_log(),
+        }
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let cfg: NodeConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            anyhow::bail!("data_dir is empty");
+        }
+        if !(1..=30).contains(&self.slice_level) {
+            anyhow::bail!("slice_level {} is outside 1..=30", self.slice_level);
+        }
+        if self.block_cache_mb < 8 {
+            anyhow::bail!("block_cache_mb {} is below 8", self.block_cache_mb);
+        }
+        if !(4..=4096).contains(&self.write_buffer_mb) {
+            anyhow::bail!("write_buffer_mb {} is outside 4..=4096", self.write_buffer_mb);
+        }
+        if !(1..=1_000_000).contains(&self.max_batch) {
+            anyhow::bail!("max_batch {} is outside 1..=1000000", self.max_batch);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../node.example.toml");
+        let cfg = NodeConfig::from_toml(text).unwrap();
+        assert_eq!(cfg.slice_level, 16);
+        assert_eq!(cfg.listen.port(), 7420);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = NodeConfig::from_toml("data_dir = \"d\"\nslice_level = 40\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("slice_level 40"), "{e}");
+        let e = NodeConfig::from_toml("data_dir = \"d\"\nlisten_addr = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+    }
+}

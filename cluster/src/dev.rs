@@ -1,0 +1,218 @@
+//! `hourcell dev`: a single node with a generated demo town, for trying
+//! hourcell out. Plaintext on loopback; nothing here is for production.
+
+use std::sync::Arc;
+
+use hourcell_query::time::{format_time, now};
+use hourcell_query::validate::{EventTime, RawAddress, RawEvent, RawRegistration};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::DevArgs;
+use crate::config::NodeConfig;
+use crate::node::{system_clock, Node};
+use crate::town::{Town, TownConfig};
+
+/// What was loaded, for the summary and the example queries.
+pub struct Loaded {
+    pub town: Town,
+    pub events: u64,
+    pub rejected: u64,
+}
+
+fn raw_event(e: &crate::town::GenEvent) -> RawEvent {
+    RawEvent {
+        person: e.person,
+        time: EventTime::Unix(e.time),
+        lat: e.lat,
+        lng: e.lng,
+        address: e.address.clone(),
+        source: e.source.to_string(),
+    }
+}
+
+/// Loads a town straight into a node (no network), with a progress bar.
+pub fn load_town(node: &Node, town: Town, progress: bool) -> anyhow::Result<Loaded> {
+    let addrs: Vec<RawAddress> = town
+        .addresses()
+        .iter()
+        .map(|a| RawAddress {
+            code: a.code.clone(),
+            lat: a.lat,
+            lng: a.lng,
+            kind: a.kind.to_string(),
+            area: a.area.clone(),
+            label: a.label.clone(),
+        })
+        .collect();
+    for chunk in addrs.chunks(50_000) {
+        let (_, bad) = node.put_addresses(chunk)?;
+        anyhow::ensure!(bad.is_empty(), "generated addresses rejected: {:?}", &bad[..bad.len().min(3)]);
+    }
+    let regs: Vec<RawRegistration> = town
+        .registry()
+        .into_iter()
+        .map(|r| RawRegistration {
+            person: r.person,
+            address: r.address,
+            kind: r.kind.to_string(),
+            valid_from: r.valid_from,
+            valid_until: r.valid_until,
+        })
+        .collect();
+    for chunk in regs.chunks(50_000) {
+        let (_, bad) = node.put_registrations(chunk)?;
+        anyhow::ensure!(bad.is_empty(), "generated registrations rejected: {:?}", &bad[..bad.len().min(3)]);
+    }
+    let days = town.config().days;
+    let bar = if progress {
+        let b = ProgressBar::new(days as u64);
+        b.set_style(
+            ProgressStyle::with_template("loading demo town {bar:40} day {pos}/{len} {msg}")
+                .unwrap(),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let (mut events, mut rejected) = (0u64, 0u64);
+    for d in 0..days {
+        let day: Vec<RawEvent> = town.events_for_day(d).iter().map(raw_event).collect();
+        for chunk in day.chunks(20_000) {
+            let (n, bad) = node.ingest(chunk)?;
+            events += n;
+            rejected += bad.len() as u64;
+        }
+        bar.set_message(format!("{events} events"));
+        bar.inc(1);
+    }
+    bar.finish();
+    Ok(Loaded {
+        town,
+        events,
+        rejected,
+    })
+}
+
+/// UTC midnight `days` days before today.
+pub fn days_ago_midnight(days: u32) -> i64 {
+    let today = now().div_euclid(86_400) * 86_400;
+    today - days as i64 * 86_400
+}
+
+fn print_examples(l: &Loaded, listen: &str) {
+    let town = &l.town;
+    let cfg = town.config();
+    let truth = town.truth();
+    let end = cfg.start_unix + cfg.days as i64 * 86_400;
+    let resident = truth.iter().find(|t| t.situation == "resident");
+    let leaver = truth.iter().find(|t| t.situation == "temporary_left");
+    let home = resident
+        .and_then(|r| r.home.clone())
+        .and_then(|h| town.addresses().iter().find(|a| a.code == h).cloned())
+        .unwrap_or_else(|| town.addresses()[0].clone());
+    let server = if listen == "127.0.0.1:7420" {
+        String::new()
+    } else {
+        format!(" --server http://{listen}")
+    };
+    let day_from = format_time(end - 86_400);
+    let day_to = format_time(end);
+    println!();
+    println!("Try these (times and ids exist in the demo town):");
+    println!(
+        "  hourcell query occupancy --addresses {} --from {day_from} --to {day_to}{server}",
+        home.code
+    );
+    println!(
+        "  hourcell query who-was-at --circle {:.5},{:.5},1000 --from {day_from} --to {day_to}{server}",
+        home.lat, home.lng
+    );
+    if let Some(r) = resident {
+        println!(
+            "  hourcell query where-was --person {} --from {} --to {day_to}{server}",
+            r.person,
+            format_time(end - 2 * 86_400)
+        );
+    }
+    println!(
+        "  hourcell query who-was-at --area {} --from {day_from} --to {day_to} --format json{server}",
+        home.area
+    );
+    println!(
+        "  hourcell query no-activity-since --since {} --as-of {day_to}{server}",
+        format_time(end - 7 * 86_400)
+    );
+    if let Some(p) = leaver {
+        println!(
+            "    (person {} is a temporary resident who left at {}; expect them there)",
+            p.person,
+            p.left.map(format_time).unwrap_or_default()
+        );
+    }
+    println!("  hourcell status{server}");
+    println!("  grpcurl -plaintext {listen} list");
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let mut cfg = NodeConfig::new(args.data_dir.clone());
+    cfg.listen = args.listen;
+    let node: Arc<Node> = Node::open(&cfg, system_clock())?;
+    let town_cfg = TownConfig {
+        seed: args.seed,
+        persons: args.persons,
+        days: args.days,
+        start_unix: days_ago_midnight(args.days),
+        ..TownConfig::default()
+    };
+    let stats = node.store().stats()?;
+    let loaded = if stats.addresses == 0 {
+        println!(
+            "empty data directory {}: generating a demo town of {} persons over {} days (seed {})",
+            args.data_dir.display(),
+            args.persons,
+            args.days,
+            args.seed
+        );
+        let started = std::time::Instant::now();
+        let n = node.clone();
+        let l = tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true))
+            .await??;
+        let secs = started.elapsed().as_secs_f64();
+        let st = node.store().stats()?;
+        println!(
+            "loaded {} addresses, {} registrations, {} events ({} rejected) for {} persons in {secs:.1} s ({:.0} events/s)",
+            st.addresses,
+            st.registrations,
+            l.events,
+            l.rejected,
+            st.persons,
+            l.events as f64 / secs.max(1e-9)
+        );
+        Some(l)
+    } else {
+        println!(
+            "using existing data in {}: {} persons, {} addresses, {} registrations, hours {} .. {}",
+            args.data_dir.display(),
+            stats.persons,
+            stats.addresses,
+            stats.registrations,
+            stats.first_hour.map(|h| format_time(h * 3600)).unwrap_or_default(),
+            stats.last_hour.map(|h| format_time(h * 3600 + 3600)).unwrap_or_default()
+        );
+        None
+    };
+    if let Some(l) = &loaded {
+        print_examples(l, &args.listen.to_string());
+    } else {
+        println!("(delete {} to regenerate the demo town)", args.data_dir.display());
+    }
+    if args.no_serve {
+        return Ok(());
+    }
+    let (addr, listener) = crate::server::bind(args.listen).await?;
+    println!();
+    println!(
+        "hourcell dev node serving gRPC on {addr} (plaintext, loopback only, all roles for the local user; not for production). Ctrl-C to stop."
+    );
+    crate::server::serve(node, listener, crate::server::shutdown_signal()).await
+}

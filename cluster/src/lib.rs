@@ -1,0 +1,17 @@
+//! hourcell cluster: wiring. The node (store + query engine), the gRPC
+//! services and server, configuration, the demo (`dev`), the synthetic town
+//! generator, and the client commands behind the `hourcell` binary.
+//!
+//! Main types: [`node::Node`], [`service::Services`], [`config::NodeConfig`].
+//! This is the only crate that wires tonic servers; storage and query know
+//! nothing of it.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod node;
+pub mod server;
+pub mod service;
+pub mod town;

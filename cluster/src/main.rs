@@ -1,0 +1,78 @@
+//! The `hourcell` binary: parse flags, load config, call a library function.
+
+use clap::Parser;
+use hourcell_cluster::cli::{Cli, Command};
+use hourcell_cluster::{bench, client, config, dev, server, town};
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Dev(a) => {
+                init_logging("warn");
+                dev::run(a).await
+            }
+            Command::Node(a) => {
+                let cfg = config::NodeConfig::load(&a.config)?;
+                init_logging(&cfg.log);
+                server::run(cfg).await
+            }
+            Command::Gen(a) => {
+                init_logging("warn");
+                let start = match &a.start {
+                    Some(s) => hourcell_query::time::parse_time("start", s)?,
+                    None => town::TownConfig::default().start_unix,
+                };
+                let t = town::Town::new(town::TownConfig {
+                    seed: a.seed,
+                    persons: a.persons,
+                    days: a.days,
+                    start_unix: start,
+                    ..town::TownConfig::default()
+                });
+                let n = t.write_csv(&a.out, true)?;
+                println!(
+                    "wrote {} addresses, {} registrations, {n} events and truth for {} persons to {}",
+                    t.addresses().len(),
+                    t.registry().len(),
+                    a.persons,
+                    a.out.display()
+                );
+                Ok(())
+            }
+            Command::Import(a) => {
+                init_logging("warn");
+                client::run_import(a).await
+            }
+            Command::Query(a) => {
+                init_logging("warn");
+                client::run_query(a).await
+            }
+            Command::Status(a) => {
+                init_logging("warn");
+                client::run_status(a).await
+            }
+            Command::Bench(a) => {
+                init_logging("warn");
+                bench::run_bench(a).await
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

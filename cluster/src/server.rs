@@ -1,0 +1,131 @@
+//! Serving a node over gRPC: the four `hourcell.v1` services, the standard
+//! health service and server reflection (so grpcurl works without our
+//! protos).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hourcell_proto::v1;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use crate::node::Node;
+use crate::service::Services;
+
+/// Largest gRPC message accepted: a 100k-event ingest batch fits easily.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Binds `listen` (port 0 picks a free port) and returns the bound address
+/// with the listener, so callers can print it before serving.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<(SocketAddr, TcpListener)> {
+    let l = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    Ok((l.local_addr()?, l))
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let svc = Services { node: node.clone() };
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<v1::ingest_server::IngestServer<Services>>()
+        .await;
+    health
+        .set_serving::<v1::query_server::QueryServer<Services>>()
+        .await;
+    health
+        .set_serving::<v1::registry_server::RegistryServer<Services>>()
+        .await;
+    health
+        .set_serving::<v1::admin_server::AdminServer<Services>>()
+        .await;
+    // The empty service name means "the whole server".
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    // Health turns NOT_SERVING once the node has stopped serving after a
+    // storage failure.
+    {
+        let node = node.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !node.healthy() {
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                    health
+                        .set_not_serving::<v1::ingest_server::IngestServer<Services>>()
+                        .await;
+                    health
+                        .set_not_serving::<v1::query_server::QueryServer<Services>>()
+                        .await;
+                    break;
+                }
+            }
+        });
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(
+            v1::ingest_server::IngestServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            v1::registry_server::RegistryServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            v1::query_server::QueryServer::new(svc.clone())
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(v1::admin_server::AdminServer::new(svc))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// `hourcell node --config FILE`.
+pub async fn run(cfg: crate::config::NodeConfig) -> anyhow::Result<()> {
+    let node = Node::open(&cfg, crate::node::system_clock())?;
+    let (addr, listener) = bind(cfg.listen).await?;
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), slice_level = node.store().slice_level(), "hourcell node serving");
+    serve(node, listener, shutdown_signal()).await
+}

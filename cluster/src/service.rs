@@ -1,0 +1,393 @@
+//! gRPC services of `hourcell.v1` over a [`Node`], and the one place where
+//! errors become gRPC statuses.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use hourcell_proto::v1;
+use hourcell_query::validate::{EventTime, RawAddress, RawEvent, RawRegistration, Rejection};
+use hourcell_query::{QueryError, Region, Window};
+use hourcell_storage::cell;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, NodeError};
+
+/// Persons per streamed message.
+const STREAM_CHUNK: usize = 16_384;
+
+/// Maps every error to a status: bad input is `INVALID_ARGUMENT` naming the
+/// field and value; storage failures are `INTERNAL` (and logged); a node
+/// that stopped serving is `UNAVAILABLE`.
+pub fn to_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Invalid(m) => Status::invalid_argument(m),
+        NodeError::Query(QueryError::InvalidArgument { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
+        NodeError::Query(QueryError::NotFound { .. }) => Status::not_found(e.to_string()),
+        NodeError::Query(QueryError::Storage(s)) | NodeError::Storage(s) => {
+            tracing::error!(error = %s, "request failed in storage");
+            if s.is_fatal() {
+                Status::unavailable(format!("storage failure: {s}"))
+            } else {
+                Status::invalid_argument(s.to_string())
+            }
+        }
+    }
+}
+
+fn invalid(field: &str, value: impl std::fmt::Debug, why: &str) -> Status {
+    Status::invalid_argument(format!("invalid {field} {value:?}: {why}"))
+}
+
+/// Runs blocking store work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+        .map_err(to_status)
+}
+
+pub fn region_from_proto(r: Option<v1::Region>, field: &'static str) -> Result<Region, Status> {
+    let kind = r
+        .and_then(|r| r.kind)
+        .ok_or_else(|| invalid(field, "", "a region is required (rect, circle, cells, addresses or area)"))?;
+    Ok(match kind {
+        v1::region::Kind::Rect(r) => Region::Rect {
+            lat_lo: r.lat_lo,
+            lng_lo: r.lng_lo,
+            lat_hi: r.lat_hi,
+            lng_hi: r.lng_hi,
+        },
+        v1::region::Kind::Circle(c) => Region::Circle {
+            lat: c.lat,
+            lng: c.lng,
+            radius_m: c.radius_m,
+        },
+        v1::region::Kind::Cells(c) => {
+            let mut ids = Vec::with_capacity(c.tokens.len());
+            for t in &c.tokens {
+                ids.push(cell::parse_token(t).ok_or_else(|| invalid(field, t, "not an S2 cell token"))?);
+            }
+            Region::Cells(ids)
+        }
+        v1::region::Kind::Addresses(a) => Region::Addresses(a.codes),
+        v1::region::Kind::Area(a) => Region::Area(a),
+    })
+}
+
+fn optional_region(r: Option<v1::Region>, field: &'static str) -> Result<Option<Region>, Status> {
+    match r {
+        Some(v1::Region { kind: None }) | None => Ok(None),
+        some => region_from_proto(some, field).map(Some),
+    }
+}
+
+fn window_from_proto(w: Option<v1::Window>, now: i64) -> Result<(i64, i64, i64), Status> {
+    let w = w.ok_or_else(|| invalid("window", "", "a window (from, to) is required"))?;
+    Ok((w.from, w.to, w.as_of.unwrap_or(now)))
+}
+
+fn effective(w: &Window) -> v1::EffectiveWindow {
+    v1::EffectiveWindow {
+        from: w.from_secs(),
+        to: w.to_secs(),
+        as_of: w.as_of,
+    }
+}
+
+fn rejections(r: Vec<Rejection>) -> Vec<v1::Rejection> {
+    r.into_iter()
+        .map(|r| v1::Rejection {
+            index: r.index,
+            field: r.field.to_string(),
+            reason: r.reason,
+        })
+        .collect()
+}
+
+pub fn raw_event(e: v1::Event) -> RawEvent {
+    RawEvent {
+        person: e.person,
+        time: match e.time {
+            Some(v1::event::Time::UnixSeconds(t)) => EventTime::Unix(t),
+            Some(v1::event::Time::Rfc3339(s)) => EventTime::Text(s),
+            None => EventTime::Missing,
+        },
+        lat: e.lat,
+        lng: e.lng,
+        address: (!e.address.is_empty()).then_some(e.address),
+        source: e.source,
+    }
+}
+
+#[derive(Clone)]
+pub struct Services {
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl v1::ingest_server::Ingest for Services {
+    async fn ingest(
+        &self,
+        req: Request<v1::IngestRequest>,
+    ) -> Result<Response<v1::IngestResponse>, Status> {
+        let raw: Vec<RawEvent> = req.into_inner().events.into_iter().map(raw_event).collect();
+        let node = self.node.clone();
+        let (accepted, bad) = blocking(move || node.ingest(&raw)).await?;
+        Ok(Response::new(v1::IngestResponse {
+            accepted,
+            rejected: rejections(bad),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::registry_server::Registry for Services {
+    async fn put_addresses(
+        &self,
+        req: Request<v1::PutAddressesRequest>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
+        let raw: Vec<RawAddress> = req
+            .into_inner()
+            .addresses
+            .into_iter()
+            .map(|a| RawAddress {
+                code: a.code,
+                lat: a.lat,
+                lng: a.lng,
+                kind: a.kind,
+                area: a.area,
+                label: a.label,
+            })
+            .collect();
+        let node = self.node.clone();
+        let (accepted, bad) = blocking(move || node.put_addresses(&raw)).await?;
+        Ok(Response::new(v1::PutResponse {
+            accepted,
+            rejected: rejections(bad),
+        }))
+    }
+
+    async fn put_registrations(
+        &self,
+        req: Request<v1::PutRegistrationsRequest>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
+        let raw: Vec<RawRegistration> = req
+            .into_inner()
+            .registrations
+            .into_iter()
+            .map(|r| RawRegistration {
+                person: r.person,
+                address: r.address,
+                kind: r.kind,
+                valid_from: r.valid_from,
+                valid_until: r.valid_until,
+            })
+            .collect();
+        let node = self.node.clone();
+        let (accepted, bad) = blocking(move || node.put_registrations(&raw)).await?;
+        Ok(Response::new(v1::PutResponse {
+            accepted,
+            rejected: rejections(bad),
+        }))
+    }
+
+    async fn get_address(
+        &self,
+        req: Request<v1::GetAddressRequest>,
+    ) -> Result<Response<v1::Address>, Status> {
+        let code = req.into_inner().code;
+        let a = self
+            .node
+            .store()
+            .address(&code)
+            .ok_or_else(|| Status::not_found(format!("address {code:?} not found")))?;
+        Ok(Response::new(v1::Address {
+            code: a.code,
+            lat: a.lat,
+            lng: a.lng,
+            kind: a.kind.as_str().into(),
+            area: a.area,
+            label: a.label,
+        }))
+    }
+
+    async fn get_registration(
+        &self,
+        req: Request<v1::GetRegistrationRequest>,
+    ) -> Result<Response<v1::Registration>, Status> {
+        let person = req.into_inner().person;
+        let r = self
+            .node
+            .store()
+            .registration(person)
+            .ok_or_else(|| Status::not_found(format!("no registration for person {person}")))?;
+        Ok(Response::new(v1::Registration {
+            person: r.person,
+            address: r.address,
+            kind: r.kind.as_str().into(),
+            valid_from: r.valid_from,
+            valid_until: r.valid_until,
+        }))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::query_server::Query for Services {
+    type WhoWasAtStream = BoxStream<v1::WhoWasAtResponse>;
+    type NoActivitySinceStream = BoxStream<v1::NoActivitySinceResponse>;
+
+    async fn who_was_at(
+        &self,
+        req: Request<v1::WhoWasAtRequest>,
+    ) -> Result<Response<Self::WhoWasAtStream>, Status> {
+        let r = req.into_inner();
+        let region = region_from_proto(r.region, "region")?;
+        let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
+        let node = self.node.clone();
+        let ans = blocking(move || Ok(node.query().who_was_at(&region, from, to, as_of)?)).await?;
+        let window = effective(&ans.window);
+        let mut msgs: Vec<Result<v1::WhoWasAtResponse, Status>> = ans
+            .persons
+            .chunks(STREAM_CHUNK)
+            .map(|c| {
+                Ok(v1::WhoWasAtResponse {
+                    window: None,
+                    persons: c.to_vec(),
+                })
+            })
+            .collect();
+        if msgs.is_empty() {
+            msgs.push(Ok(v1::WhoWasAtResponse::default()));
+        }
+        if let Some(Ok(first)) = msgs.first_mut() {
+            first.window = Some(window);
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
+    }
+
+    async fn where_was(
+        &self,
+        req: Request<v1::WhereWasRequest>,
+    ) -> Result<Response<v1::WhereWasResponse>, Status> {
+        let r = req.into_inner();
+        let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
+        let node = self.node.clone();
+        let person = r.person;
+        let ans = blocking(move || Ok(node.query().where_was(person, from, to, as_of)?)).await?;
+        Ok(Response::new(v1::WhereWasResponse {
+            window: Some(effective(&ans.window)),
+            person: ans.person,
+            hours: ans
+                .hours
+                .into_iter()
+                .map(|h| v1::HourPlaces {
+                    hour: h.hour * 3600,
+                    cells: h.cells,
+                    addresses: h.addresses,
+                    sources: h.sources,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn occupancy(
+        &self,
+        req: Request<v1::OccupancyRequest>,
+    ) -> Result<Response<v1::OccupancyResponse>, Status> {
+        let r = req.into_inner();
+        let region = region_from_proto(r.region, "region")?;
+        let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
+        let node = self.node.clone();
+        let ans = blocking(move || Ok(node.query().occupancy(&region, from, to, as_of)?)).await?;
+        Ok(Response::new(v1::OccupancyResponse {
+            window: Some(effective(&ans.window)),
+            distinct: ans.distinct,
+            hours: ans
+                .hours
+                .into_iter()
+                .map(|h| v1::HourCount {
+                    hour: h.hour * 3600,
+                    distinct: h.distinct,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn no_activity_since(
+        &self,
+        req: Request<v1::NoActivitySinceRequest>,
+    ) -> Result<Response<Self::NoActivitySinceStream>, Status> {
+        let r = req.into_inner();
+        let scope = optional_region(r.scope, "scope")?;
+        let local = optional_region(r.local, "local")?;
+        let as_of = r.as_of.unwrap_or_else(|| self.node.now());
+        let since = r.since;
+        let node = self.node.clone();
+        let ans = blocking(move || {
+            Ok(node
+                .query()
+                .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?)
+        })
+        .await?;
+        let window = effective(&ans.window);
+        let mut msgs: Vec<Result<v1::NoActivitySinceResponse, Status>> = ans
+            .persons
+            .chunks(STREAM_CHUNK)
+            .map(|c| {
+                Ok(v1::NoActivitySinceResponse {
+                    window: None,
+                    persons: c
+                        .iter()
+                        .map(|p| v1::InactivePerson {
+                            person: p.person,
+                            last_seen: p.last_seen_hour.map(|h| h * 3600),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        if msgs.is_empty() {
+            msgs.push(Ok(v1::NoActivitySinceResponse::default()));
+        }
+        if let Some(Ok(first)) = msgs.first_mut() {
+            first.window = Some(window);
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for Services {
+    async fn status(
+        &self,
+        _req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let node = self.node.clone();
+        let (st, postings) = blocking(move || {
+            let st = node.store().stats()?;
+            let (postings, _) = node.store().count_postings()?;
+            Ok((st, postings))
+        })
+        .await?;
+        Ok(Response::new(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            data_dir: self.node.data_dir().display().to_string(),
+            slice_level: self.node.store().slice_level() as u32,
+            persons: st.persons,
+            addresses: st.addresses,
+            registrations: st.registrations,
+            events_accepted: self.node.events_accepted(),
+            postings,
+            disk_bytes: st.disk_bytes,
+            first_hour: st.first_hour.map(|h| h * 3600),
+            last_hour: st.last_hour.map(|h| h * 3600),
+        }))
+    }
+}

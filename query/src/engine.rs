@@ -1,0 +1,307 @@
+//! The four queries, planned over a [`SliceSource`].
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use hourcell_storage::cell;
+use roaring::RoaringBitmap;
+
+use crate::error::{QueryError, Result};
+use crate::region::{Region, SpatialPlan};
+use crate::source::SliceSource;
+use crate::time::{format_time, hour_ceil, hour_floor, Window};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhoWasAtAnswer {
+    pub window: Window,
+    /// External person ids, ascending.
+    pub persons: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourPlaces {
+    pub hour: i64,
+    pub cells: Vec<String>,
+    pub addresses: Vec<String>,
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhereWasAnswer {
+    pub window: Window,
+    pub person: u64,
+    pub hours: Vec<HourPlaces>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourCount {
+    pub hour: i64,
+    pub distinct: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OccupancyAnswer {
+    pub window: Window,
+    pub distinct: u64,
+    pub hours: Vec<HourCount>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inactive {
+    pub person: u64,
+    /// Last hour with activity (in the activity scope) before `since`.
+    pub last_seen_hour: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoActivityAnswer {
+    /// `[hour(since), hour containing as_of]`: the hours searched for
+    /// activity.
+    pub window: Window,
+    pub persons: Vec<Inactive>,
+}
+
+/// A region resolved against the catalog: spatial plan or address ids.
+enum Resolved {
+    Spatial(SpatialPlan),
+    Addresses(Vec<u32>),
+}
+
+pub struct QueryEngine<S: SliceSource + ?Sized> {
+    source: Arc<S>,
+}
+
+impl<S: SliceSource + ?Sized> Clone for QueryEngine<S> {
+    fn clone(&self) -> Self {
+        Self {
+            source: self.source.clone(),
+        }
+    }
+}
+
+impl<S: SliceSource + ?Sized> QueryEngine<S> {
+    pub fn new(source: Arc<S>) -> Self {
+        Self { source }
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    fn resolve(&self, region: &Region, field: &'static str) -> Result<Resolved> {
+        region.validate(field)?;
+        match region {
+            Region::Addresses(codes) => {
+                let mut ids = Vec::with_capacity(codes.len());
+                for c in codes {
+                    match self.source.address(c) {
+                        Some(a) => ids.push(a.id),
+                        None => return Err(QueryError::invalid(field, c, "unknown address code")),
+                    }
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(Resolved::Addresses(ids))
+            }
+            Region::Area(a) => {
+                if !self.source.area_exists(a) {
+                    return Err(QueryError::invalid(field, a, "unknown area code"));
+                }
+                let mut ids = self.source.area_addresses(a);
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(Resolved::Addresses(ids))
+            }
+            _ => Ok(Resolved::Spatial(
+                SpatialPlan::new(region, self.source.slice_level()).expect("spatial region"),
+            )),
+        }
+    }
+
+    /// Persons (internal ids) present in the resolved region during `hour`.
+    fn hour_bitmap(&self, r: &Resolved, hour: i64) -> Result<RoaringBitmap> {
+        let mut acc = RoaringBitmap::new();
+        match r {
+            Resolved::Spatial(plan) => {
+                for &(lo, hi) in &plan.ranges {
+                    self.source.cell_slices(hour, lo, hi, &mut |c, b| {
+                        if plan.matches(c) {
+                            acc |= b;
+                        }
+                    })?;
+                }
+            }
+            Resolved::Addresses(ids) => {
+                for &id in ids {
+                    if let Some(b) = self.source.address_slice(hour, id)? {
+                        acc |= b;
+                    }
+                }
+            }
+        }
+        Ok(acc)
+    }
+
+    fn window_bitmap(&self, r: &Resolved, w: &Window) -> Result<RoaringBitmap> {
+        let mut acc = RoaringBitmap::new();
+        for h in w.hours() {
+            acc |= self.hour_bitmap(r, h)?;
+        }
+        Ok(acc)
+    }
+
+    /// Persons with at least one event in the window whose slice cell
+    /// intersects the region (or whose address is listed / in the area).
+    pub fn who_was_at(&self, region: &Region, from: i64, to: i64, as_of: i64) -> Result<WhoWasAtAnswer> {
+        let w = Window::new(from, to, as_of)?;
+        let r = self.resolve(region, "region")?;
+        let b = self.window_bitmap(&r, &w)?;
+        Ok(WhoWasAtAnswer {
+            window: w,
+            persons: self.source.external_ids(&b),
+        })
+    }
+
+    /// For each hour with activity: the person's slice cells, address codes
+    /// and source labels, each sorted and deduplicated.
+    pub fn where_was(&self, person: u64, from: i64, to: i64, as_of: i64) -> Result<WhereWasAnswer> {
+        if person == 0 {
+            return Err(QueryError::invalid("person", 0, "person id must be non-zero"));
+        }
+        let w = Window::new(from, to, as_of)?;
+        let rows = self.source.person_hours(person, w.from_hour, w.to_hour)?;
+        let hours = rows
+            .into_iter()
+            .map(|(hour, entries)| {
+                let cells: BTreeSet<u64> = entries.iter().map(|e| e.cell).collect();
+                let addresses: BTreeSet<String> =
+                    entries.iter().filter_map(|e| e.address.clone()).collect();
+                let sources: BTreeSet<String> = entries.iter().map(|e| e.source.clone()).collect();
+                HourPlaces {
+                    hour,
+                    cells: cells.into_iter().map(cell::token).collect(),
+                    addresses: addresses.into_iter().collect(),
+                    sources: sources.into_iter().collect(),
+                }
+            })
+            .collect();
+        Ok(WhereWasAnswer {
+            window: w,
+            person,
+            hours,
+        })
+    }
+
+    /// Distinct persons per hour (every hour of the window, zeros included)
+    /// and over the whole window.
+    pub fn occupancy(&self, region: &Region, from: i64, to: i64, as_of: i64) -> Result<OccupancyAnswer> {
+        let w = Window::new(from, to, as_of)?;
+        let r = self.resolve(region, "region")?;
+        let mut all = RoaringBitmap::new();
+        let mut hours = Vec::with_capacity(w.hours().count());
+        for h in w.hours() {
+            let b = self.hour_bitmap(&r, h)?;
+            hours.push(HourCount {
+                hour: h,
+                distinct: b.len(),
+            });
+            all |= b;
+        }
+        Ok(OccupancyAnswer {
+            window: w,
+            distinct: all.len(),
+            hours,
+        })
+    }
+
+    /// Registered persons (registration valid at `as_of`, address in
+    /// `scope`) with no event in `[hour(since), hour(as_of)]` — anywhere, or
+    /// only inside `local` if given. `last_seen_hour` is the last hour before
+    /// `hour(since)` with activity counted the same way.
+    pub fn no_activity_since(
+        &self,
+        since: i64,
+        as_of: i64,
+        scope: Option<&Region>,
+        local: Option<&Region>,
+    ) -> Result<NoActivityAnswer> {
+        if since > as_of {
+            return Err(QueryError::invalid(
+                "since",
+                format_time(since),
+                format!("is after as_of ({})", format_time(as_of)),
+            ));
+        }
+        let w = Window::new(hour_floor(since) * 3600, hour_ceil(as_of + 1) * 3600, as_of)?;
+        let scope = scope.map(|s| self.resolve(s, "scope")).transpose()?;
+        let local = local.map(|l| self.resolve(l, "local")).transpose()?;
+
+        // Who was active: one bitmap per hour for "anywhere", the region's
+        // slices for "local".
+        let active = match &local {
+            None => {
+                let mut acc = RoaringBitmap::new();
+                self.source
+                    .hour_slices(w.from_hour, w.to_hour, &mut |_, b| acc |= b)?;
+                acc
+            }
+            Some(r) => self.window_bitmap(r, &w)?,
+        };
+
+        let level = self.source.slice_level();
+        let scope_ids: Option<HashSet<u32>> = match &scope {
+            Some(Resolved::Addresses(ids)) => Some(ids.iter().copied().collect()),
+            _ => None,
+        };
+        let mut candidates: Vec<(u64, Option<u32>)> = Vec::new();
+        self.source.for_each_registration(&mut |reg, addr| {
+            if !reg.valid_at(as_of) {
+                return;
+            }
+            let in_scope = match (&scope, addr) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(Resolved::Addresses(_)), Some(a)) => {
+                    scope_ids.as_ref().is_some_and(|s| s.contains(&a.id))
+                }
+                (Some(Resolved::Spatial(plan)), Some(a)) => {
+                    plan.matches(cell::cell_at(a.lat, a.lng, level))
+                }
+            };
+            if !in_scope {
+                return;
+            }
+            let id = self.source.internal_id(reg.person);
+            if id.is_some_and(|i| active.contains(i)) {
+                return;
+            }
+            candidates.push((reg.person, id));
+        });
+        candidates.sort_unstable_by_key(|c| c.0);
+
+        let mut persons = Vec::with_capacity(candidates.len());
+        for (person, id) in candidates {
+            let last = match id {
+                None => None,
+                Some(id) => {
+                    let mut keep = |entries: &[hourcell_storage::PlaceEntry]| match &local {
+                        None => true,
+                        Some(Resolved::Spatial(plan)) => entries.iter().any(|e| plan.matches(e.cell)),
+                        Some(Resolved::Addresses(ids)) => entries.iter().any(|e| {
+                            e.address
+                                .as_deref()
+                                .and_then(|c| self.source.address(c))
+                                .is_some_and(|a| ids.binary_search(&a.id).is_ok())
+                        }),
+                    };
+                    self.source.last_active_before(id, w.from_hour, &mut keep)?
+                }
+            };
+            persons.push(Inactive {
+                person,
+                last_seen_hour: last,
+            });
+        }
+        Ok(NoActivityAnswer { window: w, persons })
+    }
+}

@@ -1,0 +1,31 @@
+//! Query errors: bad input (names the field and the value) versus storage
+//! failure (the node must stop serving).
+
+use hourcell_storage::StorageError;
+use thiserror::Error;
+
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum QueryError {
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidArgument {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{what} {value:?} not found")]
+    NotFound { what: &'static str, value: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl QueryError {
+    pub fn invalid(field: &'static str, value: impl ToString, reason: impl ToString) -> Self {
+        QueryError::InvalidArgument {
+            field,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}

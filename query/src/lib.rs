@@ -1,0 +1,27 @@
+//! hourcell query: validation, regions, windows and the four queries.
+//!
+//! Main types:
+//! - [`SliceSource`]: what the planner reads. The single-node store
+//!   implements it directly; a cluster implements it by fanning out to
+//!   shards, so this crate never needs the network to be tested.
+//! - [`QueryEngine`]: who-was-at, where-was, occupancy and
+//!   no-activity-since with exact, documented semantics.
+//! - [`Region`], [`Window`]: the inputs, validated with errors that name the
+//!   field and the value.
+//! - [`validate`]: turns raw events, addresses and registrations into store
+//!   commands, collecting per-item rejections.
+//!
+//! Imports storage and proto; never cluster, tonic services or raft.
+
+pub mod engine;
+pub mod error;
+pub mod region;
+pub mod source;
+pub mod time;
+pub mod validate;
+
+pub use engine::{HourCount, HourPlaces, Inactive, NoActivityAnswer, OccupancyAnswer, QueryEngine, WhereWasAnswer, WhoWasAtAnswer};
+pub use error::{QueryError, Result};
+pub use region::Region;
+pub use source::SliceSource;
+pub use time::Window;

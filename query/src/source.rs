@@ -1,0 +1,74 @@
+//! [`SliceSource`]: the reads the planner needs. The single-node store
+//! implements it here; the cluster will implement it by routing to shards.
+
+use hourcell_storage::{AddressRecord, KvEngine, PlaceEntry, RegistrationRecord, SliceStore};
+use roaring::RoaringBitmap;
+
+use crate::error::Result;
+
+/// Read access to population slices.
+///
+/// Contract: ids in bitmaps are the internal ids of one shared dictionary
+/// (`external_ids` maps them back); each read sees every write acknowledged
+/// before the read started.
+pub trait SliceSource: Send + Sync {
+    fn slice_level(&self) -> u8;
+    fn cell_slices(&self, hour: i64, lo: u64, hi: u64, f: &mut dyn FnMut(u64, RoaringBitmap)) -> Result<()>;
+    fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>>;
+    fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()>;
+    fn person_hours(&self, person: u64, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>>;
+    fn last_active_before(&self, id: u32, before: i64, keep: &mut dyn FnMut(&[PlaceEntry]) -> bool) -> Result<Option<i64>>;
+    fn internal_id(&self, person: u64) -> Option<u32>;
+    fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64>;
+    fn address(&self, code: &str) -> Option<AddressRecord>;
+    fn area_addresses(&self, area: &str) -> Vec<u32>;
+    fn area_exists(&self, area: &str) -> bool;
+    /// Calls `f` with each registration (unordered).
+    fn for_each_registration(&self, f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>));
+}
+
+impl<E: KvEngine> SliceSource for SliceStore<E> {
+    fn slice_level(&self) -> u8 {
+        SliceStore::slice_level(self)
+    }
+    fn cell_slices(&self, hour: i64, lo: u64, hi: u64, f: &mut dyn FnMut(u64, RoaringBitmap)) -> Result<()> {
+        Ok(SliceStore::cell_slices(self, hour, lo, hi, f)?)
+    }
+    fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>> {
+        Ok(SliceStore::address_slice(self, hour, address_id)?)
+    }
+    fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()> {
+        Ok(SliceStore::hour_slices(self, from, to, f)?)
+    }
+    fn person_hours(&self, person: u64, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
+        match SliceStore::internal_id(self, person) {
+            Some(id) => Ok(SliceStore::person_hours(self, id, from, to)?),
+            None => Ok(Vec::new()),
+        }
+    }
+    fn last_active_before(&self, id: u32, before: i64, keep: &mut dyn FnMut(&[PlaceEntry]) -> bool) -> Result<Option<i64>> {
+        Ok(SliceStore::last_active_before(self, id, hourcell_storage::keys::MIN_HOUR, before, keep)?)
+    }
+    fn internal_id(&self, person: u64) -> Option<u32> {
+        SliceStore::internal_id(self, person)
+    }
+    fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
+        SliceStore::external_ids(self, b)
+    }
+    fn address(&self, code: &str) -> Option<AddressRecord> {
+        SliceStore::address(self, code)
+    }
+    fn area_addresses(&self, area: &str) -> Vec<u32> {
+        SliceStore::area_addresses(self, area)
+    }
+    fn area_exists(&self, area: &str) -> bool {
+        SliceStore::area_exists(self, area)
+    }
+    fn for_each_registration(&self, f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>)) {
+        self.with_registry(|regs, addrs| {
+            for r in regs.values() {
+                f(r, addrs.get(&r.address));
+            }
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! Validation of incoming events, addresses and registrations. A bad item
+//! is rejected with its index, the field and why; its good neighbours go on.
+
+use hourcell_storage::catalog::MAX_ADDRESS_CODE;
+use hourcell_storage::cell::{cell_at, valid_coordinates};
+use hourcell_storage::keys::{MAX_HOUR, MIN_HOUR};
+use hourcell_storage::{AddressKind, AddressRecord, RegistrationKind, RegistrationRecord, SliceEvent};
+
+use crate::source::SliceSource;
+use crate::time::{format_time, hour_floor, parse_time};
+
+/// Longest source label accepted, in bytes.
+pub const MAX_SOURCE: usize = 32;
+/// Longest address label accepted, in bytes.
+pub const MAX_LABEL: usize = 256;
+/// How far in the future an event may be, in seconds.
+pub const MAX_FUTURE_SECS: i64 = 3600;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: u32,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// When an event happened, as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventTime {
+    Unix(i64),
+    Text(String),
+    Missing,
+}
+
+/// An event as received, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    pub person: u64,
+    pub time: EventTime,
+    pub lat: Option<f64>,
+    pub lng: Option<f64>,
+    pub address: Option<String>,
+    pub source: String,
+}
+
+fn reject(index: usize, field: &'static str, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        index: index as u32,
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Validates and places events (hour, slice cell, address) against the
+/// catalog at time `now`. Returns the accepted events and the rejections.
+pub fn place_events<S: SliceSource + ?Sized>(
+    source: &S,
+    raw: &[RawEvent],
+    now: i64,
+) -> (Vec<SliceEvent>, Vec<Rejection>) {
+    let level = source.slice_level();
+    let mut ok = Vec::with_capacity(raw.len());
+    let mut bad = Vec::new();
+    for (i, e) in raw.iter().enumerate() {
+        match place_one(source, e, now, level, i) {
+            Ok(ev) => ok.push(ev),
+            Err(r) => bad.push(r),
+        }
+    }
+    (ok, bad)
+}
+
+fn place_one<S: SliceSource + ?Sized>(
+    source: &S,
+    e: &RawEvent,
+    now: i64,
+    level: u8,
+    i: usize,
+) -> Result<SliceEvent, Rejection> {
+    if e.person == 0 {
+        return Err(reject(i, "person", "missing person (id 0)"));
+    }
+    let t = match &e.time {
+        EventTime::Unix(t) => *t,
+        EventTime::Text(s) => parse_time("time", s).map_err(|err| reject(i, "time", err.to_string()))?,
+        EventTime::Missing => return Err(reject(i, "time", "missing time")),
+    };
+    if t > now + MAX_FUTURE_SECS {
+        return Err(reject(
+            i,
+            "time",
+            format!("time {} is more than 1 h in the future (now {})", format_time(t), format_time(now)),
+        ));
+    }
+    let hour = hour_floor(t);
+    if !(MIN_HOUR..=MAX_HOUR).contains(&hour) {
+        return Err(reject(i, "time", format!("time {t} is out of range")));
+    }
+    let source_label = e.source.trim();
+    if source_label.is_empty() {
+        return Err(reject(i, "source", "missing source label"));
+    }
+    if source_label.len() > MAX_SOURCE {
+        return Err(reject(i, "source", format!("source label longer than {MAX_SOURCE} bytes")));
+    }
+    let address = match e.address.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(code) => match source.address(code) {
+            Some(a) => Some(a),
+            None => return Err(reject(i, "address", format!("unknown address {code:?}"))),
+        },
+    };
+    let (lat, lng) = match (e.lat, e.lng, &address) {
+        (Some(lat), Some(lng), _) => {
+            if !valid_coordinates(lat, lng) {
+                return Err(reject(i, "lat,lng", format!("bad coordinates {lat},{lng}")));
+            }
+            (lat, lng)
+        }
+        (Some(_), None, _) | (None, Some(_), _) => {
+            return Err(reject(i, "lat,lng", "bad coordinates: give both lat and lng, or neither"))
+        }
+        (None, None, Some(a)) => (a.lat, a.lng),
+        (None, None, None) => {
+            return Err(reject(i, "address", "no place: give lat,lng or an address code"))
+        }
+    };
+    Ok(SliceEvent {
+        person: e.person,
+        hour,
+        cell: cell_at(lat, lng, level),
+        address: address.map(|a| a.code),
+        source: source_label.to_string(),
+    })
+}
+
+/// Raw address fields as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawAddress {
+    pub code: String,
+    pub lat: f64,
+    pub lng: f64,
+    pub kind: String,
+    pub area: String,
+    pub label: String,
+}
+
+pub fn check_addresses(raw: &[RawAddress]) -> (Vec<AddressRecord>, Vec<Rejection>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let code = a.code.trim();
+        let r = if code.is_empty() {
+            Err(reject(i, "code", "missing address code"))
+        } else if code.len() > MAX_ADDRESS_CODE {
+            Err(reject(i, "code", format!("address code longer than {MAX_ADDRESS_CODE} bytes")))
+        } else if !valid_coordinates(a.lat, a.lng) {
+            Err(reject(i, "lat,lng", format!("bad coordinates {},{}", a.lat, a.lng)))
+        } else if a.area.trim().is_empty() {
+            Err(reject(i, "area", "missing area code"))
+        } else if a.label.len() > MAX_LABEL {
+            Err(reject(i, "label", format!("label longer than {MAX_LABEL} bytes")))
+        } else {
+            match AddressKind::parse(a.kind.trim()) {
+                None => Err(reject(
+                    i,
+                    "kind",
+                    format!("unknown address kind {:?} (standard, nonstandard, virtual, point)", a.kind),
+                )),
+                Some(kind) => Ok(AddressRecord {
+                    code: code.to_string(),
+                    lat: a.lat,
+                    lng: a.lng,
+                    kind,
+                    area: a.area.trim().to_string(),
+                    label: a.label.clone(),
+                    id: 0,
+                }),
+            }
+        };
+        match r {
+            Ok(a) => ok.push(a),
+            Err(e) => bad.push(e),
+        }
+    }
+    (ok, bad)
+}
+
+/// Raw registration fields as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRegistration {
+    pub person: u64,
+    pub address: String,
+    pub kind: String,
+    pub valid_from: i64,
+    pub valid_until: Option<i64>,
+}
+
+pub fn check_registrations<S: SliceSource + ?Sized>(
+    source: &S,
+    raw: &[RawRegistration],
+) -> (Vec<RegistrationRecord>, Vec<Rejection>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let kind = RegistrationKind::parse(r.kind.trim());
+        let res = if r.person == 0 {
+            Err(reject(i, "person", "missing person (id 0)"))
+        } else if source.address(r.address.trim()).is_none() {
+            Err(reject(i, "address", format!("unknown address {:?}", r.address)))
+        } else {
+            match (kind, r.valid_until) {
+                (None, _) => Err(reject(i, "kind", format!("unknown registration kind {:?} (permanent, temporary)", r.kind))),
+                (Some(RegistrationKind::Temporary), None) => {
+                    Err(reject(i, "valid_until", "a temporary registration needs valid_until"))
+                }
+                (Some(RegistrationKind::Permanent), Some(_)) => {
+                    Err(reject(i, "valid_until", "a permanent registration has no valid_until"))
+                }
+                (Some(_), Some(u)) if u <= r.valid_from => Err(reject(
+                    i,
+                    "valid_until",
+                    format!("valid_until {} is not after valid_from {}", format_time(u), format_time(r.valid_from)),
+                )),
+                (Some(k), until) => Ok(RegistrationRecord {
+                    person: r.person,
+                    address: r.address.trim().to_string(),
+                    kind: k,
+                    valid_from: r.valid_from,
+                    valid_until: until,
+                }),
+            }
+        };
+        match res {
+            Ok(v) => ok.push(v),
+            Err(e) => bad.push(e),
+        }
+    }
+    (ok, bad)
+}

@@ -1,0 +1,344 @@
+//! The gRPC API through a real tonic client against a node on 127.0.0.1,
+//! with an injected clock.
+
+use std::sync::Arc;
+
+use hourcell_cluster::config::NodeConfig;
+use hourcell_cluster::node::Node;
+use hourcell_cluster::server;
+use hourcell_proto::v1;
+use hourcell_proto::v1::admin_client::AdminClient;
+use hourcell_proto::v1::ingest_client::IngestClient;
+use hourcell_proto::v1::query_client::QueryClient;
+use hourcell_proto::v1::registry_client::RegistryClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// 2026-11-01T00:00:00Z
+const T0: i64 = 1_793_491_200;
+const NOW: i64 = T0 + 3 * 86_400;
+
+struct Harness {
+    channel: Channel,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::new(dir.path().join("node"));
+    cfg.block_cache_mb = 16;
+    let node = Node::open(&cfg, Arc::new(|| NOW)).unwrap();
+    let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(node, listener, async move {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Harness {
+        channel,
+        _dir: dir,
+        stop: Some(tx),
+    }
+}
+
+fn addr(code: &str, lat: f64, lng: f64, area: &str) -> v1::Address {
+    v1::Address {
+        code: code.into(),
+        lat,
+        lng,
+        kind: "standard".into(),
+        area: area.into(),
+        label: format!("generated {code}"),
+    }
+}
+
+fn ev(person: u64, t: i64, address: &str, source: &str) -> v1::Event {
+    v1::Event {
+        person,
+        time: Some(v1::event::Time::UnixSeconds(t)),
+        lat: None,
+        lng: None,
+        address: address.into(),
+        source: source.into(),
+    }
+}
+
+fn window(from: i64, to: i64) -> Option<v1::Window> {
+    Some(v1::Window {
+        from,
+        to,
+        as_of: None,
+    })
+}
+
+async fn seed(h: &Harness) {
+    let mut reg = RegistryClient::new(h.channel.clone());
+    let r = reg
+        .put_addresses(v1::PutAddressesRequest {
+            addresses: vec![
+                addr("H1", 30.2741, 120.1551, "A1"),
+                addr("H2", 30.2800, 120.1600, "A1"),
+                addr("W1", 30.3000, 120.2000, "A2"),
+                addr("", 1.0, 1.0, "A1"),
+                addr("BAD", 91.0, 1.0, "A1"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 3);
+    assert_eq!(
+        r.rejected.iter().map(|x| (x.index, x.field.as_str())).collect::<Vec<_>>(),
+        vec![(3, "code"), (4, "lat,lng")]
+    );
+    let r = reg
+        .put_registrations(v1::PutRegistrationsRequest {
+            registrations: vec![
+                v1::Registration {
+                    person: 10,
+                    address: "H1".into(),
+                    kind: "permanent".into(),
+                    valid_from: T0 - 86_400,
+                    valid_until: None,
+                },
+                v1::Registration {
+                    person: 20,
+                    address: "H2".into(),
+                    kind: "temporary".into(),
+                    valid_from: T0 - 86_400,
+                    valid_until: Some(T0 + 60 * 86_400),
+                },
+                v1::Registration {
+                    person: 30,
+                    address: "H2".into(),
+                    kind: "temporary".into(),
+                    valid_from: T0,
+                    valid_until: None,
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 2);
+    assert_eq!(r.rejected[0].field, "valid_until");
+}
+
+#[tokio::test]
+async fn ingest_validates_per_event_and_is_idempotent() {
+    let h = start().await;
+    seed(&h).await;
+    let mut ingest = IngestClient::new(h.channel.clone());
+    let mut batch = vec![
+        ev(10, T0 + 3600, "H1", "utility"),
+        ev(0, T0, "H1", "utility"),
+        ev(10, T0, "NOPE", "utility"),
+        ev(10, NOW + 2 * 3600, "H1", "utility"),
+        ev(20, T0 + 2 * 3600, "H2", "rental"),
+    ];
+    batch.push(v1::Event {
+        lat: Some(30.2741),
+        lng: Some(500.0),
+        ..ev(20, T0, "", "access")
+    });
+    batch.push(v1::Event {
+        time: Some(v1::event::Time::Rfc3339("2026-11-01T13:30:00+08:00".into())),
+        lat: Some(30.3),
+        lng: Some(120.2),
+        ..ev(20, 0, "", "access")
+    });
+    let r = ingest
+        .ingest(v1::IngestRequest {
+            events: batch.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 3);
+    let why: Vec<(u32, String)> = r
+        .rejected
+        .iter()
+        .map(|x| (x.index, x.field.clone()))
+        .collect();
+    assert_eq!(
+        why,
+        vec![
+            (1, "person".into()),
+            (2, "address".into()),
+            (3, "time".into()),
+            (5, "lat,lng".into())
+        ]
+    );
+    assert!(r.rejected[2].reason.contains("future"), "{:?}", r.rejected[2]);
+
+    let mut q = QueryClient::new(h.channel.clone());
+    let occ = || v1::OccupancyRequest {
+        region: Some(v1::Region {
+            kind: Some(v1::region::Kind::Area("A1".into())),
+        }),
+        window: window(T0, T0 + 4 * 3600),
+    };
+    let before = q.occupancy(occ()).await.unwrap().into_inner();
+    // The same batch again changes nothing.
+    ingest
+        .ingest(v1::IngestRequest { events: batch })
+        .await
+        .unwrap();
+    let after = q.occupancy(occ()).await.unwrap().into_inner();
+    assert_eq!(before, after);
+    assert_eq!(after.distinct, 2);
+    assert_eq!(
+        after.hours.iter().map(|h| h.distinct).collect::<Vec<_>>(),
+        vec![0, 1, 1, 0]
+    );
+    let w = after.window.unwrap();
+    assert_eq!((w.from, w.to, w.as_of), (T0, T0 + 4 * 3600, NOW));
+
+    // who-was-at streams ascending ids; the window is in the first message.
+    let mut s = q
+        .who_was_at(v1::WhoWasAtRequest {
+            region: Some(v1::Region {
+                kind: Some(v1::region::Kind::Circle(v1::Circle {
+                    lat: 30.2741,
+                    lng: 120.1551,
+                    radius_m: 1500.0,
+                })),
+            }),
+            window: window(T0 + 10, T0 + 3 * 3600 - 10),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.next().await.unwrap().unwrap();
+    assert_eq!(first.window.unwrap().from, T0);
+    assert_eq!(first.persons, vec![10, 20]);
+
+    let ww = q
+        .where_was(v1::WhereWasRequest {
+            person: 20,
+            window: window(T0, T0 + 86_400),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ww.hours.len(), 2);
+    assert_eq!(ww.hours[0].hour, T0 + 2 * 3600);
+    assert_eq!(ww.hours[0].addresses, vec!["H2".to_string()]);
+    assert_eq!(ww.hours[1].sources, vec!["access".to_string()]);
+    assert!(ww.hours[1].addresses.is_empty());
+
+    // Person 10 was last seen at T0+1h; person 20 was active at T0+5h.
+    let mut s = q
+        .no_activity_since(v1::NoActivitySinceRequest {
+            since: T0 + 3 * 3600,
+            as_of: None,
+            scope: None,
+            local: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = s.next().await.unwrap().unwrap();
+    let rows: Vec<(u64, Option<i64>)> = m.persons.iter().map(|p| (p.person, p.last_seen)).collect();
+    assert_eq!(rows, vec![(10, Some(T0 + 3600))]);
+
+    let st = AdminClient::new(h.channel.clone())
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.persons, 2);
+    assert_eq!(st.addresses, 3);
+    assert!(st.postings >= 5);
+}
+
+#[tokio::test]
+async fn bad_queries_are_invalid_argument_naming_field_and_value() {
+    let h = start().await;
+    seed(&h).await;
+    let mut q = QueryClient::new(h.channel.clone());
+    let e = q
+        .occupancy(v1::OccupancyRequest {
+            region: Some(v1::Region {
+                kind: Some(v1::region::Kind::Circle(v1::Circle {
+                    lat: 95.0,
+                    lng: 0.0,
+                    radius_m: 100.0,
+                })),
+            }),
+            window: window(T0, T0 + 3600),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("region") && e.message().contains("95"), "{}", e.message());
+
+    let e = q
+        .who_was_at(v1::WhoWasAtRequest {
+            region: Some(v1::Region {
+                kind: Some(v1::region::Kind::Cells(v1::CellList {
+                    tokens: vec!["xyz".into()],
+                })),
+            }),
+            window: window(T0, T0 + 3600),
+        })
+        .await
+        .err()
+        .expect("bad token rejected");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("xyz"), "{}", e.message());
+
+    let e = q
+        .where_was(v1::WhereWasRequest {
+            person: 10,
+            window: window(T0 + 10, T0),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("to"), "{}", e.message());
+
+    let e = q
+        .occupancy(v1::OccupancyRequest {
+            region: None,
+            window: window(T0, T0 + 3600),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("region"));
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let h = start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "hourcell.v1.Query".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}

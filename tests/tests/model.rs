@@ -1,0 +1,183 @@
+//! Every query against a naive model of the same events, over random
+//! worlds, regions and windows, on both engines.
+
+use std::sync::Arc;
+
+use hourcell_query::validate::{check_addresses, check_registrations, place_events};
+use hourcell_query::{QueryEngine, Region};
+use hourcell_storage::cell::cell_at;
+use hourcell_storage::{Command, KvEngine, MemEngine, RocksConfig, RocksEngine, SliceStore};
+use hourcell_tests::{World, CENTER, LEVEL};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn load<E: KvEngine>(engine: E, w: &World, seed: u64) -> Arc<SliceStore<E>> {
+    let s = Arc::new(SliceStore::open(engine, Some(LEVEL)).unwrap());
+    let (a, bad) = check_addresses(&w.addresses);
+    assert!(bad.is_empty());
+    s.apply(&Command::PutAddresses(a)).unwrap();
+    let (r, bad) = check_registrations(s.as_ref(), &w.registrations);
+    assert!(bad.is_empty(), "{bad:?}");
+    s.apply(&Command::PutRegistrations(r)).unwrap();
+    // Random batch boundaries, and one batch sent twice: ingest is
+    // idempotent, so the model (which has each event once) must still match.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let now = w.hours.1 * 3600;
+    let mut i = 0;
+    while i < w.events.len() {
+        let n = rng.gen_range(1..=60).min(w.events.len() - i);
+        let (ok, bad) = place_events(s.as_ref(), &w.events[i..i + n], now);
+        assert!(bad.is_empty(), "{bad:?}");
+        s.apply(&Command::Ingest(ok.clone())).unwrap();
+        if rng.gen_bool(0.2) {
+            s.apply(&Command::Ingest(ok)).unwrap();
+        }
+        i += n;
+    }
+    s
+}
+
+fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {
+    match rng.gen_range(0..5) {
+        0 => {
+            let (a, b) = (rng.gen_range(-0.03..0.03), rng.gen_range(-0.03..0.03));
+            let (c, d) = (rng.gen_range(-0.03..0.03), rng.gen_range(-0.03..0.03));
+            Region::Rect {
+                lat_lo: CENTER.0 + f64::min(a, b),
+                lng_lo: CENTER.1 + f64::min(c, d),
+                lat_hi: CENTER.0 + f64::max(a, b),
+                lng_hi: CENTER.1 + f64::max(c, d),
+            }
+        }
+        1 => Region::Circle {
+            lat: CENTER.0 + rng.gen_range(-0.02..0.02),
+            lng: CENTER.1 + rng.gen_range(-0.02..0.02),
+            radius_m: rng.gen_range(50.0..3000.0),
+        },
+        2 => {
+            let n = rng.gen_range(1..5);
+            Region::Cells(
+                (0..n)
+                    .map(|_| {
+                        let level = rng.gen_range(8..=22);
+                        cell_at(
+                            CENTER.0 + rng.gen_range(-0.02..0.02),
+                            CENTER.1 + rng.gen_range(-0.02..0.02),
+                            level,
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        3 => {
+            let n = rng.gen_range(1..4);
+            Region::Addresses(
+                (0..n)
+                    .map(|_| w.addresses[rng.gen_range(0..w.addresses.len())].code.clone())
+                    .collect(),
+            )
+        }
+        _ => Region::Area(w.addresses[rng.gen_range(0..w.addresses.len())].area.clone()),
+    }
+}
+
+fn check_world<E: KvEngine>(engine: E, seed: u64, base_hour: i64) {
+    let w = World::random(seed, base_hour);
+    let store = load(engine, &w, seed);
+    let q = QueryEngine::new(store);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let as_of_far = (w.hours.1 + 100) * 3600;
+    for _ in 0..12 {
+        let region = random_region(&mut rng, &w);
+        // Windows in seconds, not aligned to hours: they must widen.
+        let from = w.hours.0 * 3600 + rng.gen_range(-3 * 3600..40 * 3600);
+        let to = from + rng.gen_range(1..30 * 3600);
+        let from_h = from.div_euclid(3600);
+        let to_h = -((-to).div_euclid(3600));
+        let who = q.who_was_at(&region, from, to, as_of_far).unwrap();
+        assert_eq!((who.window.from_hour, who.window.to_hour), (from_h, to_h));
+        assert_eq!(who.persons, w.who_was_at(&region, from_h, to_h), "who-was-at {region:?} [{from_h},{to_h})");
+
+        // as_of caps the window at the hour containing it.
+        let as_of = from + rng.gen_range(0..20 * 3600);
+        let capped_to = to_h.min(as_of.div_euclid(3600) + 1);
+        let who = q.who_was_at(&region, from, to, as_of).unwrap();
+        assert_eq!(who.persons, w.who_was_at(&region, from_h, capped_to.max(from_h)));
+
+        let occ = q.occupancy(&region, from, to, as_of_far).unwrap();
+        let (distinct, hours) = w.occupancy(&region, from_h, to_h);
+        assert_eq!(occ.distinct, distinct, "occupancy distinct {region:?}");
+        let got: Vec<(i64, u64)> = occ.hours.iter().map(|h| (h.hour, h.distinct)).collect();
+        assert_eq!(got, hours);
+
+        let person = w.events[rng.gen_range(0..w.events.len())].person;
+        let ww = q.where_was(person, from, to, as_of_far).unwrap();
+        let model = w.where_was(person, from_h, to_h);
+        assert_eq!(ww.hours.len(), model.len());
+        for h in &ww.hours {
+            let (cells, addrs, srcs) = &model[&h.hour];
+            assert_eq!(h.cells, cells.iter().cloned().collect::<Vec<_>>());
+            assert_eq!(h.addresses, addrs.iter().cloned().collect::<Vec<_>>());
+            assert_eq!(h.sources, srcs.iter().cloned().collect::<Vec<_>>());
+        }
+
+        let since = w.hours.0 * 3600 + rng.gen_range(0..48 * 3600);
+        let as_of = since + rng.gen_range(0..30 * 3600);
+        let scope = rng.gen_bool(0.5).then(|| random_region(&mut rng, &w));
+        let local = rng.gen_bool(0.4).then(|| random_region(&mut rng, &w));
+        let na = q
+            .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())
+            .unwrap();
+        let got: Vec<(u64, Option<i64>)> = na
+            .persons
+            .iter()
+            .map(|p| (p.person, p.last_seen_hour))
+            .collect();
+        assert_eq!(
+            got,
+            w.no_activity_since(since.div_euclid(3600), as_of, scope.as_ref(), local.as_ref()),
+            "no-activity-since scope {scope:?} local {local:?}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn queries_match_the_model_in_memory(seed in any::<u64>(), negative in any::<bool>()) {
+        // Some worlds sit before 1970, where hour arithmetic must still floor.
+        let base = if negative { -30 } else { 493_000 };
+        check_world(MemEngine::new(), seed, base);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn queries_match_the_model_on_rocksdb(seed in any::<u64>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(dir.path(), &RocksConfig { block_cache_bytes: 8 << 20, ..RocksConfig::default() }).unwrap();
+        check_world(e, seed, 493_000);
+    }
+}
+
+#[test]
+fn unknown_address_and_area_are_named_errors() {
+    let w = World::random(1, 493_000);
+    let q = QueryEngine::new(load(MemEngine::new(), &w, 1));
+    let e = q
+        .who_was_at(&Region::Addresses(vec!["NOPE".into()]), 0, 3600, 7200)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NOPE") && e.contains("region"), "{e}");
+    let e = q
+        .occupancy(&Region::Area("Z9".into()), 0, 3600, 7200)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Z9"), "{e}");
+    let e = q.no_activity_since(100, 50, None, None).unwrap_err().to_string();
+    assert!(e.contains("since"), "{e}");
+}
