@@ -32,8 +32,11 @@ fn raw_events(town: &Town, day: u32) -> Vec<RawEvent> {
 
 fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
     let s = Arc::new(
-        SliceStore::open(RocksEngine::open(dir, &RocksConfig::default()).unwrap(), Some(16))
-            .unwrap(),
+        SliceStore::open(
+            RocksEngine::open(dir, &RocksConfig::default()).unwrap(),
+            Some(16),
+        )
+        .unwrap(),
     );
     let addrs: Vec<RawAddress> = town
         .addresses()
@@ -47,7 +50,8 @@ fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
             label: a.label.clone(),
         })
         .collect();
-    s.apply(&Command::PutAddresses(check_addresses(&addrs).0)).unwrap();
+    s.apply(&Command::PutAddresses(check_addresses(&addrs).0))
+        .unwrap();
     let regs: Vec<RawRegistration> = town
         .registry()
         .into_iter()
@@ -59,8 +63,10 @@ fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
             valid_until: r.valid_until,
         })
         .collect();
-    s.apply(&Command::PutRegistrations(check_registrations(s.as_ref(), &regs).0))
-        .unwrap();
+    s.apply(&Command::PutRegistrations(
+        check_registrations(s.as_ref(), &regs).0,
+    ))
+    .unwrap();
     for d in 0..town.config().days {
         let ev = raw_events(town, d);
         for chunk in ev.chunks(20_000) {
@@ -101,7 +107,11 @@ fn benches(c: &mut Criterion) {
     let (placed, _) = place_events(store.as_ref(), &batch, i64::MAX / 2);
     let cmd = Command::Ingest(placed);
     c.bench_function("apply 10k-event batch (synced, RocksDB)", |b| {
-        b.iter_batched(|| cmd.clone(), |cmd| store.apply(&cmd).unwrap(), BatchSize::SmallInput)
+        b.iter_batched(
+            || cmd.clone(),
+            |cmd| store.apply(&cmd).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
 
     let q = QueryEngine::new(store.clone());

@@ -29,7 +29,10 @@ const CIRCLE_M: f64 = 1_000.0;
 /// Index of the `per_mille`‰ percentile in a sorted sample of `n`:
 /// `ceil(p·n) - 1` (so p99 of 200 runs is the 198th value).
 pub fn percentile_index(n: usize, per_mille: usize) -> usize {
-    (per_mille * n).div_ceil(1000).saturating_sub(1).min(n.saturating_sub(1))
+    (per_mille * n)
+        .div_ceil(1000)
+        .saturating_sub(1)
+        .min(n.saturating_sub(1))
 }
 
 /// The `per_mille`‰ percentile of sorted durations (zero when empty).
@@ -100,7 +103,8 @@ impl QueryStats {
 
 /// The markdown table for docs/benchmarks.md.
 pub fn markdown_table(stats: &[QueryStats]) -> String {
-    let mut s = String::from("| query | runs | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
+    let mut s =
+        String::from("| query | runs | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
     for q in stats {
         let (p50, p99, max) = q.summary();
         s.push_str(&format!(
@@ -207,7 +211,12 @@ type IngestOutcome = (usize, Result<v1::IngestResponse, tonic::Status>);
 /// Streams every day's events to the node, `batch` events per request and
 /// `concurrency` requests in flight, generating the next day while the
 /// current one is sent.
-async fn load_events(ch: &Channel, town: Arc<Town>, batch: usize, concurrency: usize) -> Result<()> {
+async fn load_events(
+    ch: &Channel,
+    town: Arc<Town>,
+    batch: usize,
+    concurrency: usize,
+) -> Result<()> {
     let batch = batch.max(1);
     let concurrency = concurrency.max(1);
     let days = town.config().days;
@@ -275,7 +284,12 @@ async fn load_events(ch: &Channel, town: Arc<Town>, batch: usize, concurrency: u
         let mut c = ingest.clone();
         inflight.spawn(async move {
             let n = chunk.len();
-            (n, c.ingest(v1::IngestRequest { events: chunk }).await.map(|r| r.into_inner()))
+            (
+                n,
+                c.ingest(v1::IngestRequest { events: chunk })
+                    .await
+                    .map(|r| r.into_inner()),
+            )
         });
     }
     while let Some(r) = inflight.join_next().await {
@@ -284,7 +298,9 @@ async fn load_events(ch: &Channel, town: Arc<Town>, batch: usize, concurrency: u
             return Err(e);
         }
     }
-    let generated = producer.await.map_err(|e| anyhow!("event generator failed: {e}"))?;
+    let generated = producer
+        .await
+        .map_err(|e| anyhow!("event generator failed: {e}"))?;
     let elapsed = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
     println!(
@@ -320,16 +336,24 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
     if !addresses.is_empty() {
         let reqs = (0..runs)
             .map(|_| {
-                let a = addresses.choose(&mut rng).map(|a| a.code.clone()).unwrap_or_default();
+                let a = addresses
+                    .choose(&mut rng)
+                    .map(|a| a.code.clone())
+                    .unwrap_or_default();
                 QueryRequest::Occupancy(v1::OccupancyRequest {
                     region: Some(v1::Region {
-                        kind: Some(v1::region::Kind::Addresses(v1::AddressList { codes: vec![a] })),
+                        kind: Some(v1::region::Kind::Addresses(v1::AddressList {
+                            codes: vec![a],
+                        })),
                     }),
                     window: Some(day_window(&mut rng)),
                 })
             })
             .collect();
-        out.push((QueryStats::new("occupancy (1 address, 24 h)", "distinct persons"), reqs));
+        out.push((
+            QueryStats::new("occupancy (1 address, 24 h)", "distinct persons"),
+            reqs,
+        ));
     }
     if !physical.is_empty() {
         let reqs = (0..runs)
@@ -348,7 +372,10 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                 })
             })
             .collect();
-        out.push((QueryStats::new("who-was-at (1 km circle, 24 h)", "persons"), reqs));
+        out.push((
+            QueryStats::new("who-was-at (1 km circle, 24 h)", "persons"),
+            reqs,
+        ));
     }
     if !persons.is_empty() {
         let reqs = (0..runs)
@@ -367,7 +394,10 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                 })
             })
             .collect();
-        out.push((QueryStats::new("where-was (1 person, 7 days)", "hours"), reqs));
+        out.push((
+            QueryStats::new("where-was (1 person, 7 days)", "hours"),
+            reqs,
+        ));
     }
     let reqs = (0..runs)
         .map(|_| {
@@ -380,7 +410,10 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
             })
         })
         .collect();
-    out.push((QueryStats::new("no-activity-since (all, 7 days)", "persons"), reqs));
+    out.push((
+        QueryStats::new("no-activity-since (all, 7 days)", "persons"),
+        reqs,
+    ));
     out
 }
 

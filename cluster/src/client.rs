@@ -278,9 +278,7 @@ fn window(a: &QueryArgs, now: i64) -> Result<v1::Window> {
         .ok_or_else(|| anyhow!("{kind} needs --from (RFC 3339 or unix seconds)"))?;
     let from = flag_time("--from", from)?;
     let as_of = opt_time("--as-of", a.as_of.as_deref())?;
-    let to = opt_time("--to", a.to.as_deref())?
-        .or(as_of)
-        .unwrap_or(now);
+    let to = opt_time("--to", a.to.as_deref())?.or(as_of).unwrap_or(now);
     Ok(v1::Window { from, to, as_of })
 }
 
@@ -322,8 +320,7 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
             }
         }
         QueryKind::WhereWas => {
-            let mut bad: Vec<(&str, bool)> =
-                flags.given().into_iter().map(|n| (n, true)).collect();
+            let mut bad: Vec<(&str, bool)> = flags.given().into_iter().map(|n| (n, true)).collect();
             bad.push(("--since", a.since.is_some()));
             bad.push(("--local-rect", a.local_rect.is_some()));
             reject_flags(a.kind, &bad)?;
@@ -696,7 +693,11 @@ pub fn to_table(out: &QueryOutput) -> String {
         ),
         QueryOutput::NoActivitySince(r) => format!(
             "{} with no activity since {} (as of {})",
-            plural(r.persons.len() as u64, "registered person", "registered persons"),
+            plural(
+                r.persons.len() as u64,
+                "registered person",
+                "registered persons"
+            ),
             format_time(r.window.from),
             format_time(r.window.as_of)
         ),
@@ -897,7 +898,11 @@ pub enum Item {
     Registration(v1::Registration),
 }
 
-pub fn parse_row(kind: ImportKind, cols: &Columns, rec: &csv::StringRecord) -> Result<Item, RowError> {
+pub fn parse_row(
+    kind: ImportKind,
+    cols: &Columns,
+    rec: &csv::StringRecord,
+) -> Result<Item, RowError> {
     match kind {
         ImportKind::Events => {
             let person = person_field(cols, rec)?;
@@ -909,7 +914,10 @@ pub fn parse_row(kind: ImportKind, cols: &Columns, rec: &csv::StringRecord) -> R
             let (lat, lng) = (cols.get(rec, "lat"), cols.get(rec, "lng"));
             let (lat, lng) = match (lat.is_empty(), lng.is_empty()) {
                 (true, true) => (None, None),
-                (false, false) => (Some(float_field("lat", lat)?), Some(float_field("lng", lng)?)),
+                (false, false) => (
+                    Some(float_field("lat", lat)?),
+                    Some(float_field("lng", lng)?),
+                ),
                 (true, false) => return Err(row_err("lat", "missing while lng is given")),
                 (false, true) => return Err(row_err("lng", "missing while lat is given")),
             };
@@ -965,7 +973,12 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
-    pub fn reject(&mut self, line: Option<u64>, field: impl Into<String>, reason: impl Into<String>) {
+    pub fn reject(
+        &mut self,
+        line: Option<u64>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
         self.rejected += 1;
         self.first.push(RejectedRow {
             line,
@@ -1018,7 +1031,11 @@ struct Batch {
     items: Vec<Item>,
 }
 
-async fn send_batch(ch: &Channel, kind: ImportKind, batch: Batch) -> Result<(u64, Vec<u64>, Vec<v1::Rejection>)> {
+async fn send_batch(
+    ch: &Channel,
+    kind: ImportKind,
+    batch: Batch,
+) -> Result<(u64, Vec<u64>, Vec<v1::Rejection>)> {
     let Batch { lines, items } = batch;
     let resp = match kind {
         ImportKind::Events => {
@@ -1226,7 +1243,10 @@ mod tests {
         let e = err(parse_rect("--rect", "1,2,3"));
         assert!(e.contains("--rect") && e.contains("\"1,2,3\""), "{e}");
         let e = err(parse_rect("--rect", "1,2,x,4"));
-        assert!(e.contains("--rect") && e.contains("LAT2") && e.contains("\"x\""), "{e}");
+        assert!(
+            e.contains("--rect") && e.contains("LAT2") && e.contains("\"x\""),
+            "{e}"
+        );
         assert!(parse_rect("--rect", "1,2,nan,4").is_err());
     }
 
@@ -1235,7 +1255,10 @@ mod tests {
         let c = parse_circle("--circle", "30.27,120.15,1000").unwrap();
         assert_eq!((c.lat, c.lng, c.radius_m), (30.27, 120.15, 1000.0));
         let e = err(parse_circle("--circle", "30.27,120.15,1km"));
-        assert!(e.contains("--circle") && e.contains("METRES") && e.contains("1km"), "{e}");
+        assert!(
+            e.contains("--circle") && e.contains("METRES") && e.contains("1km"),
+            "{e}"
+        );
         assert_eq!(parse_list("--cells", " a, b,,").unwrap(), vec!["a", "b"]);
         assert!(err(parse_list("--addresses", " , ")).contains("--addresses"));
     }
@@ -1490,9 +1513,17 @@ mod tests {
             Some(v1::event::Time::Rfc3339("2026-11-01T00:00:00Z".into()))
         );
         assert_eq!((e.lat, e.lng), (Some(30.1), Some(120.2)));
-        let bad = parse_row(ImportKind::Events, &cols, &record(&["x", "1", "", "", "H1", "u"]));
+        let bad = parse_row(
+            ImportKind::Events,
+            &cols,
+            &record(&["x", "1", "", "", "H1", "u"]),
+        );
         assert_eq!(bad.unwrap_err().field, "person");
-        let bad = parse_row(ImportKind::Events, &cols, &record(&["1", "1", "30", "", "", "u"]));
+        let bad = parse_row(
+            ImportKind::Events,
+            &cols,
+            &record(&["1", "1", "30", "", "", "u"]),
+        );
         assert_eq!(bad.unwrap_err().field, "lng");
         // A short row (flexible reader) misses the time.
         let bad = parse_row(ImportKind::Events, &cols, &record(&["1"]));
@@ -1543,7 +1574,10 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        assert_eq!((a.code.as_str(), a.lat, a.area.as_str()), ("H1", 30.5, "A001"));
+        assert_eq!(
+            (a.code.as_str(), a.lat, a.area.as_str()),
+            ("H1", 30.5, "A001")
+        );
     }
 
     #[test]
@@ -1568,7 +1602,10 @@ mod tests {
         assert_eq!(first[0].line, Some(5));
         assert_eq!(first[1].line, Some(100));
         let s = rep.summary();
-        assert!(s.starts_with("accepted 5, rejected 51\n  line 5: lat: out of range\n"), "{s}");
+        assert!(
+            s.starts_with("accepted 5, rejected 51\n  line 5: lat: out of range\n"),
+            "{s}"
+        );
         assert!(s.contains("... and 41 more"), "{s}");
     }
 

@@ -87,7 +87,10 @@ impl NodeConfig {
             anyhow::bail!("block_cache_mb {} is below 8", self.block_cache_mb);
         }
         if !(4..=4096).contains(&self.write_buffer_mb) {
-            anyhow::bail!("write_buffer_mb {} is outside 4..=4096", self.write_buffer_mb);
+            anyhow::bail!(
+                "write_buffer_mb {} is outside 4..=4096",
+                self.write_buffer_mb
+            );
         }
         if !(1..=1_000_000).contains(&self.max_batch) {
             anyhow::bail!("max_batch {} is outside 1..=1000000", self.max_batch);

@@ -46,7 +46,11 @@ pub fn load_town(node: &Node, town: Town, progress: bool) -> anyhow::Result<Load
         .collect();
     for chunk in addrs.chunks(50_000) {
         let (_, bad) = node.put_addresses(chunk)?;
-        anyhow::ensure!(bad.is_empty(), "generated addresses rejected: {:?}", &bad[..bad.len().min(3)]);
+        anyhow::ensure!(
+            bad.is_empty(),
+            "generated addresses rejected: {:?}",
+            &bad[..bad.len().min(3)]
+        );
     }
     let regs: Vec<RawRegistration> = town
         .registry()
@@ -61,7 +65,11 @@ pub fn load_town(node: &Node, town: Town, progress: bool) -> anyhow::Result<Load
         .collect();
     for chunk in regs.chunks(50_000) {
         let (_, bad) = node.put_registrations(chunk)?;
-        anyhow::ensure!(bad.is_empty(), "generated registrations rejected: {:?}", &bad[..bad.len().min(3)]);
+        anyhow::ensure!(
+            bad.is_empty(),
+            "generated registrations rejected: {:?}",
+            &bad[..bad.len().min(3)]
+        );
     }
     let days = town.config().days;
     let bar = if progress {
@@ -175,8 +183,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         let started = std::time::Instant::now();
         let n = node.clone();
-        let l = tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true))
-            .await??;
+        let l =
+            tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true)).await??;
         let secs = started.elapsed().as_secs_f64();
         let st = node.store().stats()?;
         println!(
@@ -196,15 +204,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             stats.persons,
             stats.addresses,
             stats.registrations,
-            stats.first_hour.map(|h| format_time(h * 3600)).unwrap_or_default(),
-            stats.last_hour.map(|h| format_time(h * 3600 + 3600)).unwrap_or_default()
+            stats
+                .first_hour
+                .map(|h| format_time(h * 3600))
+                .unwrap_or_default(),
+            stats
+                .last_hour
+                .map(|h| format_time(h * 3600 + 3600))
+                .unwrap_or_default()
         );
         None
     };
     if let Some(l) = &loaded {
         print_examples(l, &args.listen.to_string());
     } else {
-        println!("(delete {} to regenerate the demo town)", args.data_dir.display());
+        println!(
+            "(delete {} to regenerate the demo town)",
+            args.data_dir.display()
+        );
     }
     if args.no_serve {
         return Ok(());

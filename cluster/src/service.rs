@@ -52,9 +52,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 pub fn region_from_proto(r: Option<v1::Region>, field: &'static str) -> Result<Region, Status> {
-    let kind = r
-        .and_then(|r| r.kind)
-        .ok_or_else(|| invalid(field, "", "a region is required (rect, circle, cells, addresses or area)"))?;
+    let kind = r.and_then(|r| r.kind).ok_or_else(|| {
+        invalid(
+            field,
+            "",
+            "a region is required (rect, circle, cells, addresses or area)",
+        )
+    })?;
     Ok(match kind {
         v1::region::Kind::Rect(r) => Region::Rect {
             lat_lo: r.lat_lo,
@@ -70,7 +74,10 @@ pub fn region_from_proto(r: Option<v1::Region>, field: &'static str) -> Result<R
         v1::region::Kind::Cells(c) => {
             let mut ids = Vec::with_capacity(c.tokens.len());
             for t in &c.tokens {
-                ids.push(cell::parse_token(t).ok_or_else(|| invalid(field, t, "not an S2 cell token"))?);
+                ids.push(
+                    cell::parse_token(t)
+                        .ok_or_else(|| invalid(field, t, "not an S2 cell token"))?,
+                );
             }
             Region::Cells(ids)
         }

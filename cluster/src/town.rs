@@ -744,7 +744,7 @@ impl Town {
 
     /// Events of the persons with indices in `range`, sorted.
     fn events_range(&self, ctx: &DayCtx, range: Range<usize>) -> Vec<GenEvent> {
-        let mut out = Vec::with_capacity(range.len() * 9);
+        let mut out = Vec::with_capacity(range.len() * 8);
         let mut scratch = Vec::with_capacity(32);
         for i in range {
             self.person_day(i, ctx, &mut scratch, &mut out);
@@ -850,7 +850,8 @@ impl Town {
                 push(hm(20, 0) + rng.gen_range(0..600), Kind::Utility(home));
             }
         }
-        if p.renter && (ctx.day + u32::from(p.rental_phase)) % 3 == 0 && rng.gen_bool(0.9) {
+        if p.renter && (ctx.day + u32::from(p.rental_phase)).is_multiple_of(3) && rng.gen_bool(0.9)
+        {
             push(hm(21, 0) + rng.gen_range(0..300), Kind::Rental(home));
         }
 

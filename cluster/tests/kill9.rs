@@ -32,7 +32,11 @@ fn spawn_node(config: &std::path::Path) -> Child {
 async fn connect(url: &str) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match Channel::from_shared(url.to_string()).unwrap().connect().await {
+        match Channel::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
             Ok(c) => return c,
             Err(e) if Instant::now() > deadline => panic!("node did not come up at {url}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -50,7 +54,11 @@ fn batch(n: u64, t: i64) -> v1::IngestRequest {
                 time: Some(v1::event::Time::UnixSeconds(t + (i as i64 % 7) * 3600)),
                 lat: Some(30.27 + (i % 13) as f64 * 0.001),
                 lng: Some(120.15),
-                address: if i % 2 == 0 { "H1".into() } else { String::new() },
+                address: if i % 2 == 0 {
+                    "H1".into()
+                } else {
+                    String::new()
+                },
                 source: "access".into(),
             })
             .collect(),
@@ -149,7 +157,10 @@ async fn acknowledged_events_survive_kill_9() {
     while let Some(m) = s.next().await {
         seen.extend(m.unwrap().persons);
     }
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ids ascend, no duplicates");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ids ascend, no duplicates"
+    );
     let seen: std::collections::HashSet<u64> = seen.into_iter().collect();
     let mut missing = 0;
     for id in &acked {
@@ -161,7 +172,12 @@ async fn acknowledged_events_survive_kill_9() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(missing, 0, "{missing} acknowledged events lost after kill -9 ({} batches acked)", acked.len());
+    assert_eq!(
+        missing,
+        0,
+        "{missing} acknowledged events lost after kill -9 ({} batches acked)",
+        acked.len()
+    );
 }
 
 /// A tiny shared log of acknowledged batch ids.

@@ -152,7 +152,13 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
 
     /// Persons with at least one event in the window whose slice cell
     /// intersects the region (or whose address is listed / in the area).
-    pub fn who_was_at(&self, region: &Region, from: i64, to: i64, as_of: i64) -> Result<WhoWasAtAnswer> {
+    pub fn who_was_at(
+        &self,
+        region: &Region,
+        from: i64,
+        to: i64,
+        as_of: i64,
+    ) -> Result<WhoWasAtAnswer> {
         let w = Window::new(from, to, as_of)?;
         let r = self.resolve(region, "region")?;
         let b = self.window_bitmap(&r, &w)?;
@@ -166,7 +172,11 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
     /// and source labels, each sorted and deduplicated.
     pub fn where_was(&self, person: u64, from: i64, to: i64, as_of: i64) -> Result<WhereWasAnswer> {
         if person == 0 {
-            return Err(QueryError::invalid("person", 0, "person id must be non-zero"));
+            return Err(QueryError::invalid(
+                "person",
+                0,
+                "person id must be non-zero",
+            ));
         }
         let w = Window::new(from, to, as_of)?;
         let rows = self.source.person_hours(person, w.from_hour, w.to_hour)?;
@@ -194,7 +204,13 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
 
     /// Distinct persons per hour (every hour of the window, zeros included)
     /// and over the whole window.
-    pub fn occupancy(&self, region: &Region, from: i64, to: i64, as_of: i64) -> Result<OccupancyAnswer> {
+    pub fn occupancy(
+        &self,
+        region: &Region,
+        from: i64,
+        to: i64,
+        as_of: i64,
+    ) -> Result<OccupancyAnswer> {
         let w = Window::new(from, to, as_of)?;
         let r = self.resolve(region, "region")?;
         let mut all = RoaringBitmap::new();
@@ -286,7 +302,9 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
                 Some(id) => {
                     let mut keep = |entries: &[hourcell_storage::PlaceEntry]| match &local {
                         None => true,
-                        Some(Resolved::Spatial(plan)) => entries.iter().any(|e| plan.matches(e.cell)),
+                        Some(Resolved::Spatial(plan)) => {
+                            entries.iter().any(|e| plan.matches(e.cell))
+                        }
                         Some(Resolved::Addresses(ids)) => entries.iter().any(|e| {
                             e.address
                                 .as_deref()

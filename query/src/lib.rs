@@ -20,7 +20,10 @@ pub mod source;
 pub mod time;
 pub mod validate;
 
-pub use engine::{HourCount, HourPlaces, Inactive, NoActivityAnswer, OccupancyAnswer, QueryEngine, WhereWasAnswer, WhoWasAtAnswer};
+pub use engine::{
+    HourCount, HourPlaces, Inactive, NoActivityAnswer, OccupancyAnswer, QueryEngine,
+    WhereWasAnswer, WhoWasAtAnswer,
+};
 pub use error::{QueryError, Result};
 pub use region::Region;
 pub use source::SliceSource;

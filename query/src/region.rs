@@ -61,32 +61,56 @@ impl Region {
             } => {
                 let v = format!("{lat_lo},{lng_lo},{lat_hi},{lng_hi}");
                 if !valid_coordinates(*lat_lo, *lng_lo) || !valid_coordinates(*lat_hi, *lng_hi) {
-                    return Err(QueryError::invalid(field, v, "latitudes must be in [-90, 90] and longitudes in [-180, 180]"));
+                    return Err(QueryError::invalid(
+                        field,
+                        v,
+                        "latitudes must be in [-90, 90] and longitudes in [-180, 180]",
+                    ));
                 }
                 if lat_lo > lat_hi {
-                    return Err(QueryError::invalid(field, v, "first latitude must not exceed the second"));
+                    return Err(QueryError::invalid(
+                        field,
+                        v,
+                        "first latitude must not exceed the second",
+                    ));
                 }
                 Ok(())
             }
             Region::Circle { lat, lng, radius_m } => {
                 let v = format!("{lat},{lng},{radius_m}");
                 if !valid_coordinates(*lat, *lng) {
-                    return Err(QueryError::invalid(field, v, "centre latitude must be in [-90, 90] and longitude in [-180, 180]"));
+                    return Err(QueryError::invalid(
+                        field,
+                        v,
+                        "centre latitude must be in [-90, 90] and longitude in [-180, 180]",
+                    ));
                 }
                 if !(radius_m.is_finite() && *radius_m > 0.0 && *radius_m <= MAX_RADIUS_M) {
-                    return Err(QueryError::invalid(field, v, format!("radius must be in (0, {MAX_RADIUS_M}] metres")));
+                    return Err(QueryError::invalid(
+                        field,
+                        v,
+                        format!("radius must be in (0, {MAX_RADIUS_M}] metres"),
+                    ));
                 }
                 Ok(())
             }
             Region::Cells(c) => {
                 if c.is_empty() || c.len() > MAX_LIST {
-                    return Err(QueryError::invalid(field, c.len(), format!("give 1 to {MAX_LIST} cell tokens")));
+                    return Err(QueryError::invalid(
+                        field,
+                        c.len(),
+                        format!("give 1 to {MAX_LIST} cell tokens"),
+                    ));
                 }
                 Ok(())
             }
             Region::Addresses(a) => {
                 if a.is_empty() || a.len() > MAX_LIST {
-                    return Err(QueryError::invalid(field, a.len(), format!("give 1 to {MAX_LIST} address codes")));
+                    return Err(QueryError::invalid(
+                        field,
+                        a.len(),
+                        format!("give 1 to {MAX_LIST} address codes"),
+                    ));
                 }
                 Ok(())
             }
@@ -100,7 +124,10 @@ impl Region {
     }
 
     pub fn is_spatial(&self) -> bool {
-        matches!(self, Region::Rect { .. } | Region::Circle { .. } | Region::Cells(_))
+        matches!(
+            self,
+            Region::Rect { .. } | Region::Circle { .. } | Region::Cells(_)
+        )
     }
 }
 
@@ -197,16 +224,16 @@ impl SpatialPlan {
                 .ranges
                 .iter()
                 .any(|&(lo, hi)| lo <= slice_cell && slice_cell <= hi),
-            Shape::Rect(r) => {
-                *self.memo.lock().entry(slice_cell).or_insert_with(|| {
-                    r.intersects_cell(&Cell::from(CellID(slice_cell)))
-                })
-            }
-            Shape::Cap(c) => {
-                *self.memo.lock().entry(slice_cell).or_insert_with(|| {
-                    c.intersects_cell(&Cell::from(CellID(slice_cell)))
-                })
-            }
+            Shape::Rect(r) => *self
+                .memo
+                .lock()
+                .entry(slice_cell)
+                .or_insert_with(|| r.intersects_cell(&Cell::from(CellID(slice_cell)))),
+            Shape::Cap(c) => *self
+                .memo
+                .lock()
+                .entry(slice_cell)
+                .or_insert_with(|| c.intersects_cell(&Cell::from(CellID(slice_cell)))),
         }
     }
 }
@@ -218,13 +245,23 @@ mod tests {
 
     #[test]
     fn circle_plan_contains_the_centre_cell_and_excludes_far_cells() {
-        let r = Region::Circle { lat: 30.27, lng: 120.15, radius_m: 1000.0 };
+        let r = Region::Circle {
+            lat: 30.27,
+            lng: 120.15,
+            radius_m: 1000.0,
+        };
         let p = SpatialPlan::new(&r, 16).unwrap();
         let c = cell_at(30.27, 120.15, 16);
         assert!(p.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi));
         assert!(p.matches(c));
-        assert!(!p.matches(cell_at(30.30, 120.15, 16)), "3 km north is outside");
-        assert!(p.matches(cell_at(30.2785, 120.15, 16)), "~950 m north is inside");
+        assert!(
+            !p.matches(cell_at(30.30, 120.15, 16)),
+            "3 km north is outside"
+        );
+        assert!(
+            p.matches(cell_at(30.2785, 120.15, 16)),
+            "~950 m north is inside"
+        );
     }
 
     #[test]
@@ -240,12 +277,29 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let e = Region::Circle { lat: 95.0, lng: 0.0, radius_m: 10.0 }
-            .validate("circle")
-            .unwrap_err()
-            .to_string();
+        let e = Region::Circle {
+            lat: 95.0,
+            lng: 0.0,
+            radius_m: 10.0,
+        }
+        .validate("circle")
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("circle") && e.contains("95"), "{e}");
-        assert!(Region::Rect { lat_lo: 1.0, lng_lo: 0.0, lat_hi: 0.0, lng_hi: 1.0 }.validate("rect").is_err());
-        assert!(Region::Circle { lat: 0.0, lng: 0.0, radius_m: -1.0 }.validate("circle").is_err());
+        assert!(Region::Rect {
+            lat_lo: 1.0,
+            lng_lo: 0.0,
+            lat_hi: 0.0,
+            lng_hi: 1.0
+        }
+        .validate("rect")
+        .is_err());
+        assert!(Region::Circle {
+            lat: 0.0,
+            lng: 0.0,
+            radius_m: -1.0
+        }
+        .validate("circle")
+        .is_err());
     }
 }

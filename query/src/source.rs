@@ -13,11 +13,22 @@ use crate::error::Result;
 /// before the read started.
 pub trait SliceSource: Send + Sync {
     fn slice_level(&self) -> u8;
-    fn cell_slices(&self, hour: i64, lo: u64, hi: u64, f: &mut dyn FnMut(u64, RoaringBitmap)) -> Result<()>;
+    fn cell_slices(
+        &self,
+        hour: i64,
+        lo: u64,
+        hi: u64,
+        f: &mut dyn FnMut(u64, RoaringBitmap),
+    ) -> Result<()>;
     fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>>;
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()>;
     fn person_hours(&self, person: u64, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>>;
-    fn last_active_before(&self, id: u32, before: i64, keep: &mut dyn FnMut(&[PlaceEntry]) -> bool) -> Result<Option<i64>>;
+    fn last_active_before(
+        &self,
+        id: u32,
+        before: i64,
+        keep: &mut dyn FnMut(&[PlaceEntry]) -> bool,
+    ) -> Result<Option<i64>>;
     fn internal_id(&self, person: u64) -> Option<u32>;
     fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64>;
     fn address(&self, code: &str) -> Option<AddressRecord>;
@@ -31,7 +42,13 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     fn slice_level(&self) -> u8 {
         SliceStore::slice_level(self)
     }
-    fn cell_slices(&self, hour: i64, lo: u64, hi: u64, f: &mut dyn FnMut(u64, RoaringBitmap)) -> Result<()> {
+    fn cell_slices(
+        &self,
+        hour: i64,
+        lo: u64,
+        hi: u64,
+        f: &mut dyn FnMut(u64, RoaringBitmap),
+    ) -> Result<()> {
         Ok(SliceStore::cell_slices(self, hour, lo, hi, f)?)
     }
     fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>> {
@@ -46,8 +63,19 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
             None => Ok(Vec::new()),
         }
     }
-    fn last_active_before(&self, id: u32, before: i64, keep: &mut dyn FnMut(&[PlaceEntry]) -> bool) -> Result<Option<i64>> {
-        Ok(SliceStore::last_active_before(self, id, hourcell_storage::keys::MIN_HOUR, before, keep)?)
+    fn last_active_before(
+        &self,
+        id: u32,
+        before: i64,
+        keep: &mut dyn FnMut(&[PlaceEntry]) -> bool,
+    ) -> Result<Option<i64>> {
+        Ok(SliceStore::last_active_before(
+            self,
+            id,
+            hourcell_storage::keys::MIN_HOUR,
+            before,
+            keep,
+        )?)
     }
     fn internal_id(&self, person: u64) -> Option<u32> {
         SliceStore::internal_id(self, person)
@@ -64,7 +92,10 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     fn area_exists(&self, area: &str) -> bool {
         SliceStore::area_exists(self, area)
     }
-    fn for_each_registration(&self, f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>)) {
+    fn for_each_registration(
+        &self,
+        f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>),
+    ) {
         self.with_registry(|regs, addrs| {
             for r in regs.values() {
                 f(r, addrs.get(&r.address));

@@ -23,9 +23,7 @@ pub fn parse_time(field: &'static str, s: &str) -> Result<i64> {
     }
     DateTime::parse_from_rfc3339(t)
         .map(|d| d.timestamp())
-        .map_err(|e| {
-            QueryError::invalid(field, s, format!("not RFC 3339 or unix seconds ({e})"))
-        })
+        .map_err(|e| QueryError::invalid(field, s, format!("not RFC 3339 or unix seconds ({e})")))
 }
 
 pub fn format_time(t: i64) -> String {
@@ -118,7 +116,10 @@ mod tests {
     #[test]
     fn parses_both_time_forms() {
         assert_eq!(parse_time("t", "1700000000").unwrap(), 1_700_000_000);
-        assert_eq!(parse_time("t", "2026-11-01T08:00:00+08:00").unwrap(), 1_793_491_200);
+        assert_eq!(
+            parse_time("t", "2026-11-01T08:00:00+08:00").unwrap(),
+            1_793_491_200
+        );
         let e = parse_time("from", "yesterday").unwrap_err().to_string();
         assert!(e.contains("from") && e.contains("yesterday"), "{e}");
         assert_eq!(format_time(1_793_491_200), "2026-11-01T00:00:00Z");

@@ -4,7 +4,9 @@
 use hourcell_storage::catalog::MAX_ADDRESS_CODE;
 use hourcell_storage::cell::{cell_at, valid_coordinates};
 use hourcell_storage::keys::{MAX_HOUR, MIN_HOUR};
-use hourcell_storage::{AddressKind, AddressRecord, RegistrationKind, RegistrationRecord, SliceEvent};
+use hourcell_storage::{
+    AddressKind, AddressRecord, RegistrationKind, RegistrationRecord, SliceEvent,
+};
 
 use crate::source::SliceSource;
 use crate::time::{format_time, hour_floor, parse_time};
@@ -81,14 +83,20 @@ fn place_one<S: SliceSource + ?Sized>(
     }
     let t = match &e.time {
         EventTime::Unix(t) => *t,
-        EventTime::Text(s) => parse_time("time", s).map_err(|err| reject(i, "time", err.to_string()))?,
+        EventTime::Text(s) => {
+            parse_time("time", s).map_err(|err| reject(i, "time", err.to_string()))?
+        }
         EventTime::Missing => return Err(reject(i, "time", "missing time")),
     };
     if t > now + MAX_FUTURE_SECS {
         return Err(reject(
             i,
             "time",
-            format!("time {} is more than 1 h in the future (now {})", format_time(t), format_time(now)),
+            format!(
+                "time {} is more than 1 h in the future (now {})",
+                format_time(t),
+                format_time(now)
+            ),
         ));
     }
     let hour = hour_floor(t);
@@ -100,7 +108,11 @@ fn place_one<S: SliceSource + ?Sized>(
         return Err(reject(i, "source", "missing source label"));
     }
     if source_label.len() > MAX_SOURCE {
-        return Err(reject(i, "source", format!("source label longer than {MAX_SOURCE} bytes")));
+        return Err(reject(
+            i,
+            "source",
+            format!("source label longer than {MAX_SOURCE} bytes"),
+        ));
     }
     let address = match e.address.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -117,11 +129,19 @@ fn place_one<S: SliceSource + ?Sized>(
             (lat, lng)
         }
         (Some(_), None, _) | (None, Some(_), _) => {
-            return Err(reject(i, "lat,lng", "bad coordinates: give both lat and lng, or neither"))
+            return Err(reject(
+                i,
+                "lat,lng",
+                "bad coordinates: give both lat and lng, or neither",
+            ))
         }
         (None, None, Some(a)) => (a.lat, a.lng),
         (None, None, None) => {
-            return Err(reject(i, "address", "no place: give lat,lng or an address code"))
+            return Err(reject(
+                i,
+                "address",
+                "no place: give lat,lng or an address code",
+            ))
         }
     };
     Ok(SliceEvent {
@@ -152,19 +172,34 @@ pub fn check_addresses(raw: &[RawAddress]) -> (Vec<AddressRecord>, Vec<Rejection
         let r = if code.is_empty() {
             Err(reject(i, "code", "missing address code"))
         } else if code.len() > MAX_ADDRESS_CODE {
-            Err(reject(i, "code", format!("address code longer than {MAX_ADDRESS_CODE} bytes")))
+            Err(reject(
+                i,
+                "code",
+                format!("address code longer than {MAX_ADDRESS_CODE} bytes"),
+            ))
         } else if !valid_coordinates(a.lat, a.lng) {
-            Err(reject(i, "lat,lng", format!("bad coordinates {},{}", a.lat, a.lng)))
+            Err(reject(
+                i,
+                "lat,lng",
+                format!("bad coordinates {},{}", a.lat, a.lng),
+            ))
         } else if a.area.trim().is_empty() {
             Err(reject(i, "area", "missing area code"))
         } else if a.label.len() > MAX_LABEL {
-            Err(reject(i, "label", format!("label longer than {MAX_LABEL} bytes")))
+            Err(reject(
+                i,
+                "label",
+                format!("label longer than {MAX_LABEL} bytes"),
+            ))
         } else {
             match AddressKind::parse(a.kind.trim()) {
                 None => Err(reject(
                     i,
                     "kind",
-                    format!("unknown address kind {:?} (standard, nonstandard, virtual, point)", a.kind),
+                    format!(
+                        "unknown address kind {:?} (standard, nonstandard, virtual, point)",
+                        a.kind
+                    ),
                 )),
                 Some(kind) => Ok(AddressRecord {
                     code: code.to_string(),
@@ -206,20 +241,39 @@ pub fn check_registrations<S: SliceSource + ?Sized>(
         let res = if r.person == 0 {
             Err(reject(i, "person", "missing person (id 0)"))
         } else if source.address(r.address.trim()).is_none() {
-            Err(reject(i, "address", format!("unknown address {:?}", r.address)))
+            Err(reject(
+                i,
+                "address",
+                format!("unknown address {:?}", r.address),
+            ))
         } else {
             match (kind, r.valid_until) {
-                (None, _) => Err(reject(i, "kind", format!("unknown registration kind {:?} (permanent, temporary)", r.kind))),
-                (Some(RegistrationKind::Temporary), None) => {
-                    Err(reject(i, "valid_until", "a temporary registration needs valid_until"))
-                }
-                (Some(RegistrationKind::Permanent), Some(_)) => {
-                    Err(reject(i, "valid_until", "a permanent registration has no valid_until"))
-                }
+                (None, _) => Err(reject(
+                    i,
+                    "kind",
+                    format!(
+                        "unknown registration kind {:?} (permanent, temporary)",
+                        r.kind
+                    ),
+                )),
+                (Some(RegistrationKind::Temporary), None) => Err(reject(
+                    i,
+                    "valid_until",
+                    "a temporary registration needs valid_until",
+                )),
+                (Some(RegistrationKind::Permanent), Some(_)) => Err(reject(
+                    i,
+                    "valid_until",
+                    "a permanent registration has no valid_until",
+                )),
                 (Some(_), Some(u)) if u <= r.valid_from => Err(reject(
                     i,
                     "valid_until",
-                    format!("valid_until {} is not after valid_from {}", format_time(u), format_time(r.valid_from)),
+                    format!(
+                        "valid_until {} is not after valid_from {}",
+                        format_time(u),
+                        format_time(r.valid_from)
+                    ),
                 )),
                 (Some(k), until) => Ok(RegistrationRecord {
                     person: r.person,

@@ -42,7 +42,10 @@ pub fn compact_shift(level: u8) -> u32 {
 
 /// Whether lat/lng are usable coordinates.
 pub fn valid_coordinates(lat: f64, lng: f64) -> bool {
-    lat.is_finite() && lng.is_finite() && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng)
+    lat.is_finite()
+        && lng.is_finite()
+        && (-90.0..=90.0).contains(&lat)
+        && (-180.0..=180.0).contains(&lng)
 }
 
 #[cfg(test)]

@@ -56,12 +56,8 @@ pub trait KvEngine: Send + Sync + 'static {
 
     /// Visits the keys in `[start, end)` in ascending order until `f`
     /// returns false.
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()>;
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool)
+        -> Result<()>;
 
     /// Visits the keys in `[start, end)` in descending order until `f`
     /// returns false.

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options,
-    ReadOptions, WriteOptions, DB,
+    BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options, ReadOptions, WriteOptions,
+    DB,
 };
 
 use crate::codec::merge_values;

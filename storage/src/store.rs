@@ -140,7 +140,10 @@ impl<E: KvEngine> SliceStore<E> {
         addrs.sort_by_key(|a| a.id);
         for a in addrs {
             if a.id as usize != st.address_codes.len() + 1 {
-                return Err(StorageError::corrupt(&keys::address(&a.code), "address ids have a hole"));
+                return Err(StorageError::corrupt(
+                    &keys::address(&a.code),
+                    "address ids have a hole",
+                ));
             }
             st.address_codes.push(a.code.clone());
             st.areas.entry(a.area.clone()).or_default().push(a.id);
@@ -264,7 +267,10 @@ impl<E: KvEngine> SliceStore<E> {
                 .iter()
                 .find(|e| !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&e.hour))
             {
-                return Err(StorageError::Invalid(format!("hour {} out of range", e.hour)));
+                return Err(StorageError::Invalid(format!(
+                    "hour {} out of range",
+                    e.hour
+                )));
             }
             let mut st = self.state.write();
             for e in events {
@@ -360,7 +366,11 @@ impl<E: KvEngine> SliceStore<E> {
     }
 
     pub fn area_exists(&self, area: &str) -> bool {
-        self.state.read().areas.get(area).is_some_and(|v| !v.is_empty())
+        self.state
+            .read()
+            .areas
+            .get(area)
+            .is_some_and(|v| !v.is_empty())
     }
 
     pub fn with_addresses<R>(&self, f: impl FnOnce(&HashMap<String, AddressRecord>) -> R) -> R {
@@ -461,19 +471,20 @@ impl<E: KvEngine> SliceStore<E> {
             return Ok(());
         }
         let mut err = None;
-        self.engine
-            .scan(&keys::hour_slice(from), &keys::hour_slice(to), &mut |k, v| {
-                match codec::decode_bitmap(k, v) {
-                    Ok(b) => {
-                        f(keys::hour_from(&k[1..5]), b);
-                        true
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        false
-                    }
+        self.engine.scan(
+            &keys::hour_slice(from),
+            &keys::hour_slice(to),
+            &mut |k, v| match codec::decode_bitmap(k, v) {
+                Ok(b) => {
+                    f(keys::hour_from(&k[1..5]), b);
+                    true
                 }
-            })?;
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            },
+        )?;
         err.map_or(Ok(()), Err)
     }
 
@@ -496,12 +507,7 @@ impl<E: KvEngine> SliceStore<E> {
     }
 
     /// The person's places per hour in `[from, to)`, ascending by hour.
-    pub fn person_hours(
-        &self,
-        id: u32,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
+    pub fn person_hours(&self, id: u32, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
         if from >= to {
             return Ok(Vec::new());
         }
@@ -610,8 +616,10 @@ impl<E: KvEngine> SliceStore<E> {
         for p in [keys::CELL_SLICE, keys::ADDRESS_SLICE] {
             let start = [p];
             self.engine
-                .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                    match codec::decode_bitmap(k, v) {
+                .scan(
+                    &start,
+                    &keys::prefix_end(&start),
+                    &mut |k, v| match codec::decode_bitmap(k, v) {
                         Ok(b) => {
                             postings += b.len();
                             true
@@ -620,24 +628,25 @@ impl<E: KvEngine> SliceStore<E> {
                             err = Some(e);
                             false
                         }
-                    }
-                })?;
+                    },
+                )?;
         }
         let mut places = 0u64;
         let start = [keys::PERSON];
-        self.engine
-            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                match codec::decode_places(k, v) {
-                    Ok(p) => {
-                        places += p.len() as u64;
-                        true
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        false
-                    }
+        self.engine.scan(
+            &start,
+            &keys::prefix_end(&start),
+            &mut |k, v| match codec::decode_places(k, v) {
+                Ok(p) => {
+                    places += p.len() as u64;
+                    true
                 }
-            })?;
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            },
+        )?;
         err.map_or(Ok((postings, places)), Err)
     }
 }

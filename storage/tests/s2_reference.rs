@@ -52,6 +52,13 @@ fn every_reference_row_matches() {
         checked += 1;
     }
     assert!(checked > 10_000, "only {checked} rows checked");
-    assert!(mismatches.is_empty(), "{} mismatches (and {corners} face-corner rows skipped):\n{}", mismatches.len(), mismatches[..mismatches.len().min(20)].join("\n"));
-    eprintln!("{checked} reference rows match; {corners} rows exactly on a cube-face corner were skipped");
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches (and {corners} face-corner rows skipped):\n{}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(20)].join("\n")
+    );
+    eprintln!(
+        "{checked} reference rows match; {corners} rows exactly on a cube-face corner were skipped"
+    );
 }

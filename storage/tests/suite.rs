@@ -17,7 +17,14 @@ fn addr(code: &str, lat: f64, lng: f64, area: &str) -> AddressRecord {
     }
 }
 
-fn ev(person: u64, hour: i64, lat: f64, lng: f64, address: Option<&str>, source: &str) -> SliceEvent {
+fn ev(
+    person: u64,
+    hour: i64,
+    lat: f64,
+    lng: f64,
+    address: Option<&str>,
+    source: &str,
+) -> SliceEvent {
     SliceEvent {
         person,
         hour,
@@ -29,8 +36,10 @@ fn ev(person: u64, hour: i64, lat: f64, lng: f64, address: Option<&str>, source:
 
 fn collect_cells<E: KvEngine>(s: &SliceStore<E>, hour: i64) -> Vec<(u64, Vec<u64>)> {
     let mut out = Vec::new();
-    s.cell_slices(hour, 0, u64::MAX, &mut |c, b| out.push((c, s.external_ids(&b))))
-        .unwrap();
+    s.cell_slices(hour, 0, u64::MAX, &mut |c, b| {
+        out.push((c, s.external_ids(&b)))
+    })
+    .unwrap();
     out
 }
 
@@ -75,15 +84,18 @@ fn run_suite<E: KvEngine>(make: &mut dyn FnMut() -> E) {
     assert_eq!(ph[0].1[0].source, "utility");
     assert_eq!(ph[0].1[0].cell, cell_at(30.0, 120.0, 16));
     assert_eq!(ph[1].1[0].address.as_deref(), Some("W1"));
-    let last = s
-        .last_active_before(id, 0, 101, &mut |_| true)
-        .unwrap();
+    let last = s.last_active_before(id, 0, 101, &mut |_| true).unwrap();
     assert_eq!(last, Some(100));
     let last_w1 = s
-        .last_active_before(id, 0, 1000, &mut |p| p.iter().any(|e| e.address.as_deref() == Some("H1")))
+        .last_active_before(id, 0, 1000, &mut |p| {
+            p.iter().any(|e| e.address.as_deref() == Some("H1"))
+        })
         .unwrap();
     assert_eq!(last_w1, Some(100));
-    assert_eq!(s.last_active_before(id, 0, 100, &mut |_| true).unwrap(), None);
+    assert_eq!(
+        s.last_active_before(id, 0, 100, &mut |_| true).unwrap(),
+        None
+    );
     s.apply(&Command::PutRegistrations(vec![RegistrationRecord {
         person: 7,
         address: "H1".into(),
@@ -116,7 +128,8 @@ fn merge_many_batches<E: KvEngine>(make: &mut dyn FnMut() -> E) {
             .collect();
         s.apply(&Command::Ingest(events)).unwrap();
     }
-    s.cell_slices(5, 0, u64::MAX, &mut |_, b| model = b).unwrap();
+    s.cell_slices(5, 0, u64::MAX, &mut |_, b| model = b)
+        .unwrap();
     assert_eq!(model.len(), 50 * 40_u64.min(300));
 }
 
@@ -159,7 +172,9 @@ fn rocks_store_survives_reopen_with_same_ids_and_level() {
         .unwrap();
     }
     let e = RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
-    let err = SliceStore::open(e, Some(16)).err().expect("level mismatch must fail");
+    let err = SliceStore::open(e, Some(16))
+        .err()
+        .expect("level mismatch must fail");
     assert!(err.to_string().contains("level 14"), "{err}");
     let s = SliceStore::open(
         RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),

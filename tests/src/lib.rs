@@ -77,10 +77,14 @@ impl World {
                 }
             })
             .collect();
-        let registrations = persons
+        let registered: Vec<u64> = persons
             .iter()
+            .copied()
             .filter(|_| rng.gen_bool(0.7))
-            .map(|&p| {
+            .collect();
+        let registrations = registered
+            .into_iter()
+            .map(|p| {
                 let temporary = rng.gen_bool(0.3);
                 let from = base_hour * 3600 - rng.gen_range(0..100 * 3600);
                 RawRegistration {
@@ -223,7 +227,9 @@ impl World {
             .map(|r| {
                 let last = placed
                     .iter()
-                    .filter(|(p, h, c, a, _)| *p == r.person && *h < since_h && counts(*c, a.as_deref()))
+                    .filter(|(p, h, c, a, _)| {
+                        *p == r.person && *h < since_h && counts(*c, a.as_deref())
+                    })
                     .map(|e| e.1)
                     .max();
                 (r.person, last)

@@ -102,7 +102,10 @@ async fn seed(h: &Harness) {
         .into_inner();
     assert_eq!(r.accepted, 3);
     assert_eq!(
-        r.rejected.iter().map(|x| (x.index, x.field.as_str())).collect::<Vec<_>>(),
+        r.rejected
+            .iter()
+            .map(|x| (x.index, x.field.as_str()))
+            .collect::<Vec<_>>(),
         vec![(3, "code"), (4, "lat,lng")]
     );
     let r = reg
@@ -183,7 +186,11 @@ async fn ingest_validates_per_event_and_is_idempotent() {
             (5, "lat,lng".into())
         ]
     );
-    assert!(r.rejected[2].reason.contains("future"), "{:?}", r.rejected[2]);
+    assert!(
+        r.rejected[2].reason.contains("future"),
+        "{:?}",
+        r.rejected[2]
+    );
 
     let mut q = QueryClient::new(h.channel.clone());
     let occ = || v1::OccupancyRequest {
@@ -285,7 +292,11 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("region") && e.message().contains("95"), "{}", e.message());
+    assert!(
+        e.message().contains("region") && e.message().contains("95"),
+        "{}",
+        e.message()
+    );
 
     let e = q
         .who_was_at(v1::WhoWasAtRequest {
@@ -334,11 +345,17 @@ async fn health_and_reflection_are_served() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let r = health
         .check(tonic_health::pb::HealthCheckRequest { service: "".into() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

@@ -74,11 +74,19 @@ fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {
             let n = rng.gen_range(1..4);
             Region::Addresses(
                 (0..n)
-                    .map(|_| w.addresses[rng.gen_range(0..w.addresses.len())].code.clone())
+                    .map(|_| {
+                        w.addresses[rng.gen_range(0..w.addresses.len())]
+                            .code
+                            .clone()
+                    })
                     .collect(),
             )
         }
-        _ => Region::Area(w.addresses[rng.gen_range(0..w.addresses.len())].area.clone()),
+        _ => Region::Area(
+            w.addresses[rng.gen_range(0..w.addresses.len())]
+                .area
+                .clone(),
+        ),
     }
 }
 
@@ -97,13 +105,20 @@ fn check_world<E: KvEngine>(engine: E, seed: u64, base_hour: i64) {
         let to_h = -((-to).div_euclid(3600));
         let who = q.who_was_at(&region, from, to, as_of_far).unwrap();
         assert_eq!((who.window.from_hour, who.window.to_hour), (from_h, to_h));
-        assert_eq!(who.persons, w.who_was_at(&region, from_h, to_h), "who-was-at {region:?} [{from_h},{to_h})");
+        assert_eq!(
+            who.persons,
+            w.who_was_at(&region, from_h, to_h),
+            "who-was-at {region:?} [{from_h},{to_h})"
+        );
 
         // as_of caps the window at the hour containing it.
         let as_of = from + rng.gen_range(0..20 * 3600);
         let capped_to = to_h.min(as_of.div_euclid(3600) + 1);
         let who = q.who_was_at(&region, from, to, as_of).unwrap();
-        assert_eq!(who.persons, w.who_was_at(&region, from_h, capped_to.max(from_h)));
+        assert_eq!(
+            who.persons,
+            w.who_was_at(&region, from_h, capped_to.max(from_h))
+        );
 
         let occ = q.occupancy(&region, from, to, as_of_far).unwrap();
         let (distinct, hours) = w.occupancy(&region, from_h, to_h);
@@ -136,7 +151,12 @@ fn check_world<E: KvEngine>(engine: E, seed: u64, base_hour: i64) {
             .collect();
         assert_eq!(
             got,
-            w.no_activity_since(since.div_euclid(3600), as_of, scope.as_ref(), local.as_ref()),
+            w.no_activity_since(
+                since.div_euclid(3600),
+                as_of,
+                scope.as_ref(),
+                local.as_ref()
+            ),
             "no-activity-since scope {scope:?} local {local:?}"
         );
     }
@@ -178,6 +198,9 @@ fn unknown_address_and_area_are_named_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("Z9"), "{e}");
-    let e = q.no_activity_since(100, 50, None, None).unwrap_err().to_string();
+    let e = q
+        .no_activity_since(100, 50, None, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("since"), "{e}");
 }
