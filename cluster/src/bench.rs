@@ -508,6 +508,20 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         Vec::new()
     };
 
+    // Fold merge operands and apply compression before measuring size.
+    let started = Instant::now();
+    let c = client::admin_client(ch.clone())
+        .compact(v1::CompactRequest {})
+        .await
+        .map_err(client::status_error)
+        .context("Admin.Compact")?
+        .into_inner();
+    println!(
+        "\ncompaction: {} -> {} in {:.1} s",
+        client::human_bytes(c.disk_bytes_before),
+        client::human_bytes(c.disk_bytes_after),
+        started.elapsed().as_secs_f64()
+    );
     let st = status(&ch).await?;
     println!("\nnode:");
     println!("  persons          {}", st.persons);

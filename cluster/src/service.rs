@@ -397,4 +397,23 @@ impl v1::admin_server::Admin for Services {
             last_hour: st.last_hour.map(|h| h * 3600),
         }))
     }
+
+    async fn compact(
+        &self,
+        _req: Request<v1::CompactRequest>,
+    ) -> Result<Response<v1::CompactResponse>, Status> {
+        let node = self.node.clone();
+        let (before, after) = blocking(move || {
+            use hourcell_storage::KvEngine;
+            let e = node.store().engine();
+            let before = e.disk_bytes();
+            e.compact()?;
+            Ok((before, e.disk_bytes()))
+        })
+        .await?;
+        Ok(Response::new(v1::CompactResponse {
+            disk_bytes_before: before,
+            disk_bytes_after: after,
+        }))
+    }
 }

@@ -48,6 +48,11 @@ struct State {
 
 /// Population slices of one shard.
 ///
+/// Readers take the state lock with `read_recursive`: a query may call back
+/// into the store while it holds a read guard (no-activity-since walks the
+/// registry and looks up ids), and a plain fair read would deadlock behind a
+/// queued writer.
+///
 /// Writes go through [`SliceStore::apply`] only, one command at a time (a
 /// mutex serialises them, which is also what makes id assignment follow the
 /// command order). Reads run concurrently with writes.
@@ -345,11 +350,11 @@ impl<E: KvEngine> SliceStore<E> {
     // ------------------------------------------------------------ catalog
 
     pub fn address(&self, code: &str) -> Option<AddressRecord> {
-        self.state.read().addresses.get(code).cloned()
+        self.state.read_recursive().addresses.get(code).cloned()
     }
 
     pub fn address_code(&self, id: u32) -> Option<String> {
-        let st = self.state.read();
+        let st = self.state.read_recursive();
         id.checked_sub(1)
             .and_then(|i| st.address_codes.get(i as usize))
             .cloned()
@@ -358,7 +363,7 @@ impl<E: KvEngine> SliceStore<E> {
     /// Address ids in an area (empty if the area is unknown).
     pub fn area_addresses(&self, area: &str) -> Vec<u32> {
         self.state
-            .read()
+            .read_recursive()
             .areas
             .get(area)
             .cloned()
@@ -367,18 +372,22 @@ impl<E: KvEngine> SliceStore<E> {
 
     pub fn area_exists(&self, area: &str) -> bool {
         self.state
-            .read()
+            .read_recursive()
             .areas
             .get(area)
             .is_some_and(|v| !v.is_empty())
     }
 
     pub fn with_addresses<R>(&self, f: impl FnOnce(&HashMap<String, AddressRecord>) -> R) -> R {
-        f(&self.state.read().addresses)
+        f(&self.state.read_recursive().addresses)
     }
 
     pub fn registration(&self, person: u64) -> Option<RegistrationRecord> {
-        self.state.read().registrations.get(&person).cloned()
+        self.state
+            .read_recursive()
+            .registrations
+            .get(&person)
+            .cloned()
     }
 
     /// Runs `f` over the registry and the address table, under one read
@@ -387,7 +396,7 @@ impl<E: KvEngine> SliceStore<E> {
         &self,
         f: impl FnOnce(&HashMap<u64, RegistrationRecord>, &HashMap<String, AddressRecord>) -> R,
     ) -> R {
-        let st = self.state.read();
+        let st = self.state.read_recursive();
         f(&st.registrations, &st.addresses)
     }
 
@@ -396,22 +405,26 @@ impl<E: KvEngine> SliceStore<E> {
         &self,
         f: impl FnOnce(&HashMap<u64, RegistrationRecord>) -> R,
     ) -> R {
-        f(&self.state.read().registrations)
+        f(&self.state.read_recursive().registrations)
     }
 
     // -------------------------------------------------------- dictionary
 
     pub fn internal_id(&self, person: u64) -> Option<u32> {
-        self.state.read().ext_to_int.get(&person).copied()
+        self.state.read_recursive().ext_to_int.get(&person).copied()
     }
 
     pub fn external_id(&self, id: u32) -> Option<u64> {
-        self.state.read().int_to_ext.get(id as usize).copied()
+        self.state
+            .read_recursive()
+            .int_to_ext
+            .get(id as usize)
+            .copied()
     }
 
     /// External ids of a bitmap of internal ids, ascending.
     pub fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
-        let st = self.state.read();
+        let st = self.state.read_recursive();
         let mut out: Vec<u64> = b
             .iter()
             .filter_map(|id| st.int_to_ext.get(id as usize).copied())
@@ -530,7 +543,7 @@ impl<E: KvEngine> SliceStore<E> {
         if let Some(e) = err {
             return Err(e);
         }
-        let st = self.state.read();
+        let st = self.state.read_recursive();
         Ok(raw
             .into_iter()
             .map(|(h, p)| (h, self.decode_entries(&st, p)))
@@ -551,7 +564,7 @@ impl<E: KvEngine> SliceStore<E> {
         }
         let mut found = None;
         let mut err = None;
-        let st = self.state.read();
+        let st = self.state.read_recursive();
         self.engine.scan_rev(
             &keys::person_hour(id, floor),
             &keys::person_hour(id, before),
@@ -578,7 +591,7 @@ impl<E: KvEngine> SliceStore<E> {
 
     pub fn stats(&self) -> Result<StoreStats> {
         let (persons, addresses, registrations) = {
-            let st = self.state.read();
+            let st = self.state.read_recursive();
             (
                 st.int_to_ext.len() as u64,
                 st.addresses.len() as u64,

@@ -1,0 +1,278 @@
+//! The `hourcell` binary end to end: dev on a fresh directory, gen, import
+//! into a node, and every query's JSON shape through the CLI.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn hourcell(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(args)
+        .output()
+        .expect("run hourcell")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = hourcell(args);
+    assert!(
+        out.status.success(),
+        "hourcell {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(dir: &Path, port: u16) -> Killed {
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"warn\"\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(["node", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !hourcell(&["status", "--server", &server]).status.success() {
+        assert!(Instant::now() < deadline, "node did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Killed(child)
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn dev_loads_a_demo_town_once_and_prints_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dev");
+    let d = d.to_str().unwrap();
+    let out = ok(&[
+        "dev",
+        "--data-dir",
+        d,
+        "--persons",
+        "300",
+        "--days",
+        "3",
+        "--no-serve",
+    ]);
+    assert!(out.contains("loaded"), "{out}");
+    assert!(out.contains("hourcell query who-was-at --circle"), "{out}");
+    assert!(out.contains("hourcell query where-was --person"), "{out}");
+    let again = ok(&["dev", "--data-dir", d, "--no-serve"]);
+    assert!(again.contains("using existing data"), "{again}");
+}
+
+#[test]
+fn gen_import_and_query_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let town = dir.path().join("town");
+    let t = town.to_str().unwrap();
+    ok(&[
+        "gen",
+        "--seed",
+        "3",
+        "--persons",
+        "300",
+        "--days",
+        "2",
+        "--start",
+        "2026-11-01T00:00:00Z",
+        "--out",
+        t,
+    ]);
+    for (f, header) in [
+        ("addresses.csv", "code,lat,lng,kind,area,label"),
+        ("registry.csv", "person,address,kind,valid_from,valid_until"),
+        ("events.csv", "person,time,lat,lng,address,source"),
+        ("truth.csv", "person,situation"),
+    ] {
+        let text = std::fs::read_to_string(town.join(f)).unwrap();
+        assert!(
+            text.starts_with(header),
+            "{f}: {}",
+            &text[..80.min(text.len())]
+        );
+    }
+    // Deterministic: the same seed gives the same files.
+    let t2 = dir.path().join("town2");
+    ok(&[
+        "gen",
+        "--seed",
+        "3",
+        "--persons",
+        "300",
+        "--days",
+        "2",
+        "--start",
+        "2026-11-01T00:00:00Z",
+        "--out",
+        t2.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(town.join("events.csv")).unwrap(),
+        std::fs::read(t2.join("events.csv")).unwrap()
+    );
+
+    let port = free_port();
+    let _node = start_node(dir.path(), port);
+    let server = format!("http://127.0.0.1:{port}");
+    let s = server.as_str();
+    for (kind, file) in [
+        ("addresses", "addresses.csv"),
+        ("registry", "registry.csv"),
+        ("events", "events.csv"),
+    ] {
+        let out = ok(&[
+            "import",
+            "--kind",
+            kind,
+            town.join(file).to_str().unwrap(),
+            "--server",
+            s,
+        ]);
+        assert!(out.to_lowercase().contains("accepted"), "{out}");
+    }
+    let events = std::fs::read_to_string(town.join("events.csv")).unwrap();
+    let first: Vec<&str> = events.lines().nth(1).unwrap().split(',').collect();
+    let person = first[0];
+    let addr_line = std::fs::read_to_string(town.join("addresses.csv")).unwrap();
+    let a: Vec<&str> = addr_line.lines().nth(1).unwrap().split(',').collect();
+    let circle = format!("{},{},1000", a[1], a[2]);
+    let (from, to) = ("2026-11-01T00:00:00Z", "2026-11-03T00:00:00Z");
+    let as_of = "2026-11-03T00:00:00Z";
+
+    let v = json(&ok(&[
+        "query",
+        "who-was-at",
+        "--circle",
+        &circle,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--as-of",
+        as_of,
+        "--format",
+        "json",
+        "--server",
+        s,
+    ]));
+    assert_eq!(v["from"], "2026-11-01T00:00:00Z");
+    assert_eq!(v["to"], "2026-11-03T00:00:00Z");
+    let persons = v["persons"].as_array().unwrap();
+    assert!(!persons.is_empty());
+    let ids: Vec<u64> = persons.iter().map(|p| p.as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+
+    let v = json(&ok(&[
+        "query",
+        "where-was",
+        "--person",
+        person,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--as-of",
+        as_of,
+        "--format",
+        "json",
+        "--server",
+        s,
+    ]));
+    assert_eq!(v["person"].as_u64().unwrap().to_string(), person);
+    let h = &v["hours"][0];
+    assert!(h["hour"].as_str().unwrap().ends_with('Z'));
+    assert!(h["cells"].is_array() && h["addresses"].is_array() && h["sources"].is_array());
+
+    let v = json(&ok(&[
+        "query",
+        "occupancy",
+        "--circle",
+        &circle,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--as-of",
+        as_of,
+        "--format",
+        "json",
+        "--server",
+        s,
+    ]));
+    assert_eq!(v["hours"].as_array().unwrap().len(), 48);
+    let max_hour = v["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["distinct"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let distinct = v["distinct"].as_u64().unwrap();
+    assert!(distinct >= max_hour && distinct as usize == ids.len());
+
+    let v = json(&ok(&[
+        "query",
+        "no-activity-since",
+        "--since",
+        "2026-11-02T12:00:00Z",
+        "--as-of",
+        as_of,
+        "--format",
+        "json",
+        "--server",
+        s,
+    ]));
+    assert_eq!(v["since"], "2026-11-02T12:00:00Z");
+    for p in v["persons"].as_array().unwrap() {
+        assert!(p["person"].is_u64());
+        assert!(p["last_seen"].is_null() || p["last_seen"].as_str().unwrap().ends_with('Z'));
+    }
+
+    // Bad input: a clear message naming the flag, non-zero exit.
+    let out = hourcell(&[
+        "query",
+        "who-was-at",
+        "--circle",
+        "95,1,100",
+        "--from",
+        from,
+        "--server",
+        s,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("95"), "{err}");
+    let out = hourcell(&["query", "occupancy", "--from", from, "--server", s]);
+    assert!(!out.status.success());
+}
