@@ -50,8 +50,10 @@ fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
             label: a.label.clone(),
         })
         .collect();
-    s.apply(&Command::PutAddresses(check_addresses(&addrs).0))
-        .unwrap();
+    s.apply(&Command::PutAddresses(
+        check_addresses(s.as_ref(), &addrs).0,
+    ))
+    .unwrap();
     let regs: Vec<RawRegistration> = town
         .registry()
         .into_iter()

@@ -136,7 +136,7 @@ impl Node {
 
     pub fn put_addresses(&self, raw: &[RawAddress]) -> Result<(u64, Vec<Rejection>), NodeError> {
         self.check_batch(raw.len(), "addresses")?;
-        let (ok, bad) = validate::check_addresses(raw);
+        let (ok, bad) = validate::check_addresses(self.store.as_ref(), raw);
         let n = ok.len() as u64;
         if !ok.is_empty() {
             self.propose(&Command::PutAddresses(ok))?;

@@ -164,7 +164,13 @@ pub struct RawAddress {
     pub label: String,
 }
 
-pub fn check_addresses(raw: &[RawAddress]) -> (Vec<AddressRecord>, Vec<Rejection>) {
+/// Checks addresses. An address already stored keeps its point: person-index
+/// entries refer to it, so a moved point is rejected (store it under a new
+/// code instead).
+pub fn check_addresses<S: SliceSource + ?Sized>(
+    source: &S,
+    raw: &[RawAddress],
+) -> (Vec<AddressRecord>, Vec<Rejection>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for (i, a) in raw.iter().enumerate() {
@@ -190,6 +196,18 @@ pub fn check_addresses(raw: &[RawAddress]) -> (Vec<AddressRecord>, Vec<Rejection
                 i,
                 "label",
                 format!("label longer than {MAX_LABEL} bytes"),
+            ))
+        } else if let Some(old) = source
+            .address(code)
+            .filter(|old| old.lat != a.lat || old.lng != a.lng)
+        {
+            Err(reject(
+                i,
+                "lat,lng",
+                format!(
+                    "address {code:?} is stored at {},{}; an address's point cannot move (use a new code)",
+                    old.lat, old.lng
+                ),
             ))
         } else {
             match AddressKind::parse(a.kind.trim()) {

@@ -5,7 +5,27 @@ use roaring::RoaringBitmap;
 use crate::error::{Result, StorageError};
 use crate::keys;
 
+/// Tag of the small-set encoding. Roaring's portable format starts with a
+/// cookie whose first byte is 0x3A or 0x3B, so the two never collide.
+const SMALL_SET: u8 = 0x01;
+
+/// Sets up to this size are stored as delta-coded varints: most cell-hour
+/// and address-hour slices hold a handful of persons, and roaring's
+/// container headers would cost more than the ids themselves.
+pub const SMALL_SET_MAX: u64 = 48;
+
 pub fn encode_bitmap(b: &RoaringBitmap) -> Vec<u8> {
+    if b.len() <= SMALL_SET_MAX {
+        let mut out = Vec::with_capacity(2 + b.len() as usize * 3);
+        out.push(SMALL_SET);
+        put_varint(&mut out, b.len());
+        let mut prev = 0u32;
+        for (i, id) in b.iter().enumerate() {
+            put_varint(&mut out, if i == 0 { id } else { id - prev } as u64);
+            prev = id;
+        }
+        return out;
+    }
     let mut out = Vec::with_capacity(b.serialized_size());
     b.serialize_into(&mut out)
         .expect("writing to a Vec cannot fail");
@@ -13,6 +33,24 @@ pub fn encode_bitmap(b: &RoaringBitmap) -> Vec<u8> {
 }
 
 pub fn decode_bitmap(key: &[u8], v: &[u8]) -> Result<RoaringBitmap> {
+    if v.first() == Some(&SMALL_SET) {
+        let bad = || StorageError::corrupt(key, "truncated small set");
+        let mut pos = 1;
+        let n = get_varint(v, &mut pos).ok_or_else(bad)?;
+        let mut ids = Vec::with_capacity(n.min(SMALL_SET_MAX) as usize);
+        let mut prev = 0u64;
+        for i in 0..n {
+            let d = get_varint(v, &mut pos).ok_or_else(bad)?;
+            let id = if i == 0 { d } else { prev + d };
+            if id > u32::MAX as u64 {
+                return Err(StorageError::corrupt(key, "id out of range in small set"));
+            }
+            ids.push(id as u32);
+            prev = id;
+        }
+        return RoaringBitmap::from_sorted_iter(ids)
+            .map_err(|e| StorageError::corrupt(key, format!("small set not ascending: {e}")));
+    }
     RoaringBitmap::deserialize_from(v).map_err(|e| StorageError::corrupt(key, e))
 }
 
@@ -125,6 +163,24 @@ pub fn merge_values<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bitmaps_round_trip_in_both_encodings() {
+        let k = keys::cell_slice(1, 1);
+        for b in [
+            RoaringBitmap::new(),
+            RoaringBitmap::from_iter([0u32, 7, u32::MAX]),
+            RoaringBitmap::from_iter(0..SMALL_SET_MAX as u32),
+            RoaringBitmap::from_iter(0..SMALL_SET_MAX as u32 + 1),
+            RoaringBitmap::from_iter((0..100_000u32).step_by(3)),
+        ] {
+            let e = encode_bitmap(&b);
+            assert_eq!(e[0] == SMALL_SET, b.len() <= SMALL_SET_MAX);
+            assert_eq!(decode_bitmap(&k, &e).unwrap(), b);
+        }
+        let small = encode_bitmap(&RoaringBitmap::from_iter([1000u32, 1001, 1002]));
+        assert!(small.len() <= 6, "{} bytes", small.len());
+    }
 
     #[test]
     fn places_round_trip() {

@@ -18,6 +18,9 @@
 //! contiguous cell ranges (Hilbert order keeps neighbours together), and
 //! retention can later drop whole hours with one range delete. The person
 //! index is person-major so where-was is one short scan.
+//! In the person index a cell of 0 means "the slice cell of the entry's
+//! address point" (most events sit at their address), which is why an
+//! address's point never changes once stored.
 //! Hours are stored as i32 with the sign bit flipped, so negative hours sort
 //! before positive ones.
 

@@ -40,6 +40,8 @@ struct State {
     addresses: HashMap<String, AddressRecord>,
     /// Index `id - 1` holds the code of address `id` (0 means "none").
     address_codes: Vec<String>,
+    /// Index `id - 1` holds the slice cell of address `id`'s point.
+    address_cells: Vec<u64>,
     areas: BTreeMap<String, Vec<u32>>,
     registrations: HashMap<u64, RegistrationRecord>,
     source_ids: HashMap<String, u16>,
@@ -151,6 +153,8 @@ impl<E: KvEngine> SliceStore<E> {
                 ));
             }
             st.address_codes.push(a.code.clone());
+            st.address_cells
+                .push(cell::cell_at(a.lat, a.lng, self.level));
             st.areas.entry(a.area.clone()).or_default().push(a.id);
             st.addresses.insert(a.code.clone(), a);
         }
@@ -215,6 +219,12 @@ impl<E: KvEngine> SliceStore<E> {
             match st.addresses.get(&a.code) {
                 Some(old) => {
                     rec.id = old.id;
+                    // An address's point is fixed once stored: person-index
+                    // entries refer to it (see `keys`). Callers reject a
+                    // moved point before proposing; apply keeps the old one
+                    // so that replicas stay identical regardless.
+                    rec.lat = old.lat;
+                    rec.lng = old.lng;
                     if old.area != rec.area {
                         let old_area = old.area.clone();
                         if let Some(v) = st.areas.get_mut(&old_area) {
@@ -226,6 +236,8 @@ impl<E: KvEngine> SliceStore<E> {
                 None => {
                     rec.id = st.address_codes.len() as u32 + 1;
                     st.address_codes.push(rec.code.clone());
+                    st.address_cells
+                        .push(cell::cell_at(rec.lat, rec.lng, self.level));
                     st.areas.entry(rec.area.clone()).or_default().push(rec.id);
                 }
             }
@@ -315,6 +327,13 @@ impl<E: KvEngine> SliceStore<E> {
                     .and_then(|c| st.addresses.get(c))
                     .map(|a| a.id)
                     .unwrap_or(0);
+                // Most events sit at their address's point: store cell 0
+                // ("the address's cell") instead of repeating it.
+                let compact_cell = if addr != 0 && st.address_cells[addr as usize - 1] == e.cell {
+                    0
+                } else {
+                    e.cell >> shift
+                };
                 cells.entry((e.hour, e.cell)).or_default().insert(id);
                 if addr != 0 {
                     addrs.entry((e.hour, addr)).or_default().insert(id);
@@ -323,7 +342,7 @@ impl<E: KvEngine> SliceStore<E> {
                 places
                     .entry((id, e.hour))
                     .or_default()
-                    .push((e.cell >> shift, addr, src));
+                    .push((compact_cell, addr, src));
             }
         }
         for ((h, c), b) in cells {
@@ -505,7 +524,14 @@ impl<E: KvEngine> SliceStore<E> {
         let shift = cell::compact_shift(self.level);
         raw.into_iter()
             .map(|(c, a, s)| PlaceEntry {
-                cell: c << shift,
+                cell: if c == 0 {
+                    a.checked_sub(1)
+                        .and_then(|i| st.address_cells.get(i as usize))
+                        .copied()
+                        .unwrap_or(0)
+                } else {
+                    c << shift
+                },
                 address: a
                     .checked_sub(1)
                     .and_then(|i| st.address_codes.get(i as usize))

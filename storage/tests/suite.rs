@@ -54,6 +54,10 @@ fn run_suite<E: KvEngine>(make: &mut dyn FnMut() -> E) {
     ]))
     .unwrap();
     assert_eq!(s.address("H2").unwrap().id, 2);
+    // A re-put keeps the id and the point (apply never moves a point).
+    s.apply(&Command::PutAddresses(vec![addr("H2", 1.0, 1.0, "A1")]))
+        .unwrap();
+    assert_eq!(s.address("H2").unwrap().lat, 30.01);
     assert_eq!(s.area_addresses("A1"), vec![1, 2]);
     let events = vec![
         ev(900, 100, 30.0, 120.0, Some("H1"), "utility"),

@@ -108,6 +108,27 @@ async fn seed(h: &Harness) {
             .collect::<Vec<_>>(),
         vec![(3, "code"), (4, "lat,lng")]
     );
+    // Re-putting an address is fine; moving its point is not.
+    let r = reg
+        .put_addresses(v1::PutAddressesRequest {
+            addresses: vec![
+                addr("H1", 30.2741, 120.1551, "A1"),
+                addr("H2", 31.0, 120.0, "A1"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    assert_eq!(
+        (r.rejected[0].index, r.rejected[0].field.as_str()),
+        (1, "lat,lng")
+    );
+    assert!(
+        r.rejected[0].reason.contains("cannot move"),
+        "{:?}",
+        r.rejected[0]
+    );
     let r = reg
         .put_registrations(v1::PutRegistrationsRequest {
             registrations: vec![

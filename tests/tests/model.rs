@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 fn load<E: KvEngine>(engine: E, w: &World, seed: u64) -> Arc<SliceStore<E>> {
     let s = Arc::new(SliceStore::open(engine, Some(LEVEL)).unwrap());
-    let (a, bad) = check_addresses(&w.addresses);
+    let (a, bad) = check_addresses(s.as_ref(), &w.addresses);
     assert!(bad.is_empty());
     s.apply(&Command::PutAddresses(a)).unwrap();
     let (r, bad) = check_registrations(s.as_ref(), &w.registrations);
