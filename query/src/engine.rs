@@ -295,10 +295,28 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         });
         candidates.sort_unstable_by_key(|c| c.0);
 
+        // Last seen anywhere: walk the per-hour bitmaps backwards from
+        // `since` and peel off candidates as they appear. One bitmap per
+        // hour instead of one seek per person.
+        let mut last_seen: std::collections::HashMap<u32, i64> = std::collections::HashMap::new();
+        if local.is_none() {
+            let mut pending: RoaringBitmap = candidates.iter().filter_map(|c| c.1).collect();
+            if !pending.is_empty() {
+                self.source.hour_slices_rev(w.from_hour, &mut |h, b| {
+                    let seen = &pending & &b;
+                    for id in &seen {
+                        last_seen.insert(id, h);
+                    }
+                    pending -= seen;
+                    !pending.is_empty()
+                })?;
+            }
+        }
         let mut persons = Vec::with_capacity(candidates.len());
         for (person, id) in candidates {
             let last = match id {
                 None => None,
+                Some(id) if local.is_none() => last_seen.get(&id).copied(),
                 Some(id) => {
                     let mut keep = |entries: &[hourcell_storage::PlaceEntry]| match &local {
                         None => true,

@@ -22,6 +22,13 @@ pub trait SliceSource: Send + Sync {
     ) -> Result<()>;
     fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>>;
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()>;
+    /// The all-persons slices of hours before `before`, latest first, until
+    /// `f` returns false.
+    fn hour_slices_rev(
+        &self,
+        before: i64,
+        f: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
+    ) -> Result<()>;
     fn person_hours(&self, person: u64, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>>;
     fn last_active_before(
         &self,
@@ -56,6 +63,13 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     }
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()> {
         Ok(SliceStore::hour_slices(self, from, to, f)?)
+    }
+    fn hour_slices_rev(
+        &self,
+        before: i64,
+        f: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
+    ) -> Result<()> {
+        Ok(SliceStore::hour_slices_rev(self, before, f)?)
     }
     fn person_hours(&self, person: u64, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
         match SliceStore::internal_id(self, person) {

@@ -491,6 +491,28 @@ impl<E: KvEngine> SliceStore<E> {
         }
     }
 
+    /// Visits the all-persons slices of hours before `before`, latest
+    /// first, until `f` returns false.
+    pub fn hour_slices_rev(
+        &self,
+        before: i64,
+        f: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
+    ) -> Result<()> {
+        let mut err = None;
+        self.engine.scan_rev(
+            &keys::hour_slice(keys::MIN_HOUR),
+            &keys::hour_slice(before),
+            &mut |k, v| match codec::decode_bitmap(k, v) {
+                Ok(b) => f(keys::hour_from(&k[1..5]), b),
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            },
+        )?;
+        err.map_or(Ok(()), Err)
+    }
+
     /// Visits the all-persons slice of each hour in `[from, to)` that has
     /// any activity.
     pub fn hour_slices(
