@@ -270,29 +270,29 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
             _ => None,
         };
         let mut candidates: Vec<(u64, Option<u32>)> = Vec::new();
-        self.source.for_each_registration(&mut |reg, addr| {
-            if !reg.valid_at(as_of) {
-                return;
-            }
-            let in_scope = match (&scope, addr) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(Resolved::Addresses(_)), Some(a)) => {
-                    scope_ids.as_ref().is_some_and(|s| s.contains(&a.id))
+        self.source
+            .for_each_registration(scope.is_some(), &mut |reg, addr, id| {
+                if !reg.valid_at(as_of) {
+                    return;
                 }
-                (Some(Resolved::Spatial(plan)), Some(a)) => {
-                    plan.matches(cell::cell_at(a.lat, a.lng, level))
+                let in_scope = match (&scope, addr) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(Resolved::Addresses(_)), Some(a)) => {
+                        scope_ids.as_ref().is_some_and(|s| s.contains(&a.id))
+                    }
+                    (Some(Resolved::Spatial(plan)), Some(a)) => {
+                        plan.matches(cell::cell_at(a.lat, a.lng, level))
+                    }
+                };
+                if !in_scope {
+                    return;
                 }
-            };
-            if !in_scope {
-                return;
-            }
-            let id = self.source.internal_id(reg.person);
-            if id.is_some_and(|i| active.contains(i)) {
-                return;
-            }
-            candidates.push((reg.person, id));
-        });
+                if id.is_some_and(|i| active.contains(i)) {
+                    return;
+                }
+                candidates.push((reg.person, id));
+            });
         candidates.sort_unstable_by_key(|c| c.0);
 
         // Last seen anywhere: walk the per-hour bitmaps backwards from

@@ -42,7 +42,15 @@ pub trait SliceSource: Send + Sync {
     fn area_addresses(&self, area: &str) -> Vec<u32>;
     fn area_exists(&self, area: &str) -> bool;
     /// Calls `f` with each registration (unordered).
-    fn for_each_registration(&self, f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>));
+    /// Calls `f` with each registration (unordered) and the person's
+    /// internal id (if the person was ever seen); with `with_address` also
+    /// the registered address's record, otherwise `None` (the lookup costs a
+    /// string hash per registration).
+    fn for_each_registration(
+        &self,
+        with_address: bool,
+        f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>, Option<u32>),
+    );
 }
 
 impl<E: KvEngine> SliceSource for SliceStore<E> {
@@ -108,11 +116,17 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     }
     fn for_each_registration(
         &self,
-        f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>),
+        with_address: bool,
+        f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>, Option<u32>),
     ) {
-        self.with_registry(|regs, addrs| {
+        self.with_registry(|regs, addrs, ids| {
             for r in regs.values() {
-                f(r, addrs.get(&r.address));
+                let a = if with_address {
+                    addrs.get(&r.address)
+                } else {
+                    None
+                };
+                f(r, a, ids.get(&r.person).copied());
             }
         })
     }
