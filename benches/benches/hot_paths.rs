@@ -13,7 +13,7 @@ use hourcell_query::validate::{
 use hourcell_query::{QueryEngine, Region};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::codec::{encode_bitmap, merge_values};
-use hourcell_storage::{keys, Command, RocksConfig, RocksEngine, SliceStore};
+use hourcell_storage::{keys, Command, KvEngine, RocksConfig, RocksEngine, SliceStore};
 use roaring::RoaringBitmap;
 
 fn raw_events(town: &Town, day: u32) -> Vec<RawEvent> {
