@@ -54,11 +54,12 @@ pub fn decode_bitmap(key: &[u8], v: &[u8]) -> Result<RoaringBitmap> {
     RoaringBitmap::deserialize_from(v).map_err(|e| StorageError::corrupt(key, e))
 }
 
-/// One place a person was during an hour, as stored in the person index:
-/// the slice cell shifted right by `2 * (30 - level)` (the cell's lowest set
-/// bit stays, so the shift is reversible), the address id (0 = none) and the
-/// source id.
-pub type RawPlace = (u64, u32, u16);
+/// One place a person was during an hour, as stored in the person index
+/// (one key per person and day): the hour within the day (0..24), the slice
+/// cell shifted right by `2 * (30 - level)` (the cell's lowest set bit
+/// stays, so the shift is reversible; 0 means "the address's cell"), the
+/// address id (0 = none) and the source id.
+pub type RawPlace = (u8, u64, u32, u16);
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -85,15 +86,24 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     }
 }
 
-/// Encodes a sorted, deduplicated place set. Cells are delta-coded: one
-/// person's places in one hour are almost always the same or adjacent cells.
+fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes a sorted, deduplicated place set. Cells are zigzag delta-coded
+/// against the previous entry: a person's cells within a day repeat or sit
+/// close together, so most deltas take one byte.
 pub fn encode_places(places: &[RawPlace]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + places.len() * 8);
+    let mut out = Vec::with_capacity(2 + places.len() * 6);
     put_varint(&mut out, places.len() as u64);
     let mut prev = 0u64;
-    for &(cell, addr, src) in places {
-        // Sorted ascending, so the delta is never negative.
-        put_varint(&mut out, cell - prev);
+    for &(hour, cell, addr, src) in places {
+        out.push(hour);
+        put_varint(&mut out, zigzag(cell.wrapping_sub(prev) as i64));
         prev = cell;
         put_varint(&mut out, addr as u64);
         put_varint(&mut out, src as u64);
@@ -108,11 +118,16 @@ pub fn decode_places(key: &[u8], b: &[u8]) -> Result<Vec<RawPlace>> {
     let mut out = Vec::with_capacity(n.min(1024));
     let mut prev = 0u64;
     for _ in 0..n {
-        let cell = prev + get_varint(b, &mut pos).ok_or_else(bad)?;
+        let hour = *b.get(pos).ok_or_else(bad)?;
+        pos += 1;
+        if hour >= 24 {
+            return Err(StorageError::corrupt(key, "hour of day out of range"));
+        }
+        let cell = prev.wrapping_add(unzigzag(get_varint(b, &mut pos).ok_or_else(bad)?) as u64);
         prev = cell;
         let addr = get_varint(b, &mut pos).ok_or_else(bad)? as u32;
         let src = get_varint(b, &mut pos).ok_or_else(bad)? as u16;
-        out.push((cell, addr, src));
+        out.push((hour, cell, addr, src));
     }
     Ok(out)
 }
@@ -184,8 +199,13 @@ mod tests {
 
     #[test]
     fn places_round_trip() {
-        let p = vec![(5, 0, 1), (5, 3, 2), (900_000_000_001, 7, 0)];
-        let k = keys::person_hour(1, 2);
+        let p = vec![
+            (0, 5, 0, 1),
+            (0, 5, 3, 2),
+            (3, 900_000_000_001, 7, 0),
+            (23, 0, 9, 1),
+        ];
+        let k = keys::person_day(1, 2);
         assert_eq!(decode_places(&k, &encode_places(&p)).unwrap(), p);
     }
 
@@ -201,18 +221,21 @@ mod tests {
             decode_bitmap(&k, &once).unwrap(),
             RoaringBitmap::from_iter([1u32, 2, 3])
         );
-        let pk = keys::person_hour(1, 10);
-        let x = encode_places(&[(4, 0, 1)]);
-        let y = encode_places(&[(2, 1, 1), (4, 0, 1)]);
+        let pk = keys::person_day(1, 10);
+        let x = encode_places(&[(1, 4, 0, 1)]);
+        let y = encode_places(&[(0, 2, 1, 1), (1, 4, 0, 1)]);
         let m = merge_values(&pk, Some(&x), [&y[..], &x[..]]).unwrap();
-        assert_eq!(decode_places(&pk, &m).unwrap(), vec![(2, 1, 1), (4, 0, 1)]);
+        assert_eq!(
+            decode_places(&pk, &m).unwrap(),
+            vec![(0, 2, 1, 1), (1, 4, 0, 1)]
+        );
     }
 
     #[test]
     fn corrupt_values_are_errors_not_panics() {
         let k = keys::cell_slice(1, 1);
         assert!(merge_values(&k, Some(&[1, 2, 3]), []).is_err());
-        let pk = keys::person_hour(1, 1);
+        let pk = keys::person_day(1, 1);
         assert!(decode_places(&pk, &[5, 1]).is_err());
     }
 }

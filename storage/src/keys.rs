@@ -12,7 +12,7 @@
 //! | 0x10   | hour, cell u64           | roaring bitmap of internal ids      |
 //! | 0x11   | hour, address id u32     | roaring bitmap of internal ids      |
 //! | 0x12   | hour                     | roaring bitmap: everyone that hour  |
-//! | 0x20   | internal id u32, hour    | set of (cell, address, source)      |
+//! | 0x20   | internal id u32, day     | set of (hour of day, cell, address, source) |
 //!
 //! Slices are hour-major: a window over a region is, per hour, a handful of
 //! contiguous cell ranges (Hilbert order keeps neighbours together), and
@@ -108,11 +108,14 @@ pub fn hour_slice(hour: i64) -> Vec<u8> {
     k
 }
 
-pub fn person_hour(id: u32, hour: i64) -> Vec<u8> {
+/// Person index key: one per person and UTC day (`hour.div_euclid(24)`),
+/// stored like an hour. A day per key instead of an hour per key cuts the
+/// index's keys about fivefold; where-was over 7 days reads 8 keys.
+pub fn person_day(id: u32, day: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(PERSON);
     k.extend_from_slice(&id.to_be_bytes());
-    k.extend_from_slice(&hour_bytes(hour));
+    k.extend_from_slice(&hour_bytes(day));
     k
 }
 

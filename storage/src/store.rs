@@ -363,9 +363,9 @@ impl<E: KvEngine> SliceStore<E> {
                 }
                 hours.entry(e.hour).or_default().insert(id);
                 places
-                    .entry((id, e.hour))
+                    .entry((id, e.hour.div_euclid(24)))
                     .or_default()
-                    .push((compact_cell, addr, src));
+                    .push((e.hour.rem_euclid(24) as u8, compact_cell, addr, src));
             }
         }
         // Merges go in key order: the memtable skiplist then inserts each
@@ -382,10 +382,10 @@ impl<E: KvEngine> SliceStore<E> {
         for (h, b) in hours {
             merges.push((keys::hour_slice(h), codec::encode_bitmap(&b)));
         }
-        for ((id, h), mut p) in places {
+        for ((id, day), mut p) in places {
             p.sort_unstable();
             p.dedup();
-            merges.push((keys::person_hour(id, h), codec::encode_places(&p)));
+            merges.push((keys::person_day(id, day), codec::encode_places(&p)));
         }
         merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (k, v) in merges {
@@ -578,10 +578,10 @@ impl<E: KvEngine> SliceStore<E> {
         err.map_or(Ok(()), Err)
     }
 
-    fn decode_entries(&self, st: &State, raw: Vec<RawPlace>) -> Vec<PlaceEntry> {
+    fn decode_entries(&self, st: &State, raw: &[RawPlace]) -> Vec<PlaceEntry> {
         let shift = cell::compact_shift(self.level);
-        raw.into_iter()
-            .map(|(c, a, s)| PlaceEntry {
+        raw.iter()
+            .map(|&(_, c, a, s)| PlaceEntry {
                 cell: if c == 0 {
                     a.checked_sub(1)
                         .and_then(|i| st.address_cells.get(i as usize))
@@ -603,6 +603,19 @@ impl<E: KvEngine> SliceStore<E> {
             .collect()
     }
 
+    /// Splits one person-day's sorted places into hours: `(hour, places)`.
+    fn split_day(day: i64, places: &[RawPlace]) -> Vec<(i64, &[RawPlace])> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < places.len() {
+            let off = places[i].0;
+            let j = i + places[i..].iter().take_while(|p| p.0 == off).count();
+            out.push((day * 24 + off as i64, &places[i..j]));
+            i = j;
+        }
+        out
+    }
+
     /// The person's places per hour in `[from, to)`, ascending by hour.
     pub fn person_hours(&self, id: u32, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
         if from >= to {
@@ -611,8 +624,8 @@ impl<E: KvEngine> SliceStore<E> {
         let mut raw = Vec::new();
         let mut err = None;
         self.engine.scan(
-            &keys::person_hour(id, from),
-            &keys::person_hour(id, to),
+            &keys::person_day(id, from.div_euclid(24)),
+            &keys::person_day(id, (to - 1).div_euclid(24) + 1),
             &mut |k, v| match codec::decode_places(k, v) {
                 Ok(p) => {
                     raw.push((keys::hour_from(&k[5..9]), p));
@@ -628,10 +641,15 @@ impl<E: KvEngine> SliceStore<E> {
             return Err(e);
         }
         let st = self.state.read_recursive();
-        Ok(raw
-            .into_iter()
-            .map(|(h, p)| (h, self.decode_entries(&st, p)))
-            .collect())
+        let mut out = Vec::new();
+        for (day, p) in &raw {
+            for (h, places) in Self::split_day(*day, p) {
+                if (from..to).contains(&h) {
+                    out.push((h, self.decode_entries(&st, places)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The last hour before `before` (and at or after `floor`) in which the
@@ -650,17 +668,21 @@ impl<E: KvEngine> SliceStore<E> {
         let mut err = None;
         let st = self.state.read_recursive();
         self.engine.scan_rev(
-            &keys::person_hour(id, floor),
-            &keys::person_hour(id, before),
+            &keys::person_day(id, floor.div_euclid(24)),
+            &keys::person_day(id, (before - 1).div_euclid(24) + 1),
             &mut |k, v| match codec::decode_places(k, v) {
                 Ok(p) => {
-                    let entries = self.decode_entries(&st, p);
-                    if keep(&entries) {
-                        found = Some(keys::hour_from(&k[5..9]));
-                        false
-                    } else {
-                        true
+                    let day = keys::hour_from(&k[5..9]);
+                    for (h, places) in Self::split_day(day, &p).into_iter().rev() {
+                        if h >= before || h < floor {
+                            continue;
+                        }
+                        if keep(&self.decode_entries(&st, places)) {
+                            found = Some(h);
+                            return false;
+                        }
                     }
+                    true
                 }
                 Err(e) => {
                     err = Some(e);
