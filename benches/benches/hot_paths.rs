@@ -6,29 +6,12 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use hourcell_cluster::town::{Town, TownConfig};
-use hourcell_query::validate::{
-    check_addresses, check_registrations, place_events, EventTime, RawAddress, RawEvent,
-    RawRegistration,
-};
+use hourcell_query::validate::{check_addresses, check_registrations, place_events, RawEvent};
 use hourcell_query::{QueryEngine, Region};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::codec::{encode_bitmap, merge_values};
 use hourcell_storage::{keys, Command, KvEngine, RocksConfig, RocksEngine, SliceStore};
 use roaring::RoaringBitmap;
-
-fn raw_events(town: &Town, day: u32) -> Vec<RawEvent> {
-    town.events_for_day(day)
-        .into_iter()
-        .map(|e| RawEvent {
-            person: e.person,
-            time: EventTime::Unix(e.time),
-            lat: e.lat,
-            lng: e.lng,
-            address: e.address,
-            source: e.source.to_string(),
-        })
-        .collect()
-}
 
 fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
     let s = Arc::new(
@@ -38,39 +21,18 @@ fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
         )
         .unwrap(),
     );
-    let addrs: Vec<RawAddress> = town
-        .addresses()
-        .iter()
-        .map(|a| RawAddress {
-            code: a.code.clone(),
-            lat: a.lat,
-            lng: a.lng,
-            kind: a.kind.into(),
-            area: a.area.clone(),
-            label: a.label.clone(),
-        })
-        .collect();
+    let addrs = town.raw_addresses();
     s.apply(&Command::PutAddresses(
         check_addresses(s.as_ref(), &addrs).0,
     ))
     .unwrap();
-    let regs: Vec<RawRegistration> = town
-        .registry()
-        .into_iter()
-        .map(|r| RawRegistration {
-            person: r.person,
-            address: r.address,
-            kind: r.kind.into(),
-            valid_from: r.valid_from,
-            valid_until: r.valid_until,
-        })
-        .collect();
+    let regs = town.raw_registrations();
     s.apply(&Command::PutRegistrations(
         check_registrations(s.as_ref(), &regs).0,
     ))
     .unwrap();
     for d in 0..town.config().days {
-        let ev = raw_events(town, d);
+        let ev = town.raw_events(d);
         for chunk in ev.chunks(20_000) {
             let (ok, _) = place_events(s.as_ref(), chunk, i64::MAX / 2);
             s.apply(&Command::Ingest(ok)).unwrap();
@@ -97,7 +59,7 @@ fn benches(c: &mut Criterion) {
         days: 3,
         ..TownConfig::default()
     });
-    let day0 = raw_events(&town, 0);
+    let day0 = town.raw_events(0);
     let batch: Vec<RawEvent> = day0.iter().take(10_000).cloned().collect();
     let dir = tempfile::tempdir().unwrap();
     let store = loaded(&town, dir.path());

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use hourcell_query::time::{format_time, now};
-use hourcell_query::validate::{EventTime, RawAddress, RawEvent, RawRegistration};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::DevArgs;
@@ -19,31 +18,9 @@ pub struct Loaded {
     pub rejected: u64,
 }
 
-fn raw_event(e: &crate::town::GenEvent) -> RawEvent {
-    RawEvent {
-        person: e.person,
-        time: EventTime::Unix(e.time),
-        lat: e.lat,
-        lng: e.lng,
-        address: e.address.clone(),
-        source: e.source.to_string(),
-    }
-}
-
 /// Loads a town straight into a node (no network), with a progress bar.
 pub fn load_town(node: &Node, town: Town, progress: bool) -> anyhow::Result<Loaded> {
-    let addrs: Vec<RawAddress> = town
-        .addresses()
-        .iter()
-        .map(|a| RawAddress {
-            code: a.code.clone(),
-            lat: a.lat,
-            lng: a.lng,
-            kind: a.kind.to_string(),
-            area: a.area.clone(),
-            label: a.label.clone(),
-        })
-        .collect();
+    let addrs = town.raw_addresses();
     for chunk in addrs.chunks(50_000) {
         let (_, bad) = node.put_addresses(chunk)?;
         anyhow::ensure!(
@@ -52,17 +29,7 @@ pub fn load_town(node: &Node, town: Town, progress: bool) -> anyhow::Result<Load
             &bad[..bad.len().min(3)]
         );
     }
-    let regs: Vec<RawRegistration> = town
-        .registry()
-        .into_iter()
-        .map(|r| RawRegistration {
-            person: r.person,
-            address: r.address,
-            kind: r.kind.to_string(),
-            valid_from: r.valid_from,
-            valid_until: r.valid_until,
-        })
-        .collect();
+    let regs = town.raw_registrations();
     for chunk in regs.chunks(50_000) {
         let (_, bad) = node.put_registrations(chunk)?;
         anyhow::ensure!(
@@ -84,7 +51,7 @@ pub fn load_town(node: &Node, town: Town, progress: bool) -> anyhow::Result<Load
     };
     let (mut events, mut rejected) = (0u64, 0u64);
     for d in 0..days {
-        let day: Vec<RawEvent> = town.events_for_day(d).iter().map(raw_event).collect();
+        let day = town.raw_events(d);
         for chunk in day.chunks(20_000) {
             let (n, bad) = node.ingest(chunk)?;
             events += n;

@@ -1369,3 +1369,48 @@ mod tests {
         assert_eq!(truth.lines().count(), 201);
     }
 }
+
+/// The town as the inputs a node validates: what `dev`, the criterion
+/// benches and tests load without going through CSV or gRPC.
+impl Town {
+    pub fn raw_addresses(&self) -> Vec<hourcell_query::validate::RawAddress> {
+        self.addresses()
+            .iter()
+            .map(|a| hourcell_query::validate::RawAddress {
+                code: a.code.clone(),
+                lat: a.lat,
+                lng: a.lng,
+                kind: a.kind.to_string(),
+                area: a.area.clone(),
+                label: a.label.clone(),
+            })
+            .collect()
+    }
+
+    pub fn raw_registrations(&self) -> Vec<hourcell_query::validate::RawRegistration> {
+        self.registry()
+            .into_iter()
+            .map(|r| hourcell_query::validate::RawRegistration {
+                person: r.person,
+                address: r.address,
+                kind: r.kind.to_string(),
+                valid_from: r.valid_from,
+                valid_until: r.valid_until,
+            })
+            .collect()
+    }
+
+    pub fn raw_events(&self, day: u32) -> Vec<hourcell_query::validate::RawEvent> {
+        self.events_for_day(day)
+            .into_iter()
+            .map(|e| hourcell_query::validate::RawEvent {
+                person: e.person,
+                time: hourcell_query::validate::EventTime::Unix(e.time),
+                lat: e.lat,
+                lng: e.lng,
+                address: e.address,
+                source: e.source.to_string(),
+            })
+            .collect()
+    }
+}
