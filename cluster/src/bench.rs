@@ -445,7 +445,9 @@ async fn run_queries(ch: &Channel, town: &Town, seed: u64, runs: usize) -> Resul
 
 async fn status(ch: &Channel) -> Result<v1::StatusResponse> {
     Ok(client::admin_client(ch.clone())
-        .status(v1::StatusRequest {})
+        .status(v1::StatusRequest {
+            count_postings: true,
+        })
         .await
         .map_err(client::status_error)
         .context("Admin.Status")?

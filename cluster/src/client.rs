@@ -749,7 +749,14 @@ pub fn format_status(s: &v1::StatusResponse) -> String {
         ("addresses", s.addresses.to_string()),
         ("registrations", s.registrations.to_string()),
         ("events_accepted", s.events_accepted.to_string()),
-        ("postings", s.postings.to_string()),
+        (
+            "postings",
+            if s.postings == 0 {
+                "not counted (see hourcell bench)".to_string()
+            } else {
+                s.postings.to_string()
+            },
+        ),
         (
             "disk_bytes",
             format!("{} ({})", s.disk_bytes, human_bytes(s.disk_bytes)),
@@ -782,7 +789,7 @@ pub fn human_bytes(b: u64) -> String {
 pub async fn run_status(args: ServerArg) -> Result<()> {
     let ch = channel(&args.server).await?;
     let st = admin_client(ch)
-        .status(v1::StatusRequest {})
+        .status(v1::StatusRequest::default())
         .await
         .map_err(status_error)?
         .into_inner();

@@ -374,12 +374,19 @@ impl v1::query_server::Query for Services {
 impl v1::admin_server::Admin for Services {
     async fn status(
         &self,
-        _req: Request<v1::StatusRequest>,
+        req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let node = self.node.clone();
+        let count = req.into_inner().count_postings;
+        // Status doubles as a readiness probe: the full posting scan only
+        // runs when asked for.
         let (st, postings) = blocking(move || {
             let st = node.store().stats()?;
-            let (postings, _) = node.store().count_postings()?;
+            let postings = if count {
+                node.store().count_postings()?.0
+            } else {
+                0
+            };
             Ok((st, postings))
         })
         .await?;

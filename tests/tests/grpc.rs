@@ -285,7 +285,9 @@ async fn ingest_validates_per_event_and_is_idempotent() {
     assert_eq!(rows, vec![(10, Some(T0 + 3600))]);
 
     let st = AdminClient::new(h.channel.clone())
-        .status(v1::StatusRequest {})
+        .status(v1::StatusRequest {
+            count_postings: true,
+        })
         .await
         .unwrap()
         .into_inner();
