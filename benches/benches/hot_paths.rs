@@ -9,7 +9,7 @@ use hourcell_cluster::town::{Town, TownConfig};
 use hourcell_query::validate::{check_addresses, check_registrations, place_events, RawEvent};
 use hourcell_query::{QueryEngine, Region};
 use hourcell_storage::cell::cell_at;
-use hourcell_storage::codec::{encode_bitmap, merge_values};
+use hourcell_storage::codec::{encode_bitmap, encode_day_set, merge_values};
 use hourcell_storage::{keys, Command, KvEngine, RocksConfig, RocksEngine, SliceStore};
 use roaring::RoaringBitmap;
 
@@ -47,10 +47,19 @@ fn benches(c: &mut Criterion) {
         b.iter(|| cell_at(black_box(30.2741), black_box(120.1551), 16))
     });
 
-    let k = keys::cell_slice(1, 1);
+    let k = keys::hour_slice(1);
     let a = encode_bitmap(&RoaringBitmap::from_iter((0..20_000u32).step_by(3)));
     let o = encode_bitmap(&RoaringBitmap::from_iter((0..20_000u32).step_by(7)));
-    c.bench_function("merge bitmaps (7k + 3k ids)", |b| {
+    c.bench_function("merge hour bitmaps (7k + 3k ids)", |b| {
+        b.iter(|| merge_values(&k, Some(&a), [&o[..]]).unwrap())
+    });
+
+    // A busy cell-day: 400 persons stored, one hour's batch of 60 arriving.
+    let k = keys::cell_day(1, 1);
+    let stored: Vec<(u32, u32)> = (0..400u32).map(|i| (i * 97, 0x00f0_00ff)).collect();
+    let batch: Vec<(u32, u32)> = (0..60u32).map(|i| (i * 601, 1 << 9)).collect();
+    let (a, o) = (encode_day_set(&stored), encode_day_set(&batch));
+    c.bench_function("merge cell-day sets (400 + 60 persons)", |b| {
         b.iter(|| merge_values(&k, Some(&a), [&o[..]]).unwrap())
     });
 

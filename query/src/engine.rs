@@ -11,6 +11,20 @@ use crate::region::{Region, SpatialPlan};
 use crate::source::SliceSource;
 use crate::time::{format_time, hour_ceil, hour_floor, Window};
 
+/// The window's hours grouped by UTC day: `(day, mask)` with bit `h` set
+/// for hour `day * 24 + h` inside the window, days ascending.
+fn day_masks(w: &Window) -> Vec<(i64, u32)> {
+    let mut out: Vec<(i64, u32)> = Vec::new();
+    for h in w.hours() {
+        let (day, bit) = (h.div_euclid(24), 1u32 << h.rem_euclid(24));
+        match out.last_mut() {
+            Some((d, m)) if *d == day => *m |= bit,
+            _ => out.push((day, bit)),
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct WhoWasAtAnswer {
     pub window: Window,
@@ -118,26 +132,34 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         }
     }
 
-    /// Appends the ids of every slice of `hour` that matches the region.
-    ///
-    /// Ids are gathered into a vector and turned into one bitmap at the end:
-    /// OR-ing thousands of small slices into a growing array container one
-    /// at a time is quadratic, and it was 30% of who-was-at's time.
-    fn collect_hour(&self, r: &Resolved, hour: i64, out: &mut Vec<u32>) -> Result<()> {
+    /// Calls `f(id, hour mask)` for each entry of the day sets of `day`
+    /// that match the region: the cell slices of every covering range whose
+    /// cell intersects the region, or the listed addresses' slices. An id
+    /// may come more than once (several cells or addresses).
+    fn for_each_day_entry(
+        &self,
+        r: &Resolved,
+        day: i64,
+        f: &mut dyn FnMut(u32, u32),
+    ) -> Result<()> {
         match r {
             Resolved::Spatial(plan) => {
                 for &(lo, hi) in &plan.ranges {
-                    self.source.cell_slices(hour, lo, hi, &mut |c, b| {
+                    self.source.cell_days(day, lo, hi, &mut |c, set| {
                         if plan.matches(c) {
-                            out.extend(b.iter());
+                            for &(id, m) in set {
+                                f(id, m);
+                            }
                         }
                     })?;
                 }
             }
             Resolved::Addresses(ids) => {
                 for &id in ids {
-                    if let Some(b) = self.source.address_slice(hour, id)? {
-                        out.extend(b.iter());
+                    if let Some(set) = self.source.address_day(day, id)? {
+                        for &(pid, m) in &set {
+                            f(pid, m);
+                        }
                     }
                 }
             }
@@ -145,23 +167,26 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         Ok(())
     }
 
+    /// Ids are gathered into a vector and turned into one bitmap at the end:
+    /// OR-ing thousands of small slices into a growing array container one
+    /// at a time is quadratic, and it was 30% of who-was-at's time.
     fn to_bitmap(mut ids: Vec<u32>) -> RoaringBitmap {
         ids.sort_unstable();
         ids.dedup();
         RoaringBitmap::from_sorted_iter(ids).expect("sorted and deduplicated")
     }
 
-    /// Persons (internal ids) present in the resolved region during `hour`.
-    fn hour_bitmap(&self, r: &Resolved, hour: i64) -> Result<RoaringBitmap> {
-        let mut ids = Vec::new();
-        self.collect_hour(r, hour, &mut ids)?;
-        Ok(Self::to_bitmap(ids))
-    }
-
+    /// Persons (internal ids) present in the resolved region during any
+    /// hour of the window: per UTC day, the day-set entries whose hour mask
+    /// meets the window's hours of that day.
     fn window_bitmap(&self, r: &Resolved, w: &Window) -> Result<RoaringBitmap> {
         let mut ids = Vec::new();
-        for h in w.hours() {
-            self.collect_hour(r, h, &mut ids)?;
+        for (day, mask) in day_masks(w) {
+            self.for_each_day_entry(r, day, &mut |id, m| {
+                if m & mask != 0 {
+                    ids.push(id);
+                }
+            })?;
         }
         Ok(Self::to_bitmap(ids))
     }
@@ -229,16 +254,35 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
     ) -> Result<OccupancyAnswer> {
         let w = Window::new(from, to, as_of)?;
         let r = self.resolve(region, "region")?;
-        let mut all = RoaringBitmap::new();
-        let mut hours = Vec::with_capacity(w.hours().count());
-        for h in w.hours() {
-            let b = self.hour_bitmap(&r, h)?;
-            hours.push(HourCount {
-                hour: h,
-                distinct: b.len(),
-            });
-            all |= b;
+        let n = (w.to_hour - w.from_hour).max(0) as usize;
+        let mut per_hour: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut all = Vec::new();
+        for (day, mask) in day_masks(&w) {
+            self.for_each_day_entry(&r, day, &mut |id, m| {
+                let mut x = m & mask;
+                if x != 0 {
+                    all.push(id);
+                }
+                while x != 0 {
+                    let h = day * 24 + x.trailing_zeros() as i64;
+                    per_hour[(h - w.from_hour) as usize].push(id);
+                    x &= x - 1;
+                }
+            })?;
         }
+        let hours = per_hour
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut ids)| {
+                ids.sort_unstable();
+                ids.dedup();
+                HourCount {
+                    hour: w.from_hour + i as i64,
+                    distinct: ids.len() as u64,
+                }
+            })
+            .collect();
+        let all = Self::to_bitmap(all);
         Ok(OccupancyAnswer {
             window: w,
             distinct: all.len(),

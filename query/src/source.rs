@@ -1,7 +1,9 @@
 //! [`SliceSource`]: the reads the planner needs. The single-node store
 //! implements it here; the cluster will implement it by routing to shards.
 
-use hourcell_storage::{AddressRecord, KvEngine, PlaceEntry, RegistrationRecord, SliceStore};
+use hourcell_storage::{
+    AddressRecord, DaySet, KvEngine, PlaceEntry, RegistrationRecord, SliceStore,
+};
 use roaring::RoaringBitmap;
 
 use crate::error::Result;
@@ -13,14 +15,17 @@ use crate::error::Result;
 /// before the read started.
 pub trait SliceSource: Send + Sync {
     fn slice_level(&self) -> u8;
-    fn cell_slices(
+    /// Each non-empty cell slice of UTC day `day` with a cell id in
+    /// `[lo, hi]`: the cell and its (internal id, hour mask) pairs.
+    fn cell_days(
         &self,
-        hour: i64,
+        day: i64,
         lo: u64,
         hi: u64,
-        f: &mut dyn FnMut(u64, RoaringBitmap),
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()>;
-    fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>>;
+    /// The (internal id, hour mask) pairs of one address on UTC day `day`.
+    fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>>;
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()>;
     /// The all-persons slices of hours before `before`, latest first, until
     /// `f` returns false.
@@ -41,7 +46,6 @@ pub trait SliceSource: Send + Sync {
     fn address(&self, code: &str) -> Option<AddressRecord>;
     fn area_addresses(&self, area: &str) -> Vec<u32>;
     fn area_exists(&self, area: &str) -> bool;
-    /// Calls `f` with each registration (unordered).
     /// Calls `f` with each registration (unordered) and the person's
     /// internal id (if the person was ever seen); with `with_address` also
     /// the registered address's record, otherwise `None` (the lookup costs a
@@ -57,17 +61,17 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     fn slice_level(&self) -> u8 {
         SliceStore::slice_level(self)
     }
-    fn cell_slices(
+    fn cell_days(
         &self,
-        hour: i64,
+        day: i64,
         lo: u64,
         hi: u64,
-        f: &mut dyn FnMut(u64, RoaringBitmap),
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        Ok(SliceStore::cell_slices(self, hour, lo, hi, f)?)
+        Ok(SliceStore::cell_days(self, day, lo, hi, f)?)
     }
-    fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>> {
-        Ok(SliceStore::address_slice(self, hour, address_id)?)
+    fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
+        Ok(SliceStore::address_day(self, day, address_id)?)
     }
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()> {
         Ok(SliceStore::hour_slices(self, from, to, f)?)

@@ -14,8 +14,8 @@ fn main() {
         (keys::ADDRESS, "addresses"),
         (keys::REGISTRATION, "registrations"),
         (keys::SOURCE, "sources"),
-        (keys::CELL_SLICE, "cell slices"),
-        (keys::ADDRESS_SLICE, "address slices"),
+        (keys::CELL_DAY, "cell-day slices"),
+        (keys::ADDRESS_DAY, "address-day slices"),
         (keys::HOUR_SLICE, "hour slices"),
         (keys::PERSON, "person index"),
     ];

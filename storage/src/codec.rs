@@ -54,6 +54,83 @@ pub fn decode_bitmap(key: &[u8], v: &[u8]) -> Result<RoaringBitmap> {
     RoaringBitmap::deserialize_from(v).map_err(|e| StorageError::corrupt(key, e))
 }
 
+/// Tag of the day-set encoding (cell-day and address-day slices).
+const DAY_SET: u8 = 0x02;
+
+/// The 24 hours of a UTC day as bits `0..24`.
+pub const FULL_DAY: u32 = (1 << 24) - 1;
+
+/// Who was in one cell (or at one address) during one UTC day: internal
+/// ids, ascending and unique, each with the bit mask of the hours of the
+/// day (bit `h` = hour `h`, 0..24) in which they were there.
+///
+/// One entry per person and day instead of one posting per person and
+/// hour: people stay put for hours (home at night, work by day), so a
+/// person-day in a cell costs an id delta and three mask bytes however many
+/// hours it covers, and a day has one key where hourly slices had up to 24.
+pub type DaySet = Vec<(u32, u32)>;
+
+/// Encodes a day set. `set` must be sorted by id with unique ids and masks
+/// inside [`FULL_DAY`].
+pub fn encode_day_set(set: &[(u32, u32)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + set.len() * 5);
+    out.push(DAY_SET);
+    put_varint(&mut out, set.len() as u64);
+    let mut prev = 0u32;
+    for (i, &(id, mask)) in set.iter().enumerate() {
+        debug_assert!(i == 0 || id > prev, "day set ids must ascend");
+        debug_assert!(mask != 0 && mask <= FULL_DAY);
+        put_varint(&mut out, if i == 0 { id } else { id - prev } as u64);
+        prev = id;
+        out.extend_from_slice(&mask.to_le_bytes()[..3]);
+    }
+    out
+}
+
+pub fn decode_day_set(key: &[u8], v: &[u8]) -> Result<DaySet> {
+    let bad = || StorageError::corrupt(key, "truncated day set");
+    if v.first() != Some(&DAY_SET) {
+        return Err(StorageError::corrupt(key, "not a day set"));
+    }
+    let mut pos = 1;
+    let n = get_varint(v, &mut pos).ok_or_else(bad)?;
+    // Each entry takes at least four bytes; a count beyond that is garbage.
+    if n > (v.len() as u64) / 4 + 1 {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    let mut prev = 0u64;
+    for i in 0..n {
+        let d = get_varint(v, &mut pos).ok_or_else(bad)?;
+        let id = if i == 0 { d } else { prev + d };
+        if id > u32::MAX as u64 || (i > 0 && d == 0) {
+            return Err(StorageError::corrupt(key, "day set ids out of order or range"));
+        }
+        prev = id;
+        let m = v.get(pos..pos + 3).ok_or_else(bad)?;
+        pos += 3;
+        let mask = u32::from_le_bytes([m[0], m[1], m[2], 0]);
+        out.push((id as u32, mask));
+    }
+    Ok(out)
+}
+
+/// Sorts `(id, mask)` pairs by id and ORs the masks of equal ids: the union
+/// of day sets, in place.
+pub fn fold_day_set(entries: &mut DaySet) {
+    entries.sort_unstable_by_key(|e| e.0);
+    let mut w = 0;
+    for r in 0..entries.len() {
+        if w > 0 && entries[w - 1].0 == entries[r].0 {
+            entries[w - 1].1 |= entries[r].1;
+        } else {
+            entries[w] = entries[r];
+            w += 1;
+        }
+    }
+    entries.truncate(w);
+}
+
 /// One place a person was during an hour, as stored in the person index
 /// (one key per person and day): the hour within the day (0..24), the slice
 /// cell shifted right by `2 * (30 - level)` (the cell's lowest set bit
@@ -86,54 +163,101 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     }
 }
 
-fn zigzag(d: i64) -> u64 {
-    ((d << 1) ^ (d >> 63)) as u64
+/// A person-day's places grouped by (compact cell, address id, source
+/// id), each with the mask of the hours of the day it covers. Sorted by the
+/// triple, unique triples, masks non-zero.
+type PlaceMasks = Vec<((u64, u32, u16), u32)>;
+
+fn fold_place_masks(entries: &mut PlaceMasks) {
+    entries.sort_unstable_by_key(|e| e.0);
+    let mut w = 0;
+    for r in 0..entries.len() {
+        if w > 0 && entries[w - 1].0 == entries[r].0 {
+            entries[w - 1].1 |= entries[r].1;
+        } else {
+            entries[w] = entries[r];
+            w += 1;
+        }
+    }
+    entries.truncate(w);
 }
 
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-/// Encodes a sorted, deduplicated place set. Cells are zigzag delta-coded
-/// against the previous entry: a person's cells within a day repeat or sit
-/// close together, so most deltas take one byte.
-pub fn encode_places(places: &[RawPlace]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + places.len() * 6);
-    put_varint(&mut out, places.len() as u64);
+fn encode_place_masks(masks: &[((u64, u32, u16), u32)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + masks.len() * 8);
+    put_varint(&mut out, masks.len() as u64);
     let mut prev = 0u64;
-    for &(hour, cell, addr, src) in places {
-        out.push(hour);
-        put_varint(&mut out, zigzag(cell.wrapping_sub(prev) as i64));
+    for &((cell, addr, src), mask) in masks {
+        // Sorted by cell, so the delta is never negative.
+        put_varint(&mut out, cell - prev);
         prev = cell;
         put_varint(&mut out, addr as u64);
         put_varint(&mut out, src as u64);
+        out.extend_from_slice(&mask.to_le_bytes()[..3]);
     }
     out
 }
 
-pub fn decode_places(key: &[u8], b: &[u8]) -> Result<Vec<RawPlace>> {
+fn decode_place_masks(key: &[u8], b: &[u8]) -> Result<PlaceMasks> {
     let bad = || StorageError::corrupt(key, "truncated place set");
     let mut pos = 0;
-    let n = get_varint(b, &mut pos).ok_or_else(bad)? as usize;
-    let mut out = Vec::with_capacity(n.min(1024));
+    let n = get_varint(b, &mut pos).ok_or_else(bad)?;
+    if n > b.len() as u64 / 6 + 1 {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(n as usize);
     let mut prev = 0u64;
     for _ in 0..n {
-        let hour = *b.get(pos).ok_or_else(bad)?;
-        pos += 1;
-        if hour >= 24 {
-            return Err(StorageError::corrupt(key, "hour of day out of range"));
-        }
-        let cell = prev.wrapping_add(unzigzag(get_varint(b, &mut pos).ok_or_else(bad)?) as u64);
+        let cell = prev
+            .checked_add(get_varint(b, &mut pos).ok_or_else(bad)?)
+            .ok_or_else(|| StorageError::corrupt(key, "cell out of range"))?;
         prev = cell;
-        let addr = get_varint(b, &mut pos).ok_or_else(bad)? as u32;
-        let src = get_varint(b, &mut pos).ok_or_else(bad)? as u16;
-        out.push((hour, cell, addr, src));
+        let addr = u32::try_from(get_varint(b, &mut pos).ok_or_else(bad)?)
+            .map_err(|_| StorageError::corrupt(key, "address id out of range"))?;
+        let src = u16::try_from(get_varint(b, &mut pos).ok_or_else(bad)?)
+            .map_err(|_| StorageError::corrupt(key, "source id out of range"))?;
+        let m = b.get(pos..pos + 3).ok_or_else(bad)?;
+        pos += 3;
+        let mask = u32::from_le_bytes([m[0], m[1], m[2], 0]);
+        out.push(((cell, addr, src), mask));
     }
     Ok(out)
 }
 
+/// Encodes a person-day's places. Stored grouped by (cell, address,
+/// source) with an hour mask each: a person spends many hours at the same
+/// few places, so a day of ~7 entries shrinks to ~3 groups.
+pub fn encode_places(places: &[RawPlace]) -> Vec<u8> {
+    let mut masks: PlaceMasks = places
+        .iter()
+        .map(|&(h, c, a, s)| ((c, a, s), 1u32 << h))
+        .collect();
+    fold_place_masks(&mut masks);
+    encode_place_masks(&masks)
+}
+
+/// Decodes a person-day's places, sorted by (hour of day, cell, address,
+/// source) and unique.
+pub fn decode_places(key: &[u8], b: &[u8]) -> Result<Vec<RawPlace>> {
+    let masks = decode_place_masks(key, b)?;
+    let mut out = Vec::with_capacity(masks.len() * 2);
+    for ((c, a, s), mask) in masks {
+        if mask > FULL_DAY {
+            return Err(StorageError::corrupt(key, "hour of day out of range"));
+        }
+        let mut m = mask;
+        while m != 0 {
+            let h = m.trailing_zeros();
+            out.push((h as u8, c, a, s));
+            m &= m - 1;
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// Combines a stored value with merge operands. Slices and the person index
-/// are sets, and the merge is set union: associative, commutative and
+/// are sets (day sets union per id with their hour masks OR-ed), and the
+/// merge is set union: associative, commutative and
 /// idempotent, so it does not matter when or how often the engine combines
 /// operands, and applying the same events twice changes nothing.
 /// Any other key takes the last operand (a put).
@@ -143,7 +267,18 @@ pub fn merge_values<'a>(
     operands: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Vec<u8>> {
     match key.first() {
-        Some(&keys::CELL_SLICE) | Some(&keys::ADDRESS_SLICE) | Some(&keys::HOUR_SLICE) => {
+        Some(&keys::CELL_DAY) | Some(&keys::ADDRESS_DAY) => {
+            let mut acc = match existing {
+                Some(v) => decode_day_set(key, v)?,
+                None => Vec::new(),
+            };
+            for op in operands {
+                acc.extend(decode_day_set(key, op)?);
+            }
+            fold_day_set(&mut acc);
+            Ok(encode_day_set(&acc))
+        }
+        Some(&keys::HOUR_SLICE) => {
             let mut acc = match existing {
                 Some(v) => decode_bitmap(key, v)?,
                 None => RoaringBitmap::new(),
@@ -155,15 +290,14 @@ pub fn merge_values<'a>(
         }
         Some(&keys::PERSON) => {
             let mut acc = match existing {
-                Some(v) => decode_places(key, v)?,
+                Some(v) => decode_place_masks(key, v)?,
                 None => Vec::new(),
             };
             for op in operands {
-                acc.extend(decode_places(key, op)?);
+                acc.extend(decode_place_masks(key, op)?);
             }
-            acc.sort_unstable();
-            acc.dedup();
-            Ok(encode_places(&acc))
+            fold_place_masks(&mut acc);
+            Ok(encode_place_masks(&acc))
         }
         _ => {
             let mut last = existing.map(|v| v.to_vec());
@@ -181,7 +315,7 @@ mod tests {
 
     #[test]
     fn bitmaps_round_trip_in_both_encodings() {
-        let k = keys::cell_slice(1, 1);
+        let k = keys::hour_slice(1);
         for b in [
             RoaringBitmap::new(),
             RoaringBitmap::from_iter([0u32, 7, u32::MAX]),
@@ -211,7 +345,7 @@ mod tests {
 
     #[test]
     fn merge_is_union_and_idempotent() {
-        let k = keys::cell_slice(10, 99);
+        let k = keys::hour_slice(10);
         let a = encode_bitmap(&RoaringBitmap::from_iter([1u32, 2]));
         let b = encode_bitmap(&RoaringBitmap::from_iter([2u32, 3]));
         let once = merge_values(&k, Some(&a), [&b[..]]).unwrap();
@@ -232,9 +366,30 @@ mod tests {
     }
 
     #[test]
+    fn day_sets_round_trip_and_merge_per_id() {
+        let k = keys::cell_day(3, 99);
+        let a = vec![(1u32, 0b1), (7, FULL_DAY), (u32::MAX, 1 << 23)];
+        assert_eq!(decode_day_set(&k, &encode_day_set(&a)).unwrap(), a);
+        let b = vec![(1u32, 0b10), (8, 1)];
+        let once = merge_values(&k, Some(&encode_day_set(&a)), [&encode_day_set(&b)[..]]).unwrap();
+        let twice = merge_values(&k, Some(&once), [&encode_day_set(&a)[..]]).unwrap();
+        assert_eq!(once, twice);
+        assert_eq!(
+            decode_day_set(&k, &once).unwrap(),
+            vec![(1, 0b11), (7, FULL_DAY), (8, 1), (u32::MAX, 1 << 23)]
+        );
+        // A person-day in one place for 10 hours costs 4 bytes, not 10 ids.
+        assert_eq!(encode_day_set(&[(5, 0b11_1111_1111)]).len(), 2 + 4);
+    }
+
+    #[test]
     fn corrupt_values_are_errors_not_panics() {
-        let k = keys::cell_slice(1, 1);
+        let k = keys::hour_slice(1);
         assert!(merge_values(&k, Some(&[1, 2, 3]), []).is_err());
+        let ck = keys::cell_day(1, 1);
+        assert!(merge_values(&ck, Some(&[2, 9, 1]), []).is_err());
+        assert!(decode_day_set(&ck, &[2, 2, 1, 1, 0, 0, 0, 1, 0]).is_err());
+        assert!(decode_day_set(&ck, &[1, 0]).is_err());
         let pk = keys::person_day(1, 1);
         assert!(decode_places(&pk, &[5, 1]).is_err());
     }

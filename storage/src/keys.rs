@@ -9,15 +9,19 @@
 //! | 0x04   | address code             | [`crate::AddressRecord`] (bincode)  |
 //! | 0x06   | external person u64      | [`crate::RegistrationRecord`]       |
 //! | 0x07   | source id u16            | source label                        |
-//! | 0x10   | hour, cell u64           | roaring bitmap of internal ids      |
-//! | 0x11   | hour, address id u32     | roaring bitmap of internal ids      |
+//! | 0x10   | day, cell u64            | day set: (id, hour mask) per person |
+//! | 0x11   | day, address id u32      | day set: (id, hour mask) per person |
 //! | 0x12   | hour                     | roaring bitmap: everyone that hour  |
-//! | 0x20   | internal id u32, day     | set of (hour of day, cell, address, source) |
+//! | 0x20   | internal id u32, day     | (cell, address, source) → hour mask |
 //!
-//! Slices are hour-major: a window over a region is, per hour, a handful of
-//! contiguous cell ranges (Hilbert order keeps neighbours together), and
-//! retention can later drop whole hours with one range delete. The person
-//! index is person-major so where-was is one short scan.
+//! Days are UTC days, `hour.div_euclid(24)`. Slices are time-major: a
+//! window over a region is, per day, a handful of contiguous cell ranges
+//! (Hilbert order keeps neighbours together), and retention can drop whole
+//! days with one range delete (and trim the hours of the boundary day by
+//! rewriting its masks). Keying slices per day rather than per hour cut
+//! their keys ~8× and their values ~4× (people stay in one place for hours;
+//! see `docs/benchmarks.md`). The person index is person-major so where-was
+//! is one short scan.
 //! In the person index a cell of 0 means "the slice cell of the entry's
 //! address point" (most events sit at their address), which is why an
 //! address's point never changes once stored.
@@ -30,8 +34,8 @@ pub const DICT_INT: u8 = 0x03;
 pub const ADDRESS: u8 = 0x04;
 pub const REGISTRATION: u8 = 0x06;
 pub const SOURCE: u8 = 0x07;
-pub const CELL_SLICE: u8 = 0x10;
-pub const ADDRESS_SLICE: u8 = 0x11;
+pub const CELL_DAY: u8 = 0x10;
+pub const ADDRESS_DAY: u8 = 0x11;
 pub const HOUR_SLICE: u8 = 0x12;
 pub const PERSON: u8 = 0x20;
 
@@ -85,18 +89,20 @@ pub fn source(id: u16) -> Vec<u8> {
     k
 }
 
-pub fn cell_slice(hour: i64, cell: u64) -> Vec<u8> {
+/// Cell slice key: one per slice cell and UTC day.
+pub fn cell_day(day: i64, cell: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(13);
-    k.push(CELL_SLICE);
-    k.extend_from_slice(&hour_bytes(hour));
+    k.push(CELL_DAY);
+    k.extend_from_slice(&hour_bytes(day));
     k.extend_from_slice(&cell.to_be_bytes());
     k
 }
 
-pub fn address_slice(hour: i64, address_id: u32) -> Vec<u8> {
+/// Address slice key: one per address and UTC day.
+pub fn address_day(day: i64, address_id: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
-    k.push(ADDRESS_SLICE);
-    k.extend_from_slice(&hour_bytes(hour));
+    k.push(ADDRESS_DAY);
+    k.extend_from_slice(&hour_bytes(day));
     k.extend_from_slice(&address_id.to_be_bytes());
     k
 }
@@ -154,6 +160,6 @@ mod tests {
     fn prefix_end_is_exclusive_upper_bound() {
         assert_eq!(prefix_end(&[0x10, 0x01]), vec![0x10, 0x02]);
         assert_eq!(prefix_end(&[0x10, 0xff]), vec![0x11]);
-        assert!(cell_slice(3, u64::MAX) < prefix_end(&cell_slice(3, 0)[..5]));
+        assert!(cell_day(3, u64::MAX) < prefix_end(&cell_day(3, 0)[..5]));
     }
 }

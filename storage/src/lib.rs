@@ -5,8 +5,9 @@
 //!   crate is written against, with [`MemEngine`] (tests) and [`RocksEngine`]
 //!   (production; the only module that names `rocksdb`).
 //! - [`SliceStore`]: one shard's data: the id dictionary, the address and
-//!   registry catalog, per-hour roaring bitmaps per S2 cell, per address and
-//!   per hour, and the per-person index. It applies [`Command`]s, the unit
+//!   registry catalog, per-day sets of (person, hour mask) per S2 cell and
+//!   per address, a roaring bitmap of everyone per hour, and the per-person
+//!   index. It applies [`Command`]s, the unit
 //!   that a raft log entry will carry, deterministically: no wall clock, no
 //!   randomness.
 //! - [`keys`] documents the key layout; [`cell`] the S2 helpers.
@@ -26,6 +27,7 @@ pub mod rocks;
 pub mod store;
 
 pub use catalog::{AddressKind, AddressRecord, RegistrationKind, RegistrationRecord};
+pub use codec::DaySet;
 pub use command::{ApplyOutcome, Command, SliceEvent};
 pub use error::{Result, StorageError};
 pub use kv::{KvEngine, WriteBatch};

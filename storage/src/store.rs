@@ -7,7 +7,7 @@ use roaring::RoaringBitmap;
 
 use crate::catalog::{AddressRecord, RegistrationRecord};
 use crate::cell;
-use crate::codec::{self, RawPlace};
+use crate::codec::{self, DaySet, RawPlace};
 use crate::command::{ApplyOutcome, Command, SliceEvent};
 use crate::error::{Result, StorageError};
 use crate::keys;
@@ -89,6 +89,11 @@ pub struct SliceStore<E: KvEngine> {
 }
 
 const META_LEVEL: &str = "slice_level";
+/// Version of the key layout and value encodings. Bumped when a data
+/// directory written by an older build can no longer be read; such a
+/// directory is refused with a message instead of being misread.
+const META_FORMAT: &str = "format";
+const FORMAT: u8 = 2;
 /// Internal ids are u32; keep the top value free as a sentinel.
 const MAX_PERSONS: u64 = u32::MAX as u64;
 
@@ -103,6 +108,14 @@ impl<E: KvEngine> SliceStore<E> {
                 let have = *v
                     .first()
                     .ok_or_else(|| StorageError::corrupt(&keys::meta(META_LEVEL), "empty"))?;
+                let format = engine.get(&keys::meta(META_FORMAT))?;
+                if format.as_deref() != Some(&[FORMAT][..]) {
+                    return Err(StorageError::Invalid(format!(
+                        "this data directory uses storage format {} but this build reads format {FORMAT}; \
+                         re-import it into an empty directory",
+                        format.and_then(|f| f.first().copied()).unwrap_or(1)
+                    )));
+                }
                 if let Some(w) = want {
                     if w != have {
                         return Err(StorageError::Invalid(format!(
@@ -121,6 +134,7 @@ impl<E: KvEngine> SliceStore<E> {
                 }
                 let mut b = WriteBatch::default();
                 b.put(keys::meta(META_LEVEL), vec![l]);
+                b.put(keys::meta(META_FORMAT), vec![FORMAT]);
                 engine.write(b, true)?;
                 l
             }
@@ -295,8 +309,10 @@ impl<E: KvEngine> SliceStore<E> {
     fn apply_ingest(&self, events: &[SliceEvent]) -> Result<ApplyOutcome> {
         let shift = cell::compact_shift(self.level);
         let mut batch = WriteBatch::default();
-        let mut cells: HashMap<(i64, u64), RoaringBitmap> = HashMap::new();
-        let mut addrs: HashMap<(i64, u32), RoaringBitmap> = HashMap::new();
+        // (day, cell, id, hour bit) and (day, address, id, hour bit) rows,
+        // sorted and folded into day sets below.
+        let mut cells: Vec<(i64, u64, u32, u32)> = Vec::with_capacity(events.len());
+        let mut addrs: Vec<(i64, u32, u32, u32)> = Vec::with_capacity(events.len());
         let mut hours: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
         let mut places: HashMap<(u32, i64), Vec<RawPlace>> = HashMap::new();
         let mut new_persons = 0;
@@ -357,27 +373,39 @@ impl<E: KvEngine> SliceStore<E> {
                 } else {
                     e.cell >> shift
                 };
-                cells.entry((e.hour, e.cell)).or_default().insert(id);
+                let day = e.hour.div_euclid(24);
+                let hour_of_day = e.hour.rem_euclid(24) as u8;
+                let bit = 1u32 << hour_of_day;
+                cells.push((day, e.cell, id, bit));
                 if addr != 0 {
-                    addrs.entry((e.hour, addr)).or_default().insert(id);
+                    addrs.push((day, addr, id, bit));
                 }
                 hours.entry(e.hour).or_default().insert(id);
                 places
-                    .entry((id, e.hour.div_euclid(24)))
+                    .entry((id, day))
                     .or_default()
-                    .push((e.hour.rem_euclid(24) as u8, compact_cell, addr, src));
+                    .push((hour_of_day, compact_cell, addr, src));
             }
         }
         // Merges go in key order: the memtable skiplist then inserts each
         // key next to the previous one (a splice hint) instead of searching
         // from the top, which was the largest cost of ingest.
         let mut merges: Vec<(Vec<u8>, Vec<u8>)> =
-            Vec::with_capacity(cells.len() + addrs.len() + hours.len() + places.len());
-        for ((h, c), b) in cells {
-            merges.push((keys::cell_slice(h, c), codec::encode_bitmap(&b)));
+            Vec::with_capacity(cells.len() / 4 + addrs.len() / 4 + hours.len() + places.len());
+        cells.sort_unstable();
+        for group in cells.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
+            codec::fold_day_set(&mut set);
+            merges.push((keys::cell_day(group[0].0, group[0].1), codec::encode_day_set(&set)));
         }
-        for ((h, a), b) in addrs {
-            merges.push((keys::address_slice(h, a), codec::encode_bitmap(&b)));
+        addrs.sort_unstable();
+        for group in addrs.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
+            codec::fold_day_set(&mut set);
+            merges.push((
+                keys::address_day(group[0].0, group[0].1),
+                codec::encode_day_set(&set),
+            ));
         }
         for (h, b) in hours {
             merges.push((keys::hour_slice(h), codec::encode_bitmap(&b)));
@@ -490,24 +518,24 @@ impl<E: KvEngine> SliceStore<E> {
 
     // ------------------------------------------------------------ slices
 
-    /// Visits every non-empty cell slice of `hour` whose cell id lies in
-    /// `[lo, hi]`.
-    pub fn cell_slices(
+    /// Visits every non-empty cell slice of UTC day `day` whose cell id lies
+    /// in `[lo, hi]`, with its day set.
+    pub fn cell_days(
         &self,
-        hour: i64,
+        day: i64,
         lo: u64,
         hi: u64,
-        f: &mut dyn FnMut(u64, RoaringBitmap),
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        let start = keys::cell_slice(hour, lo);
-        let mut end = keys::cell_slice(hour, hi);
+        let start = keys::cell_day(day, lo);
+        let mut end = keys::cell_day(day, hi);
         end.push(0);
         let mut err = None;
         self.engine.scan(&start, &end, &mut |k, v| {
             let c = u64::from_be_bytes(k[5..13].try_into().unwrap());
-            match codec::decode_bitmap(k, v) {
-                Ok(b) => {
-                    f(c, b);
+            match codec::decode_day_set(k, v) {
+                Ok(set) => {
+                    f(c, &set);
                     true
                 }
                 Err(e) => {
@@ -519,10 +547,11 @@ impl<E: KvEngine> SliceStore<E> {
         err.map_or(Ok(()), Err)
     }
 
-    pub fn address_slice(&self, hour: i64, address_id: u32) -> Result<Option<RoaringBitmap>> {
-        let k = keys::address_slice(hour, address_id);
+    /// The day set of one address on UTC day `day`, if anyone was there.
+    pub fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
+        let k = keys::address_day(day, address_id);
         match self.engine.get(&k)? {
-            Some(v) => Ok(Some(codec::decode_bitmap(&k, &v)?)),
+            Some(v) => Ok(Some(codec::decode_day_set(&k, &v)?)),
             None => Ok(None),
         }
     }
@@ -732,15 +761,15 @@ impl<E: KvEngine> SliceStore<E> {
     pub fn count_postings(&self) -> Result<(u64, u64)> {
         let mut postings = 0u64;
         let mut err = None;
-        for p in [keys::CELL_SLICE, keys::ADDRESS_SLICE] {
+        for p in [keys::CELL_DAY, keys::ADDRESS_DAY] {
             let start = [p];
             self.engine
                 .scan(
                     &start,
                     &keys::prefix_end(&start),
-                    &mut |k, v| match codec::decode_bitmap(k, v) {
-                        Ok(b) => {
-                            postings += b.len();
+                    &mut |k, v| match codec::decode_day_set(k, v) {
+                        Ok(set) => {
+                            postings += set.iter().map(|e| e.1.count_ones() as u64).sum::<u64>();
                             true
                         }
                         Err(e) => {

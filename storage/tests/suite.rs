@@ -34,13 +34,26 @@ fn ev(
     }
 }
 
+/// The persons (external ids) per cell during `hour`, from the cell-day sets.
 fn collect_cells<E: KvEngine>(s: &SliceStore<E>, hour: i64) -> Vec<(u64, Vec<u64>)> {
+    let bit = 1u32 << hour.rem_euclid(24);
     let mut out = Vec::new();
-    s.cell_slices(hour, 0, u64::MAX, &mut |c, b| {
-        out.push((c, s.external_ids(&b)))
+    s.cell_days(hour.div_euclid(24), 0, u64::MAX, &mut |c, set| {
+        let b: RoaringBitmap = set.iter().filter(|e| e.1 & bit != 0).map(|e| e.0).collect();
+        if !b.is_empty() {
+            out.push((c, s.external_ids(&b)));
+        }
     })
     .unwrap();
     out
+}
+
+/// The persons (external ids) at an address during `hour`, if any.
+fn address_hour<E: KvEngine>(s: &SliceStore<E>, hour: i64, address: u32) -> Option<Vec<u64>> {
+    let bit = 1u32 << hour.rem_euclid(24);
+    let set = s.address_day(hour.div_euclid(24), address).unwrap()?;
+    let b: RoaringBitmap = set.iter().filter(|e| e.1 & bit != 0).map(|e| e.0).collect();
+    (!b.is_empty()).then(|| s.external_ids(&b))
 }
 
 fn run_suite<E: KvEngine>(make: &mut dyn FnMut() -> E) {
@@ -73,9 +86,11 @@ fn run_suite<E: KvEngine>(make: &mut dyn FnMut() -> E) {
     let cells = collect_cells(&s, 100);
     assert_eq!(cells, vec![(cell_at(30.0, 120.0, 16), vec![7, 900])]);
     assert_eq!(collect_cells(&s, -3)[0].1, vec![u64::MAX]);
-    let h1 = s.address_slice(100, 1).unwrap().unwrap();
-    assert_eq!(s.external_ids(&h1), vec![900]);
-    assert!(s.address_slice(101, 1).unwrap().is_none());
+    assert_eq!(address_hour(&s, 100, 1), Some(vec![900]));
+    assert_eq!(address_hour(&s, 101, 1), None);
+    // Hours 100 and 101 share a day: 900 is in W1's day set for hour 101 only.
+    let w1 = s.address_day(100 / 24, 3).unwrap().unwrap();
+    assert_eq!(w1, vec![(s.internal_id(900).unwrap(), 1 << (101 % 24))]);
     let mut hours = Vec::new();
     s.hour_slices(-10, 1000, &mut |h, b| hours.push((h, b.len())))
         .unwrap();
@@ -132,8 +147,11 @@ fn merge_many_batches<E: KvEngine>(make: &mut dyn FnMut() -> E) {
             .collect();
         s.apply(&Command::Ingest(events)).unwrap();
     }
-    s.cell_slices(5, 0, u64::MAX, &mut |_, b| model = b)
-        .unwrap();
+    s.cell_days(0, 0, u64::MAX, &mut |_, set| {
+        assert!(set.iter().all(|e| e.1 == 1 << 5));
+        model = set.iter().map(|e| e.0).collect();
+    })
+    .unwrap();
     assert_eq!(model.len(), 50 * 40_u64.min(300));
 }
 
@@ -202,4 +220,14 @@ fn rocks_store_survives_reopen_with_same_ids_and_level() {
     }]))
     .unwrap();
     assert_eq!(s.internal_id(43), Some(1));
+}
+
+#[test]
+fn data_directory_of_an_older_format_is_refused() {
+    let e = MemEngine::new();
+    let mut b = WriteBatch::default();
+    b.put(keys::meta("slice_level"), vec![16]);
+    e.write(b, true).unwrap();
+    let err = SliceStore::open(e, None).err().expect("old format must fail");
+    assert!(err.to_string().contains("format 1"), "{err}");
 }
