@@ -65,8 +65,10 @@ impl RocksEngine {
         // zstd squeezes the bottom level, where almost all bytes live.
         opts.set_compression_type(DBCompressionType::Lz4);
         opts.set_bottommost_compression_type(DBCompressionType::Zstd);
-        // Fold long runs of merge operands on reads of hot keys.
-        opts.set_max_successive_merges(64);
+        // No `max_successive_merges`: with day-keyed slices every hourly
+        // batch adds an operand to the same keys, and counting the run on
+        // each insert (`CountSuccessiveMergeEntries`) was 15% of ingest.
+        // Flushes fold the operands instead.
         let mut table = BlockBasedOptions::default();
         let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
         table.set_block_cache(&cache);
