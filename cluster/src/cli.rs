@@ -41,6 +41,10 @@ pub enum Command {
     Query(QueryArgs),
     /// Show a node's status.
     Status(ServerArg),
+    /// Field-staff tasks from the rule layer: run the rules, list, show,
+    /// start, resolve and watch tasks.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Load generated data into a node over gRPC and measure ingest and
     /// query latency (p50/p99/max).
     Bench(BenchArgs),
@@ -202,4 +206,109 @@ pub struct BenchArgs {
     /// Skip loading (the town with this seed is already in the node).
     #[arg(long)]
     pub skip_load: bool,
+}
+
+/// `hourcell tasks ...`
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Evaluate the rules now (or as of --at) and store the new tasks.
+    /// Running twice raises nothing new while tasks are open.
+    Run(TasksRunArgs),
+    /// Print every task matching the filters (follows all pages).
+    List(TasksListArgs),
+    /// Show one task with its evidence.
+    Show(TaskIdArgs),
+    /// Mark a task in progress.
+    Start(TaskChangeArgs),
+    /// Resolve a task with an outcome.
+    Resolve(TaskResolveArgs),
+    /// Print task changes as they happen, from --cursor on. Print the last
+    /// seq seen and pass it as --cursor to resume with no gaps.
+    Watch(TasksWatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TasksRunArgs {
+    /// Evaluate as of this time (RFC 3339 or unix seconds) instead of now.
+    #[arg(long, allow_hyphen_values = true)]
+    pub at: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TasksListArgs {
+    /// Only tasks in this area.
+    #[arg(long)]
+    pub area: Option<String>,
+    /// REGISTER_NEWCOMER, RESIDENCE_MISMATCH or VERIFY_DEPARTURE.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// open, in_progress or resolved.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Tasks fetched per request.
+    #[arg(long, default_value_t = 500)]
+    pub page_size: u32,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    pub id: u64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskChangeArgs {
+    pub id: u64,
+    /// Who is making the change.
+    #[arg(long)]
+    pub by: String,
+    #[arg(long, default_value = "")]
+    pub note: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskResolveArgs {
+    pub id: u64,
+    /// confirmed, rejected or not_found. A rejected task is not raised
+    /// again for the same person, address and kind for 30 days.
+    #[arg(long)]
+    pub outcome: String,
+    /// Who is resolving it.
+    #[arg(long)]
+    pub by: String,
+    #[arg(long, default_value = "")]
+    pub note: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TasksWatchArgs {
+    /// Resume after this change seq (0 = from the first change).
+    #[arg(long, default_value_t = 0)]
+    pub cursor: u64,
+    /// Stop after this many changes (default: run until Ctrl-C).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
 }

@@ -722,7 +722,7 @@ pub fn render(out: &QueryOutput, format: Format) -> Result<String> {
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn print_stdout(s: &str) -> Result<()> {
+pub fn print_stdout(s: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -30,6 +30,78 @@ pub struct NodeConfig {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "hourcell=debug".
     #[serde(default = "default_log")]
     pub log: String,
+    /// The rule layer (field-staff tasks).
+    #[serde(default)]
+    pub rules: RulesConfig,
+}
+
+/// `[rules]`: see `docs/rules.md`. Defaults are the product's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Evaluate the rules on their own every hour (a few minutes after the
+    /// hour), as well as on demand (`hourcell tasks run`).
+    pub hourly: bool,
+    /// Local time zone as whole hours from UTC (nights are 20:00–06:00
+    /// local).
+    pub utc_offset_hours: i32,
+    /// Credibility weight per source label; labels not listed get
+    /// `unknown_weight`.
+    pub weights: std::collections::BTreeMap<String, f64>,
+    pub unknown_weight: f64,
+    /// Should-register score at or above which a task is raised.
+    pub threshold: f64,
+    /// Nights counted for should-register.
+    pub nights: u32,
+    /// Verify-departure: temporary registrations ending within this many
+    /// days...
+    pub departure_days: i64,
+    /// ...with no event inside the jurisdiction for this many hours.
+    pub inactivity_hours: i64,
+    /// The jurisdiction as area codes; empty = everywhere.
+    pub jurisdiction_areas: Vec<String>,
+    /// A rejected task is not raised again for the same person, address
+    /// and kind for this many days.
+    pub suppress_days: i64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        let d = hourcell_query::RuleConfig::default();
+        Self {
+            hourly: true,
+            utc_offset_hours: d.utc_offset_hours,
+            weights: d.weights,
+            unknown_weight: d.unknown_weight,
+            threshold: d.threshold,
+            nights: d.nights,
+            departure_days: d.departure_days,
+            inactivity_hours: d.inactivity_hours,
+            jurisdiction_areas: Vec::new(),
+            suppress_days: d.suppress_days,
+        }
+    }
+}
+
+impl RulesConfig {
+    pub fn to_rule_config(&self) -> hourcell_query::RuleConfig {
+        hourcell_query::RuleConfig {
+            utc_offset_hours: self.utc_offset_hours,
+            weights: self.weights.clone(),
+            unknown_weight: self.unknown_weight,
+            threshold: self.threshold,
+            nights: self.nights,
+            departure_days: self.departure_days,
+            inactivity_hours: self.inactivity_hours,
+            jurisdiction: (!self.jurisdiction_areas.is_empty()).then(|| {
+                self.jurisdiction_areas
+                    .iter()
+                    .map(|a| hourcell_query::Region::Area(a.clone()))
+                    .collect()
+            }),
+            suppress_days: self.suppress_days,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -61,6 +133,7 @@ impl NodeConfig {
             write_buffer_mb: default_write_buffer(),
             max_batch: default_max_batch(),
             log: default_log(),
+            rules: RulesConfig::default(),
         }
     }
 
@@ -95,6 +168,10 @@ impl NodeConfig {
         if !(1..=1_000_000).contains(&self.max_batch) {
             anyhow::bail!("max_batch {} is outside 1..=1000000", self.max_batch);
         }
+        self.rules
+            .to_rule_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("rules: {e}"))?;
         Ok(())
     }
 }
@@ -109,6 +186,7 @@ mod tests {
         let cfg = NodeConfig::from_toml(text).unwrap();
         assert_eq!(cfg.slice_level, 16);
         assert_eq!(cfg.listen.port(), 7420);
+        assert_eq!(cfg.rules, RulesConfig::default());
     }
 
     #[test]
@@ -121,5 +199,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen_addr"), "{e}");
+        let e = NodeConfig::from_toml("data_dir = \"d\"\n[rules]\nthreshold = 0.8005\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threshold"), "{e}");
     }
 }

@@ -14,4 +14,5 @@ pub mod dev;
 pub mod node;
 pub mod server;
 pub mod service;
+pub mod tasks_cli;
 pub mod town;

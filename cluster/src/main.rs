@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use hourcell_cluster::cli::{Cli, Command};
-use hourcell_cluster::{bench, client, config, dev, server, town};
+use hourcell_cluster::{bench, client, config, dev, server, tasks_cli, town};
 
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -64,6 +64,10 @@ fn main() {
             Command::Status(a) => {
                 init_logging("warn");
                 client::run_status(a).await
+            }
+            Command::Tasks(a) => {
+                init_logging("warn");
+                tasks_cli::run(a).await
             }
             Command::Bench(a) => {
                 init_logging("warn");

@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hourcell_query::validate::{self, RawAddress, RawEvent, RawRegistration, Rejection};
-use hourcell_query::QueryEngine;
-use hourcell_storage::{ApplyOutcome, Command, RocksConfig, RocksEngine, SliceStore};
+use hourcell_query::{QueryEngine, RuleConfig};
+use hourcell_storage::{
+    ApplyOutcome, Command, Outcome, RocksConfig, RocksEngine, SliceStore, TaskRecord, TaskState,
+    TaskUpdate,
+};
 
 use crate::config::NodeConfig;
 
@@ -34,6 +37,27 @@ pub struct Node {
     events_accepted: AtomicU64,
     /// Set once a storage error made the node unable to serve safely.
     failed: AtomicBool,
+    rules: RuleConfig,
+    rules_hourly: bool,
+    /// One rule evaluation at a time (hourly and on demand).
+    rules_running: parking_lot::Mutex<()>,
+    /// The latest task change-log sequence number; watchers wait on it.
+    task_seq: tokio::sync::watch::Sender<u64>,
+}
+
+/// Drafts per `RaiseTasks` command: a log entry carries a batch.
+const TASKS_PER_COMMAND: usize = 5_000;
+
+/// What one rule run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub at: i64,
+    pub evaluation: String,
+    pub proposed: u64,
+    pub created: u64,
+    pub persons_scored: u64,
+    pub departures_checked: u64,
+    pub seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +68,9 @@ pub enum NodeError {
     Query(#[from] hourcell_query::QueryError),
     #[error(transparent)]
     Storage(#[from] hourcell_storage::StorageError),
+    /// The request was well-formed but the current state does not allow it.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Node {
@@ -59,7 +86,12 @@ impl Node {
         let engine = RocksEngine::open(&cfg.data_dir.join("db"), &rc)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
         let store = Arc::new(SliceStore::open(engine, Some(cfg.slice_level))?);
+        let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
         Ok(Arc::new(Node {
+            rules: cfg.rules.to_rule_config(),
+            rules_hourly: cfg.rules.hourly,
+            rules_running: parking_lot::Mutex::new(()),
+            task_seq,
             query: QueryEngine::new(store.clone()),
             store,
             data_dir: cfg.data_dir.clone(),
@@ -155,5 +187,111 @@ impl Node {
             self.propose(&Command::PutRegistrations(ok))?;
         }
         Ok((n, bad))
+    }
+
+    // ------------------------------------------------------------- tasks
+
+    pub fn rules_hourly(&self) -> bool {
+        self.rules_hourly
+    }
+
+    /// Follows the task change log: the receiver sees the latest sequence
+    /// number whenever tasks change.
+    pub fn watch_tasks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.task_seq.subscribe()
+    }
+
+    fn tasks_changed(&self) {
+        self.task_seq.send_replace(self.store.last_task_change());
+    }
+
+    /// Runs the rules as of `at` (default: now) and stores the tasks they
+    /// call for. Safe to run twice: a subject with an open task (or a recent
+    /// rejection) is not raised again.
+    pub fn run_tasks(&self, at: Option<i64>) -> Result<RunSummary, NodeError> {
+        let _one_at_a_time = self.rules_running.lock();
+        let started = std::time::Instant::now();
+        let at = at.unwrap_or_else(|| self.now());
+        let ev = self.query.evaluate_rules(&self.rules, at)?;
+        let evaluation = format!("rules@{}", hourcell_query::time::format_time(at));
+        let mut created = 0;
+        for chunk in ev.tasks.chunks(TASKS_PER_COMMAND) {
+            let out = self.propose(&Command::RaiseTasks {
+                at,
+                evaluation: evaluation.clone(),
+                suppress_secs: self.rules.suppress_days * 86_400,
+                tasks: chunk.to_vec(),
+            })?;
+            created += out.task_ids.len() as u64;
+            self.tasks_changed();
+        }
+        let summary = RunSummary {
+            at,
+            evaluation,
+            proposed: ev.tasks.len() as u64,
+            created,
+            persons_scored: ev.persons_scored,
+            departures_checked: ev.departures_checked,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            at = summary.at,
+            proposed = summary.proposed,
+            created = summary.created,
+            seconds = summary.seconds,
+            "rules evaluated"
+        );
+        Ok(summary)
+    }
+
+    /// Moves a task along its lifecycle; an illegal transition is
+    /// `Invalid` with the reason.
+    pub fn update_task(
+        &self,
+        id: u64,
+        state: &str,
+        outcome: &str,
+        note: &str,
+        by: &str,
+    ) -> Result<TaskRecord, NodeError> {
+        let state = TaskState::parse(state).ok_or_else(|| {
+            NodeError::Invalid(format!(
+                "invalid state {state:?}: expected in_progress or resolved"
+            ))
+        })?;
+        let outcome = match outcome {
+            "" => None,
+            o => Some(Outcome::parse(o).ok_or_else(|| {
+                NodeError::Invalid(format!(
+                    "invalid outcome {o:?}: expected confirmed, rejected or not_found"
+                ))
+            })?),
+        };
+        if by.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "invalid by \"\": say who made the change".into(),
+            ));
+        }
+        if note.len() > 4096 {
+            return Err(NodeError::Invalid(format!(
+                "invalid note: {} bytes, at most 4096",
+                note.len()
+            )));
+        }
+        let out = self.propose(&Command::UpdateTask(TaskUpdate {
+            id,
+            state,
+            outcome,
+            note: note.to_string(),
+            by: by.to_string(),
+            at: self.now(),
+        }))?;
+        if let Some(why) = out.refused {
+            return Err(NodeError::Refused(why));
+        }
+        self.tasks_changed();
+        self.store
+            .task(id)?
+            .ok_or_else(|| NodeError::Refused(format!("no task with id {id}")))
     }
 }

@@ -46,6 +46,12 @@ pub async fn serve(
     health
         .set_serving::<v1::admin_server::AdminServer<Services>>()
         .await;
+    health
+        .set_serving::<v1::tasks_server::TasksServer<Services>>()
+        .await;
+    if node.rules_hourly() {
+        tokio::spawn(hourly_rules(node.clone()));
+    }
     // The empty service name means "the whole server".
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -95,10 +101,36 @@ pub async fn serve(
             v1::query_server::QueryServer::new(svc.clone())
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(v1::tasks_server::TasksServer::new(svc.clone()))
         .add_service(v1::admin_server::AdminServer::new(svc))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Seconds from `now` until the next hourly rule run: `RULES_MINUTE`
+/// minutes past the next hour, so that the hour just ended is complete.
+pub fn secs_until_next_run(now: i64) -> i64 {
+    const RULES_MINUTE: i64 = 5;
+    let next = (now - RULES_MINUTE * 60).div_euclid(3600) * 3600 + 3600 + RULES_MINUTE * 60;
+    next - now
+}
+
+/// Runs the rules every hour. On one node this is the only evaluator; in a
+/// cluster it will run where the metadata group's leader is. Running twice
+/// is harmless (raising is idempotent), so a leadership change at the wrong
+/// moment cannot duplicate tasks.
+async fn hourly_rules(node: Arc<Node>) {
+    loop {
+        let wait = secs_until_next_run(node.now()).max(1) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || n.run_tasks(None)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "hourly rule evaluation failed"),
+            Err(e) => tracing::error!(error = %e, "hourly rule evaluation panicked"),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -128,4 +160,18 @@ pub async fn run(cfg: crate::config::NodeConfig) -> anyhow::Result<()> {
     let (addr, listener) = bind(cfg.listen).await?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), slice_level = node.store().slice_level(), "hourcell node serving");
     serve(node, listener, shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secs_until_next_run;
+
+    #[test]
+    fn hourly_rules_run_five_minutes_past_each_hour() {
+        let h = 1_795_824_000; // an hour boundary
+        assert_eq!(secs_until_next_run(h), 300);
+        assert_eq!(secs_until_next_run(h + 300), 3600);
+        assert_eq!(secs_until_next_run(h + 301), 3599);
+        assert_eq!(secs_until_next_run(h + 299), 1);
+    }
 }

@@ -22,6 +22,8 @@ const STREAM_CHUNK: usize = 16_384;
 pub fn to_status(e: NodeError) -> Status {
     match e {
         NodeError::Invalid(m) => Status::invalid_argument(m),
+        NodeError::Refused(m) if m.starts_with("no task") => Status::not_found(m),
+        NodeError::Refused(m) => Status::failed_precondition(m),
         NodeError::Query(QueryError::InvalidArgument { .. }) => {
             Status::invalid_argument(e.to_string())
         }
@@ -422,5 +424,202 @@ impl v1::admin_server::Admin for Services {
             disk_bytes_before: before,
             disk_bytes_after: after,
         }))
+    }
+}
+
+// ------------------------------------------------------------------ tasks
+
+/// Most tasks per list page.
+const MAX_PAGE: usize = 1_000;
+/// Changes read from the log per step of a watch stream.
+const WATCH_CHUNK: usize = 512;
+
+pub fn task_to_proto(t: hourcell_storage::TaskRecord) -> v1::Task {
+    let d = t.draft;
+    v1::Task {
+        id: t.id,
+        kind: d.kind.as_str().into(),
+        person: d.person,
+        address: d.address,
+        area: d.area,
+        score: d.score,
+        state: t.state.as_str().into(),
+        outcome: t.outcome.map(|o| o.as_str().to_string()).unwrap_or_default(),
+        note: t.note,
+        updated_by: t.updated_by,
+        evidence: d
+            .evidence
+            .into_iter()
+            .map(|e| v1::SourceEvidence {
+                source: e.source,
+                nights_by_address: e.nights_by_address,
+                nights_by_location: e.nights_by_location,
+                weight: e.weight,
+                contribution: e.contribution,
+            })
+            .collect(),
+        registration: d.registration.map(|r| v1::Registration {
+            person: r.person,
+            address: r.address,
+            kind: r.kind.as_str().into(),
+            valid_from: r.valid_from,
+            valid_until: r.valid_until,
+        }),
+        last_seen: d.last_seen_hour.map(|h| h * 3600),
+        created_at: t.created_at,
+        evaluation: t.evaluation,
+        updated_at: t.updated_at,
+    }
+}
+
+#[tonic::async_trait]
+impl v1::tasks_server::Tasks for Services {
+    type WatchStream = BoxStream<v1::TaskChange>;
+
+    async fn run(
+        &self,
+        req: Request<v1::RunTasksRequest>,
+    ) -> Result<Response<v1::RunTasksResponse>, Status> {
+        let at = req.into_inner().at;
+        let node = self.node.clone();
+        let s = blocking(move || node.run_tasks(at)).await?;
+        Ok(Response::new(v1::RunTasksResponse {
+            at: s.at,
+            evaluation: s.evaluation,
+            proposed: s.proposed,
+            created: s.created,
+            persons_scored: s.persons_scored,
+            departures_checked: s.departures_checked,
+            seconds: s.seconds,
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let kind = match r.kind.as_str() {
+            "" => None,
+            k => Some(hourcell_storage::TaskKind::parse(k).ok_or_else(|| {
+                invalid(
+                    "kind",
+                    k,
+                    "expected REGISTER_NEWCOMER, RESIDENCE_MISMATCH or VERIFY_DEPARTURE",
+                )
+            })?),
+        };
+        let state = match r.state.as_str() {
+            "" => None,
+            s => Some(hourcell_storage::TaskState::parse(s).ok_or_else(|| {
+                invalid("state", s, "expected open, in_progress or resolved")
+            })?),
+        };
+        let after = match r.page_token.as_str() {
+            "" => 0,
+            t => t
+                .parse::<u64>()
+                .map_err(|_| invalid("page_token", t, "not a token from a previous page"))?,
+        };
+        let size = match r.page_size as usize {
+            0 => 100,
+            n if n > MAX_PAGE => {
+                return Err(invalid("page_size", n, "at most 1000"));
+            }
+            n => n,
+        };
+        let area = r.area;
+        let node = self.node.clone();
+        let tasks = blocking(move || {
+            Ok(node.store().tasks_after(after, size + 1, &mut |t| {
+                kind.is_none_or(|k| t.draft.kind == k)
+                    && state.is_none_or(|s| t.state == s)
+                    && (area.is_empty() || t.draft.area == area)
+            })?)
+        })
+        .await?;
+        // One extra task fetched tells whether another page exists.
+        let more = tasks.len() > size;
+        let tasks: Vec<_> = tasks.into_iter().take(size).collect();
+        let next_page_token = match (more, tasks.last()) {
+            (true, Some(t)) => t.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks: tasks.into_iter().map(task_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get(&self, req: Request<v1::GetTaskRequest>) -> Result<Response<v1::Task>, Status> {
+        let id = req.into_inner().id;
+        let node = self.node.clone();
+        let t = blocking(move || Ok(node.store().task(id)?)).await?;
+        t.map(|t| Response::new(task_to_proto(t)))
+            .ok_or_else(|| Status::not_found(format!("no task with id {id}")))
+    }
+
+    async fn update(
+        &self,
+        req: Request<v1::UpdateTaskRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let t = blocking(move || node.update_task(r.id, &r.state, &r.outcome, &r.note, &r.by))
+            .await?;
+        Ok(Response::new(task_to_proto(t)))
+    }
+
+    async fn watch(
+        &self,
+        req: Request<v1::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let cursor = req.into_inner().cursor;
+        let node = self.node.clone();
+        let seq = node.watch_tasks();
+        // Reads the log after the cursor in chunks; when caught up, waits
+        // for the next change. The log is durable and gap-free, so a client
+        // that resumes from the last seq it received misses nothing and sees
+        // nothing twice.
+        struct St {
+            node: Arc<Node>,
+            cursor: u64,
+            seq: tokio::sync::watch::Receiver<u64>,
+            buf: std::collections::VecDeque<hourcell_storage::TaskChange>,
+        }
+        let st = St {
+            node,
+            cursor,
+            seq,
+            buf: Default::default(),
+        };
+        let stream = futures::stream::unfold(st, |mut st| async move {
+            loop {
+                if let Some(c) = st.buf.pop_front() {
+                    st.cursor = c.seq;
+                    let msg = v1::TaskChange {
+                        seq: c.seq,
+                        task: Some(task_to_proto(c.task)),
+                    };
+                    return Some((Ok(msg), st));
+                }
+                let latest = *st.seq.borrow_and_update();
+                if latest > st.cursor {
+                    let (n, after) = (st.node.clone(), st.cursor);
+                    match blocking(move || Ok(n.store().task_changes(after, WATCH_CHUNK)?)).await {
+                        Ok(changes) if !changes.is_empty() => {
+                            st.buf.extend(changes);
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Some((Err(e), st)),
+                    }
+                }
+                if st.seq.changed().await.is_err() {
+                    return None;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -191,6 +191,65 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         Ok(Self::to_bitmap(ids))
     }
 
+    /// Internal ids of the persons with an event in hours `[from_hour,
+    /// to_hour)`: anywhere (`scope` = `None`) or inside any of the regions.
+    pub(crate) fn active_ids(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+        scope: Option<&[Region]>,
+    ) -> Result<RoaringBitmap> {
+        let mut acc = RoaringBitmap::new();
+        match scope {
+            None => self
+                .source
+                .hour_slices(from_hour, to_hour, &mut |_, b| acc |= b)?,
+            Some(regions) => {
+                let w = Window {
+                    from_hour,
+                    to_hour,
+                    as_of: to_hour * 3600,
+                };
+                for r in regions {
+                    let r = self.resolve(r, "jurisdiction")?;
+                    acc |= self.window_bitmap(&r, &w)?;
+                }
+            }
+        }
+        Ok(acc)
+    }
+
+    /// The last hour before `before` in which person `id` had an event,
+    /// anywhere or inside any of the regions.
+    pub(crate) fn last_seen(
+        &self,
+        id: u32,
+        before: i64,
+        scope: Option<&[Region]>,
+    ) -> Result<Option<i64>> {
+        let resolved = match scope {
+            None => None,
+            Some(rs) => Some(
+                rs.iter()
+                    .map(|r| self.resolve(r, "jurisdiction"))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        let mut keep = |entries: &[hourcell_storage::PlaceEntry]| match &resolved {
+            None => true,
+            Some(rs) => rs.iter().any(|r| match r {
+                Resolved::Spatial(plan) => entries.iter().any(|e| plan.matches(e.cell)),
+                Resolved::Addresses(ids) => entries.iter().any(|e| {
+                    e.address
+                        .as_deref()
+                        .and_then(|c| self.source.address(c))
+                        .is_some_and(|a| ids.binary_search(&a.id).is_ok())
+                }),
+            }),
+        };
+        self.source.last_active_before(id, before, &mut keep)
+    }
+
     /// Persons with at least one event in the window whose slice cell
     /// intersects the region (or whose address is listed / in the area).
     pub fn who_was_at(

@@ -8,6 +8,8 @@
 //!   no-activity-since with exact, documented semantics.
 //! - [`Region`], [`Window`]: the inputs, validated with errors that name the
 //!   field and the value.
+//! - [`rules`]: the should-register and verify-departure rules that turn
+//!   slices into task drafts for field staff.
 //! - [`validate`]: turns raw events, addresses and registrations into store
 //!   commands, collecting per-item rejections.
 //!
@@ -16,6 +18,7 @@
 pub mod engine;
 pub mod error;
 pub mod region;
+pub mod rules;
 pub mod source;
 pub mod time;
 pub mod validate;
@@ -26,5 +29,6 @@ pub use engine::{
 };
 pub use error::{QueryError, Result};
 pub use region::Region;
+pub use rules::{Evaluation, Nights, RuleConfig};
 pub use source::SliceSource;
 pub use time::Window;

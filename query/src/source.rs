@@ -2,7 +2,7 @@
 //! implements it here; the cluster will implement it by routing to shards.
 
 use hourcell_storage::{
-    AddressRecord, DaySet, KvEngine, PlaceEntry, RegistrationRecord, SliceStore,
+    AddressRecord, DaySet, KvEngine, PlaceEntry, PlaceIds, RegistrationRecord, SliceStore,
 };
 use roaring::RoaringBitmap;
 
@@ -42,7 +42,21 @@ pub trait SliceSource: Send + Sync {
         keep: &mut dyn FnMut(&[PlaceEntry]) -> bool,
     ) -> Result<Option<i64>>;
     fn internal_id(&self, person: u64) -> Option<u32>;
+    fn external_id(&self, id: u32) -> Option<u64>;
     fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64>;
+    /// Every person's places in UTC days `[from_day, to_day)`, person by
+    /// person (`f(internal id, places sorted by hour)`): the bulk read of
+    /// the rule layer.
+    fn scan_person_days(
+        &self,
+        from_day: i64,
+        to_day: i64,
+        f: &mut dyn FnMut(u32, &[PlaceIds]),
+    ) -> Result<()>;
+    /// Source labels by source id.
+    fn source_labels(&self) -> Vec<String>;
+    /// Calls `f` with every address (unordered).
+    fn for_each_address(&self, f: &mut dyn FnMut(&AddressRecord));
     fn address(&self, code: &str) -> Option<AddressRecord>;
     fn area_addresses(&self, area: &str) -> Vec<u32>;
     fn area_exists(&self, area: &str) -> bool;
@@ -106,8 +120,25 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     fn internal_id(&self, person: u64) -> Option<u32> {
         SliceStore::internal_id(self, person)
     }
+    fn external_id(&self, id: u32) -> Option<u64> {
+        SliceStore::external_id(self, id)
+    }
     fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
         SliceStore::external_ids(self, b)
+    }
+    fn scan_person_days(
+        &self,
+        from_day: i64,
+        to_day: i64,
+        f: &mut dyn FnMut(u32, &[PlaceIds]),
+    ) -> Result<()> {
+        Ok(SliceStore::scan_person_days(self, from_day, to_day, f)?)
+    }
+    fn source_labels(&self) -> Vec<String> {
+        SliceStore::source_labels(self)
+    }
+    fn for_each_address(&self, f: &mut dyn FnMut(&AddressRecord)) {
+        self.with_addresses(|m| m.values().for_each(|a| f(a)))
     }
     fn address(&self, code: &str) -> Option<AddressRecord> {
         SliceStore::address(self, code)

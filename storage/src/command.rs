@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{AddressRecord, RegistrationRecord};
+use crate::tasks::{TaskDraft, TaskUpdate};
 
 /// A validated event, already placed: its hour, its slice cell and the
 /// address it names (if any). Validation happens before proposing, so apply
@@ -27,6 +28,20 @@ pub enum Command {
     Ingest(Vec<SliceEvent>),
     PutAddresses(Vec<AddressRecord>),
     PutRegistrations(Vec<RegistrationRecord>),
+    /// Tasks from one rule evaluation. A draft whose subject (kind, person,
+    /// address) already has an open task, or whose subject was rejected
+    /// less than `suppress_secs` before `at`, is skipped: evaluating twice
+    /// creates nothing new.
+    RaiseTasks {
+        /// Unix seconds the evaluation ran for (its `now`).
+        at: i64,
+        evaluation: String,
+        suppress_secs: i64,
+        tasks: Vec<TaskDraft>,
+    },
+    /// A staff state change; refused (deterministically, in the outcome) if
+    /// the task's current state does not allow it.
+    UpdateTask(TaskUpdate),
 }
 
 impl Command {
@@ -47,4 +62,8 @@ impl Command {
 pub struct ApplyOutcome {
     pub applied: u64,
     pub new_persons: u64,
+    /// Tasks created (RaiseTasks) or changed (UpdateTask).
+    pub task_ids: Vec<u64>,
+    /// Why an UpdateTask was refused (the same on every replica).
+    pub refused: Option<String>,
 }

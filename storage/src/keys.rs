@@ -13,6 +13,9 @@
 //! | 0x11   | day, address id u32      | day set: (id, hour mask) per person |
 //! | 0x12   | hour                     | roaring bitmap: everyone that hour  |
 //! | 0x20   | internal id u32, day     | (cell, address, source) → hour mask |
+//! | 0x30   | task id u64              | [`crate::tasks::TaskRecord`]        |
+//! | 0x31   | kind u8, person u64, address code | [`crate::tasks::SubjectState`] |
+//! | 0x32   | change seq u64           | [`crate::tasks::TaskChange`]        |
 //!
 //! Days are UTC days, `hour.div_euclid(24)`. Slices are time-major: a
 //! window over a region is, per day, a handful of contiguous cell ranges
@@ -38,6 +41,9 @@ pub const CELL_DAY: u8 = 0x10;
 pub const ADDRESS_DAY: u8 = 0x11;
 pub const HOUR_SLICE: u8 = 0x12;
 pub const PERSON: u8 = 0x20;
+pub const TASK: u8 = 0x30;
+pub const TASK_SUBJECT: u8 = 0x31;
+pub const TASK_CHANGE: u8 = 0x32;
 
 /// Smallest and largest hour a key can hold.
 pub const MIN_HOUR: i64 = i32::MIN as i64;
@@ -122,6 +128,24 @@ pub fn person_day(id: u32, day: i64) -> Vec<u8> {
     k.push(PERSON);
     k.extend_from_slice(&id.to_be_bytes());
     k.extend_from_slice(&hour_bytes(day));
+    k
+}
+
+pub fn task(id: u64) -> Vec<u8> {
+    let mut k = vec![TASK];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn task_subject(suffix: &[u8]) -> Vec<u8> {
+    let mut k = vec![TASK_SUBJECT];
+    k.extend_from_slice(suffix);
+    k
+}
+
+pub fn task_change(seq: u64) -> Vec<u8> {
+    let mut k = vec![TASK_CHANGE];
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 

@@ -25,6 +25,7 @@ pub mod kv;
 pub mod mem;
 pub mod rocks;
 pub mod store;
+pub mod tasks;
 
 pub use catalog::{AddressKind, AddressRecord, RegistrationKind, RegistrationRecord};
 pub use codec::DaySet;
@@ -33,7 +34,10 @@ pub use error::{Result, StorageError};
 pub use kv::{KvEngine, WriteBatch};
 pub use mem::MemEngine;
 pub use rocks::{RocksConfig, RocksEngine};
-pub use store::{PlaceEntry, SliceStore, StoreStats};
+pub use store::{PlaceEntry, PlaceIds, SliceStore, StoreStats};
+pub use tasks::{
+    Outcome, SourceEvidence, TaskChange, TaskDraft, TaskKind, TaskRecord, TaskState, TaskUpdate,
+};
 
 /// Hours are UTC epoch hours: `floor(unix_seconds / 3600)`, computed with
 /// `div_euclid` so that times before 1970 land in the right hour.

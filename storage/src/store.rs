@@ -12,6 +12,9 @@ use crate::command::{ApplyOutcome, Command, SliceEvent};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::kv::{KvEngine, WriteBatch};
+use crate::tasks::{
+    self, Outcome, SubjectState, TaskChange, TaskDraft, TaskRecord, TaskState, TaskUpdate,
+};
 
 /// One place a person was during an hour, as returned by where-was.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -19,6 +22,18 @@ pub struct PlaceEntry {
     pub cell: u64,
     pub address: Option<String>,
     pub source: String,
+}
+
+/// One place entry of the person index with ids instead of strings, for
+/// bulk readers (the rule layer): the hour, the slice cell, the address id
+/// (0 = none; see [`SliceStore::address_code`]) and the source id (see
+/// [`SliceStore::source_labels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PlaceIds {
+    pub hour: i64,
+    pub cell: u64,
+    pub address: u32,
+    pub source: u16,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,6 +84,9 @@ struct State {
     registrations: HashMap<u64, RegistrationRecord, IdHash>,
     source_ids: HashMap<String, u16>,
     sources: Vec<String>,
+    /// Next task id and next change-log sequence number (both from 1).
+    next_task: u64,
+    next_change: u64,
 }
 
 /// Population slices of one shard.
@@ -224,6 +242,21 @@ impl<E: KvEngine> SliceStore<E> {
         if let Some(e) = err {
             return Err(e);
         }
+        // Ids continue after the last stored task and change.
+        st.next_task = 1;
+        st.next_change = 1;
+        self.engine.scan_rev(&[keys::TASK], &keys::prefix_end(&[keys::TASK]), &mut |k, _| {
+            st.next_task = u64::from_be_bytes(k[1..9].try_into().unwrap()) + 1;
+            false
+        })?;
+        self.engine.scan_rev(
+            &[keys::TASK_CHANGE],
+            &keys::prefix_end(&[keys::TASK_CHANGE]),
+            &mut |k, _| {
+                st.next_change = u64::from_be_bytes(k[1..9].try_into().unwrap()) + 1;
+                false
+            },
+        )?;
         *self.state.write() = st;
         Ok(())
     }
@@ -245,7 +278,228 @@ impl<E: KvEngine> SliceStore<E> {
             Command::Ingest(events) => self.apply_ingest(events),
             Command::PutAddresses(addrs) => self.apply_addresses(addrs),
             Command::PutRegistrations(regs) => self.apply_registrations(regs),
+            Command::RaiseTasks {
+                at,
+                evaluation,
+                suppress_secs,
+                tasks,
+            } => self.apply_raise_tasks(*at, evaluation, *suppress_secs, tasks),
+            Command::UpdateTask(u) => self.apply_update_task(u),
         }
+    }
+
+    fn get_bincode<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.engine.get(key)? {
+            None => Ok(None),
+            Some(v) => bincode::serde::decode_from_slice(&v, bincode::config::standard())
+                .map(|(t, _)| Some(t))
+                .map_err(|e| StorageError::corrupt(key, e)),
+        }
+    }
+
+    fn put_bincode<T: serde::Serialize>(batch: &mut WriteBatch, key: Vec<u8>, v: &T) {
+        batch.put(
+            key,
+            bincode::serde::encode_to_vec(v, bincode::config::standard())
+                .expect("records always encode"),
+        );
+    }
+
+    /// Writes a task and its change-log entry; returns the next sequence
+    /// number.
+    fn log_task(batch: &mut WriteBatch, seq: u64, task: &TaskRecord) -> u64 {
+        Self::put_bincode(batch, keys::task(task.id), task);
+        Self::put_bincode(
+            batch,
+            keys::task_change(seq),
+            &TaskChange {
+                seq,
+                task: task.clone(),
+            },
+        );
+        seq + 1
+    }
+
+    fn apply_raise_tasks(
+        &self,
+        at: i64,
+        evaluation: &str,
+        suppress_secs: i64,
+        drafts: &[TaskDraft],
+    ) -> Result<ApplyOutcome> {
+        let mut batch = WriteBatch::default();
+        let (mut next_task, mut next_change) = {
+            let st = self.state.read_recursive();
+            (st.next_task, st.next_change)
+        };
+        let mut subjects: HashMap<Vec<u8>, SubjectState> = HashMap::new();
+        let mut created = Vec::new();
+        for d in drafts {
+            let suffix = tasks::subject_suffix(d.kind, d.person, &d.address);
+            let key = keys::task_subject(&suffix);
+            let subject = match subjects.get(&key) {
+                Some(s) => s.clone(),
+                None => self.get_bincode::<SubjectState>(&key)?.unwrap_or_default(),
+            };
+            let suppressed = subject
+                .rejected_at
+                .is_some_and(|r| at < r.saturating_add(suppress_secs));
+            if subject.open.is_some() || suppressed {
+                subjects.insert(key, subject);
+                continue;
+            }
+            let task = TaskRecord {
+                id: next_task,
+                draft: d.clone(),
+                state: TaskState::Open,
+                outcome: None,
+                note: String::new(),
+                updated_by: String::new(),
+                created_at: at,
+                evaluation: evaluation.to_string(),
+                updated_at: at,
+            };
+            next_task += 1;
+            next_change = Self::log_task(&mut batch, next_change, &task);
+            created.push(task.id);
+            let subject = SubjectState {
+                open: Some(task.id),
+                ..subject
+            };
+            Self::put_bincode(&mut batch, key.clone(), &subject);
+            subjects.insert(key, subject);
+        }
+        self.engine.write(batch, true)?;
+        let mut st = self.state.write();
+        st.next_task = next_task;
+        st.next_change = next_change;
+        Ok(ApplyOutcome {
+            applied: created.len() as u64,
+            task_ids: created,
+            ..Default::default()
+        })
+    }
+
+    fn apply_update_task(&self, u: &TaskUpdate) -> Result<ApplyOutcome> {
+        let refuse = |msg: String| {
+            Ok(ApplyOutcome {
+                refused: Some(msg),
+                ..Default::default()
+            })
+        };
+        let Some(mut task) = self.get_bincode::<TaskRecord>(&keys::task(u.id))? else {
+            return refuse(format!("no task with id {}", u.id));
+        };
+        if let Err(msg) = tasks::check_transition(task.state, u.state, u.outcome) {
+            return refuse(msg);
+        }
+        task.state = u.state;
+        task.outcome = u.outcome;
+        task.note = u.note.clone();
+        task.updated_by = u.by.clone();
+        task.updated_at = u.at;
+        let mut batch = WriteBatch::default();
+        let next_change = Self::log_task(&mut batch, self.state.read_recursive().next_change, &task);
+        if task.state == TaskState::Resolved {
+            let key = keys::task_subject(&tasks::subject_suffix(
+                task.draft.kind,
+                task.draft.person,
+                &task.draft.address,
+            ));
+            let mut subject = self.get_bincode::<SubjectState>(&key)?.unwrap_or_default();
+            if subject.open == Some(task.id) {
+                subject.open = None;
+            }
+            if task.outcome == Some(Outcome::Rejected) {
+                subject.rejected_at = Some(u.at);
+            }
+            Self::put_bincode(&mut batch, key, &subject);
+        }
+        self.engine.write(batch, true)?;
+        self.state.write().next_change = next_change;
+        Ok(ApplyOutcome {
+            applied: 1,
+            task_ids: vec![task.id],
+            ..Default::default()
+        })
+    }
+
+    // ------------------------------------------------------------- tasks
+
+    pub fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        self.get_bincode(&keys::task(id))
+    }
+
+    /// Tasks with id greater than `after`, ascending, that `keep` accepts,
+    /// at most `limit` of them.
+    pub fn tasks_after(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: &mut dyn FnMut(&TaskRecord) -> bool,
+    ) -> Result<Vec<TaskRecord>> {
+        let mut out = Vec::new();
+        let mut err = None;
+        if limit == 0 || after == u64::MAX {
+            return Ok(out);
+        }
+        self.engine.scan(
+            &keys::task(after + 1),
+            &keys::prefix_end(&[keys::TASK]),
+            &mut |k, v| {
+                match bincode::serde::decode_from_slice::<TaskRecord, _>(
+                    v,
+                    bincode::config::standard(),
+                ) {
+                    Ok((t, _)) => {
+                        if keep(&t) {
+                            out.push(t);
+                        }
+                        out.len() < limit
+                    }
+                    Err(e) => {
+                        err = Some(StorageError::corrupt(k, e));
+                        false
+                    }
+                }
+            },
+        )?;
+        err.map_or(Ok(out), Err)
+    }
+
+    /// Change-log entries with sequence number greater than `after`,
+    /// ascending, at most `limit`.
+    pub fn task_changes(&self, after: u64, limit: usize) -> Result<Vec<TaskChange>> {
+        let mut out = Vec::new();
+        let mut err = None;
+        if limit == 0 || after == u64::MAX {
+            return Ok(out);
+        }
+        self.engine.scan(
+            &keys::task_change(after + 1),
+            &keys::prefix_end(&[keys::TASK_CHANGE]),
+            &mut |k, v| {
+                match bincode::serde::decode_from_slice::<TaskChange, _>(
+                    v,
+                    bincode::config::standard(),
+                ) {
+                    Ok((c, _)) => {
+                        out.push(c);
+                        out.len() < limit
+                    }
+                    Err(e) => {
+                        err = Some(StorageError::corrupt(k, e));
+                        false
+                    }
+                }
+            },
+        )?;
+        err.map_or(Ok(out), Err)
+    }
+
+    /// The sequence number of the latest task change (0 if none).
+    pub fn last_task_change(&self) -> u64 {
+        self.state.read_recursive().next_change.saturating_sub(1)
     }
 
     fn apply_addresses(&self, addrs: &[AddressRecord]) -> Result<ApplyOutcome> {
@@ -287,6 +541,7 @@ impl<E: KvEngine> SliceStore<E> {
         Ok(ApplyOutcome {
             applied: addrs.len() as u64,
             new_persons: 0,
+            ..Default::default()
         })
     }
 
@@ -303,6 +558,7 @@ impl<E: KvEngine> SliceStore<E> {
         Ok(ApplyOutcome {
             applied: regs.len() as u64,
             new_persons: 0,
+            ..Default::default()
         })
     }
 
@@ -423,6 +679,7 @@ impl<E: KvEngine> SliceStore<E> {
         Ok(ApplyOutcome {
             applied: events.len() as u64,
             new_persons,
+            ..Default::default()
         })
     }
 
@@ -679,6 +936,86 @@ impl<E: KvEngine> SliceStore<E> {
             }
         }
         Ok(out)
+    }
+
+    /// Visits every person's places in the UTC days `[from_day, to_day)`,
+    /// person by person in internal-id order: `f(id, places)` with the
+    /// places sorted by hour. One pass over the person index (days outside
+    /// the range are skipped by key, before decoding); for bulk readers
+    /// such as the rule layer.
+    pub fn scan_person_days(
+        &self,
+        from_day: i64,
+        to_day: i64,
+        f: &mut dyn FnMut(u32, &[PlaceIds]),
+    ) -> Result<()> {
+        let shift = cell::compact_shift(self.level);
+        // A copy, so that the scan does not hold the state lock (apply needs
+        // it for every ingest batch).
+        let address_cells = self.state.read_recursive().address_cells.clone();
+        let mut err = None;
+        let mut current: Option<u32> = None;
+        let mut places: Vec<PlaceIds> = Vec::new();
+        let start = [keys::PERSON];
+        self.engine
+            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                let id = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
+                let day = keys::hour_from(&k[5..9]);
+                if current != Some(id) {
+                    if let Some(prev) = current {
+                        if !places.is_empty() {
+                            f(prev, &places);
+                        }
+                    }
+                    places.clear();
+                    current = Some(id);
+                }
+                if day < from_day || day >= to_day {
+                    return true;
+                }
+                match codec::decode_places(k, v) {
+                    Ok(raw) => {
+                        for (h, c, a, s) in raw {
+                            let cell = if c == 0 {
+                                a.checked_sub(1)
+                                    .and_then(|i| address_cells.get(i as usize))
+                                    .copied()
+                                    .unwrap_or(0)
+                            } else {
+                                c << shift
+                            };
+                            places.push(PlaceIds {
+                                hour: day * 24 + h as i64,
+                                cell,
+                                address: a,
+                                source: s,
+                            });
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                }
+            })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if let (Some(id), false) = (current, places.is_empty()) {
+            f(id, &places);
+        }
+        Ok(())
+    }
+
+    /// Source labels by source id.
+    pub fn source_labels(&self) -> Vec<String> {
+        self.state.read_recursive().sources.clone()
+    }
+
+    /// The slice cell of each address's point, by `address id - 1`.
+    pub fn address_cells(&self) -> Vec<u64> {
+        self.state.read_recursive().address_cells.clone()
     }
 
     /// The last hour before `before` (and at or after `floor`) in which the

@@ -231,3 +231,151 @@ fn data_directory_of_an_older_format_is_refused() {
     let err = SliceStore::open(e, None).err().expect("old format must fail");
     assert!(err.to_string().contains("format 1"), "{err}");
 }
+
+fn draft(kind: TaskKind, person: u64, address: &str) -> TaskDraft {
+    TaskDraft {
+        kind,
+        person,
+        address: address.into(),
+        area: "A1".into(),
+        score: Some(0.9),
+        evidence: vec![],
+        registration: None,
+        last_seen_hour: Some(5),
+    }
+}
+
+fn raise<E: KvEngine>(s: &SliceStore<E>, at: i64, drafts: Vec<TaskDraft>) -> Vec<u64> {
+    s.apply(&Command::RaiseTasks {
+        at,
+        evaluation: format!("eval-{at}"),
+        suppress_secs: 30 * 86_400,
+        tasks: drafts,
+    })
+    .unwrap()
+    .task_ids
+}
+
+fn update<E: KvEngine>(
+    s: &SliceStore<E>,
+    id: u64,
+    state: TaskState,
+    outcome: Option<Outcome>,
+    at: i64,
+) -> ApplyOutcome {
+    s.apply(&Command::UpdateTask(TaskUpdate {
+        id,
+        state,
+        outcome,
+        note: "checked".into(),
+        by: "field-7".into(),
+        at,
+    }))
+    .unwrap()
+}
+
+fn task_lifecycle<E: KvEngine>(make: &mut dyn FnMut() -> E) {
+    let s = SliceStore::open(make(), None).unwrap();
+    let day = 86_400;
+    let t0 = 1_000 * day;
+    let a = draft(TaskKind::RegisterNewcomer, 1, "H1");
+    let b = draft(TaskKind::ResidenceMismatch, 2, "H2");
+    // Duplicates inside one evaluation collapse too.
+    assert_eq!(raise(&s, t0, vec![a.clone(), b.clone(), a.clone()]), vec![1, 2]);
+    // Evaluating again raises nothing while the tasks are open.
+    assert!(raise(&s, t0 + 3600, vec![a.clone(), b.clone()]).is_empty());
+    // The same person at another address, or another kind, is a new subject.
+    let a2 = draft(TaskKind::RegisterNewcomer, 1, "H9");
+    assert_eq!(raise(&s, t0 + 3600, vec![a2]), vec![3]);
+
+    // Lifecycle: open → in_progress → resolved(rejected).
+    assert!(update(&s, 1, TaskState::InProgress, None, t0 + day).refused.is_none());
+    let refused = update(&s, 1, TaskState::Open, None, t0 + day).refused;
+    assert!(refused.unwrap().contains("cannot move"), "back to open is refused");
+    assert!(update(&s, 1, TaskState::Resolved, None, t0 + day)
+        .refused
+        .unwrap()
+        .contains("outcome"));
+    let rejected_at = t0 + 2 * day;
+    let out = update(&s, 1, TaskState::Resolved, Some(Outcome::Rejected), rejected_at);
+    assert_eq!((out.refused, out.task_ids), (None, vec![1]));
+    let t1 = s.task(1).unwrap().unwrap();
+    assert_eq!(
+        (t1.state, t1.outcome, t1.updated_by.as_str(), t1.created_at),
+        (TaskState::Resolved, Some(Outcome::Rejected), "field-7", t0)
+    );
+    assert!(update(&s, 99, TaskState::InProgress, None, t0).refused.is_some());
+
+    // Rejected: suppressed for 30 days, raised again (new id) after.
+    assert!(raise(&s, rejected_at + 30 * day - 1, vec![a.clone()]).is_empty());
+    assert_eq!(raise(&s, rejected_at + 30 * day, vec![a.clone()]), vec![4]);
+    // Confirmed: not suppressed; the next evaluation may raise it again.
+    update(&s, 2, TaskState::Resolved, Some(Outcome::Confirmed), t0 + day);
+    assert_eq!(raise(&s, t0 + day + 1, vec![b]), vec![5]);
+
+    // Listing with a filter and pagination by id.
+    let open: Vec<u64> = s
+        .tasks_after(0, 2, &mut |t| t.state == TaskState::Open)
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(open, vec![3, 4]);
+    let rest: Vec<u64> = s
+        .tasks_after(4, 10, &mut |t| t.state == TaskState::Open)
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(rest, vec![5]);
+
+    // The change log has every creation and change, in order, no gaps.
+    let changes = s.task_changes(0, 100).unwrap();
+    let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, (1..=s.last_task_change()).collect::<Vec<_>>());
+    let ids: Vec<(u64, TaskState)> = changes.iter().map(|c| (c.task.id, c.task.state)).collect();
+    assert_eq!(
+        ids,
+        vec![
+            (1, TaskState::Open),
+            (2, TaskState::Open),
+            (3, TaskState::Open),
+            (1, TaskState::InProgress),
+            (1, TaskState::Resolved),
+            (4, TaskState::Open),
+            (2, TaskState::Resolved),
+            (5, TaskState::Open),
+        ]
+    );
+    assert_eq!(s.task_changes(5, 2).unwrap()[0].seq, 6);
+}
+
+#[test]
+fn tasks_follow_their_lifecycle_on_every_engine() {
+    task_lifecycle(&mut || MemEngine::new());
+    let dir = tempfile::tempdir().unwrap();
+    task_lifecycle(&mut || RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
+}
+
+#[test]
+fn task_ids_and_change_log_continue_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        SliceStore::open(
+            RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
+            None,
+        )
+        .unwrap()
+    };
+    {
+        let s = open();
+        raise(&s, 10, vec![draft(TaskKind::VerifyDeparture, 1, "H1")]);
+        update(&s, 1, TaskState::InProgress, None, 11);
+    }
+    let s = open();
+    assert_eq!(s.last_task_change(), 2);
+    // Still open after the restart: not raised twice.
+    assert!(raise(&s, 12, vec![draft(TaskKind::VerifyDeparture, 1, "H1")]).is_empty());
+    assert_eq!(raise(&s, 12, vec![draft(TaskKind::VerifyDeparture, 2, "H1")]), vec![2]);
+    assert_eq!(s.last_task_change(), 3);
+}
