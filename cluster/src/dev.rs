@@ -16,6 +16,8 @@ pub struct Loaded {
     pub town: Town,
     pub events: u64,
     pub rejected: u64,
+    /// A task raised by the first rule run, for the examples.
+    pub first_task: Option<u64>,
 }
 
 /// Loads a town straight into a node (no network), with a progress bar.
@@ -65,6 +67,7 @@ pub fn load_town(node: &Node, town: Town, progress: bool) -> anyhow::Result<Load
         town,
         events,
         rejected,
+        first_task: None,
     })
 }
 
@@ -124,6 +127,14 @@ fn print_examples(l: &Loaded, listen: &str) {
             p.left.map(format_time).unwrap_or_default()
         );
     }
+    println!("  hourcell tasks list --kind REGISTER_NEWCOMER{server}");
+    if let Some(id) = l.first_task {
+        println!("  hourcell tasks show {id}{server}");
+    }
+    println!(
+        "  hourcell tasks run --at {}{server}    (again: nothing new while tasks are open)",
+        format_time(end)
+    );
     println!("  hourcell status{server}");
     println!("  grpcurl -plaintext {listen} list");
 }
@@ -150,9 +161,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         let started = std::time::Instant::now();
         let n = node.clone();
-        let l =
+        let mut l =
             tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true)).await??;
         let secs = started.elapsed().as_secs_f64();
+        // Evaluate the rules once as of the end of the town, so that field
+        // tasks are there to look at.
+        let n = node.clone();
+        let end = l.town.end_unix();
+        let run = tokio::task::spawn_blocking(move || n.run_tasks(Some(end))).await??;
+        l.first_task = node
+            .store()
+            .tasks_after(0, 1, &mut |_| true)?
+            .first()
+            .map(|t| t.id);
         let st = node.store().stats()?;
         println!(
             "loaded {} addresses, {} registrations, {} events ({} rejected) for {} persons in {secs:.1} s ({:.0} events/s)",
@@ -162,6 +183,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             l.rejected,
             st.persons,
             l.events as f64 / secs.max(1e-9)
+        );
+        println!(
+            "rules as of {}: {} field tasks raised in {:.1} s ({} persons scored, {} temporary registrations checked)",
+            format_time(run.at),
+            run.created,
+            run.seconds,
+            run.persons_scored,
+            run.departures_checked
         );
         Some(l)
     } else {

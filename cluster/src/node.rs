@@ -267,6 +267,27 @@ impl Node {
                 ))
             })?),
         };
+        // The shape of the request is checked here (bad input); whether the
+        // task's current state allows it is decided in apply (refused).
+        match (state, outcome) {
+            (TaskState::Open, _) => {
+                return Err(NodeError::Invalid(
+                    "invalid state \"open\": a task cannot be reopened; expected in_progress or resolved".into(),
+                ))
+            }
+            (TaskState::Resolved, None) => {
+                return Err(NodeError::Invalid(
+                    "invalid outcome \"\": resolving a task needs an outcome (confirmed, rejected or not_found)".into(),
+                ))
+            }
+            (TaskState::InProgress, Some(o)) => {
+                return Err(NodeError::Invalid(format!(
+                    "invalid outcome {:?}: only a resolution carries an outcome",
+                    o.as_str()
+                )))
+            }
+            _ => {}
+        }
         if by.trim().is_empty() {
             return Err(NodeError::Invalid(
                 "invalid by \"\": say who made the change".into(),

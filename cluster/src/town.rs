@@ -121,6 +121,11 @@ pub struct GenTruth {
     pub arrived: Option<i64>,
     /// When the person left the town, if they did.
     pub left: Option<i64>,
+    /// The sources that can see the person at home at night, by address
+    /// code (`utility` if the home has a meter, `rental` for renters) or by
+    /// location (`access`). A person with no address-carrying night source
+    /// is invisible to the should-register rule however long they stay.
+    pub night_sources: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -684,6 +689,19 @@ impl Town {
                 registered: p.registered.map(|a| self.code(a).to_string()),
                 arrived: p.arrived,
                 left: p.left,
+                night_sources: {
+                    let mut v = Vec::new();
+                    if self.layout.homes.contains(&p.home) && self.home_has_meter(p.home) {
+                        v.push("utility");
+                    }
+                    if p.renter {
+                        v.push("rental");
+                    }
+                    if p.access {
+                        v.push("access");
+                    }
+                    v
+                },
             })
             .collect()
     }
@@ -948,6 +966,7 @@ impl Town {
             "registered",
             "arrived",
             "left",
+            "night_sources",
         ])?;
         for t in self.truth() {
             fmt_opt_time(t.arrived, &mut time_buf);
@@ -959,6 +978,7 @@ impl Town {
                 t.registered.as_deref().unwrap_or(""),
                 &time_buf,
                 &time2_buf,
+                &t.night_sources.join(";"),
             ])?;
         }
         w.flush()?;
@@ -1365,7 +1385,7 @@ mod tests {
         assert!(registry.starts_with("person,address,kind,valid_from,valid_until\n"));
         assert_eq!(registry.lines().count(), t.registry().len() + 1);
         let truth = read("truth.csv");
-        assert!(truth.starts_with("person,situation,home,registered,arrived,left\n"));
+        assert!(truth.starts_with("person,situation,home,registered,arrived,left,night_sources\n"));
         assert_eq!(truth.lines().count(), 201);
     }
 }

@@ -86,6 +86,8 @@ fn dev_loads_a_demo_town_once_and_prints_queries() {
     ]);
     assert!(out.contains("loaded"), "{out}");
     assert!(out.contains("hourcell query who-was-at --circle"), "{out}");
+    assert!(out.contains("field tasks raised"), "{out}");
+    assert!(out.contains("hourcell tasks list"), "{out}");
     assert!(out.contains("hourcell query where-was --person"), "{out}");
     let again = ok(&["dev", "--data-dir", d, "--no-serve"]);
     assert!(again.contains("using existing data"), "{again}");
@@ -275,4 +277,86 @@ fn gen_import_and_query_through_the_cli() {
     assert!(err.contains("95"), "{err}");
     let out = hourcell(&["query", "occupancy", "--from", from, "--server", s]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let town = dir.path().join("town");
+    ok(&[
+        "gen",
+        "--seed",
+        "4",
+        "--persons",
+        "600",
+        "--days",
+        "14",
+        "--start",
+        "2026-11-01T00:00:00Z",
+        "--out",
+        town.to_str().unwrap(),
+    ]);
+    let port = free_port();
+    let _node = start_node(dir.path(), port);
+    let server = format!("http://127.0.0.1:{port}");
+    let s = server.as_str();
+    for (kind, file) in [
+        ("addresses", "addresses.csv"),
+        ("registry", "registry.csv"),
+        ("events", "events.csv"),
+    ] {
+        ok(&["import", "--kind", kind, town.join(file).to_str().unwrap(), "--server", s]);
+    }
+    let at = "2026-11-15T00:00:00Z";
+    let run = json(&ok(&["tasks", "run", "--at", at, "--format", "json", "--server", s]));
+    assert_eq!(run["at"], at);
+    let created = run["created"].as_u64().unwrap();
+    assert!(created > 0, "{run}");
+    let again = json(&ok(&["tasks", "run", "--at", at, "--format", "json", "--server", s]));
+    assert_eq!(again["created"], 0);
+
+    // list follows the pages itself.
+    let list = json(&ok(&["tasks", "list", "--page-size", "3", "--format", "json", "--server", s]));
+    let tasks = list["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len() as u64, created);
+    for t in tasks {
+        for k in ["id", "kind", "person", "address", "area", "score", "state"] {
+            assert!(t.get(k).is_some(), "missing {k}: {t}");
+        }
+        match t["kind"].as_str().unwrap() {
+            "VERIFY_DEPARTURE" => assert!(t["score"].is_null()),
+            _ => assert!(t["score"].as_f64().unwrap() >= 0.8),
+        }
+    }
+    let table = ok(&["tasks", "list", "--state", "open", "--server", s]);
+    assert!(table.contains(&format!("{created} tasks")), "{table}");
+    let csv = ok(&["tasks", "list", "--kind", "VERIFY_DEPARTURE", "--format", "csv", "--server", s]);
+    assert!(csv.starts_with("id,kind,person"), "{csv}");
+
+    let id = tasks[0]["id"].as_u64().unwrap().to_string();
+    let shown = json(&ok(&["tasks", "show", &id, "--format", "json", "--server", s]));
+    assert_eq!(shown["id"], tasks[0]["id"]);
+    assert!(shown["evidence"].is_array());
+    ok(&["tasks", "start", &id, "--by", "field-3", "--server", s]);
+    let resolved = ok(&[
+        "tasks", "resolve", &id, "--outcome", "confirmed", "--by", "field-3", "--note", "registered on site",
+        "--server", s,
+    ]);
+    assert!(resolved.contains("resolved (confirmed)"), "{resolved}");
+    // Resolving twice is refused with a reason, non-zero exit.
+    let out = hourcell(&["tasks", "resolve", &id, "--outcome", "confirmed", "--by", "x", "--server", s]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot move"));
+
+    // The change log: every creation, then the two updates.
+    let n = (created + 2).to_string();
+    let watched = ok(&["tasks", "watch", "--limit", &n, "--format", "json", "--server", s]);
+    let lines: Vec<serde_json::Value> = watched.lines().map(json).collect();
+    assert_eq!(lines.len() as u64, created + 2);
+    assert_eq!(lines.last().unwrap()["task"]["state"], "resolved");
+    let tail = ok(&[
+        "tasks", "watch", "--cursor", &(created + 1).to_string(), "--limit", "1", "--format", "json",
+        "--server", s,
+    ]);
+    assert_eq!(json(tail.trim())["seq"], created + 2);
 }

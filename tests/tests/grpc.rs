@@ -382,3 +382,227 @@ async fn health_and_reflection_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// Tasks through the API: run twice (no duplicates), list with pages, get,
+/// refused transitions, resolve, and a watch that resumes from its cursor
+/// with no gaps and no duplicates across a disconnect.
+#[tokio::test]
+async fn tasks_run_list_update_and_watch_resume() {
+    use hourcell_proto::v1::tasks_client::TasksClient;
+    let h = start().await;
+    let mut reg = RegistryClient::new(h.channel.clone());
+    reg.put_addresses(v1::PutAddressesRequest {
+        addresses: vec![
+            addr("H1", 30.2741, 120.1551, "A1"),
+            addr("H2", 30.2800, 120.1600, "A2"),
+        ],
+    })
+    .await
+    .unwrap();
+    // Person 20 is registered at H2 but sleeps at H1; persons 21 and 22
+    // sleep at H1 unregistered. Rental nights at 22:00 local (UTC+8 = 14:00Z)
+    // on each of the three days before NOW.
+    reg.put_registrations(v1::PutRegistrationsRequest {
+        registrations: vec![v1::Registration {
+            person: 20,
+            address: "H2".into(),
+            kind: "permanent".into(),
+            valid_from: T0 - 86_400,
+            valid_until: None,
+        }],
+    })
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    for d in 0..3 {
+        for p in [20, 21, 22] {
+            events.push(ev(p, T0 + d * 86_400 + 14 * 3600, "H1", "rental"));
+            events.push(ev(p, T0 + d * 86_400 + 15 * 3600, "H1", "utility"));
+        }
+    }
+    let mut ing = IngestClient::new(h.channel.clone());
+    assert_eq!(
+        ing.ingest(v1::IngestRequest { events })
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        18
+    );
+    let mut tasks = TasksClient::new(h.channel.clone());
+    // 3 nights × (1.0 + 0.6) / 7 ≈ 0.69 < 0.8: nothing yet.
+    let r = tasks
+        .run(v1::RunTasksRequest { at: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.at, r.created), (NOW, 0));
+    // Two more nights of service visits at H1 lift them over 0.8.
+    let more: Vec<_> = [20, 21, 22]
+        .iter()
+        .flat_map(|&p| (0..2).map(move |d| ev(p, T0 + d * 86_400 + 16 * 3600, "H1", "service")))
+        .collect();
+    ing.ingest(v1::IngestRequest { events: more }).await.unwrap();
+
+    // A watcher from the beginning, started before the tasks exist.
+    let mut watch = tasks
+        .watch(v1::WatchTasksRequest { cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = tasks
+        .run(v1::RunTasksRequest { at: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.proposed, r.created), (3, 3));
+    let again = tasks
+        .run(v1::RunTasksRequest { at: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.proposed, again.created), (3, 0));
+
+    // List: filters and pages of one.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = tasks
+            .list(v1::ListTasksRequest {
+                area: "A1".into(),
+                page_size: 1,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.tasks.len() <= 1);
+        seen.extend(page.tasks.iter().map(|t| (t.person, t.kind.clone())));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (20, "RESIDENCE_MISMATCH".to_string()),
+            (21, "REGISTER_NEWCOMER".to_string()),
+            (22, "REGISTER_NEWCOMER".to_string())
+        ]
+    );
+    let mismatch = tasks
+        .list(v1::ListTasksRequest {
+            kind: "residence_mismatch".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(mismatch.len(), 1);
+    let bad = tasks
+        .list(v1::ListTasksRequest {
+            state: "done".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("state"), "{}", bad.message());
+
+    // Get with evidence.
+    let t = tasks
+        .get(v1::GetTaskRequest { id: mismatch[0].id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.address, "H1");
+    assert_eq!(t.registration.as_ref().unwrap().address, "H2");
+    let sources: Vec<_> = t.evidence.iter().map(|e| e.source.as_str()).collect();
+    assert_eq!(sources.len(), 3, "{sources:?}");
+    let score = t.score.unwrap();
+    assert!((score - (3.0 * 1.0 + 3.0 * 0.6 + 2.0 * 0.8) / 7.0).abs() < 1e-9, "{score}");
+    assert_eq!(
+        tasks
+            .get(v1::GetTaskRequest { id: 999 })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // Read the three creations, then disconnect.
+    let mut last = 0;
+    for _ in 0..3 {
+        let c = watch.message().await.unwrap().unwrap();
+        assert_eq!(c.seq, last + 1);
+        last = c.seq;
+    }
+    drop(watch);
+
+    // Changes while disconnected.
+    let up = |id: u64, state: &str, outcome: &str| v1::UpdateTaskRequest {
+        id,
+        state: state.into(),
+        outcome: outcome.into(),
+        note: "visited".into(),
+        by: "field-1".into(),
+    };
+    let e = tasks.update(up(t.id, "resolved", "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("outcome"), "{}", e.message());
+    tasks.update(up(t.id, "in_progress", "")).await.unwrap();
+    let e = tasks.update(up(t.id, "in_progress", "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    let done = tasks
+        .update(up(t.id, "resolved", "rejected"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.state.as_str(), done.outcome.as_str()), ("resolved", "rejected"));
+    assert_eq!(done.updated_by, "field-1");
+    // Rejected: not raised again by the next run.
+    let r = tasks
+        .run(v1::RunTasksRequest { at: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.created, 0);
+
+    // Resume: exactly the two changes made while away, in order.
+    let mut watch = tasks
+        .watch(v1::WatchTasksRequest { cursor: last })
+        .await
+        .unwrap()
+        .into_inner();
+    let a = watch.message().await.unwrap().unwrap();
+    let b = watch.message().await.unwrap().unwrap();
+    assert_eq!((a.seq, b.seq), (last + 1, last + 2));
+    assert_eq!(a.task.unwrap().state, "in_progress");
+    assert_eq!(b.task.unwrap().state, "resolved");
+    // A live change arrives on the open stream.
+    let other = seen_id(&mut tasks, 21).await;
+    tasks.update(up(other, "in_progress", "")).await.unwrap();
+    let c = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("live change within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.seq, last + 3);
+    assert_eq!(c.task.unwrap().person, 21);
+}
+
+async fn seen_id(tasks: &mut hourcell_proto::v1::tasks_client::TasksClient<Channel>, person: u64) -> u64 {
+    tasks
+        .list(v1::ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .into_iter()
+        .find(|t| t.person == person)
+        .unwrap()
+        .id
+}
