@@ -58,6 +58,9 @@ pub trait SliceSource: Send + Sync {
     /// Calls `f` with every address (unordered).
     fn for_each_address(&self, f: &mut dyn FnMut(&AddressRecord));
     fn address(&self, code: &str) -> Option<AddressRecord>;
+    /// `(id, lat, lng, slice cell)` of an address, without copying its
+    /// record (validation does this for most events).
+    fn address_point(&self, code: &str) -> Option<(u32, f64, f64, u64)>;
     fn area_addresses(&self, area: &str) -> Vec<u32>;
     fn area_exists(&self, area: &str) -> bool;
     /// Calls `f` with each registration (unordered) and the person's
@@ -142,6 +145,9 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     }
     fn address(&self, code: &str) -> Option<AddressRecord> {
         SliceStore::address(self, code)
+    }
+    fn address_point(&self, code: &str) -> Option<(u32, f64, f64, u64)> {
+        SliceStore::address_point(self, code)
     }
     fn area_addresses(&self, area: &str) -> Vec<u32> {
         SliceStore::area_addresses(self, area)

@@ -116,17 +116,22 @@ fn place_one<S: SliceSource + ?Sized>(
     }
     let address = match e.address.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(code) => match source.address(code) {
-            Some(a) => Some(a),
+        Some(code) => match source.address_point(code) {
+            Some((_, lat, lng, cell)) => Some((code, lat, lng, cell)),
             None => return Err(reject(i, "address", format!("unknown address {code:?}"))),
         },
     };
-    let (lat, lng) = match (e.lat, e.lng, &address) {
-        (Some(lat), Some(lng), _) => {
+    let cell = match (e.lat, e.lng, &address) {
+        (Some(lat), Some(lng), a) => {
             if !valid_coordinates(lat, lng) {
                 return Err(reject(i, "lat,lng", format!("bad coordinates {lat},{lng}")));
             }
-            (lat, lng)
+            // Most events with both sit exactly on their address's point,
+            // whose cell is already known.
+            match a {
+                Some((_, alat, alng, c)) if *alat == lat && *alng == lng => *c,
+                _ => cell_at(lat, lng, level),
+            }
         }
         (Some(_), None, _) | (None, Some(_), _) => {
             return Err(reject(
@@ -135,7 +140,7 @@ fn place_one<S: SliceSource + ?Sized>(
                 "bad coordinates: give both lat and lng, or neither",
             ))
         }
-        (None, None, Some(a)) => (a.lat, a.lng),
+        (None, None, Some((_, _, _, c))) => *c,
         (None, None, None) => {
             return Err(reject(
                 i,
@@ -147,8 +152,8 @@ fn place_one<S: SliceSource + ?Sized>(
     Ok(SliceEvent {
         person: e.person,
         hour,
-        cell: cell_at(lat, lng, level),
-        address: address.map(|a| a.code),
+        cell,
+        address: address.map(|a| a.0.to_string()),
         source: source_label.to_string(),
     })
 }
