@@ -759,7 +759,7 @@ def cmd_report(a):
 
     w("### %s: %d persons × %d days, %s events" % (a.date, a.persons, P["days"], "{:,}".format(ev)))
     w("")
-    w("Machine: %s. Command: `%s`. %s (commit %s); %s; PostGIS %s; DuckDB %s (Python, %s threads). "
+    w("Machine: %s. Command: `%s`. %s (repository at %s); %s; PostGIS %s; DuckDB %s (Python, %s threads). "
       "1-minute load average before each system's phase: hourcell %s, PostgreSQL %s, DuckDB %s (the harness and the "
       "system under test share the cores)." % (
         a.machine, a.command, a.hc_version, a.commit, pg["version"].split(" on ")[0], pg["postgis"], dk["version"], dk["threads"],
