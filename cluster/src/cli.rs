@@ -70,6 +70,11 @@ pub struct DevArgs {
     /// Load the town, print the summary and exit instead of serving.
     #[arg(long)]
     pub no_serve: bool,
+    /// Start this many nodes replicating one raft group (on consecutive
+    /// ports from --listen, data in DATA_DIR/node1, node2, ...). 1 = a
+    /// single node without raft.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub nodes: u64,
 }
 
 #[derive(Debug, Args)]

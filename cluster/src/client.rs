@@ -741,7 +741,7 @@ pub async fn run_query(args: QueryArgs) -> Result<()> {
 
 pub fn format_status(s: &v1::StatusResponse) -> String {
     let opt_time = |t: Option<i64>| t.map_or_else(|| "-".to_string(), format_time);
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         ("version", s.version.clone()),
         ("data_dir", s.data_dir.clone()),
         ("slice_level", s.slice_level.to_string()),
@@ -764,6 +764,26 @@ pub fn format_status(s: &v1::StatusResponse) -> String {
         ("first_hour", opt_time(s.first_hour)),
         ("last_hour", opt_time(s.last_hour)),
     ];
+    if let Some(r) = &s.raft {
+        rows.push((
+            "raft",
+            format!(
+                "node {} of group {}: {}, term {}, commit {}, applied {}",
+                r.node_id,
+                r.group,
+                if r.is_leader {
+                    "leader".to_string()
+                } else if r.leader == 0 {
+                    "no leader known".to_string()
+                } else {
+                    format!("follower of node {}", r.leader)
+                },
+                r.term,
+                r.commit,
+                r.applied
+            ),
+        ));
+    }
     let mut out = String::new();
     for (k, v) in rows {
         out.push_str(&format!("{k:<16} {v}\n"));

@@ -33,6 +33,58 @@ pub struct NodeConfig {
     /// The rule layer (field-staff tasks).
     #[serde(default)]
     pub rules: RulesConfig,
+    /// Replication. Absent: a single node that applies writes directly.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this node's id and every voter of the data group (this node
+/// included). All nodes of a new cluster must list the same peers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub peers: Vec<PeerConfig>,
+    /// Raft tick, milliseconds; elections time out after 10 ticks (1–2 s
+    /// at the default 100 ms).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    /// The peer's gRPC address (`host:port`), the same one clients use.
+    pub addr: String,
+}
+
+fn default_tick_ms() -> u64 {
+    100
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            anyhow::bail!("cluster.node_id must be non-zero");
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.contains(&0) {
+            anyhow::bail!("cluster.peers: ids must be unique and non-zero");
+        }
+        if !ids.contains(&self.node_id) {
+            anyhow::bail!(
+                "cluster.peers does not list this node (node_id {})",
+                self.node_id
+            );
+        }
+        if !(10..=10_000).contains(&self.tick_ms) {
+            anyhow::bail!("cluster.tick_ms {} is outside 10..=10000", self.tick_ms);
+        }
+        Ok(())
+    }
 }
 
 /// `[rules]`: see `docs/rules.md`. Defaults are the product's.
@@ -134,6 +186,7 @@ impl NodeConfig {
             max_batch: default_max_batch(),
             log: default_log(),
             rules: RulesConfig::default(),
+            cluster: None,
         }
     }
 
@@ -167,6 +220,9 @@ impl NodeConfig {
         }
         if !(1..=1_000_000).contains(&self.max_batch) {
             anyhow::bail!("max_batch {} is outside 1..=1000000", self.max_batch);
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         self.rules
             .to_rule_config()

@@ -139,7 +139,65 @@ fn print_examples(l: &Loaded, listen: &str) {
     println!("  grpcurl -plaintext {listen} list");
 }
 
+/// Starts `args.nodes` replicas of one raft group in this process, each
+/// with its own data directory and gRPC port. Returns the nodes and their
+/// listeners, node 1 first.
+async fn start_cluster(
+    args: &DevArgs,
+) -> anyhow::Result<Vec<(Arc<Node>, std::net::SocketAddr, tokio::net::TcpListener)>> {
+    let addrs: Vec<std::net::SocketAddr> = (0..args.nodes)
+        .map(|i| {
+            let mut a = args.listen;
+            a.set_port(args.listen.port() + i as u16);
+            a
+        })
+        .collect();
+    let peers: Vec<crate::config::PeerConfig> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| crate::config::PeerConfig {
+            id: i as u64 + 1,
+            addr: a.to_string(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut cfg = NodeConfig::new(args.data_dir.join(format!("node{}", i + 1)));
+        cfg.listen = *a;
+        cfg.cluster = Some(crate::config::ClusterConfig {
+            node_id: i as u64 + 1,
+            peers: peers.clone(),
+            tick_ms: 100,
+        });
+        let (addr, listener) = crate::server::bind(*a).await?;
+        let node = Node::open(&cfg, system_clock())?;
+        out.push((node, addr, listener));
+    }
+    Ok(out)
+}
+
+/// Waits until some node leads the data group.
+async fn wait_for_leader(nodes: &[Arc<Node>]) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for n in nodes {
+            let n2 = n.clone();
+            if tokio::task::spawn_blocking(move || n2.leads()).await? {
+                return Ok(n.replication().map_or(1, |r| r.handle.id()));
+            }
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no raft leader elected within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.nodes > 1 {
+        return run_cluster(args).await;
+    }
     let mut cfg = NodeConfig::new(args.data_dir.clone());
     cfg.listen = args.listen;
     let node: Arc<Node> = Node::open(&cfg, system_clock())?;
@@ -228,4 +286,88 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "hourcell dev node serving gRPC on {addr} (plaintext, loopback only, all roles for the local user; not for production). Ctrl-C to stop."
     );
     crate::server::serve(node, listener, crate::server::shutdown_signal()).await
+}
+
+/// `hourcell dev --nodes N`: N replicas in one process, the demo town
+/// written through raft (node 1 proposes; followers forward to the leader).
+async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
+    let started = start_cluster(&args).await?;
+    let nodes: Vec<Arc<Node>> = started.iter().map(|s| s.0.clone()).collect();
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = Vec::new();
+    for (node, addr, listener) in started {
+        let mut rx = stop_tx.subscribe();
+        servers.push((
+            addr,
+            tokio::spawn(crate::server::serve(node, listener, async move {
+                let _ = rx.recv().await;
+            })),
+        ));
+    }
+    let leader = wait_for_leader(&nodes).await?;
+    println!(
+        "raft group of {} nodes up, node {leader} leads (plaintext, loopback only, all roles for the local user; not for production)",
+        nodes.len()
+    );
+    let first = nodes[0].clone();
+    let stats = first.store().stats()?;
+    if stats.addresses == 0 {
+        let town_cfg = TownConfig {
+            seed: args.seed,
+            persons: args.persons,
+            days: args.days,
+            start_unix: days_ago_midnight(args.days),
+            ..TownConfig::default()
+        };
+        println!(
+            "empty data directory {}: generating a demo town of {} persons over {} days (seed {}), written through raft",
+            args.data_dir.display(),
+            args.persons,
+            args.days,
+            args.seed
+        );
+        let t0 = std::time::Instant::now();
+        let n = first.clone();
+        let l = tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true))
+            .await??;
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "loaded {} events ({} rejected) in {secs:.1} s ({:.0} events/s, replicated to {} nodes)",
+            l.events,
+            l.rejected,
+            l.events as f64 / secs.max(1e-9),
+            nodes.len()
+        );
+        print_examples(&l, &args.listen.to_string());
+    } else {
+        println!(
+            "using existing data in {} ({} persons)",
+            args.data_dir.display(),
+            stats.persons
+        );
+    }
+    println!();
+    for (i, (addr, _)) in servers.iter().enumerate() {
+        println!(
+            "node {} serving gRPC on {addr} (data in {}); e.g. hourcell status --server http://{addr}",
+            i + 1,
+            args.data_dir.join(format!("node{}", i + 1)).display()
+        );
+    }
+    println!("any node accepts writes (followers forward them to the leader); reads are served by the node asked. Ctrl-C to stop.");
+    if args.no_serve {
+        let _ = stop_tx.send(());
+    } else {
+        crate::server::shutdown_signal().await;
+        let _ = stop_tx.send(());
+    }
+    for (_, s) in servers {
+        let _ = s.await;
+    }
+    for n in &nodes {
+        if let Some(r) = n.replication() {
+            r.handle.stop();
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod dev;
 pub mod node;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod tasks_cli;

@@ -28,8 +28,21 @@ pub fn system_clock() -> Clock {
     Arc::new(hourcell_query::time::now)
 }
 
+/// The raft side of a replicated node.
+pub struct Replication {
+    pub handle: crate::replication::RaftHandle,
+    /// Where the gRPC Raft service delivers peers' messages.
+    pub inbox: std::sync::mpsc::Sender<crate::replication::node::Input>,
+    pub group: u64,
+    pub propose_timeout: std::time::Duration,
+}
+
+/// The one data group until sharding arrives.
+pub const DATA_GROUP: u64 = 1;
+
 pub struct Node {
     store: Arc<Store>,
+    replication: Option<Replication>,
     query: QueryEngine<Store>,
     data_dir: PathBuf,
     clock: Clock,
@@ -71,6 +84,54 @@ pub enum NodeError {
     /// The request was well-formed but the current state does not allow it.
     #[error("{0}")]
     Refused(String),
+    /// Not now: no raft leader, or the write did not commit in time.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn start_replication(
+    cfg: &NodeConfig,
+    c: &crate::config::ClusterConfig,
+    store: Arc<Store>,
+) -> anyhow::Result<Replication> {
+    use crate::replication::{grpc::GrpcTransport, RaftNode, RaftTiming, StoreMachine};
+    let raft_dir = cfg.data_dir.join("raft");
+    let engine = RocksEngine::open(
+        &raft_dir,
+        &RocksConfig {
+            block_cache_bytes: 16 << 20,
+            write_buffer_bytes: 16 << 20,
+            ..RocksConfig::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", raft_dir.display()))?;
+    let peers: std::collections::HashMap<u64, String> = c
+        .peers
+        .iter()
+        .map(|p| (p.id, crate::client::normalize_server(&p.addr)))
+        .collect();
+    let transport = Arc::new(GrpcTransport::start(c.node_id, &peers));
+    let timing = RaftTiming {
+        tick: std::time::Duration::from_millis(c.tick_ms),
+        ..RaftTiming::default()
+    };
+    let (mut raft, handle) = RaftNode::new(c.node_id, timing, transport);
+    let voters: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
+    raft.add_group(
+        DATA_GROUP,
+        Arc::new(engine),
+        &voters,
+        Arc::new(StoreMachine { store }),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start raft group: {e}"))?;
+    let inbox = handle.inbox();
+    raft.spawn();
+    Ok(Replication {
+        handle,
+        inbox,
+        group: DATA_GROUP,
+        propose_timeout: std::time::Duration::from_secs(10),
+    })
 }
 
 impl Node {
@@ -87,7 +148,12 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
         let store = Arc::new(SliceStore::open(engine, Some(cfg.slice_level))?);
         let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
+        let replication = match &cfg.cluster {
+            None => None,
+            Some(c) => Some(start_replication(cfg, c, store.clone())?),
+        };
         Ok(Arc::new(Node {
+            replication,
             rules: cfg.rules.to_rule_config(),
             rules_hourly: cfg.rules.hourly,
             rules_running: parking_lot::Mutex::new(()),
@@ -133,6 +199,36 @@ impl Node {
             return Err(NodeError::Storage(hourcell_storage::StorageError::Engine(
                 "node stopped serving after an earlier storage failure".into(),
             )));
+        }
+        if let Some(r) = &self.replication {
+            // Acknowledged once committed by a majority and applied here.
+            // A timeout may still commit later: the caller may retry, as
+            // every command is idempotent.
+            use crate::replication::ProposeError;
+            let deadline = std::time::Instant::now() + r.propose_timeout;
+            let data = cmd.encode();
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let err = match r.handle.propose(r.group, data.clone(), left) {
+                    Ok(out) => return Ok(out),
+                    Err(e) => e,
+                };
+                match err {
+                    // No leader yet, or the leader changed under the
+                    // proposal: retry until the deadline.
+                    ProposeError::Dropped if !left.is_zero() => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    ProposeError::Apply(why) => return Err(NodeError::Invalid(why)),
+                    ProposeError::Stopped(why) => {
+                        self.failed.store(true, Ordering::Relaxed);
+                        return Err(NodeError::Unavailable(format!(
+                            "replication stopped: {why}"
+                        )));
+                    }
+                    other => return Err(NodeError::Unavailable(other.to_string())),
+                }
+            }
         }
         self.store.apply(cmd).map_err(|e| {
             if e.is_fatal() {
@@ -193,6 +289,19 @@ impl Node {
 
     pub fn rules_hourly(&self) -> bool {
         self.rules_hourly
+    }
+
+    pub fn replication(&self) -> Option<&Replication> {
+        self.replication.as_ref()
+    }
+
+    /// Whether this node should run cluster-wide chores (the hourly rules):
+    /// a single node always, a replica only while it leads the data group.
+    pub fn leads(&self) -> bool {
+        match &self.replication {
+            None => true,
+            Some(r) => r.handle.status(r.group).is_some_and(|s| s.is_leader),
+        }
     }
 
     /// Follows the task change log: the receiver sees the latest sequence

@@ -85,7 +85,14 @@ pub async fn serve(
         .build_v1()?;
     // Without TCP_NODELAY small responses wait on delayed ACKs (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let raft_svc = node.replication().map(|r| {
+        v1::raft_server::RaftServer::new(crate::replication::grpc::RaftService {
+            inbox: r.inbox.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    });
     Server::builder()
+        .add_optional_service(raft_svc)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(
@@ -124,6 +131,10 @@ async fn hourly_rules(node: Arc<Node>) {
     loop {
         let wait = secs_until_next_run(node.now()).max(1) as u64;
         tokio::time::sleep(Duration::from_secs(wait)).await;
+        let n = node.clone();
+        if !tokio::task::spawn_blocking(move || n.leads()).await.unwrap_or(false) {
+            continue;
+        }
         let n = node.clone();
         match tokio::task::spawn_blocking(move || n.run_tasks(None)).await {
             Ok(Ok(_)) => {}

@@ -24,6 +24,7 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::Invalid(m) => Status::invalid_argument(m),
         NodeError::Refused(m) if m.starts_with("no task") => Status::not_found(m),
         NodeError::Refused(m) => Status::failed_precondition(m),
+        NodeError::Unavailable(m) => Status::unavailable(m),
         NodeError::Query(QueryError::InvalidArgument { .. }) => {
             Status::invalid_argument(e.to_string())
         }
@@ -382,14 +383,26 @@ impl v1::admin_server::Admin for Services {
         let count = req.into_inner().count_postings;
         // Status doubles as a readiness probe: the full posting scan only
         // runs when asked for.
-        let (st, postings) = blocking(move || {
+        let (st, postings, raft) = blocking(move || {
             let st = node.store().stats()?;
             let postings = if count {
                 node.store().count_postings()?.0
             } else {
                 0
             };
-            Ok((st, postings))
+            let raft = node.replication().map(|r| {
+                let s = r.handle.status(r.group);
+                v1::RaftStatus {
+                    node_id: r.handle.id(),
+                    group: r.group,
+                    leader: s.as_ref().map_or(0, |s| s.leader),
+                    term: s.as_ref().map_or(0, |s| s.term),
+                    is_leader: s.as_ref().is_some_and(|s| s.is_leader),
+                    commit: s.as_ref().map_or(0, |s| s.commit),
+                    applied: s.as_ref().map_or(0, |s| s.applied),
+                }
+            });
+            Ok((st, postings, raft))
         })
         .await?;
         Ok(Response::new(v1::StatusResponse {
@@ -404,6 +417,7 @@ impl v1::admin_server::Admin for Services {
             disk_bytes: st.disk_bytes,
             first_hour: st.first_hour.map(|h| h * 3600),
             last_hour: st.last_hour.map(|h| h * 3600),
+            raft,
         }))
     }
 

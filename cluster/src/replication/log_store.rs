@@ -1,0 +1,374 @@
+//! Durable raft state for many groups in one key-value engine: log entries,
+//! hard state, conf state, the truncation point and the apply index.
+//!
+//! Key layout (all big-endian, so byte order is numeric order):
+//!
+//! | key                              | value                                |
+//! |----------------------------------|--------------------------------------|
+//! | 0x01 group                       | HardState (protobuf)                 |
+//! | 0x02 group                       | ConfState (protobuf)                 |
+//! | 0x03 group                       | truncated (index u64, term u64)      |
+//! | 0x04 group                       | applied index u64                    |
+//! | 0x10 group index                 | Entry (protobuf)                     |
+//!
+//! Contract, as raft-rs asks of `Storage`: entries are contiguous from
+//! `first_index` to `last_index` with no holes; an append that overlaps
+//! existing entries replaces them and everything after; entries and hard
+//! state of one `Ready` are written in one synced batch before the messages
+//! that depend on them are sent; any engine error makes the node stop (the
+//! group is then inoperable, never silently wrong).
+
+use std::sync::Arc;
+
+use hourcell_storage::{KvEngine, WriteBatch};
+use parking_lot::RwLock;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+const HARD_STATE: u8 = 0x01;
+const CONF_STATE: u8 = 0x02;
+const TRUNCATED: u8 = 0x03;
+const APPLIED: u8 = 0x04;
+const ENTRY: u8 = 0x10;
+
+fn meta_key(kind: u8, group: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(kind);
+    k.extend_from_slice(&group.to_be_bytes());
+    k
+}
+
+fn entry_key(group: u64, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(ENTRY);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn store_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+#[derive(Debug, Default, Clone)]
+struct Cached {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry no longer in the log (0, 0 when
+    /// nothing was ever truncated).
+    truncated: (u64, u64),
+    last_index: u64,
+    applied: u64,
+}
+
+/// One group's raft log, backed by a shared engine. Clones share state.
+pub struct RaftLogStore<E: KvEngine> {
+    engine: Arc<E>,
+    group: u64,
+    cached: Arc<RwLock<Cached>>,
+}
+
+impl<E: KvEngine> Clone for RaftLogStore<E> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            group: self.group,
+            cached: self.cached.clone(),
+        }
+    }
+}
+
+impl<E: KvEngine> RaftLogStore<E> {
+    /// Opens group `group`. A group with no stored state is created with
+    /// `voters` as its initial configuration (every replica of a new group
+    /// must be created with the same voters, which is what makes their
+    /// empty logs agree).
+    pub fn open(engine: Arc<E>, group: u64, voters: &[u64]) -> raft::Result<Self> {
+        let mut c = Cached::default();
+        if let Some(v) = engine.get(&meta_key(HARD_STATE, group)).map_err(store_err)? {
+            c.hard_state = HardState::parse_from_bytes(&v).map_err(store_err)?;
+        }
+        match engine.get(&meta_key(CONF_STATE, group)).map_err(store_err)? {
+            Some(v) => c.conf_state = ConfState::parse_from_bytes(&v).map_err(store_err)?,
+            None => {
+                c.conf_state.set_voters(voters.to_vec());
+                let mut b = WriteBatch::default();
+                b.put(
+                    meta_key(CONF_STATE, group),
+                    c.conf_state.write_to_bytes().map_err(store_err)?,
+                );
+                engine.write(b, true).map_err(store_err)?;
+            }
+        }
+        if let Some(v) = engine.get(&meta_key(TRUNCATED, group)).map_err(store_err)? {
+            if v.len() != 16 {
+                return Err(store_err("truncated state is not 16 bytes"));
+            }
+            c.truncated = (
+                u64::from_be_bytes(v[..8].try_into().unwrap()),
+                u64::from_be_bytes(v[8..].try_into().unwrap()),
+            );
+        }
+        if let Some(v) = engine.get(&meta_key(APPLIED, group)).map_err(store_err)? {
+            c.applied = u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| store_err("applied index is not 8 bytes"))?,
+            );
+        }
+        c.last_index = c.truncated.0;
+        engine
+            .scan_rev(
+                &entry_key(group, 0),
+                &entry_key(group, u64::MAX),
+                &mut |k, _| {
+                    c.last_index = u64::from_be_bytes(k[9..17].try_into().unwrap());
+                    false
+                },
+            )
+            .map_err(store_err)?;
+        Ok(Self {
+            engine,
+            group,
+            cached: Arc::new(RwLock::new(c)),
+        })
+    }
+
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The last index applied to the state machine, as last recorded.
+    pub fn applied(&self) -> u64 {
+        self.cached.read().applied
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.cached.read().hard_state.clone()
+    }
+
+    /// Persists a `Ready`'s entries (replacing any conflicting suffix) and
+    /// hard state in one synced batch.
+    pub fn persist(&self, entries: &[Entry], hs: Option<&HardState>) -> raft::Result<()> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let mut b = WriteBatch::default();
+        let mut c = self.cached.write();
+        if let Some(first) = entries.first() {
+            if first.index <= c.truncated.0 {
+                return Err(store_err(format!(
+                    "append at {} is below the truncated index {}",
+                    first.index, c.truncated.0
+                )));
+            }
+            if first.index > c.last_index + 1 {
+                return Err(store_err(format!(
+                    "append at {} leaves a hole after {}",
+                    first.index, c.last_index
+                )));
+            }
+            // Entries past the new tail conflict with the leader: remove.
+            let new_last = entries.last().unwrap().index;
+            for i in new_last + 1..=c.last_index {
+                b.delete(entry_key(self.group, i));
+            }
+            for e in entries {
+                b.put(
+                    entry_key(self.group, e.index),
+                    e.write_to_bytes().map_err(store_err)?,
+                );
+            }
+            c.last_index = new_last;
+        }
+        if let Some(hs) = hs {
+            b.put(
+                meta_key(HARD_STATE, self.group),
+                hs.write_to_bytes().map_err(store_err)?,
+            );
+            c.hard_state = hs.clone();
+        }
+        self.engine.write(b, true).map_err(store_err)
+    }
+
+    /// Records the commit index from a `LightReady`.
+    pub fn set_commit(&self, commit: u64) -> raft::Result<()> {
+        let mut c = self.cached.write();
+        c.hard_state.commit = commit;
+        let mut b = WriteBatch::default();
+        b.put(
+            meta_key(HARD_STATE, self.group),
+            c.hard_state.write_to_bytes().map_err(store_err)?,
+        );
+        self.engine.write(b, true).map_err(store_err)
+    }
+
+    pub fn set_conf_state(&self, cs: ConfState) -> raft::Result<()> {
+        let mut b = WriteBatch::default();
+        b.put(
+            meta_key(CONF_STATE, self.group),
+            cs.write_to_bytes().map_err(store_err)?,
+        );
+        self.engine.write(b, true).map_err(store_err)?;
+        self.cached.write().conf_state = cs;
+        Ok(())
+    }
+
+    /// Records that entries up to `index` are applied. Written after the
+    /// state machine's own (synced) write: a crash in between re-applies
+    /// those entries, which is harmless because every command is
+    /// idempotent (set-union merges, tasks raised once per subject).
+    pub fn set_applied(&self, index: u64) -> raft::Result<()> {
+        let mut b = WriteBatch::default();
+        b.put(meta_key(APPLIED, self.group), index.to_be_bytes().to_vec());
+        self.engine.write(b, false).map_err(store_err)?;
+        self.cached.write().applied = index;
+        Ok(())
+    }
+}
+
+impl<E: KvEngine> Storage for RaftLogStore<E> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.cached.read();
+        Ok(RaftState::new(c.hard_state.clone(), c.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let (first, last) = {
+            let c = self.cached.read();
+            (c.truncated.0 + 1, c.last_index)
+        };
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > last + 1 {
+            panic!("entries [{low}, {high}) beyond the last index {last}");
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let mut err = None;
+        self.engine
+            .scan(
+                &entry_key(self.group, low),
+                &entry_key(self.group, high),
+                &mut |_, v| match Entry::parse_from_bytes(v) {
+                    Ok(e) => {
+                        size += v.len() as u64;
+                        // At least one entry, then stop at the size limit.
+                        if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                            return false;
+                        }
+                        out.push(e);
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(store_err(e));
+                        false
+                    }
+                },
+            )
+            .map_err(store_err)?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if out.first().is_some_and(|e| e.index != low) {
+            return Err(store_err(format!("log hole at {low}")));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (truncated, last) = {
+            let c = self.cached.read();
+            (c.truncated, c.last_index)
+        };
+        if idx == truncated.0 {
+            return Ok(truncated.1);
+        }
+        if idx < truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self
+            .engine
+            .get(&entry_key(self.group, idx))
+            .map_err(store_err)?
+        {
+            Some(v) => Ok(Entry::parse_from_bytes(&v).map_err(store_err)?.term),
+            None => Err(store_err(format!("log hole at {idx}"))),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.cached.read().truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.cached.read().last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The log is not compacted yet, so a lagging replica always catches
+        // up from entries; snapshots (streamed in chunks) come with log
+        // compaction.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hourcell_storage::MemEngine;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 3].into();
+        e
+    }
+
+    #[test]
+    fn appends_replace_conflicting_suffixes_and_survive_reopen() {
+        let engine = Arc::new(MemEngine::new());
+        let s = RaftLogStore::open(engine.clone(), 7, &[1, 2, 3]).unwrap();
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
+        // A new leader overwrites 2..: 3 must go.
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 1;
+        s.persist(&[entry(2, 2)], Some(&hs)).unwrap();
+        assert_eq!(s.last_index().unwrap(), 2);
+        assert_eq!(s.term(2).unwrap(), 2);
+        assert!(s.persist(&[entry(5, 2)], None).is_err(), "a hole is refused");
+        s.set_applied(1).unwrap();
+
+        let r = RaftLogStore::open(engine.clone(), 7, &[9]).unwrap();
+        assert_eq!(r.last_index().unwrap(), 2);
+        assert_eq!(r.initial_state().unwrap().hard_state.term, 2);
+        assert_eq!(r.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(r.applied(), 1);
+        let es = r.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(es.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+        let one = r.entries(1, 3, Some(1), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(one.len(), 1, "a size limit still returns one entry");
+        // Groups do not see each other's logs.
+        let other = RaftLogStore::open(engine, 8, &[1]).unwrap();
+        assert_eq!(other.last_index().unwrap(), 0);
+    }
+}

@@ -1,0 +1,138 @@
+//! How raft messages travel between nodes.
+//!
+//! A message is wrapped in an [`Envelope`] naming its group (raft-rs
+//! messages do not know about groups). [`Transport`] is what a
+//! [`super::RaftNode`] sends through; [`SimNetwork`] is the in-process
+//! implementation for tests, with composable filters that drop, partition
+//! and isolate (after TiKV's `transport_simulate.rs`). The gRPC transport
+//! carries the same envelopes as bytes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::node::Input;
+
+/// A raft message for one group.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub group: u64,
+    pub msg: Message,
+}
+
+impl Envelope {
+    /// `group` (8 bytes, big-endian) then the protobuf message: what the
+    /// gRPC transport carries.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.group.to_be_bytes().to_vec();
+        out.extend(self.msg.write_to_bytes().expect("raft messages always encode"));
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
+        if b.len() < 8 {
+            return Err(format!("envelope of {} bytes is too short", b.len()));
+        }
+        let group = u64::from_be_bytes(b[..8].try_into().unwrap());
+        let msg = Message::parse_from_bytes(&b[8..]).map_err(|e| e.to_string())?;
+        Ok(Self { group, msg })
+    }
+}
+
+/// Sends raft messages to other nodes. Best effort: raft retries what is
+/// lost, so `send` never blocks on a slow peer and never fails the caller.
+pub trait Transport: Send + Sync {
+    fn send(&self, msgs: Vec<Envelope>);
+}
+
+/// A rule that may drop a message in the simulated network.
+pub trait Filter: Send + Sync {
+    /// Whether `env` (from `env.msg.from` to `env.msg.to`) gets through.
+    fn allow(&self, env: &Envelope) -> bool;
+}
+
+/// Drops every message to or from the isolated nodes.
+pub struct Isolate(pub HashSet<u64>);
+
+impl Filter for Isolate {
+    fn allow(&self, env: &Envelope) -> bool {
+        !self.0.contains(&env.msg.from) && !self.0.contains(&env.msg.to)
+    }
+}
+
+/// Splits the nodes in two sides that cannot talk to each other.
+pub struct Partition(pub HashSet<u64>, pub HashSet<u64>);
+
+impl Filter for Partition {
+    fn allow(&self, env: &Envelope) -> bool {
+        let (f, t) = (env.msg.from, env.msg.to);
+        !((self.0.contains(&f) && self.1.contains(&t)) || (self.1.contains(&f) && self.0.contains(&t)))
+    }
+}
+
+/// Drops a pseudo-random share of messages, deterministically from a seed.
+pub struct DropRate {
+    pub per_mille: u64,
+    pub seed: u64,
+    pub counter: std::sync::atomic::AtomicU64,
+}
+
+impl Filter for DropRate {
+    fn allow(&self, _env: &Envelope) -> bool {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut x = (n ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 31;
+        x % 1000 >= self.per_mille
+    }
+}
+
+/// The in-process network of a test cluster.
+#[derive(Default, Clone)]
+pub struct SimNetwork {
+    inboxes: Arc<RwLock<HashMap<u64, Sender<Input>>>>,
+    filters: Arc<RwLock<Vec<Box<dyn Filter>>>>,
+}
+
+impl SimNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, node: u64, inbox: Sender<Input>) {
+        self.inboxes.write().insert(node, inbox);
+    }
+
+    /// A node that is down: nothing reaches it.
+    pub fn unregister(&self, node: u64) {
+        self.inboxes.write().remove(&node);
+    }
+
+    pub fn add_filter(&self, f: Box<dyn Filter>) {
+        self.filters.write().push(f);
+    }
+
+    pub fn clear_filters(&self) {
+        self.filters.write().clear();
+    }
+}
+
+impl Transport for SimNetwork {
+    fn send(&self, msgs: Vec<Envelope>) {
+        let inboxes = self.inboxes.read();
+        let filters = self.filters.read();
+        for env in msgs {
+            if !filters.iter().all(|f| f.allow(&env)) {
+                continue;
+            }
+            if let Some(tx) = inboxes.get(&env.msg.to) {
+                let _ = tx.send(Input::Message(env));
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! A three-replica raft group of hourcell stores, in process, over the
+//! simulated network: replication, failover after the leader is isolated,
+//! a restarted replica catching up, and random message loss plus
+//! partitions over several seeds. After each run every replica must hold
+//! the same data, and every acknowledged write must be there.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hourcell_cluster::replication::transport::{DropRate, Isolate, Partition, SimNetwork};
+use hourcell_cluster::replication::{
+    ProposeError, RaftHandle, RaftNode, RaftTiming, StoreMachine,
+};
+use hourcell_storage::cell::cell_at;
+use hourcell_storage::{AddressKind, AddressRecord, Command, MemEngine, SliceEvent, SliceStore};
+
+const GROUP: u64 = 1;
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+fn timing() -> RaftTiming {
+    RaftTiming {
+        tick: Duration::from_millis(10),
+        election_tick: 10,
+        heartbeat_tick: 2,
+    }
+}
+
+struct Replica {
+    id: u64,
+    raft_engine: Arc<MemEngine>,
+    store: Arc<SliceStore<MemEngine>>,
+    handle: Option<RaftHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Replica {
+    fn start(&mut self, net: &SimNetwork) {
+        let (mut node, handle) = RaftNode::new(self.id, timing(), Arc::new(net.clone()));
+        node.add_group(
+            GROUP,
+            self.raft_engine.clone(),
+            &VOTERS,
+            Arc::new(StoreMachine {
+                store: self.store.clone(),
+            }),
+        )
+        .unwrap();
+        net.register(self.id, handle.inbox());
+        self.thread = Some(node.spawn());
+        self.handle = Some(handle);
+    }
+
+    fn stop(&mut self, net: &SimNetwork) {
+        net.unregister(self.id);
+        if let Some(h) = self.handle.take() {
+            h.stop();
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+struct Cluster {
+    net: SimNetwork,
+    replicas: Vec<Replica>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let net = SimNetwork::new();
+        let mut replicas: Vec<Replica> = VOTERS
+            .iter()
+            .map(|&id| Replica {
+                id,
+                raft_engine: Arc::new(MemEngine::new()),
+                store: Arc::new(SliceStore::open(MemEngine::new(), None).unwrap()),
+                handle: None,
+                thread: None,
+            })
+            .collect();
+        for r in &mut replicas {
+            r.start(&net);
+        }
+        Cluster { net, replicas }
+    }
+
+    fn handle(&self, id: u64) -> &RaftHandle {
+        self.replicas[id as usize - 1].handle.as_ref().unwrap()
+    }
+
+    fn leader(&self, among: &[u64], deadline: Duration) -> u64 {
+        let end = Instant::now() + deadline;
+        loop {
+            for &id in among {
+                if let Some(h) = &self.replicas[id as usize - 1].handle {
+                    if h.status(GROUP).is_some_and(|s| s.is_leader) {
+                        return id;
+                    }
+                }
+            }
+            assert!(Instant::now() < end, "no leader among {among:?} within {deadline:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Proposes through `via`, retrying drops and timeouts until `deadline`
+    /// (commands are idempotent, so a retry of an applied command is
+    /// harmless). Returns whether it was acknowledged.
+    fn propose(&self, via: u64, cmd: &Command, deadline: Duration) -> bool {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            match self
+                .handle(via)
+                .propose(GROUP, cmd.encode(), Duration::from_millis(500))
+            {
+                Ok(_) => return true,
+                Err(ProposeError::Dropped) | Err(ProposeError::Timeout(_)) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("proposal failed: {e}"),
+            }
+        }
+        false
+    }
+
+    /// Waits until the running replicas have applied the same index, then
+    /// checks that their stores hold the same persons and postings.
+    fn converged(&self, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        loop {
+            let st: Vec<_> = self
+                .replicas
+                .iter()
+                .filter_map(|r| r.handle.as_ref()?.status(GROUP))
+                .collect();
+            let applied: BTreeSet<u64> = st.iter().map(|s| s.applied).collect();
+            let commit = st.iter().map(|s| s.commit).max().unwrap_or(0);
+            if applied.len() == 1 && applied.first() == Some(&commit) {
+                break;
+            }
+            assert!(Instant::now() < end, "replicas did not converge: {st:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let views: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|r| (r.store.stats().unwrap().persons, r.store.count_postings().unwrap()))
+            .collect();
+        assert!(
+            views.windows(2).all(|w| w[0] == w[1]),
+            "replicas differ: {views:?}"
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            r.stop(&self.net);
+        }
+    }
+}
+
+fn addresses() -> Command {
+    Command::PutAddresses(vec![AddressRecord {
+        code: "H1".into(),
+        lat: 30.0,
+        lng: 120.0,
+        kind: AddressKind::Standard,
+        area: "A1".into(),
+        label: String::new(),
+        id: 0,
+    }])
+}
+
+fn batch(first_person: u64, n: u64, hour: i64) -> Command {
+    Command::Ingest(
+        (0..n)
+            .map(|i| SliceEvent {
+                person: first_person + i,
+                hour,
+                cell: cell_at(30.0 + i as f64 * 1e-3, 120.0, 16),
+                address: (i % 2 == 0).then(|| "H1".to_string()),
+                source: "access".into(),
+            })
+            .collect(),
+    )
+}
+
+fn has_person(s: &SliceStore<MemEngine>, p: u64) -> bool {
+    s.internal_id(p).is_some()
+}
+
+#[test]
+fn replicates_fails_over_and_catches_up() {
+    let mut c = Cluster::new();
+    let leader = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(leader, &addresses(), Duration::from_secs(5)));
+    // Writes through every node, followers forward to the leader.
+    for (i, via) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
+        assert!(c.propose(via, &batch(1_000 + i as u64 * 100, 50, 500 + i as i64), Duration::from_secs(5)));
+    }
+    c.converged(Duration::from_secs(5));
+    for r in &c.replicas {
+        assert!(has_person(&r.store, 1_000) && has_person(&r.store, 1_549));
+    }
+
+    // Isolate the leader: the other two elect a new one within the
+    // failover budget (pre-vote and check-quorum make the old one step
+    // down) and keep accepting writes.
+    let old = c.leader(&VOTERS, Duration::from_secs(5));
+    let others: Vec<u64> = VOTERS.iter().copied().filter(|&i| i != old).collect();
+    let cut = Instant::now();
+    c.net
+        .add_filter(Box::new(Isolate([old].into_iter().collect())));
+    let new = c.leader(&others, Duration::from_secs(3));
+    let failover = cut.elapsed();
+    assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
+    assert!(c.propose(others[0], &batch(5_000, 20, 600), Duration::from_secs(5)));
+    // The isolated node cannot get a write acknowledged.
+    assert!(!c.propose(old, &batch(9_000, 5, 601), Duration::from_millis(800)));
+    c.net.clear_filters();
+    c.converged(Duration::from_secs(10));
+    assert_ne!(new, 0);
+    for r in &c.replicas {
+        assert!(has_person(&r.store, 5_019), "replica {} misses an acknowledged write", r.id);
+    }
+
+    // A stopped replica misses writes, restarts from its durable raft log
+    // and catches up.
+    let down = others[1];
+    c.replicas[down as usize - 1].stop(&c.net);
+    let up: Vec<u64> = VOTERS.iter().copied().filter(|&i| i != down).collect();
+    let _ = c.leader(&up, Duration::from_secs(3));
+    assert!(c.propose(up[0], &batch(7_000, 30, 700), Duration::from_secs(5)));
+    let net = c.net.clone();
+    c.replicas[down as usize - 1].start(&net);
+    c.converged(Duration::from_secs(10));
+    assert!(has_person(&c.replicas[down as usize - 1].store, 7_029));
+}
+
+#[test]
+fn acknowledged_writes_survive_loss_and_partitions_over_seeds() {
+    for seed in 0..4u64 {
+        let c = Cluster::new();
+        let _ = c.leader(&VOTERS, Duration::from_secs(5));
+        assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
+        c.net.add_filter(Box::new(DropRate {
+            per_mille: 150,
+            seed,
+            counter: AtomicU64::new(0),
+        }));
+        let mut acked = Vec::new();
+        for i in 0..12u64 {
+            if i == 4 {
+                // Cut one node off from the other two for a while.
+                let lone = 1 + (seed % 3);
+                let rest: std::collections::HashSet<u64> =
+                    VOTERS.iter().copied().filter(|&v| v != lone).collect();
+                c.net.add_filter(Box::new(Partition([lone].into_iter().collect(), rest)));
+            }
+            if i == 8 {
+                c.net.clear_filters();
+            }
+            let via = 1 + (seed + i) % 3;
+            let first = 10_000 * (seed + 1) + i * 10;
+            if c.propose(via, &batch(first, 10, 800 + i as i64), Duration::from_secs(3)) {
+                acked.push(first + 9);
+            }
+        }
+        c.net.clear_filters();
+        c.converged(Duration::from_secs(10));
+        assert!(acked.len() >= 6, "seed {seed}: only {} of 12 writes acknowledged", acked.len());
+        for r in &c.replicas {
+            for p in &acked {
+                assert!(has_person(&r.store, *p), "seed {seed}: replica {} lost {p}", r.id);
+            }
+        }
+    }
+}
