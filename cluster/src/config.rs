@@ -246,6 +246,20 @@ mod tests {
     }
 
     #[test]
+    fn cluster_section_parses_and_is_checked() {
+        let ok = "data_dir = \"d\"\n[cluster]\nnode_id = 2\npeers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }, { id = 3, addr = \"c:1\" }]\n";
+        let cfg = NodeConfig::from_toml(ok).unwrap();
+        let c = cfg.cluster.unwrap();
+        assert_eq!((c.node_id, c.peers.len(), c.tick_ms), (2, 3, 100));
+        let missing = ok.replace("node_id = 2", "node_id = 4");
+        let e = NodeConfig::from_toml(&missing).unwrap_err().to_string();
+        assert!(e.contains("does not list this node"), "{e}");
+        let dup = ok.replace("id = 3", "id = 2");
+        let e = NodeConfig::from_toml(&dup).unwrap_err().to_string();
+        assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = NodeConfig::from_toml("data_dir = \"d\"\nslice_level = 40\n")
             .unwrap_err()

@@ -328,8 +328,9 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
         );
         let t0 = std::time::Instant::now();
         let n = first.clone();
-        let l = tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true))
-            .await??;
+        let mut l =
+            tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true))
+                .await??;
         let secs = t0.elapsed().as_secs_f64();
         println!(
             "loaded {} events ({} rejected) in {secs:.1} s ({:.0} events/s, replicated to {} nodes)",
@@ -337,6 +338,19 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
             l.rejected,
             l.events as f64 / secs.max(1e-9),
             nodes.len()
+        );
+        let n = first.clone();
+        let end = l.town.end_unix();
+        let run = tokio::task::spawn_blocking(move || n.run_tasks(Some(end))).await??;
+        l.first_task = first
+            .store()
+            .tasks_after(0, 1, &mut |_| true)?
+            .first()
+            .map(|t| t.id);
+        println!(
+            "rules as of {}: {} field tasks raised through raft",
+            format_time(run.at),
+            run.created
         );
         print_examples(&l, &args.listen.to_string());
     } else {

@@ -360,3 +360,41 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
     ]);
     assert_eq!(json(tail.trim())["seq"], created + 2);
 }
+
+#[test]
+fn dev_starts_a_three_node_raft_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dev3");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Consecutive ports are needed; find a base whose next two are free.
+    let base = (20_000..60_000)
+        .step_by(7)
+        .find(|&p| {
+            (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+        })
+        .unwrap_or(ports[0]);
+    let listen = format!("127.0.0.1:{base}");
+    let out = ok(&[
+        "dev",
+        "--nodes",
+        "3",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--persons",
+        "300",
+        "--days",
+        "3",
+        "--no-serve",
+    ]);
+    assert!(out.contains("raft group of 3 nodes up"), "{out}");
+    assert!(out.contains("replicated to 3 nodes"), "{out}");
+    assert!(out.contains("field tasks raised through raft"), "{out}");
+    assert!(out.contains(&format!("node 3 serving gRPC on 127.0.0.1:{}", base + 2)), "{out}");
+    for i in 1..=3 {
+        assert!(d.join(format!("node{i}")).join("raft").exists());
+    }
+    let bad = hourcell(&["dev", "--nodes", "9", "--no-serve"]);
+    assert!(!bad.status.success());
+}
