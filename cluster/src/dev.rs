@@ -329,8 +329,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
         let t0 = std::time::Instant::now();
         let n = first.clone();
         let mut l =
-            tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true))
-                .await??;
+            tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true)).await??;
         let secs = t0.elapsed().as_secs_f64();
         println!(
             "loaded {} events ({} rejected) in {secs:.1} s ({:.0} events/s, replicated to {} nodes)",

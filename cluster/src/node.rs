@@ -291,6 +291,32 @@ impl Node {
         self.rules_hourly
     }
 
+    /// Makes the next local read linearizable: on a replicated node, waits
+    /// until this replica has applied everything committed before the read
+    /// (ReadIndex through the leader, retried across leader changes); on a
+    /// single node, nothing to wait for.
+    pub fn read_barrier(&self) -> Result<(), NodeError> {
+        let Some(r) = &self.replication else {
+            return Ok(());
+        };
+        use crate::replication::ProposeError;
+        let deadline = std::time::Instant::now() + r.propose_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match r.handle.read_index(r.group, left) {
+                Ok(()) => return Ok(()),
+                Err(ProposeError::Dropped) if !left.is_zero() => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(NodeError::Unavailable(format!(
+                        "cannot serve a linearizable read: {e}"
+                    )))
+                }
+            }
+        }
+    }
+
     pub fn replication(&self) -> Option<&Replication> {
         self.replication.as_ref()
     }

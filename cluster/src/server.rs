@@ -132,7 +132,10 @@ async fn hourly_rules(node: Arc<Node>) {
         let wait = secs_until_next_run(node.now()).max(1) as u64;
         tokio::time::sleep(Duration::from_secs(wait)).await;
         let n = node.clone();
-        if !tokio::task::spawn_blocking(move || n.leads()).await.unwrap_or(false) {
+        if !tokio::task::spawn_blocking(move || n.leads())
+            .await
+            .unwrap_or(false)
+        {
             continue;
         }
         let n = node.clone();

@@ -261,7 +261,11 @@ impl v1::query_server::Query for Services {
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
-        let ans = blocking(move || Ok(node.query().who_was_at(&region, from, to, as_of)?)).await?;
+        let ans = blocking(move || {
+            node.read_barrier()?;
+            Ok(node.query().who_was_at(&region, from, to, as_of)?)
+        })
+        .await?;
         let window = effective(&ans.window);
         let mut msgs: Vec<Result<v1::WhoWasAtResponse, Status>> = ans
             .persons
@@ -290,7 +294,11 @@ impl v1::query_server::Query for Services {
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
         let person = r.person;
-        let ans = blocking(move || Ok(node.query().where_was(person, from, to, as_of)?)).await?;
+        let ans = blocking(move || {
+            node.read_barrier()?;
+            Ok(node.query().where_was(person, from, to, as_of)?)
+        })
+        .await?;
         Ok(Response::new(v1::WhereWasResponse {
             window: Some(effective(&ans.window)),
             person: ans.person,
@@ -315,7 +323,11 @@ impl v1::query_server::Query for Services {
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
-        let ans = blocking(move || Ok(node.query().occupancy(&region, from, to, as_of)?)).await?;
+        let ans = blocking(move || {
+            node.read_barrier()?;
+            Ok(node.query().occupancy(&region, from, to, as_of)?)
+        })
+        .await?;
         Ok(Response::new(v1::OccupancyResponse {
             window: Some(effective(&ans.window)),
             distinct: ans.distinct,
@@ -341,6 +353,7 @@ impl v1::query_server::Query for Services {
         let since = r.since;
         let node = self.node.clone();
         let ans = blocking(move || {
+            node.read_barrier()?;
             Ok(node
                 .query()
                 .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?)
@@ -458,7 +471,10 @@ pub fn task_to_proto(t: hourcell_storage::TaskRecord) -> v1::Task {
         area: d.area,
         score: d.score,
         state: t.state.as_str().into(),
-        outcome: t.outcome.map(|o| o.as_str().to_string()).unwrap_or_default(),
+        outcome: t
+            .outcome
+            .map(|o| o.as_str().to_string())
+            .unwrap_or_default(),
         note: t.note,
         updated_by: t.updated_by,
         evidence: d
@@ -525,9 +541,10 @@ impl v1::tasks_server::Tasks for Services {
         };
         let state = match r.state.as_str() {
             "" => None,
-            s => Some(hourcell_storage::TaskState::parse(s).ok_or_else(|| {
-                invalid("state", s, "expected open, in_progress or resolved")
-            })?),
+            s => Some(
+                hourcell_storage::TaskState::parse(s)
+                    .ok_or_else(|| invalid("state", s, "expected open, in_progress or resolved"))?,
+            ),
         };
         let after = match r.page_token.as_str() {
             "" => 0,
@@ -545,6 +562,7 @@ impl v1::tasks_server::Tasks for Services {
         let area = r.area;
         let node = self.node.clone();
         let tasks = blocking(move || {
+            node.read_barrier()?;
             Ok(node.store().tasks_after(after, size + 1, &mut |t| {
                 kind.is_none_or(|k| t.draft.kind == k)
                     && state.is_none_or(|s| t.state == s)
@@ -568,7 +586,11 @@ impl v1::tasks_server::Tasks for Services {
     async fn get(&self, req: Request<v1::GetTaskRequest>) -> Result<Response<v1::Task>, Status> {
         let id = req.into_inner().id;
         let node = self.node.clone();
-        let t = blocking(move || Ok(node.store().task(id)?)).await?;
+        let t = blocking(move || {
+            node.read_barrier()?;
+            Ok(node.store().task(id)?)
+        })
+        .await?;
         t.map(|t| Response::new(task_to_proto(t)))
             .ok_or_else(|| Status::not_found(format!("no task with id {id}")))
     }
@@ -579,8 +601,8 @@ impl v1::tasks_server::Tasks for Services {
     ) -> Result<Response<v1::Task>, Status> {
         let r = req.into_inner();
         let node = self.node.clone();
-        let t = blocking(move || node.update_task(r.id, &r.state, &r.outcome, &r.note, &r.by))
-            .await?;
+        let t =
+            blocking(move || node.update_task(r.id, &r.state, &r.outcome, &r.note, &r.by)).await?;
         Ok(Response::new(task_to_proto(t)))
     }
 

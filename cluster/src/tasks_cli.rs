@@ -68,7 +68,15 @@ pub fn task_json(t: &v1::Task, detail: bool) -> Value {
 }
 
 const LIST_HEADER: [&str; 9] = [
-    "id", "kind", "person", "address", "area", "score", "state", "outcome", "last_seen",
+    "id",
+    "kind",
+    "person",
+    "address",
+    "area",
+    "score",
+    "state",
+    "outcome",
+    "last_seen",
 ];
 
 fn list_row(t: &v1::Task) -> Vec<String> {
@@ -88,7 +96,8 @@ fn list_row(t: &v1::Task) -> Vec<String> {
 pub fn render_list(tasks: &[v1::Task], format: Format) -> Result<String> {
     Ok(match format {
         Format::Json => {
-            let v = json!({ "tasks": tasks.iter().map(|t| task_json(t, false)).collect::<Vec<_>>() });
+            let v =
+                json!({ "tasks": tasks.iter().map(|t| task_json(t, false)).collect::<Vec<_>>() });
             format!("{}\n", serde_json::to_string_pretty(&v)?)
         }
         Format::Csv => {
@@ -123,10 +132,7 @@ pub fn render_task(t: &v1::Task, format: Format) -> Result<String> {
             kv("kind", t.kind.clone());
             kv("person", t.person.to_string());
             kv("address", format!("{} (area {})", t.address, t.area));
-            kv(
-                "score",
-                t.score.map_or("-".into(), |s| format!("{s:.3}")),
-            );
+            kv("score", t.score.map_or("-".into(), |s| format!("{s:.3}")));
             kv(
                 "state",
                 if t.outcome.is_empty() {
@@ -181,7 +187,13 @@ pub fn render_task(t: &v1::Task, format: Format) -> Result<String> {
                     .collect();
                 s.push_str("evidence:\n");
                 s.push_str(&aligned(
-                    &["source", "nights by address", "nights by location", "weight", "contribution"],
+                    &[
+                        "source",
+                        "nights by address",
+                        "nights by location",
+                        "weight",
+                        "contribution",
+                    ],
                     &rows,
                 ));
             }
@@ -261,7 +273,10 @@ pub async fn run(cmd: TasksCommand) -> Result<()> {
         }
         TasksCommand::List(a) => {
             if a.page_size == 0 || a.page_size > 1000 {
-                return Err(anyhow!("invalid --page-size {}: must be 1..=1000", a.page_size));
+                return Err(anyhow!(
+                    "invalid --page-size {}: must be 1..=1000",
+                    a.page_size
+                ));
             }
             let mut c = client(&a.server).await?;
             let mut tasks = Vec::new();
@@ -407,6 +422,9 @@ mod tests {
         let j: Value = serde_json::from_str(&render_task(&task(), Format::Json).unwrap()).unwrap();
         assert_eq!(j["evidence"][0]["nights_by_address"], 6);
         let csv = render_list(&[task()], Format::Csv).unwrap();
-        assert!(csv.starts_with("id,kind,person,address,area,score,state"), "{csv}");
+        assert!(
+            csv.starts_with("id,kind,person,address,area,score,state"),
+            "{csv}"
+        );
     }
 }

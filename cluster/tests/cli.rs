@@ -305,18 +305,38 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
         ("registry", "registry.csv"),
         ("events", "events.csv"),
     ] {
-        ok(&["import", "--kind", kind, town.join(file).to_str().unwrap(), "--server", s]);
+        ok(&[
+            "import",
+            "--kind",
+            kind,
+            town.join(file).to_str().unwrap(),
+            "--server",
+            s,
+        ]);
     }
     let at = "2026-11-15T00:00:00Z";
-    let run = json(&ok(&["tasks", "run", "--at", at, "--format", "json", "--server", s]));
+    let run = json(&ok(&[
+        "tasks", "run", "--at", at, "--format", "json", "--server", s,
+    ]));
     assert_eq!(run["at"], at);
     let created = run["created"].as_u64().unwrap();
     assert!(created > 0, "{run}");
-    let again = json(&ok(&["tasks", "run", "--at", at, "--format", "json", "--server", s]));
+    let again = json(&ok(&[
+        "tasks", "run", "--at", at, "--format", "json", "--server", s,
+    ]));
     assert_eq!(again["created"], 0);
 
     // list follows the pages itself.
-    let list = json(&ok(&["tasks", "list", "--page-size", "3", "--format", "json", "--server", s]));
+    let list = json(&ok(&[
+        "tasks",
+        "list",
+        "--page-size",
+        "3",
+        "--format",
+        "json",
+        "--server",
+        s,
+    ]));
     let tasks = list["tasks"].as_array().unwrap();
     assert_eq!(tasks.len() as u64, created);
     for t in tasks {
@@ -330,33 +350,73 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
     }
     let table = ok(&["tasks", "list", "--state", "open", "--server", s]);
     assert!(table.contains(&format!("{created} tasks")), "{table}");
-    let csv = ok(&["tasks", "list", "--kind", "VERIFY_DEPARTURE", "--format", "csv", "--server", s]);
+    let csv = ok(&[
+        "tasks",
+        "list",
+        "--kind",
+        "VERIFY_DEPARTURE",
+        "--format",
+        "csv",
+        "--server",
+        s,
+    ]);
     assert!(csv.starts_with("id,kind,person"), "{csv}");
 
     let id = tasks[0]["id"].as_u64().unwrap().to_string();
-    let shown = json(&ok(&["tasks", "show", &id, "--format", "json", "--server", s]));
+    let shown = json(&ok(&[
+        "tasks", "show", &id, "--format", "json", "--server", s,
+    ]));
     assert_eq!(shown["id"], tasks[0]["id"]);
     assert!(shown["evidence"].is_array());
     ok(&["tasks", "start", &id, "--by", "field-3", "--server", s]);
     let resolved = ok(&[
-        "tasks", "resolve", &id, "--outcome", "confirmed", "--by", "field-3", "--note", "registered on site",
-        "--server", s,
+        "tasks",
+        "resolve",
+        &id,
+        "--outcome",
+        "confirmed",
+        "--by",
+        "field-3",
+        "--note",
+        "registered on site",
+        "--server",
+        s,
     ]);
     assert!(resolved.contains("resolved (confirmed)"), "{resolved}");
     // Resolving twice is refused with a reason, non-zero exit.
-    let out = hourcell(&["tasks", "resolve", &id, "--outcome", "confirmed", "--by", "x", "--server", s]);
+    let out = hourcell(&[
+        "tasks",
+        "resolve",
+        &id,
+        "--outcome",
+        "confirmed",
+        "--by",
+        "x",
+        "--server",
+        s,
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot move"));
 
     // The change log: every creation, then the two updates.
     let n = (created + 2).to_string();
-    let watched = ok(&["tasks", "watch", "--limit", &n, "--format", "json", "--server", s]);
+    let watched = ok(&[
+        "tasks", "watch", "--limit", &n, "--format", "json", "--server", s,
+    ]);
     let lines: Vec<serde_json::Value> = watched.lines().map(json).collect();
     assert_eq!(lines.len() as u64, created + 2);
     assert_eq!(lines.last().unwrap()["task"]["state"], "resolved");
     let tail = ok(&[
-        "tasks", "watch", "--cursor", &(created + 1).to_string(), "--limit", "1", "--format", "json",
-        "--server", s,
+        "tasks",
+        "watch",
+        "--cursor",
+        &(created + 1).to_string(),
+        "--limit",
+        "1",
+        "--format",
+        "json",
+        "--server",
+        s,
     ]);
     assert_eq!(json(tail.trim())["seq"], created + 2);
 }
@@ -369,9 +429,7 @@ fn dev_starts_a_three_node_raft_group() {
     // Consecutive ports are needed; find a base whose next two are free.
     let base = (20_000..60_000)
         .step_by(7)
-        .find(|&p| {
-            (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-        })
+        .find(|&p| (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
         .unwrap_or(ports[0]);
     let listen = format!("127.0.0.1:{base}");
     let out = ok(&[
@@ -391,7 +449,10 @@ fn dev_starts_a_three_node_raft_group() {
     assert!(out.contains("raft group of 3 nodes up"), "{out}");
     assert!(out.contains("replicated to 3 nodes"), "{out}");
     assert!(out.contains("field tasks raised through raft"), "{out}");
-    assert!(out.contains(&format!("node 3 serving gRPC on 127.0.0.1:{}", base + 2)), "{out}");
+    assert!(
+        out.contains(&format!("node 3 serving gRPC on 127.0.0.1:{}", base + 2)),
+        "{out}"
+    );
     for i in 1..=3 {
         assert!(d.join(format!("node{i}")).join("raft").exists());
     }

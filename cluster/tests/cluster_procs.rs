@@ -158,7 +158,9 @@ async fn persons_on(port: u16) -> Vec<u64> {
 async fn three_processes_replicate_and_survive_leader_kill() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
-    let cfgs: Vec<_> = (1..=3).map(|i| write_config(dir.path(), i, &ports)).collect();
+    let cfgs: Vec<_> = (1..=3)
+        .map(|i| write_config(dir.path(), i, &ports))
+        .collect();
     let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let all = [0usize, 1, 2];
     let first = leader(&ports, &all, Duration::from_secs(20)).await;
@@ -167,8 +169,27 @@ async fn three_processes_replicate_and_survive_leader_kill() {
     let mut acked: Vec<u64> = Vec::new();
     for (k, i) in [0usize, 1, 2].into_iter().enumerate() {
         let base = 1_000 + k as u64 * 100;
-        assert!(ingest(ports[i], events(base, 20, 1)).await, "write via node {}", i + 1);
+        assert!(
+            ingest(ports[i], events(base, 20, 1)).await,
+            "write via node {}",
+            i + 1
+        );
         acked.extend(base..base + 20);
+    }
+
+    // Linearizable reads: a write acknowledged by one node is seen at once
+    // by a read through any other node (ReadIndex, no waiting).
+    for (k, (w, r)) in [(0usize, 1usize), (1, 2), (2, 0)].into_iter().enumerate() {
+        let base = 3_000 + k as u64 * 100;
+        assert!(ingest(ports[w], events(base, 5, 1)).await);
+        acked.extend(base..base + 5);
+        let seen = persons_on(ports[r]).await;
+        assert!(
+            seen.contains(&(base + 4)),
+            "write via node {} not seen via node {}",
+            w + 1,
+            r + 1
+        );
     }
 
     // kill -9 the leader; the others elect a new one and take writes.
@@ -188,7 +209,10 @@ async fn three_processes_replicate_and_survive_leader_kill() {
     acked.extend(5_000..5_020);
     // The product promises 3 s on the default 100 ms tick; this cluster
     // ticks every 50 ms, so it must do at least as well.
-    assert!(resumed < Duration::from_secs(3), "writes resumed after {resumed:?}");
+    assert!(
+        resumed < Duration::from_secs(3),
+        "writes resumed after {resumed:?}"
+    );
     assert!(ingest(ports[rest[1]], events(6_000, 20, 3)).await);
     acked.extend(6_000..6_020);
 

@@ -133,7 +133,11 @@ impl RuleConfig {
         }
         let threshold = milli("threshold", self.threshold)?;
         if threshold == 0 {
-            return Err(QueryError::invalid("threshold", self.threshold, "must be above 0"));
+            return Err(QueryError::invalid(
+                "threshold",
+                self.threshold,
+                "must be above 0",
+            ));
         }
         if let Some(j) = &self.jurisdiction {
             for r in j {
@@ -354,9 +358,7 @@ fn best_address(
             score_address(p, a, book.cells[a as usize - 1], weight, labels, weights_f);
         let better = match &best {
             None => true,
-            Some(b) => {
-                units > b.units || (units == b.units && book.code(a) < book.code(b.address))
-            }
+            Some(b) => units > b.units || (units == b.units && book.code(a) < book.code(b.address)),
         };
         if better {
             best = Some(Best {

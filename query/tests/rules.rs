@@ -137,7 +137,14 @@ fn a_score_exactly_at_the_threshold_raises_a_task() {
     assert_eq!(t[0].score, Some(0.8));
     assert_eq!(t[0].area, "south");
     let ev = &t[0].evidence[0];
-    assert_eq!((ev.source.as_str(), ev.nights_by_address, ev.nights_by_location), ("meter", 8, 0));
+    assert_eq!(
+        (
+            ev.source.as_str(),
+            ev.nights_by_address,
+            ev.nights_by_location
+        ),
+        ("meter", 8, 0)
+    );
     assert!((ev.contribution - 0.8).abs() < 1e-9);
     // A higher threshold drops them; scores cap at 1.
     cfg.threshold = 0.801;
@@ -211,7 +218,10 @@ fn location_only_nights_earn_half_credit_for_the_addresses_of_their_cell() {
         town.near(1, night_hour(i, 22), 30.000005, 120.000005, "rental");
     }
     let t = town.eval(&RuleConfig::default(), NOW);
-    assert_eq!(kinds(&t), vec![(1, TaskKind::RegisterNewcomer, "A1".into())]);
+    assert_eq!(
+        kinds(&t),
+        vec![(1, TaskKind::RegisterNewcomer, "A1".into())]
+    );
     assert_eq!(t[0].evidence[0].nights_by_location, 14);
     assert_eq!(t[0].evidence[0].nights_by_address, 0);
     // 13 nights by location is 6.5/7 < 0.8? No: 0.93 ≥ 0.8. 11 nights is
@@ -226,7 +236,10 @@ fn location_only_nights_earn_half_credit_for_the_addresses_of_their_cell() {
         town.at(2, night_hour(i, 23), "A2", "rental");
     }
     let t = town.eval(&RuleConfig::default(), NOW);
-    assert_eq!(kinds(&t), vec![(2, TaskKind::RegisterNewcomer, "A2".into())]);
+    assert_eq!(
+        kinds(&t),
+        vec![(2, TaskKind::RegisterNewcomer, "A2".into())]
+    );
     assert_eq!(t[0].score, Some(1.0));
     let ev = &t[0].evidence[0];
     assert_eq!((ev.nights_by_address, ev.nights_by_location), (11, 0));
@@ -295,7 +308,9 @@ fn departures_use_the_90_day_and_168_hour_edges() {
         .map(|d| (d.person, d.last_seen_hour))
         .collect();
     assert_eq!(dep, vec![(1, None), (5, Some(NOW_H - 169))]);
-    assert!(t.iter().all(|d| d.kind != TaskKind::VerifyDeparture || d.score.is_none()));
+    assert!(t
+        .iter()
+        .all(|d| d.kind != TaskKind::VerifyDeparture || d.score.is_none()));
 
     // With a jurisdiction, only activity inside it counts: person 4 was
     // active at B (area south), which is outside "north".

@@ -104,7 +104,10 @@ pub fn decode_day_set(key: &[u8], v: &[u8]) -> Result<DaySet> {
         let d = get_varint(v, &mut pos).ok_or_else(bad)?;
         let id = if i == 0 { d } else { prev + d };
         if id > u32::MAX as u64 || (i > 0 && d == 0) {
-            return Err(StorageError::corrupt(key, "day set ids out of order or range"));
+            return Err(StorageError::corrupt(
+                key,
+                "day set ids out of order or range",
+            ));
         }
         prev = id;
         let m = v.get(pos..pos + 3).ok_or_else(bad)?;

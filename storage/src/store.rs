@@ -258,10 +258,14 @@ impl<E: KvEngine> SliceStore<E> {
         // Ids continue after the last stored task and change.
         st.next_task = 1;
         st.next_change = 1;
-        self.engine.scan_rev(&[keys::TASK], &keys::prefix_end(&[keys::TASK]), &mut |k, _| {
-            st.next_task = u64::from_be_bytes(k[1..9].try_into().unwrap()) + 1;
-            false
-        })?;
+        self.engine.scan_rev(
+            &[keys::TASK],
+            &keys::prefix_end(&[keys::TASK]),
+            &mut |k, _| {
+                st.next_task = u64::from_be_bytes(k[1..9].try_into().unwrap()) + 1;
+                false
+            },
+        )?;
         self.engine.scan_rev(
             &[keys::TASK_CHANGE],
             &keys::prefix_end(&[keys::TASK_CHANGE]),
@@ -412,7 +416,8 @@ impl<E: KvEngine> SliceStore<E> {
         task.updated_by = u.by.clone();
         task.updated_at = u.at;
         let mut batch = WriteBatch::default();
-        let next_change = Self::log_task(&mut batch, self.state.read_recursive().next_change, &task);
+        let next_change =
+            Self::log_task(&mut batch, self.state.read_recursive().next_change, &task);
         if task.state == TaskState::Resolved {
             let key = keys::task_subject(&tasks::subject_suffix(
                 task.draft.kind,
@@ -459,21 +464,19 @@ impl<E: KvEngine> SliceStore<E> {
         self.engine.scan(
             &keys::task(after + 1),
             &keys::prefix_end(&[keys::TASK]),
-            &mut |k, v| {
-                match bincode::serde::decode_from_slice::<TaskRecord, _>(
-                    v,
-                    bincode::config::standard(),
-                ) {
-                    Ok((t, _)) => {
-                        if keep(&t) {
-                            out.push(t);
-                        }
-                        out.len() < limit
+            &mut |k, v| match bincode::serde::decode_from_slice::<TaskRecord, _>(
+                v,
+                bincode::config::standard(),
+            ) {
+                Ok((t, _)) => {
+                    if keep(&t) {
+                        out.push(t);
                     }
-                    Err(e) => {
-                        err = Some(StorageError::corrupt(k, e));
-                        false
-                    }
+                    out.len() < limit
+                }
+                Err(e) => {
+                    err = Some(StorageError::corrupt(k, e));
+                    false
                 }
             },
         )?;
@@ -491,19 +494,17 @@ impl<E: KvEngine> SliceStore<E> {
         self.engine.scan(
             &keys::task_change(after + 1),
             &keys::prefix_end(&[keys::TASK_CHANGE]),
-            &mut |k, v| {
-                match bincode::serde::decode_from_slice::<TaskChange, _>(
-                    v,
-                    bincode::config::standard(),
-                ) {
-                    Ok((c, _)) => {
-                        out.push(c);
-                        out.len() < limit
-                    }
-                    Err(e) => {
-                        err = Some(StorageError::corrupt(k, e));
-                        false
-                    }
+            &mut |k, v| match bincode::serde::decode_from_slice::<TaskChange, _>(
+                v,
+                bincode::config::standard(),
+            ) {
+                Ok((c, _)) => {
+                    out.push(c);
+                    out.len() < limit
+                }
+                Err(e) => {
+                    err = Some(StorageError::corrupt(k, e));
+                    false
                 }
             },
         )?;
@@ -662,7 +663,10 @@ impl<E: KvEngine> SliceStore<E> {
         for group in cells.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
             codec::fold_day_set(&mut set);
-            merges.push((keys::cell_day(group[0].0, group[0].1), codec::encode_day_set(&set)));
+            merges.push((
+                keys::cell_day(group[0].0, group[0].1),
+                codec::encode_day_set(&set),
+            ));
         }
         addrs.sort_unstable();
         for group in addrs.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
@@ -679,7 +683,10 @@ impl<E: KvEngine> SliceStore<E> {
         places.sort_unstable();
         for group in places.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let p: Vec<RawPlace> = group.iter().map(|g| g.2).collect();
-            merges.push((keys::person_day(group[0].0, group[0].1), codec::encode_places(&p)));
+            merges.push((
+                keys::person_day(group[0].0, group[0].1),
+                codec::encode_places(&p),
+            ));
         }
         merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (k, v) in merges {

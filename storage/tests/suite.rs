@@ -228,7 +228,9 @@ fn data_directory_of_an_older_format_is_refused() {
     let mut b = WriteBatch::default();
     b.put(keys::meta("slice_level"), vec![16]);
     e.write(b, true).unwrap();
-    let err = SliceStore::open(e, None).err().expect("old format must fail");
+    let err = SliceStore::open(e, None)
+        .err()
+        .expect("old format must fail");
     assert!(err.to_string().contains("format 1"), "{err}");
 }
 
@@ -281,7 +283,10 @@ fn task_lifecycle<E: KvEngine>(make: &mut dyn FnMut() -> E) {
     let a = draft(TaskKind::RegisterNewcomer, 1, "H1");
     let b = draft(TaskKind::ResidenceMismatch, 2, "H2");
     // Duplicates inside one evaluation collapse too.
-    assert_eq!(raise(&s, t0, vec![a.clone(), b.clone(), a.clone()]), vec![1, 2]);
+    assert_eq!(
+        raise(&s, t0, vec![a.clone(), b.clone(), a.clone()]),
+        vec![1, 2]
+    );
     // Evaluating again raises nothing while the tasks are open.
     assert!(raise(&s, t0 + 3600, vec![a.clone(), b.clone()]).is_empty());
     // The same person at another address, or another kind, is a new subject.
@@ -289,28 +294,47 @@ fn task_lifecycle<E: KvEngine>(make: &mut dyn FnMut() -> E) {
     assert_eq!(raise(&s, t0 + 3600, vec![a2]), vec![3]);
 
     // Lifecycle: open → in_progress → resolved(rejected).
-    assert!(update(&s, 1, TaskState::InProgress, None, t0 + day).refused.is_none());
+    assert!(update(&s, 1, TaskState::InProgress, None, t0 + day)
+        .refused
+        .is_none());
     let refused = update(&s, 1, TaskState::Open, None, t0 + day).refused;
-    assert!(refused.unwrap().contains("cannot move"), "back to open is refused");
+    assert!(
+        refused.unwrap().contains("cannot move"),
+        "back to open is refused"
+    );
     assert!(update(&s, 1, TaskState::Resolved, None, t0 + day)
         .refused
         .unwrap()
         .contains("outcome"));
     let rejected_at = t0 + 2 * day;
-    let out = update(&s, 1, TaskState::Resolved, Some(Outcome::Rejected), rejected_at);
+    let out = update(
+        &s,
+        1,
+        TaskState::Resolved,
+        Some(Outcome::Rejected),
+        rejected_at,
+    );
     assert_eq!((out.refused, out.task_ids), (None, vec![1]));
     let t1 = s.task(1).unwrap().unwrap();
     assert_eq!(
         (t1.state, t1.outcome, t1.updated_by.as_str(), t1.created_at),
         (TaskState::Resolved, Some(Outcome::Rejected), "field-7", t0)
     );
-    assert!(update(&s, 99, TaskState::InProgress, None, t0).refused.is_some());
+    assert!(update(&s, 99, TaskState::InProgress, None, t0)
+        .refused
+        .is_some());
 
     // Rejected: suppressed for 30 days, raised again (new id) after.
     assert!(raise(&s, rejected_at + 30 * day - 1, vec![a.clone()]).is_empty());
     assert_eq!(raise(&s, rejected_at + 30 * day, vec![a.clone()]), vec![4]);
     // Confirmed: not suppressed; the next evaluation may raise it again.
-    update(&s, 2, TaskState::Resolved, Some(Outcome::Confirmed), t0 + day);
+    update(
+        &s,
+        2,
+        TaskState::Resolved,
+        Some(Outcome::Confirmed),
+        t0 + day,
+    );
     assert_eq!(raise(&s, t0 + day + 1, vec![b]), vec![5]);
 
     // Listing with a filter and pagination by id.
@@ -376,6 +400,9 @@ fn task_ids_and_change_log_continue_after_reopen() {
     assert_eq!(s.last_task_change(), 2);
     // Still open after the restart: not raised twice.
     assert!(raise(&s, 12, vec![draft(TaskKind::VerifyDeparture, 1, "H1")]).is_empty());
-    assert_eq!(raise(&s, 12, vec![draft(TaskKind::VerifyDeparture, 2, "H1")]), vec![2]);
+    assert_eq!(
+        raise(&s, 12, vec![draft(TaskKind::VerifyDeparture, 2, "H1")]),
+        vec![2]
+    );
     assert_eq!(s.last_task_change(), 3);
 }

@@ -442,7 +442,9 @@ async fn tasks_run_list_update_and_watch_resume() {
         .iter()
         .flat_map(|&p| (0..2).map(move |d| ev(p, T0 + d * 86_400 + 16 * 3600, "H1", "service")))
         .collect();
-    ing.ingest(v1::IngestRequest { events: more }).await.unwrap();
+    ing.ingest(v1::IngestRequest { events: more })
+        .await
+        .unwrap();
 
     // A watcher from the beginning, started before the tasks exist.
     let mut watch = tasks
@@ -523,7 +525,10 @@ async fn tasks_run_list_update_and_watch_resume() {
     let sources: Vec<_> = t.evidence.iter().map(|e| e.source.as_str()).collect();
     assert_eq!(sources.len(), 3, "{sources:?}");
     let score = t.score.unwrap();
-    assert!((score - (3.0 * 1.0 + 3.0 * 0.6 + 2.0 * 0.8) / 7.0).abs() < 1e-9, "{score}");
+    assert!(
+        (score - (3.0 * 1.0 + 3.0 * 0.6 + 2.0 * 0.8) / 7.0).abs() < 1e-9,
+        "{score}"
+    );
     assert_eq!(
         tasks
             .get(v1::GetTaskRequest { id: 999 })
@@ -561,7 +566,10 @@ async fn tasks_run_list_update_and_watch_resume() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((done.state.as_str(), done.outcome.as_str()), ("resolved", "rejected"));
+    assert_eq!(
+        (done.state.as_str(), done.outcome.as_str()),
+        ("resolved", "rejected")
+    );
     assert_eq!(done.updated_by, "field-1");
     // Rejected: not raised again by the next run.
     let r = tasks
@@ -594,7 +602,10 @@ async fn tasks_run_list_update_and_watch_resume() {
     assert_eq!(c.task.unwrap().person, 21);
 }
 
-async fn seen_id(tasks: &mut hourcell_proto::v1::tasks_client::TasksClient<Channel>, person: u64) -> u64 {
+async fn seen_id(
+    tasks: &mut hourcell_proto::v1::tasks_client::TasksClient<Channel>,
+    person: u64,
+) -> u64 {
     tasks
         .list(v1::ListTasksRequest::default())
         .await

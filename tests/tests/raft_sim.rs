@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hourcell_cluster::replication::transport::{DropRate, Isolate, Partition, SimNetwork};
-use hourcell_cluster::replication::{
-    ProposeError, RaftHandle, RaftNode, RaftTiming, StoreMachine,
-};
+use hourcell_cluster::replication::{ProposeError, RaftHandle, RaftNode, RaftTiming, StoreMachine};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::{AddressKind, AddressRecord, Command, MemEngine, SliceEvent, SliceStore};
 
@@ -101,7 +99,10 @@ impl Cluster {
                     }
                 }
             }
-            assert!(Instant::now() < end, "no leader among {among:?} within {deadline:?}");
+            assert!(
+                Instant::now() < end,
+                "no leader among {among:?} within {deadline:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -147,7 +148,12 @@ impl Cluster {
         let views: Vec<_> = self
             .replicas
             .iter()
-            .map(|r| (r.store.stats().unwrap().persons, r.store.count_postings().unwrap()))
+            .map(|r| {
+                (
+                    r.store.stats().unwrap().persons,
+                    r.store.count_postings().unwrap(),
+                )
+            })
             .collect();
         assert!(
             views.windows(2).all(|w| w[0] == w[1]),
@@ -201,7 +207,23 @@ fn replicates_fails_over_and_catches_up() {
     assert!(c.propose(leader, &addresses(), Duration::from_secs(5)));
     // Writes through every node, followers forward to the leader.
     for (i, via) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
-        assert!(c.propose(via, &batch(1_000 + i as u64 * 100, 50, 500 + i as i64), Duration::from_secs(5)));
+        assert!(c.propose(
+            via,
+            &batch(1_000 + i as u64 * 100, 50, 500 + i as i64),
+            Duration::from_secs(5)
+        ));
+    }
+    // A read barrier on another replica sees an acknowledged write at once.
+    for (w, r) in [(1u64, 3u64), (3, 2), (2, 1)] {
+        let first = 2_000 + w * 10;
+        assert!(c.propose(w, &batch(first, 3, 550), Duration::from_secs(5)));
+        c.handle(r)
+            .read_index(GROUP, Duration::from_secs(5))
+            .expect("read barrier");
+        assert!(
+            has_person(&c.replicas[r as usize - 1].store, first + 2),
+            "write via {w} not visible on {r} after its read barrier"
+        );
     }
     c.converged(Duration::from_secs(5));
     for r in &c.replicas {
@@ -218,7 +240,10 @@ fn replicates_fails_over_and_catches_up() {
         .add_filter(Box::new(Isolate([old].into_iter().collect())));
     let new = c.leader(&others, Duration::from_secs(3));
     let failover = cut.elapsed();
-    assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(3),
+        "failover took {failover:?}"
+    );
     assert!(c.propose(others[0], &batch(5_000, 20, 600), Duration::from_secs(5)));
     // The isolated node cannot get a write acknowledged.
     assert!(!c.propose(old, &batch(9_000, 5, 601), Duration::from_millis(800)));
@@ -226,7 +251,11 @@ fn replicates_fails_over_and_catches_up() {
     c.converged(Duration::from_secs(10));
     assert_ne!(new, 0);
     for r in &c.replicas {
-        assert!(has_person(&r.store, 5_019), "replica {} misses an acknowledged write", r.id);
+        assert!(
+            has_person(&r.store, 5_019),
+            "replica {} misses an acknowledged write",
+            r.id
+        );
     }
 
     // A stopped replica misses writes, restarts from its durable raft log
@@ -260,23 +289,36 @@ fn acknowledged_writes_survive_loss_and_partitions_over_seeds() {
                 let lone = 1 + (seed % 3);
                 let rest: std::collections::HashSet<u64> =
                     VOTERS.iter().copied().filter(|&v| v != lone).collect();
-                c.net.add_filter(Box::new(Partition([lone].into_iter().collect(), rest)));
+                c.net
+                    .add_filter(Box::new(Partition([lone].into_iter().collect(), rest)));
             }
             if i == 8 {
                 c.net.clear_filters();
             }
             let via = 1 + (seed + i) % 3;
             let first = 10_000 * (seed + 1) + i * 10;
-            if c.propose(via, &batch(first, 10, 800 + i as i64), Duration::from_secs(3)) {
+            if c.propose(
+                via,
+                &batch(first, 10, 800 + i as i64),
+                Duration::from_secs(3),
+            ) {
                 acked.push(first + 9);
             }
         }
         c.net.clear_filters();
         c.converged(Duration::from_secs(10));
-        assert!(acked.len() >= 6, "seed {seed}: only {} of 12 writes acknowledged", acked.len());
+        assert!(
+            acked.len() >= 6,
+            "seed {seed}: only {} of 12 writes acknowledged",
+            acked.len()
+        );
         for r in &c.replicas {
             for p in &acked {
-                assert!(has_person(&r.store, *p), "seed {seed}: replica {} lost {p}", r.id);
+                assert!(
+                    has_person(&r.store, *p),
+                    "seed {seed}: replica {} lost {p}",
+                    r.id
+                );
             }
         }
     }

@@ -126,11 +126,7 @@ fn tasks_match_the_towns_ground_truth() {
         .store()
         .tasks_after(0, usize::MAX, &mut |_| true)
         .unwrap();
-    let truth: HashMap<u64, GenTruth> = town
-        .truth()
-        .into_iter()
-        .map(|t| (t.person, t))
-        .collect();
+    let truth: HashMap<u64, GenTruth> = town.truth().into_iter().map(|t| (t.person, t)).collect();
     let raised: HashSet<(u64, TaskKind, String)> = tasks
         .iter()
         .map(|t| (t.draft.person, t.draft.kind, t.draft.address.clone()))
@@ -150,9 +146,8 @@ fn tasks_match_the_towns_ground_truth() {
         };
         for t in truth.values() {
             let target = match (kind, t.situation) {
-                (TaskKind::RegisterNewcomer, "newcomer") | (TaskKind::ResidenceMismatch, "away") => {
-                    t.home.clone()
-                }
+                (TaskKind::RegisterNewcomer, "newcomer")
+                | (TaskKind::ResidenceMismatch, "away") => t.home.clone(),
                 (TaskKind::VerifyDeparture, "temporary_left") => t.registered.clone(),
                 _ => None,
             };

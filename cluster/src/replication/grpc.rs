@@ -65,12 +65,7 @@ async fn connect(url: &str) -> Option<v1::raft_client::RaftClient<Channel>> {
         .map(|c| v1::raft_client::RaftClient::new(c).max_decoding_message_size(64 << 20))
 }
 
-async fn peer_loop(
-    from: u64,
-    to: u64,
-    url: String,
-    mut rx: mpsc::UnboundedReceiver<Envelope>,
-) {
+async fn peer_loop(from: u64, to: u64, url: String, mut rx: mpsc::UnboundedReceiver<Envelope>) {
     let mut client = None;
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = rx.recv().await {

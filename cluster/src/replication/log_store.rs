@@ -86,10 +86,16 @@ impl<E: KvEngine> RaftLogStore<E> {
     /// empty logs agree).
     pub fn open(engine: Arc<E>, group: u64, voters: &[u64]) -> raft::Result<Self> {
         let mut c = Cached::default();
-        if let Some(v) = engine.get(&meta_key(HARD_STATE, group)).map_err(store_err)? {
+        if let Some(v) = engine
+            .get(&meta_key(HARD_STATE, group))
+            .map_err(store_err)?
+        {
             c.hard_state = HardState::parse_from_bytes(&v).map_err(store_err)?;
         }
-        match engine.get(&meta_key(CONF_STATE, group)).map_err(store_err)? {
+        match engine
+            .get(&meta_key(CONF_STATE, group))
+            .map_err(store_err)?
+        {
             Some(v) => c.conf_state = ConfState::parse_from_bytes(&v).map_err(store_err)?,
             None => {
                 c.conf_state.set_voters(voters.to_vec());
@@ -355,7 +361,10 @@ mod tests {
         s.persist(&[entry(2, 2)], Some(&hs)).unwrap();
         assert_eq!(s.last_index().unwrap(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
-        assert!(s.persist(&[entry(5, 2)], None).is_err(), "a hole is refused");
+        assert!(
+            s.persist(&[entry(5, 2)], None).is_err(),
+            "a hole is refused"
+        );
         s.set_applied(1).unwrap();
 
         let r = RaftLogStore::open(engine.clone(), 7, &[9]).unwrap();
@@ -363,9 +372,16 @@ mod tests {
         assert_eq!(r.initial_state().unwrap().hard_state.term, 2);
         assert_eq!(r.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
         assert_eq!(r.applied(), 1);
-        let es = r.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(es.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
-        let one = r.entries(1, 3, Some(1), GetEntriesContext::empty(false)).unwrap();
+        let es = r
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            es.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2)]
+        );
+        let one = r
+            .entries(1, 3, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(one.len(), 1, "a size limit still returns one entry");
         // Groups do not see each other's logs.
         let other = RaftLogStore::open(engine, 8, &[1]).unwrap();

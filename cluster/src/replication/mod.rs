@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use hourcell_storage::{ApplyOutcome, Command, KvEngine, SliceStore};
 
-pub use node::{ApplyError, GroupStatus, ProposeError, RaftHandle, RaftNode, RaftTiming, StateMachine};
+pub use node::{
+    ApplyError, GroupStatus, ProposeError, RaftHandle, RaftNode, RaftTiming, StateMachine,
+};
 
 /// A shard's replica: applies committed commands to its [`SliceStore`].
 pub struct StoreMachine<E: KvEngine> {

@@ -69,6 +69,13 @@ pub enum Input {
         group: u64,
         reply: SyncSender<Option<GroupStatus>>,
     },
+    /// A linearizable read barrier (ReadIndex): replies once this replica
+    /// has applied everything committed when the read arrived at the
+    /// leader.
+    ReadIndex {
+        group: u64,
+        reply: SyncSender<Result<(), ProposeError>>,
+    },
     Campaign(u64),
     Stop,
 }
@@ -146,6 +153,23 @@ impl RaftHandle {
         }
     }
 
+    /// Waits until this replica may serve a linearizable read of `group`:
+    /// the leader confirms its leadership with a quorum (ReadIndex, not a
+    /// lease) and this replica applies up to the read index.
+    pub fn read_index(&self, group: u64, timeout: Duration) -> Result<(), ProposeError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Input::ReadIndex { group, reply })
+            .map_err(|_| ProposeError::Stopped("node loop has exited".into()))?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(ProposeError::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(ProposeError::Stopped("node loop has exited".into()))
+            }
+        }
+    }
+
     pub fn status(&self, group: u64) -> Option<GroupStatus> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx.send(Input::Status { group, reply }).ok()?;
@@ -173,6 +197,10 @@ pub struct RaftNode<E: KvEngine> {
     /// Proposals waiting for their entry to be applied here: sequence →
     /// (group, term when proposed, reply).
     pending: HashMap<u64, (u64, u64, SyncSender<Result<ApplyOutcome, ProposeError>>)>,
+    /// Read barriers sent to the leader: sequence → (group, term, reply).
+    reads: HashMap<u64, (u64, u64, SyncSender<Result<(), ProposeError>>)>,
+    /// Read barriers with a known read index, waiting for apply.
+    reads_ready: Vec<(u64, u64, SyncSender<Result<(), ProposeError>>)>,
     logger: slog::Logger,
 }
 
@@ -209,6 +237,8 @@ impl<E: KvEngine> RaftNode<E> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64),
             pending: HashMap::new(),
+            reads: HashMap::new(),
+            reads_ready: Vec::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
         (node, RaftHandle { id, tx })
@@ -276,6 +306,7 @@ impl<E: KvEngine> RaftNode<E> {
                 }
             }
             self.drop_stale_proposals();
+            self.release_reads();
         }
         self.fail("stopped");
     }
@@ -286,7 +317,7 @@ impl<E: KvEngine> RaftNode<E> {
     /// commands are idempotent, so a proposal that does commit after all is
     /// harmless.
     fn drop_stale_proposals(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.reads.is_empty() {
             return;
         }
         let terms: HashMap<u64, u64> = self
@@ -305,10 +336,47 @@ impl<E: KvEngine> RaftNode<E> {
                 let _ = reply.send(Err(ProposeError::Dropped));
             }
         }
+        let stale: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (g, t, _))| terms.get(g).is_some_and(|now| now > t))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in stale {
+            if let Some((_, _, reply)) = self.reads.remove(&seq) {
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+    }
+
+    /// Answers the read barriers whose index this replica has applied.
+    fn release_reads(&mut self) {
+        if self.reads_ready.is_empty() {
+            return;
+        }
+        let applied: HashMap<u64, u64> = self
+            .groups
+            .iter()
+            .map(|(id, g)| (*id, g.store.applied()))
+            .collect();
+        self.reads_ready.retain(|(g, index, reply)| {
+            if applied.get(g).is_some_and(|a| a >= index) {
+                let _ = reply.send(Ok(()));
+                false
+            } else {
+                true
+            }
+        });
     }
 
     fn fail(&mut self, why: &str) {
         for (_, (_, _, reply)) in self.pending.drain() {
+            let _ = reply.send(Err(ProposeError::Stopped(why.to_string())));
+        }
+        for (_, (_, _, reply)) in self.reads.drain() {
+            let _ = reply.send(Err(ProposeError::Stopped(why.to_string())));
+        }
+        for (_, _, reply) in self.reads_ready.drain(..) {
             let _ = reply.send(Err(ProposeError::Stopped(why.to_string())));
         }
     }
@@ -354,6 +422,17 @@ impl<E: KvEngine> RaftNode<E> {
                 });
                 let _ = reply.send(s);
             }
+            Input::ReadIndex { group, reply } => {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    let _ = reply.send(Err(ProposeError::NoGroup(group)));
+                    return true;
+                };
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let term = g.raw.raft.term;
+                g.raw.read_index(seq.to_be_bytes().to_vec());
+                self.reads.insert(seq, (group, term, reply));
+            }
             Input::Campaign(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     let _ = g.raw.campaign();
@@ -368,8 +447,11 @@ impl<E: KvEngine> RaftNode<E> {
         if msgs.is_empty() {
             return;
         }
-        self.transport
-            .send(msgs.into_iter().map(|msg| Envelope { group, msg }).collect());
+        self.transport.send(
+            msgs.into_iter()
+                .map(|msg| Envelope { group, msg })
+                .collect(),
+        );
     }
 
     /// Handles one group's `Ready` in the order raft-rs's `five_mem_node`
@@ -383,6 +465,14 @@ impl<E: KvEngine> RaftNode<E> {
             return Ok(());
         }
         let mut ready = g.raw.ready();
+        for rs in ready.take_read_states() {
+            if rs.request_ctx.len() == 8 {
+                let seq = u64::from_be_bytes(rs.request_ctx[..8].try_into().unwrap());
+                if let Some((group, _, reply)) = self.reads.remove(&seq) {
+                    self.reads_ready.push((group, rs.index, reply));
+                }
+            }
+        }
         let msgs = ready.take_messages();
         let snap_empty = ready.snapshot().get_metadata().index == 0;
         let committed = ready.take_committed_entries();

@@ -29,7 +29,11 @@ impl Envelope {
     /// gRPC transport carries.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = self.group.to_be_bytes().to_vec();
-        out.extend(self.msg.write_to_bytes().expect("raft messages always encode"));
+        out.extend(
+            self.msg
+                .write_to_bytes()
+                .expect("raft messages always encode"),
+        );
         out
     }
 
@@ -70,7 +74,8 @@ pub struct Partition(pub HashSet<u64>, pub HashSet<u64>);
 impl Filter for Partition {
     fn allow(&self, env: &Envelope) -> bool {
         let (f, t) = (env.msg.from, env.msg.to);
-        !((self.0.contains(&f) && self.1.contains(&t)) || (self.1.contains(&f) && self.0.contains(&t)))
+        !((self.0.contains(&f) && self.1.contains(&t))
+            || (self.1.contains(&f) && self.0.contains(&t)))
     }
 }
 
