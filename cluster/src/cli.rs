@@ -41,6 +41,10 @@ pub enum Command {
     Query(QueryArgs),
     /// Show a node's status.
     Status(ServerArg),
+    /// The replicated cluster: nodes, the raft leader, replica health and
+    /// lag.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Field-staff tasks from the rule layer: run the rules, list, show,
     /// start, resolve and watch tasks.
     #[command(subcommand)]
@@ -312,6 +316,22 @@ pub struct TasksWatchArgs {
     /// Stop after this many changes (default: run until Ctrl-C).
     #[arg(long)]
     pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+/// `hourcell cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Ask one node for the group's voters, then every voter for its raft
+    /// state: role, term, commit and applied index, lag behind the leader.
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterStatusArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[arg(long, default_value = DEFAULT_SERVER)]

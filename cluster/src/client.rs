@@ -791,6 +791,137 @@ pub fn format_status(s: &v1::StatusResponse) -> String {
     out
 }
 
+/// One row of `hourcell cluster status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterRow {
+    pub id: u64,
+    pub addr: String,
+    /// leader, follower, candidate (no leader known) or unreachable.
+    pub role: String,
+    pub term: Option<u64>,
+    pub commit: Option<u64>,
+    pub applied: Option<u64>,
+    /// Entries behind the leader's commit index.
+    pub lag: Option<u64>,
+}
+
+pub fn cluster_rows(peers: &[v1::RaftPeer], st: &[Option<v1::RaftStatus>]) -> Vec<ClusterRow> {
+    let leader_commit = st
+        .iter()
+        .flatten()
+        .filter(|s| s.is_leader)
+        .map(|s| s.commit)
+        .max()
+        .or_else(|| st.iter().flatten().map(|s| s.commit).max());
+    peers
+        .iter()
+        .zip(st)
+        .map(|(p, s)| ClusterRow {
+            id: p.id,
+            addr: p.addr.clone(),
+            role: match s {
+                None => "unreachable".into(),
+                Some(s) if s.is_leader => "leader".into(),
+                Some(s) if s.leader == 0 => "candidate".into(),
+                Some(_) => "follower".into(),
+            },
+            term: s.as_ref().map(|s| s.term),
+            commit: s.as_ref().map(|s| s.commit),
+            applied: s.as_ref().map(|s| s.applied),
+            lag: s
+                .as_ref()
+                .zip(leader_commit)
+                .map(|(s, c)| c.saturating_sub(s.applied)),
+        })
+        .collect()
+}
+
+pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    Ok(match format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&serde_json::json!({ "nodes": rows }))?
+        ),
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["id", "addr", "role", "term", "commit", "applied", "lag"])?;
+            for r in rows {
+                w.write_record([
+                    r.id.to_string(),
+                    r.addr.clone(),
+                    r.role.clone(),
+                    opt(r.term),
+                    opt(r.commit),
+                    opt(r.applied),
+                    opt(r.lag),
+                ])?;
+            }
+            String::from_utf8(w.into_inner()?)?
+        }
+        Format::Table => {
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.addr.clone(),
+                        r.role.clone(),
+                        opt(r.term),
+                        opt(r.commit),
+                        opt(r.applied),
+                        opt(r.lag),
+                    ]
+                })
+                .collect();
+            let healthy = rows.iter().filter(|r| r.role != "unreachable").count();
+            format!(
+                "{}{healthy} of {} nodes reachable; {}\n",
+                aligned(
+                    &["node", "addr", "role", "term", "commit", "applied", "lag"],
+                    &body
+                ),
+                rows.len(),
+                match rows.iter().find(|r| r.role == "leader") {
+                    Some(l) => format!("node {} leads", l.id),
+                    None => "no leader".to_string(),
+                }
+            )
+        }
+    })
+}
+
+async fn raft_status_of(server: &str) -> Option<v1::RaftStatus> {
+    let ch = tokio::time::timeout(Duration::from_secs(2), channel(server))
+        .await
+        .ok()?
+        .ok()?;
+    v1::admin_client::AdminClient::new(ch)
+        .status(v1::StatusRequest::default())
+        .await
+        .ok()?
+        .into_inner()
+        .raft
+}
+
+pub async fn run_cluster(cmd: crate::cli::ClusterCommand) -> Result<()> {
+    match cmd {
+        crate::cli::ClusterCommand::Status(a) => {
+            let first = raft_status_of(&a.server).await.ok_or_else(|| {
+                anyhow!(
+                    "{} is unreachable or is a single node without [cluster]",
+                    normalize_server(&a.server)
+                )
+            })?;
+            let mut st = Vec::new();
+            for p in &first.peers {
+                st.push(raft_status_of(&p.addr).await);
+            }
+            print_stdout(&render_cluster(&cluster_rows(&first.peers, &st), a.format)?)
+        }
+    }
+}
+
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -1246,6 +1377,36 @@ mod tests {
 
     fn err<T: std::fmt::Debug>(r: Result<T>) -> String {
         format!("{:#}", r.unwrap_err())
+    }
+
+    #[test]
+    fn cluster_status_shows_roles_and_lag() {
+        let peers: Vec<v1::RaftPeer> = (1..=3)
+            .map(|id| v1::RaftPeer {
+                id,
+                addr: format!("127.0.0.1:74{id:02}"),
+            })
+            .collect();
+        let st = |leader: u64, is_leader: bool, commit: u64, applied: u64| {
+            Some(v1::RaftStatus {
+                leader,
+                is_leader,
+                term: 4,
+                commit,
+                applied,
+                ..Default::default()
+            })
+        };
+        let rows = cluster_rows(&peers, &[st(2, false, 90, 80), st(2, true, 100, 100), None]);
+        assert_eq!(
+            rows.iter().map(|r| (r.role.as_str(), r.lag)).collect::<Vec<_>>(),
+            vec![("follower", Some(20)), ("leader", Some(0)), ("unreachable", None)]
+        );
+        let t = render_cluster(&rows, Format::Table).unwrap();
+        assert!(t.contains("2 of 3 nodes reachable; node 2 leads"), "{t}");
+        let j: serde_json::Value =
+            serde_json::from_str(&render_cluster(&rows, Format::Json).unwrap()).unwrap();
+        assert_eq!(j["nodes"][0]["lag"], 20);
     }
 
     #[test]

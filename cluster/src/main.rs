@@ -65,6 +65,10 @@ fn main() {
                 init_logging("warn");
                 client::run_status(a).await
             }
+            Command::Cluster(a) => {
+                init_logging("warn");
+                client::run_cluster(a).await
+            }
             Command::Tasks(a) => {
                 init_logging("warn");
                 tasks_cli::run(a).await

@@ -35,6 +35,8 @@ pub struct Replication {
     pub inbox: std::sync::mpsc::Sender<crate::replication::node::Input>,
     pub group: u64,
     pub propose_timeout: std::time::Duration,
+    /// Voters as configured: (id, gRPC address).
+    pub peers: Vec<(u64, String)>,
 }
 
 /// The one data group until sharding arrives.
@@ -131,6 +133,7 @@ fn start_replication(
         inbox,
         group: DATA_GROUP,
         propose_timeout: std::time::Duration::from_secs(10),
+        peers: c.peers.iter().map(|p| (p.id, p.addr.clone())).collect(),
     })
 }
 

@@ -413,6 +413,14 @@ impl v1::admin_server::Admin for Services {
                     is_leader: s.as_ref().is_some_and(|s| s.is_leader),
                     commit: s.as_ref().map_or(0, |s| s.commit),
                     applied: s.as_ref().map_or(0, |s| s.applied),
+                    peers: r
+                        .peers
+                        .iter()
+                        .map(|(id, addr)| v1::RaftPeer {
+                            id: *id,
+                            addr: addr.clone(),
+                        })
+                        .collect(),
                 }
             });
             Ok((st, postings, raft))

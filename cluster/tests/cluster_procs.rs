@@ -229,6 +229,19 @@ async fn three_processes_replicate_and_survive_leader_kill() {
         assert!(Instant::now() < end, "replicas did not converge: {st:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The operator's view: every node reachable, one leader, no lag.
+    let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(["cluster", "status", "--format", "json", "--server"])
+        .arg(format!("http://127.0.0.1:{}", ports[rest[0]]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{v}");
+    assert!(nodes.iter().all(|n| n["lag"] == 0), "{v}");
+
     acked.sort_unstable();
     for (i, &p) in ports.iter().enumerate() {
         let got = persons_on(p).await;
