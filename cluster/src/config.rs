@@ -14,6 +14,10 @@ pub struct NodeConfig {
     /// gRPC listen address.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where to serve Prometheus `/metrics` over plain HTTP; absent = not
+    /// served.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// S2 level of slice cells. Fixed when the data directory is created;
     /// a different value on an existing directory is refused.
     #[serde(default = "default_level")]
@@ -180,6 +184,7 @@ impl NodeConfig {
         Self {
             data_dir,
             listen: default_listen(),
+            metrics_listen: None,
             slice_level: default_level(),
             block_cache_mb: default_cache(),
             write_buffer_mb: default_write_buffer(),

@@ -176,6 +176,19 @@ async fn start_cluster(
     Ok(out)
 }
 
+/// Serves `/metrics` on the gRPC port + 1000 if that port is free.
+async fn serve_metrics(node: &Arc<Node>, grpc: std::net::SocketAddr) {
+    let mut m = grpc;
+    m.set_port(grpc.port().wrapping_add(1000));
+    match tokio::net::TcpListener::bind(m).await {
+        Ok(l) => {
+            println!("node metrics: http://{m}/metrics");
+            tokio::spawn(crate::metrics::serve(node.clone(), l));
+        }
+        Err(e) => println!("(not serving /metrics on {m}: {e})"),
+    }
+}
+
 /// Waits until some node leads the data group.
 async fn wait_for_leader(nodes: &[Arc<Node>]) -> anyhow::Result<u64> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -281,6 +294,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (addr, listener) = crate::server::bind(args.listen).await?;
+    serve_metrics(&node, addr).await;
     println!();
     println!(
         "hourcell dev node serving gRPC on {addr} (plaintext, loopback only, all roles for the local user; not for production). Ctrl-C to stop."
@@ -296,6 +310,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for (node, addr, listener) in started {
+        serve_metrics(&node, addr).await;
         let mut rx = stop_tx.subscribe();
         servers.push((
             addr,

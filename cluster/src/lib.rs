@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod server;

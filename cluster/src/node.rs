@@ -45,6 +45,7 @@ pub const DATA_GROUP: u64 = 1;
 pub struct Node {
     store: Arc<Store>,
     replication: Option<Replication>,
+    metrics: Arc<crate::metrics::Metrics>,
     query: QueryEngine<Store>,
     data_dir: PathBuf,
     clock: Clock,
@@ -95,6 +96,7 @@ fn start_replication(
     cfg: &NodeConfig,
     c: &crate::config::ClusterConfig,
     store: Arc<Store>,
+    metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<Replication> {
     use crate::replication::{grpc::GrpcTransport, RaftNode, RaftTiming, StoreMachine};
     let raft_dir = cfg.data_dir.join("raft");
@@ -123,7 +125,10 @@ fn start_replication(
         DATA_GROUP,
         Arc::new(engine),
         &voters,
-        Arc::new(StoreMachine { store }),
+        Arc::new(StoreMachine {
+            store,
+            apply_latency: metrics.apply_latency.clone(),
+        }),
     )
     .map_err(|e| anyhow::anyhow!("cannot start raft group: {e}"))?;
     let inbox = handle.inbox();
@@ -151,12 +156,14 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
         let store = Arc::new(SliceStore::open(engine, Some(cfg.slice_level))?);
         let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let replication = match &cfg.cluster {
             None => None,
-            Some(c) => Some(start_replication(cfg, c, store.clone())?),
+            Some(c) => Some(start_replication(cfg, c, store.clone(), &metrics)?),
         };
         Ok(Arc::new(Node {
             replication,
+            metrics,
             rules: cfg.rules.to_rule_config(),
             rules_hourly: cfg.rules.hourly,
             rules_running: parking_lot::Mutex::new(()),
@@ -198,6 +205,21 @@ impl Node {
     /// Makes a command durable and applied. Returns only after the write is
     /// synced. A storage error marks the node failed.
     pub fn propose(&self, cmd: &Command) -> Result<ApplyOutcome, NodeError> {
+        let t0 = std::time::Instant::now();
+        self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
+        let r = self.propose_inner(cmd);
+        match &r {
+            Ok(_) => self.metrics.commit_latency.observe(t0.elapsed()),
+            Err(_) => {
+                self.metrics
+                    .proposal_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn propose_inner(&self, cmd: &Command) -> Result<ApplyOutcome, NodeError> {
         if !self.healthy() {
             return Err(NodeError::Storage(hourcell_storage::StorageError::Engine(
                 "node stopped serving after an earlier storage failure".into(),
@@ -233,7 +255,10 @@ impl Node {
                 }
             }
         }
-        self.store.apply(cmd).map_err(|e| {
+        let t0 = std::time::Instant::now();
+        let r = self.store.apply(cmd);
+        self.metrics.apply_latency.observe(t0.elapsed());
+        r.map_err(|e| {
             if e.is_fatal() {
                 tracing::error!(error = %e, "storage failure: node stops serving");
                 self.failed.store(true, Ordering::Relaxed);
@@ -318,6 +343,10 @@ impl Node {
                 }
             }
         }
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     pub fn replication(&self) -> Option<&Replication> {

@@ -172,6 +172,11 @@ pub async fn shutdown_signal() {
 pub async fn run(cfg: crate::config::NodeConfig) -> anyhow::Result<()> {
     let node = Node::open(&cfg, crate::node::system_clock())?;
     let (addr, listener) = bind(cfg.listen).await?;
+    if let Some(m) = cfg.metrics_listen {
+        let (maddr, ml) = bind(m).await?;
+        tracing::info!(%maddr, "serving /metrics");
+        tokio::spawn(crate::metrics::serve(node.clone(), ml));
+    }
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), slice_level = node.store().slice_level(), "hourcell node serving");
     serve(node, listener, shutdown_signal()).await
 }

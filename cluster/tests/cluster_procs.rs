@@ -38,7 +38,7 @@ fn free_ports(n: usize) -> Vec<u16> {
     ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
-fn write_config(dir: &Path, id: usize, ports: &[u16]) -> std::path::PathBuf {
+fn write_config(dir: &Path, id: usize, ports: &[u16], metrics: u16) -> std::path::PathBuf {
     let peers: Vec<String> = ports
         .iter()
         .enumerate()
@@ -48,7 +48,7 @@ fn write_config(dir: &Path, id: usize, ports: &[u16]) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = 50\npeers = [{}]\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = 50\npeers = [{}]\n",
             dir.join(format!("node{id}")),
             ports[id - 1],
             peers.join(", ")
@@ -68,6 +68,15 @@ fn spawn(cfg: &Path) -> Proc {
             .spawn()
             .unwrap(),
     ))
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 async fn connect(port: u16) -> Option<Channel> {
@@ -157,9 +166,10 @@ async fn persons_on(port: u16) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_replicate_and_survive_leader_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(3);
+    let all_ports = free_ports(6);
+    let (ports, metrics) = all_ports.split_at(3);
     let cfgs: Vec<_> = (1..=3)
-        .map(|i| write_config(dir.path(), i, &ports))
+        .map(|i| write_config(dir.path(), i, ports, metrics[i - 1]))
         .collect();
     let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let all = [0usize, 1, 2];
@@ -241,6 +251,19 @@ async fn three_processes_replicate_and_survive_leader_kill() {
     assert_eq!(nodes.len(), 3);
     assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{v}");
     assert!(nodes.iter().all(|n| n["lag"] == 0), "{v}");
+
+    // Every node serves Prometheus metrics with its raft role.
+    let mut leaders = 0;
+    for &m in metrics {
+        let body = http_get(m, "/metrics");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("hourcell_proposals_total"), "{body}");
+        assert!(body.contains("hourcell_commit_seconds_bucket"), "{body}");
+        assert!(body.contains("hourcell_raft_apply_lag{group=\"1\"}"), "{body}");
+        leaders += body.matches("hourcell_raft_is_leader{group=\"1\"} 1").count();
+    }
+    assert_eq!(leaders, 1);
+    assert!(http_get(metrics[0], "/other").starts_with("HTTP/1.1 404"));
 
     acked.sort_unstable();
     for (i, &p) in ports.iter().enumerate() {

@@ -40,9 +40,7 @@ impl Replica {
             GROUP,
             self.raft_engine.clone(),
             &VOTERS,
-            Arc::new(StoreMachine {
-                store: self.store.clone(),
-            }),
+            Arc::new(StoreMachine::new(self.store.clone())),
         )
         .unwrap();
         net.register(self.id, handle.inbox());

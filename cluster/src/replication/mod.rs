@@ -30,13 +30,26 @@ pub use node::{
 /// A shard's replica: applies committed commands to its [`SliceStore`].
 pub struct StoreMachine<E: KvEngine> {
     pub store: Arc<SliceStore<E>>,
+    pub apply_latency: Arc<crate::metrics::Histogram>,
+}
+
+impl<E: KvEngine> StoreMachine<E> {
+    pub fn new(store: Arc<SliceStore<E>>) -> Self {
+        Self {
+            store,
+            apply_latency: Arc::default(),
+        }
+    }
 }
 
 impl<E: KvEngine> StateMachine for StoreMachine<E> {
     fn apply(&self, index: u64, data: &[u8]) -> Result<ApplyOutcome, ApplyError> {
         let cmd = Command::decode(data)
             .map_err(|e| ApplyError::Fatal(format!("entry {index} does not decode: {e}")))?;
-        self.store.apply(&cmd).map_err(|e| {
+        let t0 = std::time::Instant::now();
+        let r = self.store.apply(&cmd);
+        self.apply_latency.observe(t0.elapsed());
+        r.map_err(|e| {
             if e.is_fatal() {
                 ApplyError::Fatal(e.to_string())
             } else {

@@ -1,0 +1,223 @@
+//! `/metrics` in the Prometheus text format, served on its own port
+//! (`metrics_listen`), so that scrapers need no gRPC.
+//!
+//! Counters and histograms are plain atomics updated on the write path;
+//! gauges (raft state, sizes) are read when scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+/// Upper bounds of the latency buckets, seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
+        }
+        let n = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+/// Everything the node counts.
+#[derive(Default)]
+pub struct Metrics {
+    pub proposals: AtomicU64,
+    pub proposal_failures: AtomicU64,
+    /// From proposing a command to its being applied on this node
+    /// (replicated: committed by a majority and applied).
+    pub commit_latency: Histogram,
+    /// Applying one command to the store.
+    pub apply_latency: Arc<Histogram>,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// The scrape body.
+pub fn render(node: &Node) -> String {
+    let m = node.metrics();
+    let mut out = String::new();
+    counter(
+        &mut out,
+        "hourcell_ingest_events_total",
+        "Events accepted by ingest on this node.",
+        node.events_accepted(),
+    );
+    counter(
+        &mut out,
+        "hourcell_proposals_total",
+        "Commands proposed by this node.",
+        m.proposals.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "hourcell_proposal_failures_total",
+        "Proposals that were not applied (timeout, no leader, refused).",
+        m.proposal_failures.load(Ordering::Relaxed),
+    );
+    m.commit_latency.render(
+        "hourcell_commit_seconds",
+        "Time from proposing a command to its being applied on this node.",
+        &mut out,
+    );
+    m.apply_latency.render(
+        "hourcell_apply_seconds",
+        "Time to apply one command to the store.",
+        &mut out,
+    );
+    gauge(
+        &mut out,
+        "hourcell_healthy",
+        "1 while the node can serve, 0 after a storage or replication failure.",
+        if node.healthy() { 1.0 } else { 0.0 },
+    );
+    if let Ok(st) = node.store().stats() {
+        gauge(
+            &mut out,
+            "hourcell_rocksdb_disk_bytes",
+            "Live SST and memtable bytes of the data store.",
+            st.disk_bytes as f64,
+        );
+        gauge(
+            &mut out,
+            "hourcell_persons",
+            "Persons in the id dictionary.",
+            st.persons as f64,
+        );
+    }
+    if let Some(r) = node.replication() {
+        if let Some(s) = r.handle.status(r.group) {
+            let g = r.group;
+            let _ = writeln!(
+                out,
+                "# HELP hourcell_raft_term Raft term per group.\n# TYPE hourcell_raft_term gauge\nhourcell_raft_term{{group=\"{g}\"}} {}",
+                s.term
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hourcell_raft_is_leader 1 if this node leads the group.\n# TYPE hourcell_raft_is_leader gauge\nhourcell_raft_is_leader{{group=\"{g}\"}} {}",
+                u8::from(s.is_leader)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hourcell_raft_leader Node id of the group's leader (0 = none known).\n# TYPE hourcell_raft_leader gauge\nhourcell_raft_leader{{group=\"{g}\"}} {}",
+                s.leader
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hourcell_raft_apply_lag Committed entries not yet applied here.\n# TYPE hourcell_raft_apply_lag gauge\nhourcell_raft_apply_lag{{group=\"{g}\"}} {}",
+                s.commit.saturating_sub(s.applied)
+            );
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read the request head (a scrape is one small GET).
+            while n < buf.len() {
+                match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(k)) => {
+                        n += k;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if head.starts_with("GET /metrics") {
+                let node = node.clone();
+                let body = tokio::task::spawn_blocking(move || render(&node))
+                    .await
+                    .unwrap_or_default();
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "only /metrics is served here\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(9));
+        let mut out = String::new();
+        h.render("x", "test", &mut out);
+        assert!(out.contains("x_bucket{le=\"0.001\"} 1"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.05\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("x_count 3"), "{out}");
+    }
+}
