@@ -39,6 +39,16 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 fn write_config(dir: &Path, id: usize, ports: &[u16], metrics: u16) -> std::path::PathBuf {
+    write_config_tick(dir, id, ports, metrics, 50)
+}
+
+fn write_config_tick(
+    dir: &Path,
+    id: usize,
+    ports: &[u16],
+    metrics: u16,
+    tick_ms: u64,
+) -> std::path::PathBuf {
     let peers: Vec<String> = ports
         .iter()
         .enumerate()
@@ -48,7 +58,7 @@ fn write_config(dir: &Path, id: usize, ports: &[u16], metrics: u16) -> std::path
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = 50\npeers = [{}]\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = {tick_ms}\npeers = [{}]\n",
             dir.join(format!("node{id}")),
             ports[id - 1],
             peers.join(", ")
@@ -270,4 +280,62 @@ async fn three_processes_replicate_and_survive_leader_kill() {
         let got = persons_on(p).await;
         assert_eq!(got, acked, "node {} answers differently", i + 1);
     }
+}
+
+/// Failover time on the default settings (100 ms tick): kill -9 the leader,
+/// time until a write through another node is acknowledged, restart, repeat.
+/// A benchmark, not run by default (it takes about a minute):
+/// `HOURCELL_FAILOVER_TRIALS=20 cargo test --workspace --all-targets -- --ignored failover`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; set HOURCELL_FAILOVER_TRIALS and run with --ignored"]
+async fn failover_benchmark() {
+    let trials: usize = std::env::var("HOURCELL_FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let all_ports = free_ports(6);
+    let (ports, metrics) = all_ports.split_at(3);
+    let cfgs: Vec<_> = (1..=3)
+        .map(|i| write_config_tick(dir.path(), i, ports, metrics[i - 1], 100))
+        .collect();
+    let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
+    let all = [0usize, 1, 2];
+    let mut times = Vec::new();
+    for t in 0..trials {
+        let l = leader(ports, &all, Duration::from_secs(20)).await;
+        assert!(ingest(ports[l], events(100_000 + t as u64 * 10, 5, 4)).await);
+        procs[l].kill();
+        let killed = Instant::now();
+        let other = all.iter().copied().find(|&i| i != l).unwrap();
+        loop {
+            if ingest(ports[other], events(200_000 + t as u64 * 10, 5, 5)).await {
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
+        }
+        times.push(killed.elapsed());
+        procs[l] = spawn(&cfgs[l]);
+        // Let the restarted node catch up before the next trial.
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st: Vec<_> =
+                futures::future::join_all(ports.iter().map(|&p| raft_status(p))).await;
+            let c = st.iter().flatten().map(|s| s.commit).max().unwrap_or(0);
+            if st.iter().all(|s| s.as_ref().is_some_and(|s| s.applied == c)) {
+                break;
+            }
+            assert!(Instant::now() < end, "no catch-up: {st:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let max = *times.last().unwrap();
+    println!(
+        "failover over {trials} trials (kill -9 leader -> write acknowledged via another node, 100 ms tick): p50 {:.2} s, max {:.2} s",
+        p50.as_secs_f64(),
+        max.as_secs_f64()
+    );
+    assert!(max < Duration::from_secs(3), "max failover {max:?}");
 }
