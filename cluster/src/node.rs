@@ -119,6 +119,7 @@ fn start_replication(
         tick: std::time::Duration::from_millis(c.tick_ms),
         ..RaftTiming::default()
     };
+    // (compact_after: the default 1,000 entries of up to 100,000 events.)
     let (mut raft, handle) = RaftNode::new(c.node_id, timing, transport);
     let voters: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
     raft.add_group(

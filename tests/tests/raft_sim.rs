@@ -22,6 +22,7 @@ fn timing() -> RaftTiming {
         tick: Duration::from_millis(10),
         election_tick: 10,
         heartbeat_tick: 2,
+        compact_after: 8,
     }
 }
 
@@ -318,6 +319,42 @@ fn acknowledged_writes_survive_loss_and_partitions_over_seeds() {
                     r.id
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn the_log_is_compacted_everywhere_and_restarts_still_work() {
+    let mut c = Cluster::new();
+    let _ = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
+    for i in 0..30u64 {
+        assert!(c.propose(1 + i % 3, &batch(50_000 + i * 10, 10, 900), Duration::from_secs(5)));
+    }
+    // Every replica drops the entries all voters hold (compact_after = 8).
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let firsts: Vec<u64> = VOTERS
+            .iter()
+            .map(|&id| c.handle(id).status(GROUP).unwrap().first_index)
+            .collect();
+        if firsts.iter().all(|&f| f > 9) {
+            break;
+        }
+        assert!(Instant::now() < end, "log not compacted: first indexes {firsts:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A replica restarted on a compacted log replays nothing it lacks and
+    // keeps up with new writes.
+    let net = c.net.clone();
+    c.replicas[1].stop(&net);
+    assert!(c.propose(1, &batch(60_000, 10, 901), Duration::from_secs(5)));
+    c.replicas[1].start(&net);
+    assert!(c.propose(3, &batch(61_000, 10, 902), Duration::from_secs(5)));
+    c.converged(Duration::from_secs(10));
+    for r in &c.replicas {
+        for p in [50_009u64, 50_299, 60_009, 61_009] {
+            assert!(has_person(&r.store, p), "replica {} misses {p}", r.id);
         }
     }
 }

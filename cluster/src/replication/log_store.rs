@@ -210,6 +210,35 @@ impl<E: KvEngine> RaftLogStore<E> {
         self.engine.write(b, true).map_err(store_err)
     }
 
+    /// Drops the entries up to and including `to` (which must be applied),
+    /// remembering `to`'s term for raft's log matching. Entries are removed
+    /// in the same batch that records the new truncation point.
+    pub fn compact(&self, to: u64) -> raft::Result<()> {
+        let (first, applied) = {
+            let c = self.cached.read();
+            (c.truncated.0 + 1, c.applied)
+        };
+        if to < first {
+            return Ok(());
+        }
+        if to > applied {
+            return Err(store_err(format!(
+                "cannot compact to {to}: only {applied} is applied"
+            )));
+        }
+        let term = self.term(to)?;
+        let mut b = WriteBatch::default();
+        for i in first..=to {
+            b.delete(entry_key(self.group, i));
+        }
+        let mut v = to.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        b.put(meta_key(TRUNCATED, self.group), v);
+        self.engine.write(b, true).map_err(store_err)?;
+        self.cached.write().truncated = (to, term);
+        Ok(())
+    }
+
     pub fn set_conf_state(&self, cs: ConfState) -> raft::Result<()> {
         let mut b = WriteBatch::default();
         b.put(
@@ -383,6 +412,14 @@ mod tests {
             .entries(1, 3, Some(1), GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(one.len(), 1, "a size limit still returns one entry");
+        // Compaction drops applied entries and keeps the boundary's term.
+        assert!(r.compact(2).is_err(), "2 is not applied yet");
+        r.compact(1).unwrap();
+        assert_eq!(r.first_index().unwrap(), 2);
+        assert_eq!(r.term(1).unwrap(), 1);
+        assert!(r.entries(1, 3, None, GetEntriesContext::empty(false)).is_err());
+        let again = RaftLogStore::open(engine.clone(), 7, &[9]).unwrap();
+        assert_eq!((again.first_index().unwrap(), again.last_index().unwrap()), (2, 2));
         // Groups do not see each other's logs.
         let other = RaftLogStore::open(engine, 8, &[1]).unwrap();
         assert_eq!(other.last_index().unwrap(), 0);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hourcell_storage::{ApplyOutcome, KvEngine};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, StateRole, Storage as _};
 
 use super::log_store::RaftLogStore;
 use super::transport::{Envelope, Transport};
@@ -87,6 +87,8 @@ pub struct GroupStatus {
     pub is_leader: bool,
     pub commit: u64,
     pub applied: u64,
+    /// First index still in the log (raises as the log is compacted).
+    pub first_index: u64,
 }
 
 /// Timing. Election timeout is `election_tick × tick` (randomised up to
@@ -97,6 +99,9 @@ pub struct RaftTiming {
     pub tick: Duration,
     pub election_tick: usize,
     pub heartbeat_tick: usize,
+    /// The leader compacts the log once this many applied entries are
+    /// matched by every voter.
+    pub compact_after: u64,
 }
 
 impl Default for RaftTiming {
@@ -105,8 +110,19 @@ impl Default for RaftTiming {
             tick: Duration::from_millis(100),
             election_tick: 10,
             heartbeat_tick: 2,
+            compact_after: 1_000,
         }
     }
+}
+
+/// Entry data of a raft-layer log compaction (never a bincode command,
+/// whose first byte is a small enum tag).
+const COMPACT_MAGIC: &[u8; 8] = b"\xffCOMPACT";
+
+fn compact_entry(to: u64) -> Vec<u8> {
+    let mut v = COMPACT_MAGIC.to_vec();
+    v.extend_from_slice(&to.to_be_bytes());
+    v
 }
 
 struct Group<E: KvEngine> {
@@ -269,6 +285,7 @@ impl<E: KvEngine> RaftNode<E> {
 
     fn run(mut self) {
         let mut last_tick = Instant::now();
+        let mut ticks = 0u64;
         loop {
             let wait = self.timing.tick.saturating_sub(last_tick.elapsed());
             match self.rx.recv_timeout(wait) {
@@ -297,6 +314,10 @@ impl<E: KvEngine> RaftNode<E> {
                     g.raw.tick();
                 }
                 last_tick = Instant::now();
+                ticks += 1;
+                if ticks % 20 == 0 {
+                    self.maybe_compact();
+                }
             }
             let ids: Vec<u64> = self.groups.keys().copied().collect();
             for gid in ids {
@@ -309,6 +330,35 @@ impl<E: KvEngine> RaftNode<E> {
             self.release_reads();
         }
         self.fail("stopped");
+    }
+
+    /// On groups this node leads: once every voter has matched (and this
+    /// node applied) `compact_after` entries past the log's start, propose a
+    /// compaction to that index. It goes through the log, so every replica
+    /// compacts at the same index; since every voter already has those
+    /// entries, none will need a snapshot to catch up. A voter that is down
+    /// holds compaction back until it returns (snapshots, which lift that
+    /// limit, are not implemented yet).
+    fn maybe_compact(&mut self) {
+        let every = self.timing.compact_after;
+        for g in self.groups.values_mut() {
+            if g.raw.raft.state != StateRole::Leader {
+                continue;
+            }
+            let min_matched = g
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(_, p)| p.matched)
+                .min()
+                .unwrap_or(0);
+            let to = min_matched.min(g.store.applied());
+            let first = g.store.first_index().unwrap_or(1);
+            if to >= first + every {
+                let _ = g.raw.propose(Vec::new(), compact_entry(to));
+            }
+        }
     }
 
     /// A proposal made in an older term may have been lost with its
@@ -419,6 +469,7 @@ impl<E: KvEngine> RaftNode<E> {
                     is_leader: g.raw.raft.state == StateRole::Leader,
                     commit: g.raw.raft.raft_log.committed,
                     applied: g.store.applied(),
+                    first_index: g.store.first_index().unwrap_or(0),
                 });
                 let _ = reply.send(s);
             }
@@ -511,6 +562,15 @@ impl<E: KvEngine> RaftNode<E> {
             let g = self.groups.get_mut(&gid).expect("group exists");
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => None,
+                EntryType::EntryNormal
+                    if e.data.len() == 16 && e.data[..8] == COMPACT_MAGIC[..] =>
+                {
+                    let to = u64::from_be_bytes(e.data[8..].try_into().unwrap());
+                    // Entries up to `to` were applied before this one.
+                    g.store.set_applied(e.index - 1).map_err(|e| e.to_string())?;
+                    g.store.compact(to).map_err(|e| e.to_string())?;
+                    None
+                }
                 EntryType::EntryNormal => Some(g.sm.apply(e.index, &e.data)),
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
