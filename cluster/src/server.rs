@@ -57,11 +57,16 @@ pub async fn serve(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     // Health turns NOT_SERVING once the node has stopped serving after a
-    // storage failure.
+    // storage failure (for good), and, on a replicated node, while it has
+    // known no raft leader for a few seconds (it can then neither commit a
+    // write nor serve a linearizable read); it turns back when a leader is
+    // known again.
     {
         let node = node.clone();
         let health = health.clone();
         tokio::spawn(async move {
+            let mut leaderless_since: Option<std::time::Instant> = None;
+            let mut serving = true;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if !node.healthy() {
@@ -75,6 +80,30 @@ pub async fn serve(
                         .set_not_serving::<v1::query_server::QueryServer<Services>>()
                         .await;
                     break;
+                }
+                let n = node.clone();
+                let has_leader = tokio::task::spawn_blocking(move || {
+                    n.replication().is_none_or(|r| {
+                        r.handle.status(r.group).is_some_and(|s| s.leader != 0)
+                    })
+                })
+                .await
+                .unwrap_or(false);
+                leaderless_since = match (has_leader, leaderless_since) {
+                    (true, _) => None,
+                    (false, None) => Some(std::time::Instant::now()),
+                    (false, since) => since,
+                };
+                let want = leaderless_since.is_none_or(|t| t.elapsed() < Duration::from_secs(3));
+                if want != serving {
+                    serving = want;
+                    let st = if want {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tracing::warn!("no raft leader known: reporting NOT_SERVING");
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status("", st).await;
                 }
             }
         });

@@ -80,6 +80,27 @@ fn spawn(cfg: &Path) -> Proc {
     ))
 }
 
+/// Waits until the node's overall gRPC health status is `want`
+/// (1 = SERVING, 2 = NOT_SERVING).
+async fn wait_health(port: u16, want: i32, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(ch) = connect(port).await {
+            let got = tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            if got.as_ref().is_ok_and(|s| *s == want) {
+                return;
+            }
+        }
+        assert!(Instant::now() < end, "health of :{port} never became {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -235,6 +256,14 @@ async fn three_processes_replicate_and_survive_leader_kill() {
     );
     assert!(ingest(ports[rest[1]], events(6_000, 20, 3)).await);
     acked.extend(6_000..6_020);
+
+    // A lone survivor cannot serve: its health turns NOT_SERVING within a
+    // few seconds, and back to SERVING once a quorum returns.
+    procs[rest[1]].kill();
+    let lone = rest[0];
+    wait_health(ports[lone], 2, Duration::from_secs(15)).await; // NOT_SERVING
+    procs[rest[1]] = spawn(&cfgs[rest[1]]);
+    wait_health(ports[lone], 1, Duration::from_secs(15)).await; // SERVING
 
     // The killed node restarts from its data directory and catches up.
     procs[first] = spawn(&cfgs[first]);
