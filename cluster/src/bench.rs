@@ -341,6 +341,7 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                     .map(|a| a.code.clone())
                     .unwrap_or_default();
                 QueryRequest::Occupancy(v1::OccupancyRequest {
+                    max_staleness_ms: None,
                     region: Some(v1::Region {
                         kind: Some(v1::region::Kind::Addresses(v1::AddressList {
                             codes: vec![a],
@@ -361,6 +362,7 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                 let a = physical.choose(&mut rng).copied();
                 let (lat, lng) = a.map_or((cfg.center_lat, cfg.center_lng), |a| (a.lat, a.lng));
                 QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
+                    max_staleness_ms: None,
                     region: Some(v1::Region {
                         kind: Some(v1::region::Kind::Circle(v1::Circle {
                             lat,
@@ -385,6 +387,7 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                 let d = rng.gen_range(0..=(days - span));
                 let from = start + d * DAY;
                 QueryRequest::WhereWas(v1::WhereWasRequest {
+                    max_staleness_ms: None,
                     person,
                     window: Some(v1::Window {
                         from,
@@ -402,6 +405,7 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
     let reqs = (0..runs)
         .map(|_| {
             QueryRequest::NoActivitySince(v1::NoActivitySinceRequest {
+                max_staleness_ms: None,
                 // Clamped for towns shorter than a week.
                 since: (end - 7 * DAY).max(start),
                 as_of,

@@ -309,11 +309,13 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
             let window = window(a, now)?;
             if a.kind == QueryKind::WhoWasAt {
                 QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
+                    max_staleness_ms: None,
                     region: Some(region),
                     window: Some(window),
                 })
             } else {
                 QueryRequest::Occupancy(v1::OccupancyRequest {
+                    max_staleness_ms: None,
                     region: Some(region),
                     window: Some(window),
                 })
@@ -328,6 +330,7 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                 .person
                 .ok_or_else(|| anyhow!("where-was needs --person (a person id)"))?;
             QueryRequest::WhereWas(v1::WhereWasRequest {
+                max_staleness_ms: None,
                 person,
                 window: Some(window(a, now)?),
             })
@@ -356,6 +359,7 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                     kind: Some(v1::region::Kind::Rect(r)),
                 });
             QueryRequest::NoActivitySince(v1::NoActivitySinceRequest {
+                max_staleness_ms: None,
                 since,
                 as_of,
                 scope,
@@ -1578,6 +1582,7 @@ mod tests {
             r#"{"from":"2026-11-01T00:00:00Z","to":"2026-11-02T00:00:00Z","persons":[3,18000000000000000000]}"#
         );
         let out = QueryOutput::WhereWas(v1::WhereWasResponse {
+            staleness_ms: 0,
             window: Some(ew(0, 7200)),
             person: 9,
             hours: vec![v1::HourPlaces {
@@ -1592,6 +1597,7 @@ mod tests {
             r#"{"person":9,"hours":[{"hour":"1970-01-01T01:00:00Z","cells":["c1"],"addresses":[],"sources":["utility","access"]}]}"#
         );
         let out = QueryOutput::Occupancy(v1::OccupancyResponse {
+            staleness_ms: 0,
             window: Some(ew(0, 3600)),
             distinct: 4,
             hours: vec![v1::HourCount {
@@ -1632,6 +1638,7 @@ mod tests {
     #[test]
     fn csv_and_table_outputs() {
         let out = QueryOutput::WhereWas(v1::WhereWasResponse {
+            staleness_ms: 0,
             window: Some(ew(0, 7200)),
             person: 9,
             hours: vec![v1::HourPlaces {

@@ -350,6 +350,24 @@ impl Node {
         &self.metrics
     }
 
+    /// A read barrier that may be relaxed: with `max_staleness_ms`, a
+    /// follower that heard from the leader within that bound and has
+    /// applied everything it knows to be committed answers from its own
+    /// state. Returns how stale the answer may be (0 = linearizable).
+    pub fn read_barrier_bounded(&self, max_staleness_ms: Option<u32>) -> Result<u64, NodeError> {
+        if let (Some(max), Some(r)) = (max_staleness_ms, &self.replication) {
+            if let Some(s) = r.handle.status(r.group) {
+                if let Some(ms) = s.leader_contact_ms {
+                    if !s.is_leader && s.applied >= s.commit && ms <= u64::from(max) {
+                        return Ok(ms);
+                    }
+                }
+            }
+        }
+        self.read_barrier()?;
+        Ok(0)
+    }
+
     pub fn replication(&self) -> Option<&Replication> {
         self.replication.as_ref()
     }

@@ -261,9 +261,10 @@ impl v1::query_server::Query for Services {
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
-        let ans = blocking(move || {
-            node.read_barrier()?;
-            Ok(node.query().who_was_at(&region, from, to, as_of)?)
+        let max = r.max_staleness_ms;
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max)?;
+            Ok((stale, node.query().who_was_at(&region, from, to, as_of)?))
         })
         .await?;
         let window = effective(&ans.window);
@@ -274,6 +275,7 @@ impl v1::query_server::Query for Services {
                 Ok(v1::WhoWasAtResponse {
                     window: None,
                     persons: c.to_vec(),
+                    staleness_ms: 0,
                 })
             })
             .collect();
@@ -282,6 +284,7 @@ impl v1::query_server::Query for Services {
         }
         if let Some(Ok(first)) = msgs.first_mut() {
             first.window = Some(window);
+            first.staleness_ms = stale;
         }
         Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
     }
@@ -294,12 +297,14 @@ impl v1::query_server::Query for Services {
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
         let person = r.person;
-        let ans = blocking(move || {
-            node.read_barrier()?;
-            Ok(node.query().where_was(person, from, to, as_of)?)
+        let max = r.max_staleness_ms;
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max)?;
+            Ok((stale, node.query().where_was(person, from, to, as_of)?))
         })
         .await?;
         Ok(Response::new(v1::WhereWasResponse {
+            staleness_ms: stale,
             window: Some(effective(&ans.window)),
             person: ans.person,
             hours: ans
@@ -323,12 +328,14 @@ impl v1::query_server::Query for Services {
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
-        let ans = blocking(move || {
-            node.read_barrier()?;
-            Ok(node.query().occupancy(&region, from, to, as_of)?)
+        let max = r.max_staleness_ms;
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max)?;
+            Ok((stale, node.query().occupancy(&region, from, to, as_of)?))
         })
         .await?;
         Ok(Response::new(v1::OccupancyResponse {
+            staleness_ms: stale,
             window: Some(effective(&ans.window)),
             distinct: ans.distinct,
             hours: ans
@@ -352,11 +359,14 @@ impl v1::query_server::Query for Services {
         let as_of = r.as_of.unwrap_or_else(|| self.node.now());
         let since = r.since;
         let node = self.node.clone();
-        let ans = blocking(move || {
-            node.read_barrier()?;
-            Ok(node
-                .query()
-                .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?)
+        let max = r.max_staleness_ms;
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max)?;
+            Ok((
+                stale,
+                node.query()
+                    .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?,
+            ))
         })
         .await?;
         let window = effective(&ans.window);
@@ -365,6 +375,7 @@ impl v1::query_server::Query for Services {
             .chunks(STREAM_CHUNK)
             .map(|c| {
                 Ok(v1::NoActivitySinceResponse {
+                    staleness_ms: 0,
                     window: None,
                     persons: c
                         .iter()
@@ -381,6 +392,7 @@ impl v1::query_server::Query for Services {
         }
         if let Some(Ok(first)) = msgs.first_mut() {
             first.window = Some(window);
+            first.staleness_ms = stale;
         }
         Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
     }

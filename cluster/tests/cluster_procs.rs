@@ -168,9 +168,16 @@ async fn ingest(port: u16, evs: Vec<v1::Event>) -> bool {
 }
 
 async fn persons_on(port: u16) -> Vec<u64> {
+    persons_on_stale(port, None).await.0
+}
+
+/// who-was-at through `port`, optionally accepting a bounded-stale
+/// follower read; returns the persons and the staleness the node reported.
+async fn persons_on_stale(port: u16, max_staleness_ms: Option<u32>) -> (Vec<u64>, u64) {
     let ch = connect(port).await.expect("node reachable");
     let mut s = v1::query_client::QueryClient::new(ch)
         .who_was_at(v1::WhoWasAtRequest {
+            max_staleness_ms,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Circle(v1::Circle {
                     lat: 30.27,
@@ -188,10 +195,12 @@ async fn persons_on(port: u16) -> Vec<u64> {
         .unwrap()
         .into_inner();
     let mut out = Vec::new();
+    let mut stale = 0;
     while let Some(m) = s.message().await.unwrap() {
+        stale = stale.max(m.staleness_ms);
         out.extend(m.persons);
     }
-    out
+    (out, stale)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,6 +314,19 @@ async fn three_processes_replicate_and_survive_leader_kill() {
     assert!(http_get(metrics[0], "/other").starts_with("HTTP/1.1 404"));
 
     acked.sort_unstable();
+    // Bounded-staleness reads from a follower skip the ReadIndex round
+    // trip and say how stale they may be; default reads say 0.
+    let follower = all
+        .iter()
+        .copied()
+        .find(|&i| {
+            futures::executor::block_on(raft_status(ports[i])).is_some_and(|s| !s.is_leader)
+        })
+        .unwrap();
+    let (got, stale) = persons_on_stale(ports[follower], Some(10_000)).await;
+    assert_eq!(got, acked);
+    assert!(stale <= 10_000, "staleness {stale} ms");
+    assert_eq!(persons_on_stale(ports[follower], None).await.1, 0);
     for (i, &p) in ports.iter().enumerate() {
         let got = persons_on(p).await;
         assert_eq!(got, acked, "node {} answers differently", i + 1);

@@ -136,6 +136,7 @@ async fn acknowledged_events_survive_kill_9() {
     let mut q = QueryClient::new(ch);
     let mut s = q
         .who_was_at(v1::WhoWasAtRequest {
+            max_staleness_ms: None,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Rect(v1::Rect {
                     lat_lo: 30.0,

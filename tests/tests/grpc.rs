@@ -215,6 +215,7 @@ async fn ingest_validates_per_event_and_is_idempotent() {
 
     let mut q = QueryClient::new(h.channel.clone());
     let occ = || v1::OccupancyRequest {
+        max_staleness_ms: None,
         region: Some(v1::Region {
             kind: Some(v1::region::Kind::Area("A1".into())),
         }),
@@ -239,6 +240,7 @@ async fn ingest_validates_per_event_and_is_idempotent() {
     // who-was-at streams ascending ids; the window is in the first message.
     let mut s = q
         .who_was_at(v1::WhoWasAtRequest {
+            max_staleness_ms: None,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Circle(v1::Circle {
                     lat: 30.2741,
@@ -257,6 +259,7 @@ async fn ingest_validates_per_event_and_is_idempotent() {
 
     let ww = q
         .where_was(v1::WhereWasRequest {
+            max_staleness_ms: None,
             person: 20,
             window: window(T0, T0 + 86_400),
         })
@@ -272,6 +275,7 @@ async fn ingest_validates_per_event_and_is_idempotent() {
     // Person 10 was last seen at T0+1h; person 20 was active at T0+5h.
     let mut s = q
         .no_activity_since(v1::NoActivitySinceRequest {
+            max_staleness_ms: None,
             since: T0 + 3 * 3600,
             as_of: None,
             scope: None,
@@ -303,6 +307,7 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
     let mut q = QueryClient::new(h.channel.clone());
     let e = q
         .occupancy(v1::OccupancyRequest {
+            max_staleness_ms: None,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Circle(v1::Circle {
                     lat: 95.0,
@@ -323,6 +328,7 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
 
     let e = q
         .who_was_at(v1::WhoWasAtRequest {
+            max_staleness_ms: None,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Cells(v1::CellList {
                     tokens: vec!["xyz".into()],
@@ -338,6 +344,7 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
 
     let e = q
         .where_was(v1::WhereWasRequest {
+            max_staleness_ms: None,
             person: 10,
             window: window(T0 + 10, T0),
         })
@@ -348,6 +355,7 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
 
     let e = q
         .occupancy(v1::OccupancyRequest {
+            max_staleness_ms: None,
             region: None,
             window: window(T0, T0 + 3600),
         })

@@ -89,6 +89,9 @@ pub struct GroupStatus {
     pub applied: u64,
     /// First index still in the log (raises as the log is compacted).
     pub first_index: u64,
+    /// Milliseconds since this replica last heard from the leader (0 on
+    /// the leader; `None` if it never did).
+    pub leader_contact_ms: Option<u64>,
 }
 
 /// Timing. Election timeout is `election_tick × tick` (randomised up to
@@ -126,6 +129,8 @@ fn compact_entry(to: u64) -> Vec<u8> {
 }
 
 struct Group<E: KvEngine> {
+    /// When a message from the current leader last arrived.
+    leader_contact: Option<Instant>,
     raw: RawNode<RaftLogStore<E>>,
     store: RaftLogStore<E>,
     sm: Arc<dyn StateMachine>,
@@ -271,7 +276,15 @@ impl<E: KvEngine> RaftNode<E> {
         let store = RaftLogStore::open(engine, group, voters)?;
         let cfg = config(self.id, store.applied(), &self.timing);
         let raw = RawNode::new(&cfg, store.clone(), &self.logger)?;
-        self.groups.insert(group, Group { raw, store, sm });
+        self.groups.insert(
+            group,
+            Group {
+                leader_contact: None,
+                raw,
+                store,
+                sm,
+            },
+        );
         Ok(())
     }
 
@@ -436,8 +449,12 @@ impl<E: KvEngine> RaftNode<E> {
         match input {
             Input::Message(env) => {
                 if let Some(g) = self.groups.get_mut(&env.group) {
+                    let from = env.msg.from;
                     // Stale or unexpected messages are raft's to ignore.
                     let _ = g.raw.step(env.msg);
+                    if from != 0 && from == g.raw.raft.leader_id {
+                        g.leader_contact = Some(Instant::now());
+                    }
                 }
             }
             Input::Propose { group, data, reply } => {
@@ -470,6 +487,11 @@ impl<E: KvEngine> RaftNode<E> {
                     commit: g.raw.raft.raft_log.committed,
                     applied: g.store.applied(),
                     first_index: g.store.first_index().unwrap_or(0),
+                    leader_contact_ms: if g.raw.raft.state == StateRole::Leader {
+                        Some(0)
+                    } else {
+                        g.leader_contact.map(|t| t.elapsed().as_millis() as u64)
+                    },
                 });
                 let _ = reply.send(s);
             }
