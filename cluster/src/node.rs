@@ -282,6 +282,9 @@ impl Node {
     /// rejected one by one; their good neighbours are applied.
     pub fn ingest(&self, raw: &[RawEvent]) -> Result<(u64, Vec<Rejection>), NodeError> {
         self.check_batch(raw.len(), "events")?;
+        // Validation reads the address table: on a replica it must see
+        // every address acknowledged anywhere before this request.
+        self.read_barrier()?;
         let (ok, bad) = validate::place_events(self.store.as_ref(), raw, self.now());
         let n = ok.len() as u64;
         if !ok.is_empty() {
@@ -293,6 +296,7 @@ impl Node {
 
     pub fn put_addresses(&self, raw: &[RawAddress]) -> Result<(u64, Vec<Rejection>), NodeError> {
         self.check_batch(raw.len(), "addresses")?;
+        self.read_barrier()?;
         let (ok, bad) = validate::check_addresses(self.store.as_ref(), raw);
         let n = ok.len() as u64;
         if !ok.is_empty() {
@@ -306,6 +310,7 @@ impl Node {
         raw: &[RawRegistration],
     ) -> Result<(u64, Vec<Rejection>), NodeError> {
         self.check_batch(raw.len(), "registrations")?;
+        self.read_barrier()?;
         let (ok, bad) = validate::check_registrations(self.store.as_ref(), raw);
         let n = ok.len() as u64;
         if !ok.is_empty() {
@@ -398,6 +403,7 @@ impl Node {
         let _one_at_a_time = self.rules_running.lock();
         let started = std::time::Instant::now();
         let at = at.unwrap_or_else(|| self.now());
+        self.read_barrier()?;
         let ev = self.query.evaluate_rules(&self.rules, at)?;
         let evaluation = format!("rules@{}", hourcell_query::time::format_time(at));
         let mut created = 0;

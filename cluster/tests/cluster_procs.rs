@@ -242,6 +242,37 @@ async fn three_processes_replicate_and_survive_leader_kill() {
         );
     }
 
+    // An address put through one node is known at once to validation on
+    // another (writes validate behind a read barrier too).
+    let ch = connect(ports[0]).await.unwrap();
+    let put = v1::registry_client::RegistryClient::new(ch)
+        .put_addresses(v1::PutAddressesRequest {
+            addresses: vec![v1::Address {
+                code: "NEW-1".into(),
+                lat: 30.2705,
+                lng: 120.1505,
+                kind: "standard".into(),
+                area: "A9".into(),
+                label: "generated".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(put.accepted, 1);
+    let mut e = events(4_000, 1, 1);
+    e[0].lat = None;
+    e[0].lng = None;
+    e[0].address = "NEW-1".into();
+    let ch = connect(ports[2]).await.unwrap();
+    let r = v1::ingest_client::IngestClient::new(ch)
+        .ingest(v1::IngestRequest { events: e })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.accepted, r.rejected.len()), (1, 0), "{r:?}");
+    acked.push(4_000);
+
     // kill -9 the leader; the others elect a new one and take writes.
     procs[first].kill();
     let killed = Instant::now();
