@@ -118,9 +118,9 @@ pub fn decode_day_set(key: &[u8], v: &[u8]) -> Result<DaySet> {
     Ok(out)
 }
 
-/// Sorts `(id, mask)` pairs by id and ORs the masks of equal ids: the union
-/// of day sets, in place.
-pub fn fold_day_set(entries: &mut DaySet) {
+/// Sorts `(key, hour mask)` pairs by key and ORs the masks of equal keys,
+/// in place: the union of mask sets (day sets, person-day places).
+fn fold_masks<K: Ord + Copy>(entries: &mut Vec<(K, u32)>) {
     entries.sort_unstable_by_key(|e| e.0);
     let mut w = 0;
     for r in 0..entries.len() {
@@ -132,6 +132,12 @@ pub fn fold_day_set(entries: &mut DaySet) {
         }
     }
     entries.truncate(w);
+}
+
+/// Sorts `(id, mask)` pairs by id and ORs the masks of equal ids: the union
+/// of day sets, in place.
+pub fn fold_day_set(entries: &mut DaySet) {
+    fold_masks(entries);
 }
 
 /// One place a person was during an hour, as stored in the person index
@@ -172,17 +178,7 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
 type PlaceMasks = Vec<((u64, u32, u16), u32)>;
 
 fn fold_place_masks(entries: &mut PlaceMasks) {
-    entries.sort_unstable_by_key(|e| e.0);
-    let mut w = 0;
-    for r in 0..entries.len() {
-        if w > 0 && entries[w - 1].0 == entries[r].0 {
-            entries[w - 1].1 |= entries[r].1;
-        } else {
-            entries[w] = entries[r];
-            w += 1;
-        }
-    }
-    entries.truncate(w);
+    fold_masks(entries);
 }
 
 fn encode_place_masks(masks: &[((u64, u32, u16), u32)]) -> Vec<u8> {

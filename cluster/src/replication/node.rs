@@ -207,6 +207,20 @@ impl RaftHandle {
     }
 }
 
+/// Removes the waiters `(group, term, reply)` registered in a term older
+/// than their group's current one, returning their replies.
+fn take_stale<T>(waiting: &mut HashMap<u64, (u64, u64, T)>, terms: &HashMap<u64, u64>) -> Vec<T> {
+    let stale: Vec<u64> = waiting
+        .iter()
+        .filter(|(_, (g, t, _))| terms.get(g).is_some_and(|now| now > t))
+        .map(|(seq, _)| *seq)
+        .collect();
+    stale
+        .into_iter()
+        .filter_map(|seq| waiting.remove(&seq).map(|w| w.2))
+        .collect()
+}
+
 /// Drives the raft groups of one node.
 pub struct RaftNode<E: KvEngine> {
     id: u64,
@@ -388,27 +402,11 @@ impl<E: KvEngine> RaftNode<E> {
             .iter()
             .map(|(id, g)| (*id, g.raw.raft.term))
             .collect();
-        let stale: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, (g, t, _))| terms.get(g).is_some_and(|now| now > t))
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in stale {
-            if let Some((_, _, reply)) = self.pending.remove(&seq) {
-                let _ = reply.send(Err(ProposeError::Dropped));
-            }
+        for reply in take_stale(&mut self.pending, &terms) {
+            let _ = reply.send(Err(ProposeError::Dropped));
         }
-        let stale: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, (g, t, _))| terms.get(g).is_some_and(|now| now > t))
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in stale {
-            if let Some((_, _, reply)) = self.reads.remove(&seq) {
-                let _ = reply.send(Err(ProposeError::Dropped));
-            }
+        for reply in take_stale(&mut self.reads, &terms) {
+            let _ = reply.send(Err(ProposeError::Dropped));
         }
     }
 
