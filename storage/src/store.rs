@@ -448,26 +448,22 @@ impl<E: KvEngine> SliceStore<E> {
         self.get_bincode(&keys::task(id))
     }
 
-    /// Tasks with id greater than `after`, ascending, that `keep` accepts,
-    /// at most `limit` of them.
-    pub fn tasks_after(
+    /// Decodes the bincode values of `[start, end)` in key order, keeping
+    /// those `keep` accepts, until `limit` are kept.
+    fn scan_bincode<T: serde::de::DeserializeOwned>(
         &self,
-        after: u64,
+        start: &[u8],
+        end: &[u8],
         limit: usize,
-        keep: &mut dyn FnMut(&TaskRecord) -> bool,
-    ) -> Result<Vec<TaskRecord>> {
+        keep: &mut dyn FnMut(&T) -> bool,
+    ) -> Result<Vec<T>> {
         let mut out = Vec::new();
         let mut err = None;
-        if limit == 0 || after == u64::MAX {
+        if limit == 0 {
             return Ok(out);
         }
-        self.engine.scan(
-            &keys::task(after + 1),
-            &keys::prefix_end(&[keys::TASK]),
-            &mut |k, v| match bincode::serde::decode_from_slice::<TaskRecord, _>(
-                v,
-                bincode::config::standard(),
-            ) {
+        self.engine.scan(start, end, &mut |k, v| {
+            match bincode::serde::decode_from_slice::<T, _>(v, bincode::config::standard()) {
                 Ok((t, _)) => {
                     if keep(&t) {
                         out.push(t);
@@ -478,37 +474,42 @@ impl<E: KvEngine> SliceStore<E> {
                     err = Some(StorageError::corrupt(k, e));
                     false
                 }
-            },
-        )?;
+            }
+        })?;
         err.map_or(Ok(out), Err)
+    }
+
+    /// Tasks with id greater than `after`, ascending, that `keep` accepts,
+    /// at most `limit` of them.
+    pub fn tasks_after(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: &mut dyn FnMut(&TaskRecord) -> bool,
+    ) -> Result<Vec<TaskRecord>> {
+        if after == u64::MAX {
+            return Ok(Vec::new());
+        }
+        self.scan_bincode(
+            &keys::task(after + 1),
+            &keys::prefix_end(&[keys::TASK]),
+            limit,
+            keep,
+        )
     }
 
     /// Change-log entries with sequence number greater than `after`,
     /// ascending, at most `limit`.
     pub fn task_changes(&self, after: u64, limit: usize) -> Result<Vec<TaskChange>> {
-        let mut out = Vec::new();
-        let mut err = None;
-        if limit == 0 || after == u64::MAX {
-            return Ok(out);
+        if after == u64::MAX {
+            return Ok(Vec::new());
         }
-        self.engine.scan(
+        self.scan_bincode(
             &keys::task_change(after + 1),
             &keys::prefix_end(&[keys::TASK_CHANGE]),
-            &mut |k, v| match bincode::serde::decode_from_slice::<TaskChange, _>(
-                v,
-                bincode::config::standard(),
-            ) {
-                Ok((c, _)) => {
-                    out.push(c);
-                    out.len() < limit
-                }
-                Err(e) => {
-                    err = Some(StorageError::corrupt(k, e));
-                    false
-                }
-            },
-        )?;
-        err.map_or(Ok(out), Err)
+            limit,
+            &mut |_| true,
+        )
     }
 
     /// The sequence number of the latest task change (0 if none).
