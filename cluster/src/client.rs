@@ -1403,8 +1403,14 @@ mod tests {
         };
         let rows = cluster_rows(&peers, &[st(2, false, 90, 80), st(2, true, 100, 100), None]);
         assert_eq!(
-            rows.iter().map(|r| (r.role.as_str(), r.lag)).collect::<Vec<_>>(),
-            vec![("follower", Some(20)), ("leader", Some(0)), ("unreachable", None)]
+            rows.iter()
+                .map(|r| (r.role.as_str(), r.lag))
+                .collect::<Vec<_>>(),
+            vec![
+                ("follower", Some(20)),
+                ("leader", Some(0)),
+                ("unreachable", None)
+            ]
         );
         let t = render_cluster(&rows, Format::Table).unwrap();
         assert!(t.contains("2 of 3 nodes reachable; node 2 leads"), "{t}");

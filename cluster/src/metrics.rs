@@ -73,7 +73,10 @@ pub struct Metrics {
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
@@ -190,7 +193,10 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
                     .unwrap_or_default();
                 ("200 OK", body)
             } else {
-                ("404 Not Found", "only /metrics is served here\n".to_string())
+                (
+                    "404 Not Found",
+                    "only /metrics is served here\n".to_string(),
+                )
             };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

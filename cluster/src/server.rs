@@ -83,9 +83,8 @@ pub async fn serve(
                 }
                 let n = node.clone();
                 let has_leader = tokio::task::spawn_blocking(move || {
-                    n.replication().is_none_or(|r| {
-                        r.handle.status(r.group).is_some_and(|s| s.leader != 0)
-                    })
+                    n.replication()
+                        .is_none_or(|r| r.handle.status(r.group).is_some_and(|s| s.leader != 0))
                 })
                 .await
                 .unwrap_or(false);

@@ -96,7 +96,10 @@ async fn wait_health(port: u16, want: i32, deadline: Duration) {
                 return;
             }
         }
-        assert!(Instant::now() < end, "health of :{port} never became {want}");
+        assert!(
+            Instant::now() < end,
+            "health of :{port} never became {want}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -324,11 +327,19 @@ async fn three_processes_replicate_and_survive_leader_kill() {
         .arg(format!("http://127.0.0.1:{}", ports[rest[0]]))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nodes = v["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
-    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{v}");
+    assert_eq!(
+        nodes.iter().filter(|n| n["role"] == "leader").count(),
+        1,
+        "{v}"
+    );
     assert!(nodes.iter().all(|n| n["lag"] == 0), "{v}");
 
     // Every node serves Prometheus metrics with its raft role.
@@ -338,8 +349,13 @@ async fn three_processes_replicate_and_survive_leader_kill() {
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("hourcell_proposals_total"), "{body}");
         assert!(body.contains("hourcell_commit_seconds_bucket"), "{body}");
-        assert!(body.contains("hourcell_raft_apply_lag{group=\"1\"}"), "{body}");
-        leaders += body.matches("hourcell_raft_is_leader{group=\"1\"} 1").count();
+        assert!(
+            body.contains("hourcell_raft_apply_lag{group=\"1\"}"),
+            "{body}"
+        );
+        leaders += body
+            .matches("hourcell_raft_is_leader{group=\"1\"} 1")
+            .count();
     }
     assert_eq!(leaders, 1);
     assert!(http_get(metrics[0], "/other").starts_with("HTTP/1.1 404"));
@@ -350,9 +366,7 @@ async fn three_processes_replicate_and_survive_leader_kill() {
     let follower = all
         .iter()
         .copied()
-        .find(|&i| {
-            futures::executor::block_on(raft_status(ports[i])).is_some_and(|s| !s.is_leader)
-        })
+        .find(|&i| futures::executor::block_on(raft_status(ports[i])).is_some_and(|s| !s.is_leader))
         .unwrap();
     let (got, stale) = persons_on_stale(ports[follower], Some(10_000)).await;
     assert_eq!(got, acked);
@@ -401,10 +415,12 @@ async fn failover_benchmark() {
         // Let the restarted node catch up before the next trial.
         let end = Instant::now() + Duration::from_secs(20);
         loop {
-            let st: Vec<_> =
-                futures::future::join_all(ports.iter().map(|&p| raft_status(p))).await;
+            let st: Vec<_> = futures::future::join_all(ports.iter().map(|&p| raft_status(p))).await;
             let c = st.iter().flatten().map(|s| s.commit).max().unwrap_or(0);
-            if st.iter().all(|s| s.as_ref().is_some_and(|s| s.applied == c)) {
+            if st
+                .iter()
+                .all(|s| s.as_ref().is_some_and(|s| s.applied == c))
+            {
                 break;
             }
             assert!(Instant::now() < end, "no catch-up: {st:?}");

@@ -462,8 +462,13 @@ impl<E: KvEngine> SliceStore<E> {
         if limit == 0 {
             return Ok(out);
         }
-        self.engine.scan(start, end, &mut |k, v| {
-            match bincode::serde::decode_from_slice::<T, _>(v, bincode::config::standard()) {
+        self.engine.scan(
+            start,
+            end,
+            &mut |k, v| match bincode::serde::decode_from_slice::<T, _>(
+                v,
+                bincode::config::standard(),
+            ) {
                 Ok((t, _)) => {
                     if keep(&t) {
                         out.push(t);
@@ -474,8 +479,8 @@ impl<E: KvEngine> SliceStore<E> {
                     err = Some(StorageError::corrupt(k, e));
                     false
                 }
-            }
-        })?;
+            },
+        )?;
         err.map_or(Ok(out), Err)
     }
 

@@ -329,7 +329,11 @@ fn the_log_is_compacted_everywhere_and_restarts_still_work() {
     let _ = c.leader(&VOTERS, Duration::from_secs(5));
     assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
     for i in 0..30u64 {
-        assert!(c.propose(1 + i % 3, &batch(50_000 + i * 10, 10, 900), Duration::from_secs(5)));
+        assert!(c.propose(
+            1 + i % 3,
+            &batch(50_000 + i * 10, 10, 900),
+            Duration::from_secs(5)
+        ));
     }
     // Every replica drops the entries all voters hold (compact_after = 8).
     let end = Instant::now() + Duration::from_secs(10);
@@ -341,7 +345,10 @@ fn the_log_is_compacted_everywhere_and_restarts_still_work() {
         if firsts.iter().all(|&f| f > 9) {
             break;
         }
-        assert!(Instant::now() < end, "log not compacted: first indexes {firsts:?}");
+        assert!(
+            Instant::now() < end,
+            "log not compacted: first indexes {firsts:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // A replica restarted on a compacted log replays nothing it lacks and

@@ -417,9 +417,14 @@ mod tests {
         r.compact(1).unwrap();
         assert_eq!(r.first_index().unwrap(), 2);
         assert_eq!(r.term(1).unwrap(), 1);
-        assert!(r.entries(1, 3, None, GetEntriesContext::empty(false)).is_err());
+        assert!(r
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .is_err());
         let again = RaftLogStore::open(engine.clone(), 7, &[9]).unwrap();
-        assert_eq!((again.first_index().unwrap(), again.last_index().unwrap()), (2, 2));
+        assert_eq!(
+            (again.first_index().unwrap(), again.last_index().unwrap()),
+            (2, 2)
+        );
         // Groups do not see each other's logs.
         let other = RaftLogStore::open(engine, 8, &[1]).unwrap();
         assert_eq!(other.last_index().unwrap(), 0);

@@ -587,7 +587,9 @@ impl<E: KvEngine> RaftNode<E> {
                 {
                     let to = u64::from_be_bytes(e.data[8..].try_into().unwrap());
                     // Entries up to `to` were applied before this one.
-                    g.store.set_applied(e.index - 1).map_err(|e| e.to_string())?;
+                    g.store
+                        .set_applied(e.index - 1)
+                        .map_err(|e| e.to_string())?;
                     g.store.compact(to).map_err(|e| e.to_string())?;
                     None
                 }
