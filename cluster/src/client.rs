@@ -842,6 +842,20 @@ pub fn cluster_rows(peers: &[v1::RaftPeer], st: &[Option<v1::RaftStatus>]) -> Ve
 
 pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.addr.clone(),
+                r.role.clone(),
+                opt(r.term),
+                opt(r.commit),
+                opt(r.applied),
+                opt(r.lag),
+            ]
+        })
+        .collect();
     Ok(match format {
         Format::Json => format!(
             "{}\n",
@@ -850,40 +864,18 @@ pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
             w.write_record(["id", "addr", "role", "term", "commit", "applied", "lag"])?;
-            for r in rows {
-                w.write_record([
-                    r.id.to_string(),
-                    r.addr.clone(),
-                    r.role.clone(),
-                    opt(r.term),
-                    opt(r.commit),
-                    opt(r.applied),
-                    opt(r.lag),
-                ])?;
+            for c in &cells {
+                w.write_record(c)?;
             }
             String::from_utf8(w.into_inner()?)?
         }
         Format::Table => {
-            let body: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.id.to_string(),
-                        r.addr.clone(),
-                        r.role.clone(),
-                        opt(r.term),
-                        opt(r.commit),
-                        opt(r.applied),
-                        opt(r.lag),
-                    ]
-                })
-                .collect();
             let healthy = rows.iter().filter(|r| r.role != "unreachable").count();
             format!(
                 "{}{healthy} of {} nodes reachable; {}\n",
                 aligned(
                     &["node", "addr", "role", "term", "commit", "applied", "lag"],
-                    &body
+                    &cells
                 ),
                 rows.len(),
                 match rows.iter().find(|r| r.role == "leader") {

@@ -176,6 +176,44 @@ async fn start_cluster(
     Ok(out)
 }
 
+/// Generates the demo town into an empty node, then evaluates the rules
+/// once as of the end of the town so that field tasks are there to look at.
+/// Returns what was loaded, the load time in seconds and the rule run.
+async fn load_demo(
+    node: &Arc<Node>,
+    args: &DevArgs,
+    how: &str,
+) -> anyhow::Result<(Loaded, f64, crate::node::RunSummary)> {
+    let town_cfg = TownConfig {
+        seed: args.seed,
+        persons: args.persons,
+        days: args.days,
+        start_unix: days_ago_midnight(args.days),
+        ..TownConfig::default()
+    };
+    println!(
+        "empty data directory {}: generating a demo town of {} persons over {} days (seed {}){how}",
+        args.data_dir.display(),
+        args.persons,
+        args.days,
+        args.seed
+    );
+    let started = std::time::Instant::now();
+    let n = node.clone();
+    let mut l =
+        tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true)).await??;
+    let secs = started.elapsed().as_secs_f64();
+    let n = node.clone();
+    let end = l.town.end_unix();
+    let run = tokio::task::spawn_blocking(move || n.run_tasks(Some(end))).await??;
+    l.first_task = node
+        .store()
+        .tasks_after(0, 1, &mut |_| true)?
+        .first()
+        .map(|t| t.id);
+    Ok((l, secs, run))
+}
+
 /// Serves `/metrics` on the gRPC port + 1000 if that port is free.
 async fn serve_metrics(node: &Arc<Node>, grpc: std::net::SocketAddr) {
     let mut m = grpc;
@@ -214,37 +252,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::new(args.data_dir.clone());
     cfg.listen = args.listen;
     let node: Arc<Node> = Node::open(&cfg, system_clock())?;
-    let town_cfg = TownConfig {
-        seed: args.seed,
-        persons: args.persons,
-        days: args.days,
-        start_unix: days_ago_midnight(args.days),
-        ..TownConfig::default()
-    };
     let stats = node.store().stats()?;
     let loaded = if stats.addresses == 0 {
-        println!(
-            "empty data directory {}: generating a demo town of {} persons over {} days (seed {})",
-            args.data_dir.display(),
-            args.persons,
-            args.days,
-            args.seed
-        );
-        let started = std::time::Instant::now();
-        let n = node.clone();
-        let mut l =
-            tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true)).await??;
-        let secs = started.elapsed().as_secs_f64();
-        // Evaluate the rules once as of the end of the town, so that field
-        // tasks are there to look at.
-        let n = node.clone();
-        let end = l.town.end_unix();
-        let run = tokio::task::spawn_blocking(move || n.run_tasks(Some(end))).await??;
-        l.first_task = node
-            .store()
-            .tasks_after(0, 1, &mut |_| true)?
-            .first()
-            .map(|t| t.id);
+        let (l, secs, run) = load_demo(&node, &args, "").await?;
         let st = node.store().stats()?;
         println!(
             "loaded {} addresses, {} registrations, {} events ({} rejected) for {} persons in {secs:.1} s ({:.0} events/s)",
@@ -327,25 +337,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
     let first = nodes[0].clone();
     let stats = first.store().stats()?;
     if stats.addresses == 0 {
-        let town_cfg = TownConfig {
-            seed: args.seed,
-            persons: args.persons,
-            days: args.days,
-            start_unix: days_ago_midnight(args.days),
-            ..TownConfig::default()
-        };
-        println!(
-            "empty data directory {}: generating a demo town of {} persons over {} days (seed {}), written through raft",
-            args.data_dir.display(),
-            args.persons,
-            args.days,
-            args.seed
-        );
-        let t0 = std::time::Instant::now();
-        let n = first.clone();
-        let mut l =
-            tokio::task::spawn_blocking(move || load_town(&n, Town::new(town_cfg), true)).await??;
-        let secs = t0.elapsed().as_secs_f64();
+        let (l, secs, run) = load_demo(&first, &args, ", written through raft").await?;
         println!(
             "loaded {} events ({} rejected) in {secs:.1} s ({:.0} events/s, replicated to {} nodes)",
             l.events,
@@ -353,14 +345,6 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
             l.events as f64 / secs.max(1e-9),
             nodes.len()
         );
-        let n = first.clone();
-        let end = l.town.end_unix();
-        let run = tokio::task::spawn_blocking(move || n.run_tasks(Some(end))).await??;
-        l.first_task = first
-            .store()
-            .tasks_after(0, 1, &mut |_| true)?
-            .first()
-            .map(|t| t.id);
         println!(
             "rules as of {}: {} field tasks raised through raft",
             format_time(run.at),

@@ -39,6 +39,28 @@ pub struct Replication {
     pub peers: Vec<(u64, String)>,
 }
 
+impl Replication {
+    /// Calls `f` with the time left until it returns anything but
+    /// `Dropped` (no leader yet, or the leader changed under the request)
+    /// or `propose_timeout` has passed. Retrying is safe: commands are
+    /// idempotent and read barriers have no effect.
+    fn retry_dropped<T>(
+        &self,
+        mut f: impl FnMut(std::time::Duration) -> Result<T, crate::replication::ProposeError>,
+    ) -> Result<T, crate::replication::ProposeError> {
+        let deadline = std::time::Instant::now() + self.propose_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match f(left) {
+                Err(crate::replication::ProposeError::Dropped) if !left.is_zero() => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
 /// The one data group until sharding arrives.
 pub const DATA_GROUP: u64 = 1;
 
@@ -231,30 +253,18 @@ impl Node {
             // A timeout may still commit later: the caller may retry, as
             // every command is idempotent.
             use crate::replication::ProposeError;
-            let deadline = std::time::Instant::now() + r.propose_timeout;
             let data = cmd.encode();
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let err = match r.handle.propose(r.group, data.clone(), left) {
-                    Ok(out) => return Ok(out),
-                    Err(e) => e,
-                };
-                match err {
-                    // No leader yet, or the leader changed under the
-                    // proposal: retry until the deadline.
-                    ProposeError::Dropped if !left.is_zero() => {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    ProposeError::Apply(why) => return Err(NodeError::Invalid(why)),
-                    ProposeError::Stopped(why) => {
-                        self.failed.store(true, Ordering::Relaxed);
-                        return Err(NodeError::Unavailable(format!(
-                            "replication stopped: {why}"
-                        )));
-                    }
-                    other => return Err(NodeError::Unavailable(other.to_string())),
+            return match r.retry_dropped(|left| r.handle.propose(r.group, data.clone(), left)) {
+                Ok(out) => Ok(out),
+                Err(ProposeError::Apply(why)) => Err(NodeError::Invalid(why)),
+                Err(ProposeError::Stopped(why)) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    Err(NodeError::Unavailable(format!(
+                        "replication stopped: {why}"
+                    )))
                 }
-            }
+                Err(other) => Err(NodeError::Unavailable(other.to_string())),
+            };
         }
         let t0 = std::time::Instant::now();
         let r = self.store.apply(cmd);
@@ -333,22 +343,8 @@ impl Node {
         let Some(r) = &self.replication else {
             return Ok(());
         };
-        use crate::replication::ProposeError;
-        let deadline = std::time::Instant::now() + r.propose_timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match r.handle.read_index(r.group, left) {
-                Ok(()) => return Ok(()),
-                Err(ProposeError::Dropped) if !left.is_zero() => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => {
-                    return Err(NodeError::Unavailable(format!(
-                        "cannot serve a linearizable read: {e}"
-                    )))
-                }
-            }
-        }
+        r.retry_dropped(|left| r.handle.read_index(r.group, left))
+            .map_err(|e| NodeError::Unavailable(format!("cannot serve a linearizable read: {e}")))
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {

@@ -259,6 +259,17 @@ pub fn render_run(r: &v1::RunTasksResponse, format: Format) -> Result<String> {
     })
 }
 
+/// Sends a state change and prints the task as it now is.
+async fn update(server: &str, req: v1::UpdateTaskRequest, format: Format) -> Result<()> {
+    let t = client(server)
+        .await?
+        .update(req)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_stdout(&render_task(&t, format)?)
+}
+
 pub async fn run(cmd: TasksCommand) -> Result<()> {
     match cmd {
         TasksCommand::Run(a) => {
@@ -311,34 +322,24 @@ pub async fn run(cmd: TasksCommand) -> Result<()> {
             print_stdout(&render_task(&t, a.format)?)
         }
         TasksCommand::Start(a) => {
-            let mut c = client(&a.server).await?;
-            let t = c
-                .update(v1::UpdateTaskRequest {
-                    id: a.id,
-                    state: "in_progress".into(),
-                    outcome: String::new(),
-                    note: a.note,
-                    by: a.by,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_stdout(&render_task(&t, a.format)?)
+            let req = v1::UpdateTaskRequest {
+                id: a.id,
+                state: "in_progress".into(),
+                outcome: String::new(),
+                note: a.note,
+                by: a.by,
+            };
+            update(&a.server, req, a.format).await
         }
         TasksCommand::Resolve(a) => {
-            let mut c = client(&a.server).await?;
-            let t = c
-                .update(v1::UpdateTaskRequest {
-                    id: a.id,
-                    state: "resolved".into(),
-                    outcome: a.outcome,
-                    note: a.note,
-                    by: a.by,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_stdout(&render_task(&t, a.format)?)
+            let req = v1::UpdateTaskRequest {
+                id: a.id,
+                state: "resolved".into(),
+                outcome: a.outcome,
+                note: a.note,
+                by: a.by,
+            };
+            update(&a.server, req, a.format).await
         }
         TasksCommand::Watch(a) => {
             let mut c = client(&a.server).await?;

@@ -153,6 +153,23 @@ impl RaftHandle {
         self.tx.clone()
     }
 
+    /// Sends the input `make` builds around a reply channel and waits for
+    /// the answer.
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(SyncSender<Result<T, ProposeError>>) -> Input,
+        timeout: Duration,
+    ) -> Result<T, ProposeError> {
+        let stopped = || ProposeError::Stopped("node loop has exited".into());
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx.send(make(reply)).map_err(|_| stopped())?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(ProposeError::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(stopped()),
+        }
+    }
+
     /// Proposes `data` (an encoded command) to `group` and waits until this
     /// node has applied it.
     pub fn propose(
@@ -161,34 +178,14 @@ impl RaftHandle {
         data: Vec<u8>,
         timeout: Duration,
     ) -> Result<ApplyOutcome, ProposeError> {
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Input::Propose { group, data, reply })
-            .map_err(|_| ProposeError::Stopped("node loop has exited".into()))?;
-        match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(ProposeError::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(ProposeError::Stopped("node loop has exited".into()))
-            }
-        }
+        self.ask(|reply| Input::Propose { group, data, reply }, timeout)
     }
 
     /// Waits until this replica may serve a linearizable read of `group`:
     /// the leader confirms its leadership with a quorum (ReadIndex, not a
     /// lease) and this replica applies up to the read index.
     pub fn read_index(&self, group: u64, timeout: Duration) -> Result<(), ProposeError> {
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Input::ReadIndex { group, reply })
-            .map_err(|_| ProposeError::Stopped("node loop has exited".into()))?;
-        match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(ProposeError::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(ProposeError::Stopped("node loop has exited".into()))
-            }
-        }
+        self.ask(|reply| Input::ReadIndex { group, reply }, timeout)
     }
 
     pub fn status(&self, group: u64) -> Option<GroupStatus> {
