@@ -86,6 +86,13 @@ pub struct NodeArgs {
     /// TOML config file.
     #[arg(long)]
     pub config: PathBuf,
+    /// Join the running cluster of the configured peers instead of
+    /// starting a new one: for a node added to the cluster, or one whose
+    /// data directory was lost (start it empty with --join; it is removed
+    /// and re-added, and catches up from a snapshot). Same as
+    /// `[cluster] join = true`.
+    #[arg(long)]
+    pub join: bool,
 }
 
 #[derive(Debug, Args)]
@@ -325,9 +332,41 @@ pub struct TasksWatchArgs {
 /// `hourcell cluster ...`
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Ask one node for the group's voters, then every voter for its raft
-    /// state: role, term, commit and applied index, lag behind the leader.
+    /// Ask one node for the known nodes, then every node for its raft
+    /// state: membership (voter, learner), role, term, commit and applied
+    /// index, lag behind the leader.
     Status(ClusterStatusArgs),
+    /// Add a node to the cluster. It joins as a learner, catches up (by
+    /// snapshot, then the log) and is promoted to voter by the leader.
+    /// Start the new node with `hourcell node --join` (which asks for this
+    /// itself) or run this command before starting it.
+    AddNode(AddNodeArgs),
+    /// Remove a node from the cluster (a leader hands over first). To
+    /// replace a dead node: remove it, then add the new one.
+    RemoveNode(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddNodeArgs {
+    /// The new node's id (unique, non-zero).
+    #[arg(long)]
+    pub id: u64,
+    /// The new node's gRPC address (host:port), as peers will dial it.
+    #[arg(long)]
+    pub addr: String,
+    /// If the id is already a member, remove it first (its data was lost).
+    #[arg(long)]
+    pub replace: bool,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    #[arg(long)]
+    pub id: u64,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
 }
 
 #[derive(Debug, Args)]

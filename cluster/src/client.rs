@@ -800,6 +800,8 @@ pub fn format_status(s: &v1::StatusResponse) -> String {
 pub struct ClusterRow {
     pub id: u64,
     pub addr: String,
+    /// voter, learner, or removed (known but no longer a member).
+    pub member: String,
     /// leader, follower, candidate (no leader known) or unreachable.
     pub role: String,
     pub term: Option<u64>,
@@ -817,12 +819,24 @@ pub fn cluster_rows(peers: &[v1::RaftPeer], st: &[Option<v1::RaftStatus>]) -> Ve
         .map(|s| s.commit)
         .max()
         .or_else(|| st.iter().flatten().map(|s| s.commit).max());
+    // Membership as the leader sees it (else the most advanced replica).
+    let view = st
+        .iter()
+        .flatten()
+        .find(|s| s.is_leader)
+        .or_else(|| st.iter().flatten().max_by_key(|s| s.applied));
     peers
         .iter()
         .zip(st)
         .map(|(p, s)| ClusterRow {
             id: p.id,
             addr: p.addr.clone(),
+            member: match view {
+                Some(v) if v.learners.contains(&p.id) => "learner".into(),
+                Some(v) if v.voters.contains(&p.id) || v.voters.is_empty() => "voter".into(),
+                Some(_) => "removed".into(),
+                None => "-".into(),
+            },
             role: match s {
                 None => "unreachable".into(),
                 Some(s) if s.is_leader => "leader".into(),
@@ -848,6 +862,7 @@ pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
             vec![
                 r.id.to_string(),
                 r.addr.clone(),
+                r.member.clone(),
                 r.role.clone(),
                 opt(r.term),
                 opt(r.commit),
@@ -863,7 +878,9 @@ pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
         ),
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(["id", "addr", "role", "term", "commit", "applied", "lag"])?;
+            w.write_record([
+                "id", "addr", "member", "role", "term", "commit", "applied", "lag",
+            ])?;
             for c in &cells {
                 w.write_record(c)?;
             }
@@ -874,7 +891,7 @@ pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
             format!(
                 "{}{healthy} of {} nodes reachable; {}\n",
                 aligned(
-                    &["node", "addr", "role", "term", "commit", "applied", "lag"],
+                    &["node", "addr", "member", "role", "term", "commit", "applied", "lag"],
                     &cells
                 ),
                 rows.len(),
@@ -915,7 +932,50 @@ pub async fn run_cluster(cmd: crate::cli::ClusterCommand) -> Result<()> {
             }
             print_stdout(&render_cluster(&cluster_rows(&first.peers, &st), a.format)?)
         }
+        crate::cli::ClusterCommand::AddNode(a) => {
+            let r = admin_client(channel(&a.server).await?)
+                .add_node(v1::AddNodeRequest {
+                    id: a.id,
+                    addr: a.addr.clone(),
+                    replace: a.replace,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_stdout(&format!(
+                "node {} added as a learner at {}; it becomes a voter once caught up\n{}",
+                a.id,
+                a.addr,
+                membership_line(&r)
+            ))
+        }
+        crate::cli::ClusterCommand::RemoveNode(a) => {
+            let r = admin_client(channel(&a.server).await?)
+                .remove_node(v1::RemoveNodeRequest { id: a.id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_stdout(&format!("node {} removed\n{}", a.id, membership_line(&r)))
+        }
     }
+}
+
+fn membership_line(r: &v1::MembershipResponse) -> String {
+    let list = |v: &[u64]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    format!(
+        "voters: {}; learners: {}\n",
+        list(&r.voters),
+        list(&r.learners)
+    )
 }
 
 pub fn human_bytes(b: u64) -> String {

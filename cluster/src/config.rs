@@ -53,6 +53,13 @@ pub struct ClusterConfig {
     /// at the default 100 ms).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// Join a running cluster instead of starting a new one: the node
+    /// starts empty, asks the peers to add it (replacing its old
+    /// membership if it had one) and catches up from a snapshot. For a new
+    /// node, or one whose data directory was lost. `hourcell node --join`
+    /// sets it.
+    #[serde(default)]
+    pub join: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

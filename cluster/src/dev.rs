@@ -168,6 +168,7 @@ async fn start_cluster(
             node_id: i as u64 + 1,
             peers: peers.clone(),
             tick_ms: 100,
+            join: false,
         });
         let (addr, listener) = crate::server::bind(*a).await?;
         let node = Node::open(&cfg, system_clock())?;

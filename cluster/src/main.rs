@@ -26,7 +26,16 @@ fn main() {
                 dev::run(a).await
             }
             Command::Node(a) => {
-                let cfg = config::NodeConfig::load(&a.config)?;
+                let mut cfg = config::NodeConfig::load(&a.config)?;
+                if a.join {
+                    match cfg.cluster.as_mut() {
+                        Some(c) => c.join = true,
+                        None => anyhow::bail!(
+                            "--join needs a [cluster] section in {}",
+                            a.config.display()
+                        ),
+                    }
+                }
                 init_logging(&cfg.log);
                 server::run(cfg).await
             }

@@ -35,11 +35,107 @@ pub struct Replication {
     pub inbox: std::sync::mpsc::Sender<crate::replication::node::Input>,
     pub group: u64,
     pub propose_timeout: std::time::Duration,
-    /// Voters as configured: (id, gRPC address).
+    /// Peers as configured: (id, gRPC address).
     pub peers: Vec<(u64, String)>,
+    /// The raft log's engine, which also records the addresses of nodes
+    /// added after the cluster started.
+    pub raft_engine: Arc<RocksEngine>,
 }
 
 impl Replication {
+    /// Every node this one knows an address for: the configured peers and
+    /// the nodes added since, by id.
+    pub fn known_peers(&self) -> Vec<(u64, String)> {
+        let mut m: std::collections::BTreeMap<u64, String> = self.peers.iter().cloned().collect();
+        if let Ok(stored) =
+            crate::replication::log_store::stored_peer_addresses(self.raft_engine.as_ref())
+        {
+            m.extend(stored);
+        }
+        m.into_iter().collect()
+    }
+
+    /// Adds node `id` at `addr` as a learner (promoted to voter by the
+    /// leader once caught up). With `replace`, a current member is removed
+    /// first, which is how a node that lost its data directory rejoins.
+    pub fn add_node(&self, id: u64, addr: &str, replace: bool) -> Result<(), NodeError> {
+        use raft::eraftpb::{ConfChange, ConfChangeType};
+        if id == 0 || addr.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "add-node needs a non-zero --id and the node's --addr".into(),
+            ));
+        }
+        let s = self.status()?;
+        if s.voters.contains(&id) || s.learners.contains(&id) {
+            if !replace {
+                return Err(NodeError::Refused(format!(
+                    "node {id} is already a member; to re-add a node whose data was lost, \
+                     start it with --join (or pass --replace)"
+                )));
+            }
+            self.remove_node(id)?;
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddLearnerNode);
+        cc.node_id = id;
+        cc.context = addr.trim().as_bytes().to_vec().into();
+        self.change(cc)
+    }
+
+    /// Removes node `id`. If it leads, leadership moves to another voter
+    /// first.
+    pub fn remove_node(&self, id: u64) -> Result<(), NodeError> {
+        use raft::eraftpb::{ConfChange, ConfChangeType};
+        let s = self.status()?;
+        if !s.voters.contains(&id) && !s.learners.contains(&id) {
+            return Err(NodeError::Invalid(format!("node {id} is not a member")));
+        }
+        if s.voters == [id] {
+            return Err(NodeError::Refused(format!(
+                "node {id} is the only voter; add another node first"
+            )));
+        }
+        if s.leader == id {
+            let to = s.voters.iter().copied().find(|v| *v != id).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                self.handle.transfer_leader(self.group, to);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let now = self.status()?;
+                if now.leader != 0 && now.leader != id {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(NodeError::Unavailable(format!(
+                        "node {id} leads and did not hand leadership to node {to} within 10 s"
+                    )));
+                }
+            }
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = id;
+        self.change(cc)
+    }
+
+    fn status(&self) -> Result<crate::replication::GroupStatus, NodeError> {
+        self.handle
+            .status(self.group)
+            .ok_or_else(|| NodeError::Unavailable("raft group is not running".into()))
+    }
+
+    /// Proposes a membership change, retrying while another one is still
+    /// pending or no leader is known.
+    fn change(&self, cc: raft::eraftpb::ConfChange) -> Result<(), NodeError> {
+        use crate::replication::ProposeError;
+        match self.retry_dropped(|left| self.handle.change_membership(self.group, cc.clone(), left))
+        {
+            Ok(()) => Ok(()),
+            Err(ProposeError::Apply(why)) => Err(NodeError::Refused(why)),
+            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Calls `f` with the time left until it returns anything but
     /// `Dropped` (no leader yet, or the leader changed under the request)
     /// or `propose_timeout` has passed. Retrying is safe: commands are
@@ -131,11 +227,14 @@ fn start_replication(
         },
     )
     .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", raft_dir.display()))?;
-    let peers: std::collections::HashMap<u64, String> = c
-        .peers
-        .iter()
-        .map(|p| (p.id, crate::client::normalize_server(&p.addr)))
-        .collect();
+    let engine = Arc::new(engine);
+    let mut peers: std::collections::HashMap<u64, String> =
+        c.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
+    // Nodes added by membership changes since the cluster started.
+    peers.extend(
+        crate::replication::log_store::stored_peer_addresses(engine.as_ref())
+            .map_err(|e| anyhow::anyhow!("cannot read peer addresses: {e}"))?,
+    );
     let transport = Arc::new(GrpcTransport::start(c.node_id, &peers));
     let timing = RaftTiming {
         tick: std::time::Duration::from_millis(c.tick_ms),
@@ -143,10 +242,15 @@ fn start_replication(
     };
     // (compact_after: the default 1,000 entries of up to 100,000 events.)
     let (mut raft, handle) = RaftNode::new(c.node_id, timing, transport);
-    let voters: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
+    // A joining node starts with no members and waits to be added.
+    let voters: Vec<u64> = if c.join {
+        Vec::new()
+    } else {
+        c.peers.iter().map(|p| p.id).collect()
+    };
     raft.add_group(
         DATA_GROUP,
-        Arc::new(engine),
+        engine.clone(),
         &voters,
         Arc::new(StoreMachine {
             store,
@@ -156,13 +260,61 @@ fn start_replication(
     .map_err(|e| anyhow::anyhow!("cannot start raft group: {e}"))?;
     let inbox = handle.inbox();
     raft.spawn();
-    Ok(Replication {
+    let r = Replication {
         handle,
         inbox,
         group: DATA_GROUP,
         propose_timeout: std::time::Duration::from_secs(10),
         peers: c.peers.iter().map(|p| (p.id, p.addr.clone())).collect(),
-    })
+        raft_engine: engine,
+    };
+    if c.join {
+        let me = r.handle.status(DATA_GROUP);
+        let member =
+            me.is_some_and(|s| s.voters.contains(&c.node_id) || s.learners.contains(&c.node_id));
+        if !member {
+            tokio::spawn(ask_to_join(c.clone()));
+        }
+    }
+    Ok(r)
+}
+
+/// Asks the configured peers, in turn, to add this node (replacing its old
+/// membership, if any) until one of them does.
+async fn ask_to_join(c: crate::config::ClusterConfig) {
+    let me = c
+        .peers
+        .iter()
+        .find(|p| p.id == c.node_id)
+        .map(|p| p.addr.clone())
+        .unwrap_or_default();
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        for p in c.peers.iter().filter(|p| p.id != c.node_id) {
+            let req = hourcell_proto::v1::AddNodeRequest {
+                id: c.node_id,
+                addr: me.clone(),
+                replace: true,
+            };
+            match crate::client::channel(&p.addr).await {
+                Ok(ch) => match crate::client::admin_client(ch).add_node(req).await {
+                    Ok(_) => {
+                        tracing::info!(
+                            via = p.id,
+                            "joined the cluster as a learner; waiting for a snapshot"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(via = p.id, error = %e.message(), "join refused; retrying")
+                    }
+                },
+                Err(e) => tracing::debug!(via = p.id, error = %e, "peer unreachable"),
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 impl Node {
@@ -344,7 +496,19 @@ impl Node {
             return Ok(());
         };
         r.retry_dropped(|left| r.handle.read_index(r.group, left))
-            .map_err(|e| NodeError::Unavailable(format!("cannot serve a linearizable read: {e}")))
+            .map_err(|e| {
+                NodeError::Unavailable(format!("cannot serve a linearizable read: {e}"))
+            })?;
+        self.check_restoring()
+    }
+
+    fn check_restoring(&self) -> Result<(), NodeError> {
+        if self.store.is_restoring() {
+            return Err(NodeError::Unavailable(
+                "this replica is installing a snapshot; retry, or ask another node".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
@@ -360,6 +524,7 @@ impl Node {
             if let Some(s) = r.handle.status(r.group) {
                 if let Some(ms) = s.leader_contact_ms {
                     if !s.is_leader && s.applied >= s.commit && ms <= u64::from(max) {
+                        self.check_restoring()?;
                         return Ok(ms);
                     }
                 }

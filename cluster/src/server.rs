@@ -116,6 +116,7 @@ pub async fn serve(
     let raft_svc = node.replication().map(|r| {
         v1::raft_server::RaftServer::new(crate::replication::grpc::RaftService {
             inbox: r.inbox.clone(),
+            snapshots: r.handle.snapshots(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
     });

@@ -426,13 +426,13 @@ impl v1::admin_server::Admin for Services {
                     commit: s.as_ref().map_or(0, |s| s.commit),
                     applied: s.as_ref().map_or(0, |s| s.applied),
                     peers: r
-                        .peers
-                        .iter()
-                        .map(|(id, addr)| v1::RaftPeer {
-                            id: *id,
-                            addr: addr.clone(),
-                        })
+                        .known_peers()
+                        .into_iter()
+                        .map(|(id, addr)| v1::RaftPeer { id, addr })
                         .collect(),
+                    voters: s.as_ref().map_or(Vec::new(), |s| s.voters.clone()),
+                    learners: s.as_ref().map_or(Vec::new(), |s| s.learners.clone()),
+                    first_index: s.as_ref().map_or(0, |s| s.first_index),
                 }
             });
             Ok((st, postings, raft))
@@ -471,6 +471,50 @@ impl v1::admin_server::Admin for Services {
             disk_bytes_before: before,
             disk_bytes_after: after,
         }))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let m = blocking(move || {
+            let rep = replicated(&node)?;
+            rep.add_node(r.id, &r.addr, r.replace)?;
+            Ok(membership(rep))
+        })
+        .await?;
+        Ok(Response::new(m))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let m = blocking(move || {
+            let rep = replicated(&node)?;
+            rep.remove_node(r.id)?;
+            Ok(membership(rep))
+        })
+        .await?;
+        Ok(Response::new(m))
+    }
+}
+
+fn replicated(node: &Node) -> Result<&crate::node::Replication, NodeError> {
+    node.replication().ok_or_else(|| {
+        NodeError::Refused("this is a single node without [cluster]: there is no membership".into())
+    })
+}
+
+fn membership(r: &crate::node::Replication) -> v1::MembershipResponse {
+    let s = r.handle.status(r.group);
+    v1::MembershipResponse {
+        voters: s.as_ref().map_or(Vec::new(), |s| s.voters.clone()),
+        learners: s.as_ref().map_or(Vec::new(), |s| s.learners.clone()),
     }
 }
 

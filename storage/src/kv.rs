@@ -12,6 +12,8 @@ pub enum Op {
     /// re-sent or re-applied batch change nothing.
     Merge(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    /// Removes every key in `[start, end)`.
+    DeleteRange(Vec<u8>, Vec<u8>),
 }
 
 /// An atomic group of writes: all of it becomes visible and durable, or none.
@@ -29,6 +31,9 @@ impl WriteBatch {
     }
     pub fn delete(&mut self, key: Vec<u8>) {
         self.ops.push(Op::Delete(key));
+    }
+    pub fn delete_range(&mut self, start: Vec<u8>, end: Vec<u8>) {
+        self.ops.push(Op::DeleteRange(start, end));
     }
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -74,4 +79,18 @@ pub trait KvEngine: Send + Sync + 'static {
 
     /// Flushes memtables and compacts, so that size measurements are honest.
     fn compact(&self) -> Result<()>;
+
+    /// A consistent point-in-time copy of every key, readable while writes
+    /// go on: what a raft snapshot streams to a replica that fell behind.
+    /// RocksDB makes a checkpoint (hard-linked files, removed when the view
+    /// is dropped), so the copy costs little disk and no memory.
+    fn freeze(&self) -> Result<std::sync::Arc<dyn FrozenView>>;
+}
+
+/// A read-only, point-in-time view from [`KvEngine::freeze`].
+pub trait FrozenView: Send + Sync {
+    /// Visits the keys in `[start, end)` in ascending order until `f`
+    /// returns false.
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool)
+        -> Result<()>;
 }

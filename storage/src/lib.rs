@@ -31,7 +31,7 @@ pub use catalog::{AddressKind, AddressRecord, RegistrationKind, RegistrationReco
 pub use codec::DaySet;
 pub use command::{ApplyOutcome, Command, SliceEvent};
 pub use error::{Result, StorageError};
-pub use kv::{KvEngine, WriteBatch};
+pub use kv::{FrozenView, KvEngine, WriteBatch};
 pub use mem::MemEngine;
 pub use rocks::{RocksConfig, RocksEngine};
 pub use store::{PlaceEntry, PlaceIds, SliceStore, StoreStats};

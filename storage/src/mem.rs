@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use crate::codec::merge_values;
 use crate::error::Result;
-use crate::kv::{KvEngine, Op, WriteBatch};
+use crate::kv::{FrozenView, KvEngine, Op, WriteBatch};
 
 #[derive(Default)]
 pub struct MemEngine {
@@ -34,6 +34,15 @@ impl KvEngine for MemEngine {
                 }
                 Op::Delete(k) => {
                     map.remove(&k);
+                }
+                Op::DeleteRange(start, end) => {
+                    let doomed: Vec<Vec<u8>> = map
+                        .range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in doomed {
+                        map.remove(&k);
+                    }
                 }
                 Op::Merge(k, v) => {
                     let merged = merge_values(&k, map.get(&k).map(|v| v.as_slice()), [&v[..]])?;
@@ -86,6 +95,31 @@ impl KvEngine for MemEngine {
     }
 
     fn compact(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn freeze(&self) -> Result<std::sync::Arc<dyn FrozenView>> {
+        Ok(std::sync::Arc::new(MemFrozen(self.map.read().clone())))
+    }
+}
+
+struct MemFrozen(BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl FrozenView for MemFrozen {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        for (k, v) in self
+            .0
+            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+        {
+            if !f(k, v) {
+                break;
+            }
+        }
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use rocksdb::{
 
 use crate::codec::merge_values;
 use crate::error::{Result, StorageError};
-use crate::kv::{KvEngine, Op, WriteBatch};
+use crate::kv::{FrozenView, KvEngine, Op, WriteBatch};
 
 /// Tuning knobs; the defaults suit one county on a 2-core machine.
 #[derive(Debug, Clone)]
@@ -100,6 +100,7 @@ impl KvEngine for RocksEngine {
                 Op::Put(k, v) => wb.put(k, v),
                 Op::Merge(k, v) => wb.merge(k, v),
                 Op::Delete(k) => wb.delete(k),
+                Op::DeleteRange(start, end) => wb.delete_range(start, end),
             }
         }
         let mut wo = WriteOptions::default();
@@ -172,5 +173,70 @@ impl KvEngine for RocksEngine {
         self.db.flush().map_err(engine_err)?;
         self.db.compact_range::<&[u8], &[u8]>(None, None);
         Ok(())
+    }
+
+    fn freeze(&self) -> Result<std::sync::Arc<dyn FrozenView>> {
+        // Checkpoints live beside the database (same filesystem, so the
+        // SST files are hard links) and are removed when the view drops.
+        let parent = self.path.parent().unwrap_or(Path::new("."));
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "db".into());
+        let dir = parent.join(format!("{name}.frozen"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageError::Engine(format!("cannot create {}: {e}", dir.display())))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let at = dir.join(format!("{nanos}"));
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&at))
+            .map_err(engine_err)?;
+        let mut opts = Options::default();
+        opts.set_merge_operator_associative("hourcell-union", merge_op);
+        let db = DB::open_for_read_only(&opts, &at, false).map_err(engine_err)?;
+        Ok(std::sync::Arc::new(RocksFrozen { db: Some(db), at }))
+    }
+}
+
+/// A checkpoint opened read-only; the directory goes with the view.
+struct RocksFrozen {
+    db: Option<DB>,
+    at: PathBuf,
+}
+
+impl Drop for RocksFrozen {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        let _ = std::fs::remove_dir_all(&self.at);
+    }
+}
+
+impl FrozenView for RocksFrozen {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let db = self.db.as_ref().expect("open until dropped");
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        // A one-off full scan: do not churn the block cache.
+        ro.fill_cache(false);
+        let mut it = db.raw_iterator_opt(ro);
+        it.seek(start);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !f(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status().map_err(engine_err)
     }
 }

@@ -117,6 +117,9 @@ pub struct SliceStore<E: KvEngine> {
     level: u8,
     apply_lock: Mutex<()>,
     state: RwLock<State>,
+    /// Set while a raft snapshot replaces the contents: reads must not be
+    /// served from a half-written store.
+    restoring: std::sync::atomic::AtomicBool,
 }
 
 const META_LEVEL: &str = "slice_level";
@@ -125,6 +128,9 @@ const META_LEVEL: &str = "slice_level";
 /// directory is refused with a message instead of being misread.
 const META_FORMAT: &str = "format";
 const FORMAT: u8 = 2;
+/// Present while a snapshot is being installed; a store that opens with it
+/// holds a partial copy.
+const META_RESTORING: &str = "restoring";
 /// Internal ids are u32; keep the top value free as a sentinel.
 const MAX_PERSONS: u64 = u32::MAX as u64;
 
@@ -133,6 +139,14 @@ impl<E: KvEngine> SliceStore<E> {
     /// existing one keeps the level it was created with, and asking for a
     /// different one is an error rather than a silent re-interpretation.
     pub fn open(engine: E, level: Option<u8>) -> Result<Self> {
+        if engine.get(&keys::meta(META_RESTORING))?.is_some() {
+            return Err(StorageError::Invalid(
+                "a raft snapshot was being installed into this data directory when the node \
+                 stopped, so it holds a partial copy; empty the data directory and start the node \
+                 with --join to fetch a fresh one"
+                    .into(),
+            ));
+        }
         let stored = engine.get(&keys::meta(META_LEVEL))?;
         let level = match (stored, level) {
             (Some(v), want) => {
@@ -175,6 +189,7 @@ impl<E: KvEngine> SliceStore<E> {
             level,
             apply_lock: Mutex::new(()),
             state: RwLock::new(State::default()),
+            restoring: std::sync::atomic::AtomicBool::new(false),
         };
         store.load()?;
         Ok(store)
@@ -280,6 +295,66 @@ impl<E: KvEngine> SliceStore<E> {
 
     pub fn slice_level(&self) -> u8 {
         self.level
+    }
+
+    /// A point-in-time copy of the whole store, for a raft snapshot. Taken
+    /// under the apply lock, so it holds whole commands only.
+    pub fn freeze(&self) -> Result<std::sync::Arc<dyn crate::FrozenView>> {
+        let _guard = self.apply_lock.lock();
+        self.engine.freeze()
+    }
+
+    /// Starts replacing the whole store with a snapshot's contents: clears
+    /// every key and marks the store as restoring (durably, so a crash
+    /// before [`SliceStore::finish_restore`] is detected at open).
+    pub fn begin_restore(&self) -> Result<()> {
+        let _guard = self.apply_lock.lock();
+        self.restoring
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut b = WriteBatch::default();
+        b.delete_range(vec![0x00], vec![0xff; 16]);
+        b.put(keys::meta(META_RESTORING), vec![1]);
+        self.engine.write(b, true)
+    }
+
+    /// Writes one chunk of a snapshot's key-value pairs.
+    pub fn restore_chunk(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let _guard = self.apply_lock.lock();
+        let marker = keys::meta(META_RESTORING);
+        let mut b = WriteBatch::default();
+        for (k, v) in pairs {
+            if k != marker {
+                b.put(k, v);
+            }
+        }
+        self.engine.write(b, false)
+    }
+
+    /// Ends a restore: checks the copy is of this build's format and slice
+    /// level, syncs it, clears the mark and reloads the in-memory tables.
+    pub fn finish_restore(&self) -> Result<()> {
+        let _guard = self.apply_lock.lock();
+        let level = self.engine.get(&keys::meta(META_LEVEL))?;
+        let format = self.engine.get(&keys::meta(META_FORMAT))?;
+        if format.as_deref() != Some(&[FORMAT][..]) || level.as_deref() != Some(&[self.level][..]) {
+            return Err(StorageError::Invalid(format!(
+                "snapshot has format {format:?} and slice level {level:?}; this replica needs \
+                 format {FORMAT} and level {}",
+                self.level
+            )));
+        }
+        let mut b = WriteBatch::default();
+        b.delete(keys::meta(META_RESTORING));
+        self.engine.write(b, true)?;
+        self.load()?;
+        self.restoring
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether a snapshot is being installed (reads must wait or fail).
+    pub fn is_restoring(&self) -> bool {
+        self.restoring.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn engine(&self) -> &E {

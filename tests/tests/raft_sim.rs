@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hourcell_cluster::replication::transport::{DropRate, Isolate, Partition, SimNetwork};
-use hourcell_cluster::replication::{ProposeError, RaftHandle, RaftNode, RaftTiming, StoreMachine};
+use hourcell_cluster::replication::{
+    ConfChange, ConfChangeType, ProposeError, RaftHandle, RaftNode, RaftTiming, StoreMachine,
+};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::{AddressKind, AddressRecord, Command, MemEngine, SliceEvent, SliceStore};
 
@@ -23,6 +25,7 @@ fn timing() -> RaftTiming {
         election_tick: 10,
         heartbeat_tick: 2,
         compact_after: 8,
+        max_lag: 40,
     }
 }
 
@@ -32,19 +35,38 @@ struct Replica {
     store: Arc<SliceStore<MemEngine>>,
     handle: Option<RaftHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Joins a running group (starts with no members) instead of being
+    /// one of its initial voters.
+    join: bool,
 }
 
 impl Replica {
+    fn new(id: u64, join: bool) -> Self {
+        Replica {
+            id,
+            raft_engine: Arc::new(MemEngine::new()),
+            store: Arc::new(SliceStore::open(MemEngine::new(), None).unwrap()),
+            handle: None,
+            thread: None,
+            join,
+        }
+    }
+
+    /// Loses everything on disk; the replica must rejoin.
+    fn wipe(&mut self) {
+        *self = Replica::new(self.id, true);
+    }
+
     fn start(&mut self, net: &SimNetwork) {
         let (mut node, handle) = RaftNode::new(self.id, timing(), Arc::new(net.clone()));
         node.add_group(
             GROUP,
             self.raft_engine.clone(),
-            &VOTERS,
+            if self.join { &[] } else { &VOTERS },
             Arc::new(StoreMachine::new(self.store.clone())),
         )
         .unwrap();
-        net.register(self.id, handle.inbox());
+        net.register(self.id, &handle);
         self.thread = Some(node.spawn());
         self.handle = Some(handle);
     }
@@ -68,31 +90,26 @@ struct Cluster {
 impl Cluster {
     fn new() -> Self {
         let net = SimNetwork::new();
-        let mut replicas: Vec<Replica> = VOTERS
-            .iter()
-            .map(|&id| Replica {
-                id,
-                raft_engine: Arc::new(MemEngine::new()),
-                store: Arc::new(SliceStore::open(MemEngine::new(), None).unwrap()),
-                handle: None,
-                thread: None,
-            })
-            .collect();
+        let mut replicas: Vec<Replica> = VOTERS.iter().map(|&id| Replica::new(id, false)).collect();
         for r in &mut replicas {
             r.start(&net);
         }
         Cluster { net, replicas }
     }
 
+    fn replica(&self, id: u64) -> &Replica {
+        self.replicas.iter().find(|r| r.id == id).unwrap()
+    }
+
     fn handle(&self, id: u64) -> &RaftHandle {
-        self.replicas[id as usize - 1].handle.as_ref().unwrap()
+        self.replica(id).handle.as_ref().unwrap()
     }
 
     fn leader(&self, among: &[u64], deadline: Duration) -> u64 {
         let end = Instant::now() + deadline;
         loop {
             for &id in among {
-                if let Some(h) = &self.replicas[id as usize - 1].handle {
+                if let Some(h) = &self.replica(id).handle {
                     if h.status(GROUP).is_some_and(|s| s.is_leader) {
                         return id;
                     }
@@ -124,6 +141,45 @@ impl Cluster {
             }
         }
         false
+    }
+
+    /// Proposes a membership change through `via` until it is applied
+    /// there (another change may be pending: the leader promotes learners
+    /// on its own).
+    fn change(&self, via: u64, kind: ConfChangeType, id: u64) {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .handle(via)
+                .change_membership(GROUP, cc.clone(), Duration::from_secs(2))
+            {
+                Ok(()) => return,
+                Err(e) => assert!(Instant::now() < end, "{kind:?} {id} failed: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `via` sees exactly these voters and learners.
+    fn members(&self, via: u64, voters: &[u64], learners: &[u64], deadline: Duration) {
+        let end = Instant::now() + deadline;
+        loop {
+            let s = self.handle(via).status(GROUP).unwrap();
+            let (mut v, mut l) = (s.voters.clone(), s.learners.clone());
+            v.sort_unstable();
+            l.sort_unstable();
+            if v == voters && l == learners {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "node {via} sees voters {v:?} learners {l:?}, expected {voters:?} {learners:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until the running replicas have applied the same index, then
@@ -363,5 +419,126 @@ fn the_log_is_compacted_everywhere_and_restarts_still_work() {
         for p in [50_009u64, 50_299, 60_009, 61_009] {
             assert!(has_person(&r.store, p), "replica {} misses {p}", r.id);
         }
+    }
+}
+
+/// Writes `n` batches through the live nodes in turn.
+fn write_many(c: &Cluster, via: &[u64], first: u64, n: u64) -> Vec<u64> {
+    let mut last = Vec::new();
+    for i in 0..n {
+        let p = first + i * 10;
+        assert!(c.propose(
+            via[(i % via.len() as u64) as usize],
+            &batch(p, 10, 1_000 + (i % 48) as i64),
+            Duration::from_secs(5)
+        ));
+        last.push(p + 9);
+    }
+    last
+}
+
+#[test]
+fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut c = Cluster::new();
+    let _ = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
+    let net = c.net.clone();
+    c.replicas[2].stop(&net);
+    // More than max_lag (40) entries while replica 3 is down: it no longer
+    // holds compaction back, and the log moves past what it has.
+    let acked = write_many(&c, &[1, 2], 100_000, 90);
+    let behind = c.replicas[2].raft_engine.clone();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let first = c.handle(1).status(GROUP).unwrap().first_index;
+        if first > 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "log not compacted past the down replica: {first}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.replicas[2].start(&net);
+    c.converged(Duration::from_secs(10));
+    for p in &acked {
+        assert!(has_person(&c.replicas[2].store, *p), "replica 3 misses {p}");
+    }
+    let s3 = c.handle(3).status(GROUP).unwrap();
+    assert!(
+        s3.first_index > 60,
+        "replica 3 caught up from entries, not a snapshot: {s3:?}"
+    );
+    // It keeps replicating normally, and survives a restart on top of the
+    // installed snapshot.
+    assert!(c.propose(3, &batch(200_000, 10, 1_100), Duration::from_secs(5)));
+    c.replicas[2].stop(&net);
+    c.replicas[2].start(&net);
+    assert!(c.propose(1, &batch(201_000, 10, 1_101), Duration::from_secs(5)));
+    c.converged(Duration::from_secs(10));
+    assert!(has_person(&c.replicas[2].store, 201_009));
+    drop(behind);
+}
+
+#[test]
+fn a_wiped_replica_rejoins_and_membership_grows_and_shrinks() {
+    let mut c = Cluster::new();
+    let _ = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
+    let before = write_many(&c, &[1, 2, 3], 300_000, 12);
+    let net = c.net.clone();
+
+    // Replica 3 loses its disk. It comes back empty, asking to join; it is
+    // removed and re-added as a learner, gets a snapshot, and the leader
+    // promotes it once it has caught up.
+    c.replicas[2].stop(&net);
+    c.replicas[2].wipe();
+    c.replicas[2].start(&net);
+    let _ = c.leader(&[1, 2], Duration::from_secs(5));
+    c.change(1, ConfChangeType::RemoveNode, 3);
+    c.change(2, ConfChangeType::AddLearnerNode, 3);
+    c.members(1, &[1, 2, 3], &[], Duration::from_secs(10));
+    c.members(3, &[1, 2, 3], &[], Duration::from_secs(10));
+    let during = write_many(&c, &[3, 1], 310_000, 6);
+    c.converged(Duration::from_secs(10));
+    for p in before.iter().chain(&during) {
+        assert!(
+            has_person(&c.replicas[2].store, *p),
+            "rejoined replica misses {p}"
+        );
+    }
+
+    // A fourth node joins the same way and becomes a voter.
+    c.replicas.push(Replica::new(4, true));
+    c.replicas[3].start(&net);
+    c.change(2, ConfChangeType::AddLearnerNode, 4);
+    c.members(1, &[1, 2, 3, 4], &[], Duration::from_secs(10));
+    c.converged(Duration::from_secs(10));
+    assert!(has_person(&c.replicas[3].store, before[0]));
+
+    // Remove node 1 (handing leadership over first if it leads): the
+    // remaining three keep committing, and node 4 votes.
+    if c.handle(1).status(GROUP).unwrap().is_leader {
+        c.handle(1).transfer_leader(GROUP, 2);
+        let _ = c.leader(&[2, 3, 4], Duration::from_secs(5));
+    }
+    c.change(2, ConfChangeType::RemoveNode, 1);
+    c.members(2, &[2, 3, 4], &[], Duration::from_secs(10));
+    c.replicas[0].stop(&net);
+    // Stop another: 2 of the 3 remaining voters still make a quorum only
+    // if node 4 is a real voter.
+    c.replicas[1].stop(&net);
+    let _ = c.leader(&[3, 4], Duration::from_secs(5));
+    assert!(c.propose(4, &batch(320_000, 10, 1_200), Duration::from_secs(5)));
+    c.replicas[1].start(&net);
+    c.replicas.remove(0);
+    c.converged(Duration::from_secs(10));
+    for r in &c.replicas {
+        assert!(
+            has_person(&r.store, 320_009),
+            "replica {} misses the last write",
+            r.id
+        );
     }
 }

@@ -6,10 +6,16 @@
 //! the queue into batches and sends them; when a peer is down the batch is
 //! dropped (raft resends what matters) and the task reconnects with
 //! exponential backoff up to one second.
+//!
+//! Snapshot images are pulled over `Raft.Snapshot`, a server stream of
+//! chunks (see [`super::snapshot`]).
 
 use std::collections::HashMap;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::RwLock;
 
 use hourcell_proto::v1;
 use tokio::sync::mpsc;
@@ -17,39 +23,103 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::node::Input;
+use super::snapshot::{Pairs, Snapshots};
 use super::transport::{Envelope, Transport};
 
 /// Envelopes per request, at most.
 const MAX_BATCH: usize = 256;
 
+struct Peer {
+    url: String,
+    tx: mpsc::UnboundedSender<Envelope>,
+}
+
 pub struct GrpcTransport {
-    peers: HashMap<u64, mpsc::UnboundedSender<Envelope>>,
+    from: u64,
+    rt: tokio::runtime::Handle,
+    peers: RwLock<HashMap<u64, Peer>>,
 }
 
 impl GrpcTransport {
     /// Starts one sender task per peer (`id → http://host:port`) on the
     /// current tokio runtime.
     pub fn start(from: u64, peers: &HashMap<u64, String>) -> Self {
-        let mut out = HashMap::new();
+        let t = GrpcTransport {
+            from,
+            rt: tokio::runtime::Handle::current(),
+            peers: RwLock::new(HashMap::new()),
+        };
         for (&id, url) in peers {
-            if id == from {
-                continue;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(peer_loop(from, id, url.clone(), rx));
-            out.insert(id, tx);
+            t.set_peer(id, url);
         }
-        GrpcTransport { peers: out }
+        t
     }
 }
 
 impl Transport for GrpcTransport {
     fn send(&self, msgs: Vec<Envelope>) {
+        let peers = self.peers.read();
         for env in msgs {
-            if let Some(tx) = self.peers.get(&env.msg.to) {
-                let _ = tx.send(env);
+            if let Some(p) = peers.get(&env.msg.to) {
+                let _ = p.tx.send(env);
             }
         }
+    }
+
+    fn set_peer(&self, id: u64, addr: &str) {
+        if id == self.from {
+            return;
+        }
+        let url = crate::client::normalize_server(addr);
+        let mut peers = self.peers.write();
+        if peers.get(&id).is_some_and(|p| p.url == url) {
+            return;
+        }
+        // Replacing the sender ends the old peer task.
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.rt.spawn(peer_loop(self.from, id, url.clone(), rx));
+        peers.insert(id, Peer { url, tx });
+    }
+
+    /// Called on the raft thread (not a runtime thread), so it may block on
+    /// the runtime.
+    fn fetch_snapshot(
+        &self,
+        from: u64,
+        group: u64,
+        index: u64,
+        sink: &mut dyn FnMut(Pairs) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let url = self
+            .peers
+            .read()
+            .get(&from)
+            .map(|p| p.url.clone())
+            .ok_or_else(|| format!("no address for node {from}"))?;
+        self.rt.block_on(async {
+            let ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true);
+            let channel = ep
+                .connect()
+                .await
+                .map_err(|e| format!("cannot reach node {from} at {url}: {e}"))?;
+            let mut client =
+                v1::raft_client::RaftClient::new(channel).max_decoding_message_size(64 << 20);
+            let mut stream = client
+                .snapshot(v1::SnapshotRequest { group, index })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            while let Some(chunk) = stream.message().await.map_err(|e| e.to_string())? {
+                if chunk.keys.len() != chunk.values.len() {
+                    return Err("snapshot chunk has unpaired keys and values".into());
+                }
+                sink(chunk.keys.into_iter().zip(chunk.values).collect())?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -97,13 +167,53 @@ async fn peer_loop(from: u64, to: u64, url: String, mut rx: mpsc::UnboundedRecei
     }
 }
 
-/// The receiving side: hands envelopes to the local raft loop.
+/// The receiving side: hands envelopes to the local raft loop, and serves
+/// the snapshot images this node offers.
 pub struct RaftService {
     pub inbox: Sender<Input>,
+    pub snapshots: Arc<Snapshots>,
 }
+
+type ChunkStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl v1::raft_server::Raft for RaftService {
+    type SnapshotStream = ChunkStream;
+
+    async fn snapshot(
+        &self,
+        req: Request<v1::SnapshotRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let v1::SnapshotRequest { group, index } = req.into_inner();
+        if self
+            .snapshots
+            .latest(group)
+            .is_none_or(|f| f.index != index)
+        {
+            return Err(Status::not_found(format!(
+                "no snapshot of group {group} at index {index} here (superseded?)"
+            )));
+        }
+        // A few chunks in flight: the scan waits for a slow receiver
+        // instead of buffering the image.
+        let (tx, rx) = mpsc::channel(4);
+        let snaps = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = snaps.stream(group, index, &mut |pairs| {
+                let (keys, values) = pairs.into_iter().unzip();
+                tx.blocking_send(Ok(v1::SnapshotChunk { keys, values }))
+                    .map_err(|_| "receiver went away".to_string())
+            });
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(Status::aborted(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn send(&self, req: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
         for b in req.into_inner().envelopes {
             let env = Envelope::decode(&b)

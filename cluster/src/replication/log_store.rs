@@ -9,7 +9,15 @@
 //! | 0x02 group                       | ConfState (protobuf)                 |
 //! | 0x03 group                       | truncated (index u64, term u64)      |
 //! | 0x04 group                       | applied index u64                    |
+//! | 0x05 node                        | gRPC address of a node added later   |
 //! | 0x10 group index                 | Entry (protobuf)                     |
+//!
+//! A new group starts as if entries up to [`INIT_INDEX`] (term
+//! [`INIT_TERM`]) had been applied and compacted, with its initial voters
+//! as the membership. A replica that joins later starts empty, so the log
+//! it needs always begins below the leader's first index and it is sent a
+//! snapshot, which carries the membership it would otherwise lack (TiKV
+//! bootstraps regions the same way).
 //!
 //! Contract, as raft-rs asks of `Storage`: entries are contiguous from
 //! `first_index` to `last_index` with no holes; an append that overlaps
@@ -21,6 +29,9 @@
 use std::sync::Arc;
 
 use hourcell_storage::{KvEngine, WriteBatch};
+
+use super::node::StateMachine;
+use super::snapshot::{Frozen, Snapshots};
 use parking_lot::RwLock;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -30,7 +41,12 @@ const HARD_STATE: u8 = 0x01;
 const CONF_STATE: u8 = 0x02;
 const TRUNCATED: u8 = 0x03;
 const APPLIED: u8 = 0x04;
+const PEER_ADDR: u8 = 0x05;
 const ENTRY: u8 = 0x10;
+
+/// Where the log of a bootstrapped group starts (see the module docs).
+pub const INIT_INDEX: u64 = 5;
+pub const INIT_TERM: u64 = 5;
 
 fn meta_key(kind: u8, group: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -67,6 +83,9 @@ pub struct RaftLogStore<E: KvEngine> {
     engine: Arc<E>,
     group: u64,
     cached: Arc<RwLock<Cached>>,
+    /// The state machine to freeze and where to offer the image, when this
+    /// replica leads and a follower needs a snapshot.
+    snap: Option<(Arc<dyn StateMachine>, Arc<Snapshots>)>,
 }
 
 impl<E: KvEngine> Clone for RaftLogStore<E> {
@@ -75,17 +94,65 @@ impl<E: KvEngine> Clone for RaftLogStore<E> {
             engine: self.engine.clone(),
             group: self.group,
             cached: self.cached.clone(),
+            snap: self.snap.clone(),
         }
     }
+}
+
+/// gRPC addresses of nodes added to the cluster after it started (from
+/// membership changes), as recorded in `engine`.
+pub fn stored_peer_addresses<E: KvEngine>(engine: &E) -> raft::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    engine
+        .scan(&[PEER_ADDR], &[PEER_ADDR + 1], &mut |k, v| {
+            if k.len() == 9 {
+                out.push((
+                    u64::from_be_bytes(k[1..9].try_into().unwrap()),
+                    String::from_utf8_lossy(v).into_owned(),
+                ));
+            }
+            true
+        })
+        .map_err(store_err)?;
+    Ok(out)
+}
+
+/// Records `addr` as node `id`'s gRPC address.
+pub fn store_peer_address<E: KvEngine>(engine: &E, id: u64, addr: &str) -> raft::Result<()> {
+    let mut b = WriteBatch::default();
+    b.put(meta_key(PEER_ADDR, id), addr.as_bytes().to_vec());
+    engine.write(b, true).map_err(store_err)
 }
 
 impl<E: KvEngine> RaftLogStore<E> {
     /// Opens group `group`. A group with no stored state is created with
     /// `voters` as its initial configuration (every replica of a new group
     /// must be created with the same voters, which is what makes their
-    /// empty logs agree).
+    /// logs agree), starting at [`INIT_INDEX`]. With no voters it is
+    /// created empty: a replica joining an existing group, which waits for
+    /// a snapshot.
     pub fn open(engine: Arc<E>, group: u64, voters: &[u64]) -> raft::Result<Self> {
         let mut c = Cached::default();
+        let fresh = engine
+            .get(&meta_key(CONF_STATE, group))
+            .map_err(store_err)?
+            .is_none();
+        if fresh && !voters.is_empty() {
+            let mut hs = HardState::default();
+            hs.term = INIT_TERM;
+            hs.commit = INIT_INDEX;
+            let mut truncated = INIT_INDEX.to_be_bytes().to_vec();
+            truncated.extend_from_slice(&INIT_TERM.to_be_bytes());
+            let mut b = WriteBatch::default();
+            b.put(
+                meta_key(HARD_STATE, group),
+                hs.write_to_bytes().map_err(store_err)?,
+            );
+            b.put(meta_key(TRUNCATED, group), truncated);
+            b.put(meta_key(APPLIED, group), INIT_INDEX.to_be_bytes().to_vec());
+            // Written last: its presence marks the group as created.
+            engine.write(b, true).map_err(store_err)?;
+        }
         if let Some(v) = engine
             .get(&meta_key(HARD_STATE, group))
             .map_err(store_err)?
@@ -138,7 +205,59 @@ impl<E: KvEngine> RaftLogStore<E> {
             engine,
             group,
             cached: Arc::new(RwLock::new(c)),
+            snap: None,
         })
+    }
+
+    /// Lets this store answer raft's snapshot requests by freezing `sm` and
+    /// offering the image in `snaps`.
+    pub fn with_snapshots(mut self, sm: Arc<dyn StateMachine>, snaps: Arc<Snapshots>) -> Self {
+        self.snap = Some((sm, snaps));
+        self
+    }
+
+    pub fn engine(&self) -> &Arc<E> {
+        &self.engine
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.cached.read().conf_state.clone()
+    }
+
+    /// Adopts a snapshot's metadata once its image is in the state machine:
+    /// the whole log goes, the snapshot's index and term become the
+    /// truncation point, its membership the conf state, and the replica
+    /// counts as applied and committed up to it. One synced batch.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> raft::Result<()> {
+        let meta = snap.get_metadata();
+        let mut c = self.cached.write();
+        let mut b = WriteBatch::default();
+        b.delete_range(entry_key(self.group, 0), entry_key(self.group, u64::MAX));
+        let mut truncated = meta.index.to_be_bytes().to_vec();
+        truncated.extend_from_slice(&meta.term.to_be_bytes());
+        b.put(meta_key(TRUNCATED, self.group), truncated);
+        b.put(
+            meta_key(CONF_STATE, self.group),
+            meta.get_conf_state().write_to_bytes().map_err(store_err)?,
+        );
+        let mut hs = c.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        b.put(
+            meta_key(HARD_STATE, self.group),
+            hs.write_to_bytes().map_err(store_err)?,
+        );
+        b.put(
+            meta_key(APPLIED, self.group),
+            meta.index.to_be_bytes().to_vec(),
+        );
+        self.engine.write(b, true).map_err(store_err)?;
+        c.hard_state = hs;
+        c.conf_state = meta.get_conf_state().clone();
+        c.truncated = (meta.index, meta.term);
+        c.last_index = meta.index;
+        c.applied = meta.index;
+        Ok(())
     }
 
     pub fn group(&self) -> u64 {
@@ -352,13 +471,45 @@ impl<E: KvEngine> Storage for RaftLogStore<E> {
         Ok(self.cached.read().last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is not compacted yet, so a lagging replica always catches
-        // up from entries; snapshots (streamed in chunks) come with log
-        // compaction.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// Called on the leader's raft thread (so the state machine is exactly
+    /// at the applied index) when a replica needs entries that are gone.
+    /// Reuses the latest image while the log still continues it and the
+    /// membership is unchanged; otherwise freezes a new one.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let Some((sm, snaps)) = &self.snap else {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
+        let (applied, first, cs) = {
+            let c = self.cached.read();
+            (c.applied, c.truncated.0 + 1, c.conf_state.clone())
+        };
+        let reuse = snaps
+            .latest(self.group)
+            .filter(|f| f.index + 1 >= first && f.index >= request_index && f.conf_state == cs);
+        let f = match reuse {
+            Some(f) => f,
+            None => {
+                let view = sm.freeze().map_err(store_err)?;
+                let term = self.term(applied)?;
+                snaps.offer(
+                    self.group,
+                    Frozen {
+                        index: applied,
+                        term,
+                        conf_state: cs,
+                        view,
+                    },
+                )
+            }
+        };
+        let mut s = Snapshot::default();
+        let m = s.mut_metadata();
+        m.index = f.index;
+        m.term = f.term;
+        m.set_conf_state(f.conf_state.clone());
+        Ok(s)
     }
 }
 
@@ -377,56 +528,95 @@ mod tests {
 
     #[test]
     fn appends_replace_conflicting_suffixes_and_survive_reopen() {
+        const B: u64 = INIT_INDEX;
         let engine = Arc::new(MemEngine::new());
         let s = RaftLogStore::open(engine.clone(), 7, &[1, 2, 3]).unwrap();
-        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
-        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+        let init = s.initial_state().unwrap();
+        assert_eq!(init.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(
+            (init.hard_state.term, init.hard_state.commit),
+            (INIT_TERM, B)
+        );
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (B + 1, B)
+        );
+        assert_eq!(s.term(B).unwrap(), INIT_TERM);
+        assert_eq!(s.applied(), B);
+        s.persist(&[entry(B + 1, 6), entry(B + 2, 6), entry(B + 3, 6)], None)
             .unwrap();
-        // A new leader overwrites 2..: 3 must go.
+        // A new leader overwrites B+2..: B+3 must go.
         let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = 1;
-        s.persist(&[entry(2, 2)], Some(&hs)).unwrap();
-        assert_eq!(s.last_index().unwrap(), 2);
-        assert_eq!(s.term(2).unwrap(), 2);
+        hs.term = 7;
+        hs.commit = B + 1;
+        s.persist(&[entry(B + 2, 7)], Some(&hs)).unwrap();
+        assert_eq!(s.last_index().unwrap(), B + 2);
+        assert_eq!(s.term(B + 2).unwrap(), 7);
         assert!(
-            s.persist(&[entry(5, 2)], None).is_err(),
+            s.persist(&[entry(B + 5, 7)], None).is_err(),
             "a hole is refused"
         );
-        s.set_applied(1).unwrap();
+        s.set_applied(B + 1).unwrap();
 
         let r = RaftLogStore::open(engine.clone(), 7, &[9]).unwrap();
-        assert_eq!(r.last_index().unwrap(), 2);
-        assert_eq!(r.initial_state().unwrap().hard_state.term, 2);
+        assert_eq!(r.last_index().unwrap(), B + 2);
+        assert_eq!(r.initial_state().unwrap().hard_state.term, 7);
         assert_eq!(r.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
-        assert_eq!(r.applied(), 1);
+        assert_eq!(r.applied(), B + 1);
         let es = r
-            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .entries(B + 1, B + 3, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(
             es.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
-            vec![(1, 1), (2, 2)]
+            vec![(B + 1, 6), (B + 2, 7)]
         );
         let one = r
-            .entries(1, 3, Some(1), GetEntriesContext::empty(false))
+            .entries(B + 1, B + 3, Some(1), GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(one.len(), 1, "a size limit still returns one entry");
         // Compaction drops applied entries and keeps the boundary's term.
-        assert!(r.compact(2).is_err(), "2 is not applied yet");
-        r.compact(1).unwrap();
-        assert_eq!(r.first_index().unwrap(), 2);
-        assert_eq!(r.term(1).unwrap(), 1);
+        assert!(r.compact(B + 2).is_err(), "B+2 is not applied yet");
+        r.compact(B + 1).unwrap();
+        assert_eq!(r.first_index().unwrap(), B + 2);
+        assert_eq!(r.term(B + 1).unwrap(), 6);
         assert!(r
-            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .entries(B + 1, B + 3, None, GetEntriesContext::empty(false))
             .is_err());
         let again = RaftLogStore::open(engine.clone(), 7, &[9]).unwrap();
         assert_eq!(
             (again.first_index().unwrap(), again.last_index().unwrap()),
-            (2, 2)
+            (B + 2, B + 2)
         );
-        // Groups do not see each other's logs.
-        let other = RaftLogStore::open(engine, 8, &[1]).unwrap();
-        assert_eq!(other.last_index().unwrap(), 0);
+        // A snapshot replaces the log and the membership.
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = B + 40;
+        snap.mut_metadata().term = 9;
+        snap.mut_metadata().mut_conf_state().set_voters(vec![1, 2]);
+        snap.mut_metadata().mut_conf_state().set_learners(vec![4]);
+        again.apply_snapshot(&snap).unwrap();
+        let after = RaftLogStore::open(engine.clone(), 7, &[9]).unwrap();
+        assert_eq!(
+            (after.first_index().unwrap(), after.last_index().unwrap()),
+            (B + 41, B + 40)
+        );
+        assert_eq!(after.term(B + 40).unwrap(), 9);
+        assert_eq!(after.applied(), B + 40);
+        let st = after.initial_state().unwrap();
+        assert_eq!(st.hard_state.commit, B + 40);
+        assert_eq!(st.conf_state.learners, vec![4]);
+        // Groups do not see each other's logs; a joining replica starts
+        // empty, with no members, waiting for a snapshot.
+        let other = RaftLogStore::open(engine.clone(), 8, &[]).unwrap();
+        assert_eq!(
+            (other.first_index().unwrap(), other.last_index().unwrap()),
+            (1, 0)
+        );
+        assert!(other.initial_state().unwrap().conf_state.voters.is_empty());
+        // Peer addresses survive.
+        store_peer_address(engine.as_ref(), 4, "http://127.0.0.1:9").unwrap();
+        assert_eq!(
+            stored_peer_addresses(engine.as_ref()).unwrap(),
+            vec![(4, "http://127.0.0.1:9".to_string())]
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! - [`node::RaftNode`]: one thread per node drives all its groups (no
 //!   thread per group); [`node::RaftHandle`] proposes commands and waits
 //!   for them to be applied.
+//! - [`snapshot`]: frozen state-machine images offered to replicas that
+//!   fell behind the compacted log or join fresh, pulled in chunks.
 //! - [`transport`]: envelopes (group + raft message, carried as bytes on
 //!   the wire) and the in-process [`transport::SimNetwork`] with fault
 //!   filters for tests.
@@ -17,11 +19,15 @@
 pub mod grpc;
 pub mod log_store;
 pub mod node;
+pub mod snapshot;
 pub mod transport;
 
 use std::sync::Arc;
 
-use hourcell_storage::{ApplyOutcome, Command, KvEngine, SliceStore};
+use hourcell_storage::{ApplyOutcome, Command, FrozenView, KvEngine, SliceStore};
+
+/// Membership changes, as raft-rs spells them.
+pub use raft::eraftpb::{ConfChange, ConfChangeType};
 
 pub use node::{
     ApplyError, GroupStatus, ProposeError, RaftHandle, RaftNode, RaftTiming, StateMachine,
@@ -56,5 +62,21 @@ impl<E: KvEngine> StateMachine for StoreMachine<E> {
                 ApplyError::Rejected(e.to_string())
             }
         })
+    }
+
+    fn freeze(&self) -> Result<Arc<dyn FrozenView>, String> {
+        self.store.freeze().map_err(|e| e.to_string())
+    }
+
+    fn begin_restore(&self) -> Result<(), String> {
+        self.store.begin_restore().map_err(|e| e.to_string())
+    }
+
+    fn restore_chunk(&self, pairs: snapshot::Pairs) -> Result<(), String> {
+        self.store.restore_chunk(pairs).map_err(|e| e.to_string())
+    }
+
+    fn finish_restore(&self) -> Result<(), String> {
+        self.store.finish_restore().map_err(|e| e.to_string())
     }
 }

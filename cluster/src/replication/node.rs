@@ -12,12 +12,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hourcell_storage::{ApplyOutcome, KvEngine};
+use hourcell_storage::{ApplyOutcome, FrozenView, KvEngine};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
-use raft::{Config, RawNode, StateRole, Storage as _};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage as _};
 
-use super::log_store::RaftLogStore;
+use super::log_store::{store_peer_address, RaftLogStore};
+use super::snapshot::{Pairs, Snapshots};
 use super::transport::{Envelope, Transport};
 
 /// The replicated state machine of a group. `apply` must be deterministic
@@ -27,6 +28,17 @@ use super::transport::{Envelope, Transport};
 pub trait StateMachine: Send + Sync {
     /// Applies one committed command.
     fn apply(&self, index: u64, data: &[u8]) -> Result<ApplyOutcome, ApplyError>;
+
+    /// A point-in-time image of everything applied so far (for a snapshot).
+    fn freeze(&self) -> Result<Arc<dyn FrozenView>, String>;
+
+    /// Replacing the contents with a snapshot image: clear and mark, write
+    /// the chunks, then check, unmark and reload. A crash in between leaves
+    /// the mark, and the replica refuses to open rather than serve a
+    /// partial copy.
+    fn begin_restore(&self) -> Result<(), String>;
+    fn restore_chunk(&self, pairs: Pairs) -> Result<(), String>;
+    fn finish_restore(&self) -> Result<(), String>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +88,17 @@ pub enum Input {
         group: u64,
         reply: SyncSender<Result<(), ProposeError>>,
     },
+    /// Proposes a membership change; replies once it is applied here.
+    ConfChange {
+        group: u64,
+        cc: ConfChange,
+        reply: SyncSender<Result<ApplyOutcome, ProposeError>>,
+    },
+    /// Asks the leader of `group` (this node) to hand over to `to`.
+    TransferLeader {
+        group: u64,
+        to: u64,
+    },
     Campaign(u64),
     Stop,
 }
@@ -92,6 +115,10 @@ pub struct GroupStatus {
     /// Milliseconds since this replica last heard from the leader (0 on
     /// the leader; `None` if it never did).
     pub leader_contact_ms: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// On the leader: the highest index known replicated on each member.
+    pub matched: Vec<(u64, u64)>,
 }
 
 /// Timing. Election timeout is `election_tick × tick` (randomised up to
@@ -103,8 +130,12 @@ pub struct RaftTiming {
     pub election_tick: usize,
     pub heartbeat_tick: usize,
     /// The leader compacts the log once this many applied entries are
-    /// matched by every voter.
+    /// matched by every member.
     pub compact_after: u64,
+    /// A member further behind than this many entries no longer holds
+    /// compaction back: it will catch up from a snapshot. This bounds the
+    /// log (and its disk) while a replica is down.
+    pub max_lag: u64,
 }
 
 impl Default for RaftTiming {
@@ -114,6 +145,7 @@ impl Default for RaftTiming {
             election_tick: 10,
             heartbeat_tick: 2,
             compact_after: 1_000,
+            max_lag: 10_000,
         }
     }
 }
@@ -142,6 +174,7 @@ struct Group<E: KvEngine> {
 pub struct RaftHandle {
     id: u64,
     tx: Sender<Input>,
+    snapshots: Arc<Snapshots>,
 }
 
 impl RaftHandle {
@@ -151,6 +184,29 @@ impl RaftHandle {
 
     pub fn inbox(&self) -> Sender<Input> {
         self.tx.clone()
+    }
+
+    /// The snapshot images this node offers to its peers.
+    pub fn snapshots(&self) -> Arc<Snapshots> {
+        self.snapshots.clone()
+    }
+
+    /// Proposes a membership change to `group` and waits until this node
+    /// has applied it. An invalid change (removing the last voter, adding a
+    /// voter as a learner) comes back as `Apply`.
+    pub fn change_membership(
+        &self,
+        group: u64,
+        cc: ConfChange,
+        timeout: Duration,
+    ) -> Result<(), ProposeError> {
+        self.ask(|reply| Input::ConfChange { group, cc, reply }, timeout)
+            .map(|_| ())
+    }
+
+    /// Asks this node, if it leads `group`, to hand leadership to `to`.
+    pub fn transfer_leader(&self, group: u64, to: u64) {
+        let _ = self.tx.send(Input::TransferLeader { group, to });
     }
 
     /// Sends the input `make` builds around a reply channel and waits for
@@ -233,6 +289,7 @@ pub struct RaftNode<E: KvEngine> {
     reads: HashMap<u64, (u64, u64, SyncSender<Result<(), ProposeError>>)>,
     /// Read barriers with a known read index, waiting for apply.
     reads_ready: Vec<(u64, u64, SyncSender<Result<(), ProposeError>>)>,
+    snapshots: Arc<Snapshots>,
     logger: slog::Logger,
 }
 
@@ -257,7 +314,9 @@ impl<E: KvEngine> RaftNode<E> {
     /// then [`RaftNode::spawn`].
     pub fn new(id: u64, timing: RaftTiming, transport: Arc<dyn Transport>) -> (Self, RaftHandle) {
         let (tx, rx) = mpsc::channel();
+        let snapshots = Arc::new(Snapshots::default());
         let node = RaftNode {
+            snapshots: snapshots.clone(),
             id,
             timing,
             groups: HashMap::new(),
@@ -273,10 +332,13 @@ impl<E: KvEngine> RaftNode<E> {
             reads_ready: Vec::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
-        (node, RaftHandle { id, tx })
+        (node, RaftHandle { id, tx, snapshots })
     }
 
     /// Hosts `group` with this node's replica of it, backed by `engine`.
+    /// `voters` is the initial membership of a new group; an empty list
+    /// makes a replica that joins an existing group (it waits to be added
+    /// and sent a snapshot).
     pub fn add_group(
         &mut self,
         group: u64,
@@ -284,7 +346,8 @@ impl<E: KvEngine> RaftNode<E> {
         voters: &[u64],
         sm: Arc<dyn StateMachine>,
     ) -> raft::Result<()> {
-        let store = RaftLogStore::open(engine, group, voters)?;
+        let store = RaftLogStore::open(engine, group, voters)?
+            .with_snapshots(sm.clone(), self.snapshots.clone());
         let cfg = config(self.id, store.applied(), &self.timing);
         let raw = RawNode::new(&cfg, store.clone(), &self.logger)?;
         self.groups.insert(
@@ -340,7 +403,7 @@ impl<E: KvEngine> RaftNode<E> {
                 last_tick = Instant::now();
                 ticks += 1;
                 if ticks % 20 == 0 {
-                    self.maybe_compact();
+                    self.maintain();
                 }
             }
             let ids: Vec<u64> = self.groups.keys().copied().collect();
@@ -356,31 +419,57 @@ impl<E: KvEngine> RaftNode<E> {
         self.fail("stopped");
     }
 
-    /// On groups this node leads: once every voter has matched (and this
-    /// node applied) `compact_after` entries past the log's start, propose a
-    /// compaction to that index. It goes through the log, so every replica
-    /// compacts at the same index; since every voter already has those
-    /// entries, none will need a snapshot to catch up. A voter that is down
-    /// holds compaction back until it returns (snapshots, which lift that
-    /// limit, are not implemented yet).
-    fn maybe_compact(&mut self) {
+    /// Periodic leader duties on each group this node leads.
+    ///
+    /// Compaction: once every member has matched (and this node applied)
+    /// `compact_after` entries past the log's start, propose a compaction
+    /// to that index. It goes through the log, so every replica compacts
+    /// at the same index. A member more than `max_lag` entries behind (down,
+    /// or just added) does not hold it back; it gets a snapshot instead.
+    ///
+    /// Promotion: a learner whose log has caught up with the commit index
+    /// is proposed as a voter (one membership change at a time).
+    fn maintain(&mut self) {
         let every = self.timing.compact_after;
+        let max_lag = self.timing.max_lag;
         for g in self.groups.values_mut() {
             if g.raw.raft.state != StateRole::Leader {
                 continue;
             }
+            let applied = g.store.applied();
+            let committed = g.raw.raft.raft_log.committed;
             let min_matched = g
                 .raw
                 .raft
                 .prs()
                 .iter()
                 .map(|(_, p)| p.matched)
+                .filter(|m| m + max_lag >= applied)
                 .min()
-                .unwrap_or(0);
-            let to = min_matched.min(g.store.applied());
+                .unwrap_or(applied);
+            let to = min_matched.min(applied);
             let first = g.store.first_index().unwrap_or(1);
             if to >= first + every {
                 let _ = g.raw.propose(Vec::new(), compact_entry(to));
+            }
+            if g.raw.raft.has_pending_conf() {
+                continue;
+            }
+            let learners: Vec<u64> = g.store.conf_state().learners.clone();
+            for id in learners {
+                let caught_up = g
+                    .raw
+                    .raft
+                    .prs()
+                    .get(id)
+                    .is_some_and(|p| p.matched + 10 >= committed && p.matched > 0);
+                if caught_up {
+                    let mut cc = ConfChange::default();
+                    cc.set_change_type(ConfChangeType::AddNode);
+                    cc.node_id = id;
+                    let _ = g.raw.propose_conf_change(Vec::new(), cc);
+                    break;
+                }
             }
         }
     }
@@ -442,8 +531,34 @@ impl<E: KvEngine> RaftNode<E> {
     /// Returns false if the node must stop.
     fn handle(&mut self, input: Input) -> bool {
         match input {
-            Input::Message(env) => {
+            Input::Message(mut env) => {
+                if env.msg.get_msg_type() == MessageType::MsgSnapshot {
+                    if let Err(e) = self.fetch_snapshot(&env) {
+                        // The state machine may be half-replaced: stop
+                        // rather than serve it (it refuses to reopen
+                        // until emptied and rejoined).
+                        self.fail(&e);
+                        return false;
+                    }
+                }
                 if let Some(g) = self.groups.get_mut(&env.group) {
+                    if env.msg.get_msg_type() == MessageType::MsgHeartbeat {
+                        // A heartbeat commits at most what the leader knows
+                        // we have. More means this replica lost data it had
+                        // acknowledged (a wiped directory restarted without
+                        // --join); do not let raft panic over it.
+                        let last = g.raw.raft.raft_log.last_index();
+                        if env.msg.commit > last {
+                            tracing::error!(
+                                group = env.group,
+                                commit = env.msg.commit,
+                                last,
+                                "the leader believes this replica has entries it does not: \
+                                 its data was lost; empty the data directory and restart with --join"
+                            );
+                            env.msg.commit = last;
+                        }
+                    }
                     let from = env.msg.from;
                     // Stale or unexpected messages are raft's to ignore.
                     let _ = g.raw.step(env.msg);
@@ -487,6 +602,21 @@ impl<E: KvEngine> RaftNode<E> {
                     } else {
                         g.leader_contact.map(|t| t.elapsed().as_millis() as u64)
                     },
+                    voters: g.store.conf_state().voters.clone(),
+                    learners: g.store.conf_state().learners.clone(),
+                    matched: if g.raw.raft.state == StateRole::Leader {
+                        let mut m: Vec<(u64, u64)> = g
+                            .raw
+                            .raft
+                            .prs()
+                            .iter()
+                            .map(|(id, p)| (*id, p.matched))
+                            .collect();
+                        m.sort_unstable();
+                        m
+                    } else {
+                        Vec::new()
+                    },
                 });
                 let _ = reply.send(s);
             }
@@ -501,6 +631,37 @@ impl<E: KvEngine> RaftNode<E> {
                 g.raw.read_index(seq.to_be_bytes().to_vec());
                 self.reads.insert(seq, (group, term, reply));
             }
+            Input::ConfChange { group, cc, reply } => {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    let _ = reply.send(Err(ProposeError::NoGroup(group)));
+                    return true;
+                };
+                if g.raw.raft.has_pending_conf() {
+                    let _ = reply.send(Err(ProposeError::Dropped));
+                    return true;
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let mut ctx = self.id.to_be_bytes().to_vec();
+                ctx.extend_from_slice(&seq.to_be_bytes());
+                let term = g.raw.raft.term;
+                match g.raw.propose_conf_change(ctx, cc) {
+                    Ok(()) => {
+                        self.pending.insert(seq, (group, term, reply));
+                    }
+                    Err(raft::Error::ProposalDropped) => {
+                        let _ = reply.send(Err(ProposeError::Dropped));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ProposeError::Apply(e.to_string())));
+                    }
+                }
+            }
+            Input::TransferLeader { group, to } => {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.raw.transfer_leader(to);
+                }
+            }
             Input::Campaign(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     let _ = g.raw.campaign();
@@ -511,15 +672,84 @@ impl<E: KvEngine> RaftNode<E> {
         true
     }
 
-    fn send(&self, group: u64, msgs: Vec<raft::eraftpb::Message>) {
+    /// Before raft sees a snapshot message, pulls the image it stands for
+    /// from the sender into the state machine, if raft is going to adopt it
+    /// (it names this replica as a member and is ahead of what is
+    /// committed here, and the log does not already hold its last entry).
+    /// A failed fetch is retried a few times; if it still fails, the error
+    /// stops the node, because the state machine was already cleared.
+    fn fetch_snapshot(&mut self, env: &Envelope) -> Result<(), String> {
+        let Some(g) = self.groups.get_mut(&env.group) else {
+            return Ok(());
+        };
+        let meta = env.msg.get_snapshot().get_metadata();
+        let cs = meta.get_conf_state();
+        let member = cs.voters.contains(&self.id) || cs.learners.contains(&self.id);
+        if !member
+            || env.msg.term < g.raw.raft.term
+            || meta.index <= g.raw.raft.raft_log.committed
+            || g.raw.raft.raft_log.match_term(meta.index, meta.term)
+        {
+            return Ok(());
+        }
+        let (group, index, from) = (env.group, meta.index, env.msg.from);
+        let t0 = Instant::now();
+        let sm = g.sm.clone();
+        let mut last_err = String::new();
+        for attempt in 0..5 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 << attempt));
+            }
+            let mut bytes = 0u64;
+            let r = sm.begin_restore().and_then(|()| {
+                self.transport
+                    .fetch_snapshot(from, group, index, &mut |pairs| {
+                        bytes += pairs
+                            .iter()
+                            .map(|(k, v)| (k.len() + v.len()) as u64)
+                            .sum::<u64>();
+                        sm.restore_chunk(pairs)
+                    })
+            });
+            match r.and_then(|()| sm.finish_restore()) {
+                Ok(()) => {
+                    tracing::info!(group, index, from, bytes, elapsed = ?t0.elapsed(), "installed snapshot");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(group, index, from, attempt, error = %e, "snapshot fetch failed");
+                    last_err = e;
+                }
+            }
+        }
+        Err(format!(
+            "group {group}: could not install the snapshot at {index} from node {from}: {last_err}"
+        ))
+    }
+
+    fn send(&mut self, group: u64, msgs: Vec<raft::eraftpb::Message>) {
         if msgs.is_empty() {
             return;
         }
+        // The receiver pulls a snapshot's image itself. Report it as sent
+        // at once: raft then probes the follower, which either accepts the
+        // next entries (installed) or rejects them and is offered a
+        // snapshot again.
+        let snap_to: Vec<u64> = msgs
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .map(|m| m.to)
+            .collect();
         self.transport.send(
             msgs.into_iter()
                 .map(|msg| Envelope { group, msg })
                 .collect(),
         );
+        if let Some(g) = self.groups.get_mut(&group) {
+            for to in snap_to {
+                g.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
+        }
     }
 
     /// Handles one group's `Ready` in the order raft-rs's `five_mem_node`
@@ -543,13 +773,19 @@ impl<E: KvEngine> RaftNode<E> {
         }
         let msgs = ready.take_messages();
         let snap_empty = ready.snapshot().get_metadata().index == 0;
+        let snapshot = ready.snapshot().clone();
         let committed = ready.take_committed_entries();
         let entries = ready.entries().clone();
         let hs = ready.hs().cloned();
         let persisted = ready.take_persisted_messages();
         self.send(gid, msgs);
         if !snap_empty {
-            return Err("snapshots are not supported yet".into());
+            // The image is already in the state machine (fetched before the
+            // message was stepped); adopt its metadata.
+            let g = self.groups.get_mut(&gid).expect("group exists");
+            g.store
+                .apply_snapshot(&snapshot)
+                .map_err(|e| e.to_string())?;
         }
         self.apply(gid, committed)?;
         let g = self.groups.get_mut(&gid).expect("group exists");
@@ -594,16 +830,34 @@ impl<E: KvEngine> RaftNode<E> {
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
                     cc.merge_from_bytes(&e.data).map_err(|e| e.to_string())?;
-                    let cs = g.raw.apply_conf_change(&cc).map_err(|e| e.to_string())?;
-                    g.store.set_conf_state(cs).map_err(|e| e.to_string())?;
-                    None
+                    // The context of an addition is the node's address.
+                    if cc.get_change_type() != ConfChangeType::RemoveNode && !cc.context.is_empty()
+                    {
+                        let addr = String::from_utf8_lossy(&cc.context).into_owned();
+                        store_peer_address(g.store.engine().as_ref(), cc.node_id, &addr)
+                            .map_err(|e| e.to_string())?;
+                        self.transport.set_peer(cc.node_id, &addr);
+                    }
+                    // An invalid change is refused the same way on every
+                    // replica; the membership stays as it was.
+                    match g.raw.apply_conf_change(&cc) {
+                        Ok(cs) => {
+                            g.store.set_conf_state(cs).map_err(|e| e.to_string())?;
+                            None
+                        }
+                        Err(err) => Some(Err(ApplyError::Rejected(err.to_string()))),
+                    }
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
                     cc.merge_from_bytes(&e.data).map_err(|e| e.to_string())?;
-                    let cs = g.raw.apply_conf_change(&cc).map_err(|e| e.to_string())?;
-                    g.store.set_conf_state(cs).map_err(|e| e.to_string())?;
-                    None
+                    match g.raw.apply_conf_change(&cc) {
+                        Ok(cs) => {
+                            g.store.set_conf_state(cs).map_err(|e| e.to_string())?;
+                            None
+                        }
+                        Err(err) => Some(Err(ApplyError::Rejected(err.to_string()))),
+                    }
                 }
             };
             if let Some(Err(ApplyError::Fatal(why))) = &result {

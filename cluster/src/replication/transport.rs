@@ -15,7 +15,8 @@ use parking_lot::RwLock;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
-use super::node::Input;
+use super::node::{Input, RaftHandle};
+use super::snapshot::{Pairs, Snapshots};
 
 /// A raft message for one group.
 #[derive(Debug, Clone)]
@@ -51,6 +52,20 @@ impl Envelope {
 /// lost, so `send` never blocks on a slow peer and never fails the caller.
 pub trait Transport: Send + Sync {
     fn send(&self, msgs: Vec<Envelope>);
+
+    /// Pulls the snapshot image that node `from` offered for `group` at
+    /// `index`, handing it to `sink` chunk by chunk. Blocks until the
+    /// stream ends.
+    fn fetch_snapshot(
+        &self,
+        from: u64,
+        group: u64,
+        index: u64,
+        sink: &mut dyn FnMut(Pairs) -> Result<(), String>,
+    ) -> Result<(), String>;
+
+    /// Learns (or changes) node `id`'s address, from a membership change.
+    fn set_peer(&self, _id: u64, _addr: &str) {}
 }
 
 /// A rule that may drop a message in the simulated network.
@@ -101,6 +116,7 @@ impl Filter for DropRate {
 #[derive(Default, Clone)]
 pub struct SimNetwork {
     inboxes: Arc<RwLock<HashMap<u64, Sender<Input>>>>,
+    snapshots: Arc<RwLock<HashMap<u64, Arc<Snapshots>>>>,
     filters: Arc<RwLock<Vec<Box<dyn Filter>>>>,
 }
 
@@ -109,13 +125,16 @@ impl SimNetwork {
         Self::default()
     }
 
-    pub fn register(&self, node: u64, inbox: Sender<Input>) {
-        self.inboxes.write().insert(node, inbox);
+    /// Connects a started node: its inbox and the snapshots it offers.
+    pub fn register(&self, node: u64, handle: &RaftHandle) {
+        self.inboxes.write().insert(node, handle.inbox());
+        self.snapshots.write().insert(node, handle.snapshots());
     }
 
     /// A node that is down: nothing reaches it.
     pub fn unregister(&self, node: u64) {
         self.inboxes.write().remove(&node);
+        self.snapshots.write().remove(&node);
     }
 
     pub fn add_filter(&self, f: Box<dyn Filter>) {
@@ -139,5 +158,21 @@ impl Transport for SimNetwork {
                 let _ = tx.send(Input::Message(env));
             }
         }
+    }
+
+    fn fetch_snapshot(
+        &self,
+        from: u64,
+        group: u64,
+        index: u64,
+        sink: &mut dyn FnMut(Pairs) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let snaps = self
+            .snapshots
+            .read()
+            .get(&from)
+            .cloned()
+            .ok_or_else(|| format!("node {from} is down"))?;
+        snaps.stream(group, index, sink)
     }
 }
