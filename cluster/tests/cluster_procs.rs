@@ -483,10 +483,8 @@ impl Link {
                     v.push(a.try_clone().unwrap());
                     v.push(b.try_clone().unwrap());
                 }
-                for (mut from, mut to) in [
-                    (a.try_clone().unwrap(), b.try_clone().unwrap()),
-                    (b, a),
-                ] {
+                for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
+                {
                     std::thread::spawn(move || {
                         let _ = std::io::copy(&mut from, &mut to);
                         let _ = to.shutdown(std::net::Shutdown::Write);
@@ -554,13 +552,11 @@ async fn faults_under_continuous_ingest() {
             let cfg = write_config(dir.path(), id, &via, metrics[id - 1]);
             // The node listens on its own port; peers are reached through
             // the links.
-            let text = std::fs::read_to_string(&cfg)
-                .unwrap()
-                .replacen(
-                    &format!("listen = \"127.0.0.1:{}\"", via[id - 1]),
-                    &format!("listen = \"127.0.0.1:{}\"", ports[id - 1]),
-                    1,
-                );
+            let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+                &format!("listen = \"127.0.0.1:{}\"", via[id - 1]),
+                &format!("listen = \"127.0.0.1:{}\"", ports[id - 1]),
+                1,
+            );
             std::fs::write(&cfg, text).unwrap();
             cfg
         })
@@ -625,7 +621,12 @@ async fn faults_under_continuous_ingest() {
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
     let new = leader(ports, &rest, Duration::from_secs(10)).await;
     assert_ne!(new, l);
-    progress(&ledger, acked_now(&ledger), "the leader was partitioned away").await;
+    progress(
+        &ledger,
+        acked_now(&ledger),
+        "the leader was partitioned away",
+    )
+    .await;
     for row in &links {
         for x in row.iter().flatten() {
             x.set_cut(false);
@@ -677,13 +678,25 @@ async fn faults_under_continuous_ingest() {
     // The checker: every acknowledged event is answered by every node, and
     // nothing appears that was never sent.
     let l = ledger.lock().unwrap();
-    assert!(l.acked.len() >= 500, "only {} persons acknowledged", l.acked.len());
+    assert!(
+        l.acked.len() >= 500,
+        "only {} persons acknowledged",
+        l.acked.len()
+    );
     for (i, &p) in ports.iter().enumerate() {
         let got: std::collections::BTreeSet<u64> = persons_on(p).await.into_iter().collect();
         let missing: Vec<_> = l.acked.difference(&got).take(5).collect();
-        assert!(missing.is_empty(), "node {} lost acknowledged persons {missing:?}", i + 1);
+        assert!(
+            missing.is_empty(),
+            "node {} lost acknowledged persons {missing:?}",
+            i + 1
+        );
         let phantom: Vec<_> = got.difference(&l.attempted).take(5).collect();
-        assert!(phantom.is_empty(), "node {} answers persons never sent {phantom:?}", i + 1);
+        assert!(
+            phantom.is_empty(),
+            "node {} answers persons never sent {phantom:?}",
+            i + 1
+        );
     }
     println!(
         "faults: {} persons acknowledged, {} requests failed or timed out during faults",

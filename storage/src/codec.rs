@@ -234,6 +234,16 @@ pub fn encode_places(places: &[RawPlace]) -> Vec<u8> {
     encode_place_masks(&masks)
 }
 
+/// Keeps only the hours in `keep` of a person-day's places; `None` if
+/// nothing is left.
+pub fn trim_places(key: &[u8], b: &[u8], keep: u32) -> Result<Option<Vec<u8>>> {
+    let masks: PlaceMasks = decode_place_masks(key, b)?
+        .into_iter()
+        .filter_map(|(p, m)| (m & keep != 0).then_some((p, m & keep)))
+        .collect();
+    Ok((!masks.is_empty()).then(|| encode_place_masks(&masks)))
+}
+
 /// Decodes a person-day's places, sorted by (hour of day, cell, address,
 /// source) and unique.
 pub fn decode_places(key: &[u8], b: &[u8]) -> Result<Vec<RawPlace>> {

@@ -42,6 +42,17 @@ pub enum Command {
     /// A staff state change; refused (deterministically, in the outcome) if
     /// the task's current state does not allow it.
     UpdateTask(TaskUpdate),
+    /// Audit records, appended to the hash chain in order.
+    Audit(Vec<crate::audit::AuditEntry>),
+    /// Retention: removes every hour before `cutoff_hour` (whole days by
+    /// range deletes, the boundary day's earlier hours from their masks)
+    /// and records the removal in the audit log. The cut-off travels in the
+    /// command, so every replica removes exactly the same hours whatever
+    /// its clock says.
+    Expire {
+        cutoff_hour: i64,
+        audit: crate::audit::AuditEntry,
+    },
 }
 
 impl Command {

@@ -16,6 +16,7 @@
 //! | 0x30   | task id u64              | [`crate::tasks::TaskRecord`]        |
 //! | 0x31   | kind u8, person u64, address code | [`crate::tasks::SubjectState`] |
 //! | 0x32   | change seq u64           | [`crate::tasks::TaskChange`]        |
+//! | 0x40   | audit seq u64            | [`crate::audit::AuditRecord`]       |
 //!
 //! Days are UTC days, `hour.div_euclid(24)`. Slices are time-major: a
 //! window over a region is, per day, a handful of contiguous cell ranges
@@ -44,6 +45,13 @@ pub const PERSON: u8 = 0x20;
 pub const TASK: u8 = 0x30;
 pub const TASK_SUBJECT: u8 = 0x31;
 pub const TASK_CHANGE: u8 = 0x32;
+pub const AUDIT: u8 = 0x40;
+
+pub fn audit(seq: u64) -> Vec<u8> {
+    let mut k = vec![AUDIT];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// Smallest and largest hour a key can hold.
 pub const MIN_HOUR: i64 = i32::MIN as i64;

@@ -80,6 +80,9 @@ pub trait KvEngine: Send + Sync + 'static {
     /// Flushes memtables and compacts, so that size measurements are honest.
     fn compact(&self) -> Result<()>;
 
+    /// Compacts `[start, end)`, so that deleted data leaves the disk.
+    fn compact_range(&self, start: &[u8], end: &[u8]) -> Result<()>;
+
     /// A consistent point-in-time copy of every key, readable while writes
     /// go on: what a raft snapshot streams to a replica that fell behind.
     /// RocksDB makes a checkpoint (hard-linked files, removed when the view

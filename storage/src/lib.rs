@@ -15,6 +15,7 @@
 //! This crate is a leaf: it must not import proto, tonic, raft or any query
 //! or cluster code.
 
+pub mod audit;
 pub mod catalog;
 pub mod cell;
 pub mod codec;
@@ -27,6 +28,7 @@ pub mod rocks;
 pub mod store;
 pub mod tasks;
 
+pub use audit::{AuditEntry, AuditRecord};
 pub use catalog::{AddressKind, AddressRecord, RegistrationKind, RegistrationRecord};
 pub use codec::DaySet;
 pub use command::{ApplyOutcome, Command, SliceEvent};

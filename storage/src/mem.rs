@@ -98,6 +98,10 @@ impl KvEngine for MemEngine {
         Ok(())
     }
 
+    fn compact_range(&self, _start: &[u8], _end: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
     fn freeze(&self) -> Result<std::sync::Arc<dyn FrozenView>> {
         Ok(std::sync::Arc::new(MemFrozen(self.map.read().clone())))
     }

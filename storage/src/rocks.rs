@@ -175,6 +175,12 @@ impl KvEngine for RocksEngine {
         Ok(())
     }
 
+    fn compact_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        self.db.flush().map_err(engine_err)?;
+        self.db.compact_range(Some(start), Some(end));
+        Ok(())
+    }
+
     fn freeze(&self) -> Result<std::sync::Arc<dyn FrozenView>> {
         // Checkpoints live beside the database (same filesystem, so the
         // SST files are hard links) and are removed when the view drops.

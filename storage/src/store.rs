@@ -100,6 +100,9 @@ struct State {
     /// Next task id and next change-log sequence number (both from 1).
     next_task: u64,
     next_change: u64,
+    /// Next audit sequence number and the hash of the last record.
+    next_audit: u64,
+    last_audit_hash: [u8; 32],
 }
 
 /// Population slices of one shard.
@@ -289,6 +292,23 @@ impl<E: KvEngine> SliceStore<E> {
                 false
             },
         )?;
+        st.next_audit = 1;
+        let mut last = None;
+        self.engine.scan_rev(
+            &[keys::AUDIT],
+            &keys::prefix_end(&[keys::AUDIT]),
+            &mut |k, v| {
+                last = Some((k.to_vec(), v.to_vec()));
+                false
+            },
+        )?;
+        if let Some((k, v)) = last {
+            let (r, _): (crate::audit::AuditRecord, _) =
+                bincode::serde::decode_from_slice(&v, bincode::config::standard())
+                    .map_err(|e| StorageError::corrupt(&k, e))?;
+            st.next_audit = r.seq + 1;
+            st.last_audit_hash = r.hash;
+        }
         *self.state.write() = st;
         Ok(())
     }
@@ -377,7 +397,153 @@ impl<E: KvEngine> SliceStore<E> {
                 tasks,
             } => self.apply_raise_tasks(*at, evaluation, *suppress_secs, tasks),
             Command::UpdateTask(u) => self.apply_update_task(u),
+            Command::Audit(entries) => {
+                let mut b = WriteBatch::default();
+                self.chain_audit(&mut b, entries);
+                self.engine.write(b, true)?;
+                Ok(ApplyOutcome {
+                    applied: entries.len() as u64,
+                    ..ApplyOutcome::default()
+                })
+            }
+            Command::Expire { cutoff_hour, audit } => self.apply_expire(*cutoff_hour, audit),
         }
+    }
+
+    /// Appends audit records to `b`, chained after the last one. The state
+    /// moves on at once: callers write `b` before anything else is applied
+    /// (the apply lock is held).
+    fn chain_audit(&self, b: &mut WriteBatch, entries: &[crate::audit::AuditEntry]) {
+        let mut st = self.state.write();
+        for e in entries {
+            let seq = st.next_audit;
+            let hash = crate::audit::chain_hash(&st.last_audit_hash, seq, e);
+            let r = crate::audit::AuditRecord {
+                seq,
+                entry: e.clone(),
+                prev_hash: st.last_audit_hash,
+                hash,
+            };
+            Self::put_bincode(b, keys::audit(seq), &r);
+            st.next_audit += 1;
+            st.last_audit_hash = hash;
+        }
+    }
+
+    /// Audit records after `after_seq`, at most `limit`, in order.
+    pub fn audit_records(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>> {
+        self.scan_bincode(
+            &keys::audit(after_seq.saturating_add(1)),
+            &keys::prefix_end(&[keys::AUDIT]),
+            limit,
+            &mut |_| true,
+        )
+    }
+
+    /// The number of audit records (the last sequence number).
+    pub fn audit_len(&self) -> u64 {
+        self.state.read_recursive().next_audit - 1
+    }
+
+    /// Removes every hour before `cutoff_hour`. Time-major slices go by
+    /// range deletes up to the cut-off day; the boundary day's masks are
+    /// trimmed; the person index is trimmed person by person (one seek
+    /// each). Then the ranges are compacted so the disk space comes back.
+    fn apply_expire(
+        &self,
+        cutoff_hour: i64,
+        audit: &crate::audit::AuditEntry,
+    ) -> Result<ApplyOutcome> {
+        use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
+        let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
+        let day = cutoff_hour.div_euclid(24);
+        let h = cutoff_hour.rem_euclid(24) as u32;
+        // Hours of the boundary day that stay.
+        let keep = FULL_DAY & !((1u32 << h) - 1);
+        let mut b = WriteBatch::default();
+        let mut removed = 0u64;
+        for prefix in [keys::CELL_DAY, keys::ADDRESS_DAY] {
+            let lo = vec![prefix];
+            let mut cut = vec![prefix];
+            cut.extend_from_slice(&keys::hour_bytes(day));
+            b.delete_range(lo, cut.clone());
+            if h > 0 {
+                let mut err = None;
+                self.engine.scan(
+                    &cut,
+                    &keys::prefix_end(&cut),
+                    &mut |k, v| match decode_day_set(k, v) {
+                        Ok(set) => {
+                            let kept: Vec<(u32, u32)> = set
+                                .into_iter()
+                                .filter_map(|(id, m)| (m & keep != 0).then_some((id, m & keep)))
+                                .collect();
+                            if kept.is_empty() {
+                                b.delete(k.to_vec());
+                            } else {
+                                b.put(k.to_vec(), encode_day_set(&kept));
+                            }
+                            true
+                        }
+                        Err(e) => {
+                            err = Some(e);
+                            false
+                        }
+                    },
+                )?;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+            }
+        }
+        b.delete_range(vec![keys::HOUR_SLICE], keys::hour_slice(cutoff_hour));
+        let persons = self.state.read_recursive().int_to_ext.len() as u32;
+        for id in 0..persons {
+            let from = keys::person_day(id, keys::MIN_HOUR);
+            let to = keys::person_day(id, day + 1);
+            let mut err = None;
+            self.engine.scan(&from, &to, &mut |k, v| {
+                let d = keys::hour_from(&k[5..9]);
+                if d < day || h == 0 && d == day {
+                    if d < day {
+                        removed += 1;
+                        b.delete(k.to_vec());
+                    }
+                    return true;
+                }
+                match crate::codec::trim_places(k, v, keep) {
+                    Ok(Some(t)) => b.put(k.to_vec(), t),
+                    Ok(None) => b.delete(k.to_vec()),
+                    Err(e) => {
+                        err = Some(e);
+                        return false;
+                    }
+                }
+                true
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        self.chain_audit(&mut b, std::slice::from_ref(audit));
+        self.engine.write(b, true)?;
+        for prefix in [
+            keys::CELL_DAY,
+            keys::ADDRESS_DAY,
+            keys::HOUR_SLICE,
+            keys::PERSON,
+        ] {
+            self.engine
+                .compact_range(&[prefix], &keys::prefix_end(&[prefix]))?;
+        }
+        Ok(ApplyOutcome {
+            applied: removed,
+            ..ApplyOutcome::default()
+        })
     }
 
     fn get_bincode<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {

@@ -406,3 +406,114 @@ fn task_ids_and_change_log_continue_after_reopen() {
     );
     assert_eq!(s.last_task_change(), 3);
 }
+
+fn audit_entry(i: u64) -> AuditEntry {
+    AuditEntry {
+        time: 1_800_000_000 + i as i64,
+        principal: format!("inspector-{i}"),
+        roles: "investigator".into(),
+        rpc: "Query.WhereWas".into(),
+        parameters: format!("{{\"person\":{i}}}"),
+        purpose: "generated test purpose".into(),
+        case_ref: format!("CASE-{i}"),
+        persons_returned: i,
+        outcome: "ok".into(),
+    }
+}
+
+fn audit_chain<E: KvEngine>(make: &mut dyn FnMut() -> E) {
+    use hourcell_storage::audit::verify_chain;
+    let s = SliceStore::open(make(), None).unwrap();
+    s.apply(&Command::Audit((1..=3).map(audit_entry).collect()))
+        .unwrap();
+    s.apply(&Command::Audit(vec![audit_entry(4), audit_entry(5)]))
+        .unwrap();
+    let all = s.audit_records(0, 100).unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(s.audit_len(), 5);
+    assert_eq!(verify_chain(&all), Ok(5));
+    assert_eq!(s.audit_records(3, 100).unwrap()[0].seq, 4);
+
+    // Edited: a record's contents change, its hash does not.
+    let mut edited = all.clone();
+    edited[2].entry.purpose = "something else".into();
+    assert_eq!(verify_chain(&edited).unwrap_err().seq, 3);
+    // Deleted: record 2 is missing.
+    let deleted: Vec<_> = all.iter().filter(|r| r.seq != 2).cloned().collect();
+    assert_eq!(verify_chain(&deleted).unwrap_err().seq, 3);
+    // Reordered: 3 before 2.
+    let mut reordered = all.clone();
+    reordered.swap(1, 2);
+    assert_eq!(verify_chain(&reordered).unwrap_err().seq, 3);
+    // Renumbered to hide a deletion: the hash link still breaks.
+    let mut renumbered = deleted.clone();
+    for (i, r) in renumbered.iter_mut().enumerate() {
+        r.seq = i as u64 + 1;
+    }
+    assert_eq!(verify_chain(&renumbered).unwrap_err().seq, 2);
+}
+
+#[test]
+fn the_audit_log_is_a_hash_chain_on_every_engine() {
+    audit_chain(&mut || MemEngine::new());
+    let dir = tempfile::tempdir().unwrap();
+    audit_chain(&mut || RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
+    // The chain continues after a reopen.
+    let s = SliceStore::open(
+        RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
+        None,
+    )
+    .unwrap();
+    s.apply(&Command::Audit(vec![audit_entry(6)])).unwrap();
+    let all = s.audit_records(0, 100).unwrap();
+    assert_eq!(hourcell_storage::audit::verify_chain(&all), Ok(6));
+}
+
+fn expire<E: KvEngine>(make: &mut dyn FnMut() -> E) {
+    let s = SliceStore::open(make(), None).unwrap();
+    s.apply(&Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]))
+        .unwrap();
+    // Persons 1..=3 every hour of days 10, 11 and 12 (hours 240..312).
+    let evs: Vec<SliceEvent> = (240..312)
+        .flat_map(|h| (1..=3).map(move |p| ev(p, h, 30.0, 120.0, Some("H1"), "utility")))
+        .collect();
+    s.apply(&Command::Ingest(evs)).unwrap();
+    let cutoff = 11 * 24 + 7; // day 11, 07:00
+    s.apply(&Command::Expire {
+        cutoff_hour: cutoff,
+        audit: audit_entry(1),
+    })
+    .unwrap();
+    for h in [240, 250, 263, 264, 270] {
+        assert!(collect_cells(&s, h).is_empty(), "hour {h} still has cells");
+        assert!(address_hour(&s, h, 1).is_none(), "hour {h} still at H1");
+    }
+    for h in [cutoff, cutoff + 1, 300, 311] {
+        assert_eq!(collect_cells(&s, h).len(), 1, "hour {h} lost");
+        assert_eq!(address_hour(&s, h, 1), Some(vec![1, 2, 3]), "hour {h} lost");
+    }
+    let id = s.internal_id(2).unwrap();
+    let hours: Vec<i64> = s
+        .person_hours(id, 0, 400)
+        .unwrap()
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    assert_eq!(hours, (cutoff..312).collect::<Vec<_>>());
+    let mut everyone = Vec::new();
+    s.hour_slices(0, 400, &mut |h, _| everyone.push(h)).unwrap();
+    assert_eq!(
+        everyone.first(),
+        Some(&cutoff),
+        "hour bitmaps before the cut-off remain"
+    );
+    let audit = s.audit_records(0, 10).unwrap();
+    assert_eq!(audit.len(), 1);
+}
+
+#[test]
+fn retention_removes_whole_hours_on_every_engine() {
+    expire(&mut || MemEngine::new());
+    let dir = tempfile::tempdir().unwrap();
+    expire(&mut || RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
+}
