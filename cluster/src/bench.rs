@@ -8,13 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::client::Ch as Channel;
 use anyhow::{anyhow, Context as _, Result};
 use hourcell_proto::v1;
 use hourcell_query::time::format_time;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tonic::transport::Channel;
 
 use crate::cli::BenchArgs;
 use crate::client::{self, QueryRequest};
@@ -362,6 +362,8 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                 let a = physical.choose(&mut rng).copied();
                 let (lat, lng) = a.map_or((cfg.center_lat, cfg.center_lng), |a| (a.lat, a.lng));
                 QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
+                    purpose: "load benchmark on a generated town".into(),
+                    case_ref: "BENCH".into(),
                     max_staleness_ms: None,
                     region: Some(v1::Region {
                         kind: Some(v1::region::Kind::Circle(v1::Circle {
@@ -387,6 +389,8 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                 let d = rng.gen_range(0..=(days - span));
                 let from = start + d * DAY;
                 QueryRequest::WhereWas(v1::WhereWasRequest {
+                    purpose: "load benchmark on a generated town".into(),
+                    case_ref: "BENCH".into(),
                     max_staleness_ms: None,
                     person,
                     window: Some(v1::Window {
@@ -405,6 +409,8 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
     let reqs = (0..runs)
         .map(|_| {
             QueryRequest::NoActivitySince(v1::NoActivitySinceRequest {
+                purpose: "load benchmark on a generated town".into(),
+                case_ref: "BENCH".into(),
                 max_staleness_ms: None,
                 // Clamped for towns shorter than a week.
                 since: (end - 7 * DAY).max(start),

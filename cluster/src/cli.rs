@@ -52,6 +52,73 @@ pub enum Command {
     /// Load generated data into a node over gRPC and measure ingest and
     /// query latency (p50/p99/max).
     Bench(BenchArgs),
+    /// The tamper-evident audit log (auditor role): list the records, or
+    /// verify the hash chain and name the first bad record.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Bearer tokens: make a signing key, or issue a token for a subject
+    /// and roles. Clients send one from HOURCELL_TOKEN or
+    /// HOURCELL_TOKEN_FILE.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The retention limit (`[security] retention_days`): the leader
+    /// applies it every hour; `apply` does it now (operator role).
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Every audit record: who asked what, why, for which case, how many
+    /// persons were returned.
+    List(AuditListArgs),
+    /// Re-computes the hash chain over every record; fails naming the
+    /// first edited, deleted or reordered record.
+    Verify(ServerArg),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Writes a new random 32-byte signing key (mode 0600).
+    Keygen(KeygenArgs),
+    /// Prints a signed token (HS256 JWT).
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// The signing key (the nodes' `token_key_file`).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// Who the token stands for (recorded in the audit log).
+    #[arg(long)]
+    pub subject: String,
+    /// Roles, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    pub roles: Vec<crate::auth::Role>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Remove every hour older than the limit now, on every replica.
+    Apply(ServerArg),
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +260,13 @@ pub struct QueryArgs {
     /// no-activity-since: only activity inside this rectangle counts.
     #[arg(long, allow_hyphen_values = true)]
     pub local_rect: Option<String>,
+    /// Why a person-level query (who-was-at, where-was,
+    /// no-activity-since) is asked; written to the audit log.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// The case a person-level query belongs to; written to the audit log.
+    #[arg(long = "case")]
+    pub case: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[arg(long, default_value = DEFAULT_SERVER)]

@@ -42,9 +42,63 @@ pub fn normalize_server(server: &str) -> String {
     }
 }
 
-/// Connects to a node, with a clear error naming the server if it is not
-/// reachable.
-pub async fn channel(server: &str) -> Result<Channel> {
+/// A connection that sends the caller's credentials with every request.
+pub type Ch = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
+
+/// The `authorization: Bearer TOKEN` header of every request: the token
+/// comes from `HOURCELL_TOKEN`, or the file named by `HOURCELL_TOKEN_FILE`
+/// (`hourcell token issue` makes one). Without either, requests carry no
+/// credentials, which a `hourcell dev` node accepts as the local user.
+#[derive(Clone, Default)]
+pub struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Credentials {
+    pub fn bearer(token: &str) -> Result<Self> {
+        let v = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| anyhow!("the token is not printable ASCII"))?;
+        Ok(Credentials(Some(v)))
+    }
+
+    pub fn from_env() -> Result<Self> {
+        if let Ok(t) = std::env::var("HOURCELL_TOKEN") {
+            if !t.trim().is_empty() {
+                return Self::bearer(&t);
+            }
+        }
+        if let Ok(f) = std::env::var("HOURCELL_TOKEN_FILE") {
+            let t = std::fs::read_to_string(&f)
+                .map_err(|e| anyhow!("cannot read HOURCELL_TOKEN_FILE {f}: {e}"))?;
+            return Self::bearer(&t);
+        }
+        Ok(Credentials(None))
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Connects to a node with the caller's credentials (see [`Credentials`]).
+pub async fn channel(server: &str) -> Result<Ch> {
+    channel_as(server, Credentials::from_env()?).await
+}
+
+/// Connects to a node with the given credentials, with a clear error naming
+/// the server if it is not reachable.
+pub async fn channel_as(server: &str, creds: Credentials) -> Result<Ch> {
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        plain_channel(server).await?,
+        creds,
+    ))
+}
+
+async fn plain_channel(server: &str) -> Result<Channel> {
     let url = normalize_server(server);
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| anyhow!("invalid --server {server:?}: {e}"))?
@@ -82,25 +136,25 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
     }
 }
 
-pub fn query_client(ch: Channel) -> v1::query_client::QueryClient<Channel> {
+pub fn query_client(ch: Ch) -> v1::query_client::QueryClient<Ch> {
     v1::query_client::QueryClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-pub fn ingest_client(ch: Channel) -> v1::ingest_client::IngestClient<Channel> {
+pub fn ingest_client(ch: Ch) -> v1::ingest_client::IngestClient<Ch> {
     v1::ingest_client::IngestClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-pub fn registry_client(ch: Channel) -> v1::registry_client::RegistryClient<Channel> {
+pub fn registry_client(ch: Ch) -> v1::registry_client::RegistryClient<Ch> {
     v1::registry_client::RegistryClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-pub fn admin_client(ch: Channel) -> v1::admin_client::AdminClient<Channel> {
+pub fn admin_client(ch: Ch) -> v1::admin_client::AdminClient<Ch> {
     v1::admin_client::AdminClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -290,6 +344,20 @@ fn reject_flags(kind: QueryKind, flags: &[(&str, bool)]) -> Result<()> {
     Ok(())
 }
 
+/// `--purpose` and `--case`, which person-level queries need.
+fn purpose_flags(a: &QueryArgs) -> Result<(String, String)> {
+    match (a.purpose.as_deref(), a.case.as_deref()) {
+        (Some(p), Some(c)) if !p.trim().is_empty() && !c.trim().is_empty() => {
+            Ok((p.to_string(), c.to_string()))
+        }
+        _ => Err(anyhow!(
+            "{} returns persons, so it needs --purpose TEXT and --case REF (both are written \
+             to the audit log before any result is returned)",
+            kind_name(a.kind)
+        )),
+    }
+}
+
 /// Turns the command line into a request; `now` is the default `--to`.
 pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
     let flags = RegionFlags::of(a);
@@ -308,7 +376,10 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                 .ok_or_else(|| anyhow!("{kind} needs a region: one of {REGION_HELP}"))?;
             let window = window(a, now)?;
             if a.kind == QueryKind::WhoWasAt {
+                let (purpose, case_ref) = purpose_flags(a)?;
                 QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
+                    purpose,
+                    case_ref,
                     max_staleness_ms: None,
                     region: Some(region),
                     window: Some(window),
@@ -329,7 +400,10 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
             let person = a
                 .person
                 .ok_or_else(|| anyhow!("where-was needs --person (a person id)"))?;
+            let (purpose, case_ref) = purpose_flags(a)?;
             QueryRequest::WhereWas(v1::WhereWasRequest {
+                purpose,
+                case_ref,
                 max_staleness_ms: None,
                 person,
                 window: Some(window(a, now)?),
@@ -358,7 +432,10 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                 .map(|r| v1::Region {
                     kind: Some(v1::region::Kind::Rect(r)),
                 });
+            let (purpose, case_ref) = purpose_flags(a)?;
             QueryRequest::NoActivitySince(v1::NoActivitySinceRequest {
+                purpose,
+                case_ref,
                 max_staleness_ms: None,
                 since,
                 as_of,
@@ -407,7 +484,7 @@ impl QueryOutput {
 
 /// Sends a request and collects the answer; server errors become plain
 /// errors carrying the status message.
-pub async fn execute(ch: Channel, req: QueryRequest) -> Result<QueryOutput> {
+pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
     let mut c = query_client(ch);
     Ok(match req {
         QueryRequest::WhoWasAt(r) => {
@@ -476,18 +553,32 @@ struct WhereWasJson<'a> {
     hours: Vec<HourPlacesJson<'a>>,
 }
 
+/// A suppressed count is `null` with `"suppressed": true`.
 #[derive(Serialize)]
 struct HourCountJson {
     hour: String,
-    distinct: u64,
+    distinct: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    suppressed: bool,
 }
 
 #[derive(Serialize)]
 struct OccupancyJson {
     from: String,
     to: String,
-    distinct: u64,
+    distinct: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    suppressed: bool,
     hours: Vec<HourCountJson>,
+}
+
+/// A count as shown: `<k` when suppressed.
+fn count_text(v: u64, suppressed: bool, k: u64) -> String {
+    if suppressed {
+        format!("<{k}")
+    } else {
+        v.to_string()
+    }
 }
 
 #[derive(Serialize)]
@@ -544,13 +635,15 @@ pub fn to_json(out: &QueryOutput, pretty: bool) -> Result<String> {
                 &OccupancyJson {
                     from: format_time(w.from),
                     to: format_time(w.to),
-                    distinct: r.distinct,
+                    distinct: (!r.distinct_suppressed).then_some(r.distinct),
+                    suppressed: r.distinct_suppressed,
                     hours: r
                         .hours
                         .iter()
                         .map(|h| HourCountJson {
                             hour: format_time(h.hour),
-                            distinct: h.distinct,
+                            distinct: (!h.suppressed).then_some(h.distinct),
+                            suppressed: h.suppressed,
                         })
                         .collect(),
                 },
@@ -600,7 +693,12 @@ fn rows(out: &QueryOutput, sep: &str, missing: &str) -> (Vec<&'static str>, Vec<
             vec!["hour", "distinct"],
             r.hours
                 .iter()
-                .map(|h| vec![format_time(h.hour), h.distinct.to_string()])
+                .map(|h| {
+                    vec![
+                        format_time(h.hour),
+                        count_text(h.distinct, h.suppressed, r.suppressed_below),
+                    ]
+                })
                 .collect(),
         ),
         QueryOutput::NoActivitySince(r) => (
@@ -686,6 +784,12 @@ pub fn to_table(out: &QueryOutput) -> String {
         QueryOutput::WhereWas(r) => format!(
             "person {}: {} with activity, {}",
             r.person,
+            plural(r.hours.len() as u64, "hour", "hours"),
+            window_text(&r.window.unwrap_or_default())
+        ),
+        QueryOutput::Occupancy(r) if r.distinct_suppressed => format!(
+            "fewer than {} distinct persons (suppressed) over {}, {}",
+            r.suppressed_below,
             plural(r.hours.len() as u64, "hour", "hours"),
             window_text(&r.window.unwrap_or_default())
         ),
@@ -1246,7 +1350,7 @@ struct Batch {
 }
 
 async fn send_batch(
-    ch: &Channel,
+    ch: &Ch,
     kind: ImportKind,
     batch: Batch,
 ) -> Result<(u64, Vec<u64>, Vec<v1::Rejection>)> {
@@ -1426,6 +1530,8 @@ mod tests {
             since: None,
             as_of: None,
             local_rect: None,
+            purpose: Some("generated test".into()),
+            case: Some("T-1".into()),
             format: Format::Table,
             server: crate::cli::DEFAULT_SERVER.to_string(),
         }
@@ -1656,17 +1762,29 @@ mod tests {
         );
         let out = QueryOutput::Occupancy(v1::OccupancyResponse {
             staleness_ms: 0,
-            window: Some(ew(0, 3600)),
-            distinct: 4,
-            hours: vec![v1::HourCount {
-                hour: 0,
-                distinct: 4,
-            }],
+            window: Some(ew(0, 7200)),
+            distinct: 6,
+            distinct_suppressed: false,
+            suppressed_below: 5,
+            hours: vec![
+                v1::HourCount {
+                    hour: 0,
+                    distinct: 6,
+                    suppressed: false,
+                },
+                v1::HourCount {
+                    hour: 3600,
+                    distinct: 0,
+                    suppressed: true,
+                },
+            ],
         });
         assert_eq!(
             to_json(&out, false).unwrap(),
-            r#"{"from":"1970-01-01T00:00:00Z","to":"1970-01-01T01:00:00Z","distinct":4,"hours":[{"hour":"1970-01-01T00:00:00Z","distinct":4}]}"#
+            r#"{"from":"1970-01-01T00:00:00Z","to":"1970-01-01T02:00:00Z","distinct":6,"hours":[{"hour":"1970-01-01T00:00:00Z","distinct":6},{"hour":"1970-01-01T01:00:00Z","distinct":null,"suppressed":true}]}"#
         );
+        let csv = render(&out, Format::Csv).unwrap();
+        assert!(csv.contains("1970-01-01T01:00:00Z,<5"), "{csv}");
         let out = QueryOutput::NoActivitySince(NoActivityResult {
             window: ew(7200, 10800),
             persons: vec![

@@ -40,6 +40,89 @@ pub struct NodeConfig {
     /// Replication. Absent: a single node that applies writes directly.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Authentication, authorisation, suppression and retention.
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// `[security]`: see `docs/SECURITY.md`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Serve plaintext gRPC. `hourcell node` refuses to start without TLS
+    /// unless this is set, and then logs a warning.
+    pub insecure: bool,
+    /// Roles of requests that carry no credentials. Only honoured when
+    /// `insecure` is set (`hourcell dev` gives the local user `["all"]`);
+    /// empty by default: deny.
+    pub anonymous_roles: Vec<String>,
+    /// HMAC-SHA256 key for bearer tokens (at least 32 bytes);
+    /// `hourcell token issue` signs with the same file.
+    pub token_key_file: Option<PathBuf>,
+    /// Aggregate counts below this are returned as suppressed to callers
+    /// without the investigator role.
+    pub suppress_below: u64,
+    /// Hours older than this many days are removed (hourly, through the
+    /// log, on every replica) and refused at ingest.
+    pub retention_days: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            anonymous_roles: Vec::new(),
+            token_key_file: None,
+            suppress_below: 5,
+            retention_days: 90,
+        }
+    }
+}
+
+impl SecurityConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crate::auth::Role::parse_list(&self.anonymous_roles)
+            .map_err(|e| anyhow::anyhow!("security.anonymous_roles: {e}"))?;
+        if !self.anonymous_roles.is_empty() && !self.insecure {
+            anyhow::bail!(
+                "security.anonymous_roles is only allowed with insecure = true (a TLS node \
+                 authenticates every request)"
+            );
+        }
+        if self.retention_days == 0 {
+            anyhow::bail!("security.retention_days must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The authenticator this config describes (reads the token key).
+    pub fn auth(&self) -> anyhow::Result<crate::auth::Auth> {
+        let token_key = match &self.token_key_file {
+            None => None,
+            Some(p) => {
+                let k = std::fs::read(p).map_err(|e| {
+                    anyhow::anyhow!("cannot read security.token_key_file {}: {e}", p.display())
+                })?;
+                if k.len() < 32 {
+                    anyhow::bail!(
+                        "security.token_key_file {} holds {} bytes; at least 32 are needed",
+                        p.display(),
+                        k.len()
+                    );
+                }
+                Some(k)
+            }
+        };
+        Ok(crate::auth::Auth {
+            token_key,
+            anonymous: if self.insecure {
+                crate::auth::Role::parse_list(&self.anonymous_roles).map_err(anyhow::Error::msg)?
+            } else {
+                Default::default()
+            },
+            suppress_below: self.suppress_below,
+        })
+    }
 }
 
 /// `[cluster]`: this node's id and every voter of the data group (this node
@@ -199,6 +282,7 @@ impl NodeConfig {
             log: default_log(),
             rules: RulesConfig::default(),
             cluster: None,
+            security: SecurityConfig::default(),
         }
     }
 
@@ -236,6 +320,7 @@ impl NodeConfig {
         if let Some(c) = &self.cluster {
             c.validate()?;
         }
+        self.security.validate()?;
         self.rules
             .to_rule_config()
             .validate()

@@ -102,22 +102,22 @@ fn print_examples(l: &Loaded, listen: &str) {
         home.code
     );
     println!(
-        "  hourcell query who-was-at --circle {:.5},{:.5},1000 --from {day_from} --to {day_to}{server}",
+        "  hourcell query who-was-at --circle {:.5},{:.5},1000 --from {day_from} --to {day_to} --purpose 'demo' --case DEMO-1{server}",
         home.lat, home.lng
     );
     if let Some(r) = resident {
         println!(
-            "  hourcell query where-was --person {} --from {} --to {day_to}{server}",
+            "  hourcell query where-was --person {} --from {} --to {day_to} --purpose 'demo' --case DEMO-1{server}",
             r.person,
             format_time(end - 2 * 86_400)
         );
     }
     println!(
-        "  hourcell query who-was-at --area {} --from {day_from} --to {day_to} --format json{server}",
+        "  hourcell query who-was-at --area {} --from {day_from} --to {day_to} --format json --purpose 'demo' --case DEMO-1{server}",
         home.area
     );
     println!(
-        "  hourcell query no-activity-since --since {} --as-of {day_to}{server}",
+        "  hourcell query no-activity-since --since {} --as-of {day_to} --purpose 'demo' --case DEMO-1{server}",
         format_time(end - 7 * 86_400)
     );
     if let Some(p) = leaver {
@@ -136,6 +136,10 @@ fn print_examples(l: &Loaded, listen: &str) {
         format_time(end)
     );
     println!("  hourcell status{server}");
+    println!(
+        "  hourcell audit list{server}        (every person-level query above, with its purpose)"
+    );
+    println!("  hourcell audit verify{server}");
     println!("  grpcurl -plaintext {listen} list");
 }
 
@@ -162,7 +166,7 @@ async fn start_cluster(
         .collect();
     let mut out = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
-        let mut cfg = NodeConfig::new(args.data_dir.join(format!("node{}", i + 1)));
+        let mut cfg = dev_config(args.data_dir.join(format!("node{}", i + 1)), &args);
         cfg.listen = *a;
         cfg.cluster = Some(crate::config::ClusterConfig {
             node_id: i as u64 + 1,
@@ -246,11 +250,22 @@ async fn wait_for_leader(nodes: &[Arc<Node>]) -> anyhow::Result<u64> {
     }
 }
 
+/// A dev node: plaintext on loopback, and every role for requests without
+/// credentials (the local user), so the CLI works without setup; retention
+/// covers the demo town.
+fn dev_config(dir: std::path::PathBuf, args: &crate::cli::DevArgs) -> NodeConfig {
+    let mut cfg = NodeConfig::new(dir);
+    cfg.security.insecure = true;
+    cfg.security.anonymous_roles = vec!["all".into()];
+    cfg.security.retention_days = cfg.security.retention_days.max(args.days + 2);
+    cfg
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes > 1 {
         return run_cluster(args).await;
     }
-    let mut cfg = NodeConfig::new(args.data_dir.clone());
+    let mut cfg = dev_config(args.data_dir.clone(), &args);
     cfg.listen = args.listen;
     let node: Arc<Node> = Node::open(&cfg, system_clock())?;
     let stats = node.store().stats()?;

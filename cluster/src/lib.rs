@@ -6,6 +6,7 @@
 //! This is the only crate that wires tonic servers; storage and query know
 //! nothing of it.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod dev;
 pub mod metrics;
 pub mod node;
 pub mod replication;
+pub mod security_cli;
 pub mod server;
 pub mod service;
 pub mod tasks_cli;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use hourcell_cluster::cli::{Cli, Command};
-use hourcell_cluster::{bench, client, config, dev, server, tasks_cli, town};
+use hourcell_cluster::{bench, client, config, dev, security_cli, server, tasks_cli, town};
 
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -85,6 +85,15 @@ fn main() {
             Command::Bench(a) => {
                 init_logging("warn");
                 bench::run_bench(a).await
+            }
+            Command::Audit(a) => {
+                init_logging("warn");
+                security_cli::run_audit(a).await
+            }
+            Command::Token(a) => security_cli::run_token(a),
+            Command::Retention(a) => {
+                init_logging("warn");
+                security_cli::run_retention(a).await
             }
         }
     });

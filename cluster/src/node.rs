@@ -177,6 +177,8 @@ pub struct Node {
     rules_running: parking_lot::Mutex<()>,
     /// The latest task change-log sequence number; watchers wait on it.
     task_seq: tokio::sync::watch::Sender<u64>,
+    auth: crate::auth::Auth,
+    retention_days: u32,
 }
 
 /// Drafts per `RaiseTasks` command: a log entry carries a batch.
@@ -273,7 +275,8 @@ fn start_replication(
         let member =
             me.is_some_and(|s| s.voters.contains(&c.node_id) || s.learners.contains(&c.node_id));
         if !member {
-            tokio::spawn(ask_to_join(c.clone()));
+            let key = cfg.security.auth()?.token_key;
+            tokio::spawn(ask_to_join(c.clone(), key));
         }
     }
     Ok(r)
@@ -281,7 +284,7 @@ fn start_replication(
 
 /// Asks the configured peers, in turn, to add this node (replacing its old
 /// membership, if any) until one of them does.
-async fn ask_to_join(c: crate::config::ClusterConfig) {
+async fn ask_to_join(c: crate::config::ClusterConfig, token_key: Option<Vec<u8>>) {
     let me = c
         .peers
         .iter()
@@ -296,7 +299,21 @@ async fn ask_to_join(c: crate::config::ClusterConfig) {
                 addr: me.clone(),
                 replace: true,
             };
-            match crate::client::channel(&p.addr).await {
+            // Nodes of a cluster share the token key: the request is signed
+            // as this node, with the operator role, for five minutes.
+            let creds = match &token_key {
+                Some(k) => crate::client::Credentials::bearer(&crate::auth::issue_token(
+                    k,
+                    &crate::auth::Claims {
+                        sub: format!("node-{}", c.node_id),
+                        roles: vec!["operator".into()],
+                        exp: hourcell_query::time::now() + 300,
+                    },
+                ))
+                .unwrap_or_default(),
+                None => crate::client::Credentials::default(),
+            };
+            match crate::client::channel_as(&p.addr, creds).await {
                 Ok(ch) => match crate::client::admin_client(ch).add_node(req).await {
                     Ok(_) => {
                         tracing::info!(
@@ -332,11 +349,14 @@ impl Node {
         let store = Arc::new(SliceStore::open(engine, Some(cfg.slice_level))?);
         let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let auth = cfg.security.auth()?;
         let replication = match &cfg.cluster {
             None => None,
             Some(c) => Some(start_replication(cfg, c, store.clone(), &metrics)?),
         };
         Ok(Arc::new(Node {
+            auth,
+            retention_days: cfg.security.retention_days,
             replication,
             metrics,
             rules: cfg.rules.to_rule_config(),
@@ -447,7 +467,13 @@ impl Node {
         // Validation reads the address table: on a replica it must see
         // every address acknowledged anywhere before this request.
         self.read_barrier()?;
-        let (ok, bad) = validate::place_events(self.store.as_ref(), raw, self.now());
+        let now = self.now();
+        let (ok, bad) = validate::place_events_retained(
+            self.store.as_ref(),
+            raw,
+            now,
+            Some(self.retained_from(now)),
+        );
         let n = ok.len() as u64;
         if !ok.is_empty() {
             self.propose(&Command::Ingest(ok))?;
@@ -479,6 +505,50 @@ impl Node {
             self.propose(&Command::PutRegistrations(ok))?;
         }
         Ok((n, bad))
+    }
+
+    // ------------------------------------------------- security and audit
+
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.auth
+    }
+
+    /// The first hour the retention limit keeps at `now`.
+    pub fn retained_from(&self, now: i64) -> i64 {
+        now.div_euclid(3600) - i64::from(self.retention_days) * 24
+    }
+
+    /// Commits audit records through the log (on every replica) and
+    /// returns once they are applied here. A person-level answer is only
+    /// sent after this succeeds.
+    pub fn audit(&self, entries: Vec<hourcell_storage::AuditEntry>) -> Result<(), NodeError> {
+        self.propose(&Command::Audit(entries)).map(|_| ())
+    }
+
+    /// Applies the retention limit as of `now`: every replica removes the
+    /// hours before the cut-off this command carries, and the removal is
+    /// audited. Returns the cut-off hour and the person-days removed.
+    pub fn expire(&self, now: i64, principal: &str) -> Result<(i64, u64), NodeError> {
+        let cutoff = self.retained_from(now);
+        let at = hourcell_query::time::format_time(cutoff * 3600);
+        let out = self.propose(&Command::Expire {
+            cutoff_hour: cutoff,
+            audit: hourcell_storage::AuditEntry {
+                time: now,
+                principal: principal.to_string(),
+                roles: String::new(),
+                rpc: "Retention".into(),
+                parameters: format!(
+                    "{{\"cutoff\":\"{at}\",\"retention_days\":{}}}",
+                    self.retention_days
+                ),
+                purpose: "retention limit".into(),
+                case_ref: String::new(),
+                persons_returned: 0,
+                outcome: format!("retention: removed every hour before {at}"),
+            },
+        })?;
+        Ok((cutoff, out.applied))
     }
 
     // ------------------------------------------------------------- tasks

@@ -52,6 +52,7 @@ pub async fn serve(
     if node.rules_hourly() {
         tokio::spawn(hourly_rules(node.clone()));
     }
+    tokio::spawn(hourly_retention(node.clone()));
     // The empty service name means "the whole server".
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -138,6 +139,7 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(v1::tasks_server::TasksServer::new(svc.clone()))
+        .add_service(v1::audit_server::AuditServer::new(svc.clone()))
         .add_service(v1::admin_server::AdminServer::new(svc))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -176,6 +178,36 @@ async fn hourly_rules(node: Arc<Node>) {
     }
 }
 
+/// Applies the retention limit a minute after start and then every hour,
+/// on the leader only (the command it proposes carries the cut-off, so
+/// every replica removes the same hours).
+async fn hourly_retention(node: Arc<Node>) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = Duration::from_secs(3600);
+        let n = node.clone();
+        if !tokio::task::spawn_blocking(move || n.leads())
+            .await
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || n.expire(n.now(), "retention")).await {
+            Ok(Ok((cutoff, removed))) => {
+                tracing::info!(
+                    cutoff_hour = cutoff,
+                    person_days = removed,
+                    "retention applied"
+                )
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+            Err(e) => tracing::error!(error = %e, "retention panicked"),
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -199,6 +231,17 @@ pub async fn shutdown_signal() {
 
 /// `hourcell node --config FILE`.
 pub async fn run(cfg: crate::config::NodeConfig) -> anyhow::Result<()> {
+    if !cfg.security.insecure {
+        anyhow::bail!(
+            "this node has no TLS configuration; hourcell node serves person-level data and \
+             refuses to run in plaintext unless [security] insecure = true is set explicitly \
+             (see docs/SECURITY.md)"
+        );
+    }
+    tracing::warn!(
+        "[security] insecure = true: serving plaintext gRPC without client certificates; \
+         use only on a trusted network"
+    );
     let node = Node::open(&cfg, crate::node::system_clock())?;
     let (addr, listener) = bind(cfg.listen).await?;
     if let Some(m) = cfg.metrics_listen {

@@ -11,6 +11,7 @@ use hourcell_query::{QueryError, Region, Window};
 use hourcell_storage::cell;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{allowed, Principal, Rpc};
 use crate::node::{Node, NodeError};
 
 /// Persons per streamed message.
@@ -139,12 +140,118 @@ pub struct Services {
     pub node: Arc<Node>,
 }
 
+/// Longest purpose text and case reference.
+const MAX_PURPOSE: usize = 1_000;
+
+impl Services {
+    /// Authenticates the request and checks that its principal holds one of
+    /// the roles `rpc` needs. A refusal is audited before it is returned.
+    async fn guard<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("<not ascii>").to_string());
+        let now = self.node.now();
+        let (principal, status) = match self.node.auth().authenticate(header.as_deref(), now) {
+            Err(e) => (
+                Principal {
+                    name: "unauthenticated".into(),
+                    roles: Default::default(),
+                },
+                Status::unauthenticated(e.to_string()),
+            ),
+            Ok(p) if allowed(&p, rpc) => return Ok(p),
+            Ok(p) => {
+                let need: Vec<&str> = rpc.roles().iter().map(|r| r.name()).collect();
+                let msg = format!(
+                    "{} may not call {}: it needs one of the roles {}",
+                    p.name,
+                    rpc.name(),
+                    need.join(", ")
+                );
+                (p, Status::permission_denied(msg))
+            }
+        };
+        let entry = hourcell_storage::AuditEntry {
+            time: now,
+            principal: principal.name.clone(),
+            roles: principal.role_names(),
+            rpc: rpc.name().into(),
+            outcome: format!("denied: {}", status.message()),
+            ..Default::default()
+        };
+        let node = self.node.clone();
+        if let Err(e) = blocking(move || node.audit(vec![entry])).await {
+            tracing::warn!(error = %e.message(), "could not audit a denied request");
+        }
+        Err(status)
+    }
+
+    /// Checks a person-level request's purpose and case reference.
+    fn purpose(purpose: &str, case_ref: &str) -> Result<(String, String), Status> {
+        let (p, c) = (purpose.trim(), case_ref.trim());
+        if p.is_empty() || c.is_empty() {
+            return Err(Status::invalid_argument(
+                "person-level queries need a purpose and a case reference (CLI: --purpose TEXT --case REF)",
+            ));
+        }
+        if p.len() > MAX_PURPOSE || c.len() > MAX_PURPOSE {
+            return Err(Status::invalid_argument(format!(
+                "purpose and case reference are limited to {MAX_PURPOSE} bytes"
+            )));
+        }
+        Ok((p.to_string(), c.to_string()))
+    }
+
+    /// Writes the audit record of a person-level answer through the log;
+    /// the answer is only returned if this succeeds.
+    async fn audit_answer(
+        &self,
+        p: &Principal,
+        rpc: Rpc,
+        parameters: serde_json::Value,
+        (purpose, case_ref): (String, String),
+        persons: u64,
+    ) -> Result<(), Status> {
+        let entry = hourcell_storage::AuditEntry {
+            time: self.node.now(),
+            principal: p.name.clone(),
+            roles: p.role_names(),
+            rpc: rpc.name().into(),
+            parameters: parameters.to_string(),
+            purpose,
+            case_ref,
+            persons_returned: persons,
+            outcome: "ok".into(),
+        };
+        let node = self.node.clone();
+        blocking(move || node.audit(vec![entry]))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "the audit record could not be written, so no data is returned: {}",
+                    e.message()
+                ))
+            })
+    }
+
+    /// The threshold below which `p` sees counts suppressed (0: none).
+    fn suppression(&self, p: &Principal) -> u64 {
+        if p.has(crate::auth::Role::Investigator) {
+            0
+        } else {
+            self.node.auth().suppress_below
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl v1::ingest_server::Ingest for Services {
     async fn ingest(
         &self,
         req: Request<v1::IngestRequest>,
     ) -> Result<Response<v1::IngestResponse>, Status> {
+        let _p = self.guard(&req, Rpc::Ingest).await?;
         let raw: Vec<RawEvent> = req.into_inner().events.into_iter().map(raw_event).collect();
         let node = self.node.clone();
         let (accepted, bad) = blocking(move || node.ingest(&raw)).await?;
@@ -161,6 +268,7 @@ impl v1::registry_server::Registry for Services {
         &self,
         req: Request<v1::PutAddressesRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
+        let _p = self.guard(&req, Rpc::PutAddresses).await?;
         let raw: Vec<RawAddress> = req
             .into_inner()
             .addresses
@@ -186,6 +294,7 @@ impl v1::registry_server::Registry for Services {
         &self,
         req: Request<v1::PutRegistrationsRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
+        let _p = self.guard(&req, Rpc::PutRegistrations).await?;
         let raw: Vec<RawRegistration> = req
             .into_inner()
             .registrations
@@ -210,6 +319,7 @@ impl v1::registry_server::Registry for Services {
         &self,
         req: Request<v1::GetAddressRequest>,
     ) -> Result<Response<v1::Address>, Status> {
+        let _p = self.guard(&req, Rpc::GetAddress).await?;
         let code = req.into_inner().code;
         let a = self
             .node
@@ -230,6 +340,7 @@ impl v1::registry_server::Registry for Services {
         &self,
         req: Request<v1::GetRegistrationRequest>,
     ) -> Result<Response<v1::Registration>, Status> {
+        let _p = self.guard(&req, Rpc::GetRegistration).await?;
         let person = req.into_inner().person;
         let r = self
             .node
@@ -257,7 +368,13 @@ impl v1::query_server::Query for Services {
         &self,
         req: Request<v1::WhoWasAtRequest>,
     ) -> Result<Response<Self::WhoWasAtStream>, Status> {
+        let p = self.guard(&req, Rpc::WhoWasAt).await?;
         let r = req.into_inner();
+        let why = Self::purpose(&r.purpose, &r.case_ref)?;
+        let params = serde_json::json!({
+            "region": format!("{:?}", r.region),
+            "window": format!("{:?}", r.window),
+        });
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
@@ -267,6 +384,8 @@ impl v1::query_server::Query for Services {
             Ok((stale, node.query().who_was_at(&region, from, to, as_of)?))
         })
         .await?;
+        self.audit_answer(&p, Rpc::WhoWasAt, params, why, ans.persons.len() as u64)
+            .await?;
         let window = effective(&ans.window);
         let mut msgs: Vec<Result<v1::WhoWasAtResponse, Status>> = ans
             .persons
@@ -293,7 +412,13 @@ impl v1::query_server::Query for Services {
         &self,
         req: Request<v1::WhereWasRequest>,
     ) -> Result<Response<v1::WhereWasResponse>, Status> {
+        let p = self.guard(&req, Rpc::WhereWas).await?;
         let r = req.into_inner();
+        let why = Self::purpose(&r.purpose, &r.case_ref)?;
+        let params = serde_json::json!({
+            "person": r.person,
+            "window": format!("{:?}", r.window),
+        });
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
         let person = r.person;
@@ -303,6 +428,9 @@ impl v1::query_server::Query for Services {
             Ok((stale, node.query().where_was(person, from, to, as_of)?))
         })
         .await?;
+        let found = u64::from(!ans.hours.is_empty());
+        self.audit_answer(&p, Rpc::WhereWas, params, why, found)
+            .await?;
         Ok(Response::new(v1::WhereWasResponse {
             staleness_ms: stale,
             window: Some(effective(&ans.window)),
@@ -324,6 +452,7 @@ impl v1::query_server::Query for Services {
         &self,
         req: Request<v1::OccupancyRequest>,
     ) -> Result<Response<v1::OccupancyResponse>, Status> {
+        let p = self.guard(&req, Rpc::Occupancy).await?;
         let r = req.into_inner();
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
@@ -334,16 +463,27 @@ impl v1::query_server::Query for Services {
             Ok((stale, node.query().occupancy(&region, from, to, as_of)?))
         })
         .await?;
+        // Small counts are suppressed, not shown, unless the caller may see
+        // persons anyway.
+        let k = self.suppression(&p);
+        let shown = |c: u64| if c < k { (0, true) } else { (c, false) };
+        let (distinct, distinct_suppressed) = shown(ans.distinct);
         Ok(Response::new(v1::OccupancyResponse {
             staleness_ms: stale,
             window: Some(effective(&ans.window)),
-            distinct: ans.distinct,
+            distinct,
+            distinct_suppressed,
+            suppressed_below: k,
             hours: ans
                 .hours
                 .into_iter()
-                .map(|h| v1::HourCount {
-                    hour: h.hour * 3600,
-                    distinct: h.distinct,
+                .map(|h| {
+                    let (distinct, suppressed) = shown(h.distinct);
+                    v1::HourCount {
+                        hour: h.hour * 3600,
+                        distinct,
+                        suppressed,
+                    }
                 })
                 .collect(),
         }))
@@ -353,7 +493,15 @@ impl v1::query_server::Query for Services {
         &self,
         req: Request<v1::NoActivitySinceRequest>,
     ) -> Result<Response<Self::NoActivitySinceStream>, Status> {
+        let p = self.guard(&req, Rpc::NoActivitySince).await?;
         let r = req.into_inner();
+        let why = Self::purpose(&r.purpose, &r.case_ref)?;
+        let params = serde_json::json!({
+            "since": r.since,
+            "as_of": r.as_of,
+            "scope": format!("{:?}", r.scope),
+            "local": format!("{:?}", r.local),
+        });
         let scope = optional_region(r.scope, "scope")?;
         let local = optional_region(r.local, "local")?;
         let as_of = r.as_of.unwrap_or_else(|| self.node.now());
@@ -368,6 +516,14 @@ impl v1::query_server::Query for Services {
                     .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?,
             ))
         })
+        .await?;
+        self.audit_answer(
+            &p,
+            Rpc::NoActivitySince,
+            params,
+            why,
+            ans.persons.len() as u64,
+        )
         .await?;
         let window = effective(&ans.window);
         let mut msgs: Vec<Result<v1::NoActivitySinceResponse, Status>> = ans
@@ -404,6 +560,7 @@ impl v1::admin_server::Admin for Services {
         &self,
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
+        let _p = self.guard(&req, Rpc::Status).await?;
         let node = self.node.clone();
         let count = req.into_inner().count_postings;
         // Status doubles as a readiness probe: the full posting scan only
@@ -473,10 +630,24 @@ impl v1::admin_server::Admin for Services {
         }))
     }
 
+    async fn expire(
+        &self,
+        req: Request<v1::ExpireRequest>,
+    ) -> Result<Response<v1::ExpireResponse>, Status> {
+        let p = self.guard(&req, Rpc::Expire).await?;
+        let node = self.node.clone();
+        let (cutoff, removed) = blocking(move || node.expire(node.now(), &p.name)).await?;
+        Ok(Response::new(v1::ExpireResponse {
+            cutoff: cutoff * 3600,
+            person_days_removed: removed,
+        }))
+    }
+
     async fn add_node(
         &self,
         req: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let _p = self.guard(&req, Rpc::AddNode).await?;
         let r = req.into_inner();
         let node = self.node.clone();
         let m = blocking(move || {
@@ -492,6 +663,7 @@ impl v1::admin_server::Admin for Services {
         &self,
         req: Request<v1::RemoveNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let _p = self.guard(&req, Rpc::RemoveNode).await?;
         let r = req.into_inner();
         let node = self.node.clone();
         let m = blocking(move || {
@@ -501,6 +673,75 @@ impl v1::admin_server::Admin for Services {
         })
         .await?;
         Ok(Response::new(m))
+    }
+}
+
+fn audit_to_proto(r: hourcell_storage::AuditRecord) -> v1::AuditRecord {
+    v1::AuditRecord {
+        seq: r.seq,
+        time: r.entry.time,
+        principal: r.entry.principal,
+        roles: r.entry.roles,
+        rpc: r.entry.rpc,
+        parameters: r.entry.parameters,
+        purpose: r.entry.purpose,
+        case_ref: r.entry.case_ref,
+        persons_returned: r.entry.persons_returned,
+        outcome: r.entry.outcome,
+        prev_hash: r.prev_hash.to_vec(),
+        hash: r.hash.to_vec(),
+    }
+}
+
+/// The stored form of a listed record, for verification by a client.
+pub fn audit_from_proto(r: &v1::AuditRecord) -> Result<hourcell_storage::AuditRecord, String> {
+    let h = |b: &[u8], what: &str| -> Result<[u8; 32], String> {
+        b.try_into()
+            .map_err(|_| format!("record {}: {what} is not 32 bytes", r.seq))
+    };
+    Ok(hourcell_storage::AuditRecord {
+        seq: r.seq,
+        entry: hourcell_storage::AuditEntry {
+            time: r.time,
+            principal: r.principal.clone(),
+            roles: r.roles.clone(),
+            rpc: r.rpc.clone(),
+            parameters: r.parameters.clone(),
+            purpose: r.purpose.clone(),
+            case_ref: r.case_ref.clone(),
+            persons_returned: r.persons_returned,
+            outcome: r.outcome.clone(),
+        },
+        prev_hash: h(&r.prev_hash, "prev_hash")?,
+        hash: h(&r.hash, "hash")?,
+    })
+}
+
+#[tonic::async_trait]
+impl v1::audit_server::Audit for Services {
+    async fn list(
+        &self,
+        req: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        let _p = self.guard(&req, Rpc::AuditList).await?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 1_000,
+            n => (n as usize).min(1_000),
+        };
+        let node = self.node.clone();
+        let (records, total) = blocking(move || {
+            node.read_barrier()?;
+            Ok((
+                node.store().audit_records(r.after_seq, limit)?,
+                node.store().audit_len(),
+            ))
+        })
+        .await?;
+        Ok(Response::new(v1::ListAuditResponse {
+            records: records.into_iter().map(audit_to_proto).collect(),
+            total,
+        }))
     }
 }
 
@@ -574,6 +815,7 @@ impl v1::tasks_server::Tasks for Services {
         &self,
         req: Request<v1::RunTasksRequest>,
     ) -> Result<Response<v1::RunTasksResponse>, Status> {
+        let _p = self.guard(&req, Rpc::TasksRun).await?;
         let at = req.into_inner().at;
         let node = self.node.clone();
         let s = blocking(move || node.run_tasks(at)).await?;
@@ -592,6 +834,7 @@ impl v1::tasks_server::Tasks for Services {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let _p = self.guard(&req, Rpc::TasksList).await?;
         let r = req.into_inner();
         let kind = match r.kind.as_str() {
             "" => None,
@@ -648,6 +891,7 @@ impl v1::tasks_server::Tasks for Services {
     }
 
     async fn get(&self, req: Request<v1::GetTaskRequest>) -> Result<Response<v1::Task>, Status> {
+        let _p = self.guard(&req, Rpc::TasksGet).await?;
         let id = req.into_inner().id;
         let node = self.node.clone();
         let t = blocking(move || {
@@ -663,6 +907,7 @@ impl v1::tasks_server::Tasks for Services {
         &self,
         req: Request<v1::UpdateTaskRequest>,
     ) -> Result<Response<v1::Task>, Status> {
+        let _p = self.guard(&req, Rpc::TasksUpdate).await?;
         let r = req.into_inner();
         let node = self.node.clone();
         let t =
@@ -674,6 +919,7 @@ impl v1::tasks_server::Tasks for Services {
         &self,
         req: Request<v1::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let _p = self.guard(&req, Rpc::TasksWatch).await?;
         let cursor = req.into_inner().cursor;
         let node = self.node.clone();
         let seq = node.watch_tasks();

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::cli::{Format, TasksCommand};
 use crate::client::{aligned, channel, print_stdout, status_error, MAX_MESSAGE_BYTES};
 
-type Client = v1::tasks_client::TasksClient<tonic::transport::Channel>;
+type Client = v1::tasks_client::TasksClient<crate::client::Ch>;
 
 async fn client(server: &str) -> Result<Client> {
     Ok(v1::tasks_client::TasksClient::new(channel(server).await?)

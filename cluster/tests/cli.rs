@@ -44,7 +44,7 @@ fn start_node(dir: &Path, port: u16) -> Killed {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"warn\"\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"warn\"\n{TEST_SECURITY}",
             dir.join("data")
         ),
     )
@@ -64,6 +64,11 @@ fn start_node(dir: &Path, port: u16) -> Killed {
     }
     Killed(child)
 }
+
+/// Plaintext on loopback, every role for requests without credentials, and
+/// a retention limit that generated towns of any date stay inside.
+const TEST_SECURITY: &str =
+    "\n[security]\ninsecure = true\nanonymous_roles = [\"all\"]\nretention_days = 36500\n";
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
@@ -175,6 +180,10 @@ fn gen_import_and_query_through_the_cli() {
     let v = json(&ok(&[
         "query",
         "who-was-at",
+        "--purpose",
+        "generated test",
+        "--case",
+        "T-1",
         "--circle",
         &circle,
         "--from",
@@ -198,6 +207,10 @@ fn gen_import_and_query_through_the_cli() {
     let v = json(&ok(&[
         "query",
         "where-was",
+        "--purpose",
+        "generated test",
+        "--case",
+        "T-1",
         "--person",
         person,
         "--from",
@@ -246,6 +259,10 @@ fn gen_import_and_query_through_the_cli() {
     let v = json(&ok(&[
         "query",
         "no-activity-since",
+        "--purpose",
+        "generated test",
+        "--case",
+        "T-1",
         "--since",
         "2026-11-02T12:00:00Z",
         "--as-of",
@@ -265,6 +282,10 @@ fn gen_import_and_query_through_the_cli() {
     let out = hourcell(&[
         "query",
         "who-was-at",
+        "--purpose",
+        "generated test",
+        "--case",
+        "T-1",
         "--circle",
         "95,1,100",
         "--from",

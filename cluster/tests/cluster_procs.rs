@@ -64,7 +64,7 @@ fn write_config_tick(
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = {tick_ms}\npeers = [{}]\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[security]\ninsecure = true\nanonymous_roles = [\"all\"]\nretention_days = 36500\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = {tick_ms}\npeers = [{}]\n",
             dir.join(format!("node{id}")),
             ports[id - 1],
             peers.join(", ")
@@ -191,6 +191,8 @@ async fn persons_on_stale(port: u16, max_staleness_ms: Option<u32>) -> (Vec<u64>
     let ch = connect(port).await.expect("node reachable");
     let mut s = v1::query_client::QueryClient::new(ch)
         .who_was_at(v1::WhoWasAtRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
             max_staleness_ms,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Circle(v1::Circle {

@@ -73,7 +73,7 @@ async fn acknowledged_events_survive_kill_9() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"warn\"\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[security]\ninsecure = true\nanonymous_roles = [\"all\"]\nretention_days = 36500\n",
             dir.path().join("data")
         ),
     )
@@ -136,6 +136,8 @@ async fn acknowledged_events_survive_kill_9() {
     let mut q = QueryClient::new(ch);
     let mut s = q
         .who_was_at(v1::WhoWasAtRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
             max_staleness_ms: None,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Rect(v1::Rect {

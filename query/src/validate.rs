@@ -59,11 +59,33 @@ pub fn place_events<S: SliceSource + ?Sized>(
     raw: &[RawEvent],
     now: i64,
 ) -> (Vec<SliceEvent>, Vec<Rejection>) {
+    place_events_retained(source, raw, now, None)
+}
+
+/// [`place_events`], also rejecting events in hours before
+/// `retained_from` (the first hour the retention limit keeps).
+pub fn place_events_retained<S: SliceSource + ?Sized>(
+    source: &S,
+    raw: &[RawEvent],
+    now: i64,
+    retained_from: Option<i64>,
+) -> (Vec<SliceEvent>, Vec<Rejection>) {
     let level = source.slice_level();
     let mut ok = Vec::with_capacity(raw.len());
     let mut bad = Vec::new();
     for (i, e) in raw.iter().enumerate() {
-        match place_one(source, e, now, level, i) {
+        match place_one(source, e, now, level, i).and_then(|ev| match retained_from {
+            Some(first) if ev.hour < first => Err(reject(
+                i,
+                "time",
+                format!(
+                    "time {} is older than the retention limit (hours before {} are not kept)",
+                    format_time(ev.hour * 3600),
+                    format_time(first * 3600)
+                ),
+            )),
+            _ => Ok(ev),
+        }) {
             Ok(ev) => ok.push(ev),
             Err(r) => bad.push(r),
         }

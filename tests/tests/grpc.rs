@@ -37,6 +37,8 @@ async fn start() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = NodeConfig::new(dir.path().join("node"));
     cfg.block_cache_mb = 16;
+    cfg.security.insecure = true;
+    cfg.security.anonymous_roles = vec!["all".into()];
     let node = Node::open(&cfg, Arc::new(|| NOW)).unwrap();
     let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -240,6 +242,8 @@ async fn ingest_validates_per_event_and_is_idempotent() {
     // who-was-at streams ascending ids; the window is in the first message.
     let mut s = q
         .who_was_at(v1::WhoWasAtRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
             max_staleness_ms: None,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Circle(v1::Circle {
@@ -259,6 +263,8 @@ async fn ingest_validates_per_event_and_is_idempotent() {
 
     let ww = q
         .where_was(v1::WhereWasRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
             max_staleness_ms: None,
             person: 20,
             window: window(T0, T0 + 86_400),
@@ -275,6 +281,8 @@ async fn ingest_validates_per_event_and_is_idempotent() {
     // Person 10 was last seen at T0+1h; person 20 was active at T0+5h.
     let mut s = q
         .no_activity_since(v1::NoActivitySinceRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
             max_staleness_ms: None,
             since: T0 + 3 * 3600,
             as_of: None,
@@ -328,6 +336,8 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
 
     let e = q
         .who_was_at(v1::WhoWasAtRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
             max_staleness_ms: None,
             region: Some(v1::Region {
                 kind: Some(v1::region::Kind::Cells(v1::CellList {
@@ -344,6 +354,8 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
 
     let e = q
         .where_was(v1::WhereWasRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
             max_staleness_ms: None,
             person: 10,
             window: window(T0 + 10, T0),
