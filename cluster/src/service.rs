@@ -613,8 +613,9 @@ impl v1::admin_server::Admin for Services {
 
     async fn compact(
         &self,
-        _req: Request<v1::CompactRequest>,
+        req: Request<v1::CompactRequest>,
     ) -> Result<Response<v1::CompactResponse>, Status> {
+        let _p = self.guard(&req, Rpc::Compact).await?;
         let node = self.node.clone();
         let (before, after) = blocking(move || {
             use hourcell_storage::KvEngine;

@@ -1,0 +1,730 @@
+//! Security through the real gRPC API: every role against every RPC,
+//! purpose-bound audited person queries, small-count suppression, and
+//! retention that removes whole hours and gives the disk back. A node on
+//! 127.0.0.1 with bearer tokens, no anonymous access, and an injected clock.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use hourcell_cluster::auth::{issue_token, Claims, Role, Rpc, ALL_ROLES};
+use hourcell_cluster::config::NodeConfig;
+use hourcell_cluster::node::Node;
+use hourcell_cluster::server;
+use hourcell_proto::v1;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// 2026-11-01T00:00:00Z
+const T0: i64 = 1_793_491_200;
+const KEY: &[u8] = b"generated-test-key-0123456789abcdef";
+
+struct Harness {
+    channel: Channel,
+    clock: Arc<AtomicI64>,
+    node: Arc<Node>,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(retention_days: u32) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("token.key");
+    std::fs::write(&key, KEY).unwrap();
+    let mut cfg = NodeConfig::new(dir.path().join("node"));
+    cfg.block_cache_mb = 16;
+    cfg.security.token_key_file = Some(key);
+    cfg.security.retention_days = retention_days;
+    let clock = Arc::new(AtomicI64::new(T0 + 3 * 86_400));
+    let c = clock.clone();
+    let node = Node::open(&cfg, Arc::new(move || c.load(Ordering::SeqCst))).unwrap();
+    let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(node.clone(), listener, async move {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Harness {
+        channel,
+        clock,
+        node,
+        _dir: dir,
+        stop: Some(tx),
+    }
+}
+
+fn token(sub: &str, roles: &[Role], exp: i64) -> String {
+    issue_token(
+        KEY,
+        &Claims {
+            sub: sub.into(),
+            roles: roles.iter().map(|r| r.name().to_string()).collect(),
+            exp,
+        },
+    )
+}
+
+/// A request carrying `token` (none if empty).
+fn req<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    if !token.is_empty() {
+        let v: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+fn circle() -> Option<v1::Region> {
+    Some(v1::Region {
+        kind: Some(v1::region::Kind::Circle(v1::Circle {
+            lat: 30.2741,
+            lng: 120.1551,
+            radius_m: 500.0,
+        })),
+    })
+}
+
+fn window(from: i64, to: i64) -> Option<v1::Window> {
+    Some(v1::Window {
+        from,
+        to,
+        as_of: Some(to),
+    })
+}
+
+/// Calls `rpc` with a small valid request; the status if it failed.
+async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
+    use v1::admin_client::AdminClient as A;
+    use v1::audit_client::AuditClient as Au;
+    use v1::ingest_client::IngestClient as I;
+    use v1::query_client::QueryClient as Q;
+    use v1::registry_client::RegistryClient as R;
+    use v1::tasks_client::TasksClient as T;
+    let c = ch.clone();
+    let w = window(T0, T0 + 86_400);
+    match rpc {
+        Rpc::Ingest => I::new(c)
+            .ingest(req(
+                v1::IngestRequest {
+                    events: vec![v1::Event {
+                        person: 9_999,
+                        time: Some(v1::event::Time::UnixSeconds(T0 + 600)),
+                        lat: None,
+                        lng: None,
+                        address: "H1".into(),
+                        source: "access".into(),
+                    }],
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::PutAddresses => R::new(c)
+            .put_addresses(req(v1::PutAddressesRequest { addresses: vec![] }, t))
+            .await
+            .map(|_| ()),
+        Rpc::PutRegistrations => R::new(c)
+            .put_registrations(req(
+                v1::PutRegistrationsRequest {
+                    registrations: vec![],
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::GetAddress => R::new(c)
+            .get_address(req(v1::GetAddressRequest { code: "H1".into() }, t))
+            .await
+            .map(|_| ()),
+        Rpc::GetRegistration => R::new(c)
+            .get_registration(req(v1::GetRegistrationRequest { person: 1 }, t))
+            .await
+            .map(|_| ()),
+        Rpc::WhoWasAt => Q::new(c)
+            .who_was_at(req(
+                v1::WhoWasAtRequest {
+                    region: circle(),
+                    window: w,
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
+                    max_staleness_ms: None,
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::WhereWas => Q::new(c)
+            .where_was(req(
+                v1::WhereWasRequest {
+                    person: 1,
+                    window: w,
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
+                    max_staleness_ms: None,
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::Occupancy => Q::new(c)
+            .occupancy(req(
+                v1::OccupancyRequest {
+                    region: circle(),
+                    window: w,
+                    max_staleness_ms: None,
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::NoActivitySince => Q::new(c)
+            .no_activity_since(req(
+                v1::NoActivitySinceRequest {
+                    since: T0,
+                    as_of: Some(T0 + 86_400),
+                    scope: None,
+                    local: None,
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
+                    max_staleness_ms: None,
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::Status => A::new(c)
+            .status(req(v1::StatusRequest::default(), t))
+            .await
+            .map(|_| ()),
+        Rpc::Compact => A::new(c)
+            .compact(req(v1::CompactRequest {}, t))
+            .await
+            .map(|_| ()),
+        Rpc::AddNode => A::new(c)
+            .add_node(req(
+                v1::AddNodeRequest {
+                    id: 7,
+                    addr: "127.0.0.1:1".into(),
+                    replace: false,
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::RemoveNode => A::new(c)
+            .remove_node(req(v1::RemoveNodeRequest { id: 7 }, t))
+            .await
+            .map(|_| ()),
+        Rpc::Expire => A::new(c)
+            .expire(req(v1::ExpireRequest {}, t))
+            .await
+            .map(|_| ()),
+        Rpc::TasksRun => T::new(c)
+            .run(req(
+                v1::RunTasksRequest {
+                    at: Some(T0 + 86_400),
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::TasksList => T::new(c)
+            .list(req(v1::ListTasksRequest::default(), t))
+            .await
+            .map(|_| ()),
+        Rpc::TasksGet => T::new(c)
+            .get(req(v1::GetTaskRequest { id: 1 }, t))
+            .await
+            .map(|_| ()),
+        Rpc::TasksUpdate => T::new(c)
+            .update(req(
+                v1::UpdateTaskRequest {
+                    id: 1,
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
+        Rpc::TasksWatch => T::new(c)
+            .watch(req(v1::WatchTasksRequest { cursor: 0 }, t))
+            .await
+            .map(|_| ()),
+        Rpc::AuditList => Au::new(c)
+            .list(req(v1::ListAuditRequest::default(), t))
+            .await
+            .map(|_| ()),
+    }
+}
+
+fn denied(r: &Result<(), Status>) -> bool {
+    matches!(r, Err(s) if matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated))
+}
+
+async fn audit(h: &Harness) -> Vec<v1::AuditRecord> {
+    let t = token("auditor-1", &[Role::Auditor], T0 + 10 * 86_400);
+    v1::audit_client::AuditClient::new(h.channel.clone())
+        .list(req(
+            v1::ListAuditRequest {
+                after_seq: 0,
+                limit: 1_000,
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+}
+
+async fn seed(h: &Harness) {
+    let t = token("loader", &[Role::Ingest], T0 + 10 * 86_400);
+    let r = v1::registry_client::RegistryClient::new(h.channel.clone())
+        .put_addresses(req(
+            v1::PutAddressesRequest {
+                addresses: vec![v1::Address {
+                    code: "H1".into(),
+                    lat: 30.2741,
+                    lng: 120.1551,
+                    kind: "standard".into(),
+                    area: "A1".into(),
+                    label: "generated".into(),
+                }],
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    // Persons 1..=7 at H1 during hour 2 of day 0, persons 1..=3 during
+    // hour 3, and person 1 every hour of days 0..3.
+    let mut events = Vec::new();
+    for p in 1..=7u64 {
+        events.push((p, T0 + 2 * 3600 + 60));
+    }
+    for p in 1..=3u64 {
+        events.push((p, T0 + 3 * 3600 + 60));
+    }
+    for h in 0..72 {
+        events.push((1, T0 + h * 3600 + 120));
+    }
+    let r = v1::ingest_client::IngestClient::new(h.channel.clone())
+        .ingest(req(
+            v1::IngestRequest {
+                events: events
+                    .into_iter()
+                    .map(|(person, time)| v1::Event {
+                        person,
+                        time: Some(v1::event::Time::UnixSeconds(time)),
+                        lat: None,
+                        lng: None,
+                        address: "H1".into(),
+                        source: "access".into(),
+                    })
+                    .collect(),
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 82, "{:?}", r.rejected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_against_every_rpc() {
+    let h = start(90).await;
+    seed(&h).await;
+    let exp = T0 + 10 * 86_400;
+    let mut expected_denials = 0;
+    for role in ALL_ROLES {
+        let t = token(&format!("{}-1", role.name()), &[role], exp);
+        for rpc in Rpc::ALL {
+            let r = call(&h.channel, rpc, &t).await;
+            let allowed = rpc.roles().contains(&role);
+            if allowed {
+                assert!(!denied(&r), "{role:?} must be allowed {rpc:?}: {r:?}");
+            } else {
+                assert!(denied(&r), "{role:?} must be denied {rpc:?}: {r:?}");
+                assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+                expected_denials += 1;
+            }
+        }
+    }
+    // No credentials (no anonymous roles on this node), an expired token,
+    // a token signed with another key, and a malformed header: every RPC
+    // is refused.
+    let expired = token("late", &ALL_ROLES, T0);
+    let forged = issue_token(
+        b"not-the-node-key-0123456789abcdef",
+        &Claims {
+            sub: "forger".into(),
+            roles: vec!["investigator".into()],
+            exp,
+        },
+    );
+    for (what, t) in [
+        ("none", String::new()),
+        ("expired", expired),
+        ("forged", forged),
+        ("garbage", "x.y.z".to_string()),
+    ] {
+        for rpc in Rpc::ALL {
+            let r = call(&h.channel, rpc, &t).await;
+            assert!(
+                denied(&r),
+                "{what} credentials must be denied {rpc:?}: {r:?}"
+            );
+            expected_denials += 1;
+        }
+    }
+    // Every refusal was audited, naming the RPC.
+    let records = audit(&h).await;
+    let refusals: Vec<_> = records
+        .iter()
+        .filter(|r| r.outcome.starts_with("denied"))
+        .collect();
+    assert_eq!(refusals.len(), expected_denials);
+    assert!(refusals
+        .iter()
+        .any(|r| r.principal == "analyst-1" && r.rpc == "Query.WhoWasAt"));
+    assert!(refusals
+        .iter()
+        .any(|r| r.principal == "unauthenticated" && r.outcome.contains("expired")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn person_queries_are_audited_once_with_their_purpose_and_small_counts_suppressed() {
+    let h = start(90).await;
+    seed(&h).await;
+    let inv = token("inspector-4", &[Role::Investigator], T0 + 10 * 86_400);
+    let q = || v1::query_client::QueryClient::new(h.channel.clone());
+    // Without a purpose or a case: refused, nothing returned or audited.
+    let r = q()
+        .where_was(req(
+            v1::WhereWasRequest {
+                person: 1,
+                window: window(T0, T0 + 86_400),
+                purpose: String::new(),
+                case_ref: "C-1".into(),
+                max_staleness_ms: None,
+            },
+            &inv,
+        ))
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::InvalidArgument);
+    assert!(audit(&h).await.is_empty());
+
+    let mut s = q()
+        .who_was_at(req(
+            v1::WhoWasAtRequest {
+                region: circle(),
+                window: window(T0, T0 + 86_400),
+                purpose: "suspected unregistered residence".into(),
+                case_ref: "CASE-17".into(),
+                max_staleness_ms: None,
+            },
+            &inv,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut persons = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        persons.extend(m.persons);
+    }
+    assert_eq!(persons, (1..=7).collect::<Vec<u64>>());
+    let ww = q()
+        .where_was(req(
+            v1::WhereWasRequest {
+                person: 1,
+                window: window(T0, T0 + 86_400),
+                purpose: "verify departure".into(),
+                case_ref: "CASE-18".into(),
+                max_staleness_ms: None,
+            },
+            &inv,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ww.hours.len(), 24);
+    let mut s = q()
+        .no_activity_since(req(
+            v1::NoActivitySinceRequest {
+                since: T0 + 86_400,
+                as_of: Some(T0 + 3 * 86_400),
+                scope: None,
+                local: None,
+                purpose: "register review".into(),
+                case_ref: "CASE-19".into(),
+                max_staleness_ms: None,
+            },
+            &inv,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    while s.message().await.unwrap().is_some() {}
+
+    let records = audit(&h).await;
+    let got: Vec<(&str, &str, &str, &str, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.principal.as_str(),
+                r.rpc.as_str(),
+                r.purpose.as_str(),
+                r.case_ref.as_str(),
+                r.persons_returned,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "inspector-4",
+                "Query.WhoWasAt",
+                "suspected unregistered residence",
+                "CASE-17",
+                7
+            ),
+            (
+                "inspector-4",
+                "Query.WhereWas",
+                "verify departure",
+                "CASE-18",
+                1
+            ),
+            (
+                "inspector-4",
+                "Query.NoActivitySince",
+                "register review",
+                "CASE-19",
+                0
+            ),
+        ]
+    );
+    assert!(
+        records[0].parameters.contains("Circle"),
+        "{}",
+        records[0].parameters
+    );
+    let stored: Vec<_> = records
+        .iter()
+        .map(|r| hourcell_cluster::service::audit_from_proto(r).unwrap())
+        .collect();
+    assert_eq!(hourcell_storage::audit::verify_chain(&stored), Ok(3));
+
+    // Occupancy: the analyst sees counts below 5 suppressed, the
+    // investigator sees them all.
+    let occ = |t: String| {
+        let mut c = q();
+        async move {
+            c.occupancy(req(
+                v1::OccupancyRequest {
+                    region: circle(),
+                    window: window(T0, T0 + 6 * 3600),
+                    max_staleness_ms: None,
+                },
+                &t,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let a = occ(token("analyst-2", &[Role::Analyst], T0 + 10 * 86_400)).await;
+    let shown: Vec<(u64, bool)> = a.hours.iter().map(|h| (h.distinct, h.suppressed)).collect();
+    // Hours 0..6: 1 person, 1, 7, 3, 1, 1.
+    assert_eq!(
+        shown,
+        vec![
+            (0, true),
+            (0, true),
+            (7, false),
+            (0, true),
+            (0, true),
+            (0, true)
+        ]
+    );
+    assert_eq!(
+        (a.distinct, a.distinct_suppressed, a.suppressed_below),
+        (7, false, 5)
+    );
+    let i = occ(inv.clone()).await;
+    let shown: Vec<u64> = i.hours.iter().map(|h| h.distinct).collect();
+    assert_eq!(shown, vec![1, 1, 7, 3, 1, 1]);
+    assert!(i.hours.iter().all(|h| !h.suppressed) && i.suppressed_below == 0);
+    // Aggregates are not person-level: no new audit records.
+    assert_eq!(audit(&h).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_hours_and_gives_the_disk_back() {
+    let h = start(2).await;
+    let t = token("loader", &[Role::Ingest], T0 + 100 * 86_400);
+    let op = token("sre-1", &[Role::Operator], T0 + 100 * 86_400);
+    let inv = token("inspector-4", &[Role::Investigator], T0 + 100 * 86_400);
+    // Now is T0 + 3 days: a 2-day limit keeps hours from T0 + 1 day.
+    v1::registry_client::RegistryClient::new(h.channel.clone())
+        .put_addresses(req(
+            v1::PutAddressesRequest {
+                addresses: vec![v1::Address {
+                    code: "H1".into(),
+                    lat: 30.2741,
+                    lng: 120.1551,
+                    kind: "standard".into(),
+                    area: "A1".into(),
+                    label: "generated".into(),
+                }],
+            },
+            &t,
+        ))
+        .await
+        .unwrap();
+    // Events before the limit are refused at ingest.
+    let r = v1::ingest_client::IngestClient::new(h.channel.clone())
+        .ingest(req(
+            v1::IngestRequest {
+                events: vec![v1::Event {
+                    person: 50,
+                    time: Some(v1::event::Time::UnixSeconds(T0 + 600)),
+                    lat: None,
+                    lng: None,
+                    address: "H1".into(),
+                    source: "access".into(),
+                }],
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 0);
+    assert!(
+        r.rejected[0].reason.contains("retention"),
+        "{:?}",
+        r.rejected
+    );
+    // Person 1 at H1 every hour of days 1 and 2, and lots of others on
+    // day 1, so that removing them shows on disk.
+    let day1 = T0 + 86_400;
+    let r = v1::ingest_client::IngestClient::new(h.channel.clone())
+        .ingest(req(
+            v1::IngestRequest {
+                events: (0..48)
+                    .map(|i| v1::Event {
+                        person: 1,
+                        time: Some(v1::event::Time::UnixSeconds(day1 + i * 3600 + 60)),
+                        lat: None,
+                        lng: None,
+                        address: "H1".into(),
+                        source: "access".into(),
+                    })
+                    .collect(),
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 48, "{:?}", r.rejected);
+    for chunk in 0..10u64 {
+        let events: Vec<v1::Event> = (0..5_000u64)
+            .map(|i| v1::Event {
+                person: 1_000 + chunk * 5_000 + i,
+                time: Some(v1::event::Time::UnixSeconds(
+                    day1 + (i % 24) as i64 * 3600 + 30,
+                )),
+                lat: Some(30.27 + (i % 97) as f64 * 1e-4),
+                lng: Some(120.15 + (i % 89) as f64 * 1e-4),
+                address: String::new(),
+                source: "access".into(),
+            })
+            .collect();
+        let r = v1::ingest_client::IngestClient::new(h.channel.clone())
+            .ingest(req(v1::IngestRequest { events }, &t))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.accepted, 5_000);
+    }
+    let admin = || v1::admin_client::AdminClient::new(h.channel.clone());
+    let before = admin()
+        .compact(req(v1::CompactRequest {}, &op))
+        .await
+        .unwrap()
+        .into_inner()
+        .disk_bytes_after;
+    // Two days on, day 1 falls out of the window (cut-off T0 + 3 d).
+    h.clock.store(T0 + 5 * 86_400 + 1_800, Ordering::SeqCst);
+    let r = admin()
+        .expire(req(v1::ExpireRequest {}, &op))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.cutoff, T0 + 3 * 86_400);
+    let after = {
+        use hourcell_storage::KvEngine;
+        h.node.store().engine().disk_bytes()
+    };
+    assert!(
+        after * 2 < before,
+        "disk did not shrink: {before} bytes before, {after} after"
+    );
+    // Gone from every query.
+    let mut s = v1::query_client::QueryClient::new(h.channel.clone())
+        .who_was_at(req(
+            v1::WhoWasAtRequest {
+                region: circle(),
+                window: window(T0, T0 + 3 * 86_400),
+                purpose: "retention check".into(),
+                case_ref: "R-1".into(),
+                max_staleness_ms: None,
+            },
+            &inv,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut persons = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        persons.extend(m.persons);
+    }
+    assert!(persons.is_empty(), "{persons:?}");
+    let ww = v1::query_client::QueryClient::new(h.channel.clone())
+        .where_was(req(
+            v1::WhereWasRequest {
+                person: 1,
+                window: window(T0, T0 + 5 * 86_400),
+                purpose: "retention check".into(),
+                case_ref: "R-1".into(),
+                max_staleness_ms: None,
+            },
+            &inv,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ww.hours.is_empty(), "{:?}", ww.hours);
+    // The removal is in the audit log.
+    let records = audit(&h).await;
+    assert!(records.iter().any(|r| r.rpc == "Retention"
+        && r.principal == "sre-1"
+        && r.outcome.starts_with("retention")));
+}
