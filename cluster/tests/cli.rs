@@ -480,3 +480,121 @@ fn dev_starts_a_three_node_raft_group() {
     let bad = hourcell(&["dev", "--nodes", "9", "--no-serve"]);
     assert!(!bad.status.success());
 }
+
+/// Person queries through the CLI are listed by `hourcell audit list`, and
+/// `hourcell audit verify` catches an edited, a deleted and a reordered
+/// record, naming the first bad one.
+#[test]
+fn audit_verify_catches_edited_deleted_and_reordered_records() {
+    use hourcell_storage::audit::{decode_record, encode_record};
+    use hourcell_storage::{keys, KvEngine, RocksConfig, RocksEngine, WriteBatch};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let s = format!("http://127.0.0.1:{port}");
+    let mut node = start_node(dir.path(), port);
+    for (i, case) in ["C-1", "C-2", "C-3"].iter().enumerate() {
+        ok(&[
+            "query",
+            "where-was",
+            "--person",
+            &(i + 1).to_string(),
+            "--from",
+            "2026-11-01T00:00:00Z",
+            "--to",
+            "2026-11-02T00:00:00Z",
+            "--purpose",
+            "generated check",
+            "--case",
+            case,
+            "--server",
+            &s,
+        ]);
+    }
+    // Without --purpose and --case the CLI refuses before asking.
+    let out = hourcell(&["query", "where-was", "--person", "1", "--server", &s]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--purpose"));
+    let v = json(&ok(&["audit", "list", "--format", "json", "--server", &s]));
+    let cases: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(cases, ["C-1", "C-2", "C-3"]);
+    assert!(ok(&["audit", "verify", "--server", &s]).contains("3 records, hash chain intact"));
+    drop(node);
+
+    let db = dir.path().join("data").join("db");
+    let read = |seq: u64| {
+        let e = RocksEngine::open(&db, &RocksConfig::default()).unwrap();
+        e.get(&keys::audit(seq)).unwrap().unwrap()
+    };
+    let (r2, r3) = (read(2), read(3));
+    let write = |ops: Vec<(u64, Option<Vec<u8>>)>| {
+        let e = RocksEngine::open(&db, &RocksConfig::default()).unwrap();
+        let mut b = WriteBatch::default();
+        for (seq, v) in ops {
+            match v {
+                Some(v) => b.put(keys::audit(seq), v),
+                None => b.delete(keys::audit(seq)),
+            }
+        }
+        e.write(b, true).unwrap();
+    };
+    let mut edited = decode_record(&r2).unwrap();
+    edited.entry.case_ref = "C-9".into();
+    for (what, tamper, bad) in [
+        (
+            "edited",
+            vec![(2, Some(encode_record(&edited)))],
+            "audit record 2",
+        ),
+        ("deleted", vec![(2, None)], "audit record 3"),
+        (
+            "reordered",
+            vec![(2, Some(r3.clone())), (3, Some(r2.clone()))],
+            "audit record 3",
+        ),
+    ] {
+        write(tamper);
+        node = start_node(dir.path(), port);
+        let out = hourcell(&["audit", "verify", "--server", &s]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: verify passed");
+        assert!(err.contains(bad), "{what}: {err}");
+        drop(node);
+        write(vec![(2, Some(r2.clone())), (3, Some(r3.clone()))]);
+    }
+    let _node = start_node(dir.path(), port);
+    assert!(ok(&["audit", "verify", "--server", &s]).contains("hash chain intact"));
+}
+
+#[test]
+fn node_refuses_plaintext_unless_insecure_is_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = hourcell(&["node", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("insecure = true"), "{err}");
+    // Anonymous roles are refused on a node that is not insecure.
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[security]\nanonymous_roles = [\"all\"]\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = hourcell(&["node", "--config", cfg.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed with insecure"));
+}

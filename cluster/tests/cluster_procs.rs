@@ -705,4 +705,73 @@ async fn faults_under_continuous_ingest() {
         l.acked.len(),
         l.failures
     );
+    drop(l);
+
+    // A person-level answer needs its audit record committed first. Leave
+    // one follower alone: it may still answer a bounded-stale aggregate
+    // from its own state, but a who-was-at cannot be audited without a
+    // quorum, so it returns no data at all.
+    let ldr = leader(ports, &all, Duration::from_secs(10)).await;
+    let lone = all.iter().copied().find(|&i| i != ldr).unwrap();
+    for i in all {
+        if i != lone {
+            procs[i].kill();
+        }
+    }
+    let ch = connect(ports[lone]).await.unwrap();
+    let occ = v1::query_client::QueryClient::new(ch)
+        .occupancy(v1::OccupancyRequest {
+            max_staleness_ms: Some(600_000),
+            region: Some(v1::Region {
+                kind: Some(v1::region::Kind::Circle(v1::Circle {
+                    lat: 30.27,
+                    lng: 120.15,
+                    radius_m: 5_000.0,
+                })),
+            }),
+            window: Some(v1::Window {
+                from: T0,
+                to: T0 + 48 * 3600,
+                as_of: Some(T0 + 48 * 3600),
+            }),
+        })
+        .await
+        .expect("a bounded-stale aggregate is served without a quorum")
+        .into_inner();
+    assert!(occ.distinct > 0);
+    // The node tries to commit the audit record for its propose timeout
+    // (10 s) before giving up; wait longer than that.
+    let patient = Channel::from_shared(format!("http://127.0.0.1:{}", ports[lone]))
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let r = v1::query_client::QueryClient::new(patient)
+        .who_was_at(v1::WhoWasAtRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
+            max_staleness_ms: Some(600_000),
+            region: Some(v1::Region {
+                kind: Some(v1::region::Kind::Circle(v1::Circle {
+                    lat: 30.27,
+                    lng: 120.15,
+                    radius_m: 5_000.0,
+                })),
+            }),
+            window: Some(v1::Window {
+                from: T0,
+                to: T0 + 48 * 3600,
+                as_of: Some(T0 + 48 * 3600),
+            }),
+        })
+        .await;
+    let err = match r {
+        Ok(_) => {
+            panic!("who-was-at returned data although its audit record could not be committed")
+        }
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("audit"), "{err:?}");
 }

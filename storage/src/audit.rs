@@ -94,6 +94,17 @@ pub fn verify_chain<'a>(
     Ok(want - 1)
 }
 
+/// The stored bytes of a record (what an offline tool would have to forge).
+pub fn encode_record(r: &AuditRecord) -> Vec<u8> {
+    bincode::serde::encode_to_vec(r, bincode::config::standard()).expect("records always encode")
+}
+
+pub fn decode_record(b: &[u8]) -> Result<AuditRecord, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(r, _)| r)
+        .map_err(|e| e.to_string())
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -542,3 +542,54 @@ fn a_wiped_replica_rejoins_and_membership_grows_and_shrinks() {
         );
     }
 }
+
+#[test]
+fn retention_removes_the_same_hours_on_every_replica() {
+    let c = Cluster::new();
+    let _ = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
+    // Persons at hours 900..960 (days 37..40).
+    for h in 900..960i64 {
+        assert!(c.propose(
+            1 + (h as u64 % 3),
+            &batch(400_000 + h as u64, 3, h),
+            Duration::from_secs(5)
+        ));
+    }
+    // The cut-off travels in the command: every replica removes exactly
+    // the hours before 931, whatever its own clock says.
+    let expire = Command::Expire {
+        cutoff_hour: 931,
+        audit: hourcell_storage::AuditEntry {
+            time: 931 * 3600,
+            principal: "retention".into(),
+            outcome: "retention: removed every hour before 931".into(),
+            ..Default::default()
+        },
+    };
+    assert!(c.propose(2, &expire, Duration::from_secs(5)));
+    c.converged(Duration::from_secs(10));
+    for r in &c.replicas {
+        let s = &r.store;
+        let mut hours = Vec::new();
+        s.hour_slices(0, 2_000, &mut |h, _| hours.push(h)).unwrap();
+        assert_eq!(hours, (931..960).collect::<Vec<_>>(), "replica {}", r.id);
+        // Person 400_000 + h is seen at hours h - 2 ..= h.
+        for p in [400_902u64, 400_930] {
+            let id = s.internal_id(p).unwrap();
+            assert!(
+                s.person_hours(id, 0, 2_000).unwrap().is_empty(),
+                "replica {} keeps {p}",
+                r.id
+            );
+        }
+        let id = s.internal_id(400_931).unwrap();
+        assert_eq!(s.person_hours(id, 0, 2_000).unwrap().len(), 1);
+        let audit = s.audit_records(0, 10).unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            audit[0].hash,
+            c.replicas[0].store.audit_records(0, 10).unwrap()[0].hash
+        );
+    }
+}
