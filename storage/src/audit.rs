@@ -100,7 +100,7 @@ pub fn encode_record(r: &AuditRecord) -> Vec<u8> {
 }
 
 pub fn decode_record(b: &[u8]) -> Result<AuditRecord, String> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
+    bincode::serde::decode_from_slice(b, crate::bincode_limits())
         .map(|(r, _)| r)
         .map_err(|e| e.to_string())
 }

@@ -16,8 +16,16 @@ pub fn parse_token(token: &str) -> Option<u64> {
     if t.is_empty() || t.len() > 16 || !t.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let id = CellID::from_token(t);
-    id.is_valid().then_some(id.0)
+    let id = CellID::from_token(t).0;
+    valid_id(id).then_some(id)
+}
+
+/// S2's validity rule (a face below 6, the lowest set bit at an even
+/// position), computed without the s2 crate's `is_valid`, which negates
+/// the id as an i64 and overflows on hostile input like `8`.
+pub fn valid_id(id: u64) -> bool {
+    let lsb = id & id.wrapping_neg();
+    (id >> 61) < 6 && lsb & 0x1555_5555_5555_5555 != 0
 }
 
 pub fn token(cell: u64) -> String {

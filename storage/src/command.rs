@@ -62,7 +62,7 @@ impl Command {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, String> {
-        bincode::serde::decode_from_slice(b, bincode::config::standard())
+        bincode::serde::decode_from_slice(b, crate::bincode_limits())
             .map(|(c, _)| c)
             .map_err(|e| e.to_string())
     }

@@ -49,3 +49,10 @@ pub fn hour_of(unix_seconds: i64) -> i64 {
 
 /// The default S2 level of a slice cell (about 150 m across).
 pub const DEFAULT_SLICE_LEVEL: u8 = 16;
+
+/// Decoding limits for bincode values read from disk or the log: a length
+/// prefix claiming more than this fails the decode instead of attempting
+/// the allocation (hostile or corrupt bytes must never abort the process).
+pub fn bincode_limits() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 256 << 20 }>()
+}

@@ -220,7 +220,7 @@ impl<E: KvEngine> SliceStore<E> {
             .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
                 match bincode::serde::decode_from_slice::<AddressRecord, _>(
                     v,
-                    bincode::config::standard(),
+                    crate::bincode_limits(),
                 ) {
                     Ok((a, _)) => addrs.push(a),
                     Err(e) => {
@@ -249,7 +249,7 @@ impl<E: KvEngine> SliceStore<E> {
             .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
                 match bincode::serde::decode_from_slice::<RegistrationRecord, _>(
                     v,
-                    bincode::config::standard(),
+                    crate::bincode_limits(),
                 ) {
                     Ok((r, _)) => {
                         st.registrations.insert(r.person, r);
@@ -304,7 +304,7 @@ impl<E: KvEngine> SliceStore<E> {
         )?;
         if let Some((k, v)) = last {
             let (r, _): (crate::audit::AuditRecord, _) =
-                bincode::serde::decode_from_slice(&v, bincode::config::standard())
+                bincode::serde::decode_from_slice(&v, crate::bincode_limits())
                     .map_err(|e| StorageError::corrupt(&k, e))?;
             st.next_audit = r.seq + 1;
             st.last_audit_hash = r.hash;
@@ -549,7 +549,7 @@ impl<E: KvEngine> SliceStore<E> {
     fn get_bincode<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
         match self.engine.get(key)? {
             None => Ok(None),
-            Some(v) => bincode::serde::decode_from_slice(&v, bincode::config::standard())
+            Some(v) => bincode::serde::decode_from_slice(&v, crate::bincode_limits())
                 .map(|(t, _)| Some(t))
                 .map_err(|e| StorageError::corrupt(key, e)),
         }
@@ -706,10 +706,8 @@ impl<E: KvEngine> SliceStore<E> {
         self.engine.scan(
             start,
             end,
-            &mut |k, v| match bincode::serde::decode_from_slice::<T, _>(
-                v,
-                bincode::config::standard(),
-            ) {
+            &mut |k, v| match bincode::serde::decode_from_slice::<T, _>(v, crate::bincode_limits())
+            {
                 Ok((t, _)) => {
                     if keep(&t) {
                         out.push(t);
