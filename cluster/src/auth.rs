@@ -291,9 +291,59 @@ pub fn verify_token(key: &[u8], token: &str, now: i64) -> Result<Principal, Auth
     })
 }
 
+/// A token bucket per principal: `rate` requests per second, bursts of
+/// twice that. Shared by clones.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimiter {
+    rate: u32,
+    buckets: std::sync::Arc<
+        parking_lot::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    >,
+}
+
+impl RateLimiter {
+    /// `rate` 0 means no limit.
+    pub fn new(rate: u32) -> Self {
+        Self {
+            rate,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Takes one request from `who`'s bucket; false if it is empty.
+    pub fn allow(&self, who: &str) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let cap = 2.0 * f64::from(self.rate);
+        let mut b = self.buckets.lock();
+        if b.len() > 100_000 {
+            // Forget idle principals rather than grow without bound.
+            b.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
+        }
+        let (tokens, last) = b.entry(who.to_string()).or_insert((cap, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * f64::from(self.rate)).min(cap);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+}
+
 /// How a node authenticates requests.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
+    /// Requests per second per principal.
+    pub limiter: RateLimiter,
     /// HS256 key for bearer tokens.
     pub token_key: Option<Vec<u8>>,
     /// Roles of a request without credentials (only on an `insecure`
@@ -369,6 +419,15 @@ mod tests {
         for junk in ["", "a.b", "a.b.c", "...", "a.b.c.d"] {
             assert!(verify_token(key, junk, 1_000).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_refuses() {
+        let l = RateLimiter::new(5);
+        let ok = (0..30).filter(|_| l.allow("a")).count();
+        assert!((10..=11).contains(&ok), "{ok}");
+        assert!(l.allow("b"), "principals have their own buckets");
+        assert!((0..1000).all(|_| RateLimiter::new(0).allow("a")));
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct SecurityConfig {
     /// Hours older than this many days are removed (hourly, through the
     /// log, on every replica) and refused at ingest.
     pub retention_days: u32,
+    /// Requests per second each principal may make (bursts of twice
+    /// that); more get RESOURCE_EXHAUSTED. 0: no limit.
+    pub requests_per_sec: u32,
 }
 
 impl Default for SecurityConfig {
@@ -75,6 +78,7 @@ impl Default for SecurityConfig {
             token_key_file: None,
             suppress_below: 5,
             retention_days: 90,
+            requests_per_sec: 1_000,
         }
     }
 }
@@ -121,6 +125,7 @@ impl SecurityConfig {
                 Default::default()
             },
             suppress_below: self.suppress_below,
+            limiter: crate::auth::RateLimiter::new(self.requests_per_sec),
         })
     }
 }

@@ -122,6 +122,9 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
     });
     Server::builder()
+        // A request that has not produced its response in a minute is
+        // cancelled (streams, once started, are not cut).
+        .timeout(Duration::from_secs(60))
         .add_optional_service(raft_svc)
         .add_service(health_svc)
         .add_service(reflection)

@@ -160,6 +160,13 @@ impl Services {
                 },
                 Status::unauthenticated(e.to_string()),
             ),
+            Ok(p) if !self.node.auth().limiter.allow(&p.name) => {
+                return Err(Status::resource_exhausted(format!(
+                    "rate limit: {} may make {} requests per second",
+                    p.name,
+                    self.node.auth().limiter.rate()
+                )))
+            }
             Ok(p) if allowed(&p, rpc) => return Ok(p),
             Ok(p) => {
                 let need: Vec<&str> = rpc.roles().iter().map(|r| r.name()).collect();

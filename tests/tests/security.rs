@@ -36,6 +36,10 @@ impl Drop for Harness {
 }
 
 async fn start(retention_days: u32) -> Harness {
+    start_limited(retention_days, 0).await
+}
+
+async fn start_limited(retention_days: u32, requests_per_sec: u32) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("token.key");
     std::fs::write(&key, KEY).unwrap();
@@ -43,6 +47,7 @@ async fn start(retention_days: u32) -> Harness {
     cfg.block_cache_mb = 16;
     cfg.security.token_key_file = Some(key);
     cfg.security.retention_days = retention_days;
+    cfg.security.requests_per_sec = requests_per_sec;
     let clock = Arc::new(AtomicI64::new(T0 + 3 * 86_400));
     let c = clock.clone();
     let node = Node::open(&cfg, Arc::new(move || c.load(Ordering::SeqCst))).unwrap();
@@ -727,4 +732,24 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
     assert!(records.iter().any(|r| r.rpc == "Retention"
         && r.principal == "sre-1"
         && r.outcome.starts_with("retention")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_principal_is_rate_limited() {
+    let h = start_limited(90, 5).await;
+    let a = token("analyst-1", &[Role::Analyst], T0 + 10 * 86_400);
+    let b = token("analyst-2", &[Role::Analyst], T0 + 10 * 86_400);
+    let mut refused = 0;
+    for _ in 0..30 {
+        if let Err(s) = call(&h.channel, Rpc::Occupancy, &a).await {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+            assert!(s.message().contains("rate limit"));
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "only {refused} of 30 refused at 5/s");
+    assert!(
+        call(&h.channel, Rpc::Occupancy, &b).await.is_ok(),
+        "another principal is not affected"
+    );
 }
