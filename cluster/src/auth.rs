@@ -352,16 +352,36 @@ pub struct Auth {
     /// Counts below this are suppressed for callers without the
     /// investigator role.
     pub suppress_below: u64,
+    /// Roles of client certificates by subject common name.
+    pub cert_roles: std::collections::HashMap<String, BTreeSet<Role>>,
+}
+
+/// Whether a certificate's common name is a cluster node's (`node-<id>`).
+pub fn is_node_name(cn: &str) -> bool {
+    cn.strip_prefix("node-")
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Auth {
-    /// The principal behind a request's `authorization` header (`Bearer
-    /// TOKEN`), or the anonymous principal when there is none.
+    /// The principal behind a request: its `authorization` header
+    /// (`Bearer TOKEN`) if it has one, else its client certificate's common
+    /// name (verified by TLS against the CA), else anonymous.
     pub fn authenticate(
         &self,
         authorization: Option<&str>,
+        client_cn: Option<&str>,
         now: i64,
     ) -> Result<Principal, AuthError> {
+        if let (None, Some(cn)) = (authorization, client_cn) {
+            let mut roles = self.cert_roles.get(cn).cloned().unwrap_or_default();
+            if is_node_name(cn) {
+                roles.insert(Role::Operator);
+            }
+            return Ok(Principal {
+                name: cn.to_string(),
+                roles,
+            });
+        }
         match authorization {
             Some(h) => {
                 let token = h

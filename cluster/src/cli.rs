@@ -65,6 +65,29 @@ pub enum Command {
     /// applies it every hour; `apply` does it now (operator role).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// TLS certificates for trying hourcell out and for tests.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a local CA (ca.pem, ca.key), node certificates node-1..N for
+    /// the given hosts, an `admin` client certificate and a token key in
+    /// DIR, and print the config to use them. Refuses to overwrite files.
+    Init(CertsInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsInitArgs {
+    pub dir: PathBuf,
+    /// Node certificates to make.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Host names and IP addresses the nodes are reached at,
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -90,20 +90,50 @@ pub async fn channel(server: &str) -> Result<Ch> {
 }
 
 /// Connects to a node with the given credentials, with a clear error naming
-/// the server if it is not reachable.
+/// the server if it is not reachable. TLS as `HOURCELL_CA`, `HOURCELL_CERT`
+/// and `HOURCELL_KEY` say.
 pub async fn channel_as(server: &str, creds: Credentials) -> Result<Ch> {
+    channel_with(server, creds, &crate::tls::ClientTls::from_env()).await
+}
+
+/// Connects with the given credentials and TLS files.
+pub async fn channel_with(
+    server: &str,
+    creds: Credentials,
+    tls: &crate::tls::ClientTls,
+) -> Result<Ch> {
     Ok(tonic::service::interceptor::InterceptedService::new(
-        plain_channel(server).await?,
+        plain_channel(server, tls).await?,
         creds,
     ))
 }
 
-async fn plain_channel(server: &str) -> Result<Channel> {
-    let url = normalize_server(server);
-    let endpoint = Endpoint::from_shared(url.clone())
+/// `host:port` → `https://host:port` when TLS is configured, else
+/// `http://`; URLs with a scheme are kept.
+pub fn server_url(server: &str, tls: bool) -> String {
+    let u = normalize_server(server);
+    if tls && !server.contains("://") {
+        u.replacen("http://", "https://", 1)
+    } else {
+        u
+    }
+}
+
+async fn plain_channel(server: &str, tls: &crate::tls::ClientTls) -> Result<Channel> {
+    let url = server_url(server, tls.enabled());
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| anyhow!("invalid --server {server:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        if !tls.enabled() {
+            return Err(anyhow!(
+                "{url} is TLS: set HOURCELL_CA to the CA certificate (and HOURCELL_CERT and \
+                 HOURCELL_KEY for a client certificate)"
+            ));
+        }
+        endpoint = endpoint.tls_config(tls.config()?)?;
+    }
     endpoint.connect().await.map_err(|e| {
         anyhow!(
             "cannot reach hourcell at {url}: is `hourcell dev` running? ({})",

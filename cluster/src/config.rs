@@ -68,6 +68,13 @@ pub struct SecurityConfig {
     /// Requests per second each principal may make (bursts of twice
     /// that); more get RESOURCE_EXHAUSTED. 0: no limit.
     pub requests_per_sec: u32,
+    /// TLS on the client API and between nodes (mutual between nodes).
+    /// `hourcell certs init DIR` makes files to try it with.
+    pub tls: Option<crate::tls::TlsPaths>,
+    /// Roles of client certificates, by subject common name, e.g.
+    /// `admin = ["all"]`. A certificate named `node-<id>` is a cluster
+    /// node: it may send raft traffic and manage membership.
+    pub cert_roles: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for SecurityConfig {
@@ -79,6 +86,8 @@ impl Default for SecurityConfig {
             suppress_below: 5,
             retention_days: 90,
             requests_per_sec: 1_000,
+            tls: None,
+            cert_roles: Default::default(),
         }
     }
 }
@@ -92,6 +101,13 @@ impl SecurityConfig {
                 "security.anonymous_roles is only allowed with insecure = true (a TLS node \
                  authenticates every request)"
             );
+        }
+        if self.insecure && self.tls.is_some() {
+            anyhow::bail!("security: set either insecure = true or [security.tls], not both");
+        }
+        for (cn, roles) in &self.cert_roles {
+            crate::auth::Role::parse_list(roles)
+                .map_err(|e| anyhow::anyhow!("security.cert_roles.{cn}: {e}"))?;
         }
         if self.retention_days == 0 {
             anyhow::bail!("security.retention_days must be at least 1");
@@ -126,6 +142,12 @@ impl SecurityConfig {
             },
             suppress_below: self.suppress_below,
             limiter: crate::auth::RateLimiter::new(self.requests_per_sec),
+            cert_roles: self
+                .cert_roles
+                .iter()
+                .map(|(cn, r)| Ok((cn.clone(), crate::auth::Role::parse_list(r)?)))
+                .collect::<Result<_, String>>()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 }

@@ -19,4 +19,5 @@ pub mod security_cli;
 pub mod server;
 pub mod service;
 pub mod tasks_cli;
+pub mod tls;
 pub mod town;

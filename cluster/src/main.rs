@@ -91,6 +91,7 @@ fn main() {
                 security_cli::run_audit(a).await
             }
             Command::Token(a) => security_cli::run_token(a),
+            Command::Certs(a) => security_cli::run_certs(a),
             Command::Retention(a) => {
                 init_logging("warn");
                 security_cli::run_retention(a).await

@@ -179,6 +179,7 @@ pub struct Node {
     task_seq: tokio::sync::watch::Sender<u64>,
     auth: crate::auth::Auth,
     retention_days: u32,
+    tls: Option<crate::tls::TlsPaths>,
 }
 
 /// Drafts per `RaiseTasks` command: a log entry carries a batch.
@@ -237,7 +238,14 @@ fn start_replication(
         crate::replication::log_store::stored_peer_addresses(engine.as_ref())
             .map_err(|e| anyhow::anyhow!("cannot read peer addresses: {e}"))?,
     );
-    let transport = Arc::new(GrpcTransport::start(c.node_id, &peers));
+    let transport = Arc::new(GrpcTransport::start(
+        c.node_id,
+        &peers,
+        cfg.security
+            .tls
+            .as_ref()
+            .map(crate::tls::ClientTls::of_node),
+    ));
     let timing = RaftTiming {
         tick: std::time::Duration::from_millis(c.tick_ms),
         ..RaftTiming::default()
@@ -276,7 +284,12 @@ fn start_replication(
             me.is_some_and(|s| s.voters.contains(&c.node_id) || s.learners.contains(&c.node_id));
         if !member {
             let key = cfg.security.auth()?.token_key;
-            tokio::spawn(ask_to_join(c.clone(), key));
+            let tls = cfg
+                .security
+                .tls
+                .as_ref()
+                .map(crate::tls::ClientTls::of_node);
+            tokio::spawn(ask_to_join(c.clone(), key, tls));
         }
     }
     Ok(r)
@@ -284,7 +297,11 @@ fn start_replication(
 
 /// Asks the configured peers, in turn, to add this node (replacing its old
 /// membership, if any) until one of them does.
-async fn ask_to_join(c: crate::config::ClusterConfig, token_key: Option<Vec<u8>>) {
+async fn ask_to_join(
+    c: crate::config::ClusterConfig,
+    token_key: Option<Vec<u8>>,
+    tls: Option<crate::tls::ClientTls>,
+) {
     let me = c
         .peers
         .iter()
@@ -313,7 +330,9 @@ async fn ask_to_join(c: crate::config::ClusterConfig, token_key: Option<Vec<u8>>
                 .unwrap_or_default(),
                 None => crate::client::Credentials::default(),
             };
-            match crate::client::channel_as(&p.addr, creds).await {
+            // With TLS the node's certificate (node-<id>) speaks for it.
+            let tls = tls.clone().unwrap_or_default();
+            match crate::client::channel_with(&p.addr, creds, &tls).await {
                 Ok(ch) => match crate::client::admin_client(ch).add_node(req).await {
                     Ok(_) => {
                         tracing::info!(
@@ -356,6 +375,7 @@ impl Node {
         };
         Ok(Arc::new(Node {
             auth,
+            tls: cfg.security.tls.clone(),
             retention_days: cfg.security.retention_days,
             replication,
             metrics,
@@ -511,6 +531,11 @@ impl Node {
 
     pub fn auth(&self) -> &crate::auth::Auth {
         &self.auth
+    }
+
+    /// This node's TLS files, when it serves TLS.
+    pub fn tls(&self) -> Option<&crate::tls::TlsPaths> {
+        self.tls.as_ref()
     }
 
     /// The first hour the retention limit keeps at `now`.

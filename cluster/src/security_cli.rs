@@ -5,7 +5,7 @@ use anyhow::{anyhow, Result};
 use hourcell_proto::v1;
 use hourcell_query::time::{format_time, now};
 
-use crate::cli::{AuditCommand, Format, RetentionCommand, TokenCommand};
+use crate::cli::{AuditCommand, CertsCommand, Format, RetentionCommand, TokenCommand};
 use crate::client::{channel, status_error, Ch};
 
 fn audit_client(ch: Ch) -> v1::audit_client::AuditClient<Ch> {
@@ -202,6 +202,40 @@ pub async fn run_retention(cmd: RetentionCommand) -> Result<()> {
                 format_time(r.cutoff),
                 r.person_days_removed
             ))
+        }
+    }
+}
+
+pub fn run_certs(cmd: CertsCommand) -> Result<()> {
+    match cmd {
+        CertsCommand::Init(a) => {
+            if a.nodes == 0 || a.nodes > 100 {
+                return Err(anyhow!("--nodes {} is outside 1..=100", a.nodes));
+            }
+            let files = crate::tls::init_dir(&a.dir, a.nodes, &a.hosts)?;
+            let d = a.dir.canonicalize().unwrap_or(a.dir.clone());
+            println!("wrote {} files to {}:", files.len(), d.display());
+            for f in &files {
+                println!("  {}", f.file_name().unwrap_or_default().to_string_lossy());
+            }
+            println!(
+                "\nIn node N's config:\n\n[security]\ntoken_key_file = {:?}\n\n[security.tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n\n[security.cert_roles]\nadmin = [\"all\"]\n",
+                d.join("token.key"),
+                d.join("node-N.pem"),
+                d.join("node-N.key"),
+                d.join("ca.pem"),
+            );
+            println!(
+                "Then, as the admin:\n  export HOURCELL_CA={} HOURCELL_CERT={} HOURCELL_KEY={}\n  hourcell status --server 127.0.0.1:7420",
+                d.join("ca.pem").display(),
+                d.join("admin.pem").display(),
+                d.join("admin.key").display()
+            );
+            println!(
+                "Or with a token:\n  hourcell token issue --key-file {} --subject analyst-1 --roles analyst",
+                d.join("token.key").display()
+            );
+            Ok(())
         }
     }
 }

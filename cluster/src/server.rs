@@ -112,16 +112,15 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    // Without TCP_NODELAY small responses wait on delayed ACKs (~40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let raft_svc = node.replication().map(|r| {
         v1::raft_server::RaftServer::new(crate::replication::grpc::RaftService {
             inbox: r.inbox.clone(),
             snapshots: r.handle.snapshots(),
+            require_node_cert: node.tls().is_some(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
     });
-    Server::builder()
+    let router = Server::builder()
         // A request that has not produced its response in a minute is
         // cancelled (streams, once started, are not cut).
         .timeout(Duration::from_secs(60))
@@ -143,9 +142,24 @@ pub async fn serve(
         )
         .add_service(v1::tasks_server::TasksServer::new(svc.clone()))
         .add_service(v1::audit_server::AuditServer::new(svc.clone()))
-        .add_service(v1::admin_server::AdminServer::new(svc))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(v1::admin_server::AdminServer::new(svc));
+    match node.tls() {
+        Some(paths) => {
+            let incoming = crate::tls::incoming(listener, paths.clone())?;
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+        None => {
+            // Without TCP_NODELAY small responses wait on delayed ACKs
+            // (~40 ms).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+    }
     Ok(())
 }
 
@@ -234,17 +248,20 @@ pub async fn shutdown_signal() {
 
 /// `hourcell node --config FILE`.
 pub async fn run(cfg: crate::config::NodeConfig) -> anyhow::Result<()> {
-    if !cfg.security.insecure {
-        anyhow::bail!(
-            "this node has no TLS configuration; hourcell node serves person-level data and \
-             refuses to run in plaintext unless [security] insecure = true is set explicitly \
-             (see docs/SECURITY.md)"
+    if cfg.security.tls.is_none() {
+        if !cfg.security.insecure {
+            anyhow::bail!(
+                "this node has no TLS configuration ([security.tls] cert, key, ca); hourcell node \
+                 serves person-level data and refuses to run in plaintext unless [security] \
+                 insecure = true is set explicitly (see docs/SECURITY.md; `hourcell certs init DIR` \
+                 makes certificates to try TLS with)"
+            );
+        }
+        tracing::warn!(
+            "[security] insecure = true: serving plaintext gRPC without client certificates; \
+             use only on a trusted network"
         );
     }
-    tracing::warn!(
-        "[security] insecure = true: serving plaintext gRPC without client certificates; \
-         use only on a trusted network"
-    );
     let node = Node::open(&cfg, crate::node::system_clock())?;
     let (addr, listener) = bind(cfg.listen).await?;
     if let Some(m) = cfg.metrics_listen {

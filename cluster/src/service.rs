@@ -152,33 +152,41 @@ impl Services {
             .get("authorization")
             .map(|v| v.to_str().unwrap_or("<not ascii>").to_string());
         let now = self.node.now();
-        let (principal, status) = match self.node.auth().authenticate(header.as_deref(), now) {
-            Err(e) => (
-                Principal {
-                    name: "unauthenticated".into(),
-                    roles: Default::default(),
-                },
-                Status::unauthenticated(e.to_string()),
-            ),
-            Ok(p) if !self.node.auth().limiter.allow(&p.name) => {
-                return Err(Status::resource_exhausted(format!(
-                    "rate limit: {} may make {} requests per second",
-                    p.name,
-                    self.node.auth().limiter.rate()
-                )))
-            }
-            Ok(p) if allowed(&p, rpc) => return Ok(p),
-            Ok(p) => {
-                let need: Vec<&str> = rpc.roles().iter().map(|r| r.name()).collect();
-                let msg = format!(
-                    "{} may not call {}: it needs one of the roles {}",
-                    p.name,
-                    rpc.name(),
-                    need.join(", ")
-                );
-                (p, Status::permission_denied(msg))
-            }
-        };
+        let cn = req
+            .peer_certs()
+            .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
+        let (principal, status) =
+            match self
+                .node
+                .auth()
+                .authenticate(header.as_deref(), cn.as_deref(), now)
+            {
+                Err(e) => (
+                    Principal {
+                        name: "unauthenticated".into(),
+                        roles: Default::default(),
+                    },
+                    Status::unauthenticated(e.to_string()),
+                ),
+                Ok(p) if !self.node.auth().limiter.allow(&p.name) => {
+                    return Err(Status::resource_exhausted(format!(
+                        "rate limit: {} may make {} requests per second",
+                        p.name,
+                        self.node.auth().limiter.rate()
+                    )))
+                }
+                Ok(p) if allowed(&p, rpc) => return Ok(p),
+                Ok(p) => {
+                    let need: Vec<&str> = rpc.roles().iter().map(|r| r.name()).collect();
+                    let msg = format!(
+                        "{} may not call {}: it needs one of the roles {}",
+                        p.name,
+                        rpc.name(),
+                        need.join(", ")
+                    );
+                    (p, Status::permission_denied(msg))
+                }
+            };
         let entry = hourcell_storage::AuditEntry {
             time: now,
             principal: principal.name.clone(),

@@ -775,3 +775,154 @@ async fn faults_under_continuous_ingest() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(err.message().contains("audit"), "{err:?}");
 }
+
+/// Three nodes with TLS from `hourcell certs init`: raft runs over mutual
+/// TLS (each node presents its node-<id> certificate), a write through one
+/// node is read through another by the admin's client certificate, and
+/// `hourcell cluster status` works over TLS with HOURCELL_CA/CERT/KEY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tls_nodes_replicate_over_mutual_tls() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(["certs", "init"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all_ports = free_ports(6);
+    let (ports, metrics) = all_ports.split_at(3);
+    let cfgs: Vec<_> = (1..=3)
+        .map(|i| {
+            let cfg = write_config(dir.path(), i, ports, metrics[i - 1]);
+            let text = std::fs::read_to_string(&cfg).unwrap().replace(
+                "[security]\ninsecure = true\nanonymous_roles = [\"all\"]\nretention_days = 36500\n",
+                &format!(
+                    "[security]\nretention_days = 36500\ntoken_key_file = {:?}\n[security.tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n[security.cert_roles]\nadmin = [\"all\"]\n",
+                    certs.join("token.key"),
+                    certs.join(format!("node-{i}.pem")),
+                    certs.join(format!("node-{i}.key")),
+                    certs.join("ca.pem"),
+                ),
+            );
+            assert!(text.contains("[security.tls]"));
+            std::fs::write(&cfg, text).unwrap();
+            cfg
+        })
+        .collect();
+    let _procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
+    let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
+    let connect_tls = |port: u16| {
+        let tls = tls.clone();
+        async move {
+            Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .ok()
+        }
+    };
+    // A leader is elected over mutual TLS.
+    let end = Instant::now() + Duration::from_secs(30);
+    let leader_port = loop {
+        let mut found = None;
+        for &p in ports {
+            if let Some(ch) = connect_tls(p).await {
+                if let Ok(r) = v1::admin_client::AdminClient::new(ch)
+                    .status(v1::StatusRequest::default())
+                    .await
+                {
+                    if r.into_inner().raft.is_some_and(|r| r.is_leader) {
+                        found = Some(p);
+                    }
+                }
+            }
+        }
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(Instant::now() < end, "no leader over TLS");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let other = *ports.iter().find(|&&p| p != leader_port).unwrap();
+    let r = v1::ingest_client::IngestClient::new(connect_tls(other).await.unwrap())
+        .ingest(v1::IngestRequest {
+            events: events(70_000, 10, 1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 10);
+    let third = *ports
+        .iter()
+        .find(|&&p| p != leader_port && p != other)
+        .unwrap();
+    let mut s = v1::query_client::QueryClient::new(connect_tls(third).await.unwrap())
+        .who_was_at(v1::WhoWasAtRequest {
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
+            max_staleness_ms: None,
+            region: Some(v1::Region {
+                kind: Some(v1::region::Kind::Circle(v1::Circle {
+                    lat: 30.27,
+                    lng: 120.15,
+                    radius_m: 5_000.0,
+                })),
+            }),
+            window: Some(v1::Window {
+                from: T0,
+                to: T0 + 48 * 3600,
+                as_of: Some(T0 + 48 * 3600),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        got.extend(m.persons);
+    }
+    assert_eq!(got, (70_000..70_010).collect::<Vec<u64>>());
+    // Plaintext is refused by a TLS node.
+    assert!(
+        ingest(third, events(80_000, 1, 1)).await.eq(&false),
+        "a plaintext client got a write in"
+    );
+    // The CLI speaks TLS from the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(["cluster", "status", "--format", "json", "--server"])
+        .arg(format!("127.0.0.1:{third}"))
+        .env("HOURCELL_CA", certs.join("ca.pem"))
+        .env("HOURCELL_CERT", certs.join("admin.pem"))
+        .env("HOURCELL_KEY", certs.join("admin.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == "leader")
+            .count(),
+        1,
+        "{v}"
+    );
+}

@@ -38,16 +38,23 @@ pub struct GrpcTransport {
     from: u64,
     rt: tokio::runtime::Handle,
     peers: RwLock<HashMap<u64, Peer>>,
+    /// Mutual TLS to peers: this node's certificate and the cluster CA.
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl GrpcTransport {
     /// Starts one sender task per peer (`id → http://host:port`) on the
     /// current tokio runtime.
-    pub fn start(from: u64, peers: &HashMap<u64, String>) -> Self {
+    pub fn start(
+        from: u64,
+        peers: &HashMap<u64, String>,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Self {
         let t = GrpcTransport {
             from,
             rt: tokio::runtime::Handle::current(),
             peers: RwLock::new(HashMap::new()),
+            tls,
         };
         for (&id, url) in peers {
             t.set_peer(id, url);
@@ -70,14 +77,15 @@ impl Transport for GrpcTransport {
         if id == self.from {
             return;
         }
-        let url = crate::client::normalize_server(addr);
+        let url = crate::client::server_url(addr, self.tls.is_some());
         let mut peers = self.peers.write();
         if peers.get(&id).is_some_and(|p| p.url == url) {
             return;
         }
         // Replacing the sender ends the old peer task.
         let (tx, rx) = mpsc::unbounded_channel();
-        self.rt.spawn(peer_loop(self.from, id, url.clone(), rx));
+        self.rt
+            .spawn(peer_loop(self.from, id, url.clone(), self.tls.clone(), rx));
         peers.insert(id, Peer { url, tx });
     }
 
@@ -96,17 +104,11 @@ impl Transport for GrpcTransport {
             .get(&from)
             .map(|p| p.url.clone())
             .ok_or_else(|| format!("no address for node {from}"))?;
+        let tls = self.tls.clone();
         self.rt.block_on(async {
-            let ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true);
-            let channel = ep
-                .connect()
+            let mut client = connect(&url, tls.as_ref(), Duration::from_secs(60))
                 .await
                 .map_err(|e| format!("cannot reach node {from} at {url}: {e}"))?;
-            let mut client =
-                v1::raft_client::RaftClient::new(channel).max_decoding_message_size(64 << 20);
             let mut stream = client
                 .snapshot(v1::SnapshotRequest { group, index })
                 .await
@@ -123,19 +125,36 @@ impl Transport for GrpcTransport {
     }
 }
 
-async fn connect(url: &str) -> Option<v1::raft_client::RaftClient<Channel>> {
-    let ep = Endpoint::from_shared(url.to_string())
-        .ok()?
+/// Dials a peer; with TLS, the node's certificate files are read now, so
+/// a reconnect picks up rotated ones.
+async fn connect(
+    url: &str,
+    tls: Option<&crate::tls::ClientTls>,
+    timeout: Duration,
+) -> Result<v1::raft_client::RaftClient<Channel>, String> {
+    let mut ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(5))
+        .timeout(timeout)
         .tcp_nodelay(true);
+    if let Some(t) = tls {
+        ep = ep
+            .tls_config(t.config().map_err(|e| format!("{e:#}"))?)
+            .map_err(|e| e.to_string())?;
+    }
     ep.connect()
         .await
-        .ok()
+        .map_err(|e| e.to_string())
         .map(|c| v1::raft_client::RaftClient::new(c).max_decoding_message_size(64 << 20))
 }
 
-async fn peer_loop(from: u64, to: u64, url: String, mut rx: mpsc::UnboundedReceiver<Envelope>) {
+async fn peer_loop(
+    from: u64,
+    to: u64,
+    url: String,
+    tls: Option<crate::tls::ClientTls>,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+) {
     let mut client = None;
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = rx.recv().await {
@@ -147,7 +166,9 @@ async fn peer_loop(from: u64, to: u64, url: String, mut rx: mpsc::UnboundedRecei
             }
         }
         if client.is_none() {
-            client = connect(&url).await;
+            client = connect(&url, tls.as_ref(), Duration::from_secs(5))
+                .await
+                .ok();
             if client.is_none() {
                 tracing::debug!(peer = to, %url, "peer unreachable; dropping a batch");
                 tokio::time::sleep(backoff).await;
@@ -172,6 +193,26 @@ async fn peer_loop(from: u64, to: u64, url: String, mut rx: mpsc::UnboundedRecei
 pub struct RaftService {
     pub inbox: Sender<Input>,
     pub snapshots: Arc<Snapshots>,
+    /// With TLS, only cluster nodes (a client certificate named
+    /// `node-<id>`) may send raft traffic or fetch snapshots.
+    pub require_node_cert: bool,
+}
+
+impl RaftService {
+    fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if !self.require_node_cert {
+            return Ok(());
+        }
+        let cn = req
+            .peer_certs()
+            .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
+        match cn {
+            Some(cn) if crate::auth::is_node_name(&cn) => Ok(()),
+            _ => Err(Status::permission_denied(
+                "raft traffic needs a cluster node's client certificate (node-<id>)",
+            )),
+        }
+    }
 }
 
 type ChunkStream =
@@ -185,6 +226,7 @@ impl v1::raft_server::Raft for RaftService {
         &self,
         req: Request<v1::SnapshotRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        self.check_peer(&req)?;
         let v1::SnapshotRequest { group, index } = req.into_inner();
         if self
             .snapshots
@@ -215,6 +257,7 @@ impl v1::raft_server::Raft for RaftService {
     }
 
     async fn send(&self, req: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
+        self.check_peer(&req)?;
         for b in req.into_inner().envelopes {
             let env = Envelope::decode(&b)
                 .map_err(|e| Status::invalid_argument(format!("bad raft envelope: {e}")))?;
