@@ -313,6 +313,12 @@ def du(path):
 
 # ----------------------------------------------------------- hourcell
 
+# Person-level queries carry a purpose and case, and each is audited
+# (committed, synced) before it is answered: part of what is measured.
+PURPOSE = "comparison benchmark on a generated town"
+CASE = "BENCH"
+
+
 def grpc_stubs(gen_dir):
     sys.path.insert(0, gen_dir)
     import grpc  # noqa
@@ -360,19 +366,19 @@ def cmd_hourcell(a):
     def who_circle(x):
         reg = pb.Region(circle=pb.Circle(lat=x["lat"], lng=x["lng"], radius_m=x["r"]))
         ps = []
-        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]))):
+        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
             ps.extend(m.persons)
         return ps
 
     def who_rect(x):
         reg = pb.Region(rect=pb.Rect(lat_lo=x["lat1"], lng_lo=x["lng1"], lat_hi=x["lat2"], lng_hi=x["lng2"]))
         ps = []
-        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]))):
+        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
             ps.extend(m.persons)
         return ps
 
     def where(x):
-        r = q.WhereWas(pb.WhereWasRequest(person=x["person"], window=win(x["from"], x["to"])))
+        r = q.WhereWas(pb.WhereWasRequest(person=x["person"], window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE))
         return norm_where([(h.hour, list(h.cells), list(h.addresses), list(h.sources)) for h in r.hours])
 
     def occ(x):
@@ -382,7 +388,7 @@ def cmd_hourcell(a):
 
     def nas(x):
         out = []
-        for m in q.NoActivitySince(pb.NoActivitySinceRequest(since=x["since"], as_of=as_of)):
+        for m in q.NoActivitySince(pb.NoActivitySinceRequest(since=x["since"], as_of=as_of, purpose=PURPOSE, case_ref=CASE)):
             out.extend([p.person, p.last_seen if p.HasField("last_seen") else None] for p in m.persons)
         return out
 
@@ -390,7 +396,8 @@ def cmd_hourcell(a):
 
     # the CLI's JSON must say the same as gRPC (first few parameters)
     def cli(*args):
-        out = subprocess.run([hc, "query", *args, "--as-of", iso(as_of), "--format", "json", "--server", server],
+        extra = [] if args[0] == "occupancy" else ["--purpose", PURPOSE, "--case", CASE]
+        out = subprocess.run([hc, "query", *args, *extra, "--as-of", iso(as_of), "--format", "json", "--server", server],
                              check=True, capture_output=True, text=True).stdout
         return json.loads(out)
 

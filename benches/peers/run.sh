@@ -125,6 +125,14 @@ log = "warn"
 
 [rules]
 hourly = false
+
+# Loopback benchmark on generated data: plaintext, every role for the
+# harness, no rate limit, and a retention limit the generated town fits in.
+[security]
+insecure = true
+anonymous_roles = ["all"]
+requests_per_sec = 0
+retention_days = 36500
 EOF
 "$HC" node --config "$WORK/node.toml" >"$WORK/hourcell-node.log" 2>&1 &
 HC_PID=$!
