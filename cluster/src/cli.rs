@@ -35,22 +35,25 @@ pub enum Command {
     Node(NodeArgs),
     /// Generate a deterministic synthetic town as CSV files.
     Gen(GenArgs),
-    /// Import addresses, registrations or events from CSV into a node.
+    /// Import addresses, registrations or events from CSV into a node
+    /// (role: ingest).
     Import(ImportArgs),
-    /// Run a query against a node.
+    /// Run a query against a node. occupancy: analyst or investigator
+    /// (analysts see counts below 5 suppressed); who-was-at, where-was,
+    /// no-activity-since: investigator, with --purpose and --case, audited.
     Query(QueryArgs),
-    /// Show a node's status.
+    /// Show a node's status (role: operator).
     Status(ServerArg),
     /// The replicated cluster: nodes, the raft leader, replica health and
-    /// lag.
+    /// lag; add and remove nodes (role: operator).
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Field-staff tasks from the rule layer: run the rules, list, show,
-    /// start, resolve and watch tasks.
+    /// start, resolve and watch tasks (role: fieldwork; run also operator).
     #[command(subcommand)]
     Tasks(TasksCommand),
     /// Load generated data into a node over gRPC and measure ingest and
-    /// query latency (p50/p99/max).
+    /// query latency (p50/p99/max) (roles: ingest, investigator, operator).
     Bench(BenchArgs),
     /// The tamper-evident audit log (auditor role): list the records, or
     /// verify the hash chain and name the first bad record.
@@ -58,14 +61,15 @@ pub enum Command {
     Audit(AuditCommand),
     /// Bearer tokens: make a signing key, or issue a token for a subject
     /// and roles. Clients send one from HOURCELL_TOKEN or
-    /// HOURCELL_TOKEN_FILE.
+    /// HOURCELL_TOKEN_FILE (local; needs the key file, no role).
     #[command(subcommand)]
     Token(TokenCommand),
     /// The retention limit (`[security] retention_days`): the leader
     /// applies it every hour; `apply` does it now (operator role).
     #[command(subcommand)]
     Retention(RetentionCommand),
-    /// TLS certificates for trying hourcell out and for tests.
+    /// TLS certificates for trying hourcell out and for tests (local, no
+    /// role). Clients use HOURCELL_CA, HOURCELL_CERT and HOURCELL_KEY.
     #[command(subcommand)]
     Certs(CertsCommand),
 }
