@@ -179,19 +179,10 @@ async fn hourly_rules(node: Arc<Node>) {
     loop {
         let wait = secs_until_next_run(node.now()).max(1) as u64;
         tokio::time::sleep(Duration::from_secs(wait)).await;
-        let n = node.clone();
-        if !tokio::task::spawn_blocking(move || n.leads())
-            .await
-            .unwrap_or(false)
-        {
-            continue;
-        }
-        let n = node.clone();
-        match tokio::task::spawn_blocking(move || n.run_tasks(None)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "hourly rule evaluation failed"),
-            Err(e) => tracing::error!(error = %e, "hourly rule evaluation panicked"),
-        }
+        on_leader(&node, "hourly rule evaluation", |n| {
+            n.run_tasks(None).map(|_| ())
+        })
+        .await;
     }
 }
 
@@ -203,25 +194,31 @@ async fn hourly_retention(node: Arc<Node>) {
     loop {
         tokio::time::sleep(wait).await;
         wait = Duration::from_secs(3600);
-        let n = node.clone();
-        if !tokio::task::spawn_blocking(move || n.leads())
-            .await
-            .unwrap_or(false)
-        {
-            continue;
-        }
-        let n = node.clone();
-        match tokio::task::spawn_blocking(move || n.expire(n.now(), "retention")).await {
-            Ok(Ok((cutoff, removed))) => {
-                tracing::info!(
-                    cutoff_hour = cutoff,
-                    person_days = removed,
-                    "retention applied"
-                )
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
-            Err(e) => tracing::error!(error = %e, "retention panicked"),
-        }
+        on_leader(&node, "retention", |n| {
+            let (cutoff, removed) = n.expire(n.now(), "retention")?;
+            tracing::info!(
+                cutoff_hour = cutoff,
+                person_days = removed,
+                "retention applied"
+            );
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Runs a cluster-wide chore off the async runtime if this node leads,
+/// logging what went wrong.
+async fn on_leader(
+    node: &Arc<Node>,
+    what: &'static str,
+    chore: impl FnOnce(&Node) -> Result<(), crate::node::NodeError> + Send + 'static,
+) {
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || if n.leads() { chore(&n) } else { Ok(()) }).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+        Err(e) => tracing::error!(error = %e, "{what} panicked"),
     }
 }
 

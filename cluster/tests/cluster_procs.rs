@@ -181,6 +181,36 @@ async fn ingest(port: u16, evs: Vec<v1::Event>) -> bool {
         .is_ok_and(|r| r.into_inner().accepted > 0)
 }
 
+/// The circle and two days every test writes into.
+fn circle_region() -> Option<v1::Region> {
+    Some(v1::Region {
+        kind: Some(v1::region::Kind::Circle(v1::Circle {
+            lat: 30.27,
+            lng: 120.15,
+            radius_m: 5_000.0,
+        })),
+    })
+}
+
+fn two_days() -> Option<v1::Window> {
+    Some(v1::Window {
+        from: T0,
+        to: T0 + 48 * 3600,
+        as_of: Some(T0 + 48 * 3600),
+    })
+}
+
+/// who-was-at over [`circle_region`] and [`two_days`].
+fn who_request(max_staleness_ms: Option<u32>) -> v1::WhoWasAtRequest {
+    v1::WhoWasAtRequest {
+        purpose: "generated test".into(),
+        case_ref: "T-1".into(),
+        max_staleness_ms,
+        region: circle_region(),
+        window: two_days(),
+    }
+}
+
 async fn persons_on(port: u16) -> Vec<u64> {
     persons_on_stale(port, None).await.0
 }
@@ -190,23 +220,7 @@ async fn persons_on(port: u16) -> Vec<u64> {
 async fn persons_on_stale(port: u16, max_staleness_ms: Option<u32>) -> (Vec<u64>, u64) {
     let ch = connect(port).await.expect("node reachable");
     let mut s = v1::query_client::QueryClient::new(ch)
-        .who_was_at(v1::WhoWasAtRequest {
-            purpose: "generated test".into(),
-            case_ref: "T-1".into(),
-            max_staleness_ms,
-            region: Some(v1::Region {
-                kind: Some(v1::region::Kind::Circle(v1::Circle {
-                    lat: 30.27,
-                    lng: 120.15,
-                    radius_m: 5_000.0,
-                })),
-            }),
-            window: Some(v1::Window {
-                from: T0,
-                to: T0 + 48 * 3600,
-                as_of: Some(T0 + 48 * 3600),
-            }),
-        })
+        .who_was_at(who_request(max_staleness_ms))
         .await
         .unwrap()
         .into_inner();
@@ -722,18 +736,8 @@ async fn faults_under_continuous_ingest() {
     let occ = v1::query_client::QueryClient::new(ch)
         .occupancy(v1::OccupancyRequest {
             max_staleness_ms: Some(600_000),
-            region: Some(v1::Region {
-                kind: Some(v1::region::Kind::Circle(v1::Circle {
-                    lat: 30.27,
-                    lng: 120.15,
-                    radius_m: 5_000.0,
-                })),
-            }),
-            window: Some(v1::Window {
-                from: T0,
-                to: T0 + 48 * 3600,
-                as_of: Some(T0 + 48 * 3600),
-            }),
+            region: circle_region(),
+            window: two_days(),
         })
         .await
         .expect("a bounded-stale aggregate is served without a quorum")
@@ -748,23 +752,7 @@ async fn faults_under_continuous_ingest() {
         .await
         .unwrap();
     let r = v1::query_client::QueryClient::new(patient)
-        .who_was_at(v1::WhoWasAtRequest {
-            purpose: "generated test".into(),
-            case_ref: "T-1".into(),
-            max_staleness_ms: Some(600_000),
-            region: Some(v1::Region {
-                kind: Some(v1::region::Kind::Circle(v1::Circle {
-                    lat: 30.27,
-                    lng: 120.15,
-                    radius_m: 5_000.0,
-                })),
-            }),
-            window: Some(v1::Window {
-                from: T0,
-                to: T0 + 48 * 3600,
-                as_of: Some(T0 + 48 * 3600),
-            }),
-        })
+        .who_was_at(who_request(Some(600_000)))
         .await;
     let err = match r {
         Ok(_) => {
@@ -869,23 +857,7 @@ async fn three_tls_nodes_replicate_over_mutual_tls() {
         .find(|&&p| p != leader_port && p != other)
         .unwrap();
     let mut s = v1::query_client::QueryClient::new(connect_tls(third).await.unwrap())
-        .who_was_at(v1::WhoWasAtRequest {
-            purpose: "generated test".into(),
-            case_ref: "T-1".into(),
-            max_staleness_ms: None,
-            region: Some(v1::Region {
-                kind: Some(v1::region::Kind::Circle(v1::Circle {
-                    lat: 30.27,
-                    lng: 120.15,
-                    radius_m: 5_000.0,
-                })),
-            }),
-            window: Some(v1::Window {
-                from: T0,
-                to: T0 + 48 * 3600,
-                as_of: Some(T0 + 48 * 3600),
-            }),
-        })
+        .who_was_at(who_request(None))
         .await
         .unwrap()
         .into_inner();

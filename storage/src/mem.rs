@@ -9,6 +9,19 @@ use crate::codec::merge_values;
 use crate::error::Result;
 use crate::kv::{FrozenView, KvEngine, Op, WriteBatch};
 
+fn scan_map(
+    map: &BTreeMap<Vec<u8>, Vec<u8>>,
+    start: &[u8],
+    end: &[u8],
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) {
+    for (k, v) in map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))) {
+        if !f(k, v) {
+            break;
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct MemEngine {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
@@ -59,12 +72,7 @@ impl KvEngine for MemEngine {
         end: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let map = self.map.read();
-        for (k, v) in map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))) {
-            if !f(k, v) {
-                break;
-            }
-        }
+        scan_map(&self.map.read(), start, end, f);
         Ok(())
     }
 
@@ -116,14 +124,7 @@ impl FrozenView for MemFrozen {
         end: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        for (k, v) in self
-            .0
-            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
-        {
-            if !f(k, v) {
-                break;
-            }
-        }
+        scan_map(&self.0, start, end, f);
         Ok(())
     }
 }

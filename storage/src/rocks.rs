@@ -88,6 +88,27 @@ impl RocksEngine {
     }
 }
 
+/// Visits keys from `start` (up to `ro`'s upper bound) until `f` says stop.
+fn scan_forward(
+    db: &DB,
+    ro: ReadOptions,
+    start: &[u8],
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    let mut it = db.raw_iterator_opt(ro);
+    it.seek(start);
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !f(k, v) {
+            return Ok(());
+        }
+        it.next();
+    }
+    it.status().map_err(engine_err)
+}
+
 impl KvEngine for RocksEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get(key).map_err(engine_err)
@@ -116,18 +137,7 @@ impl KvEngine for RocksEngine {
     ) -> Result<()> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self.db.raw_iterator_opt(ro);
-        it.seek(start);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !f(k, v) {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status().map_err(engine_err)
+        scan_forward(&self.db, ro, start, f)
     }
 
     fn scan_rev(
@@ -232,17 +242,6 @@ impl FrozenView for RocksFrozen {
         ro.set_iterate_upper_bound(end.to_vec());
         // A one-off full scan: do not churn the block cache.
         ro.fill_cache(false);
-        let mut it = db.raw_iterator_opt(ro);
-        it.seek(start);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !f(k, v) {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status().map_err(engine_err)
+        scan_forward(db, ro, start, f)
     }
 }

@@ -294,8 +294,8 @@ async fn audit(h: &Harness) -> Vec<v1::AuditRecord> {
         .records
 }
 
-async fn seed(h: &Harness) {
-    let t = token("loader", &[Role::Ingest], T0 + 10 * 86_400);
+/// Puts address H1 (the centre of [`circle`]).
+async fn put_h1(h: &Harness, t: &str) {
     let r = v1::registry_client::RegistryClient::new(h.channel.clone())
         .put_addresses(req(
             v1::PutAddressesRequest {
@@ -308,12 +308,17 @@ async fn seed(h: &Harness) {
                     label: "generated".into(),
                 }],
             },
-            &t,
+            t,
         ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.accepted, 1);
+}
+
+async fn seed(h: &Harness) {
+    let t = token("loader", &[Role::Ingest], T0 + 10 * 86_400);
+    put_h1(h, &t).await;
     // Persons 1..=7 at H1 during hour 2 of day 0, persons 1..=3 during
     // hour 3, and person 1 every hour of days 0..3.
     let mut events = Vec::new();
@@ -586,22 +591,7 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
     let op = token("sre-1", &[Role::Operator], T0 + 100 * 86_400);
     let inv = token("inspector-4", &[Role::Investigator], T0 + 100 * 86_400);
     // Now is T0 + 3 days: a 2-day limit keeps hours from T0 + 1 day.
-    v1::registry_client::RegistryClient::new(h.channel.clone())
-        .put_addresses(req(
-            v1::PutAddressesRequest {
-                addresses: vec![v1::Address {
-                    code: "H1".into(),
-                    lat: 30.2741,
-                    lng: 120.1551,
-                    kind: "standard".into(),
-                    area: "A1".into(),
-                    label: "generated".into(),
-                }],
-            },
-            &t,
-        ))
-        .await
-        .unwrap();
+    put_h1(&h, &t).await;
     // Events before the limit are refused at ingest.
     let r = v1::ingest_client::IngestClient::new(h.channel.clone())
         .ingest(req(

@@ -568,26 +568,12 @@ impl<E: KvEngine> RaftNode<E> {
                 }
             }
             Input::Propose { group, data, reply } => {
-                let Some(g) = self.groups.get_mut(&group) else {
-                    let _ = reply.send(Err(ProposeError::NoGroup(group)));
-                    return true;
-                };
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let mut ctx = self.id.to_be_bytes().to_vec();
-                ctx.extend_from_slice(&seq.to_be_bytes());
-                let term = g.raw.raft.term;
-                match g.raw.propose(ctx, data) {
-                    Ok(()) => {
-                        self.pending.insert(seq, (group, term, reply));
-                    }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(ProposeError::Dropped));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(ProposeError::Stopped(e.to_string())));
-                    }
-                }
+                self.propose_tagged(group, reply, |raw, ctx| {
+                    raw.propose(ctx, data).map_err(|e| match e {
+                        raft::Error::ProposalDropped => ProposeError::Dropped,
+                        e => ProposeError::Stopped(e.to_string()),
+                    })
+                });
             }
             Input::Status { group, reply } => {
                 let s = self.groups.get(&group).map(|g| GroupStatus {
@@ -632,30 +618,17 @@ impl<E: KvEngine> RaftNode<E> {
                 self.reads.insert(seq, (group, term, reply));
             }
             Input::ConfChange { group, cc, reply } => {
-                let Some(g) = self.groups.get_mut(&group) else {
-                    let _ = reply.send(Err(ProposeError::NoGroup(group)));
-                    return true;
-                };
-                if g.raw.raft.has_pending_conf() {
-                    let _ = reply.send(Err(ProposeError::Dropped));
-                    return true;
-                }
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let mut ctx = self.id.to_be_bytes().to_vec();
-                ctx.extend_from_slice(&seq.to_be_bytes());
-                let term = g.raw.raft.term;
-                match g.raw.propose_conf_change(ctx, cc) {
-                    Ok(()) => {
-                        self.pending.insert(seq, (group, term, reply));
+                self.propose_tagged(group, reply, |raw, ctx| {
+                    // One membership change at a time: retry once the
+                    // pending one is applied.
+                    if raw.raft.has_pending_conf() {
+                        return Err(ProposeError::Dropped);
                     }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(ProposeError::Dropped));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(ProposeError::Apply(e.to_string())));
-                    }
-                }
+                    raw.propose_conf_change(ctx, cc).map_err(|e| match e {
+                        raft::Error::ProposalDropped => ProposeError::Dropped,
+                        e => ProposeError::Apply(e.to_string()),
+                    })
+                });
             }
             Input::TransferLeader { group, to } => {
                 if let Some(g) = self.groups.get_mut(&group) {
@@ -725,6 +698,34 @@ impl<E: KvEngine> RaftNode<E> {
         Err(format!(
             "group {group}: could not install the snapshot at {index} from node {from}: {last_err}"
         ))
+    }
+
+    /// Proposes through `propose` with a context tagging the entry as this
+    /// node's (id, sequence), and remembers `reply` until that entry is
+    /// applied here (or the term moves on).
+    fn propose_tagged(
+        &mut self,
+        group: u64,
+        reply: SyncSender<Result<ApplyOutcome, ProposeError>>,
+        propose: impl FnOnce(&mut RawNode<RaftLogStore<E>>, Vec<u8>) -> Result<(), ProposeError>,
+    ) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            let _ = reply.send(Err(ProposeError::NoGroup(group)));
+            return;
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut ctx = self.id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&seq.to_be_bytes());
+        let term = g.raw.raft.term;
+        match propose(&mut g.raw, ctx) {
+            Ok(()) => {
+                self.pending.insert(seq, (group, term, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
     }
 
     fn send(&mut self, group: u64, msgs: Vec<raft::eraftpb::Message>) {
