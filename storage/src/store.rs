@@ -460,6 +460,22 @@ impl<E: KvEngine> SliceStore<E> {
     ) -> Result<ApplyOutcome> {
         use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
         let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
+        // Every hour with an event has an hourly bitmap: if the first one
+        // is not before the cut-off, there is nothing to remove (the usual
+        // case on a young store) and nothing is scanned, compacted or
+        // audited.
+        let mut first_hour = None;
+        self.engine.scan(
+            &keys::hour_slice(keys::MIN_HOUR),
+            &keys::prefix_end(&[keys::HOUR_SLICE]),
+            &mut |k, _| {
+                first_hour = Some(keys::hour_from(&k[1..5]));
+                false
+            },
+        )?;
+        if first_hour.is_none_or(|f| f >= cutoff_hour) {
+            return Ok(ApplyOutcome::default());
+        }
         let day = cutoff_hour.div_euclid(24);
         let h = cutoff_hour.rem_euclid(24) as u32;
         // Hours of the boundary day that stay.
@@ -531,14 +547,19 @@ impl<E: KvEngine> SliceStore<E> {
         }
         self.chain_audit(&mut b, std::slice::from_ref(audit));
         self.engine.write(b, true)?;
-        for prefix in [
-            keys::CELL_DAY,
-            keys::ADDRESS_DAY,
-            keys::HOUR_SLICE,
-            keys::PERSON,
-        ] {
+        // Give the space back: the time-major slices only over the removed
+        // range; the person-major index (spread over every person) only
+        // when whole person-days went, which is once a day.
+        for prefix in [keys::CELL_DAY, keys::ADDRESS_DAY] {
+            let mut cut = vec![prefix];
+            cut.extend_from_slice(&keys::hour_bytes(day));
+            self.engine.compact_range(&[prefix], &cut)?;
+        }
+        self.engine
+            .compact_range(&[keys::HOUR_SLICE], &keys::hour_slice(cutoff_hour))?;
+        if removed > 0 {
             self.engine
-                .compact_range(&[prefix], &keys::prefix_end(&[prefix]))?;
+                .compact_range(&[keys::PERSON], &keys::prefix_end(&[keys::PERSON]))?;
         }
         Ok(ApplyOutcome {
             applied: removed,

@@ -478,6 +478,16 @@ fn expire<E: KvEngine>(make: &mut dyn FnMut() -> E) {
         .flat_map(|h| (1..=3).map(move |p| ev(p, h, 30.0, 120.0, Some("H1"), "utility")))
         .collect();
     s.apply(&Command::Ingest(evs)).unwrap();
+    // A cut-off before the first stored hour changes nothing and records
+    // nothing (the hourly run on a young store).
+    let before = s.count_postings().unwrap();
+    s.apply(&Command::Expire {
+        cutoff_hour: 240,
+        audit: audit_entry(9),
+    })
+    .unwrap();
+    assert_eq!(s.count_postings().unwrap(), before);
+    assert!(s.audit_records(0, 10).unwrap().is_empty());
     let cutoff = 11 * 24 + 7; // day 11, 07:00
     s.apply(&Command::Expire {
         cutoff_hour: cutoff,
