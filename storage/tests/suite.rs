@@ -527,3 +527,67 @@ fn retention_removes_whole_hours_on_every_engine() {
     let dir = tempfile::tempdir().unwrap();
     expire(&mut || RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
 }
+
+/// A store replaced from another's frozen image holds the same data; one
+/// whose replacement was interrupted refuses to open.
+#[test]
+fn restore_from_a_frozen_image_and_refuse_a_partial_one() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let open = |i: usize| RocksEngine::open(dirs[i].path(), &RocksConfig::default()).unwrap();
+    let a = SliceStore::open(open(0), None).unwrap();
+    a.apply(&Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]))
+        .unwrap();
+    a.apply(&Command::Ingest(
+        (1..=50)
+            .map(|p| ev(p, 300 + p as i64 % 5, 30.0, 120.0, Some("H1"), "utility"))
+            .collect(),
+    ))
+    .unwrap();
+    a.apply(&Command::Audit(vec![audit_entry(1)])).unwrap();
+    let image = a.freeze().unwrap();
+    // Writes after the freeze are not in the image.
+    a.apply(&Command::Ingest(vec![ev(
+        999, 301, 30.0, 120.0, None, "utility",
+    )]))
+    .unwrap();
+
+    let b = SliceStore::open(open(1), None).unwrap();
+    b.apply(&Command::Ingest(vec![ev(
+        7_777, 10, 31.0, 121.0, None, "access",
+    )]))
+    .unwrap();
+    b.begin_restore().unwrap();
+    assert!(b.is_restoring());
+    let mut pairs = Vec::new();
+    image
+        .scan(&[0x00], &[0xff; 16], &mut |k, v| {
+            pairs.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    for chunk in pairs.chunks(7) {
+        b.restore_chunk(chunk.to_vec()).unwrap();
+    }
+    b.finish_restore().unwrap();
+    assert!(!b.is_restoring());
+    assert_eq!(b.internal_id(7_777), None, "old contents are gone");
+    assert_eq!(
+        b.internal_id(999),
+        None,
+        "later writes are not in the image"
+    );
+    assert_eq!(b.stats().unwrap().persons, 50);
+    assert_eq!(address_hour(&b, 301, 1).unwrap().len(), 10);
+    assert_eq!(
+        b.audit_records(0, 10).unwrap(),
+        a.audit_records(0, 10).unwrap()
+    );
+    drop(b);
+
+    // Interrupted: the mark stays, and the store refuses to open.
+    let b = SliceStore::open(open(1), None).unwrap();
+    b.begin_restore().unwrap();
+    drop(b);
+    let err = SliceStore::open(open(1), None).err().unwrap().to_string();
+    assert!(err.contains("--join"), "{err}");
+}
