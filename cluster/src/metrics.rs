@@ -135,6 +135,12 @@ pub fn render(node: &Node) -> String {
             st.persons as f64,
         );
     }
+    gauge(
+        &mut out,
+        "hourcell_audit_records",
+        "Records in the hash-chained audit log.",
+        node.store().audit_len() as f64,
+    );
     if let Some(r) = node.replication() {
         if let Some(s) = r.handle.status(r.group) {
             let g = r.group;
@@ -157,6 +163,17 @@ pub fn render(node: &Node) -> String {
                 out,
                 "# HELP hourcell_raft_apply_lag Committed entries not yet applied here.\n# TYPE hourcell_raft_apply_lag gauge\nhourcell_raft_apply_lag{{group=\"{g}\"}} {}",
                 s.commit.saturating_sub(s.applied)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hourcell_raft_log_entries Entries kept in the raft log (bounded by compaction).\n# TYPE hourcell_raft_log_entries gauge\nhourcell_raft_log_entries{{group=\"{g}\"}} {}",
+                s.commit.saturating_sub(s.first_index.saturating_sub(1))
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hourcell_raft_members Voters and learners of the group.\n# TYPE hourcell_raft_members gauge\nhourcell_raft_members{{group=\"{g}\",kind=\"voter\"}} {}\nhourcell_raft_members{{group=\"{g}\",kind=\"learner\"}} {}",
+                s.voters.len(),
+                s.learners.len()
             );
         }
     }

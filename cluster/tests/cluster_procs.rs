@@ -380,6 +380,15 @@ async fn three_processes_replicate_and_survive_leader_kill() {
             body.contains("hourcell_raft_apply_lag{group=\"1\"}"),
             "{body}"
         );
+        assert!(
+            body.contains("hourcell_raft_members{group=\"1\",kind=\"voter\"} 3"),
+            "{body}"
+        );
+        assert!(
+            body.contains("hourcell_raft_log_entries{group=\"1\"}"),
+            "{body}"
+        );
+        assert!(body.contains("hourcell_audit_records "), "{body}");
         leaders += body
             .matches("hourcell_raft_is_leader{group=\"1\"} 1")
             .count();

@@ -77,6 +77,9 @@ impl RocksEngine {
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, path).map_err(engine_err)?;
+        // Frozen views do not outlive the process: checkpoints left by a
+        // crash are garbage.
+        let _ = std::fs::remove_dir_all(frozen_dir(path));
         Ok(Self {
             db,
             path: path.to_path_buf(),
@@ -194,13 +197,7 @@ impl KvEngine for RocksEngine {
     fn freeze(&self) -> Result<std::sync::Arc<dyn FrozenView>> {
         // Checkpoints live beside the database (same filesystem, so the
         // SST files are hard links) and are removed when the view drops.
-        let parent = self.path.parent().unwrap_or(Path::new("."));
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "db".into());
-        let dir = parent.join(format!("{name}.frozen"));
+        let dir = frozen_dir(&self.path);
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageError::Engine(format!("cannot create {}: {e}", dir.display())))?;
         let nanos = std::time::SystemTime::now()
@@ -215,6 +212,17 @@ impl KvEngine for RocksEngine {
         let db = DB::open_for_read_only(&opts, &at, false).map_err(engine_err)?;
         Ok(std::sync::Arc::new(RocksFrozen { db: Some(db), at }))
     }
+}
+
+/// Where the checkpoints of the database at `path` go: beside it (same
+/// filesystem, so SST files are hard links).
+fn frozen_dir(path: &Path) -> PathBuf {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "db".into());
+    parent.join(format!("{name}.frozen"))
 }
 
 /// A checkpoint opened read-only; the directory goes with the view.
