@@ -161,13 +161,31 @@ impl Services {
                 .auth()
                 .authenticate(header.as_deref(), cn.as_deref(), now)
             {
-                Err(e) => (
-                    Principal {
-                        name: "unauthenticated".into(),
-                        roles: Default::default(),
-                    },
-                    Status::unauthenticated(e.to_string()),
-                ),
+                Err(e) => {
+                    // Failed logins are rate-limited per client address
+                    // before they are audited, so that bad credentials
+                    // cannot flood the audit log.
+                    let from = req
+                        .remote_addr()
+                        .map_or("unknown".to_string(), |a| a.ip().to_string());
+                    if !self
+                        .node
+                        .auth()
+                        .limiter
+                        .allow(&format!("unauthenticated@{from}"))
+                    {
+                        return Err(Status::resource_exhausted(
+                            "rate limit: too many requests with bad credentials from this address",
+                        ));
+                    }
+                    (
+                        Principal {
+                            name: "unauthenticated".into(),
+                            roles: Default::default(),
+                        },
+                        Status::unauthenticated(e.to_string()),
+                    )
+                }
                 Ok(p) if !self.node.auth().limiter.allow(&p.name) => {
                     return Err(Status::resource_exhausted(format!(
                         "rate limit: {} may make {} requests per second",

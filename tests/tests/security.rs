@@ -742,4 +742,24 @@ async fn each_principal_is_rate_limited() {
         call(&h.channel, Rpc::Occupancy, &b).await.is_ok(),
         "another principal is not affected"
     );
+    // Bad credentials are limited too (per client address), before they
+    // are audited: the audit log cannot be flooded.
+    let mut limited = 0;
+    for _ in 0..30 {
+        if let Err(s) = call(&h.channel, Rpc::Occupancy, "x.y.z").await {
+            if s.code() == Code::ResourceExhausted {
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        limited >= 15,
+        "only {limited} of 30 bad logins limited at 5/s"
+    );
+    let denials = audit(&h)
+        .await
+        .iter()
+        .filter(|r| r.principal == "unauthenticated")
+        .count();
+    assert!(denials <= 15, "{denials} bad logins audited");
 }
