@@ -70,6 +70,21 @@ async fn start_limited(retention_days: u32, requests_per_sec: u32) -> Harness {
     }
 }
 
+/// Bytes of the RocksDB table files under `dir` (what the data occupies
+/// on disk; logs and the WAL aside).
+fn sst_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            total += sst_bytes(&p);
+        } else if p.extension().is_some_and(|x| x == "sst") {
+            total += e.metadata().unwrap().len();
+        }
+    }
+    total
+}
+
 fn token(sub: &str, roles: &[Role], exp: i64) -> String {
     issue_token(
         KEY,
@@ -666,6 +681,7 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
         .unwrap()
         .into_inner()
         .disk_bytes_after;
+    let dir_before = sst_bytes(&h._dir.path().join("node"));
     // Two days on, day 1 falls out of the window (cut-off T0 + 3 d).
     h.clock.store(T0 + 5 * 86_400 + 1_800, Ordering::SeqCst);
     let r = admin()
@@ -681,6 +697,11 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
     assert!(
         after * 2 < before,
         "disk did not shrink: {before} bytes before, {after} after"
+    );
+    let dir_after = sst_bytes(&h._dir.path().join("node"));
+    assert!(
+        dir_after * 2 < dir_before,
+        "the data directory's table files did not shrink: {dir_before} bytes before, {dir_after} after"
     );
     // Gone from every query.
     let mut s = v1::query_client::QueryClient::new(h.channel.clone())
