@@ -395,9 +395,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
         let _ = s.await;
     }
     for n in &nodes {
-        if let Some(r) = n.replication() {
-            r.handle.stop();
-        }
+        n.shutdown();
     }
     Ok(())
 }

@@ -40,9 +40,21 @@ pub struct Replication {
     /// The raft log's engine, which also records the addresses of nodes
     /// added after the cluster started.
     pub raft_engine: Arc<RocksEngine>,
+    /// The raft loop's thread, joined by [`Replication::stop`].
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Replication {
+    /// Stops the raft loop and waits for it, so that nothing writes to the
+    /// engines while the process exits (RocksDB aborts if a thread uses it
+    /// during exit).
+    pub fn stop(&self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+
     /// Every node this one knows an address for: the configured peers and
     /// the nodes added since, by id.
     pub fn known_peers(&self) -> Vec<(u64, String)> {
@@ -269,8 +281,9 @@ fn start_replication(
     )
     .map_err(|e| anyhow::anyhow!("cannot start raft group: {e}"))?;
     let inbox = handle.inbox();
-    raft.spawn();
+    let thread = raft.spawn();
     let r = Replication {
+        thread: parking_lot::Mutex::new(Some(thread)),
         handle,
         inbox,
         group: DATA_GROUP,
@@ -631,6 +644,14 @@ impl Node {
 
     pub fn replication(&self) -> Option<&Replication> {
         self.replication.as_ref()
+    }
+
+    /// Stops the raft loop (if replicated) and waits for it; call before
+    /// the process exits.
+    pub fn shutdown(&self) {
+        if let Some(r) = &self.replication {
+            r.stop();
+        }
     }
 
     /// Whether this node should run cluster-wide chores (the hourly rules):

@@ -267,7 +267,9 @@ pub async fn run(cfg: crate::config::NodeConfig) -> anyhow::Result<()> {
         tokio::spawn(crate::metrics::serve(node.clone(), ml));
     }
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), slice_level = node.store().slice_level(), "hourcell node serving");
-    serve(node, listener, shutdown_signal()).await
+    let r = serve(node.clone(), listener, shutdown_signal()).await;
+    node.shutdown();
+    r
 }
 
 #[cfg(test)]
