@@ -14,7 +14,7 @@ use prost::Message as _;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 512,
+        cases: 256,
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -65,6 +65,26 @@ proptest! {
             v1::region::Kind::Cells(v1::CellList { tokens: cells.clone() }),
         ] {
             let _ = region_from_proto(Some(v1::Region { kind: Some(kind) }), "region");
+        }
+    }
+
+    #[test]
+    fn queries_over_any_valid_region_answer_or_fail_cleanly(
+        lat in -90.0f64..=90.0, lng in -180.0f64..=180.0, r in 0.0f64..2.0e7,
+        lat2 in -90.0f64..=90.0, lng2 in -180.0f64..=180.0,
+        from in -1_000_000i64..1_000_000, span in 0i64..12_000,
+    ) {
+        let store = std::sync::Arc::new(SliceStore::open(MemEngine::new(), None).unwrap());
+        let q = hourcell_query::QueryEngine::new(store);
+        for kind in [
+            v1::region::Kind::Circle(v1::Circle { lat, lng, radius_m: r }),
+            v1::region::Kind::Rect(v1::Rect { lat_lo: lat, lng_lo: lng, lat_hi: lat2, lng_hi: lng2 }),
+        ] {
+            if let Ok(region) = region_from_proto(Some(v1::Region { kind: Some(kind) }), "region") {
+                let (from, to) = (from * 3600, (from + span) * 3600);
+                let _ = q.who_was_at(&region, from, to, to);
+                let _ = q.occupancy(&region, from, to, to);
+            }
         }
     }
 
