@@ -123,6 +123,9 @@ pub struct SliceStore<E: KvEngine> {
     /// Set while a raft snapshot replaces the contents: reads must not be
     /// served from a half-written store.
     restoring: std::sync::atomic::AtomicBool,
+    /// While a replicated command applies: its log index (recorded with
+    /// its writes) and whether to sync them. See [`SliceStore::apply_at`].
+    tag: Mutex<Option<(u64, bool)>>,
 }
 
 const META_LEVEL: &str = "slice_level";
@@ -134,6 +137,8 @@ const FORMAT: u8 = 2;
 /// Present while a snapshot is being installed; a store that opens with it
 /// holds a partial copy.
 const META_RESTORING: &str = "restoring";
+/// The raft log index of the last command whose writes are in this store.
+const META_APPLIED: &str = "raft_applied";
 /// Internal ids are u32; keep the top value free as a sentinel.
 const MAX_PERSONS: u64 = u32::MAX as u64;
 
@@ -193,6 +198,7 @@ impl<E: KvEngine> SliceStore<E> {
             apply_lock: Mutex::new(()),
             state: RwLock::new(State::default()),
             restoring: std::sync::atomic::AtomicBool::new(false),
+            tag: Mutex::new(None),
         };
         store.load()?;
         Ok(store)
@@ -386,6 +392,53 @@ impl<E: KvEngine> SliceStore<E> {
     /// same bytes.
     pub fn apply(&self, cmd: &Command) -> Result<ApplyOutcome> {
         let _guard = self.apply_lock.lock();
+        self.apply_locked(cmd)
+    }
+
+    /// Applies the command at raft log index `index`, recording the index
+    /// in the same write batch. With `sync = false` the write is not synced:
+    /// the raft log already holds the command durably, and after a power
+    /// loss the store comes back to a consistent prefix (its WAL is
+    /// sequential) whose [`SliceStore::durable_applied`] says where to
+    /// replay the log from.
+    pub fn apply_at(&self, cmd: &Command, index: u64, sync: bool) -> Result<ApplyOutcome> {
+        let _guard = self.apply_lock.lock();
+        *self.tag.lock() = Some((index, sync));
+        let r = self.apply_locked(cmd);
+        *self.tag.lock() = None;
+        r
+    }
+
+    /// Records that everything up to raft index `index` is in this store,
+    /// synced (and with it every earlier unsynced write: the WAL is
+    /// sequential). Called before the raft log drops entries.
+    pub fn sync_applied(&self, index: u64) -> Result<()> {
+        let _guard = self.apply_lock.lock();
+        let mut b = WriteBatch::default();
+        b.put(keys::meta(META_APPLIED), index.to_be_bytes().to_vec());
+        self.engine.write(b, true)
+    }
+
+    /// The raft index of the last command whose writes this store holds
+    /// (`None` for a store written without raft).
+    pub fn durable_applied(&self) -> Result<Option<u64>> {
+        Ok(self
+            .engine
+            .get(&keys::meta(META_APPLIED))?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Writes an apply's batch: synced, unless a replicated command asked
+    /// otherwise, and with that command's index.
+    fn commit(&self, mut b: WriteBatch) -> Result<()> {
+        let tag = *self.tag.lock();
+        if let Some((index, _)) = tag {
+            b.put(keys::meta(META_APPLIED), index.to_be_bytes().to_vec());
+        }
+        self.engine.write(b, tag.is_none_or(|(_, sync)| sync))
+    }
+
+    fn apply_locked(&self, cmd: &Command) -> Result<ApplyOutcome> {
         match cmd {
             Command::Ingest(events) => self.apply_ingest(events),
             Command::PutAddresses(addrs) => self.apply_addresses(addrs),
@@ -400,7 +453,7 @@ impl<E: KvEngine> SliceStore<E> {
             Command::Audit(entries) => {
                 let mut b = WriteBatch::default();
                 self.chain_audit(&mut b, entries);
-                self.engine.write(b, true)?;
+                self.commit(b)?;
                 Ok(ApplyOutcome {
                     applied: entries.len() as u64,
                     ..ApplyOutcome::default()
@@ -546,7 +599,7 @@ impl<E: KvEngine> SliceStore<E> {
             }
         }
         self.chain_audit(&mut b, std::slice::from_ref(audit));
-        self.engine.write(b, true)?;
+        self.commit(b)?;
         // Give the space back: the time-major slices only over the removed
         // range; the person-major index (spread over every person) only
         // when whole person-days went, which is once a day.
@@ -648,7 +701,7 @@ impl<E: KvEngine> SliceStore<E> {
             Self::put_bincode(&mut batch, key.clone(), &subject);
             subjects.insert(key, subject);
         }
-        self.engine.write(batch, true)?;
+        self.commit(batch)?;
         let mut st = self.state.write();
         st.next_task = next_task;
         st.next_change = next_change;
@@ -695,7 +748,7 @@ impl<E: KvEngine> SliceStore<E> {
             }
             Self::put_bincode(&mut batch, key, &subject);
         }
-        self.engine.write(batch, true)?;
+        self.commit(batch)?;
         self.state.write().next_change = next_change;
         Ok(ApplyOutcome {
             applied: 1,
@@ -817,7 +870,7 @@ impl<E: KvEngine> SliceStore<E> {
             batch.put(keys::address(&rec.code), v);
             st.addresses.insert(rec.code.clone(), rec);
         }
-        self.engine.write(batch, true)?;
+        self.commit(batch)?;
         Ok(ApplyOutcome {
             applied: addrs.len() as u64,
             new_persons: 0,
@@ -834,7 +887,7 @@ impl<E: KvEngine> SliceStore<E> {
             batch.put(keys::registration(r.person), v);
             st.registrations.insert(r.person, r.clone());
         }
-        self.engine.write(batch, true)?;
+        self.commit(batch)?;
         Ok(ApplyOutcome {
             applied: regs.len() as u64,
             new_persons: 0,
@@ -958,7 +1011,7 @@ impl<E: KvEngine> SliceStore<E> {
         for (k, v) in merges {
             batch.merge(k, v);
         }
-        self.engine.write(batch, true)?;
+        self.commit(batch)?;
         Ok(ApplyOutcome {
             applied: events.len() as u64,
             new_persons,

@@ -53,7 +53,9 @@ impl<E: KvEngine> StateMachine for StoreMachine<E> {
         let cmd = Command::decode(data)
             .map_err(|e| ApplyError::Fatal(format!("entry {index} does not decode: {e}")))?;
         let t0 = std::time::Instant::now();
-        let r = self.store.apply(&cmd);
+        // Not synced: the raft log is the durable copy (see
+        // `StateMachine::durable_applied`).
+        let r = self.store.apply_at(&cmd, index, false);
         self.apply_latency.observe(t0.elapsed());
         r.map_err(|e| {
             if e.is_fatal() {
@@ -78,5 +80,13 @@ impl<E: KvEngine> StateMachine for StoreMachine<E> {
 
     fn finish_restore(&self) -> Result<(), String> {
         self.store.finish_restore().map_err(|e| e.to_string())
+    }
+
+    fn durable_applied(&self) -> Option<u64> {
+        self.store.durable_applied().ok().flatten()
+    }
+
+    fn sync_applied(&self, index: u64) -> Result<(), String> {
+        self.store.sync_applied(index).map_err(|e| e.to_string())
     }
 }

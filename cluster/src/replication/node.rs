@@ -39,6 +39,16 @@ pub trait StateMachine: Send + Sync {
     fn begin_restore(&self) -> Result<(), String>;
     fn restore_chunk(&self, pairs: Pairs) -> Result<(), String>;
     fn finish_restore(&self) -> Result<(), String>;
+
+    /// Applies need not be synced: the raft log holds the commands. The
+    /// state machine remembers, in the same writes, the index of the last
+    /// command it holds; after a power loss it may be behind the recorded
+    /// apply index, and the log is replayed from there.
+    fn durable_applied(&self) -> Option<u64>;
+
+    /// Makes everything applied up to `index` durable (before the log
+    /// drops those entries, and after a snapshot is installed).
+    fn sync_applied(&self, index: u64) -> Result<(), String>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -348,6 +358,24 @@ impl<E: KvEngine> RaftNode<E> {
     ) -> raft::Result<()> {
         let store = RaftLogStore::open(engine, group, voters)?
             .with_snapshots(sm.clone(), self.snapshots.clone());
+        // The state machine syncs lazily: resume applying from what it
+        // durably holds, which the log still has (it is made durable
+        // before every compaction).
+        if let Some(durable) = sm.durable_applied() {
+            if durable < store.applied() {
+                let first = store.first_index()?;
+                if durable + 1 < first {
+                    return Err(raft::Error::Store(raft::StorageError::Other(
+                        format!(
+                            "group {group}: the store holds entries up to {durable} but the log starts at {first}; \
+                             empty the data directory and rejoin with --join"
+                        )
+                        .into(),
+                    )));
+                }
+                store.set_applied(durable)?;
+            }
+        }
         let cfg = config(self.id, store.applied(), &self.timing);
         let raw = RawNode::new(&cfg, store.clone(), &self.logger)?;
         self.groups.insert(
@@ -684,7 +712,10 @@ impl<E: KvEngine> RaftNode<E> {
                         sm.restore_chunk(pairs)
                     })
             });
-            match r.and_then(|()| sm.finish_restore()) {
+            match r
+                .and_then(|()| sm.finish_restore())
+                .and_then(|()| sm.sync_applied(index))
+            {
                 Ok(()) => {
                     tracing::info!(group, index, from, bytes, elapsed = ?t0.elapsed(), "installed snapshot");
                     return Ok(());
@@ -820,7 +851,9 @@ impl<E: KvEngine> RaftNode<E> {
                     if e.data.len() == 16 && e.data[..8] == COMPACT_MAGIC[..] =>
                 {
                     let to = u64::from_be_bytes(e.data[8..].try_into().unwrap());
-                    // Entries up to `to` were applied before this one.
+                    // Entries up to `to` were applied before this one; make
+                    // them durable in the store before the log lets go.
+                    g.sm.sync_applied(e.index - 1)?;
                     g.store
                         .set_applied(e.index - 1)
                         .map_err(|e| e.to_string())?;
