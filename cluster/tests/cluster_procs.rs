@@ -530,6 +530,63 @@ impl Link {
     }
 }
 
+/// Three node configs whose peers reach each other only through [`Link`]s,
+/// so a test can partition them.
+struct Linked {
+    ports: Vec<u16>,
+    /// `links[i][j]`: node i+1's way to node j+1.
+    links: Vec<Vec<Option<Link>>>,
+    cfgs: Vec<std::path::PathBuf>,
+}
+
+impl Linked {
+    fn new(dir: &Path) -> Linked {
+        let all_ports = free_ports(6);
+        let (ports, metrics) = all_ports.split_at(3);
+        let links: Vec<Vec<Option<Link>>> = (0..3)
+            .map(|i| {
+                (0..3)
+                    .map(|j| (i != j).then(|| Link::to(ports[j])))
+                    .collect()
+            })
+            .collect();
+        let cfgs = (1..=3)
+            .map(|id| {
+                let via: Vec<u16> = (0..3)
+                    .map(|j| links[id - 1][j].as_ref().map_or(ports[j], |l| l.port))
+                    .collect();
+                let cfg = write_config(dir, id, &via, metrics[id - 1]);
+                // The node listens on its own port; peers are reached
+                // through the links.
+                let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+                    &format!("listen = \"127.0.0.1:{}\"", via[id - 1]),
+                    &format!("listen = \"127.0.0.1:{}\"", ports[id - 1]),
+                    1,
+                );
+                std::fs::write(&cfg, text).unwrap();
+                cfg
+            })
+            .collect();
+        Linked {
+            ports: ports.to_vec(),
+            links,
+            cfgs,
+        }
+    }
+
+    /// Cuts (or restores) every link to and from node index `i`.
+    fn cut(&self, i: usize, on: bool) {
+        for j in 0..3 {
+            if let Some(x) = &self.links[i][j] {
+                x.set_cut(on);
+            }
+            if let Some(x) = &self.links[j][i] {
+                x.set_cut(on);
+            }
+        }
+    }
+}
+
 /// What the writer sent and what was acknowledged.
 #[derive(Default)]
 struct Ledger {
@@ -559,33 +616,8 @@ async fn faults_under_continuous_ingest() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
-    let all_ports = free_ports(6);
-    let (ports, metrics) = all_ports.split_at(3);
-    // links[i][j]: node i+1's way to node j+1.
-    let links: Vec<Vec<Option<Link>>> = (0..3)
-        .map(|i| {
-            (0..3)
-                .map(|j| (i != j).then(|| Link::to(ports[j])))
-                .collect()
-        })
-        .collect();
-    let cfgs: Vec<_> = (1..=3)
-        .map(|id| {
-            let via: Vec<u16> = (0..3)
-                .map(|j| links[id - 1][j].as_ref().map_or(ports[j], |l| l.port))
-                .collect();
-            let cfg = write_config(dir.path(), id, &via, metrics[id - 1]);
-            // The node listens on its own port; peers are reached through
-            // the links.
-            let text = std::fs::read_to_string(&cfg).unwrap().replacen(
-                &format!("listen = \"127.0.0.1:{}\"", via[id - 1]),
-                &format!("listen = \"127.0.0.1:{}\"", ports[id - 1]),
-                1,
-            );
-            std::fs::write(&cfg, text).unwrap();
-            cfg
-        })
-        .collect();
+    let linked = Linked::new(dir.path());
+    let (ports, cfgs) = (&linked.ports[..], &linked.cfgs);
     let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let all = [0usize, 1, 2];
     let _ = leader(ports, &all, Duration::from_secs(20)).await;
@@ -635,14 +667,7 @@ async fn faults_under_continuous_ingest() {
 
     // 1. Partition the leader away from the other two.
     let l = leader(ports, &all, Duration::from_secs(10)).await;
-    for j in 0..3 {
-        if let Some(x) = &links[l][j] {
-            x.set_cut(true);
-        }
-        if let Some(x) = &links[j][l] {
-            x.set_cut(true);
-        }
-    }
+    linked.cut(l, true);
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
     let new = leader(ports, &rest, Duration::from_secs(10)).await;
     assert_ne!(new, l);
@@ -652,10 +677,8 @@ async fn faults_under_continuous_ingest() {
         "the leader was partitioned away",
     )
     .await;
-    for row in &links {
-        for x in row.iter().flatten() {
-            x.set_cut(false);
-        }
+    for i in all {
+        linked.cut(i, false);
     }
     converge(ports, 3, Duration::from_secs(20)).await;
 
@@ -906,4 +929,102 @@ async fn three_tls_nodes_replicate_over_mutual_tls() {
         1,
         "{v}"
     );
+}
+
+#[path = "../../tests/common/bodies.rs"]
+mod bodies;
+
+/// The shared test body over three real processes and their links.
+struct ProcCluster {
+    rt: tokio::runtime::Runtime,
+    linked: Linked,
+    procs: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl bodies::TestCluster for ProcCluster {
+    fn ids(&self) -> Vec<u64> {
+        vec![1, 2, 3]
+    }
+
+    fn leader(&mut self, among: &[u64], deadline: Duration) -> u64 {
+        let idx: Vec<usize> = among.iter().map(|&i| i as usize - 1).collect();
+        self.rt.block_on(leader(&self.linked.ports, &idx, deadline)) as u64 + 1
+    }
+
+    fn write(&mut self, via: u64, first: u64, n: u64, hour: i64, deadline: Duration) -> bool {
+        let port = self.linked.ports[via as usize - 1];
+        self.rt.block_on(async {
+            let end = Instant::now() + deadline;
+            while Instant::now() < end {
+                let left = end.saturating_duration_since(Instant::now());
+                if let Ok(true) =
+                    tokio::time::timeout(left, ingest(port, events(first, n, hour))).await
+                {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        })
+    }
+
+    fn sees(&mut self, via: u64, persons: &[u64]) -> bool {
+        let port = self.linked.ports[via as usize - 1];
+        self.rt.block_on(async {
+            let Some(ch) = connect(port).await else {
+                return false;
+            };
+            let Ok(r) = v1::query_client::QueryClient::new(ch)
+                .who_was_at(who_request(None))
+                .await
+            else {
+                return false;
+            };
+            let mut s = r.into_inner();
+            let mut got = std::collections::HashSet::new();
+            while let Ok(Some(m)) = s.message().await {
+                got.extend(m.persons);
+            }
+            persons.iter().all(|p| got.contains(p))
+        })
+    }
+
+    fn isolate(&mut self, id: u64) {
+        self.linked.cut(id as usize - 1, true);
+    }
+
+    fn heal(&mut self) {
+        for i in 0..3 {
+            self.linked.cut(i, false);
+        }
+    }
+
+    fn kill(&mut self, id: u64) {
+        self.procs[id as usize - 1].kill();
+    }
+
+    fn restart(&mut self, id: u64) {
+        self.procs[id as usize - 1] = spawn(&self.linked.cfgs[id as usize - 1]);
+    }
+}
+
+/// The same body as `raft_sim::the_shared_body_over_the_simulated_network`,
+/// over three `hourcell node` processes whose links a proxy can cut.
+#[test]
+fn the_shared_body_over_real_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let linked = Linked::new(dir.path());
+    let procs = linked.cfgs.iter().map(|c| spawn(c)).collect();
+    let mut c = ProcCluster {
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+        linked,
+        procs,
+        _dir: dir,
+    };
+    bodies::acknowledged_writes_survive_failures(&mut c);
 }

@@ -651,3 +651,58 @@ fn a_store_behind_its_apply_index_replays_the_log() {
         );
     }
 }
+
+#[path = "../common/bodies.rs"]
+mod bodies;
+
+impl bodies::TestCluster for Cluster {
+    fn ids(&self) -> Vec<u64> {
+        VOTERS.to_vec()
+    }
+
+    fn leader(&mut self, among: &[u64], deadline: Duration) -> u64 {
+        Cluster::leader(self, among, deadline)
+    }
+
+    fn write(&mut self, via: u64, first: u64, n: u64, hour: i64, deadline: Duration) -> bool {
+        self.propose(via, &batch(first, n, hour), deadline)
+    }
+
+    fn sees(&mut self, via: u64, persons: &[u64]) -> bool {
+        let r = self.replica(via);
+        let Some(h) = &r.handle else {
+            return false;
+        };
+        h.read_index(GROUP, Duration::from_secs(2)).is_ok()
+            && persons.iter().all(|&p| has_person(&r.store, p))
+    }
+
+    fn isolate(&mut self, id: u64) {
+        self.net
+            .add_filter(Box::new(Isolate([id].into_iter().collect())));
+    }
+
+    fn heal(&mut self) {
+        self.net.clear_filters();
+    }
+
+    fn kill(&mut self, id: u64) {
+        let net = self.net.clone();
+        self.replicas[id as usize - 1].stop(&net);
+    }
+
+    fn restart(&mut self, id: u64) {
+        let net = self.net.clone();
+        self.replicas[id as usize - 1].start(&net);
+    }
+}
+
+/// The shared body (`tests/common/bodies.rs`) over the simulated network;
+/// `cluster_procs::the_shared_body_over_real_processes` runs it over gRPC.
+#[test]
+fn the_shared_body_over_the_simulated_network() {
+    let mut c = Cluster::new();
+    let _ = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
+    bodies::acknowledged_writes_survive_failures(&mut c);
+}
