@@ -1028,3 +1028,116 @@ fn the_shared_body_over_real_processes() {
     };
     bodies::acknowledged_writes_survive_failures(&mut c);
 }
+
+/// Membership through the CLI: a fourth node started with `--join` becomes
+/// a voter; `hourcell cluster remove-node` takes it out and `add-node`
+/// puts it back; every node then answers every acknowledged write.
+#[test]
+fn nodes_join_leave_and_return_through_the_cli() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let all_ports = free_ports(8);
+    let (ports, metrics) = all_ports.split_at(4);
+    let cfgs: Vec<_> = (1..=3)
+        .map(|i| write_config(dir.path(), i, &ports[..3], metrics[i - 1]))
+        .collect();
+    let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
+    let _ = rt.block_on(leader(&ports[..3], &[0, 1, 2], Duration::from_secs(20)));
+    assert!(rt.block_on(ingest(ports[0], events(800_000, 10, 1))));
+    let status = |port: u16| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+            .args(["cluster", "status", "--format", "json", "--server"])
+            .arg(format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let member_of = |v: &serde_json::Value, id: u64| -> String {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .map_or("absent".to_string(), |n| {
+                format!("{}/{}", n["member"].as_str().unwrap(), n["lag"])
+            })
+    };
+    let wait_member = |id: u64, want: &str| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = status(ports[0]);
+            if member_of(&v, id) == want {
+                return;
+            }
+            assert!(Instant::now() < end, "node {id} never became {want}: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Node 4 knows the cluster from its config and asks to join.
+    let cfg4 = write_config(dir.path(), 4, ports, metrics[3]);
+    procs.push(spawn_args(&cfg4, &["--join"]));
+    wait_member(4, "voter/0");
+    assert!(rt.block_on(ingest(ports[3], events(810_000, 10, 1))));
+
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s1 = format!("127.0.0.1:{}", ports[0]);
+    let out = cli(&["cluster", "remove-node", "--id", "4", "--server", &s1]);
+    assert!(
+        out.contains("node 4 removed") && out.contains("voters: 1, 2, 3"),
+        "{out}"
+    );
+    wait_member(4, "removed/0");
+    // Adding it again without --replace while it is a member is refused;
+    // after the removal it is accepted and the node catches up.
+    let addr4 = format!("127.0.0.1:{}", ports[3]);
+    let s2 = format!("127.0.0.1:{}", ports[1]);
+    let out = cli(&[
+        "cluster", "add-node", "--id", "4", "--addr", &addr4, "--server", &s2,
+    ]);
+    assert!(out.contains("learner"), "{out}");
+    wait_member(4, "voter/0");
+    let bad = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args([
+            "cluster", "add-node", "--id", "4", "--addr", &addr4, "--server", &s2,
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("already a member"));
+    assert!(rt.block_on(ingest(ports[1], events(820_000, 10, 1))));
+    let want: Vec<u64> = (800_000..800_010)
+        .chain(810_000..810_010)
+        .chain(820_000..820_010)
+        .collect();
+    for &p in ports {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = rt.block_on(persons_on(p));
+            if want.iter().all(|w| got.contains(w)) {
+                break;
+            }
+            assert!(Instant::now() < end, "node on {p} misses writes: {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

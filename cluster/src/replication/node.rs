@@ -270,6 +270,12 @@ impl RaftHandle {
     }
 }
 
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v
+}
+
 /// Removes the waiters `(group, term, reply)` registered in a term older
 /// than their group's current one, returning their replies.
 fn take_stale<T>(waiting: &mut HashMap<u64, (u64, u64, T)>, terms: &HashMap<u64, u64>) -> Vec<T> {
@@ -616,8 +622,8 @@ impl<E: KvEngine> RaftNode<E> {
                     } else {
                         g.leader_contact.map(|t| t.elapsed().as_millis() as u64)
                     },
-                    voters: g.store.conf_state().voters.clone(),
-                    learners: g.store.conf_state().learners.clone(),
+                    voters: sorted(&g.store.conf_state().voters),
+                    learners: sorted(&g.store.conf_state().learners),
                     matched: if g.raw.raft.state == StateRole::Leader {
                         let mut m: Vec<(u64, u64)> = g
                             .raw
