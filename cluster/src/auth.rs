@@ -322,7 +322,11 @@ impl RateLimiter {
             // Forget idle principals rather than grow without bound.
             b.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
         }
-        let (tokens, last) = b.entry(who.to_string()).or_insert((cap, now));
+        // Called on every request: allocate the key only for a new caller.
+        if !b.contains_key(who) {
+            b.insert(who.to_string(), (cap, now));
+        }
+        let (tokens, last) = b.get_mut(who).expect("just inserted");
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * f64::from(self.rate)).min(cap);
         *last = now;

@@ -136,7 +136,7 @@ pub fn run_token(cmd: TokenCommand) -> Result<()> {
                     a.out.display()
                 ));
             }
-            write_private(&a.out, &key)?;
+            crate::tls::write_new(&a.out, &key, true)?;
             println!(
                 "wrote a 32-byte token key to {}; point [security] token_key_file at it on every node",
                 a.out.display()
@@ -171,22 +171,6 @@ pub fn run_token(cmd: TokenCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o
-        .open(path)
-        .map_err(|e| anyhow!("cannot create {}: {e}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
 }
 
 pub async fn run_retention(cmd: RetentionCommand) -> Result<()> {

@@ -369,7 +369,9 @@ impl LocalCa {
     }
 }
 
-fn write_new(path: &Path, text: &str, private: bool) -> Result<()> {
+/// Creates `path` with `bytes`, refusing to overwrite it; `private` makes
+/// it readable by its owner only (keys).
+pub fn write_new(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
@@ -382,7 +384,7 @@ fn write_new(path: &Path, text: &str, private: bool) -> Result<()> {
     let _ = private;
     o.open(path)
         .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?
-        .write_all(text.as_bytes())?;
+        .write_all(bytes)?;
     Ok(())
 }
 
@@ -400,7 +402,7 @@ pub fn init_dir(dir: &Path, nodes: u32, hosts: &[String]) -> Result<Vec<PathBuf>
     let mut out = Vec::new();
     let mut put = |name: &str, text: &str, private: bool| -> Result<()> {
         let p = dir.join(name);
-        write_new(&p, text, private)?;
+        write_new(&p, text.as_bytes(), private)?;
         out.push(p);
         Ok(())
     };

@@ -331,6 +331,30 @@ async fn put_h1(h: &Harness, t: &str) {
     assert_eq!(r.accepted, 1);
 }
 
+/// Ingests `(person, time)` events at address H1 with token `t`.
+async fn ingest_at_h1(h: &Harness, t: &str, events: &[(u64, i64)]) -> v1::IngestResponse {
+    v1::ingest_client::IngestClient::new(h.channel.clone())
+        .ingest(req(
+            v1::IngestRequest {
+                events: events
+                    .iter()
+                    .map(|&(person, time)| v1::Event {
+                        person,
+                        time: Some(v1::event::Time::UnixSeconds(time)),
+                        lat: None,
+                        lng: None,
+                        address: "H1".into(),
+                        source: "access".into(),
+                    })
+                    .collect(),
+            },
+            t,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn seed(h: &Harness) {
     let t = token("loader", &[Role::Ingest], T0 + 10 * 86_400);
     put_h1(h, &t).await;
@@ -346,26 +370,7 @@ async fn seed(h: &Harness) {
     for h in 0..72 {
         events.push((1, T0 + h * 3600 + 120));
     }
-    let r = v1::ingest_client::IngestClient::new(h.channel.clone())
-        .ingest(req(
-            v1::IngestRequest {
-                events: events
-                    .into_iter()
-                    .map(|(person, time)| v1::Event {
-                        person,
-                        time: Some(v1::event::Time::UnixSeconds(time)),
-                        lat: None,
-                        lng: None,
-                        address: "H1".into(),
-                        source: "access".into(),
-                    })
-                    .collect(),
-            },
-            &t,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = ingest_at_h1(h, &t, &events).await;
     assert_eq!(r.accepted, 82, "{:?}", r.rejected);
 }
 
@@ -608,23 +613,7 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
     // Now is T0 + 3 days: a 2-day limit keeps hours from T0 + 1 day.
     put_h1(&h, &t).await;
     // Events before the limit are refused at ingest.
-    let r = v1::ingest_client::IngestClient::new(h.channel.clone())
-        .ingest(req(
-            v1::IngestRequest {
-                events: vec![v1::Event {
-                    person: 50,
-                    time: Some(v1::event::Time::UnixSeconds(T0 + 600)),
-                    lat: None,
-                    lng: None,
-                    address: "H1".into(),
-                    source: "access".into(),
-                }],
-            },
-            &t,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = ingest_at_h1(&h, &t, &[(50, T0 + 600)]).await;
     assert_eq!(r.accepted, 0);
     assert!(
         r.rejected[0].reason.contains("retention"),
@@ -634,25 +623,8 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
     // Person 1 at H1 every hour of days 1 and 2, and lots of others on
     // day 1, so that removing them shows on disk.
     let day1 = T0 + 86_400;
-    let r = v1::ingest_client::IngestClient::new(h.channel.clone())
-        .ingest(req(
-            v1::IngestRequest {
-                events: (0..48)
-                    .map(|i| v1::Event {
-                        person: 1,
-                        time: Some(v1::event::Time::UnixSeconds(day1 + i * 3600 + 60)),
-                        lat: None,
-                        lng: None,
-                        address: "H1".into(),
-                        source: "access".into(),
-                    })
-                    .collect(),
-            },
-            &t,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let hours: Vec<(u64, i64)> = (0..48).map(|i| (1, day1 + i * 3600 + 60)).collect();
+    let r = ingest_at_h1(&h, &t, &hours).await;
     assert_eq!(r.accepted, 48, "{:?}", r.rejected);
     for chunk in 0..10u64 {
         let events: Vec<v1::Event> = (0..5_000u64)
