@@ -173,6 +173,25 @@ pub struct DevArgs {
     /// single node without raft.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
     pub nodes: u64,
+    /// With --nodes > 1: shard the data as CELLS,PERSONS (e.g. 4,2): that
+    /// many cell shards and person shards, each its own raft group beside
+    /// the metadata group. Default: one group holds everything.
+    #[arg(long, value_name = "CELLS,PERSONS", value_parser = parse_shards)]
+    pub shards: Option<(u32, u32)>,
+}
+
+fn parse_shards(s: &str) -> Result<(u32, u32), String> {
+    let (c, p) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?}: expected CELLS,PERSONS, e.g. 4,2"))?;
+    let n = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a number of shards"))
+    };
+    let (c, p) = (n(c)?, n(p)?);
+    hourcell_storage::shard::Layout::new(c, p)?;
+    Ok((c, p))
 }
 
 #[derive(Debug, Args)]

@@ -1038,33 +1038,154 @@ pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
     })
 }
 
-async fn raft_status_of(server: &str) -> Option<v1::RaftStatus> {
+async fn raft_status_of(server: &str) -> Option<(v1::RaftStatus, Vec<v1::ShardStatus>)> {
     let ch = tokio::time::timeout(Duration::from_secs(2), channel(server))
         .await
         .ok()?
         .ok()?;
-    v1::admin_client::AdminClient::new(ch)
+    let r = v1::admin_client::AdminClient::new(ch)
         .status(v1::StatusRequest::default())
         .await
         .ok()?
-        .into_inner()
-        .raft
+        .into_inner();
+    Some((r.raft?, r.shards))
+}
+
+/// One data shard of a sharded cluster, across the nodes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardRow {
+    pub shard: String,
+    pub group: u64,
+    pub leader: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Entries the furthest-behind reachable replica has yet to apply.
+    pub max_lag: u64,
+}
+
+pub fn shard_rows(st: &[Option<Vec<v1::ShardStatus>>]) -> Vec<ShardRow> {
+    let mut rows: Vec<ShardRow> = Vec::new();
+    let Some(first) = st.iter().flatten().next() else {
+        return rows;
+    };
+    for sh in first {
+        let views: Vec<&v1::ShardStatus> = st
+            .iter()
+            .flatten()
+            .filter_map(|v| v.iter().find(|x| x.group == sh.group))
+            .collect();
+        let commit = views.iter().map(|v| v.commit).max().unwrap_or(0);
+        let leader = views
+            .iter()
+            .filter(|v| v.leader != 0)
+            .max_by_key(|v| v.term)
+            .map_or(0, |v| v.leader);
+        let view = views
+            .iter()
+            .max_by_key(|v| (v.term, v.applied))
+            .copied()
+            .unwrap_or(sh);
+        rows.push(ShardRow {
+            shard: sh.shard.clone(),
+            group: sh.group,
+            leader,
+            voters: view.voters.clone(),
+            learners: view.learners.clone(),
+            max_lag: views
+                .iter()
+                .map(|v| commit.saturating_sub(v.applied))
+                .max()
+                .unwrap_or(0),
+        });
+    }
+    rows
+}
+
+pub fn render_shards(rows: &[ShardRow], format: Format) -> Result<String> {
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    let list = |v: &[u64]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.shard.clone(),
+                r.group.to_string(),
+                if r.leader == 0 {
+                    "none".into()
+                } else {
+                    r.leader.to_string()
+                },
+                list(&r.voters),
+                list(&r.learners),
+                r.max_lag.to_string(),
+            ]
+        })
+        .collect();
+    Ok(match format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&serde_json::json!({ "shards": rows }))?
+        ),
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["shard", "group", "leader", "voters", "learners", "max_lag"])?;
+            for c in &cells {
+                w.write_record(c)?;
+            }
+            String::from_utf8(w.into_inner()?)?
+        }
+        Format::Table => format!(
+            "\n{}{} data shards; {} without a leader\n",
+            aligned(
+                &["shard", "group", "leader", "voters", "learners", "max lag"],
+                &cells
+            ),
+            rows.len(),
+            rows.iter().filter(|r| r.leader == 0).count()
+        ),
+    })
 }
 
 pub async fn run_cluster(cmd: crate::cli::ClusterCommand) -> Result<()> {
     match cmd {
         crate::cli::ClusterCommand::Status(a) => {
-            let first = raft_status_of(&a.server).await.ok_or_else(|| {
+            let (first, _) = raft_status_of(&a.server).await.ok_or_else(|| {
                 anyhow!(
                     "{} is unreachable or is a single node without [cluster]",
                     normalize_server(&a.server)
                 )
             })?;
             let mut st = Vec::new();
+            let mut shards = Vec::new();
             for p in &first.peers {
-                st.push(raft_status_of(&p.addr).await);
+                let r = raft_status_of(&p.addr).await;
+                shards.push(r.as_ref().map(|r| r.1.clone()));
+                st.push(r.map(|r| r.0));
             }
-            print_stdout(&render_cluster(&cluster_rows(&first.peers, &st), a.format)?)
+            let rows = cluster_rows(&first.peers, &st);
+            let srows = shard_rows(&shards);
+            let out = if matches!(a.format, Format::Json) && !srows.is_empty() {
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "nodes": rows, "shards": srows })
+                    )?
+                )
+            } else {
+                render_cluster(&rows, a.format)? + &render_shards(&srows, a.format)?
+            };
+            print_stdout(&out)
         }
         crate::cli::ClusterCommand::AddNode(a) => {
             let r = admin_client(channel(&a.server).await?)

@@ -170,6 +170,16 @@ pub struct ClusterConfig {
     /// sets it.
     #[serde(default)]
     pub join: bool,
+    /// Sharding, fixed when the cluster is created: the number of cell
+    /// shards (cell and address slices, placed by ~1 km block of cells)
+    /// and person shards (the person index and hour slices, placed by
+    /// person). Each is a raft group of its own, beside the metadata group
+    /// that holds the dictionaries, addresses, registry, tasks and audit
+    /// log. 0 and 0 (the default): one group holds everything.
+    #[serde(default)]
+    pub cell_shards: u32,
+    #[serde(default)]
+    pub person_shards: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -185,9 +195,25 @@ fn default_tick_ms() -> u64 {
 }
 
 impl ClusterConfig {
+    /// The shard layout, or `None` for an unsharded cluster.
+    pub fn layout(&self) -> Result<Option<hourcell_storage::shard::Layout>, String> {
+        if self.cell_shards == 0 && self.person_shards == 0 {
+            return Ok(None);
+        }
+        hourcell_storage::shard::Layout::new(self.cell_shards, self.person_shards).map(Some)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.node_id == 0 {
             anyhow::bail!("cluster.node_id must be non-zero");
+        }
+        if (self.cell_shards == 0) != (self.person_shards == 0) {
+            anyhow::bail!(
+                "cluster.cell_shards and cluster.person_shards: set both (sharded) or neither"
+            );
+        }
+        if let Err(e) = self.layout() {
+            anyhow::bail!("cluster: {e}");
         }
         let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
         ids.sort_unstable();

@@ -173,6 +173,8 @@ async fn start_cluster(
             peers: peers.clone(),
             tick_ms: 100,
             join: false,
+            cell_shards: args.shards.map_or(0, |s| s.0),
+            person_shards: args.shards.map_or(0, |s| s.1),
         });
         let (addr, listener) = crate::server::bind(*a).await?;
         let node = Node::open(&cfg, system_clock())?;
@@ -267,13 +269,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes > 1 {
         return run_cluster(args).await;
     }
+    if args.shards.is_some() {
+        anyhow::bail!("--shards needs a cluster: add --nodes 3");
+    }
     let mut cfg = dev_config(args.data_dir.clone(), &args);
     cfg.listen = args.listen;
     let node: Arc<Node> = Node::open(&cfg, system_clock())?;
-    let stats = node.store().stats()?;
+    let stats = node.stats()?;
     let loaded = if stats.addresses == 0 {
         let (l, secs, run) = load_demo(&node, &args, "").await?;
-        let st = node.store().stats()?;
+        let st = node.stats()?;
         println!(
             "loaded {} addresses, {} registrations, {} events ({} rejected) for {} persons in {secs:.1} s ({:.0} events/s)",
             st.addresses,
@@ -353,7 +358,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
         nodes.len()
     );
     let first = nodes[0].clone();
-    let stats = first.store().stats()?;
+    let stats = first.stats()?;
     if stats.addresses == 0 {
         let (l, secs, run) = load_demo(&first, &args, ", written through raft").await?;
         println!(

@@ -121,7 +121,7 @@ pub fn render(node: &Node) -> String {
         "1 while the node can serve, 0 after a storage or replication failure.",
         if node.healthy() { 1.0 } else { 0.0 },
     );
-    if let Ok(st) = node.store().stats() {
+    if let Ok(st) = node.stats() {
         gauge(
             &mut out,
             "hourcell_rocksdb_disk_bytes",
@@ -142,36 +142,49 @@ pub fn render(node: &Node) -> String {
         node.store().audit_len() as f64,
     );
     if let Some(r) = node.replication() {
-        if let Some(s) = r.handle.status(r.group) {
-            let g = r.group;
+        let st: Vec<(u64, crate::replication::GroupStatus)> = r
+            .groups
+            .iter()
+            .filter_map(|&g| r.handle.status(g).map(|s| (g, s)))
+            .collect();
+        type Get = fn(&crate::replication::GroupStatus) -> u64;
+        let families: [(&str, &str, Get); 5] = [
+            ("hourcell_raft_term", "Raft term per group.", |s| s.term),
+            (
+                "hourcell_raft_is_leader",
+                "1 if this node leads the group.",
+                |s| u64::from(s.is_leader),
+            ),
+            (
+                "hourcell_raft_leader",
+                "Node id of the group's leader (0 = none known).",
+                |s| s.leader,
+            ),
+            (
+                "hourcell_raft_apply_lag",
+                "Committed entries not yet applied here.",
+                |s| s.commit.saturating_sub(s.applied),
+            ),
+            (
+                "hourcell_raft_log_entries",
+                "Entries kept in the raft log (bounded by compaction).",
+                |s| s.commit.saturating_sub(s.first_index.saturating_sub(1)),
+            ),
+        ];
+        for (name, help, get) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (g, s) in &st {
+                let _ = writeln!(out, "{name}{{group=\"{g}\"}} {}", get(s));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hourcell_raft_members Voters and learners of the group.\n# TYPE hourcell_raft_members gauge"
+        );
+        for (g, s) in &st {
             let _ = writeln!(
                 out,
-                "# HELP hourcell_raft_term Raft term per group.\n# TYPE hourcell_raft_term gauge\nhourcell_raft_term{{group=\"{g}\"}} {}",
-                s.term
-            );
-            let _ = writeln!(
-                out,
-                "# HELP hourcell_raft_is_leader 1 if this node leads the group.\n# TYPE hourcell_raft_is_leader gauge\nhourcell_raft_is_leader{{group=\"{g}\"}} {}",
-                u8::from(s.is_leader)
-            );
-            let _ = writeln!(
-                out,
-                "# HELP hourcell_raft_leader Node id of the group's leader (0 = none known).\n# TYPE hourcell_raft_leader gauge\nhourcell_raft_leader{{group=\"{g}\"}} {}",
-                s.leader
-            );
-            let _ = writeln!(
-                out,
-                "# HELP hourcell_raft_apply_lag Committed entries not yet applied here.\n# TYPE hourcell_raft_apply_lag gauge\nhourcell_raft_apply_lag{{group=\"{g}\"}} {}",
-                s.commit.saturating_sub(s.applied)
-            );
-            let _ = writeln!(
-                out,
-                "# HELP hourcell_raft_log_entries Entries kept in the raft log (bounded by compaction).\n# TYPE hourcell_raft_log_entries gauge\nhourcell_raft_log_entries{{group=\"{g}\"}} {}",
-                s.commit.saturating_sub(s.first_index.saturating_sub(1))
-            );
-            let _ = writeln!(
-                out,
-                "# HELP hourcell_raft_members Voters and learners of the group.\n# TYPE hourcell_raft_members gauge\nhourcell_raft_members{{group=\"{g}\",kind=\"voter\"}} {}\nhourcell_raft_members{{group=\"{g}\",kind=\"learner\"}} {}",
+                "hourcell_raft_members{{group=\"{g}\",kind=\"voter\"}} {}\nhourcell_raft_members{{group=\"{g}\",kind=\"learner\"}} {}",
                 s.voters.len(),
                 s.learners.len()
             );

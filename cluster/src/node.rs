@@ -33,7 +33,11 @@ pub struct Replication {
     pub handle: crate::replication::RaftHandle,
     /// Where the gRPC Raft service delivers peers' messages.
     pub inbox: std::sync::mpsc::Sender<crate::replication::node::Input>,
+    /// The group that holds the dictionaries, catalog, tasks and audit
+    /// log (the only group of an unsharded cluster).
     pub group: u64,
+    /// Every group this node hosts, `group` first.
+    pub groups: Vec<u64>,
     pub propose_timeout: std::time::Duration,
     /// Peers as configured: (id, gRPC address).
     pub peers: Vec<(u64, String)>,
@@ -91,13 +95,20 @@ impl Replication {
         cc.set_change_type(ConfChangeType::AddLearnerNode);
         cc.node_id = id;
         cc.context = addr.trim().as_bytes().to_vec().into();
-        self.change(cc)
+        // Every group: a node hosts a replica of each shard. A group that
+        // already has it (an earlier, partly failed add) is skipped.
+        for &g in &self.groups {
+            let sg = self.status_of(g)?;
+            if !sg.voters.contains(&id) && !sg.learners.contains(&id) {
+                self.change(g, cc.clone())?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes node `id`. If it leads, leadership moves to another voter
     /// first.
     pub fn remove_node(&self, id: u64) -> Result<(), NodeError> {
-        use raft::eraftpb::{ConfChange, ConfChangeType};
         let s = self.status()?;
         if !s.voters.contains(&id) && !s.learners.contains(&id) {
             return Err(NodeError::Invalid(format!("node {id} is not a member")));
@@ -107,19 +118,34 @@ impl Replication {
                 "node {id} is the only voter; add another node first"
             )));
         }
+        // The metadata group last: it is what says whether `id` is a member.
+        for &g in self.groups.iter().rev() {
+            let sg = self.status_of(g)?;
+            if sg.voters.contains(&id) || sg.learners.contains(&id) {
+                self.remove_from(g, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes node `id` from group `g`, moving the group's leadership
+    /// away from it first.
+    fn remove_from(&self, g: u64, id: u64) -> Result<(), NodeError> {
+        use raft::eraftpb::{ConfChange, ConfChangeType};
+        let s = self.status_of(g)?;
         if s.leader == id {
             let to = s.voters.iter().copied().find(|v| *v != id).unwrap();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
-                self.handle.transfer_leader(self.group, to);
+                self.handle.transfer_leader(g, to);
                 std::thread::sleep(std::time::Duration::from_millis(200));
-                let now = self.status()?;
+                let now = self.status_of(g)?;
                 if now.leader != 0 && now.leader != id {
                     break;
                 }
                 if std::time::Instant::now() > deadline {
                     return Err(NodeError::Unavailable(format!(
-                        "node {id} leads and did not hand leadership to node {to} within 10 s"
+                        "node {id} leads group {g} and did not hand leadership to node {to} within 10 s"
                     )));
                 }
             }
@@ -127,21 +153,24 @@ impl Replication {
         let mut cc = ConfChange::default();
         cc.set_change_type(ConfChangeType::RemoveNode);
         cc.node_id = id;
-        self.change(cc)
+        self.change(g, cc)
     }
 
     fn status(&self) -> Result<crate::replication::GroupStatus, NodeError> {
-        self.handle
-            .status(self.group)
-            .ok_or_else(|| NodeError::Unavailable("raft group is not running".into()))
+        self.status_of(self.group)
     }
 
-    /// Proposes a membership change, retrying while another one is still
-    /// pending or no leader is known.
-    fn change(&self, cc: raft::eraftpb::ConfChange) -> Result<(), NodeError> {
+    fn status_of(&self, g: u64) -> Result<crate::replication::GroupStatus, NodeError> {
+        self.handle
+            .status(g)
+            .ok_or_else(|| NodeError::Unavailable(format!("raft group {g} is not running")))
+    }
+
+    /// Proposes a membership change to group `g`, retrying while another
+    /// one is still pending or no leader is known.
+    fn change(&self, g: u64, cc: raft::eraftpb::ConfChange) -> Result<(), NodeError> {
         use crate::replication::ProposeError;
-        match self.retry_dropped(|left| self.handle.change_membership(self.group, cc.clone(), left))
-        {
+        match self.retry_dropped(|left| self.handle.change_membership(g, cc.clone(), left)) {
             Ok(()) => Ok(()),
             Err(ProposeError::Apply(why)) => Err(NodeError::Refused(why)),
             Err(e) => Err(NodeError::Unavailable(e.to_string())),
@@ -167,16 +196,116 @@ impl Replication {
             }
         }
     }
+
+    /// Proposes `(group, encoded command)` pairs at once and waits until
+    /// every one is applied here, retrying those dropped (no leader yet)
+    /// until `propose_timeout`. Fails if any part fails: the caller reports
+    /// the whole request as failed, and a retry of it is harmless.
+    pub fn propose_all(
+        &self,
+        items: Vec<(u64, Vec<u8>)>,
+    ) -> Result<Vec<ApplyOutcome>, crate::replication::ProposeError> {
+        use crate::replication::ProposeError;
+        let deadline = std::time::Instant::now() + self.propose_timeout;
+        let mut out: Vec<Option<ApplyOutcome>> = vec![None; items.len()];
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let batch: Vec<(u64, Vec<u8>)> = pending.iter().map(|&i| items[i].clone()).collect();
+            let results = self.handle.propose_many(batch, left);
+            let mut again = Vec::new();
+            for (i, r) in pending.into_iter().zip(results) {
+                match r {
+                    Ok(o) => out[i] = Some(o),
+                    Err(ProposeError::Dropped) if !left.is_zero() => again.push(i),
+                    Err(e) => return Err(e),
+                }
+            }
+            if again.is_empty() {
+                return Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect());
+            }
+            pending = again;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// ReadIndex on several groups at once (see [`RaftHandle::read_index`]).
+    pub fn read_index_all(&self, groups: &[u64]) -> Result<(), crate::replication::ProposeError> {
+        use crate::replication::ProposeError;
+        let deadline = std::time::Instant::now() + self.propose_timeout;
+        let mut pending = groups.to_vec();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let results = self.handle.read_index_many(&pending, left);
+            let mut again = Vec::new();
+            for (g, r) in pending.into_iter().zip(results) {
+                match r {
+                    Ok(()) => {}
+                    Err(ProposeError::Dropped) if !left.is_zero() => again.push(g),
+                    Err(e) => return Err(e),
+                }
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            pending = again;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The data shards of a sharded cluster: every node hosts a replica of
+/// each (see `hourcell_storage::shard`).
+pub struct Shards {
+    pub layout: hourcell_storage::shard::Layout,
+    /// Cell shard `i`: its raft group and store.
+    pub cells: Vec<(u64, Arc<Store>)>,
+    /// Person shard `i`: its raft group and store.
+    pub persons: Vec<(u64, Arc<Store>)>,
+}
+
+/// Raft group of cell shard `i` (`PERSON_GROUP_BASE + i` for person
+/// shards); group 1 is the metadata group.
+pub const CELL_GROUP_BASE: u64 = 0x100;
+pub const PERSON_GROUP_BASE: u64 = 0x200;
+
+impl Shards {
+    fn of(&self, part: hourcell_storage::ShardPart) -> &[(u64, Arc<Store>)] {
+        match part {
+            hourcell_storage::ShardPart::Cells => &self.cells,
+            hourcell_storage::ShardPart::Persons => &self.persons,
+        }
+    }
+
+    /// Every data shard: (group, store).
+    pub fn all(&self) -> impl Iterator<Item = &(u64, Arc<Store>)> {
+        self.cells.iter().chain(self.persons.iter())
+    }
+
+    /// A name for group `g` in status output.
+    pub fn describe(&self, g: u64) -> String {
+        if let Some(i) = self.cells.iter().position(|(x, _)| *x == g) {
+            format!("cells {i}")
+        } else if let Some(i) = self.persons.iter().position(|(x, _)| *x == g) {
+            format!("persons {i}")
+        } else {
+            "meta".into()
+        }
+    }
 }
 
 /// The one data group until sharding arrives.
 pub const DATA_GROUP: u64 = 1;
 
 pub struct Node {
+    /// The whole data set, or in a sharded cluster the metadata group's
+    /// store (dictionaries, addresses, registry, tasks, audit log).
     store: Arc<Store>,
+    /// The data shards of a sharded cluster.
+    shards: Option<Shards>,
     replication: Option<Replication>,
     metrics: Arc<crate::metrics::Metrics>,
-    query: QueryEngine<Store>,
+    query: QueryEngine<dyn hourcell_query::SliceSource>,
     data_dir: PathBuf,
     clock: Clock,
     max_batch: usize,
@@ -225,10 +354,57 @@ pub enum NodeError {
     Unavailable(String),
 }
 
+/// Where the raft engine records the shard layout the cluster was created
+/// with (cell shards and person shards, u32 big-endian each; 0 and 0 =
+/// unsharded); a later start with another layout is refused.
+const LAYOUT_KEY: &[u8] = &[0x06];
+
+fn check_layout(
+    engine: &RocksEngine,
+    want: Option<hourcell_storage::shard::Layout>,
+) -> anyhow::Result<()> {
+    use hourcell_storage::KvEngine;
+    let (c, p) = want.map_or((0, 0), |l| (l.cells, l.persons));
+    let mut enc = c.to_be_bytes().to_vec();
+    enc.extend_from_slice(&p.to_be_bytes());
+    let show = |c: u32, p: u32| {
+        if c == 0 && p == 0 {
+            "unsharded (cell_shards = 0, person_shards = 0)".to_string()
+        } else {
+            format!("with cell_shards = {c}, person_shards = {p}")
+        }
+    };
+    match engine
+        .get(LAYOUT_KEY)
+        .map_err(|e| anyhow::anyhow!("cannot read the shard layout: {e}"))?
+    {
+        Some(v) if v == enc => {}
+        Some(v) if v.len() == 8 => {
+            let hc = u32::from_be_bytes(v[0..4].try_into().unwrap());
+            let hp = u32::from_be_bytes(v[4..8].try_into().unwrap());
+            anyhow::bail!(
+                "this data directory belongs to a cluster created {}, but the config says {}; \
+                 the layout is fixed when a cluster is created",
+                show(hc, hp),
+                show(c, p)
+            );
+        }
+        Some(_) => anyhow::bail!("the stored shard layout is damaged"),
+        None => {
+            let mut b = hourcell_storage::WriteBatch::default();
+            b.put(LAYOUT_KEY.to_vec(), enc);
+            engine
+                .write(b, true)
+                .map_err(|e| anyhow::anyhow!("cannot record the shard layout: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn start_replication(
     cfg: &NodeConfig,
     c: &crate::config::ClusterConfig,
-    store: Arc<Store>,
+    groups: Vec<(u64, Arc<Store>)>,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<Replication> {
     use crate::replication::{grpc::GrpcTransport, RaftNode, RaftTiming, StoreMachine};
@@ -242,6 +418,7 @@ fn start_replication(
         },
     )
     .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", raft_dir.display()))?;
+    check_layout(&engine, c.layout().map_err(anyhow::Error::msg)?)?;
     let engine = Arc::new(engine);
     let mut peers: std::collections::HashMap<u64, String> =
         c.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
@@ -270,16 +447,19 @@ fn start_replication(
     } else {
         c.peers.iter().map(|p| p.id).collect()
     };
-    raft.add_group(
-        DATA_GROUP,
-        engine.clone(),
-        &voters,
-        Arc::new(StoreMachine {
-            store,
-            apply_latency: metrics.apply_latency.clone(),
-        }),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot start raft group: {e}"))?;
+    let ids: Vec<u64> = groups.iter().map(|g| g.0).collect();
+    for (g, store) in groups {
+        raft.add_group(
+            g,
+            engine.clone(),
+            &voters,
+            Arc::new(StoreMachine {
+                store,
+                apply_latency: metrics.apply_latency.clone(),
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start raft group {g}: {e}"))?;
+    }
     let inbox = handle.inbox();
     let thread = raft.spawn();
     let r = Replication {
@@ -287,6 +467,7 @@ fn start_replication(
         handle,
         inbox,
         group: DATA_GROUP,
+        groups: ids,
         propose_timeout: std::time::Duration::from_secs(10),
         peers: c.peers.iter().map(|p| (p.id, p.addr.clone())).collect(),
         raft_engine: engine,
@@ -382,11 +563,59 @@ impl Node {
         let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let auth = cfg.security.auth()?;
+        let layout = match &cfg.cluster {
+            Some(c) => c.layout().map_err(anyhow::Error::msg)?,
+            None => None,
+        };
+        let shards = match layout {
+            None => None,
+            Some(layout) => {
+                // The block cache and write buffers are shared out: the
+                // metadata store keeps a quarter, the shards split the rest.
+                let n = (layout.cells + layout.persons) as usize;
+                let rc = RocksConfig {
+                    block_cache_bytes: ((cfg.block_cache_mb * 3 / 4 / n).max(8)) << 20,
+                    write_buffer_bytes: ((cfg.write_buffer_mb / n).max(8)) << 20,
+                    ..RocksConfig::default()
+                };
+                let open = |g: u64| -> anyhow::Result<(u64, Arc<Store>)> {
+                    let dir = cfg.data_dir.join("shards").join(g.to_string());
+                    let e = RocksEngine::open(&dir, &rc)
+                        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.display()))?;
+                    Ok((g, Arc::new(SliceStore::open(e, Some(cfg.slice_level))?)))
+                };
+                Some(Shards {
+                    layout,
+                    cells: (0..u64::from(layout.cells))
+                        .map(|i| open(CELL_GROUP_BASE + i))
+                        .collect::<anyhow::Result<_>>()?,
+                    persons: (0..u64::from(layout.persons))
+                        .map(|i| open(PERSON_GROUP_BASE + i))
+                        .collect::<anyhow::Result<_>>()?,
+                })
+            }
+        };
         let replication = match &cfg.cluster {
             None => None,
-            Some(c) => Some(start_replication(cfg, c, store.clone(), &metrics)?),
+            Some(c) => {
+                let mut groups = vec![(DATA_GROUP, store.clone())];
+                if let Some(sh) = &shards {
+                    groups.extend(sh.all().cloned());
+                }
+                Some(start_replication(cfg, c, groups, &metrics)?)
+            }
+        };
+        let source: Arc<dyn hourcell_query::SliceSource> = match &shards {
+            None => store.clone(),
+            Some(sh) => Arc::new(hourcell_query::ShardedSource::new(
+                sh.layout,
+                store.clone(),
+                sh.cells.iter().map(|(_, s)| s.clone() as _).collect(),
+                sh.persons.iter().map(|(_, s)| s.clone() as _).collect(),
+            )),
         };
         Ok(Arc::new(Node {
+            shards,
             auth,
             tls: cfg.security.tls.clone(),
             retention_days: cfg.security.retention_days,
@@ -396,7 +625,7 @@ impl Node {
             rules_hourly: cfg.rules.hourly,
             rules_running: parking_lot::Mutex::new(()),
             task_seq,
-            query: QueryEngine::new(store.clone()),
+            query: QueryEngine::new(source),
             store,
             data_dir: cfg.data_dir.clone(),
             clock,
@@ -410,8 +639,65 @@ impl Node {
         &self.store
     }
 
-    pub fn query(&self) -> &QueryEngine<Store> {
+    pub fn query(&self) -> &QueryEngine<dyn hourcell_query::SliceSource> {
         &self.query
+    }
+
+    /// The data shards, in a sharded cluster.
+    pub fn shards(&self) -> Option<&Shards> {
+        self.shards.as_ref()
+    }
+
+    /// Counts over every store of this node: persons, addresses and
+    /// registrations from the metadata store, disk summed, hours spanned.
+    pub fn stats(&self) -> Result<hourcell_storage::StoreStats, NodeError> {
+        let mut st = self.store.stats()?;
+        if let Some(sh) = &self.shards {
+            for (_, s) in sh.all() {
+                let x = s.stats()?;
+                st.disk_bytes += x.disk_bytes;
+                st.first_hour = match (st.first_hour, x.first_hour) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                st.last_hour = st.last_hour.max(x.last_hour);
+            }
+        }
+        Ok(st)
+    }
+
+    /// Postings (cell and address slices) and person-index places over
+    /// every store of this node.
+    pub fn count_postings(&self) -> Result<(u64, u64), NodeError> {
+        let mut total = (0, 0);
+        for s in self.stores() {
+            let (a, b) = s.count_postings()?;
+            total.0 += a;
+            total.1 += b;
+        }
+        Ok(total)
+    }
+
+    /// Compacts every store; returns the disk bytes before and after.
+    pub fn compact(&self) -> Result<(u64, u64), NodeError> {
+        use hourcell_storage::KvEngine;
+        let (mut before, mut after) = (0, 0);
+        for s in self.stores() {
+            let e = s.engine();
+            before += e.disk_bytes();
+            e.compact()?;
+            after += e.disk_bytes();
+        }
+        Ok((before, after))
+    }
+
+    /// Every store this node holds: the metadata (or only) store first.
+    pub fn stores(&self) -> Vec<Arc<Store>> {
+        let mut v = vec![self.store.clone()];
+        if let Some(sh) = &self.shards {
+            v.extend(sh.all().map(|(_, s)| s.clone()));
+        }
+        v
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -445,6 +731,64 @@ impl Node {
             }
         }
         r
+    }
+
+    /// Proposes one command per `(group, command)` pair of a sharded
+    /// cluster at once; succeeds only when every one is applied here.
+    fn propose_parts(&self, parts: Vec<(u64, Command)>) -> Result<(), NodeError> {
+        use crate::replication::ProposeError;
+        let Some(r) = &self.replication else {
+            return Err(NodeError::Invalid("sharding needs [cluster]".into()));
+        };
+        let t0 = std::time::Instant::now();
+        let n = parts.len() as u64;
+        self.metrics.proposals.fetch_add(n, Ordering::Relaxed);
+        let items = parts.into_iter().map(|(g, c)| (g, c.encode())).collect();
+        match r.propose_all(items) {
+            Ok(_) => {
+                self.metrics.commit_latency.observe(t0.elapsed());
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .proposal_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(match e {
+                    ProposeError::Apply(why) => NodeError::Invalid(why),
+                    ProposeError::Stopped(why) => {
+                        self.failed.store(true, Ordering::Relaxed);
+                        NodeError::Unavailable(format!("replication stopped: {why}"))
+                    }
+                    other => NodeError::Unavailable(format!(
+                        "not every shard committed this batch ({other}); retry it: \
+                         a repeated batch is harmless"
+                    )),
+                })
+            }
+        }
+    }
+
+    /// Ingest in a sharded cluster: ids from the metadata group first
+    /// (only for persons and labels it has not seen), then one part per
+    /// shard the events touch, all proposed at once.
+    fn ingest_sharded(
+        &self,
+        sh: &Shards,
+        events: Vec<hourcell_storage::SliceEvent>,
+    ) -> Result<(), NodeError> {
+        let (persons, sources) = hourcell_storage::shard::Layout::missing_ids(&self.store, &events);
+        if !persons.is_empty() || !sources.is_empty() {
+            self.propose(&Command::AssignIds { persons, sources })?;
+        }
+        let parts = sh
+            .layout
+            .split(&self.store, events, &|part, i, k| sh.of(part)[i].1.knows(k))?;
+        self.propose_parts(
+            parts
+                .into_iter()
+                .map(|(part, i, cmd)| (sh.of(part)[i].0, Command::IngestShard(cmd)))
+                .collect(),
+        )
     }
 
     fn propose_inner(&self, cmd: &Command) -> Result<ApplyOutcome, NodeError> {
@@ -509,7 +853,12 @@ impl Node {
         );
         let n = ok.len() as u64;
         if !ok.is_empty() {
-            self.propose(&Command::Ingest(ok))?;
+            match &self.shards {
+                Some(sh) => self.ingest_sharded(sh, ok)?,
+                None => {
+                    self.propose(&Command::Ingest(ok))?;
+                }
+            }
         }
         self.events_accepted.fetch_add(n, Ordering::Relaxed);
         Ok((n, bad))
@@ -569,7 +918,7 @@ impl Node {
     pub fn expire(&self, now: i64, principal: &str) -> Result<(i64, u64), NodeError> {
         let cutoff = self.retained_from(now);
         let at = hourcell_query::time::format_time(cutoff * 3600);
-        let out = self.propose(&Command::Expire {
+        let cmd = Command::Expire {
             cutoff_hour: cutoff,
             audit: hourcell_storage::AuditEntry {
                 time: now,
@@ -585,7 +934,13 @@ impl Node {
                 persons_returned: 0,
                 outcome: format!("retention: removed every hour before {at}"),
             },
-        })?;
+        };
+        // Data shards first: the metadata group's audit record says the
+        // hours are gone, so it is written once they are.
+        if let Some(sh) = &self.shards {
+            self.propose_parts(sh.all().map(|(g, _)| (*g, cmd.clone())).collect())?;
+        }
+        let out = self.propose(&cmd)?;
         Ok((cutoff, out.applied))
     }
 
@@ -610,8 +965,28 @@ impl Node {
         self.check_restoring()
     }
 
+    /// A read barrier on every group (the data shards as well as the
+    /// metadata group), for queries.
+    pub fn read_barrier_all(&self) -> Result<(), NodeError> {
+        let Some(r) = &self.replication else {
+            return Ok(());
+        };
+        if self.shards.is_none() {
+            return self.read_barrier();
+        }
+        r.read_index_all(&r.groups).map_err(|e| {
+            NodeError::Unavailable(format!("cannot serve a linearizable read: {e}"))
+        })?;
+        self.check_restoring()
+    }
+
     fn check_restoring(&self) -> Result<(), NodeError> {
-        if self.store.is_restoring() {
+        let restoring = self.store.is_restoring()
+            || self
+                .shards
+                .as_ref()
+                .is_some_and(|sh| sh.all().any(|(_, s)| s.is_restoring()));
+        if restoring {
             return Err(NodeError::Unavailable(
                 "this replica is installing a snapshot; retry, or ask another node".into(),
             ));
@@ -629,16 +1004,28 @@ impl Node {
     /// state. Returns how stale the answer may be (0 = linearizable).
     pub fn read_barrier_bounded(&self, max_staleness_ms: Option<u32>) -> Result<u64, NodeError> {
         if let (Some(max), Some(r)) = (max_staleness_ms, &self.replication) {
-            if let Some(s) = r.handle.status(r.group) {
-                if let Some(ms) = s.leader_contact_ms {
-                    if !s.is_leader && s.applied >= s.commit && ms <= u64::from(max) {
-                        self.check_restoring()?;
-                        return Ok(ms);
-                    }
-                }
+            // Every group must be fresh enough; the answer is as stale as
+            // the stalest of them.
+            let mut worst = Some(0u64);
+            for &g in &r.groups {
+                worst = match (worst, r.handle.status(g)) {
+                    (Some(w), Some(s)) => match s.leader_contact_ms {
+                        Some(ms)
+                            if !s.is_leader && s.applied >= s.commit && ms <= u64::from(max) =>
+                        {
+                            Some(w.max(ms))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+            }
+            if let Some(ms) = worst {
+                self.check_restoring()?;
+                return Ok(ms);
             }
         }
-        self.read_barrier()?;
+        self.read_barrier_all()?;
         Ok(0)
     }
 
@@ -680,7 +1067,7 @@ impl Node {
         let _one_at_a_time = self.rules_running.lock();
         let started = std::time::Instant::now();
         let at = at.unwrap_or_else(|| self.now());
-        self.read_barrier()?;
+        self.read_barrier_all()?;
         let ev = self.query.evaluate_rules(&self.rules, at)?;
         let evaluation = format!("rules@{}", hourcell_query::time::format_time(at));
         let mut created = 0;

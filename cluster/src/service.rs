@@ -598,13 +598,9 @@ impl v1::admin_server::Admin for Services {
         let count = req.into_inner().count_postings;
         // Status doubles as a readiness probe: the full posting scan only
         // runs when asked for.
-        let (st, postings, raft) = blocking(move || {
-            let st = node.store().stats()?;
-            let postings = if count {
-                node.store().count_postings()?.0
-            } else {
-                0
-            };
+        let (st, postings, raft, shards) = blocking(move || {
+            let st = node.stats()?;
+            let postings = if count { node.count_postings()?.0 } else { 0 };
             let raft = node.replication().map(|r| {
                 let s = r.handle.status(r.group);
                 v1::RaftStatus {
@@ -625,7 +621,31 @@ impl v1::admin_server::Admin for Services {
                     first_index: s.as_ref().map_or(0, |s| s.first_index),
                 }
             });
-            Ok((st, postings, raft))
+            let shards = match (node.replication(), node.shards()) {
+                (Some(r), Some(sh)) => sh
+                    .all()
+                    .map(|(g, store)| {
+                        let s = r.handle.status(*g);
+                        v1::ShardStatus {
+                            group: *g,
+                            shard: sh.describe(*g),
+                            leader: s.as_ref().map_or(0, |s| s.leader),
+                            term: s.as_ref().map_or(0, |s| s.term),
+                            commit: s.as_ref().map_or(0, |s| s.commit),
+                            applied: s.as_ref().map_or(0, |s| s.applied),
+                            voters: s.as_ref().map_or(Vec::new(), |s| s.voters.clone()),
+                            learners: s.as_ref().map_or(Vec::new(), |s| s.learners.clone()),
+                            first_index: s.as_ref().map_or(0, |s| s.first_index),
+                            disk_bytes: {
+                                use hourcell_storage::KvEngine;
+                                store.engine().disk_bytes()
+                            },
+                        }
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Ok((st, postings, raft, shards))
         })
         .await?;
         Ok(Response::new(v1::StatusResponse {
@@ -641,6 +661,7 @@ impl v1::admin_server::Admin for Services {
             first_hour: st.first_hour.map(|h| h * 3600),
             last_hour: st.last_hour.map(|h| h * 3600),
             raft,
+            shards,
         }))
     }
 
@@ -650,14 +671,7 @@ impl v1::admin_server::Admin for Services {
     ) -> Result<Response<v1::CompactResponse>, Status> {
         let _p = self.guard(&req, Rpc::Compact).await?;
         let node = self.node.clone();
-        let (before, after) = blocking(move || {
-            use hourcell_storage::KvEngine;
-            let e = node.store().engine();
-            let before = e.disk_bytes();
-            e.compact()?;
-            Ok((before, e.disk_bytes()))
-        })
-        .await?;
+        let (before, after) = blocking(move || Ok(node.compact()?)).await?;
         Ok(Response::new(v1::CompactResponse {
             disk_bytes_before: before,
             disk_bytes_after: after,

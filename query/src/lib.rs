@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod region;
 pub mod rules;
+pub mod sharded;
 pub mod source;
 pub mod time;
 pub mod validate;
@@ -30,5 +31,6 @@ pub use engine::{
 pub use error::{QueryError, Result};
 pub use region::Region;
 pub use rules::{Evaluation, Nights, RuleConfig};
+pub use sharded::ShardedSource;
 pub use source::SliceSource;
 pub use time::Window;

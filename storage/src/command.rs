@@ -53,6 +53,39 @@ pub enum Command {
         cutoff_hour: i64,
         audit: crate::audit::AuditEntry,
     },
+    /// Sharded clusters, metadata group: gives every person and source
+    /// label that has none its internal id, in the order listed. The only
+    /// place ids are assigned, so every data shard uses the same ids.
+    AssignIds {
+        persons: Vec<u64>,
+        sources: Vec<String>,
+    },
+    /// Sharded clusters, data shard: one shard's part of an ingest batch,
+    /// with the ids the metadata group assigned. Never assigns an id.
+    IngestShard(ShardIngest),
+}
+
+/// Which slices a data shard keeps for the events it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ShardPart {
+    /// Cell slices and address slices (a spatial shard).
+    Cells,
+    /// The person index and the all-persons hour slices (a person shard).
+    Persons,
+}
+
+/// A data shard's part of an ingest batch. `persons`, `sources` and
+/// `addresses` carry the dictionary entries and address records its events
+/// use that the shard may not know yet (ids as the metadata group assigned
+/// them); applying one the shard already holds is a no-op, so a retried or
+/// repeated part is harmless.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardIngest {
+    pub part: ShardPart,
+    pub persons: Vec<(u64, u32)>,
+    pub sources: Vec<(u16, String)>,
+    pub addresses: Vec<AddressRecord>,
+    pub events: Vec<SliceEvent>,
 }
 
 impl Command {

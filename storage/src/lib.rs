@@ -25,13 +25,14 @@ pub mod keys;
 pub mod kv;
 pub mod mem;
 pub mod rocks;
+pub mod shard;
 pub mod store;
 pub mod tasks;
 
 pub use audit::{AuditEntry, AuditRecord};
 pub use catalog::{AddressKind, AddressRecord, RegistrationKind, RegistrationRecord};
 pub use codec::DaySet;
-pub use command::{ApplyOutcome, Command, SliceEvent};
+pub use command::{ApplyOutcome, Command, ShardIngest, ShardPart, SliceEvent};
 pub use error::{Result, StorageError};
 pub use kv::{FrozenView, KvEngine, WriteBatch};
 pub use mem::MemEngine;

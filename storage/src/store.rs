@@ -141,6 +141,11 @@ const META_RESTORING: &str = "restoring";
 const META_APPLIED: &str = "raft_applied";
 /// Internal ids are u32; keep the top value free as a sentinel.
 const MAX_PERSONS: u64 = u32::MAX as u64;
+/// Present in a data shard of a sharded cluster: its dictionary and
+/// address table hold only the entries its events use, so they have holes.
+const META_SHARD: &str = "data_shard";
+/// A hole in a data shard's id dictionary.
+const NO_PERSON: u64 = u64::MAX;
 
 impl<E: KvEngine> SliceStore<E> {
     /// Opens a store. A new store records `level` as its slice level; an
@@ -207,16 +212,20 @@ impl<E: KvEngine> SliceStore<E> {
     fn load(&self) -> Result<()> {
         let mut st = State::default();
         let mut err = None;
+        let shard = self.engine.get(&keys::meta(META_SHARD))?.is_some();
         let start = [keys::DICT_INT];
         self.engine
             .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
                 let id = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
-                if v.len() != 8 || id as usize != st.int_to_ext.len() {
+                if v.len() != 8 || (id as usize != st.int_to_ext.len() && !shard) {
                     err = Some(StorageError::corrupt(k, "id dictionary has a hole"));
                     return false;
                 }
                 let ext = u64::from_be_bytes(v.try_into().unwrap());
-                st.int_to_ext.push(ext);
+                if st.int_to_ext.len() <= id as usize {
+                    st.int_to_ext.resize(id as usize + 1, NO_PERSON);
+                }
+                st.int_to_ext[id as usize] = ext;
                 st.ext_to_int.insert(ext, id);
                 true
             })?;
@@ -238,17 +247,13 @@ impl<E: KvEngine> SliceStore<E> {
             })?;
         addrs.sort_by_key(|a| a.id);
         for a in addrs {
-            if a.id as usize != st.address_codes.len() + 1 {
+            if a.id as usize != st.address_codes.len() + 1 && !shard {
                 return Err(StorageError::corrupt(
                     &keys::address(&a.code),
                     "address ids have a hole",
                 ));
             }
-            st.address_codes.push(a.code.clone());
-            st.address_cells
-                .push(cell::cell_at(a.lat, a.lng, self.level));
-            st.areas.entry(a.area.clone()).or_default().push(a.id);
-            st.addresses.insert(a.code.clone(), a);
+            Self::learn_address(&mut st, a, self.level);
         }
         let start = [keys::REGISTRATION];
         self.engine
@@ -271,10 +276,17 @@ impl<E: KvEngine> SliceStore<E> {
         self.engine
             .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
                 let label = String::from_utf8_lossy(v).into_owned();
-                st.source_ids.insert(label.clone(), st.sources.len() as u16);
-                st.sources.push(label);
-                let _ = k;
-                true
+                match k.get(1..3) {
+                    Some(b) => {
+                        let id = u16::from_be_bytes([b[0], b[1]]);
+                        Self::learn_source(&mut st, id, label);
+                        true
+                    }
+                    None => {
+                        err = Some(StorageError::corrupt(k, "short source key"));
+                        false
+                    }
+                }
             })?;
         if let Some(e) = err {
             return Err(e);
@@ -460,6 +472,8 @@ impl<E: KvEngine> SliceStore<E> {
                 })
             }
             Command::Expire { cutoff_hour, audit } => self.apply_expire(*cutoff_hour, audit),
+            Command::AssignIds { persons, sources } => self.apply_assign_ids(persons, sources),
+            Command::IngestShard(part) => self.apply_shard_ingest(part),
         }
     }
 
@@ -895,9 +909,138 @@ impl<E: KvEngine> SliceStore<E> {
         })
     }
 
-    fn apply_ingest(&self, events: &[SliceEvent]) -> Result<ApplyOutcome> {
-        let shift = cell::compact_shift(self.level);
+    /// Gives ids to the persons and source labels that have none (the
+    /// metadata group of a sharded cluster).
+    fn apply_assign_ids(&self, persons: &[u64], sources: &[String]) -> Result<ApplyOutcome> {
         let mut batch = WriteBatch::default();
+        let mut new_persons = 0;
+        {
+            let mut st = self.state.write();
+            for &p in persons {
+                if !st.ext_to_int.contains_key(&p) {
+                    Self::assign_person(&mut st, &mut batch, p)?;
+                    new_persons += 1;
+                }
+            }
+            for label in sources {
+                if !st.source_ids.contains_key(label) {
+                    Self::assign_source(&mut st, &mut batch, label)?;
+                }
+            }
+        }
+        self.commit(batch)?;
+        Ok(ApplyOutcome {
+            applied: persons.len() as u64,
+            new_persons,
+            ..Default::default()
+        })
+    }
+
+    /// A data shard's part of an ingest batch: learns the ids and
+    /// addresses it carries, then writes the part's slices.
+    fn apply_shard_ingest(&self, part: &crate::command::ShardIngest) -> Result<ApplyOutcome> {
+        let mut batch = WriteBatch::default();
+        {
+            let mut st = self.state.write();
+            // Marks the store as a data shard, whose tables may have holes.
+            batch.put(keys::meta(META_SHARD), vec![1]);
+            for &(ext, id) in &part.persons {
+                match st.ext_to_int.get(&ext) {
+                    Some(&have) if have == id => {}
+                    Some(&have) => {
+                        return Err(StorageError::Invalid(format!(
+                            "person {ext} has id {have} in this shard but the command says {id}"
+                        )))
+                    }
+                    None => {
+                        if st.int_to_ext.len() <= id as usize {
+                            st.int_to_ext.resize(id as usize + 1, NO_PERSON);
+                        }
+                        st.int_to_ext[id as usize] = ext;
+                        st.ext_to_int.insert(ext, id);
+                        batch.put(keys::dict_ext(ext), id.to_be_bytes().to_vec());
+                        batch.put(keys::dict_int(id), ext.to_be_bytes().to_vec());
+                    }
+                }
+            }
+            for (id, label) in &part.sources {
+                if !st.source_ids.contains_key(label) {
+                    batch.put(keys::source(*id), label.as_bytes().to_vec());
+                    Self::learn_source(&mut st, *id, label.clone());
+                }
+            }
+            for a in &part.addresses {
+                if a.id != 0 && !st.addresses.contains_key(&a.code) {
+                    Self::put_bincode(&mut batch, keys::address(&a.code), a);
+                    Self::learn_address(&mut st, a.clone(), self.level);
+                }
+            }
+        }
+        self.apply_ingest_into(&part.events, Some(part.part), batch)
+    }
+
+    fn assign_person(st: &mut State, batch: &mut WriteBatch, person: u64) -> Result<u32> {
+        let n = st.int_to_ext.len() as u64;
+        if n >= MAX_PERSONS {
+            return Err(StorageError::IdSpaceExhausted(MAX_PERSONS));
+        }
+        let id = n as u32;
+        st.int_to_ext.push(person);
+        st.ext_to_int.insert(person, id);
+        batch.put(keys::dict_ext(person), id.to_be_bytes().to_vec());
+        batch.put(keys::dict_int(id), person.to_be_bytes().to_vec());
+        Ok(id)
+    }
+
+    fn assign_source(st: &mut State, batch: &mut WriteBatch, label: &str) -> Result<u16> {
+        let s = u16::try_from(st.sources.len())
+            .map_err(|_| StorageError::Invalid("more than 65535 source labels".into()))?;
+        batch.put(keys::source(s), label.as_bytes().to_vec());
+        Self::learn_source(st, s, label.to_string());
+        Ok(s)
+    }
+
+    /// Records source label `id` (a data shard's table may have holes).
+    fn learn_source(st: &mut State, id: u16, label: String) {
+        if st.sources.len() <= id as usize {
+            st.sources.resize(id as usize + 1, String::new());
+        }
+        st.sources[id as usize] = label.clone();
+        st.source_ids.insert(label, id);
+    }
+
+    /// Records address `a` under its id (a data shard's table may have
+    /// holes; they hold an empty code and cell 0).
+    fn learn_address(st: &mut State, a: AddressRecord, level: u8) {
+        let i = a.id as usize - 1;
+        if st.address_codes.len() <= i {
+            st.address_codes.resize(i + 1, String::new());
+            st.address_cells.resize(i + 1, 0);
+        }
+        st.address_codes[i] = a.code.clone();
+        st.address_cells[i] = cell::cell_at(a.lat, a.lng, level);
+        st.areas.entry(a.area.clone()).or_default().push(a.id);
+        st.addresses.insert(a.code.clone(), a);
+    }
+
+    fn apply_ingest(&self, events: &[SliceEvent]) -> Result<ApplyOutcome> {
+        self.apply_ingest_into(events, None, WriteBatch::default())
+    }
+
+    /// Writes the slices of `events` into `batch` and commits it. With
+    /// `part` (a data shard), only that part's slices, and every id must
+    /// already be known; without, ids are assigned as needed and every
+    /// slice is written.
+    fn apply_ingest_into(
+        &self,
+        events: &[SliceEvent],
+        part: Option<crate::command::ShardPart>,
+        mut batch: WriteBatch,
+    ) -> Result<ApplyOutcome> {
+        use crate::command::ShardPart;
+        let shift = cell::compact_shift(self.level);
+        let write_cells = part != Some(ShardPart::Persons);
+        let write_persons = part != Some(ShardPart::Cells);
         // (day, cell, id, hour bit) and (day, address, id, hour bit) rows,
         // sorted and folded into day sets below.
         let mut cells: Vec<(i64, u64, u32, u32)> = Vec::with_capacity(events.len());
@@ -921,31 +1064,26 @@ impl<E: KvEngine> SliceStore<E> {
             for e in events {
                 let id = match st.ext_to_int.get(&e.person) {
                     Some(&id) => id,
+                    None if part.is_some() => {
+                        return Err(StorageError::Invalid(format!(
+                            "person {} has no id in this shard's command",
+                            e.person
+                        )))
+                    }
                     None => {
-                        let n = st.int_to_ext.len() as u64;
-                        if n >= MAX_PERSONS {
-                            return Err(StorageError::IdSpaceExhausted(MAX_PERSONS));
-                        }
-                        let id = n as u32;
-                        st.int_to_ext.push(e.person);
-                        st.ext_to_int.insert(e.person, id);
-                        batch.put(keys::dict_ext(e.person), id.to_be_bytes().to_vec());
-                        batch.put(keys::dict_int(id), e.person.to_be_bytes().to_vec());
                         new_persons += 1;
-                        id
+                        Self::assign_person(&mut st, &mut batch, e.person)?
                     }
                 };
                 let src = match st.source_ids.get(&e.source) {
                     Some(&s) => s,
-                    None => {
-                        let s = u16::try_from(st.sources.len()).map_err(|_| {
-                            StorageError::Invalid("more than 65535 source labels".into())
-                        })?;
-                        st.sources.push(e.source.clone());
-                        st.source_ids.insert(e.source.clone(), s);
-                        batch.put(keys::source(s), e.source.as_bytes().to_vec());
-                        s
+                    None if part.is_some() => {
+                        return Err(StorageError::Invalid(format!(
+                            "source {:?} has no id in this shard's command",
+                            e.source
+                        )))
                     }
+                    None => Self::assign_source(&mut st, &mut batch, &e.source)?,
                 };
                 // An address unknown at apply time is dropped from the event
                 // rather than failing it; the same happens on every replica.
@@ -965,12 +1103,16 @@ impl<E: KvEngine> SliceStore<E> {
                 let day = e.hour.div_euclid(24);
                 let hour_of_day = e.hour.rem_euclid(24) as u8;
                 let bit = 1u32 << hour_of_day;
-                cells.push((day, e.cell, id, bit));
-                if addr != 0 {
-                    addrs.push((day, addr, id, bit));
+                if write_cells {
+                    cells.push((day, e.cell, id, bit));
+                    if addr != 0 {
+                        addrs.push((day, addr, id, bit));
+                    }
                 }
-                hours.entry(e.hour).or_default().insert(id);
-                places.push((id, day, (hour_of_day, compact_cell, addr, src)));
+                if write_persons {
+                    hours.entry(e.hour).or_default().insert(id);
+                    places.push((id, day, (hour_of_day, compact_cell, addr, src)));
+                }
             }
         }
         // Merges go in key order: the memtable skiplist then inserts each
@@ -1107,6 +1249,7 @@ impl<E: KvEngine> SliceStore<E> {
             .int_to_ext
             .get(id as usize)
             .copied()
+            .filter(|&e| e != NO_PERSON)
     }
 
     /// External ids of a bitmap of internal ids, ascending.
@@ -1115,6 +1258,7 @@ impl<E: KvEngine> SliceStore<E> {
         let mut out: Vec<u64> = b
             .iter()
             .filter_map(|id| st.int_to_ext.get(id as usize).copied())
+            .filter(|&e| e != NO_PERSON)
             .collect();
         out.sort_unstable();
         out
@@ -1353,6 +1497,22 @@ impl<E: KvEngine> SliceStore<E> {
             f(id, &places);
         }
         Ok(())
+    }
+
+    /// The id of a source label, if it has one.
+    pub fn source_id(&self, label: &str) -> Option<u16> {
+        self.state.read_recursive().source_ids.get(label).copied()
+    }
+
+    /// Whether this store already holds dictionary entry, source label or
+    /// address `k` (a data shard's tables hold only what its events used).
+    pub fn knows(&self, k: crate::shard::Known<'_>) -> bool {
+        let st = self.state.read_recursive();
+        match k {
+            crate::shard::Known::Person(p) => st.ext_to_int.contains_key(&p),
+            crate::shard::Known::Source(l) => st.source_ids.contains_key(l),
+            crate::shard::Known::Address(c) => st.addresses.contains_key(c),
+        }
     }
 
     /// Source labels by source id.

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use hourcell_query::validate::{check_addresses, check_registrations, place_events};
-use hourcell_query::{QueryEngine, Region};
+use hourcell_query::{QueryEngine, Region, ShardedSource, SliceSource};
 use hourcell_storage::cell::cell_at;
+use hourcell_storage::shard::Layout;
 use hourcell_storage::{Command, KvEngine, MemEngine, RocksConfig, RocksEngine, SliceStore};
 use hourcell_tests::{World, CENTER, LEVEL};
 use proptest::prelude::*;
@@ -36,6 +37,54 @@ fn load<E: KvEngine>(engine: E, w: &World, seed: u64) -> Arc<SliceStore<E>> {
         i += n;
     }
     s
+}
+
+/// The same world in a sharded layout: a metadata store that assigns ids
+/// and `layout`'s data shards, written as a sharded cluster writes them
+/// (ids first, then one part per shard, some parts applied twice).
+fn load_sharded(w: &World, seed: u64, layout: Layout) -> Arc<dyn SliceSource> {
+    type Store = SliceStore<MemEngine>;
+    let open = || Arc::new(SliceStore::open(MemEngine::new(), Some(LEVEL)).unwrap());
+    let meta: Arc<Store> = open();
+    let cells: Vec<Arc<Store>> = (0..layout.cells).map(|_| open()).collect();
+    let persons: Vec<Arc<Store>> = (0..layout.persons).map(|_| open()).collect();
+    let (a, _) = check_addresses(meta.as_ref(), &w.addresses);
+    meta.apply(&Command::PutAddresses(a)).unwrap();
+    let (r, _) = check_registrations(meta.as_ref(), &w.registrations);
+    meta.apply(&Command::PutRegistrations(r)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d);
+    let now = w.hours.1 * 3600;
+    let mut i = 0;
+    while i < w.events.len() {
+        let n = rng.gen_range(1..=60).min(w.events.len() - i);
+        let (ok, bad) = place_events(meta.as_ref(), &w.events[i..i + n], now);
+        assert!(bad.is_empty(), "{bad:?}");
+        let (ps, ss) = Layout::missing_ids(meta.as_ref(), &ok);
+        if !ps.is_empty() || !ss.is_empty() {
+            meta.apply(&Command::AssignIds {
+                persons: ps,
+                sources: ss,
+            })
+            .unwrap();
+        }
+        let store = |part: hourcell_storage::ShardPart, i: usize| match part {
+            hourcell_storage::ShardPart::Cells => cells[i].clone(),
+            hourcell_storage::ShardPart::Persons => persons[i].clone(),
+        };
+        let parts = layout
+            .split(meta.as_ref(), ok, &|part, i, k| store(part, i).knows(k))
+            .unwrap();
+        for (part, i, cmd) in parts {
+            let cmd = Command::IngestShard(cmd);
+            store(part, i).apply(&cmd).unwrap();
+            if rng.gen_bool(0.2) {
+                store(part, i).apply(&cmd).unwrap();
+            }
+        }
+        i += n;
+    }
+    let dyns = |v: Vec<Arc<Store>>| v.into_iter().map(|s| s as Arc<dyn SliceSource>).collect();
+    Arc::new(ShardedSource::new(layout, meta, dyns(cells), dyns(persons)))
 }
 
 fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {
@@ -93,11 +142,14 @@ fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {
 fn check_world<E: KvEngine>(engine: E, seed: u64, base_hour: i64) {
     let w = World::random(seed, base_hour);
     let store = load(engine, &w, seed);
-    let q = QueryEngine::new(store);
+    check_queries(&w, seed, QueryEngine::new(store));
+}
+
+fn check_queries<S: SliceSource + ?Sized>(w: &World, seed: u64, q: QueryEngine<S>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let as_of_far = (w.hours.1 + 100) * 3600;
     for _ in 0..12 {
-        let region = random_region(&mut rng, &w);
+        let region = random_region(&mut rng, w);
         // Windows in seconds, not aligned to hours: they must widen.
         let from = w.hours.0 * 3600 + rng.gen_range(-3 * 3600..40 * 3600);
         let to = from + rng.gen_range(1..30 * 3600);
@@ -139,8 +191,8 @@ fn check_world<E: KvEngine>(engine: E, seed: u64, base_hour: i64) {
 
         let since = w.hours.0 * 3600 + rng.gen_range(0..48 * 3600);
         let as_of = since + rng.gen_range(0..30 * 3600);
-        let scope = rng.gen_bool(0.5).then(|| random_region(&mut rng, &w));
-        let local = rng.gen_bool(0.4).then(|| random_region(&mut rng, &w));
+        let scope = rng.gen_bool(0.5).then(|| random_region(&mut rng, w));
+        let local = rng.gen_bool(0.4).then(|| random_region(&mut rng, w));
         let na = q
             .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())
             .unwrap();
@@ -170,6 +222,25 @@ proptest! {
         // Some worlds sit before 1970, where hour arithmetic must still floor.
         let base = if negative { -30 } else { 493_000 };
         check_world(MemEngine::new(), seed, base);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The same queries over a sharded layout (a metadata store and data
+    /// shards, composed by `ShardedSource`) give the model's answers.
+    #[test]
+    fn queries_match_the_model_when_sharded(
+        seed in any::<u64>(),
+        negative in any::<bool>(),
+        cells in 1u32..6,
+        persons in 1u32..4,
+    ) {
+        let base = if negative { -30 } else { 493_000 };
+        let w = World::random(seed, base);
+        let layout = Layout::new(cells, persons).unwrap();
+        check_queries(&w, seed, QueryEngine::new(load_sharded(&w, seed, layout)));
     }
 }
 

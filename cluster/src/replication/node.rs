@@ -236,6 +236,66 @@ impl RaftHandle {
         }
     }
 
+    /// Sends every request `make` builds, then waits for all replies (each
+    /// until `timeout` from now): one round of several groups at once.
+    fn ask_many<T, I>(
+        &self,
+        items: Vec<I>,
+        make: impl Fn(I, SyncSender<Result<T, ProposeError>>) -> Input,
+        timeout: Duration,
+    ) -> Vec<Result<T, ProposeError>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let stopped = || ProposeError::Stopped("node loop has exited".into());
+        let rxs: Vec<_> = items
+            .into_iter()
+            .map(|i| {
+                let (reply, rx) = mpsc::sync_channel(1);
+                self.tx
+                    .send(make(i, reply))
+                    .map(|_| rx)
+                    .map_err(|_| stopped())
+            })
+            .collect();
+        rxs.into_iter()
+            .map(|rx| {
+                let rx = rx?;
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => Err(ProposeError::Timeout(timeout)),
+                    Err(RecvTimeoutError::Disconnected) => Err(stopped()),
+                }
+            })
+            .collect()
+    }
+
+    /// [`RaftHandle::propose`] to several groups at once: `(group, data)`
+    /// each, results in the same order.
+    pub fn propose_many(
+        &self,
+        items: Vec<(u64, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Vec<Result<ApplyOutcome, ProposeError>> {
+        self.ask_many(
+            items,
+            |(group, data), reply| Input::Propose { group, data, reply },
+            timeout,
+        )
+    }
+
+    /// [`RaftHandle::read_index`] on several groups at once.
+    pub fn read_index_many(
+        &self,
+        groups: &[u64],
+        timeout: Duration,
+    ) -> Vec<Result<(), ProposeError>> {
+        self.ask_many(
+            groups.to_vec(),
+            |group, reply| Input::ReadIndex { group, reply },
+            timeout,
+        )
+    }
+
     /// Proposes `data` (an encoded command) to `group` and waits until this
     /// node has applied it.
     pub fn propose(

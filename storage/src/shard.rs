@@ -1,0 +1,159 @@
+//! How a sharded cluster splits its data (see docs/ARCHITECTURE.md,
+//! "Sharding").
+//!
+//! One metadata store holds the dictionaries (person ids, source labels),
+//! the address table, the registry, tasks and the audit log, and is the only
+//! place ids are assigned ([`Command::AssignIds`]). Data shards hold slices:
+//! a **cell shard** keeps the cell and address slices of the events whose
+//! slice cell it owns, a **person shard** keeps the person index and the
+//! all-persons hour slices of the persons it owns. Because every shard
+//! uses the metadata store's ids, the bitmaps of different shards can be
+//! unioned.
+//!
+//! Cells are placed by their level-13 ancestor (about 1 km across), hashed:
+//! neighbouring events stay together, and a town spreads over every cell
+//! shard instead of landing in one range. Persons are placed by internal id
+//! modulo the number of person shards.
+
+use std::collections::HashMap;
+
+use crate::catalog::AddressRecord;
+use crate::command::{ShardIngest, ShardPart, SliceEvent};
+use crate::kv::KvEngine;
+use crate::store::SliceStore;
+use crate::{Result, StorageError};
+
+/// The level whose cells are placed together.
+pub const PLACEMENT_LEVEL: u32 = 13;
+/// At most this many shards of each kind.
+pub const MAX_SHARDS: u32 = 256;
+
+/// The number of cell and person shards, fixed when a cluster is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Layout {
+    pub cells: u32,
+    pub persons: u32,
+}
+
+/// Something a shard may or may not hold yet.
+#[derive(Debug, Clone, Copy)]
+pub enum Known<'a> {
+    Person(u64),
+    Source(&'a str),
+    Address(&'a str),
+}
+
+impl Layout {
+    pub fn new(cells: u32, persons: u32) -> std::result::Result<Self, String> {
+        for (n, what) in [(cells, "cell"), (persons, "person")] {
+            if n == 0 || n > MAX_SHARDS {
+                return Err(format!("{what} shards must be 1..={MAX_SHARDS}, not {n}"));
+            }
+        }
+        Ok(Self { cells, persons })
+    }
+
+    /// The cell shard that owns slice cell `cell`.
+    pub fn cell_shard(&self, cell: u64) -> usize {
+        // Face (3 bits) and position down to PLACEMENT_LEVEL (2 bits a level).
+        let top = cell >> (64 - 3 - 2 * PLACEMENT_LEVEL);
+        let h = top.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((h >> 32) % u64::from(self.cells)) as usize
+    }
+
+    /// The person shard that owns internal id `id`.
+    pub fn person_shard(&self, id: u32) -> usize {
+        (id % self.persons) as usize
+    }
+
+    /// Ids the metadata store must assign before `events` can be split:
+    /// persons and source labels it has not seen, in first-seen order.
+    pub fn missing_ids<E: KvEngine>(
+        meta: &SliceStore<E>,
+        events: &[SliceEvent],
+    ) -> (Vec<u64>, Vec<String>) {
+        let mut persons = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut sources: Vec<String> = Vec::new();
+        for e in events {
+            if seen.insert(e.person) && meta.internal_id(e.person).is_none() {
+                persons.push(e.person);
+            }
+            if !sources.contains(&e.source) && meta.source_id(&e.source).is_none() {
+                sources.push(e.source.clone());
+            }
+        }
+        (persons, sources)
+    }
+
+    /// Splits placed events into one command per shard they touch, with
+    /// the ids from `meta` (which must already have assigned them). A
+    /// dictionary entry, label or address is carried unless `knows(part,
+    /// shard, what)` says that shard already holds it: a replica that holds
+    /// it applied it from an earlier entry of the same log, so every replica
+    /// will have it before this command. Returns `(part, shard, command)`.
+    pub fn split<E: KvEngine>(
+        &self,
+        meta: &SliceStore<E>,
+        events: Vec<SliceEvent>,
+        knows: &dyn Fn(ShardPart, usize, Known<'_>) -> bool,
+    ) -> Result<Vec<(ShardPart, usize, ShardIngest)>> {
+        #[derive(Default)]
+        struct Part {
+            cmd: Option<ShardIngest>,
+            persons: std::collections::HashSet<u64>,
+            sources: std::collections::HashSet<u16>,
+            addresses: std::collections::HashSet<u32>,
+        }
+        let mut parts: HashMap<(ShardPart, usize), Part> = HashMap::new();
+        let mut addr_cache: HashMap<String, Option<AddressRecord>> = HashMap::new();
+        let labels = meta.source_labels();
+        for e in events {
+            let id = meta.internal_id(e.person).ok_or_else(|| {
+                StorageError::Invalid(format!("person {} has no id yet", e.person))
+            })?;
+            let src = meta.source_id(&e.source).ok_or_else(|| {
+                StorageError::Invalid(format!("source {:?} has no id yet", e.source))
+            })?;
+            let addr = match &e.address {
+                Some(code) => addr_cache
+                    .entry(code.clone())
+                    .or_insert_with(|| meta.address(code))
+                    .clone(),
+                None => None,
+            };
+            let targets = [
+                (ShardPart::Cells, self.cell_shard(e.cell)),
+                (ShardPart::Persons, self.person_shard(id)),
+            ];
+            for (part, shard) in targets {
+                let p = parts.entry((part, shard)).or_default();
+                let cmd = p.cmd.get_or_insert_with(|| ShardIngest {
+                    part,
+                    persons: Vec::new(),
+                    sources: Vec::new(),
+                    addresses: Vec::new(),
+                    events: Vec::new(),
+                });
+                if p.persons.insert(e.person) && !knows(part, shard, Known::Person(e.person)) {
+                    cmd.persons.push((e.person, id));
+                }
+                if p.sources.insert(src) && !knows(part, shard, Known::Source(&e.source)) {
+                    cmd.sources.push((src, labels[src as usize].clone()));
+                }
+                if let Some(a) = &addr {
+                    if p.addresses.insert(a.id) && !knows(part, shard, Known::Address(&a.code)) {
+                        cmd.addresses.push(a.clone());
+                    }
+                }
+                cmd.events.push(e.clone());
+            }
+        }
+        let mut out: Vec<_> = parts
+            .into_iter()
+            .filter_map(|((p, s), c)| c.cmd.map(|c| (p, s, c)))
+            .collect();
+        out.sort_by_key(|(p, s, _)| (*p == ShardPart::Persons, *s));
+        Ok(out)
+    }
+}
