@@ -171,7 +171,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub join: bool,
     /// Sharding, fixed when the cluster is created: the number of cell
-    /// shards (cell and address slices, placed by ~1 km block of cells)
+    /// shards (cell and address slices, placed by ~300 m block of cells)
     /// and person shards (the person index and hour slices, placed by
     /// person). Each is a raft group of its own, beside the metadata group
     /// that holds the dictionaries, addresses, registry, tasks and audit

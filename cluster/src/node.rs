@@ -735,7 +735,7 @@ impl Node {
 
     /// Proposes one command per `(group, command)` pair of a sharded
     /// cluster at once; succeeds only when every one is applied here.
-    fn propose_parts(&self, parts: Vec<(u64, Command)>) -> Result<(), NodeError> {
+    fn propose_parts(&self, parts: Vec<(u64, Command)>) -> Result<Vec<ApplyOutcome>, NodeError> {
         use crate::replication::ProposeError;
         let Some(r) = &self.replication else {
             return Err(NodeError::Invalid("sharding needs [cluster]".into()));
@@ -745,9 +745,9 @@ impl Node {
         self.metrics.proposals.fetch_add(n, Ordering::Relaxed);
         let items = parts.into_iter().map(|(g, c)| (g, c.encode())).collect();
         match r.propose_all(items) {
-            Ok(_) => {
+            Ok(out) => {
                 self.metrics.commit_latency.observe(t0.elapsed());
-                Ok(())
+                Ok(out)
             }
             Err(e) => {
                 self.metrics
@@ -789,6 +789,7 @@ impl Node {
                 .map(|(part, i, cmd)| (sh.of(part)[i].0, Command::IngestShard(cmd)))
                 .collect(),
         )
+        .map(|_| ())
     }
 
     fn propose_inner(&self, cmd: &Command) -> Result<ApplyOutcome, NodeError> {
@@ -935,13 +936,21 @@ impl Node {
                 outcome: format!("retention: removed every hour before {at}"),
             },
         };
-        // Data shards first: the metadata group's audit record says the
-        // hours are gone, so it is written once they are.
-        if let Some(sh) = &self.shards {
-            self.propose_parts(sh.all().map(|(g, _)| (*g, cmd.clone())).collect())?;
+        let Some(sh) = &self.shards else {
+            let out = self.propose(&cmd)?;
+            return Ok((cutoff, out.applied));
+        };
+        // Sharded: every data shard removes its old hours; then, if any
+        // had something to remove, the metadata group's audit log records
+        // it (once the hours are gone everywhere).
+        let outs = self.propose_parts(sh.all().map(|(g, _)| (*g, cmd.clone())).collect())?;
+        if outs.iter().any(|o| o.expired) {
+            let Command::Expire { audit, .. } = cmd else {
+                unreachable!()
+            };
+            self.audit(vec![audit])?;
         }
-        let out = self.propose(&cmd)?;
-        Ok((cutoff, out.applied))
+        Ok((cutoff, outs.iter().map(|o| o.applied).sum()))
     }
 
     // ------------------------------------------------------------- tasks

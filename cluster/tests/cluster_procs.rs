@@ -1029,6 +1029,51 @@ fn the_shared_body_over_real_processes() {
     bodies::acknowledged_writes_survive_failures(&mut c);
 }
 
+/// The same body over a sharded cluster: three cell shards and two person
+/// shards beside the metadata group, six raft groups on each of the three
+/// processes, whose leaders land on different nodes. A write is
+/// acknowledged only once every shard it touches has committed it.
+#[test]
+fn the_shared_body_over_a_sharded_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let linked = Linked::new(dir.path());
+    for cfg in &linked.cfgs {
+        let text = std::fs::read_to_string(cfg).unwrap();
+        std::fs::write(cfg, format!("{text}cell_shards = 3\nperson_shards = 2\n")).unwrap();
+    }
+    let procs = linked.cfgs.iter().map(|c| spawn(c)).collect();
+    let mut c = ProcCluster {
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+        linked,
+        procs,
+        _dir: dir,
+    };
+    bodies::acknowledged_writes_survive_failures(&mut c);
+    // Every node hosts every shard, and `cluster status` lists them.
+    let port = c.linked.ports[0];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(["cluster", "status", "--format", "json", "--server"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shards = v["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 5, "{v}");
+    for sh in shards {
+        assert_eq!(sh["voters"].as_array().unwrap().len(), 3, "{v}");
+        assert_ne!(sh["leader"], 0, "{v}");
+    }
+}
+
 /// Membership through the CLI: a fourth node started with `--join` becomes
 /// a voter; `hourcell cluster remove-node` takes it out and `add-node`
 /// puts it back; every node then answers every acknowledged write.

@@ -110,4 +110,6 @@ pub struct ApplyOutcome {
     pub task_ids: Vec<u64>,
     /// Why an UpdateTask was refused (the same on every replica).
     pub refused: Option<String>,
+    /// Expire: whether anything was old enough to remove.
+    pub expired: bool,
 }

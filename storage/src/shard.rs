@@ -10,7 +10,7 @@
 //! uses the metadata store's ids, the bitmaps of different shards can be
 //! unioned.
 //!
-//! Cells are placed by their level-13 ancestor (about 1 km across), hashed:
+//! Cells are placed by their level-15 ancestor (about 300 m across), hashed:
 //! neighbouring events stay together, and a town spreads over every cell
 //! shard instead of landing in one range. Persons are placed by internal id
 //! modulo the number of person shards.
@@ -24,7 +24,7 @@ use crate::store::SliceStore;
 use crate::{Result, StorageError};
 
 /// The level whose cells are placed together.
-pub const PLACEMENT_LEVEL: u32 = 13;
+pub const PLACEMENT_LEVEL: u32 = 15;
 /// At most this many shards of each kind.
 pub const MAX_SHARDS: u32 = 256;
 

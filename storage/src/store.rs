@@ -88,6 +88,9 @@ pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 struct State {
     ext_to_int: HashMap<u64, u32, IdHash>,
     int_to_ext: Vec<u64>,
+    /// A data shard: `int_to_ext` has holes (filled with [`NO_PERSON`]),
+    /// so an entry counts only if `ext_to_int` maps it back to its id.
+    partial: bool,
     addresses: HashMap<String, AddressRecord, IdHash>,
     /// Index `id - 1` holds the code of address `id` (0 means "none").
     address_codes: Vec<String>,
@@ -144,8 +147,8 @@ const MAX_PERSONS: u64 = u32::MAX as u64;
 /// Present in a data shard of a sharded cluster: its dictionary and
 /// address table hold only the entries its events use, so they have holes.
 const META_SHARD: &str = "data_shard";
-/// A hole in a data shard's id dictionary.
-const NO_PERSON: u64 = u64::MAX;
+/// Fills a hole in a data shard's id dictionary (see [`State::partial`]).
+const NO_PERSON: u64 = 0;
 
 impl<E: KvEngine> SliceStore<E> {
     /// Opens a store. A new store records `level` as its slice level; an
@@ -213,6 +216,7 @@ impl<E: KvEngine> SliceStore<E> {
         let mut st = State::default();
         let mut err = None;
         let shard = self.engine.get(&keys::meta(META_SHARD))?.is_some();
+        st.partial = shard;
         let start = [keys::DICT_INT];
         self.engine
             .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
@@ -527,8 +531,9 @@ impl<E: KvEngine> SliceStore<E> {
     ) -> Result<ApplyOutcome> {
         use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
         let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
-        // Every hour with an event has an hourly bitmap: if the first one
-        // is not before the cut-off, there is nothing to remove (the usual
+        // Every hour with an event has an hourly bitmap (in a person shard)
+        // or a cell slice of its day (in a cell shard): if the first one is
+        // not before the cut-off, there is nothing to remove (the usual
         // case on a young store) and nothing is scanned, compacted or
         // audited.
         let mut first_hour = None;
@@ -537,6 +542,16 @@ impl<E: KvEngine> SliceStore<E> {
             &keys::prefix_end(&[keys::HOUR_SLICE]),
             &mut |k, _| {
                 first_hour = Some(keys::hour_from(&k[1..5]));
+                false
+            },
+        )?;
+        self.engine.scan(
+            &[keys::CELL_DAY],
+            &keys::prefix_end(&[keys::CELL_DAY]),
+            &mut |k, _| {
+                // The day's first hour: a cell slice may hold any of them.
+                let h = keys::hour_from(&k[1..5]) * 24;
+                first_hour = Some(first_hour.map_or(h, |f: i64| f.min(h)));
                 false
             },
         )?;
@@ -630,6 +645,7 @@ impl<E: KvEngine> SliceStore<E> {
         }
         Ok(ApplyOutcome {
             applied: removed,
+            expired: true,
             ..ApplyOutcome::default()
         })
     }
@@ -944,6 +960,7 @@ impl<E: KvEngine> SliceStore<E> {
             let mut st = self.state.write();
             // Marks the store as a data shard, whose tables may have holes.
             batch.put(keys::meta(META_SHARD), vec![1]);
+            st.partial = true;
             for &(ext, id) in &part.persons {
                 match st.ext_to_int.get(&ext) {
                     Some(&have) if have == id => {}
@@ -1244,12 +1261,9 @@ impl<E: KvEngine> SliceStore<E> {
     }
 
     pub fn external_id(&self, id: u32) -> Option<u64> {
-        self.state
-            .read_recursive()
-            .int_to_ext
-            .get(id as usize)
-            .copied()
-            .filter(|&e| e != NO_PERSON)
+        let st = self.state.read_recursive();
+        let ext = st.int_to_ext.get(id as usize).copied()?;
+        (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
     }
 
     /// External ids of a bitmap of internal ids, ascending.
@@ -1257,8 +1271,10 @@ impl<E: KvEngine> SliceStore<E> {
         let st = self.state.read_recursive();
         let mut out: Vec<u64> = b
             .iter()
-            .filter_map(|id| st.int_to_ext.get(id as usize).copied())
-            .filter(|&e| e != NO_PERSON)
+            .filter_map(|id| {
+                let ext = st.int_to_ext.get(id as usize).copied()?;
+                (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
+            })
             .collect();
         out.sort_unstable();
         out

@@ -1,0 +1,247 @@
+//! A sharded node answers exactly as an unsharded one: the same generated
+//! town loaded into a plain single node and into a one-node cluster with
+//! cell and person shards (each its own raft group), then every query, the
+//! rules, retention and a restart compared.
+
+use std::sync::Arc;
+
+use hourcell_cluster::config::{ClusterConfig, NodeConfig, PeerConfig};
+use hourcell_cluster::dev::load_town;
+use hourcell_cluster::node::Node;
+use hourcell_cluster::town::{Town, TownConfig};
+use hourcell_query::Region;
+
+fn config(dir: &std::path::Path, shards: Option<(u32, u32)>, retention_days: u32) -> NodeConfig {
+    let mut cfg = NodeConfig::new(dir.to_path_buf());
+    cfg.block_cache_mb = 32;
+    cfg.security.insecure = true;
+    cfg.security.anonymous_roles = vec!["all".into()];
+    cfg.security.retention_days = retention_days;
+    cfg.rules.hourly = false;
+    if let Some((c, p)) = shards {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        cfg.cluster = Some(ClusterConfig {
+            node_id: 1,
+            peers: vec![PeerConfig {
+                id: 1,
+                addr: format!("127.0.0.1:{port}"),
+            }],
+            tick_ms: 20,
+            join: false,
+            cell_shards: c,
+            person_shards: p,
+        });
+    }
+    cfg
+}
+
+fn town() -> Town {
+    Town::new(TownConfig {
+        seed: 11,
+        persons: 400,
+        days: 6,
+        ..TownConfig::default()
+    })
+}
+
+/// Waits until the node leads every one of its groups (a one-node
+/// cluster elects itself).
+fn wait_ready(node: &Node) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while node.read_barrier_all().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Every answer both nodes give, as text, for one comparison.
+fn answers(node: &Node, town: &Town) -> Vec<String> {
+    let q = node.query();
+    let start = town.config().start_unix;
+    let end = town.end_unix();
+    let mut out = Vec::new();
+    let addrs = town.addresses();
+    for (k, a) in addrs.iter().enumerate().step_by(addrs.len() / 12 + 1) {
+        let day = start + (k as i64 % 6) * 86_400;
+        for region in [
+            Region::Circle {
+                lat: a.lat,
+                lng: a.lng,
+                radius_m: 300.0 + 100.0 * k as f64 % 900.0,
+            },
+            Region::Rect {
+                lat_lo: a.lat - 0.004,
+                lng_lo: a.lng - 0.004,
+                lat_hi: a.lat + 0.003,
+                lng_hi: a.lng + 0.005,
+            },
+            Region::Addresses(vec![a.code.clone()]),
+            Region::Area(a.area.clone()),
+        ] {
+            out.push(format!(
+                "{:?}",
+                q.who_was_at(&region, day, day + 86_400, end)
+            ));
+            out.push(format!(
+                "{:?}",
+                q.occupancy(&region, day, day + 86_400, end)
+            ));
+        }
+    }
+    for p in town.persons().iter().step_by(23) {
+        out.push(format!("{:?}", q.where_was(*p, start, end, end)));
+    }
+    let area = Region::Area(addrs[0].area.clone());
+    for (since, scope, local) in [
+        (end - 3 * 86_400, None, None),
+        (end - 86_400, Some(&area), None),
+        (end - 2 * 86_400, None, Some(&area)),
+    ] {
+        out.push(format!(
+            "{:?}",
+            q.no_activity_since(since, end, scope, local)
+        ));
+    }
+    let rules = hourcell_query::RuleConfig::default();
+    let ev = q.evaluate_rules(&rules, end).unwrap();
+    // The same drafts; their order follows the person index scan, which a
+    // sharded node walks shard by shard.
+    let mut drafts: Vec<String> = ev.tasks.iter().map(|t| format!("{t:?}")).collect();
+    drafts.sort();
+    out.push(drafts.join("\n"));
+    let st = node.stats().unwrap();
+    out.push(format!(
+        "persons {} addresses {} registrations {} hours {:?}..{:?}",
+        st.persons, st.addresses, st.registrations, st.first_hour, st.last_hour
+    ));
+    out
+}
+
+fn assert_same(a: &[String], b: &[String], when: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x, y, "{when}: answer {i} differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_node_answers_as_an_unsharded_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain_dir = dir.path().join("plain");
+    let sharded_dir = dir.path().join("sharded");
+    let town_end = town().end_unix();
+    let clock: hourcell_cluster::node::Clock = Arc::new(move || town_end);
+
+    let plain = Node::open(&config(&plain_dir, None, 36_500), clock.clone()).unwrap();
+    let sharded = Node::open(&config(&sharded_dir, Some((4, 3)), 36_500), clock.clone()).unwrap();
+    let (p, s) = (plain.clone(), sharded.clone());
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        wait_ready(&s);
+        load_town(&p, town(), false).unwrap();
+        load_town(&s, town(), false).unwrap();
+        let t = town();
+        (answers(&p, &t), answers(&s, &t))
+    })
+    .await
+    .unwrap();
+    assert_same(&a, &b, "after loading");
+    // Non-trivial answers: persons found, tasks raised.
+    assert!(a
+        .iter()
+        .any(|x| x.contains("persons: [") && !x.contains("persons: []")));
+    assert!(
+        a[a.len() - 2].contains("TaskDraft"),
+        "the rules raised no task"
+    );
+
+    // Every data shard holds data (the layout spreads the town).
+    {
+        let sh = sharded.shards().expect("sharded");
+        for (g, store) in sh.all() {
+            let (postings, places) = store.count_postings().unwrap();
+            assert!(postings + places > 0, "shard group {g} is empty");
+        }
+    }
+
+    // The shards' dictionaries have holes; a restart must read them back.
+    sharded.shutdown();
+    drop(sharded);
+    let sharded = tokio::task::spawn_blocking({
+        let dir = sharded_dir.clone();
+        let clock = clock.clone();
+        move || {
+            let n = Node::open(&config(&dir, Some((4, 3)), 36_500), clock).unwrap();
+            wait_ready(&n);
+            n
+        }
+    })
+    .await
+    .unwrap();
+    let s = sharded.clone();
+    let b = tokio::task::spawn_blocking(move || answers(&s, &town()))
+        .await
+        .unwrap();
+    assert_same(&a, &b, "after a restart");
+
+    // Retention removes the same hours from every shard: both reopen
+    // with a two-day limit and expire.
+    plain.shutdown();
+    sharded.shutdown();
+    drop(plain);
+    drop(sharded);
+    let plain = Node::open(&config(&plain_dir, None, 2), clock.clone()).unwrap();
+    let sharded = tokio::task::spawn_blocking({
+        let dir = sharded_dir.clone();
+        let clock = clock.clone();
+        move || {
+            let n = Node::open(&config(&dir, Some((4, 3)), 2), clock).unwrap();
+            wait_ready(&n);
+            n
+        }
+    })
+    .await
+    .unwrap();
+    let (p, s) = (plain.clone(), sharded.clone());
+    let (a, b, cut_p, cut_s) = tokio::task::spawn_blocking(move || {
+        let cut_p = p.expire(town_end, "test").unwrap();
+        let cut_s = s.expire(town_end, "test").unwrap();
+        let t = town();
+        (answers(&p, &t), answers(&s, &t), cut_p, cut_s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(cut_p.0, cut_s.0, "the same cut-off");
+    assert!(cut_p.1 > 0, "retention removed nothing");
+    assert_same(&a, &b, "after retention");
+    let st = sharded.stats().unwrap();
+    assert!(
+        st.first_hour.unwrap() >= cut_s.0,
+        "hours before the cut-off remain: {st:?}"
+    );
+    // The removal is in the metadata group's audit log, as on one node.
+    let last = |n: &Node| {
+        let recs = n.store().audit_records(0, 10_000).unwrap();
+        recs.last().map(|r| r.entry.rpc.clone())
+    };
+    assert_eq!(last(&sharded).as_deref(), Some("Retention"));
+    assert_eq!(last(&plain).as_deref(), Some("Retention"));
+    sharded.shutdown();
+    drop(sharded);
+
+    // The layout is fixed when the cluster is created.
+    let err = Node::open(&config(&sharded_dir, Some((2, 2)), 2), clock.clone())
+        .err()
+        .expect("a different layout is refused")
+        .to_string();
+    assert!(
+        err.contains("cell_shards = 4, person_shards = 3") && err.contains("fixed"),
+        "{err}"
+    );
+}
