@@ -922,6 +922,20 @@ pub fn format_status(s: &v1::StatusResponse) -> String {
             ),
         ));
     }
+    if !s.shards.is_empty() {
+        let me = s.raft.as_ref().map_or(0, |r| r.node_id);
+        let leads = s.shards.iter().filter(|x| x.leader == me).count();
+        let leaderless = s.shards.iter().filter(|x| x.leader == 0).count();
+        rows.push((
+            "shards",
+            format!(
+                "{} cell and {} person shards; this node leads {leads}, {leaderless} without a leader \
+                 (hourcell cluster status lists them)",
+                s.shards.iter().filter(|x| x.shard.starts_with("cells")).count(),
+                s.shards.iter().filter(|x| x.shard.starts_with("persons")).count(),
+            ),
+        ));
+    }
     let mut out = String::new();
     for (k, v) in rows {
         out.push_str(&format!("{k:<16} {v}\n"));

@@ -353,8 +353,15 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
         ));
     }
     let leader = wait_for_leader(&nodes).await?;
+    let groups = match args.shards {
+        Some((c, p)) => format!(
+            "{} raft groups (metadata, {c} cell shards, {p} person shards)",
+            1 + c + p
+        ),
+        None => "raft group".to_string(),
+    };
     println!(
-        "raft group of {} nodes up, node {leader} leads (plaintext, loopback only, all roles for the local user; not for production)",
+        "{groups} of {} nodes up, node {leader} leads the metadata group (plaintext, loopback only, all roles for the local user; not for production)",
         nodes.len()
     );
     let first = nodes[0].clone();
