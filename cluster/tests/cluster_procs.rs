@@ -611,12 +611,33 @@ async fn converge(ports: &[u16], want: usize, deadline: Duration) {
     }
 }
 
+/// Makes a node config sharded: two cell shards and two person shards.
+fn shard(cfg: &Path) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, format!("{text}cell_shards = 2\nperson_shards = 2\n")).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_under_continuous_ingest() {
+    faults_body(false).await
+}
+
+/// The same faults on a sharded cluster: five raft groups per node, whose
+/// leaders move independently; a write is acknowledged only when all its
+/// parts are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_under_continuous_ingest_sharded() {
+    faults_body(true).await
+}
+
+async fn faults_body(sharded: bool) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let linked = Linked::new(dir.path());
+    if sharded {
+        linked.cfgs.iter().for_each(|c| shard(c));
+    }
     let (ports, cfgs) = (&linked.ports[..], &linked.cfgs);
     let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let all = [0usize, 1, 2];
@@ -1079,6 +1100,17 @@ fn the_shared_body_over_a_sharded_cluster() {
 /// puts it back; every node then answers every acknowledged write.
 #[test]
 fn nodes_join_leave_and_return_through_the_cli() {
+    join_body(false)
+}
+
+/// The same on a sharded cluster: the node joins, leaves and returns in
+/// every group, and receives a snapshot of each.
+#[test]
+fn nodes_join_leave_and_return_through_the_cli_sharded() {
+    join_body(true)
+}
+
+fn join_body(sharded: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1090,6 +1122,9 @@ fn nodes_join_leave_and_return_through_the_cli() {
     let cfgs: Vec<_> = (1..=3)
         .map(|i| write_config(dir.path(), i, &ports[..3], metrics[i - 1]))
         .collect();
+    if sharded {
+        cfgs.iter().for_each(|c| shard(c));
+    }
     let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let _ = rt.block_on(leader(&ports[..3], &[0, 1, 2], Duration::from_secs(20)));
     assert!(rt.block_on(ingest(ports[0], events(800_000, 10, 1))));
@@ -1116,11 +1151,31 @@ fn nodes_join_leave_and_return_through_the_cli() {
                 format!("{}/{}", n["member"].as_str().unwrap(), n["lag"])
             })
     };
+    // In a sharded cluster, every data shard must agree too.
+    let shards_agree = |v: &serde_json::Value, id: u64, want: &str| -> bool {
+        let Some(shards) = v["shards"].as_array() else {
+            return true;
+        };
+        shards.iter().all(|sh| {
+            let has = |k: &str| {
+                sh[k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x.as_u64() == Some(id))
+            };
+            let lag0 = sh["max_lag"] == 0;
+            match want {
+                "voter/0" => has("voters") && lag0,
+                _ => !has("voters") && !has("learners"),
+            }
+        })
+    };
     let wait_member = |id: u64, want: &str| {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             let v = status(ports[0]);
-            if member_of(&v, id) == want {
+            if member_of(&v, id) == want && shards_agree(&v, id, want) {
                 return;
             }
             assert!(Instant::now() < end, "node {id} never became {want}: {v}");
@@ -1129,6 +1184,10 @@ fn nodes_join_leave_and_return_through_the_cli() {
     };
     // Node 4 knows the cluster from its config and asks to join.
     let cfg4 = write_config(dir.path(), 4, ports, metrics[3]);
+    if sharded {
+        shard(&cfg4);
+        assert_eq!(status(ports[0])["shards"].as_array().unwrap().len(), 4);
+    }
     procs.push(spawn_args(&cfg4, &["--join"]));
     wait_member(4, "voter/0");
     assert!(rt.block_on(ingest(ports[3], events(810_000, 10, 1))));
