@@ -18,6 +18,7 @@ pub mod replication;
 pub mod security_cli;
 pub mod server;
 pub mod service;
+pub mod shards;
 pub mod tasks_cli;
 pub mod tls;
 pub mod town;

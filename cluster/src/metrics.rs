@@ -143,9 +143,9 @@ pub fn render(node: &Node) -> String {
     );
     if let Some(r) = node.replication() {
         let st: Vec<(u64, crate::replication::GroupStatus)> = r
-            .groups
-            .iter()
-            .filter_map(|&g| r.handle.status(g).map(|s| (g, s)))
+            .groups()
+            .into_iter()
+            .filter_map(|g| r.handle.status(g).map(|s| (g, s)))
             .collect();
         type Get = fn(&crate::replication::GroupStatus) -> u64;
         let families: [(&str, &str, Get); 5] = [

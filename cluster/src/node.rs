@@ -36,8 +36,9 @@ pub struct Replication {
     /// The group that holds the dictionaries, catalog, tasks and audit
     /// log (the only group of an unsharded cluster).
     pub group: u64,
-    /// Every group this node hosts, `group` first.
-    pub groups: Vec<u64>,
+    /// Every group this node hosts, `group` first (a sharded cluster's
+    /// weeks come and go).
+    pub groups: parking_lot::RwLock<Vec<u64>>,
     pub propose_timeout: std::time::Duration,
     /// Peers as configured: (id, gRPC address).
     pub peers: Vec<(u64, String)>,
@@ -97,7 +98,7 @@ impl Replication {
         cc.context = addr.trim().as_bytes().to_vec().into();
         // Every group: a node hosts a replica of each shard. A group that
         // already has it (an earlier, partly failed add) is skipped.
-        for &g in &self.groups {
+        for g in self.groups() {
             let sg = self.status_of(g)?;
             if !sg.voters.contains(&id) && !sg.learners.contains(&id) {
                 self.change(g, cc.clone())?;
@@ -119,7 +120,7 @@ impl Replication {
             )));
         }
         // The metadata group last: it is what says whether `id` is a member.
-        for &g in self.groups.iter().rev() {
+        for g in self.groups().into_iter().rev() {
             let sg = self.status_of(g)?;
             if sg.voters.contains(&id) || sg.learners.contains(&id) {
                 self.remove_from(g, id)?;
@@ -158,6 +159,19 @@ impl Replication {
 
     fn status(&self) -> Result<crate::replication::GroupStatus, NodeError> {
         self.status_of(self.group)
+    }
+
+    /// Every group this node hosts now, the metadata group first.
+    pub fn groups(&self) -> Vec<u64> {
+        self.groups.read().clone()
+    }
+
+    /// Members (voters and learners) of the metadata group: every data
+    /// group should have the same.
+    pub fn meta_members(&self) -> Option<(Vec<u64>, Vec<u64>)> {
+        self.handle
+            .status(self.group)
+            .map(|s| (s.voters, s.learners))
     }
 
     fn status_of(&self, g: u64) -> Result<crate::replication::GroupStatus, NodeError> {
@@ -254,45 +268,7 @@ impl Replication {
     }
 }
 
-/// The data shards of a sharded cluster: every node hosts a replica of
-/// each (see `hourcell_storage::shard`).
-pub struct Shards {
-    pub layout: hourcell_storage::shard::Layout,
-    /// Cell shard `i`: its raft group and store.
-    pub cells: Vec<(u64, Arc<Store>)>,
-    /// Person shard `i`: its raft group and store.
-    pub persons: Vec<(u64, Arc<Store>)>,
-}
-
-/// Raft group of cell shard `i` (`PERSON_GROUP_BASE + i` for person
-/// shards); group 1 is the metadata group.
-pub const CELL_GROUP_BASE: u64 = 0x100;
-pub const PERSON_GROUP_BASE: u64 = 0x200;
-
-impl Shards {
-    fn of(&self, part: hourcell_storage::ShardPart) -> &[(u64, Arc<Store>)] {
-        match part {
-            hourcell_storage::ShardPart::Cells => &self.cells,
-            hourcell_storage::ShardPart::Persons => &self.persons,
-        }
-    }
-
-    /// Every data shard: (group, store).
-    pub fn all(&self) -> impl Iterator<Item = &(u64, Arc<Store>)> {
-        self.cells.iter().chain(self.persons.iter())
-    }
-
-    /// A name for group `g` in status output.
-    pub fn describe(&self, g: u64) -> String {
-        if let Some(i) = self.cells.iter().position(|(x, _)| *x == g) {
-            format!("cells {i}")
-        } else if let Some(i) = self.persons.iter().position(|(x, _)| *x == g) {
-            format!("persons {i}")
-        } else {
-            "meta".into()
-        }
-    }
-}
+pub use crate::shards::Shards;
 
 /// The one data group until sharding arrives.
 pub const DATA_GROUP: u64 = 1;
@@ -302,7 +278,7 @@ pub struct Node {
     /// store (dictionaries, addresses, registry, tasks, audit log).
     store: Arc<Store>,
     /// The data shards of a sharded cluster.
-    shards: Option<Shards>,
+    shards: Option<Arc<Shards>>,
     replication: Option<Replication>,
     metrics: Arc<crate::metrics::Metrics>,
     query: QueryEngine<dyn hourcell_query::SliceSource>,
@@ -321,6 +297,8 @@ pub struct Node {
     auth: crate::auth::Auth,
     retention_days: u32,
     tls: Option<crate::tls::TlsPaths>,
+    /// One shard-map sync at a time.
+    shard_sync: parking_lot::Mutex<()>,
 }
 
 /// Drafts per `RaiseTasks` command: a log entry carries a batch.
@@ -467,7 +445,7 @@ fn start_replication(
         handle,
         inbox,
         group: DATA_GROUP,
-        groups: ids,
+        groups: parking_lot::RwLock::new(ids),
         propose_timeout: std::time::Duration::from_secs(10),
         peers: c.peers.iter().map(|p| (p.id, p.addr.clone())).collect(),
         raft_engine: engine,
@@ -571,28 +549,21 @@ impl Node {
             None => None,
             Some(layout) => {
                 // The block cache and write buffers are shared out: the
-                // metadata store keeps a quarter, the shards split the rest.
-                let n = (layout.cells + layout.persons) as usize;
+                // metadata store keeps a quarter, the shards split the rest
+                // (sized for the person shards and two weeks of cell shards).
+                let n = (2 * layout.cells + layout.persons) as usize;
                 let rc = RocksConfig {
                     block_cache_bytes: ((cfg.block_cache_mb * 3 / 4 / n).max(8)) << 20,
                     write_buffer_bytes: ((cfg.write_buffer_mb / n).max(8)) << 20,
                     ..RocksConfig::default()
                 };
-                let open = |g: u64| -> anyhow::Result<(u64, Arc<Store>)> {
-                    let dir = cfg.data_dir.join("shards").join(g.to_string());
-                    let e = RocksEngine::open(&dir, &rc)
-                        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.display()))?;
-                    Ok((g, Arc::new(SliceStore::open(e, Some(cfg.slice_level))?)))
-                };
-                Some(Shards {
-                    layout,
-                    cells: (0..u64::from(layout.cells))
-                        .map(|i| open(CELL_GROUP_BASE + i))
-                        .collect::<anyhow::Result<_>>()?,
-                    persons: (0..u64::from(layout.persons))
-                        .map(|i| open(PERSON_GROUP_BASE + i))
-                        .collect::<anyhow::Result<_>>()?,
-                })
+                let sh = Shards::open(layout, cfg.data_dir.join("shards"), rc, cfg.slice_level)?;
+                // The weeks this replica's shard map holds; the keeper
+                // follows later changes.
+                for w in store.shard_map().1.keys() {
+                    sh.open_week(*w)?;
+                }
+                Some(Arc::new(sh))
             }
         };
         let replication = match &cfg.cluster {
@@ -600,22 +571,35 @@ impl Node {
             Some(c) => {
                 let mut groups = vec![(DATA_GROUP, store.clone())];
                 if let Some(sh) = &shards {
-                    groups.extend(sh.all().cloned());
+                    groups.extend(sh.all());
                 }
                 Some(start_replication(cfg, c, groups, &metrics)?)
             }
         };
+        if let Some(sh) = &shards {
+            *sh.synced_version.write() = store.shard_map().0;
+        }
         let source: Arc<dyn hourcell_query::SliceSource> = match &shards {
             None => store.clone(),
-            Some(sh) => Arc::new(hourcell_query::ShardedSource::new(
-                sh.layout,
-                store.clone(),
-                sh.cells.iter().map(|(_, s)| s.clone() as _).collect(),
-                sh.persons.iter().map(|(_, s)| s.clone() as _).collect(),
-            )),
+            Some(sh) => {
+                let weeks = sh.clone();
+                Arc::new(hourcell_query::ShardedSource::new(
+                    sh.layout,
+                    store.clone(),
+                    Arc::new(move |w| {
+                        weeks
+                            .week(w)
+                            .into_iter()
+                            .map(|(_, s)| s as Arc<dyn hourcell_query::SliceSource>)
+                            .collect()
+                    }),
+                    sh.persons.iter().map(|(_, s)| s.clone() as _).collect(),
+                ))
+            }
         };
         Ok(Arc::new(Node {
             shards,
+            shard_sync: parking_lot::Mutex::new(()),
             auth,
             tls: cfg.security.tls.clone(),
             retention_days: cfg.security.retention_days,
@@ -645,7 +629,7 @@ impl Node {
 
     /// The data shards, in a sharded cluster.
     pub fn shards(&self) -> Option<&Shards> {
-        self.shards.as_ref()
+        self.shards.as_deref()
     }
 
     /// Counts over every store of this node: persons, addresses and
@@ -695,7 +679,7 @@ impl Node {
     pub fn stores(&self) -> Vec<Arc<Store>> {
         let mut v = vec![self.store.clone()];
         if let Some(sh) = &self.shards {
-            v.extend(sh.all().map(|(_, s)| s.clone()));
+            v.extend(sh.all().into_iter().map(|(_, s)| s));
         }
         v
     }
@@ -768,28 +752,199 @@ impl Node {
         }
     }
 
-    /// Ingest in a sharded cluster: ids from the metadata group first
-    /// (only for persons and labels it has not seen), then one part per
-    /// shard the events touch, all proposed at once.
+    /// Ingest in a sharded cluster: the weeks' partitions and the ids
+    /// from the metadata group first (only for weeks, persons and labels it
+    /// has not seen), then one part per shard the events touch, all
+    /// proposed at once.
     fn ingest_sharded(
         &self,
         sh: &Shards,
         events: Vec<hourcell_storage::SliceEvent>,
     ) -> Result<(), NodeError> {
+        let weeks = hourcell_storage::shard::Layout::weeks(&events);
+        self.ensure_weeks(&weeks)?;
         let (persons, sources) = hourcell_storage::shard::Layout::missing_ids(&self.store, &events);
         if !persons.is_empty() || !sources.is_empty() {
             self.propose(&Command::AssignIds { persons, sources })?;
         }
-        let parts = sh
-            .layout
-            .split(&self.store, events, &|part, i, k| sh.of(part)[i].1.knows(k))?;
-        self.propose_parts(
-            parts
+        let parts = sh.layout.split(&self.store, events, &|id, k| {
+            sh.get(id).is_some_and(|(_, store)| store.knows(k))
+        })?;
+        let mut items = Vec::with_capacity(parts.len());
+        for (id, cmd) in parts {
+            let Some((g, _)) = sh.get(id) else {
+                return Err(NodeError::Unavailable(format!(
+                    "week {} has no shards on this node yet; retry",
+                    id.week
+                )));
+            };
+            items.push((g, Command::IngestShard(cmd)));
+        }
+        self.propose_parts(items).map(|_| ())
+    }
+
+    /// Makes sure the shard map has `weeks` and this node hosts their cell
+    /// shards: a week not in the map is added through the metadata group
+    /// (with its current voters), then hosted here at once; the other nodes
+    /// follow within a moment (see [`Node::sync_shards`]).
+    pub fn ensure_weeks(&self, weeks: &[i64]) -> Result<(), NodeError> {
+        let Some(sh) = &self.shards else {
+            return Ok(());
+        };
+        let (_, map) = self.store.shard_map();
+        let missing: Vec<i64> = weeks
+            .iter()
+            .copied()
+            .filter(|w| !map.contains_key(w))
+            .collect();
+        if !missing.is_empty() {
+            let r = self
+                .replication
+                .as_ref()
+                .ok_or_else(|| NodeError::Invalid("sharding needs [cluster]".into()))?;
+            let (voters, _) = r
+                .meta_members()
+                .ok_or_else(|| NodeError::Unavailable("metadata group is not running".into()))?;
+            self.propose(&Command::CreatePartitions {
+                weeks: missing,
+                voters,
+            })?;
+        }
+        if weeks.iter().any(|w| sh.week(*w).is_empty()) {
+            self.sync_shards()?;
+        }
+        Ok(())
+    }
+
+    /// Brings the weeks this node hosts in line with its replica of the
+    /// shard map: starts the raft groups of new weeks (as members if the
+    /// map lists this node among their first voters, else empty, to be
+    /// added and sent a snapshot) and removes the groups and files of
+    /// dropped weeks. Cheap when nothing changed.
+    pub fn sync_shards(&self) -> Result<(), NodeError> {
+        let (Some(sh), Some(r)) = (&self.shards, &self.replication) else {
+            return Ok(());
+        };
+        let _one = self.shard_sync.lock();
+        let (version, map) = self.store.shard_map();
+        if *sh.synced_version.read() == version && sh.weeks().len() == map.len() {
+            return Ok(());
+        }
+        let me = r.handle.id();
+        let timeout = std::time::Duration::from_secs(10);
+        let fail = |e: String| NodeError::Unavailable(e);
+        for (week, voters) in &map {
+            if !sh.week(*week).is_empty() && r.groups().contains(&sh.week(*week)[0].0) {
+                continue;
+            }
+            let stores = sh.open_week(*week).map_err(|e| fail(e.to_string()))?;
+            let start: Vec<u64> = if voters.contains(&me) {
+                voters.clone()
+            } else {
+                Vec::new()
+            };
+            for (g, store) in stores {
+                r.handle
+                    .add_group(
+                        g,
+                        start.clone(),
+                        Arc::new(crate::replication::StoreMachine {
+                            store,
+                            apply_latency: self.metrics.apply_latency.clone(),
+                        }),
+                        timeout,
+                    )
+                    .map_err(fail)?;
+                let mut gs = r.groups.write();
+                if !gs.contains(&g) {
+                    gs.push(g);
+                }
+            }
+            tracing::info!(week, "hosting the cell shards of a new week");
+        }
+        for week in sh.weeks() {
+            if map.contains_key(&week) {
+                continue;
+            }
+            for (g, _) in sh.week(week) {
+                r.handle.remove_group(g, timeout).map_err(fail)?;
+                r.groups.write().retain(|x| *x != g);
+            }
+            sh.drop_week(week).map_err(|e| fail(e.to_string()))?;
+            tracing::info!(week, "dropped the cell shards of a week past retention");
+        }
+        *sh.synced_version.write() = version;
+        Ok(())
+    }
+
+    /// Cluster chores of a sharded cluster, run every few seconds: follow
+    /// the shard map; on the metadata group's leader, create the current
+    /// and next week ahead of ingest; on each data group's leader, give the
+    /// group the metadata group's members (a week created while a node was
+    /// being added or removed catches up here).
+    pub fn shard_chores(&self, now: i64) -> Result<(), NodeError> {
+        let (Some(sh), Some(r)) = (&self.shards, &self.replication) else {
+            return Ok(());
+        };
+        self.sync_shards()?;
+        if self.leads() {
+            let week = hourcell_storage::shard::week_of_hour(now.div_euclid(3600));
+            let (_, map) = self.store.shard_map();
+            let retained = hourcell_storage::shard::week_of_hour(self.retained_from(now));
+            let ahead: Vec<i64> = [week, week + 1]
                 .into_iter()
-                .map(|(part, i, cmd)| (sh.of(part)[i].0, Command::IngestShard(cmd)))
-                .collect(),
-        )
-        .map(|_| ())
+                .filter(|w| *w >= retained && !map.contains_key(w))
+                .collect();
+            if !ahead.is_empty() {
+                self.ensure_weeks(&ahead)?;
+            }
+        }
+        let Some((voters, learners)) = r.meta_members() else {
+            return Ok(());
+        };
+        let peers: std::collections::HashMap<u64, String> = r.known_peers().into_iter().collect();
+        for (g, _) in sh.all() {
+            let Some(s) = r.handle.status(g) else {
+                continue;
+            };
+            if !s.is_leader {
+                continue;
+            }
+            use raft::eraftpb::{ConfChange, ConfChangeType};
+            for id in voters.iter().chain(&learners) {
+                if !s.voters.contains(id) && !s.learners.contains(id) {
+                    let mut cc = ConfChange::default();
+                    cc.set_change_type(ConfChangeType::AddLearnerNode);
+                    cc.node_id = *id;
+                    cc.context = peers
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_bytes()
+                        .into();
+                    let _ = r
+                        .handle
+                        .change_membership(g, cc, std::time::Duration::from_secs(5));
+                    tracing::info!(group = g, node = id, "adding a cluster member to a shard");
+                }
+            }
+            for id in s.voters.iter().chain(&s.learners) {
+                if !voters.contains(id) && !learners.contains(id) && *id != r.handle.id() {
+                    let mut cc = ConfChange::default();
+                    cc.set_change_type(ConfChangeType::RemoveNode);
+                    cc.node_id = *id;
+                    let _ = r
+                        .handle
+                        .change_membership(g, cc, std::time::Duration::from_secs(5));
+                    tracing::info!(
+                        group = g,
+                        node = id,
+                        "removing a former member from a shard"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     fn propose_inner(&self, cmd: &Command) -> Result<ApplyOutcome, NodeError> {
@@ -940,11 +1095,29 @@ impl Node {
             let out = self.propose(&cmd)?;
             return Ok((cutoff, out.applied));
         };
-        // Sharded: every data shard removes its old hours; then, if any
-        // had something to remove, the metadata group's audit log records
-        // it (once the hours are gone everywhere).
-        let outs = self.propose_parts(sh.all().map(|(g, _)| (*g, cmd.clone())).collect())?;
-        if outs.iter().any(|o| o.expired) {
+        // Sharded: weeks wholly before the cut-off are dropped from the
+        // shard map (every node then deletes their shards); the rest, and
+        // the person shards, remove their old hours; then, if anything was
+        // removed, the metadata group's audit log records it.
+        let (_, map) = self.store.shard_map();
+        let old: Vec<i64> = map
+            .keys()
+            .copied()
+            .filter(|w| hourcell_storage::shard::week_start_hour(w + 1) <= cutoff)
+            .collect();
+        let dropped = !old.is_empty();
+        if dropped {
+            self.propose(&Command::DropPartitions { weeks: old.clone() })?;
+            self.sync_shards()?;
+        }
+        let outs = self.propose_parts(
+            sh.all()
+                .into_iter()
+                .filter(|(g, _)| !old.iter().any(|w| sh.week(*w).iter().any(|x| x.0 == *g)))
+                .map(|(g, _)| (g, cmd.clone()))
+                .collect(),
+        )?;
+        if dropped || outs.iter().any(|o| o.expired) {
             let Command::Expire { audit, .. } = cmd else {
                 unreachable!()
             };
@@ -983,7 +1156,7 @@ impl Node {
         if self.shards.is_none() {
             return self.read_barrier();
         }
-        r.read_index_all(&r.groups).map_err(|e| {
+        r.read_index_all(&r.groups()).map_err(|e| {
             NodeError::Unavailable(format!("cannot serve a linearizable read: {e}"))
         })?;
         self.check_restoring()
@@ -994,7 +1167,7 @@ impl Node {
             || self
                 .shards
                 .as_ref()
-                .is_some_and(|sh| sh.all().any(|(_, s)| s.is_restoring()));
+                .is_some_and(|sh| sh.all().iter().any(|(_, s)| s.is_restoring()));
         if restoring {
             return Err(NodeError::Unavailable(
                 "this replica is installing a snapshot; retry, or ask another node".into(),
@@ -1016,7 +1189,7 @@ impl Node {
             // Every group must be fresh enough; the answer is as stale as
             // the stalest of them.
             let mut worst = Some(0u64);
-            for &g in &r.groups {
+            for g in r.groups() {
                 worst = match (worst, r.handle.status(g)) {
                     (Some(w), Some(s)) => match s.leader_contact_ms {
                         Some(ms)

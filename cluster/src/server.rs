@@ -53,6 +53,9 @@ pub async fn serve(
         tokio::spawn(hourly_rules(node.clone()));
     }
     tokio::spawn(hourly_retention(node.clone()));
+    if node.shards().is_some() {
+        tokio::spawn(shard_keeper(node.clone()));
+    }
     // The empty service name means "the whole server".
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -204,6 +207,28 @@ async fn hourly_retention(node: Arc<Node>) {
             Ok(())
         })
         .await;
+    }
+}
+
+/// Keeps a sharded node's weeks in line with the shard map, creates weeks
+/// ahead of ingest and keeps shard membership in line with the cluster's
+/// (see [`Node::shard_chores`]), twice a second.
+async fn shard_keeper(node: Arc<Node>) {
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = node.clone();
+        let r = tokio::task::spawn_blocking(move || n.shard_chores(n.now())).await;
+        let e = match r {
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("panicked: {e}"),
+        };
+        // Each distinct failure once (no leader yet is common at start).
+        if !e.is_empty() && e != last_error {
+            tracing::warn!(error = %e, "shard chores failed; retrying");
+        }
+        last_error = e;
     }
 }
 

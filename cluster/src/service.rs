@@ -624,11 +624,12 @@ impl v1::admin_server::Admin for Services {
             let shards = match (node.replication(), node.shards()) {
                 (Some(r), Some(sh)) => sh
                     .all()
+                    .into_iter()
                     .map(|(g, store)| {
-                        let s = r.handle.status(*g);
+                        let s = r.handle.status(g);
                         v1::ShardStatus {
-                            group: *g,
-                            shard: sh.describe(*g),
+                            group: g,
+                            shard: sh.describe(g),
                             leader: s.as_ref().map_or(0, |s| s.leader),
                             term: s.as_ref().map_or(0, |s| s.term),
                             commit: s.as_ref().map_or(0, |s| s.commit),

@@ -1088,7 +1088,32 @@ fn the_shared_body_over_a_sharded_cluster() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let shards = v["shards"].as_array().unwrap();
-    assert_eq!(shards.len(), 5, "{v}");
+    let named = |prefix: &str| {
+        shards
+            .iter()
+            .filter(|s| s["shard"].as_str().unwrap().starts_with(prefix))
+            .count()
+    };
+    assert_eq!(named("persons "), 2, "{v}");
+    // Three cell shards for each week: the written one, and this week and
+    // the next, created ahead of ingest by the metadata group's leader.
+    let week = |t: i64| {
+        let w = hourcell_storage::shard::week_of_hour(t.div_euclid(3600));
+        let monday = hourcell_storage::shard::week_start_hour(w) * 3600;
+        format!(
+            "week of {}",
+            &hourcell_query::time::format_time(monday)[..10]
+        )
+    };
+    let now = hourcell_query::time::now();
+    for w in [week(now), week(now + 7 * 86_400)] {
+        let n = shards
+            .iter()
+            .filter(|s| s["shard"].as_str().unwrap().ends_with(&w))
+            .count();
+        assert_eq!(n, 3, "{w}: {v}");
+    }
+    assert_eq!(named("cells ") % 3, 0, "{v}");
     for sh in shards {
         assert_eq!(sh["voters"].as_array().unwrap().len(), 3, "{v}");
         assert_ne!(sh["leader"], 0, "{v}");
@@ -1186,7 +1211,9 @@ fn join_body(sharded: bool) {
     let cfg4 = write_config(dir.path(), 4, ports, metrics[3]);
     if sharded {
         shard(&cfg4);
-        assert_eq!(status(ports[0])["shards"].as_array().unwrap().len(), 4);
+        // Two person shards, and cell shards for each week written or
+        // created ahead.
+        assert!(status(ports[0])["shards"].as_array().unwrap().len() >= 4);
     }
     procs.push(spawn_args(&cfg4, &["--join"]));
     wait_member(4, "voter/0");

@@ -31,6 +31,6 @@ pub use engine::{
 pub use error::{QueryError, Result};
 pub use region::Region;
 pub use rules::{Evaluation, Nights, RuleConfig};
-pub use sharded::ShardedSource;
+pub use sharded::{CellShards, ShardedSource};
 pub use source::SliceSource;
 pub use time::Window;

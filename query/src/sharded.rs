@@ -3,11 +3,12 @@
 //! run on it unchanged.
 //!
 //! - Dictionaries, addresses and the registry come from the metadata store.
-//! - Cell slices: every cell shard is asked (cells are placed by hash, so
-//!   any shard may hold part of a range); the engine folds ids into a bitmap,
-//!   so the order does not matter.
+//! - Cell slices of a day: every cell shard of the day's week is asked
+//!   (cells are placed by hash, so any shard may hold part of a range); the
+//!   engine folds ids into a bitmap, so the order does not matter.
 //! - Address slices: an address's events are in the shard of each event's
-//!   slice cell, usually one; the day sets of all cell shards are merged.
+//!   slice cell, usually one; the day sets of the week's cell shards are
+//!   merged.
 //! - The person index and the all-persons hour slices: the person shard
 //!   `id % persons`. Hour slices of different person shards hold disjoint
 //!   persons and are unioned per hour.
@@ -15,17 +16,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hourcell_storage::shard::Layout;
+use hourcell_storage::shard::{week_of_day, Layout};
 use hourcell_storage::{AddressRecord, DaySet, PlaceEntry, PlaceIds, RegistrationRecord};
 use roaring::RoaringBitmap;
 
 use crate::error::Result;
 use crate::source::SliceSource;
 
+/// The cell shards of a week (none if the week has no partition).
+pub type CellShards = Arc<dyn Fn(i64) -> Vec<Arc<dyn SliceSource>> + Send + Sync>;
+
 pub struct ShardedSource {
     layout: Layout,
     meta: Arc<dyn SliceSource>,
-    cells: Vec<Arc<dyn SliceSource>>,
+    cells: CellShards,
     persons: Vec<Arc<dyn SliceSource>>,
 }
 
@@ -33,19 +37,14 @@ pub struct ShardedSource {
 const REV_STEP_HOURS: i64 = 24;
 
 impl ShardedSource {
-    /// `cells[i]` must be cell shard `i` and `persons[i]` person shard `i`
-    /// of `layout`.
+    /// `cells(week)` gives the cell shards of a week; `persons[i]` must be
+    /// person shard `i` of `layout`.
     pub fn new(
         layout: Layout,
         meta: Arc<dyn SliceSource>,
-        cells: Vec<Arc<dyn SliceSource>>,
+        cells: CellShards,
         persons: Vec<Arc<dyn SliceSource>>,
     ) -> Self {
-        assert_eq!(
-            cells.len(),
-            layout.cells as usize,
-            "one store per cell shard"
-        );
         assert_eq!(
             persons.len(),
             layout.persons as usize,
@@ -76,7 +75,7 @@ impl SliceSource for ShardedSource {
         hi: u64,
         f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        for s in &self.cells {
+        for s in (self.cells)(week_of_day(day)) {
             s.cell_days(day, lo, hi, f)?;
         }
         Ok(())
@@ -85,7 +84,7 @@ impl SliceSource for ShardedSource {
     fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
         let mut found: Option<DaySet> = None;
         let mut merged = false;
-        for s in &self.cells {
+        for s in (self.cells)(week_of_day(day)) {
             if let Some(set) = s.address_day(day, address_id)? {
                 match &mut found {
                     None => found = Some(set),

@@ -63,6 +63,18 @@ pub enum Command {
     /// Sharded clusters, data shard: one shard's part of an ingest batch,
     /// with the ids the metadata group assigned. Never assigns an id.
     IngestShard(ShardIngest),
+    /// Sharded clusters, metadata group: adds time partitions (weeks) to
+    /// the shard map, each with the voters its cell shards start with. A
+    /// week already in the map is left as it is.
+    CreatePartitions {
+        weeks: Vec<i64>,
+        voters: Vec<u64>,
+    },
+    /// Sharded clusters, metadata group: removes weeks from the shard map
+    /// (retention dropped their cell shards whole).
+    DropPartitions {
+        weeks: Vec<i64>,
+    },
 }
 
 /// Which slices a data shard keeps for the events it is sent.

@@ -46,6 +46,8 @@ pub const TASK: u8 = 0x30;
 pub const TASK_SUBJECT: u8 = 0x31;
 pub const TASK_CHANGE: u8 = 0x32;
 pub const AUDIT: u8 = 0x40;
+/// Sharded clusters, metadata group: one key per time partition (week).
+pub const PARTITION: u8 = 0x50;
 
 pub fn audit(seq: u64) -> Vec<u8> {
     let mut k = vec![AUDIT];
@@ -65,6 +67,13 @@ pub fn hour_bytes(hour: i64) -> [u8; 4] {
 pub fn hour_from(b: &[u8]) -> i64 {
     let v = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) ^ 0x8000_0000;
     v as i32 as i64
+}
+
+/// Partition key: the week, as an hour is encoded (weeks fit easily).
+pub fn partition(week: i64) -> Vec<u8> {
+    let mut k = vec![PARTITION];
+    k.extend_from_slice(&hour_bytes(week));
+    k
 }
 
 pub fn meta(name: &str) -> Vec<u8> {

@@ -10,10 +10,13 @@
 //! uses the metadata store's ids, the bitmaps of different shards can be
 //! unioned.
 //!
-//! Cells are placed by their level-15 ancestor (about 300 m across), hashed:
-//! neighbouring events stay together, and a town spreads over every cell
-//! shard instead of landing in one range. Persons are placed by internal id
-//! modulo the number of person shards.
+//! Cell shards are per **time partition**: a week (Monday to Sunday, UTC)
+//! has its own `cells` cell shards, created ahead of time and dropped whole
+//! once retention has passed the week. Within a week, cells are placed by
+//! their level-15 ancestor (about 300 m across), hashed: neighbouring events
+//! stay together, and a town spreads over every cell shard instead of
+//! landing in one range. Persons are placed by internal id modulo the
+//! number of person shards, for all time.
 
 use std::collections::HashMap;
 
@@ -28,11 +31,36 @@ pub const PLACEMENT_LEVEL: u32 = 15;
 /// At most this many shards of each kind.
 pub const MAX_SHARDS: u32 = 256;
 
-/// The number of cell and person shards, fixed when a cluster is created.
+/// The week (time partition) of UTC day `day`: weeks start on Mondays
+/// (1970-01-05 begins week 1).
+pub fn week_of_day(day: i64) -> i64 {
+    (day + 3).div_euclid(7)
+}
+
+/// The week of hour `hour`.
+pub fn week_of_hour(hour: i64) -> i64 {
+    week_of_day(hour.div_euclid(24))
+}
+
+/// The first hour of week `week` (its end is the next week's first hour).
+pub fn week_start_hour(week: i64) -> i64 {
+    (week * 7 - 3) * 24
+}
+
+/// The number of cell shards per week and of person shards, fixed when a
+/// cluster is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Layout {
     pub cells: u32,
     pub persons: u32,
+}
+
+/// One data shard: a person shard (`week` 0) or a week's cell shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardId {
+    pub part: ShardPart,
+    pub week: i64,
+    pub index: usize,
 }
 
 /// Something a shard may or may not hold yet.
@@ -86,18 +114,27 @@ impl Layout {
         (persons, sources)
     }
 
+    /// The weeks `events` fall in, ascending.
+    pub fn weeks(events: &[SliceEvent]) -> Vec<i64> {
+        let mut w: Vec<i64> = events.iter().map(|e| week_of_hour(e.hour)).collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+
     /// Splits placed events into one command per shard they touch, with
-    /// the ids from `meta` (which must already have assigned them). A
-    /// dictionary entry, label or address is carried unless `knows(part,
-    /// shard, what)` says that shard already holds it: a replica that holds
-    /// it applied it from an earlier entry of the same log, so every replica
-    /// will have it before this command. Returns `(part, shard, command)`.
+    /// the ids from `meta` (which must already have assigned them). A shard
+    /// is `(part, week, index)`; the week is 0 for person shards. A
+    /// dictionary entry, label or address is carried unless `knows(shard,
+    /// what)` says that shard already holds it: a replica that holds it
+    /// applied it from an earlier entry of the same log, so every replica
+    /// will have it before this command. Returns `(shard, command)`.
     pub fn split<E: KvEngine>(
         &self,
         meta: &SliceStore<E>,
         events: Vec<SliceEvent>,
-        knows: &dyn Fn(ShardPart, usize, Known<'_>) -> bool,
-    ) -> Result<Vec<(ShardPart, usize, ShardIngest)>> {
+        knows: &dyn Fn(ShardId, Known<'_>) -> bool,
+    ) -> Result<Vec<(ShardId, ShardIngest)>> {
         #[derive(Default)]
         struct Part {
             cmd: Option<ShardIngest>,
@@ -105,7 +142,7 @@ impl Layout {
             sources: std::collections::HashSet<u16>,
             addresses: std::collections::HashSet<u32>,
         }
-        let mut parts: HashMap<(ShardPart, usize), Part> = HashMap::new();
+        let mut parts: HashMap<ShardId, Part> = HashMap::new();
         let mut addr_cache: HashMap<String, Option<AddressRecord>> = HashMap::new();
         let labels = meta.source_labels();
         for e in events {
@@ -123,11 +160,20 @@ impl Layout {
                 None => None,
             };
             let targets = [
-                (ShardPart::Cells, self.cell_shard(e.cell)),
-                (ShardPart::Persons, self.person_shard(id)),
+                ShardId {
+                    part: ShardPart::Cells,
+                    week: week_of_hour(e.hour),
+                    index: self.cell_shard(e.cell),
+                },
+                ShardId {
+                    part: ShardPart::Persons,
+                    week: 0,
+                    index: self.person_shard(id),
+                },
             ];
-            for (part, shard) in targets {
-                let p = parts.entry((part, shard)).or_default();
+            for shard in targets {
+                let part = shard.part;
+                let p = parts.entry(shard).or_default();
                 let cmd = p.cmd.get_or_insert_with(|| ShardIngest {
                     part,
                     persons: Vec::new(),
@@ -135,14 +181,14 @@ impl Layout {
                     addresses: Vec::new(),
                     events: Vec::new(),
                 });
-                if p.persons.insert(e.person) && !knows(part, shard, Known::Person(e.person)) {
+                if p.persons.insert(e.person) && !knows(shard, Known::Person(e.person)) {
                     cmd.persons.push((e.person, id));
                 }
-                if p.sources.insert(src) && !knows(part, shard, Known::Source(&e.source)) {
+                if p.sources.insert(src) && !knows(shard, Known::Source(&e.source)) {
                     cmd.sources.push((src, labels[src as usize].clone()));
                 }
                 if let Some(a) = &addr {
-                    if p.addresses.insert(a.id) && !knows(part, shard, Known::Address(&a.code)) {
+                    if p.addresses.insert(a.id) && !knows(shard, Known::Address(&a.code)) {
                         cmd.addresses.push(a.clone());
                     }
                 }
@@ -151,9 +197,9 @@ impl Layout {
         }
         let mut out: Vec<_> = parts
             .into_iter()
-            .filter_map(|((p, s), c)| c.cmd.map(|c| (p, s, c)))
+            .filter_map(|(id, c)| c.cmd.map(|c| (id, c)))
             .collect();
-        out.sort_by_key(|(p, s, _)| (*p == ShardPart::Persons, *s));
+        out.sort_by_key(|(id, _)| (id.part == ShardPart::Persons, id.week, id.index));
         Ok(out)
     }
 }

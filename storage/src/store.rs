@@ -106,6 +106,11 @@ struct State {
     /// Next audit sequence number and the hash of the last record.
     next_audit: u64,
     last_audit_hash: [u8; 32],
+    /// Sharded clusters, metadata group: the time partitions (weeks) and
+    /// the voters their shards started with; the map's version counts its
+    /// changes.
+    partitions: BTreeMap<i64, Vec<u64>>,
+    map_version: u64,
 }
 
 /// Population slices of one shard.
@@ -147,6 +152,8 @@ const MAX_PERSONS: u64 = u32::MAX as u64;
 /// Present in a data shard of a sharded cluster: its dictionary and
 /// address table hold only the entries its events use, so they have holes.
 const META_SHARD: &str = "data_shard";
+/// Changes made to the shard map (see [`SliceStore::shard_map`]).
+const META_MAP_VERSION: &str = "shard_map_version";
 /// Fills a hole in a data shard's id dictionary (see [`State::partial`]).
 const NO_PERSON: u64 = 0;
 
@@ -295,6 +302,32 @@ impl<E: KvEngine> SliceStore<E> {
         if let Some(e) = err {
             return Err(e);
         }
+        let start = [keys::PARTITION];
+        self.engine
+            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                match bincode::serde::decode_from_slice::<Vec<u64>, _>(v, crate::bincode_limits()) {
+                    Ok((voters, _)) if k.len() == 5 => {
+                        st.partitions.insert(keys::hour_from(&k[1..5]), voters);
+                        true
+                    }
+                    Ok(_) => {
+                        err = Some(StorageError::corrupt(k, "bad partition key"));
+                        false
+                    }
+                    Err(e) => {
+                        err = Some(StorageError::corrupt(k, e));
+                        false
+                    }
+                }
+            })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        st.map_version = self
+            .engine
+            .get(&keys::meta(META_MAP_VERSION))?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
         // Ids continue after the last stored task and change.
         st.next_task = 1;
         st.next_change = 1;
@@ -478,6 +511,10 @@ impl<E: KvEngine> SliceStore<E> {
             Command::Expire { cutoff_hour, audit } => self.apply_expire(*cutoff_hour, audit),
             Command::AssignIds { persons, sources } => self.apply_assign_ids(persons, sources),
             Command::IngestShard(part) => self.apply_shard_ingest(part),
+            Command::CreatePartitions { weeks, voters } => {
+                self.apply_partitions(weeks, Some(voters))
+            }
+            Command::DropPartitions { weeks } => self.apply_partitions(weeks, None),
         }
     }
 
@@ -923,6 +960,52 @@ impl<E: KvEngine> SliceStore<E> {
             new_persons: 0,
             ..Default::default()
         })
+    }
+
+    /// Adds (`voters` given) or removes weeks of the shard map; the
+    /// version moves on if anything changed. `applied` counts the changes.
+    fn apply_partitions(&self, weeks: &[i64], voters: Option<&Vec<u64>>) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        let mut changed = 0;
+        for &w in weeks {
+            if !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&w) {
+                return Err(StorageError::Invalid(format!("week {w} out of range")));
+            }
+            match voters {
+                Some(v) if !st.partitions.contains_key(&w) => {
+                    Self::put_bincode(&mut b, keys::partition(w), v);
+                    st.partitions.insert(w, v.clone());
+                    changed += 1;
+                }
+                None if st.partitions.remove(&w).is_some() => {
+                    b.delete(keys::partition(w));
+                    changed += 1;
+                }
+                _ => {}
+            }
+        }
+        if changed > 0 {
+            st.map_version += 1;
+            b.put(
+                keys::meta(META_MAP_VERSION),
+                st.map_version.to_be_bytes().to_vec(),
+            );
+        }
+        drop(st);
+        self.commit(b)?;
+        Ok(ApplyOutcome {
+            applied: changed,
+            ..ApplyOutcome::default()
+        })
+    }
+
+    /// The shard map of a sharded cluster's metadata group: its version
+    /// and each time partition (week) with the voters its shards started
+    /// with.
+    pub fn shard_map(&self) -> (u64, BTreeMap<i64, Vec<u64>>) {
+        let st = self.state.read_recursive();
+        (st.map_version, st.partitions.clone())
     }
 
     /// Gives ids to the persons and source labels that have none (the

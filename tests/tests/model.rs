@@ -43,10 +43,14 @@ fn load<E: KvEngine>(engine: E, w: &World, seed: u64) -> Arc<SliceStore<E>> {
 /// and `layout`'s data shards, written as a sharded cluster writes them
 /// (ids first, then one part per shard, some parts applied twice).
 fn load_sharded(w: &World, seed: u64, layout: Layout) -> Arc<dyn SliceSource> {
+    use hourcell_storage::shard::ShardId;
+    use hourcell_storage::ShardPart;
+    use std::collections::HashMap;
     type Store = SliceStore<MemEngine>;
     let open = || Arc::new(SliceStore::open(MemEngine::new(), Some(LEVEL)).unwrap());
     let meta: Arc<Store> = open();
-    let cells: Vec<Arc<Store>> = (0..layout.cells).map(|_| open()).collect();
+    // Cell shards per week, opened as the events reach a week.
+    let weeks: Arc<std::sync::Mutex<HashMap<i64, Vec<Arc<Store>>>>> = Arc::default();
     let persons: Vec<Arc<Store>> = (0..layout.persons).map(|_| open()).collect();
     let (a, _) = check_addresses(meta.as_ref(), &w.addresses);
     meta.apply(&Command::PutAddresses(a)).unwrap();
@@ -67,24 +71,39 @@ fn load_sharded(w: &World, seed: u64, layout: Layout) -> Arc<dyn SliceSource> {
             })
             .unwrap();
         }
-        let store = |part: hourcell_storage::ShardPart, i: usize| match part {
-            hourcell_storage::ShardPart::Cells => cells[i].clone(),
-            hourcell_storage::ShardPart::Persons => persons[i].clone(),
+        for wk in Layout::weeks(&ok) {
+            weeks
+                .lock()
+                .unwrap()
+                .entry(wk)
+                .or_insert_with(|| (0..layout.cells).map(|_| open()).collect());
+        }
+        let store = |id: ShardId| match id.part {
+            ShardPart::Cells => weeks.lock().unwrap()[&id.week][id.index].clone(),
+            ShardPart::Persons => persons[id.index].clone(),
         };
         let parts = layout
-            .split(meta.as_ref(), ok, &|part, i, k| store(part, i).knows(k))
+            .split(meta.as_ref(), ok, &|id, k| store(id).knows(k))
             .unwrap();
-        for (part, i, cmd) in parts {
+        for (id, cmd) in parts {
             let cmd = Command::IngestShard(cmd);
-            store(part, i).apply(&cmd).unwrap();
+            store(id).apply(&cmd).unwrap();
             if rng.gen_bool(0.2) {
-                store(part, i).apply(&cmd).unwrap();
+                store(id).apply(&cmd).unwrap();
             }
         }
         i += n;
     }
     let dyns = |v: Vec<Arc<Store>>| v.into_iter().map(|s| s as Arc<dyn SliceSource>).collect();
-    Arc::new(ShardedSource::new(layout, meta, dyns(cells), dyns(persons)))
+    let cells: hourcell_query::CellShards = Arc::new(move |wk| {
+        weeks
+            .lock()
+            .unwrap()
+            .get(&wk)
+            .map(|v| dyns(v.clone()))
+            .unwrap_or_default()
+    });
+    Arc::new(ShardedSource::new(layout, meta, cells, dyns(persons)))
 }
 
 fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {

@@ -208,6 +208,13 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     })
     .await
     .unwrap();
+    let weeks_before = sharded.shards().unwrap().weeks();
+    let version_before = sharded.store().shard_map().0;
+    assert_eq!(
+        weeks_before.len(),
+        2,
+        "the town spans two weeks: {weeks_before:?}"
+    );
     let (p, s) = (plain.clone(), sharded.clone());
     let (a, b, cut_p, cut_s) = tokio::task::spawn_blocking(move || {
         let cut_p = p.expire(town_end, "test").unwrap();
@@ -219,6 +226,23 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     .unwrap();
     assert_eq!(cut_p.0, cut_s.0, "the same cut-off");
     assert!(cut_p.1 > 0, "retention removed nothing");
+    // The town's first week lies wholly before the cut-off: its cell
+    // shards are gone, groups and files, and the shard map moved on.
+    let sh = sharded.shards().unwrap();
+    let weeks = sh.weeks();
+    assert_eq!(
+        weeks_before.len(),
+        weeks.len() + 1,
+        "{weeks_before:?} -> {weeks:?}"
+    );
+    let gone = weeks_before[0];
+    assert!(!weeks.contains(&gone));
+    for i in 0..4 {
+        let g = hourcell_cluster::shards::cell_group(gone, i);
+        assert!(!sharded_dir.join("shards").join(g.to_string()).exists());
+        assert!(sharded.replication().unwrap().handle.status(g).is_none());
+    }
+    assert!(sharded.store().shard_map().0 > version_before);
     assert_same(&a, &b, "after retention");
     let st = sharded.stats().unwrap();
     assert!(

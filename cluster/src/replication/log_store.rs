@@ -373,6 +373,17 @@ impl<E: KvEngine> RaftLogStore<E> {
     /// state machine's own (synced) write: a crash in between re-applies
     /// those entries, which is harmless because every command is
     /// idempotent (set-union merges, tasks raised once per subject).
+    /// Deletes everything this group stored (its log and state): the
+    /// group is dropped.
+    pub fn destroy(&self) -> raft::Result<()> {
+        let mut b = WriteBatch::default();
+        b.delete_range(entry_key(self.group, 0), entry_key(self.group, u64::MAX));
+        for kind in [HARD_STATE, CONF_STATE, TRUNCATED, APPLIED] {
+            b.delete(meta_key(kind, self.group));
+        }
+        self.engine.write(b, true).map_err(store_err)
+    }
+
     pub fn set_applied(&self, index: u64) -> raft::Result<()> {
         let mut b = WriteBatch::default();
         b.put(meta_key(APPLIED, self.group), index.to_be_bytes().to_vec());

@@ -110,6 +110,20 @@ pub enum Input {
         to: u64,
     },
     Campaign(u64),
+    /// Starts hosting a group while the loop runs (a new shard), with the
+    /// log in the engine of the groups added before `spawn`. A group this
+    /// node already hosts is left as it is.
+    AddGroup {
+        group: u64,
+        voters: Vec<u64>,
+        sm: Arc<dyn StateMachine>,
+        reply: SyncSender<Result<(), String>>,
+    },
+    /// Stops hosting a group and deletes its raft state (a dropped shard).
+    RemoveGroup {
+        group: u64,
+        reply: SyncSender<Result<(), String>>,
+    },
     Stop,
 }
 
@@ -320,6 +334,37 @@ impl RaftHandle {
         rx.recv_timeout(Duration::from_secs(5)).ok().flatten()
     }
 
+    /// Starts hosting `group` (see [`Input::AddGroup`]).
+    pub fn add_group(
+        &self,
+        group: u64,
+        voters: Vec<u64>,
+        sm: Arc<dyn StateMachine>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Input::AddGroup {
+                group,
+                voters,
+                sm,
+                reply,
+            })
+            .map_err(|_| "raft loop has exited".to_string())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| format!("raft loop did not add group {group} in time"))?
+    }
+
+    /// Stops hosting `group` and deletes its raft state.
+    pub fn remove_group(&self, group: u64, timeout: Duration) -> Result<(), String> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Input::RemoveGroup { group, reply })
+            .map_err(|_| "raft loop has exited".to_string())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| format!("raft loop did not remove group {group} in time"))?
+    }
+
     /// Starts an election in `group` now (tests, leader transfer).
     pub fn campaign(&self, group: u64) {
         let _ = self.tx.send(Input::Campaign(group));
@@ -367,6 +412,9 @@ pub struct RaftNode<E: KvEngine> {
     reads_ready: Vec<(u64, u64, SyncSender<Result<(), ProposeError>>)>,
     snapshots: Arc<Snapshots>,
     logger: slog::Logger,
+    /// The engine of the groups added so far; groups added while running
+    /// keep their logs there too.
+    log_engine: Option<Arc<E>>,
 }
 
 fn config(id: u64, applied: u64, t: &RaftTiming) -> Config {
@@ -407,6 +455,7 @@ impl<E: KvEngine> RaftNode<E> {
             reads: HashMap::new(),
             reads_ready: Vec::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
+            log_engine: None,
         };
         (node, RaftHandle { id, tx, snapshots })
     }
@@ -422,6 +471,7 @@ impl<E: KvEngine> RaftNode<E> {
         voters: &[u64],
         sm: Arc<dyn StateMachine>,
     ) -> raft::Result<()> {
+        self.log_engine.get_or_insert_with(|| engine.clone());
         let store = RaftLogStore::open(engine, group, voters)?
             .with_snapshots(sm.clone(), self.snapshots.clone());
         // The state machine syncs lazily: resume applying from what it
@@ -733,6 +783,47 @@ impl<E: KvEngine> RaftNode<E> {
                 if let Some(g) = self.groups.get_mut(&group) {
                     let _ = g.raw.campaign();
                 }
+            }
+            Input::AddGroup {
+                group,
+                voters,
+                sm,
+                reply,
+            } => {
+                let r = if self.groups.contains_key(&group) {
+                    Ok(())
+                } else {
+                    match self.log_engine.clone() {
+                        Some(e) => self
+                            .add_group(group, e, &voters, sm)
+                            .map_err(|e| format!("cannot start raft group {group}: {e}")),
+                        None => Err("no raft log engine yet".into()),
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Input::RemoveGroup { group, reply } => {
+                let r = match self.groups.remove(&group) {
+                    None => Ok(()),
+                    Some(g) => {
+                        // Waiters of the group get an answer now.
+                        let pending: Vec<u64> = self
+                            .pending
+                            .iter()
+                            .filter(|(_, w)| w.0 == group)
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in pending {
+                            if let Some((_, _, reply)) = self.pending.remove(&k) {
+                                let _ = reply.send(Err(ProposeError::NoGroup(group)));
+                            }
+                        }
+                        g.store
+                            .destroy()
+                            .map_err(|e| format!("cannot delete raft group {group}: {e}"))
+                    }
+                };
+                let _ = reply.send(r);
             }
             Input::Stop => return false,
         }
