@@ -28,6 +28,7 @@ fn timing() -> RaftTiming {
         heartbeat_tick: 2,
         compact_after: 8,
         max_lag: 40,
+        idle_after: Duration::from_secs(30),
     }
 }
 
@@ -40,6 +41,7 @@ struct Replica {
     /// Joins a running group (starts with no members) instead of being
     /// one of its initial voters.
     join: bool,
+    timing: RaftTiming,
 }
 
 impl Replica {
@@ -51,16 +53,19 @@ impl Replica {
             handle: None,
             thread: None,
             join,
+            timing: timing(),
         }
     }
 
     /// Loses everything on disk; the replica must rejoin.
     fn wipe(&mut self) {
+        let t = self.timing.clone();
         *self = Replica::new(self.id, true);
+        self.timing = t;
     }
 
     fn start(&mut self, net: &SimNetwork) {
-        let (mut node, handle) = RaftNode::new(self.id, timing(), Arc::new(net.clone()));
+        let (mut node, handle) = RaftNode::new(self.id, self.timing.clone(), Arc::new(net.clone()));
         node.add_group(
             GROUP,
             self.raft_engine.clone(),
@@ -91,8 +96,18 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
+        Self::with_timing(timing())
+    }
+
+    fn with_timing(t: RaftTiming) -> Self {
         let net = SimNetwork::new();
-        let mut replicas: Vec<Replica> = VOTERS.iter().map(|&id| Replica::new(id, false)).collect();
+        let mut replicas: Vec<Replica> = VOTERS
+            .iter()
+            .map(|&id| Replica {
+                timing: t.clone(),
+                ..Replica::new(id, false)
+            })
+            .collect();
         for r in &mut replicas {
             r.start(&net);
         }
@@ -705,4 +720,70 @@ fn the_shared_body_over_the_simulated_network() {
     let _ = c.leader(&VOTERS, Duration::from_secs(5));
     assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
     bodies::acknowledged_writes_survive_failures(&mut c);
+}
+
+/// Counts the messages that cross the simulated network.
+struct Count(Arc<std::sync::atomic::AtomicU64>);
+
+impl hourcell_cluster::replication::transport::Filter for Count {
+    fn allow(&self, _env: &hourcell_cluster::replication::transport::Envelope) -> bool {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+}
+
+/// A quiet group ticks slowly: its heartbeats drop to a fraction, it still
+/// takes writes, and a proposal after its leader died wakes it into an
+/// election.
+#[test]
+fn quiet_groups_tick_slowly_and_wake_on_demand() {
+    let mut c = Cluster::with_timing(RaftTiming {
+        idle_after: Duration::from_millis(300),
+        ..timing()
+    });
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    c.net.add_filter(Box::new(Count(sent.clone())));
+    let leader = c.leader(&VOTERS, Duration::from_secs(5));
+    let rate = |busy: bool| {
+        let t0 = Instant::now();
+        let n0 = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let mut k = 0;
+        while t0.elapsed() < Duration::from_secs(1) {
+            if busy {
+                k += 1;
+                assert!(c.propose(leader, &batch(800_000 + k, 1, 1), Duration::from_secs(2)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let n = sent.load(std::sync::atomic::Ordering::Relaxed) - n0;
+        // Messages of the proposals themselves aside: 4 per write
+        // (append and response to two followers), plus the commit notice.
+        n.saturating_sub(if busy { 6 * k } else { 0 })
+    };
+    let busy = rate(true);
+    std::thread::sleep(Duration::from_millis(600));
+    let quiet = rate(false);
+    assert!(
+        quiet * 4 < busy,
+        "a quiet group sent {quiet} messages a second, a busy one {busy}"
+    );
+    // Still takes writes.
+    assert!(c.propose(leader, &batch(810_000, 1, 1), Duration::from_secs(2)));
+    std::thread::sleep(Duration::from_millis(600));
+    // Its leader dies while it is quiet: a proposal through another node
+    // wakes the group, which elects a new leader and takes the write.
+    let net = c.net.clone();
+    c.replicas
+        .iter_mut()
+        .find(|r| r.id == leader)
+        .unwrap()
+        .stop(&net);
+    let other = VOTERS.iter().copied().find(|&i| i != leader).unwrap();
+    let t0 = Instant::now();
+    assert!(c.propose(other, &batch(820_000, 1, 1), Duration::from_secs(10)));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "a quiet group took {:?} to elect a leader and commit",
+        t0.elapsed()
+    );
 }

@@ -160,6 +160,9 @@ pub struct RaftTiming {
     /// compaction back: it will catch up from a snapshot. This bounds the
     /// log (and its disk) while a replica is down.
     pub max_lag: u64,
+    /// A group quiet this long ticks only every [`IDLE_TICK_EVERY`]th
+    /// round (see [`Group::active`]).
+    pub idle_after: Duration,
 }
 
 impl Default for RaftTiming {
@@ -170,6 +173,7 @@ impl Default for RaftTiming {
             heartbeat_tick: 2,
             compact_after: 1_000,
             max_lag: 10_000,
+            idle_after: Duration::from_secs(30),
         }
     }
 }
@@ -187,10 +191,23 @@ fn compact_entry(to: u64) -> Vec<u8> {
 struct Group<E: KvEngine> {
     /// When a message from the current leader last arrived.
     leader_contact: Option<Instant>,
+    /// When the group last did something (its log grew, a proposal or read
+    /// came in, an election message arrived). A group quiet for
+    /// `RaftTiming::idle_after` ticks only every [`IDLE_TICK_EVERY`]th
+    /// round: past weeks' shards cost little.
+    active: Instant,
+    /// The last log index seen, to notice growth.
+    seen_index: u64,
     raw: RawNode<RaftLogStore<E>>,
     store: RaftLogStore<E>,
     sm: Arc<dyn StateMachine>,
 }
+
+/// A quiet group ticks once in this many rounds: its heartbeats and its
+/// election timeout stretch by the same factor on every replica (they all
+/// see the same log, so they quiet down together), and any proposal, read
+/// or election message wakes it.
+pub const IDLE_TICK_EVERY: u64 = 10;
 
 /// A handle to a running [`RaftNode`]: cheap to clone, usable from any
 /// thread.
@@ -498,6 +515,8 @@ impl<E: KvEngine> RaftNode<E> {
             group,
             Group {
                 leader_contact: None,
+                active: Instant::now(),
+                seen_index: 0,
                 raw,
                 store,
                 sm,
@@ -541,8 +560,17 @@ impl<E: KvEngine> RaftNode<E> {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if last_tick.elapsed() >= self.timing.tick {
+                let now = Instant::now();
+                let idle_after = self.timing.idle_after;
                 for g in self.groups.values_mut() {
-                    g.raw.tick();
+                    let last = g.raw.raft.raft_log.last_index();
+                    if last != g.seen_index {
+                        g.seen_index = last;
+                        g.active = now;
+                    }
+                    if now.duration_since(g.active) < idle_after || ticks % IDLE_TICK_EVERY == 0 {
+                        g.raw.tick();
+                    }
                 }
                 last_tick = Instant::now();
                 ticks += 1;
@@ -672,6 +700,13 @@ impl<E: KvEngine> RaftNode<E> {
         }
     }
 
+    /// Marks a group active (it ticks at full rate again).
+    fn wake(&mut self, group: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.active = Instant::now();
+        }
+    }
+
     /// Returns false if the node must stop.
     fn handle(&mut self, input: Input) -> bool {
         match input {
@@ -686,6 +721,12 @@ impl<E: KvEngine> RaftNode<E> {
                     }
                 }
                 if let Some(g) = self.groups.get_mut(&env.group) {
+                    if !matches!(
+                        env.msg.get_msg_type(),
+                        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+                    ) {
+                        g.active = Instant::now();
+                    }
                     if env.msg.get_msg_type() == MessageType::MsgHeartbeat {
                         // A heartbeat commits at most what the leader knows
                         // we have. More means this replica lost data it had
@@ -712,6 +753,7 @@ impl<E: KvEngine> RaftNode<E> {
                 }
             }
             Input::Propose { group, data, reply } => {
+                self.wake(group);
                 self.propose_tagged(group, reply, |raw, ctx| {
                     raw.propose(ctx, data).map_err(|e| match e {
                         raft::Error::ProposalDropped => ProposeError::Dropped,
@@ -751,6 +793,7 @@ impl<E: KvEngine> RaftNode<E> {
                 let _ = reply.send(s);
             }
             Input::ReadIndex { group, reply } => {
+                self.wake(group);
                 let Some(g) = self.groups.get_mut(&group) else {
                     let _ = reply.send(Err(ProposeError::NoGroup(group)));
                     return true;
@@ -762,6 +805,7 @@ impl<E: KvEngine> RaftNode<E> {
                 self.reads.insert(seq, (group, term, reply));
             }
             Input::ConfChange { group, cc, reply } => {
+                self.wake(group);
                 self.propose_tagged(group, reply, |raw, ctx| {
                     // One membership change at a time: retry once the
                     // pending one is applied.
@@ -775,11 +819,13 @@ impl<E: KvEngine> RaftNode<E> {
                 });
             }
             Input::TransferLeader { group, to } => {
+                self.wake(group);
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.raw.transfer_leader(to);
                 }
             }
             Input::Campaign(group) => {
+                self.wake(group);
                 if let Some(g) = self.groups.get_mut(&group) {
                     let _ = g.raw.campaign();
                 }
