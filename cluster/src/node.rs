@@ -19,7 +19,10 @@ use hourcell_storage::{
 
 use crate::config::NodeConfig;
 
-pub type Store = SliceStore<RocksEngine>;
+/// A store on RocksDB: the whole of its engine (a single node's, or a
+/// sharded cluster's metadata group) or one data shard's part of the
+/// node's shared shard engine.
+pub type Store = SliceStore<hourcell_storage::PrefixedEngine<RocksEngine>>;
 
 /// A source of "now" in unix seconds; tests inject a fixed clock.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -537,7 +540,10 @@ impl Node {
         };
         let engine = RocksEngine::open(&cfg.data_dir.join("db"), &rc)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
-        let store = Arc::new(SliceStore::open(engine, Some(cfg.slice_level))?);
+        let store = Arc::new(SliceStore::open(
+            hourcell_storage::PrefixedEngine::whole(Arc::new(engine)),
+            Some(cfg.slice_level),
+        )?);
         let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let auth = cfg.security.auth()?;
@@ -548,13 +554,11 @@ impl Node {
         let shards = match layout {
             None => None,
             Some(layout) => {
-                // The block cache and write buffers are shared out: the
-                // metadata store keeps a quarter, the shards split the rest
-                // (sized for the person shards and two weeks of cell shards).
-                let n = (2 * layout.cells + layout.persons) as usize;
+                // Every data shard lives in one shared engine; it gets three
+                // quarters of the block cache, the metadata store the rest.
                 let rc = RocksConfig {
-                    block_cache_bytes: ((cfg.block_cache_mb * 3 / 4 / n).max(8)) << 20,
-                    write_buffer_bytes: ((cfg.write_buffer_mb / n).max(8)) << 20,
+                    block_cache_bytes: ((cfg.block_cache_mb * 3 / 4).max(8)) << 20,
+                    write_buffer_bytes: cfg.write_buffer_mb << 20,
                     ..RocksConfig::default()
                 };
                 let sh = Shards::open(layout, cfg.data_dir.join("shards"), rc, cfg.slice_level)?;
@@ -637,6 +641,7 @@ impl Node {
     pub fn stats(&self) -> Result<hourcell_storage::StoreStats, NodeError> {
         let mut st = self.store.stats()?;
         if let Some(sh) = &self.shards {
+            st.disk_bytes += sh.disk_bytes();
             for (_, s) in sh.all() {
                 let x = s.stats()?;
                 st.disk_bytes += x.disk_bytes;
@@ -665,14 +670,12 @@ impl Node {
     /// Compacts every store; returns the disk bytes before and after.
     pub fn compact(&self) -> Result<(u64, u64), NodeError> {
         use hourcell_storage::KvEngine;
-        let (mut before, mut after) = (0, 0);
-        for s in self.stores() {
-            let e = s.engine();
-            before += e.disk_bytes();
-            e.compact()?;
-            after += e.disk_bytes();
+        let before = self.stats()?.disk_bytes;
+        self.store.engine().compact()?;
+        if let Some(sh) = &self.shards {
+            sh.compact()?;
         }
-        Ok((before, after))
+        Ok((before, self.stats()?.disk_bytes))
     }
 
     /// Every store this node holds: the metadata (or only) store first.

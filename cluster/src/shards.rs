@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hourcell_storage::shard::{Layout, ShardId};
-use hourcell_storage::{RocksConfig, RocksEngine, ShardPart, SliceStore};
+use hourcell_storage::{KvEngine, PrefixedEngine, RocksConfig, RocksEngine, ShardPart, SliceStore};
 use parking_lot::RwLock;
 
 use crate::node::Store;
@@ -32,26 +32,27 @@ pub struct Shards {
     weeks: RwLock<BTreeMap<i64, Vec<(u64, Arc<Store>)>>>,
     /// The shard map version the hosted weeks follow.
     pub synced_version: RwLock<u64>,
-    dir: PathBuf,
-    rocks: RocksConfig,
+    /// One engine for every data shard, each under its group's prefix.
+    engine: Arc<RocksEngine>,
     level: u8,
 }
 
 impl Shards {
-    /// Opens the person shards under `dir` (a directory per group).
+    /// Opens the shared shard engine in `dir` and the person shards.
     pub fn open(
         layout: Layout,
         dir: PathBuf,
         rocks: RocksConfig,
         level: u8,
     ) -> anyhow::Result<Shards> {
+        let engine = RocksEngine::open(&dir, &rocks)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.display()))?;
         let mut s = Shards {
             layout,
             persons: Vec::new(),
             weeks: RwLock::new(BTreeMap::new()),
             synced_version: RwLock::new(0),
-            dir,
-            rocks,
+            engine: Arc::new(engine),
             level,
         };
         s.persons = (0..u64::from(layout.persons))
@@ -60,15 +61,33 @@ impl Shards {
         Ok(s)
     }
 
-    fn store_dir(&self, group: u64) -> PathBuf {
-        self.dir.join(group.to_string())
+    fn open_store(&self, group: u64) -> anyhow::Result<(u64, Arc<Store>)> {
+        let e = PrefixedEngine::group(self.engine.clone(), group);
+        Ok((group, Arc::new(SliceStore::open(e, Some(self.level))?)))
     }
 
-    fn open_store(&self, group: u64) -> anyhow::Result<(u64, Arc<Store>)> {
-        let dir = self.store_dir(group);
-        let e = RocksEngine::open(&dir, &self.rocks)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.display()))?;
-        Ok((group, Arc::new(SliceStore::open(e, Some(self.level))?)))
+    /// Whether the shared engine holds nothing of group `g` (a dropped
+    /// shard leaves nothing behind).
+    pub fn group_is_empty(&self, g: u64) -> bool {
+        let p = hourcell_storage::prefixed::group_prefix(g);
+        let mut any = false;
+        let _ = self
+            .engine
+            .scan(&p, &hourcell_storage::keys::prefix_end(&p), &mut |_, _| {
+                any = true;
+                false
+            });
+        !any
+    }
+
+    /// The shared engine's size on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.engine.disk_bytes()
+    }
+
+    /// Compacts the shared engine.
+    pub fn compact(&self) -> hourcell_storage::Result<()> {
+        self.engine.compact()
     }
 
     /// Opens (creating if new) the stores of week `week`'s cell shards and
@@ -84,19 +103,17 @@ impl Shards {
         Ok(v)
     }
 
-    /// Stops hosting week `week` and deletes its stores' directories (after
-    /// the caller removed their raft groups).
+    /// Stops hosting week `week` and deletes its shards' data from the
+    /// shared engine (after the caller removed their raft groups).
     pub fn drop_week(&self, week: i64) -> anyhow::Result<()> {
         let Some(v) = self.weeks.write().remove(&week) else {
             return Ok(());
         };
-        let dirs: Vec<PathBuf> = v.iter().map(|(g, _)| self.store_dir(*g)).collect();
-        // The engines close when the last reference (a query still
-        // running) goes; the files are removed now, as Unix allows.
-        drop(v);
-        for d in dirs {
-            std::fs::remove_dir_all(&d)
-                .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", d.display()))?;
+        for (g, store) in v {
+            store
+                .engine()
+                .destroy()
+                .map_err(|e| anyhow::anyhow!("cannot delete shard group {g}: {e}"))?;
         }
         Ok(())
     }

@@ -275,6 +275,8 @@ pub fn merge_values<'a>(
     existing: Option<&[u8]>,
     operands: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Vec<u8>> {
+    // A key of a shared engine's group: the store key follows the prefix.
+    let key = crate::prefixed::strip(key);
     match key.first() {
         Some(&keys::CELL_DAY) | Some(&keys::ADDRESS_DAY) => {
             let mut acc = match existing {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod keys;
 pub mod kv;
 pub mod mem;
+pub mod prefixed;
 pub mod rocks;
 pub mod shard;
 pub mod store;
@@ -36,6 +37,7 @@ pub use command::{ApplyOutcome, Command, ShardIngest, ShardPart, SliceEvent};
 pub use error::{Result, StorageError};
 pub use kv::{FrozenView, KvEngine, WriteBatch};
 pub use mem::MemEngine;
+pub use prefixed::PrefixedEngine;
 pub use rocks::{RocksConfig, RocksEngine};
 pub use store::{PlaceEntry, PlaceIds, SliceStore, StoreStats};
 pub use tasks::{
