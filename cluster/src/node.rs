@@ -1159,9 +1159,19 @@ impl Node {
         if self.shards.is_none() {
             return self.read_barrier();
         }
-        r.read_index_all(&r.groups()).map_err(|e| {
+        let unavailable = |e: crate::replication::ProposeError| {
             NodeError::Unavailable(format!("cannot serve a linearizable read: {e}"))
-        })?;
+        };
+        r.read_index_all(&r.groups()).map_err(unavailable)?;
+        // The metadata replica is now current: if its shard map has weeks
+        // this node does not host yet, host them and wait for them too, or
+        // a week created through another node would read as empty here.
+        if let Some(sh) = &self.shards {
+            if self.store.shard_map().0 != *sh.synced_version.read() {
+                self.sync_shards()?;
+                r.read_index_all(&r.groups()).map_err(unavailable)?;
+            }
+        }
         self.check_restoring()
     }
 

@@ -787,3 +787,46 @@ fn quiet_groups_tick_slowly_and_wake_on_demand() {
         t0.elapsed()
     );
 }
+
+/// A snapshot is fetched and installed off the raft thread: while a slow
+/// install runs, the replica's raft loop still answers at once (its other
+/// groups keep ticking, heartbeating and applying).
+#[test]
+fn a_slow_snapshot_install_does_not_block_the_raft_loop() {
+    let mut c = Cluster::new();
+    let _ = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(1, &addresses(), Duration::from_secs(5)));
+    let net = c.net.clone();
+    c.replicas[2].stop(&net);
+    let acked = write_many(&c, &[1, 2], 400_000, 90);
+    let end = Instant::now() + Duration::from_secs(10);
+    while c.handle(1).status(GROUP).unwrap().first_index <= 60 {
+        assert!(Instant::now() < end, "log not compacted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    net.set_snapshot_delay(1_500);
+    c.replicas[2].start(&net);
+    // Wait until the install is under way.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !c.replicas[2].store.is_restoring() {
+        assert!(Instant::now() < end, "no snapshot install started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = Instant::now();
+    let s = c.handle(3).status(GROUP);
+    assert!(s.is_some());
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "the raft loop was blocked for {:?} during a snapshot install",
+        t0.elapsed()
+    );
+    assert!(
+        c.replicas[2].store.is_restoring(),
+        "the install ended before the loop was asked"
+    );
+    net.set_snapshot_delay(0);
+    c.converged(Duration::from_secs(15));
+    for p in &acked {
+        assert!(has_person(&c.replicas[2].store, *p), "replica 3 misses {p}");
+    }
+}

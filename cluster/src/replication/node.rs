@@ -124,6 +124,12 @@ pub enum Input {
         group: u64,
         reply: SyncSender<Result<(), String>>,
     },
+    /// A snapshot fetched off the raft thread was installed into the state
+    /// machine (or failed); `env` is the leader's MsgSnapshot, to step now.
+    SnapshotDone {
+        env: Box<Envelope>,
+        result: Result<(), String>,
+    },
     Stop,
 }
 
@@ -392,6 +398,50 @@ impl RaftHandle {
     }
 }
 
+/// Pulls the snapshot of `group` at `index` from node `from` into `sm`,
+/// retrying a few times. Runs on its own thread.
+fn fetch_snapshot(
+    transport: &dyn Transport,
+    sm: &dyn StateMachine,
+    group: u64,
+    index: u64,
+    from: u64,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let mut last_err = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(200 << attempt));
+        }
+        let mut bytes = 0u64;
+        let r = sm.begin_restore().and_then(|()| {
+            transport.fetch_snapshot(from, group, index, &mut |pairs| {
+                bytes += pairs
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
+                sm.restore_chunk(pairs)
+            })
+        });
+        match r
+            .and_then(|()| sm.finish_restore())
+            .and_then(|()| sm.sync_applied(index))
+        {
+            Ok(()) => {
+                tracing::info!(group, index, from, bytes, elapsed = ?t0.elapsed(), "installed snapshot");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(group, index, from, attempt, error = %e, "snapshot fetch failed");
+                last_err = e;
+            }
+        }
+    }
+    Err(format!(
+        "group {group}: could not install the snapshot at {index} from node {from}: {last_err}"
+    ))
+}
+
 fn sorted(ids: &[u64]) -> Vec<u64> {
     let mut v = ids.to_vec();
     v.sort_unstable();
@@ -432,6 +482,14 @@ pub struct RaftNode<E: KvEngine> {
     /// The engine of the groups added so far; groups added while running
     /// keep their logs there too.
     log_engine: Option<Arc<E>>,
+    /// This loop's own inbox, for work finished on other threads.
+    tx: Sender<Input>,
+    /// Groups whose snapshot is being fetched and installed on another
+    /// thread: group → snapshot index. Their Ready is not processed
+    /// meanwhile (the state machine is being replaced); other groups run on.
+    installing: HashMap<u64, u64>,
+    /// Snapshots installed and waiting for their MsgSnapshot to be stepped.
+    installed: HashMap<u64, u64>,
 }
 
 fn config(id: u64, applied: u64, t: &RaftTiming) -> Config {
@@ -473,6 +531,9 @@ impl<E: KvEngine> RaftNode<E> {
             reads_ready: Vec::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             log_engine: None,
+            tx: tx.clone(),
+            installing: HashMap::new(),
+            installed: HashMap::new(),
         };
         (node, RaftHandle { id, tx, snapshots })
     }
@@ -711,14 +772,10 @@ impl<E: KvEngine> RaftNode<E> {
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Message(mut env) => {
-                if env.msg.get_msg_type() == MessageType::MsgSnapshot {
-                    if let Err(e) = self.fetch_snapshot(&env) {
-                        // The state machine may be half-replaced: stop
-                        // rather than serve it (it refuses to reopen
-                        // until emptied and rejoined).
-                        self.fail(&e);
-                        return false;
-                    }
+                if env.msg.get_msg_type() == MessageType::MsgSnapshot && !self.snapshot_ready(&env)
+                {
+                    // Being fetched on another thread; stepped when done.
+                    return true;
                 }
                 if let Some(g) = self.groups.get_mut(&env.group) {
                     if !matches!(
@@ -871,6 +928,23 @@ impl<E: KvEngine> RaftNode<E> {
                 };
                 let _ = reply.send(r);
             }
+            Input::SnapshotDone { env, result } => {
+                self.installing.remove(&env.group);
+                match result {
+                    Ok(()) => {
+                        let index = env.msg.get_snapshot().get_metadata().index;
+                        self.installed.insert(env.group, index);
+                        return self.handle(Input::Message(*env));
+                    }
+                    Err(e) => {
+                        // The state machine may be half-replaced: stop
+                        // rather than serve it (it refuses to reopen
+                        // until emptied and rejoined).
+                        self.fail(&e);
+                        return false;
+                    }
+                }
+            }
             Input::Stop => return false,
         }
         true
@@ -882,9 +956,13 @@ impl<E: KvEngine> RaftNode<E> {
     /// committed here, and the log does not already hold its last entry).
     /// A failed fetch is retried a few times; if it still fails, the error
     /// stops the node, because the state machine was already cleared.
-    fn fetch_snapshot(&mut self, env: &Envelope) -> Result<(), String> {
-        let Some(g) = self.groups.get_mut(&env.group) else {
-            return Ok(());
+    /// Whether a MsgSnapshot can be stepped now: true if it needs no data
+    /// (stale, or this replica has the entries) or its data is installed;
+    /// otherwise starts fetching it on another thread (once) and returns
+    /// false.
+    fn snapshot_ready(&mut self, env: &Envelope) -> bool {
+        let Some(g) = self.groups.get(&env.group) else {
+            return true;
         };
         let meta = env.msg.get_snapshot().get_metadata();
         let cs = meta.get_conf_state();
@@ -894,44 +972,32 @@ impl<E: KvEngine> RaftNode<E> {
             || meta.index <= g.raw.raft.raft_log.committed
             || g.raw.raft.raft_log.match_term(meta.index, meta.term)
         {
-            return Ok(());
+            return true;
+        }
+        if self.installed.get(&env.group) == Some(&meta.index) {
+            self.installed.remove(&env.group);
+            return true;
+        }
+        if self.installing.contains_key(&env.group) {
+            return false;
         }
         let (group, index, from) = (env.group, meta.index, env.msg.from);
-        let t0 = Instant::now();
+        self.installing.insert(group, index);
         let sm = g.sm.clone();
-        let mut last_err = String::new();
-        for attempt in 0..5 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 << attempt));
-            }
-            let mut bytes = 0u64;
-            let r = sm.begin_restore().and_then(|()| {
-                self.transport
-                    .fetch_snapshot(from, group, index, &mut |pairs| {
-                        bytes += pairs
-                            .iter()
-                            .map(|(k, v)| (k.len() + v.len()) as u64)
-                            .sum::<u64>();
-                        sm.restore_chunk(pairs)
-                    })
+        let transport = self.transport.clone();
+        let tx = self.tx.clone();
+        let env = Box::new(env.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("snapshot-{group}"))
+            .spawn(move || {
+                let result = fetch_snapshot(&*transport, &*sm, group, index, from);
+                let _ = tx.send(Input::SnapshotDone { env, result });
             });
-            match r
-                .and_then(|()| sm.finish_restore())
-                .and_then(|()| sm.sync_applied(index))
-            {
-                Ok(()) => {
-                    tracing::info!(group, index, from, bytes, elapsed = ?t0.elapsed(), "installed snapshot");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(group, index, from, attempt, error = %e, "snapshot fetch failed");
-                    last_err = e;
-                }
-            }
+        if let Err(e) = spawned {
+            self.installing.remove(&group);
+            tracing::warn!(group, error = %e, "cannot start a snapshot fetch; will retry");
         }
-        Err(format!(
-            "group {group}: could not install the snapshot at {index} from node {from}: {last_err}"
-        ))
+        false
     }
 
     /// Proposes through `propose` with a context tagging the entry as this
@@ -993,6 +1059,10 @@ impl<E: KvEngine> RaftNode<E> {
     /// messages, advance, then the light ready (commit index, messages,
     /// committed entries) and advance_apply.
     fn on_ready(&mut self, gid: u64) -> Result<(), String> {
+        if self.installing.contains_key(&gid) {
+            // Its state machine is being replaced on another thread.
+            return Ok(());
+        }
         let g = self.groups.get_mut(&gid).expect("group exists");
         if !g.raw.has_ready() {
             return Ok(());

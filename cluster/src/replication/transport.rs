@@ -118,6 +118,9 @@ pub struct SimNetwork {
     inboxes: Arc<RwLock<HashMap<u64, Sender<Input>>>>,
     snapshots: Arc<RwLock<HashMap<u64, Arc<Snapshots>>>>,
     filters: Arc<RwLock<Vec<Box<dyn Filter>>>>,
+    /// Milliseconds each snapshot fetch waits before streaming (a slow
+    /// link), for tests.
+    snapshot_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SimNetwork {
@@ -143,6 +146,12 @@ impl SimNetwork {
 
     pub fn clear_filters(&self) {
         self.filters.write().clear();
+    }
+
+    /// Makes every snapshot fetch wait `ms` first.
+    pub fn set_snapshot_delay(&self, ms: u64) {
+        self.snapshot_delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -173,6 +182,10 @@ impl Transport for SimNetwork {
             .get(&from)
             .cloned()
             .ok_or_else(|| format!("node {from} is down"))?;
+        let delay = self
+            .snapshot_delay_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
         snaps.stream(group, index, sink)
     }
 }
