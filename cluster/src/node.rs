@@ -583,23 +583,33 @@ impl Node {
         if let Some(sh) = &shards {
             *sh.synced_version.write() = store.shard_map().0;
         }
-        let source: Arc<dyn hourcell_query::SliceSource> = match &shards {
-            None => store.clone(),
-            Some(sh) => {
+        let gate = match (&shards, &replication) {
+            (Some(_), Some(r)) => Some(Arc::new(crate::shards::ReadGate::new(
+                r.handle.clone(),
+                r.propose_timeout,
+            ))),
+            _ => None,
+        };
+        let source: Arc<dyn hourcell_query::SliceSource> = match (&shards, &gate) {
+            (Some(sh), Some(gate)) => {
                 let weeks = sh.clone();
+                let g = gate.clone();
+                let gated = move |(group, store): (u64, Arc<Store>),
+                                  gate: &Arc<crate::shards::ReadGate>| {
+                    Arc::new(crate::shards::Gated {
+                        store,
+                        group,
+                        gate: gate.clone(),
+                    }) as Arc<dyn hourcell_query::SliceSource>
+                };
                 Arc::new(hourcell_query::ShardedSource::new(
                     sh.layout,
                     store.clone(),
-                    Arc::new(move |w| {
-                        weeks
-                            .week(w)
-                            .into_iter()
-                            .map(|(_, s)| s as Arc<dyn hourcell_query::SliceSource>)
-                            .collect()
-                    }),
-                    sh.persons.iter().map(|(_, s)| s.clone() as _).collect(),
+                    Arc::new(move |w| weeks.week(w).into_iter().map(|x| gated(x, &g)).collect()),
+                    sh.persons.iter().map(|x| gated(x.clone(), gate)).collect(),
                 ))
             }
+            _ => store.clone(),
         };
         Ok(Arc::new(Node {
             shards,
@@ -1153,6 +1163,7 @@ impl Node {
     /// A read barrier on every group (the data shards as well as the
     /// metadata group), for queries.
     pub fn read_barrier_all(&self) -> Result<(), NodeError> {
+        crate::shards::ReadGate::end();
         let Some(r) = &self.replication else {
             return Ok(());
         };
@@ -1198,6 +1209,7 @@ impl Node {
     /// applied everything it knows to be committed answers from its own
     /// state. Returns how stale the answer may be (0 = linearizable).
     pub fn read_barrier_bounded(&self, max_staleness_ms: Option<u32>) -> Result<u64, NodeError> {
+        crate::shards::ReadGate::end();
         if let (Some(max), Some(r)) = (max_staleness_ms, &self.replication) {
             // Every group must be fresh enough; the answer is as stale as
             // the stalest of them.
@@ -1220,8 +1232,27 @@ impl Node {
                 return Ok(ms);
             }
         }
-        self.read_barrier_all()?;
+        self.read_barrier_query()?;
         Ok(0)
+    }
+
+    /// The barrier of a linearizable query: on a sharded node, a ReadIndex
+    /// on the metadata group now and on each data group when the query
+    /// first reads it (see [`crate::shards::ReadGate`]); otherwise
+    /// [`Node::read_barrier_all`].
+    pub fn read_barrier_query(&self) -> Result<(), NodeError> {
+        if self.shards.is_none() || self.replication.is_none() {
+            return self.read_barrier_all();
+        }
+        let started = std::time::Instant::now();
+        self.read_barrier()?;
+        if let Some(sh) = &self.shards {
+            if self.store.shard_map().0 != *sh.synced_version.read() {
+                self.sync_shards()?;
+            }
+        }
+        crate::shards::ReadGate::begin(started);
+        Ok(())
     }
 
     pub fn replication(&self) -> Option<&Replication> {

@@ -30,6 +30,7 @@ pub fn to_status(e: NodeError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         NodeError::Query(QueryError::NotFound { .. }) => Status::not_found(e.to_string()),
+        NodeError::Query(QueryError::Unavailable(m)) => Status::unavailable(m),
         NodeError::Query(QueryError::Storage(s)) | NodeError::Storage(s) => {
             tracing::error!(error = %s, "request failed in storage");
             if s.is_fatal() {

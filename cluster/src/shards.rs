@@ -160,3 +160,199 @@ impl Shards {
         "meta".into()
     }
 }
+
+/// Linearizable reads of data shards, one group at a time: a query takes a
+/// ReadIndex on the metadata group when it starts ([`ReadGate::begin`]),
+/// and on each data group only when it first reads from it, unless that
+/// group already had one issued after the query started. A query that
+/// touches one week's shards does not wake every past week's group.
+pub struct ReadGate {
+    handle: crate::replication::RaftHandle,
+    timeout: std::time::Duration,
+    /// Group → when its last ReadIndex was issued.
+    last: RwLock<std::collections::HashMap<u64, std::time::Instant>>,
+}
+
+thread_local! {
+    /// When the query running on this thread started (set by
+    /// [`ReadGate::begin`]); `None` outside a gated query.
+    static READ_STARTED: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+impl ReadGate {
+    pub fn new(handle: crate::replication::RaftHandle, timeout: std::time::Duration) -> Self {
+        Self {
+            handle,
+            timeout,
+            last: RwLock::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Marks the start of a linearizable query on this thread (after the
+    /// metadata group's ReadIndex).
+    pub fn begin(at: std::time::Instant) {
+        READ_STARTED.with(|c| c.set(Some(at)));
+    }
+
+    /// Ends the gated query on this thread: later reads are ungated (the
+    /// caller took a full barrier, or reads stale on purpose).
+    pub fn end() {
+        READ_STARTED.with(|c| c.set(None));
+    }
+
+    /// Before reading `group` in a gated query: a ReadIndex on it unless
+    /// one was issued after the query started.
+    pub fn ensure(&self, group: u64) -> Result<(), String> {
+        let Some(started) = READ_STARTED.with(|c| c.get()) else {
+            return Ok(());
+        };
+        if self.last.read().get(&group).is_some_and(|t| *t >= started) {
+            return Ok(());
+        }
+        let issued = std::time::Instant::now();
+        let deadline = issued + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.handle.read_index(group, left) {
+                Ok(()) => break,
+                Err(crate::replication::ProposeError::Dropped) if !left.is_zero() => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot serve a linearizable read of shard group {group}: {e}"
+                    ))
+                }
+            }
+        }
+        let mut last = self.last.write();
+        let t = last.entry(group).or_insert(issued);
+        if *t < issued {
+            *t = issued;
+        }
+        Ok(())
+    }
+}
+
+/// A data shard's store behind a [`ReadGate`]: every read first makes sure
+/// the shard is read linearizably.
+pub struct Gated {
+    pub store: Arc<Store>,
+    pub group: u64,
+    pub gate: Arc<ReadGate>,
+}
+
+impl Gated {
+    fn check(&self) -> hourcell_query::Result<()> {
+        self.gate
+            .ensure(self.group)
+            .map_err(hourcell_query::QueryError::Unavailable)
+    }
+}
+
+impl hourcell_query::SliceSource for Gated {
+    fn slice_level(&self) -> u8 {
+        self.store.slice_level()
+    }
+    fn cell_days(
+        &self,
+        day: i64,
+        lo: u64,
+        hi: u64,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> hourcell_query::Result<()> {
+        self.check()?;
+        hourcell_query::SliceSource::cell_days(self.store.as_ref(), day, lo, hi, f)
+    }
+    fn address_day(
+        &self,
+        day: i64,
+        address_id: u32,
+    ) -> hourcell_query::Result<Option<hourcell_storage::DaySet>> {
+        self.check()?;
+        hourcell_query::SliceSource::address_day(self.store.as_ref(), day, address_id)
+    }
+    fn hour_slices(
+        &self,
+        from: i64,
+        to: i64,
+        f: &mut dyn FnMut(i64, roaring::RoaringBitmap),
+    ) -> hourcell_query::Result<()> {
+        self.check()?;
+        hourcell_query::SliceSource::hour_slices(self.store.as_ref(), from, to, f)
+    }
+    fn hour_slices_rev(
+        &self,
+        before: i64,
+        f: &mut dyn FnMut(i64, roaring::RoaringBitmap) -> bool,
+    ) -> hourcell_query::Result<()> {
+        self.check()?;
+        hourcell_query::SliceSource::hour_slices_rev(self.store.as_ref(), before, f)
+    }
+    fn person_hours(
+        &self,
+        person: u64,
+        from: i64,
+        to: i64,
+    ) -> hourcell_query::Result<Vec<(i64, Vec<hourcell_storage::PlaceEntry>)>> {
+        self.check()?;
+        hourcell_query::SliceSource::person_hours(self.store.as_ref(), person, from, to)
+    }
+    fn last_active_before(
+        &self,
+        id: u32,
+        before: i64,
+        keep: &mut dyn FnMut(&[hourcell_storage::PlaceEntry]) -> bool,
+    ) -> hourcell_query::Result<Option<i64>> {
+        self.check()?;
+        hourcell_query::SliceSource::last_active_before(self.store.as_ref(), id, before, keep)
+    }
+    fn internal_id(&self, person: u64) -> Option<u32> {
+        self.store.internal_id(person)
+    }
+    fn external_id(&self, id: u32) -> Option<u64> {
+        self.store.external_id(id)
+    }
+    fn external_ids(&self, b: &roaring::RoaringBitmap) -> Vec<u64> {
+        self.store.external_ids(b)
+    }
+    fn scan_person_days(
+        &self,
+        from_day: i64,
+        to_day: i64,
+        f: &mut dyn FnMut(u32, &[hourcell_storage::PlaceIds]),
+    ) -> hourcell_query::Result<()> {
+        self.check()?;
+        hourcell_query::SliceSource::scan_person_days(self.store.as_ref(), from_day, to_day, f)
+    }
+    fn source_labels(&self) -> Vec<String> {
+        self.store.source_labels()
+    }
+    fn for_each_address(&self, f: &mut dyn FnMut(&hourcell_storage::AddressRecord)) {
+        hourcell_query::SliceSource::for_each_address(self.store.as_ref(), f)
+    }
+    fn address(&self, code: &str) -> Option<hourcell_storage::AddressRecord> {
+        self.store.address(code)
+    }
+    fn address_point(&self, code: &str) -> Option<(u32, f64, f64, u64)> {
+        self.store.address_point(code)
+    }
+    fn area_addresses(&self, area: &str) -> Vec<u32> {
+        self.store.area_addresses(area)
+    }
+    fn area_exists(&self, area: &str) -> bool {
+        self.store.area_exists(area)
+    }
+    fn for_each_registration(
+        &self,
+        with_address: bool,
+        f: &mut dyn FnMut(
+            &hourcell_storage::RegistrationRecord,
+            Option<&hourcell_storage::AddressRecord>,
+            Option<u32>,
+        ),
+    ) {
+        hourcell_query::SliceSource::for_each_registration(self.store.as_ref(), with_address, f)
+    }
+}

@@ -18,6 +18,10 @@ pub enum QueryError {
     NotFound { what: &'static str, value: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A shard could not be read consistently now (no leader, a read
+    /// barrier timed out); retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl QueryError {
