@@ -929,10 +929,17 @@ pub fn format_status(s: &v1::StatusResponse) -> String {
         rows.push((
             "shards",
             format!(
-                "{} cell and {} person shards; this node leads {leads}, {leaderless} without a leader \
-                 (hourcell cluster status lists them)",
-                s.shards.iter().filter(|x| x.shard.starts_with("cells")).count(),
-                s.shards.iter().filter(|x| x.shard.starts_with("persons")).count(),
+                "{} cell and {} person shards, shard map version {}; this node leads {leads}, \
+                 {leaderless} without a leader (hourcell cluster status lists them)",
+                s.shards
+                    .iter()
+                    .filter(|x| x.shard.starts_with("cells"))
+                    .count(),
+                s.shards
+                    .iter()
+                    .filter(|x| x.shard.starts_with("persons"))
+                    .count(),
+                s.shard_map_version,
             ),
         ));
     }

@@ -664,6 +664,11 @@ impl v1::admin_server::Admin for Services {
             last_hour: st.last_hour.map(|h| h * 3600),
             raft,
             shards,
+            shard_map_version: if self.node.shards().is_some() {
+                self.node.store().shard_map().0
+            } else {
+                0
+            },
         }))
     }
 
