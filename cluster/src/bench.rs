@@ -427,9 +427,27 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
     out
 }
 
-async fn run_queries(ch: &Channel, town: &Town, seed: u64, runs: usize) -> Result<Vec<QueryStats>> {
+/// Whether the query kind named `name` (as in [`QueryStats::name`]) is
+/// selected by `only` (empty: every kind).
+fn selected(name: &str, only: &[String]) -> bool {
+    only.is_empty()
+        || only
+            .iter()
+            .any(|k| name.split(' ').next() == Some(k.trim()))
+}
+
+async fn run_queries(
+    ch: &Channel,
+    town: &Town,
+    seed: u64,
+    runs: usize,
+    only: &[String],
+) -> Result<Vec<QueryStats>> {
     let mut all = Vec::new();
     for (mut stats, reqs) in bench_requests(town, seed, runs) {
+        if !selected(stats.name, only) {
+            continue;
+        }
         let bar = indicatif::ProgressBar::new(reqs.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
@@ -515,10 +533,16 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             args.queries,
             format_time(town.end_unix())
         );
-        run_queries(&ch, &town, args.seed, args.queries).await?
+        run_queries(&ch, &town, args.seed, args.queries, &args.only).await?
     } else {
         Vec::new()
     };
+    if args.no_compact {
+        if !stats.is_empty() {
+            println!("\n{}", markdown_table(&stats));
+        }
+        return Ok(());
+    }
 
     // Fold merge operands and apply compression before measuring size.
     let started = Instant::now();
@@ -600,6 +624,15 @@ mod tests {
             "| query | runs | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n\
              | occupancy (1 address, 24 h) | 5 | 3.00 | 5.00 | 5.00 |\n"
         );
+    }
+
+    #[test]
+    fn only_selects_by_first_word() {
+        assert!(selected("where-was (1 person, 7 days)", &[]));
+        let only = vec!["occupancy".to_string(), " where-was".to_string()];
+        assert!(selected("where-was (1 person, 7 days)", &only));
+        assert!(selected("occupancy (1 address, 24 h)", &only));
+        assert!(!selected("who-was-at (1 km circle, 24 h)", &only));
     }
 
     #[test]

@@ -323,6 +323,14 @@ pub struct BenchArgs {
     /// Skip loading (the town with this seed is already in the node).
     #[arg(long)]
     pub skip_load: bool,
+    /// Run only these query kinds (comma-separated: occupancy, who-was-at,
+    /// where-was, no-activity-since), e.g. to profile one of them alone.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Do not compact and count postings after the queries (a profile of
+    /// the queries then holds nothing else).
+    #[arg(long)]
+    pub no_compact: bool,
 }
 
 /// `hourcell tasks ...`
