@@ -223,6 +223,10 @@ pub struct ImportArgs {
     /// Rows per request.
     #[arg(long, default_value_t = 5000)]
     pub batch: usize,
+    /// Event requests in flight at once (addresses and registrations are
+    /// always sent one at a time, in file order).
+    #[arg(long, default_value_t = 3)]
+    pub in_flight: usize,
     #[arg(long, default_value = DEFAULT_SERVER)]
     pub server: String,
 }
