@@ -270,7 +270,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         // The answer is a list, so no bitmap: sorting the gathered ids is
         // cheaper than building one and iterating it.
         let mut ids = self.window_ids(&r, &w)?;
-        ids.sort_unstable();
+        hourcell_storage::radix::sort_u32(&mut ids);
         ids.dedup();
         Ok(WhoWasAtAnswer {
             window: w,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod keys;
 pub mod kv;
 pub mod mem;
+pub mod radix;
 pub mod rocks;
 pub mod store;
 pub mod tasks;

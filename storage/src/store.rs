@@ -1116,6 +1116,7 @@ impl<E: KvEngine> SliceStore<E> {
             .iter()
             .filter_map(|&id| st.int_to_ext.get(id as usize).copied())
             .collect();
+        drop(st);
         out.sort_unstable();
         out
     }
