@@ -496,12 +496,18 @@ impl Node {
     /// Validates, places and durably applies events. Bad events are
     /// rejected one by one; their good neighbours are applied.
     pub fn ingest(&self, raw: &[RawEvent]) -> Result<(u64, Vec<Rejection>), NodeError> {
+        self.ingest_owned(raw.to_vec())
+    }
+
+    /// [`Node::ingest`] of events the caller gives away: their strings move
+    /// into the command instead of being copied.
+    pub fn ingest_owned(&self, raw: Vec<RawEvent>) -> Result<(u64, Vec<Rejection>), NodeError> {
         self.check_batch(raw.len(), "events")?;
         // Validation reads the address table: on a replica it must see
         // every address acknowledged anywhere before this request.
         self.read_barrier()?;
         let now = self.now();
-        let (ok, bad) = validate::place_events_retained(
+        let (ok, bad) = validate::place_events_owned(
             self.store.as_ref(),
             raw,
             now,

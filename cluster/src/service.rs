@@ -295,7 +295,7 @@ impl v1::ingest_server::Ingest for Services {
         let _p = self.guard(&req, Rpc::Ingest).await?;
         let raw: Vec<RawEvent> = req.into_inner().events.into_iter().map(raw_event).collect();
         let node = self.node.clone();
-        let (accepted, bad) = blocking(move || node.ingest(&raw)).await?;
+        let (accepted, bad) = blocking(move || node.ingest_owned(raw)).await?;
         Ok(Response::new(v1::IngestResponse {
             accepted,
             rejected: rejections(bad),
