@@ -70,9 +70,15 @@ pub fn place_events_retained<S: SliceSource + ?Sized>(
     now: i64,
     retained_from: Option<i64>,
 ) -> (Vec<SliceEvent>, Vec<Rejection>) {
-    place_all(source, raw.iter(), now, retained_from, |e, placed| {
-        placed.event(e.person, e.address.as_deref(), &e.source)
-    })
+    let mut ok = Vec::with_capacity(raw.len());
+    let mut bad = Vec::new();
+    for (i, e) in raw.iter().enumerate() {
+        match place_checked(source, e, now, retained_from, i) {
+            Ok(p) => ok.push(p.event(e.person, e.address.as_deref(), &e.source)),
+            Err(r) => bad.push(r),
+        }
+    }
+    (ok, bad)
 }
 
 /// [`place_events_retained`] that takes the events by value and moves
@@ -121,24 +127,6 @@ fn owned_trimmed(s: String) -> String {
     } else {
         s.trim().to_string()
     }
-}
-
-fn place_all<'a, S: SliceSource + ?Sized>(
-    source: &S,
-    raw: impl Iterator<Item = &'a RawEvent>,
-    now: i64,
-    retained_from: Option<i64>,
-    make: impl Fn(&RawEvent, Placed) -> SliceEvent,
-) -> (Vec<SliceEvent>, Vec<Rejection>) {
-    let mut ok = Vec::with_capacity(raw.size_hint().0);
-    let mut bad = Vec::new();
-    for (i, e) in raw.enumerate() {
-        match place_checked(source, e, now, retained_from, i) {
-            Ok(p) => ok.push(make(e, p)),
-            Err(r) => bad.push(r),
-        }
-    }
-    (ok, bad)
 }
 
 /// Where an accepted event goes: its hour, its slice cell and whether it

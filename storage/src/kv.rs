@@ -119,27 +119,4 @@ pub trait FrozenView: Send + Sync {
     /// returns false.
     fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool)
         -> Result<()>;
-
-    /// Visits the keys of each range `[start, end)` in turn, in ascending
-    /// order, until `f` returns false. `ranges` must be sorted and must not
-    /// overlap. The same as one `scan` per range; an engine may do it with
-    /// one cursor (who-was-at reads up to 16 ranges per day, and opening a
-    /// RocksDB iterator per range cost more than reading the ranges).
-    fn scan_ranges(
-        &self,
-        ranges: &[(Vec<u8>, Vec<u8>)],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        let mut go = true;
-        for (start, end) in ranges {
-            self.scan(start, end, &mut |k, v| {
-                go = f(k, v);
-                go
-            })?;
-            if !go {
-                break;
-            }
-        }
-        Ok(())
-    }
 }
