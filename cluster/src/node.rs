@@ -203,9 +203,9 @@ const TASKS_PER_COMMAND: usize = 5_000;
 /// takes everything queued (up to `max_batch` events) and proposes it as one
 /// `Ingest` command, and every request returns once the command holding its
 /// events is durable. Consecutive batches share many slice keys (a quarter
-/// of the cell-day and address-day keys of two 20,000-event batches of the
-/// generated town), so one command writes fewer merge operands into the
-/// memtable than two, and syncs once.
+/// of the address-day keys and a tenth of the person-day keys of two
+/// 20,000-event batches of the generated town), so one command writes fewer
+/// merge operands into the memtable than two, and syncs once.
 #[derive(Default)]
 struct IngestGroup {
     state: std::sync::Mutex<GroupState>,
