@@ -808,7 +808,7 @@ def cmd_report(a):
     dst = dk["load"]["steps"]
     w("Details:")
     w("")
-    w("- **Load.** hourcell: `hourcell import --kind events --batch %d` over gRPC, every batch synced before it is acknowledged: %.1f s "
+    w("- **Load.** hourcell: `hourcell import --kind events --batch %d` over gRPC (3 batches in flight, the default), every batch synced before it is acknowledged: %.1f s "
       "(addresses and registry before it: %.1f s). PostgreSQL: `COPY ... FREEZE` of the events in one transaction %.1f s + "
       "index builds %.1f s + `VACUUM ANALYZE` %.1f s (a `CHECKPOINT` after it took %.1f s more, not counted). DuckDB: "
       "`CREATE TABLE AS SELECT ... ORDER BY hour, cell` from the CSV %.1f s + `CHECKPOINT` %.1f s (no index: zone maps on the sorted hour column; its planner used an ART index on person only for a lone equality, not with the window beside it). "

@@ -427,9 +427,27 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
     out
 }
 
-async fn run_queries(ch: &Channel, town: &Town, seed: u64, runs: usize) -> Result<Vec<QueryStats>> {
+/// Whether the query kind named `name` (as in [`QueryStats::name`]) is
+/// selected by `only` (empty: every kind).
+fn selected(name: &str, only: &[String]) -> bool {
+    only.is_empty()
+        || only
+            .iter()
+            .any(|k| name.split(' ').next() == Some(k.trim()))
+}
+
+async fn run_queries(
+    ch: &Channel,
+    town: &Town,
+    seed: u64,
+    runs: usize,
+    only: &[String],
+) -> Result<Vec<QueryStats>> {
     let mut all = Vec::new();
     for (mut stats, reqs) in bench_requests(town, seed, runs) {
+        if !selected(stats.name, only) {
+            continue;
+        }
         let bar = indicatif::ProgressBar::new(reqs.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
@@ -453,11 +471,11 @@ async fn run_queries(ch: &Channel, town: &Town, seed: u64, runs: usize) -> Resul
     Ok(all)
 }
 
-async fn status(ch: &Channel) -> Result<v1::StatusResponse> {
+/// The node's status; `count_postings` scans every posting (seconds on a
+/// big node), so it is only asked for in the final report.
+async fn status(ch: &Channel, count_postings: bool) -> Result<v1::StatusResponse> {
     Ok(client::admin_client(ch.clone())
-        .status(v1::StatusRequest {
-            count_postings: true,
-        })
+        .status(v1::StatusRequest { count_postings })
         .await
         .map_err(client::status_error)
         .context("Admin.Status")?
@@ -469,7 +487,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
     let mut start = utc_midnight(hourcell_query::time::now()) - i64::from(args.days) * DAY;
     if args.skip_load {
         // The town was loaded on some earlier day: line it up with the data.
-        if let Some(first) = status(&ch).await?.first_hour {
+        if let Some(first) = status(&ch, false).await?.first_hour {
             let data_start = utc_midnight(first);
             if data_start != start {
                 println!(
@@ -515,10 +533,16 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             args.queries,
             format_time(town.end_unix())
         );
-        run_queries(&ch, &town, args.seed, args.queries).await?
+        run_queries(&ch, &town, args.seed, args.queries, &args.only).await?
     } else {
         Vec::new()
     };
+    if args.no_compact {
+        if !stats.is_empty() {
+            println!("\n{}", markdown_table(&stats));
+        }
+        return Ok(());
+    }
 
     // Fold merge operands and apply compression before measuring size.
     let started = Instant::now();
@@ -534,7 +558,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         client::human_bytes(c.disk_bytes_after),
         started.elapsed().as_secs_f64()
     );
-    let st = status(&ch).await?;
+    let st = status(&ch, true).await?;
     println!("\nnode:");
     println!("  persons          {}", st.persons);
     println!(
@@ -600,6 +624,15 @@ mod tests {
             "| query | runs | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n\
              | occupancy (1 address, 24 h) | 5 | 3.00 | 5.00 | 5.00 |\n"
         );
+    }
+
+    #[test]
+    fn only_selects_by_first_word() {
+        assert!(selected("where-was (1 person, 7 days)", &[]));
+        let only = vec!["occupancy".to_string(), " where-was".to_string()];
+        assert!(selected("where-was (1 person, 7 days)", &only));
+        assert!(selected("occupancy (1 address, 24 h)", &only));
+        assert!(!selected("who-was-at (1 km circle, 24 h)", &only));
     }
 
     #[test]

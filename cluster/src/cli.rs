@@ -242,6 +242,10 @@ pub struct ImportArgs {
     /// Rows per request.
     #[arg(long, default_value_t = 5000)]
     pub batch: usize,
+    /// Event requests in flight at once (addresses and registrations are
+    /// always sent one at a time, in file order).
+    #[arg(long, default_value_t = 3)]
+    pub in_flight: usize,
     #[arg(long, default_value = DEFAULT_SERVER)]
     pub server: String,
 }
@@ -342,6 +346,14 @@ pub struct BenchArgs {
     /// Skip loading (the town with this seed is already in the node).
     #[arg(long)]
     pub skip_load: bool,
+    /// Run only these query kinds (comma-separated: occupancy, who-was-at,
+    /// where-was, no-activity-since), e.g. to profile one of them alone.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Do not compact and count postings after the queries (a profile of
+    /// the queries then holds nothing else).
+    #[arg(long)]
+    pub no_compact: bool,
 }
 
 /// `hourcell tasks ...`

@@ -1397,7 +1397,11 @@ pub fn parse_row(
         ImportKind::Events => {
             let person = person_field(cols, rec)?;
             let t = need(cols, rec, "time")?;
-            let time = match t.parse::<i64>() {
+            // Parsed here with the node's own parser, so the node does not
+            // parse 9 million timestamps on its one apply path; a time it
+            // cannot parse goes as text and the node rejects it with its
+            // usual message.
+            let time = match parse_time("time", t) {
                 Ok(s) => v1::event::Time::UnixSeconds(s),
                 Err(_) => v1::event::Time::Rfc3339(t.to_string()),
             };
@@ -1589,9 +1593,101 @@ fn import_bar(bytes: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// What the CSV reader hands to the sender: a full batch (with the byte
+/// offset after it, for the progress bar) or a row it could not parse.
+enum Parsed {
+    Batch(Batch, u64),
+    Rejected(Option<u64>, String, String),
+}
+
+/// Reads and parses the CSV on a thread of its own and hands full batches
+/// to `tx`, so that parsing the next batch overlaps the sending of the
+/// previous ones. Stops early (without an error) when the receiver is gone.
+fn read_batches(
+    mut rdr: csv::Reader<BufReader<File>>,
+    kind: ImportKind,
+    cols: Columns,
+    batch_size: usize,
+    tx: tokio::sync::mpsc::Sender<Parsed>,
+) -> Result<()> {
+    let new_batch = || Batch {
+        lines: Vec::with_capacity(batch_size),
+        items: Vec::with_capacity(batch_size),
+    };
+    let mut batch = new_batch();
+    let mut rec = csv::StringRecord::new();
+    let mut last_line = 1u64;
+    loop {
+        let more = match rdr.read_record(&mut rec) {
+            Ok(false) => false,
+            Ok(true) => {
+                let line = rec.position().map_or(last_line + 1, |p| p.line());
+                last_line = line;
+                match parse_row(kind, &cols, &rec) {
+                    Ok(item) => {
+                        batch.lines.push(line);
+                        batch.items.push(item);
+                    }
+                    Err(e) => {
+                        if tx
+                            .blocking_send(Parsed::Rejected(Some(line), e.field, e.reason))
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                let line = e.position().map(|p| p.line());
+                if let csv::ErrorKind::Io(_) = e.kind() {
+                    return Err(anyhow!("{e}"));
+                }
+                if let Some(l) = line {
+                    last_line = l;
+                }
+                if tx
+                    .blocking_send(Parsed::Rejected(line, "row".into(), e.to_string()))
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                true
+            }
+        };
+        if batch.items.len() >= batch_size || (!more && !batch.items.is_empty()) {
+            let full = std::mem::replace(&mut batch, new_batch());
+            if tx
+                .blocking_send(Parsed::Batch(full, rdr.position().byte()))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Requests an import keeps in flight. Events may be sent out of order:
+/// ingest is a set union per slice, so the stored data and every answer are
+/// the same in any order, and each batch is still synced before it is
+/// acknowledged. Addresses and registrations go one batch at a time, in
+/// file order, so that a code or person listed twice keeps its last row.
+fn in_flight(kind: ImportKind, asked: usize) -> usize {
+    match kind {
+        ImportKind::Events => asked.max(1),
+        ImportKind::Addresses | ImportKind::Registry => 1,
+    }
+}
+
 pub async fn run_import(args: ImportArgs) -> Result<()> {
+    use futures::stream::{FuturesUnordered, StreamExt as _};
+
     let path: &Path = &args.file;
-    let shown = path.display();
+    let shown = path.display().to_string();
     let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut rdr = csv::ReaderBuilder::new()
@@ -1602,81 +1698,73 @@ pub async fn run_import(args: ImportArgs) -> Result<()> {
         .headers()
         .with_context(|| format!("cannot read the header row of {shown}"))?
         .clone();
-    let cols = Columns::new(args.kind, &header).with_context(|| format!("{shown}"))?;
+    let cols = Columns::new(args.kind, &header).with_context(|| shown.clone())?;
     let ch = channel(&args.server).await?;
     let batch_size = args.batch.max(1);
+    let window = in_flight(args.kind, args.in_flight);
 
     let bar = import_bar(size);
     let mut report = ImportReport::default();
-    let mut batch = Batch {
-        lines: Vec::with_capacity(batch_size),
-        items: Vec::with_capacity(batch_size),
-    };
-    let mut rec = csv::StringRecord::new();
-    let mut last_line = 1u64;
+    // One parsed batch waits beside those in flight.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(window + 1);
+    let kind = args.kind;
+    let reader = tokio::task::spawn_blocking(move || read_batches(rdr, kind, cols, batch_size, tx));
+    let mut sending = FuturesUnordered::new();
+    let mut eof = false;
     loop {
-        let more = match rdr.read_record(&mut rec) {
-            Ok(false) => false,
-            Ok(true) => {
-                let line = rec.position().map_or(last_line + 1, |p| p.line());
-                last_line = line;
-                match parse_row(args.kind, &cols, &rec) {
-                    Ok(item) => {
-                        batch.lines.push(line);
-                        batch.items.push(item);
-                    }
-                    Err(e) => report.reject(Some(line), e.field, e.reason),
+        // Take parsed batches while the window has room, and collect
+        // answers meanwhile; both are polled, so a slow reader never holds
+        // up the requests already in flight.
+        let room = !eof && sending.len() < window;
+        tokio::select! {
+            msg = rx.recv(), if room => match msg {
+                Some(Parsed::Batch(batch, pos)) => {
+                    let first_line = batch.lines.first().copied().unwrap_or(0);
+                    let ch = &ch;
+                    sending.push(async move {
+                        (send_batch(ch, kind, batch).await, first_line, pos)
+                    });
                 }
-                true
-            }
-            Err(e) => {
-                let line = e.position().map(|p| p.line());
-                match e.kind() {
-                    csv::ErrorKind::Io(_) => {
+                Some(Parsed::Rejected(line, field, reason)) => report.reject(line, field, reason),
+                None => eof = true,
+            },
+            Some((res, first_line, pos)) = sending.next(), if !sending.is_empty() => {
+                match res {
+                    Ok((accepted, lines, rejected)) => {
+                        report.accepted += accepted;
+                        report.server_rejections(&lines, rejected);
+                    }
+                    Err(e) => {
                         bar.abandon();
-                        return Err(anyhow!("reading {shown}: {e}"));
+                        eprint!("{}", report.summary());
+                        let others = if window > 1 {
+                            " (batches sent beside it may have been stored; importing the file again is safe)"
+                        } else {
+                            ""
+                        };
+                        return Err(e.context(format!(
+                            "import of {shown} stopped at the batch starting at line {first_line}{others}"
+                        )));
                     }
-                    _ => {
-                        if let Some(l) = line {
-                            last_line = l;
-                        }
-                        report.reject(line, "row", e.to_string());
-                    }
                 }
-                true
+                bar.set_position(pos);
+                bar.set_message(format!(
+                    "accepted {}, rejected {}",
+                    report.accepted, report.rejected
+                ));
             }
-        };
-        if batch.items.len() >= batch_size || (!more && !batch.items.is_empty()) {
-            let first_line = batch.lines.first().copied().unwrap_or(0);
-            let full = std::mem::replace(
-                &mut batch,
-                Batch {
-                    lines: Vec::with_capacity(batch_size),
-                    items: Vec::with_capacity(batch_size),
-                },
-            );
-            match send_batch(&ch, args.kind, full).await {
-                Ok((accepted, lines, rejected)) => {
-                    report.accepted += accepted;
-                    report.server_rejections(&lines, rejected);
-                }
-                Err(e) => {
-                    bar.abandon();
-                    eprint!("{}", report.summary());
-                    return Err(e.context(format!(
-                        "import of {shown} stopped at the batch starting at line {first_line}"
-                    )));
-                }
-            }
-            bar.set_position(rdr.position().byte());
-            bar.set_message(format!(
-                "accepted {}, rejected {}",
-                report.accepted, report.rejected
-            ));
+            else => break,
         }
-        if !more {
-            break;
+    }
+    drop(rx);
+    match reader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            bar.abandon();
+            eprint!("{}", report.summary());
+            return Err(anyhow!("reading {shown}: {e}"));
         }
+        Err(e) => return Err(anyhow!("the CSV reader failed: {e}")),
     }
     bar.finish_and_clear();
     print_stdout(&format!("{shown}: {}", report.summary()))
@@ -2051,10 +2139,16 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        assert_eq!(
-            e.time,
-            Some(v1::event::Time::Rfc3339("2026-11-01T00:00:00Z".into()))
-        );
+        assert_eq!(e.time, Some(v1::event::Time::UnixSeconds(1_793_491_200)));
+        let Item::Event(e) = parse_row(
+            ImportKind::Events,
+            &cols,
+            &record(&["5", "yesterday", "30.1", "120.2", "", "access"]),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.time, Some(v1::event::Time::Rfc3339("yesterday".into())));
         assert_eq!((e.lat, e.lng), (Some(30.1), Some(120.2)));
         let bad = parse_row(
             ImportKind::Events,

@@ -136,6 +136,25 @@ pub fn raw_event(e: v1::Event) -> RawEvent {
     }
 }
 
+/// Writes the audit record of a person-level answer through the log; the
+/// answer is only returned if this succeeds. Called on the same blocking
+/// thread as the query, right after it: a second hand-off to the blocking
+/// pool cost as much as the query itself for a small answer.
+fn audit_answer(
+    node: &Node,
+    mut entry: hourcell_storage::AuditEntry,
+    persons: u64,
+) -> Result<(), NodeError> {
+    entry.time = node.now();
+    entry.persons_returned = persons;
+    node.audit(vec![entry]).map_err(|e| {
+        NodeError::Unavailable(format!(
+            "the audit record could not be written, so no data is returned: {}",
+            to_status(e).message()
+        ))
+    })
+}
+
 #[derive(Clone)]
 pub struct Services {
     pub node: Arc<Node>,
@@ -237,36 +256,25 @@ impl Services {
         Ok((p.to_string(), c.to_string()))
     }
 
-    /// Writes the audit record of a person-level answer through the log;
-    /// the answer is only returned if this succeeds.
-    async fn audit_answer(
-        &self,
+    /// The audit record of a person-level answer, to be completed and
+    /// written by [`audit_answer`] once the answer is known.
+    fn answer_entry(
         p: &Principal,
         rpc: Rpc,
         parameters: serde_json::Value,
         (purpose, case_ref): (String, String),
-        persons: u64,
-    ) -> Result<(), Status> {
-        let entry = hourcell_storage::AuditEntry {
-            time: self.node.now(),
+    ) -> hourcell_storage::AuditEntry {
+        hourcell_storage::AuditEntry {
+            time: 0,
             principal: p.name.clone(),
             roles: p.role_names(),
             rpc: rpc.name().into(),
             parameters: parameters.to_string(),
             purpose,
             case_ref,
-            persons_returned: persons,
+            persons_returned: 0,
             outcome: "ok".into(),
-        };
-        let node = self.node.clone();
-        blocking(move || node.audit(vec![entry]))
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "the audit record could not be written, so no data is returned: {}",
-                    e.message()
-                ))
-            })
+        }
     }
 
     /// The threshold below which `p` sees counts suppressed (0: none).
@@ -288,7 +296,7 @@ impl v1::ingest_server::Ingest for Services {
         let _p = self.guard(&req, Rpc::Ingest).await?;
         let raw: Vec<RawEvent> = req.into_inner().events.into_iter().map(raw_event).collect();
         let node = self.node.clone();
-        let (accepted, bad) = blocking(move || node.ingest(&raw)).await?;
+        let (accepted, bad) = blocking(move || node.ingest_owned(raw)).await?;
         Ok(Response::new(v1::IngestResponse {
             accepted,
             rejected: rejections(bad),
@@ -413,13 +421,14 @@ impl v1::query_server::Query for Services {
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
         let max = r.max_staleness_ms;
+        let entry = Self::answer_entry(&p, Rpc::WhoWasAt, params, why);
         let (stale, ans) = blocking(move || {
             let stale = node.read_barrier_bounded(max)?;
-            Ok((stale, node.query().who_was_at(&region, from, to, as_of)?))
+            let ans = node.query().who_was_at(&region, from, to, as_of)?;
+            audit_answer(&node, entry, ans.persons.len() as u64)?;
+            Ok((stale, ans))
         })
         .await?;
-        self.audit_answer(&p, Rpc::WhoWasAt, params, why, ans.persons.len() as u64)
-            .await?;
         let window = effective(&ans.window);
         let mut msgs: Vec<Result<v1::WhoWasAtResponse, Status>> = ans
             .persons
@@ -457,14 +466,14 @@ impl v1::query_server::Query for Services {
         let node = self.node.clone();
         let person = r.person;
         let max = r.max_staleness_ms;
+        let entry = Self::answer_entry(&p, Rpc::WhereWas, params, why);
         let (stale, ans) = blocking(move || {
             let stale = node.read_barrier_bounded(max)?;
-            Ok((stale, node.query().where_was(person, from, to, as_of)?))
+            let ans = node.query().where_was(person, from, to, as_of)?;
+            audit_answer(&node, entry, u64::from(!ans.hours.is_empty()))?;
+            Ok((stale, ans))
         })
         .await?;
-        let found = u64::from(!ans.hours.is_empty());
-        self.audit_answer(&p, Rpc::WhereWas, params, why, found)
-            .await?;
         Ok(Response::new(v1::WhereWasResponse {
             staleness_ms: stale,
             window: Some(effective(&ans.window)),
@@ -542,22 +551,15 @@ impl v1::query_server::Query for Services {
         let since = r.since;
         let node = self.node.clone();
         let max = r.max_staleness_ms;
+        let entry = Self::answer_entry(&p, Rpc::NoActivitySince, params, why);
         let (stale, ans) = blocking(move || {
             let stale = node.read_barrier_bounded(max)?;
-            Ok((
-                stale,
+            let ans =
                 node.query()
-                    .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?,
-            ))
+                    .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?;
+            audit_answer(&node, entry, ans.persons.len() as u64)?;
+            Ok((stale, ans))
         })
-        .await?;
-        self.audit_answer(
-            &p,
-            Rpc::NoActivitySince,
-            params,
-            why,
-            ans.persons.len() as u64,
-        )
         .await?;
         let window = effective(&ans.window);
         let mut msgs: Vec<Result<v1::NoActivitySinceResponse, Status>> = ans

@@ -265,6 +265,16 @@ impl hourcell_query::SliceSource for Gated {
         self.check()?;
         hourcell_query::SliceSource::cell_days(self.store.as_ref(), day, lo, hi, f)
     }
+    fn cell_days_in(
+        &self,
+        day: i64,
+        ranges: &[(u64, u64)],
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> hourcell_query::Result<()> {
+        self.check()?;
+        hourcell_query::SliceSource::cell_days_in(self.store.as_ref(), day, ranges, keep, f)
+    }
     fn address_day(
         &self,
         day: i64,
@@ -316,6 +326,9 @@ impl hourcell_query::SliceSource for Gated {
     }
     fn external_ids(&self, b: &roaring::RoaringBitmap) -> Vec<u64> {
         self.store.external_ids(b)
+    }
+    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
+        self.store.external_ids_of(ids)
     }
     fn scan_person_days(
         &self,

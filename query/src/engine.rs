@@ -1,6 +1,6 @@
 //! The four queries, planned over a [`SliceSource`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use hourcell_storage::cell;
@@ -144,15 +144,16 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
     ) -> Result<()> {
         match r {
             Resolved::Spatial(plan) => {
-                for &(lo, hi) in &plan.ranges {
-                    self.source.cell_days(day, lo, hi, &mut |c, set| {
-                        if plan.matches(c) {
-                            for &(id, m) in set {
-                                f(id, m);
-                            }
+                self.source.cell_days_in(
+                    day,
+                    &plan.ranges,
+                    &mut |c| plan.matches(c),
+                    &mut |_, set| {
+                        for &(id, m) in set {
+                            f(id, m);
                         }
-                    })?;
-                }
+                    },
+                )?;
             }
             Resolved::Addresses(ids) => {
                 for &id in ids {
@@ -180,6 +181,11 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
     /// hour of the window: per UTC day, the day-set entries whose hour mask
     /// meets the window's hours of that day.
     fn window_bitmap(&self, r: &Resolved, w: &Window) -> Result<RoaringBitmap> {
+        Ok(Self::to_bitmap(self.window_ids(r, w)?))
+    }
+
+    /// The ids of [`Self::window_bitmap`], unsorted and possibly repeated.
+    fn window_ids(&self, r: &Resolved, w: &Window) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for (day, mask) in day_masks(w) {
             self.for_each_day_entry(r, day, &mut |id, m| {
@@ -188,7 +194,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
                 }
             })?;
         }
-        Ok(Self::to_bitmap(ids))
+        Ok(ids)
     }
 
     /// Internal ids of the persons with an event in hours `[from_hour,
@@ -261,10 +267,14 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
     ) -> Result<WhoWasAtAnswer> {
         let w = Window::new(from, to, as_of)?;
         let r = self.resolve(region, "region")?;
-        let b = self.window_bitmap(&r, &w)?;
+        // The answer is a list, so no bitmap: sorting the gathered ids is
+        // cheaper than building one and iterating it.
+        let mut ids = self.window_ids(&r, &w)?;
+        hourcell_storage::radix::sort_u32(&mut ids);
+        ids.dedup();
         Ok(WhoWasAtAnswer {
             window: w,
-            persons: self.source.external_ids(&b),
+            persons: self.source.external_ids_of(&ids),
         })
     }
 
@@ -283,15 +293,26 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         let hours = rows
             .into_iter()
             .map(|(hour, entries)| {
-                let cells: BTreeSet<u64> = entries.iter().map(|e| e.cell).collect();
-                let addresses: BTreeSet<String> =
-                    entries.iter().filter_map(|e| e.address.clone()).collect();
-                let sources: BTreeSet<String> = entries.iter().map(|e| e.source.clone()).collect();
+                // Sorted, deduplicated vectors; the entries' strings are
+                // moved, not copied.
+                let mut cells: Vec<u64> = entries.iter().map(|e| e.cell).collect();
+                cells.sort_unstable();
+                cells.dedup();
+                let mut addresses = Vec::with_capacity(entries.len());
+                let mut sources = Vec::with_capacity(entries.len());
+                for e in entries {
+                    addresses.extend(e.address);
+                    sources.push(e.source);
+                }
+                addresses.sort_unstable();
+                addresses.dedup();
+                sources.sort_unstable();
+                sources.dedup();
                 HourPlaces {
                     hour,
                     cells: cells.into_iter().map(cell::token).collect(),
-                    addresses: addresses.into_iter().collect(),
-                    sources: sources.into_iter().collect(),
+                    addresses,
+                    sources,
                 }
             })
             .collect();

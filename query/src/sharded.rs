@@ -81,6 +81,19 @@ impl SliceSource for ShardedSource {
         Ok(())
     }
 
+    fn cell_days_in(
+        &self,
+        day: i64,
+        ranges: &[(u64, u64)],
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> Result<()> {
+        for s in (self.cells)(week_of_day(day)) {
+            s.cell_days_in(day, ranges, keep, f)?;
+        }
+        Ok(())
+    }
+
     fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
         let mut found: Option<DaySet> = None;
         let mut merged = false;
@@ -181,6 +194,10 @@ impl SliceSource for ShardedSource {
 
     fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
         self.meta.external_ids(b)
+    }
+
+    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
+        self.meta.external_ids_of(ids)
     }
 
     fn scan_person_days(

@@ -24,6 +24,16 @@ pub trait SliceSource: Send + Sync {
         hi: u64,
         f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()>;
+    /// Like `cell_days` over several inclusive, sorted, non-overlapping
+    /// ranges, visiting only the cells `keep` accepts (the others are not
+    /// decoded).
+    fn cell_days_in(
+        &self,
+        day: i64,
+        ranges: &[(u64, u64)],
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> Result<()>;
     /// The (internal id, hour mask) pairs of one address on UTC day `day`.
     fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>>;
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()>;
@@ -44,6 +54,8 @@ pub trait SliceSource: Send + Sync {
     fn internal_id(&self, person: u64) -> Option<u32>;
     fn external_id(&self, id: u32) -> Option<u64>;
     fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64>;
+    /// External ids of sorted, deduplicated internal ids, ascending.
+    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64>;
     /// Every person's places in UTC days `[from_day, to_day)`, person by
     /// person (`f(internal id, places sorted by hour)`): the bulk read of
     /// the rule layer.
@@ -87,6 +99,15 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     ) -> Result<()> {
         Ok(SliceStore::cell_days(self, day, lo, hi, f)?)
     }
+    fn cell_days_in(
+        &self,
+        day: i64,
+        ranges: &[(u64, u64)],
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> Result<()> {
+        Ok(SliceStore::cell_days_in(self, day, ranges, keep, f)?)
+    }
     fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
         Ok(SliceStore::address_day(self, day, address_id)?)
     }
@@ -128,6 +149,9 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     }
     fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
         SliceStore::external_ids(self, b)
+    }
+    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
+        SliceStore::external_ids_of(self, ids)
     }
     fn scan_person_days(
         &self,

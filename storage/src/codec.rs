@@ -88,6 +88,15 @@ pub fn encode_day_set(set: &[(u32, u32)]) -> Vec<u8> {
 }
 
 pub fn decode_day_set(key: &[u8], v: &[u8]) -> Result<DaySet> {
+    let mut out = Vec::new();
+    decode_day_set_into(key, v, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_day_set`] into `out` (cleared first), so that a reader of many
+/// slices reuses one buffer.
+pub fn decode_day_set_into(key: &[u8], v: &[u8], out: &mut DaySet) -> Result<()> {
+    out.clear();
     let bad = || StorageError::corrupt(key, "truncated day set");
     if v.first() != Some(&DAY_SET) {
         return Err(StorageError::corrupt(key, "not a day set"));
@@ -98,7 +107,7 @@ pub fn decode_day_set(key: &[u8], v: &[u8]) -> Result<DaySet> {
     if n > (v.len() as u64) / 4 + 1 {
         return Err(bad());
     }
-    let mut out = Vec::with_capacity(n as usize);
+    out.reserve(n as usize);
     let mut prev = 0u64;
     for i in 0..n {
         let d = get_varint(v, &mut pos).ok_or_else(bad)?;
@@ -115,7 +124,7 @@ pub fn decode_day_set(key: &[u8], v: &[u8]) -> Result<DaySet> {
         let mask = u32::from_le_bytes([m[0], m[1], m[2], 0]);
         out.push((id as u32, mask));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Sorts `(key, hour mask)` pairs by key and ORs the masks of equal keys,

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod kv;
 pub mod mem;
 pub mod prefixed;
+pub mod radix;
 pub mod rocks;
 pub mod shard;
 pub mod store;

@@ -117,6 +117,22 @@ impl<E: KvEngine> KvEngine for PrefixedEngine<E> {
             .scan(&self.key(start), &self.key(end), &mut |k, v| f(&k[n..], v))
     }
 
+    fn scan_ranges(
+        &self,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if self.prefix.is_empty() {
+            return self.inner.scan_ranges(ranges, f);
+        }
+        let n = self.prefix.len();
+        let ranges: Vec<(Vec<u8>, Vec<u8>)> = ranges
+            .iter()
+            .map(|(a, b)| (self.key(a), self.key(b)))
+            .collect();
+        self.inner.scan_ranges(&ranges, &mut |k, v| f(&k[n..], v))
+    }
+
     fn scan_rev(
         &self,
         start: &[u8],

@@ -143,6 +143,39 @@ impl KvEngine for RocksEngine {
         scan_forward(&self.db, ro, start, f)
     }
 
+    fn scan_ranges(
+        &self,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+            return Ok(());
+        };
+        // One iterator (one snapshot) for every range, bounded by the last
+        // range's end; each range is a seek.
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(first.0.clone());
+        ro.set_iterate_upper_bound(last.1.clone());
+        let mut it = self.db.raw_iterator_opt(ro);
+        for (start, end) in ranges {
+            it.seek(start);
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
+                if k >= end.as_slice() {
+                    break;
+                }
+                if !f(k, v) {
+                    return Ok(());
+                }
+                it.next();
+            }
+            it.status().map_err(engine_err)?;
+        }
+        Ok(())
+    }
+
     fn scan_rev(
         &self,
         start: &[u8],

@@ -1349,6 +1349,21 @@ impl<E: KvEngine> SliceStore<E> {
         (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
     }
 
+    /// External ids of internal ids, ascending.
+    pub fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
+        let st = self.state.read_recursive();
+        let mut out: Vec<u64> = ids
+            .iter()
+            .filter_map(|&id| {
+                let ext = st.int_to_ext.get(id as usize).copied()?;
+                (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
+            })
+            .collect();
+        drop(st);
+        out.sort_unstable();
+        out
+    }
+
     /// External ids of a bitmap of internal ids, ascending.
     pub fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
         let st = self.state.read_recursive();
@@ -1374,14 +1389,37 @@ impl<E: KvEngine> SliceStore<E> {
         hi: u64,
         f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        let start = keys::cell_day(day, lo);
-        let mut end = keys::cell_day(day, hi);
-        end.push(0);
+        self.cell_days_in(day, &[(lo, hi)], &mut |_| true, f)
+    }
+
+    /// Visits every non-empty cell slice of UTC day `day` whose cell id lies
+    /// in one of `ranges` (inclusive, sorted, not overlapping) and passes
+    /// `keep`, with its day set. Slices that `keep` refuses are not
+    /// decoded.
+    pub fn cell_days_in(
+        &self,
+        day: i64,
+        ranges: &[(u64, u64)],
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> Result<()> {
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = ranges
+            .iter()
+            .map(|&(lo, hi)| {
+                let mut end = keys::cell_day(day, hi);
+                end.push(0);
+                (keys::cell_day(day, lo), end)
+            })
+            .collect();
         let mut err = None;
-        self.engine.scan(&start, &end, &mut |k, v| {
+        let mut set = DaySet::new();
+        self.engine.scan_ranges(&keys, &mut |k, v| {
             let c = u64::from_be_bytes(k[5..13].try_into().unwrap());
-            match codec::decode_day_set(k, v) {
-                Ok(set) => {
+            if !keep(c) {
+                return true;
+            }
+            match codec::decode_day_set_into(k, v, &mut set) {
+                Ok(()) => {
                     f(c, &set);
                     true
                 }

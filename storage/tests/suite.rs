@@ -591,3 +591,87 @@ fn restore_from_a_frozen_image_and_refuse_a_partial_one() {
     let err = SliceStore::open(open(1), None).err().unwrap().to_string();
     assert!(err.contains("--join"), "{err}");
 }
+
+/// `scan_ranges` visits exactly what one `scan` per range visits, in order,
+/// stops when told, and `cell_days_in` only hands over the cells `keep`
+/// accepts.
+fn multi_range_scans<E: KvEngine>(e: E) {
+    // 0x7f: a prefix the store does not use, so the store opened on the
+    // same engine below ignores these keys.
+    let mut b = WriteBatch::default();
+    for k in 0u8..40 {
+        b.put(vec![0x7f, k], vec![k]);
+    }
+    e.write(b, true).unwrap();
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (vec![0x7f, 2], vec![0x7f, 5]),
+        (vec![0x7f, 5], vec![0x7f, 6]),
+        (vec![0x7f, 10], vec![0x7f, 10]),
+        (vec![0x7f, 20], vec![0x7f, 23]),
+        (vec![0x7f, 38], vec![0x80]),
+    ];
+    let mut want = Vec::new();
+    for (s, t) in &ranges {
+        e.scan(s, t, &mut |k, _| {
+            want.push(k.to_vec());
+            true
+        })
+        .unwrap();
+    }
+    let mut got = Vec::new();
+    e.scan_ranges(&ranges, &mut |k, _| {
+        got.push(k.to_vec());
+        true
+    })
+    .unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 3 + 1 + 0 + 3 + 2);
+    let mut first_five = Vec::new();
+    e.scan_ranges(&ranges, &mut |k, _| {
+        first_five.push(k.to_vec());
+        first_five.len() < 5
+    })
+    .unwrap();
+    assert_eq!(first_five, want[..5].to_vec());
+
+    let s = SliceStore::open(e, Some(16)).unwrap();
+    let day_hour = 20_000 * 24 + 5;
+    let events: Vec<SliceEvent> = (0..6)
+        .map(|i| SliceEvent {
+            person: 100 + i,
+            hour: day_hour,
+            cell: cell_at(30.0 + 0.01 * i as f64, 120.0, 16),
+            address: None,
+            source: "s".into(),
+        })
+        .collect();
+    s.apply(&Command::Ingest(events.clone())).unwrap();
+    let mut cells: Vec<u64> = events.iter().map(|e| e.cell).collect();
+    cells.sort_unstable();
+    let all = |s: &SliceStore<E>, ranges: &[(u64, u64)], keep: &dyn Fn(u64) -> bool| {
+        let mut out = Vec::new();
+        s.cell_days_in(20_000, ranges, &mut |c| keep(c), &mut |c, set| {
+            out.push((c, set.len()))
+        })
+        .unwrap();
+        out
+    };
+    let every = all(&s, &[(0, u64::MAX)][..], &|_| true);
+    assert_eq!(every, cells.iter().map(|&c| (c, 1)).collect::<Vec<_>>());
+    let two = [(cells[0], cells[1]), (cells[4], cells[4])];
+    assert_eq!(
+        all(&s, &two[..], &|_| true),
+        vec![(cells[0], 1), (cells[1], 1), (cells[4], 1)]
+    );
+    assert_eq!(
+        all(&s, &two[..], &|c| c != cells[1]),
+        vec![(cells[0], 1), (cells[4], 1)]
+    );
+}
+
+#[test]
+fn multi_range_scans_on_every_engine() {
+    multi_range_scans(MemEngine::new());
+    let dir = tempfile::tempdir().unwrap();
+    multi_range_scans(RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
+}
