@@ -666,7 +666,14 @@ impl Node {
                 Arc::new(hourcell_query::ShardedSource::new(
                     sh.layout,
                     store.clone(),
-                    Arc::new(move |w| weeks.week(w).into_iter().map(|x| gated(x, &g)).collect()),
+                    Arc::new(move |w| {
+                        let stores = weeks.week(w);
+                        // One round for the week's shards; a failure shows
+                        // when a store is read.
+                        let groups: Vec<u64> = stores.iter().map(|(g, _)| *g).collect();
+                        let _ = g.ensure_all(&groups);
+                        stores.into_iter().map(|x| gated(x, &g)).collect()
+                    }),
                     sh.persons.iter().map(|x| gated(x.clone(), gate)).collect(),
                 ))
             }

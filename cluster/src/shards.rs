@@ -201,6 +201,39 @@ impl ReadGate {
         READ_STARTED.with(|c| c.set(None));
     }
 
+    /// [`ReadGate::ensure`] for several groups at once: one round of
+    /// ReadIndex for those that need one (a week's cell shards are read
+    /// together).
+    pub fn ensure_all(&self, groups: &[u64]) -> Result<(), String> {
+        let Some(started) = READ_STARTED.with(|c| c.get()) else {
+            return Ok(());
+        };
+        let need: Vec<u64> = {
+            let last = self.last.read();
+            groups
+                .iter()
+                .copied()
+                .filter(|g| !last.get(g).is_some_and(|t| *t >= started))
+                .collect()
+        };
+        if need.len() < 2 {
+            return need.first().map_or(Ok(()), |g| self.ensure(*g));
+        }
+        let issued = std::time::Instant::now();
+        let results = self.handle.read_index_many(&need, self.timeout);
+        let mut last = self.last.write();
+        for (g, r) in need.iter().zip(results) {
+            // A group that failed here is retried alone by `ensure`.
+            if r.is_ok() {
+                let t = last.entry(*g).or_insert(issued);
+                if *t < issued {
+                    *t = issued;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Before reading `group` in a gated query: a ReadIndex on it unless
     /// one was issued after the query started.
     pub fn ensure(&self, group: u64) -> Result<(), String> {

@@ -280,6 +280,23 @@ impl<E: KvEngine> RaftLogStore<E> {
             return Ok(());
         }
         let mut b = WriteBatch::default();
+        self.stage(entries, hs, &mut b)?;
+        self.engine.write(b, true).map_err(store_err)
+    }
+
+    /// What [`RaftLogStore::persist`] writes, added to `b` instead of
+    /// written: the raft loop writes every group's new entries in one
+    /// synced batch. The cached view moves on now; `b` must be written
+    /// (synced) before any of it is acknowledged.
+    pub fn stage(
+        &self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        b: &mut WriteBatch,
+    ) -> raft::Result<()> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
         let mut c = self.cached.write();
         if let Some(first) = entries.first() {
             if first.index <= c.truncated.0 {
@@ -314,7 +331,7 @@ impl<E: KvEngine> RaftLogStore<E> {
             );
             c.hard_state = hs.clone();
         }
-        self.engine.write(b, true).map_err(store_err)
+        Ok(())
     }
 
     /// Records the commit index from a `LightReady`.

@@ -640,11 +640,9 @@ impl<E: KvEngine> RaftNode<E> {
                 }
             }
             let ids: Vec<u64> = self.groups.keys().copied().collect();
-            for gid in ids {
-                if let Err(e) = self.on_ready(gid) {
-                    self.fail(&format!("group {gid}: {e}"));
-                    return;
-                }
+            if let Err(e) = self.on_ready_all(&ids) {
+                self.fail(&e);
+                return;
             }
             self.drop_stale_proposals();
             self.release_reads();
@@ -1058,57 +1056,82 @@ impl<E: KvEngine> RaftNode<E> {
     /// entries, append entries, persist the hard state, send persisted
     /// messages, advance, then the light ready (commit index, messages,
     /// committed entries) and advance_apply.
-    fn on_ready(&mut self, gid: u64) -> Result<(), String> {
-        if self.installing.contains_key(&gid) {
-            // Its state machine is being replaced on another thread.
-            return Ok(());
-        }
-        let g = self.groups.get_mut(&gid).expect("group exists");
-        if !g.raw.has_ready() {
-            return Ok(());
-        }
-        let mut ready = g.raw.ready();
-        for rs in ready.take_read_states() {
-            if rs.request_ctx.len() == 8 {
-                let seq = u64::from_be_bytes(rs.request_ctx[..8].try_into().unwrap());
-                if let Some((group, _, reply)) = self.reads.remove(&seq) {
-                    self.reads_ready.push((group, rs.index, reply));
+    /// Handles the Ready of every group in `ids` in three steps, so that
+    /// all of them share one synced log write: take each Ready (send the
+    /// leader's messages, adopt a snapshot, apply what is committed) and
+    /// stage its new entries and hard state; write the staged batch once;
+    /// then send what waited for durability and advance each group.
+    fn on_ready_all(&mut self, ids: &[u64]) -> Result<(), String> {
+        let mut staged: Vec<(u64, raft::Ready)> = Vec::new();
+        let mut batches: Vec<(Arc<E>, hourcell_storage::WriteBatch)> = Vec::new();
+        for &gid in ids {
+            if self.installing.contains_key(&gid) {
+                // Its state machine is being replaced on another thread.
+                continue;
+            }
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            if !g.raw.has_ready() {
+                continue;
+            }
+            let mut ready = g.raw.ready();
+            for rs in ready.take_read_states() {
+                if rs.request_ctx.len() == 8 {
+                    let seq = u64::from_be_bytes(rs.request_ctx[..8].try_into().unwrap());
+                    if let Some((group, _, reply)) = self.reads.remove(&seq) {
+                        self.reads_ready.push((group, rs.index, reply));
+                    }
                 }
             }
-        }
-        let msgs = ready.take_messages();
-        let snap_empty = ready.snapshot().get_metadata().index == 0;
-        let snapshot = ready.snapshot().clone();
-        let committed = ready.take_committed_entries();
-        let entries = ready.entries().clone();
-        let hs = ready.hs().cloned();
-        let persisted = ready.take_persisted_messages();
-        self.send(gid, msgs);
-        if !snap_empty {
-            // The image is already in the state machine (fetched before the
-            // message was stepped); adopt its metadata.
+            let msgs = ready.take_messages();
+            let snap_empty = ready.snapshot().get_metadata().index == 0;
+            let snapshot = ready.snapshot().clone();
+            let committed = ready.take_committed_entries();
+            self.send(gid, msgs);
+            if !snap_empty {
+                // The image is already in the state machine (fetched before
+                // the message was stepped); adopt its metadata.
+                let g = self.groups.get_mut(&gid).expect("group exists");
+                g.store
+                    .apply_snapshot(&snapshot)
+                    .map_err(|e| e.to_string())?;
+            }
+            self.apply(gid, committed)?;
             let g = self.groups.get_mut(&gid).expect("group exists");
+            let engine = g.store.engine().clone();
+            let i = match batches.iter().position(|(e, _)| Arc::ptr_eq(e, &engine)) {
+                Some(i) => i,
+                None => {
+                    batches.push((engine, hourcell_storage::WriteBatch::default()));
+                    batches.len() - 1
+                }
+            };
             g.store
-                .apply_snapshot(&snapshot)
+                .stage(ready.entries(), ready.hs(), &mut batches[i].1)
                 .map_err(|e| e.to_string())?;
+            staged.push((gid, ready));
         }
-        self.apply(gid, committed)?;
-        let g = self.groups.get_mut(&gid).expect("group exists");
-        g.store
-            .persist(&entries, hs.as_ref())
-            .map_err(|e| e.to_string())?;
-        self.send(gid, persisted);
-        let g = self.groups.get_mut(&gid).expect("group exists");
-        let mut light = g.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            g.store.set_commit(commit).map_err(|e| e.to_string())?;
+        for (engine, b) in batches {
+            if !b.is_empty() {
+                engine.write(b, true).map_err(|e| e.to_string())?;
+            }
         }
-        let msgs = light.take_messages();
-        let committed = light.take_committed_entries();
-        self.send(gid, msgs);
-        self.apply(gid, committed)?;
-        let g = self.groups.get_mut(&gid).expect("group exists");
-        g.raw.advance_apply();
+        for (gid, mut ready) in staged {
+            let persisted = ready.take_persisted_messages();
+            self.send(gid, persisted);
+            let g = self.groups.get_mut(&gid).expect("group exists");
+            let mut light = g.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                g.store.set_commit(commit).map_err(|e| e.to_string())?;
+            }
+            let msgs = light.take_messages();
+            let committed = light.take_committed_entries();
+            self.send(gid, msgs);
+            self.apply(gid, committed)?;
+            let g = self.groups.get_mut(&gid).expect("group exists");
+            g.raw.advance_apply();
+        }
         Ok(())
     }
 
