@@ -201,6 +201,18 @@ impl ReadGate {
         READ_STARTED.with(|c| c.set(None));
     }
 
+    /// Records a ReadIndex on `groups` issued at `issued` (taken by the
+    /// caller in the query's first round).
+    pub fn record(&self, groups: &[u64], issued: std::time::Instant) {
+        let mut last = self.last.write();
+        for g in groups {
+            let t = last.entry(*g).or_insert(issued);
+            if *t < issued {
+                *t = issued;
+            }
+        }
+    }
+
     /// [`ReadGate::ensure`] for several groups at once: one round of
     /// ReadIndex for those that need one (a week's cell shards are read
     /// together).
