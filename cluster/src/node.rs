@@ -1387,13 +1387,20 @@ impl Node {
         let (Some(sh), Some(r), Some(gate)) = (&self.shards, &self.replication, &self.gate) else {
             return self.read_barrier_all();
         };
-        // One round for the metadata group, the person shards and this
-        // week's cell shards (what most queries read); other weeks' shards
-        // get theirs when first read.
+        // One round for the metadata group and, of the person shards and
+        // this week's cell shards (what most queries read), those with a
+        // leader; other shards get theirs when first read, so a query never
+        // waits for a shard it does not read (a week just created may
+        // still be electing).
         let week = hourcell_storage::shard::week_of_hour(self.now().div_euclid(3600));
         let mut first: Vec<u64> = vec![r.group];
-        first.extend(sh.persons.iter().map(|(g, _)| *g));
-        first.extend(sh.week(week).iter().map(|(g, _)| *g));
+        first.extend(
+            sh.persons
+                .iter()
+                .map(|(g, _)| *g)
+                .chain(sh.week(week).iter().map(|(g, _)| *g))
+                .filter(|g| r.handle.status(*g).is_some_and(|s| s.leader != 0)),
+        );
         r.read_index_all(&first).map_err(|e| {
             NodeError::Unavailable(format!("cannot serve a linearizable read: {e}"))
         })?;

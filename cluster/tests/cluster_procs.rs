@@ -996,11 +996,15 @@ impl bodies::TestCluster for ProcCluster {
             let Some(ch) = connect(port).await else {
                 return false;
             };
-            let Ok(r) = v1::query_client::QueryClient::new(ch)
+            let r = match v1::query_client::QueryClient::new(ch)
                 .who_was_at(who_request(None))
                 .await
-            else {
-                return false;
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("who-was-at via node {via} failed: {e}");
+                    return false;
+                }
             };
             let mut s = r.into_inner();
             let mut got = std::collections::HashSet::new();

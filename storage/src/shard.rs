@@ -143,35 +143,45 @@ impl Layout {
             addresses: std::collections::HashSet<u32>,
         }
         let mut parts: HashMap<ShardId, Part> = HashMap::new();
-        let mut addr_cache: HashMap<String, Option<AddressRecord>> = HashMap::new();
+        let mut addr_cache: HashMap<String, Option<std::sync::Arc<AddressRecord>>> = HashMap::new();
         let labels = meta.source_labels();
+        let mut ids: HashMap<u64, u32> = HashMap::new();
         for e in events {
-            let id = meta.internal_id(e.person).ok_or_else(|| {
-                StorageError::Invalid(format!("person {} has no id yet", e.person))
-            })?;
+            let id = match ids.get(&e.person) {
+                Some(&id) => id,
+                None => {
+                    let id = meta.internal_id(e.person).ok_or_else(|| {
+                        StorageError::Invalid(format!("person {} has no id yet", e.person))
+                    })?;
+                    ids.insert(e.person, id);
+                    id
+                }
+            };
             let src = meta.source_id(&e.source).ok_or_else(|| {
                 StorageError::Invalid(format!("source {:?} has no id yet", e.source))
             })?;
             let addr = match &e.address {
-                Some(code) => addr_cache
-                    .entry(code.clone())
-                    .or_insert_with(|| meta.address(code))
-                    .clone(),
+                Some(code) => match addr_cache.get(code.as_str()) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = meta.address(code).map(std::sync::Arc::new);
+                        addr_cache.insert(code.clone(), a.clone());
+                        a
+                    }
+                },
                 None => None,
             };
-            let targets = [
-                ShardId {
-                    part: ShardPart::Cells,
-                    week: week_of_hour(e.hour),
-                    index: self.cell_shard(e.cell),
-                },
-                ShardId {
-                    part: ShardPart::Persons,
-                    week: 0,
-                    index: self.person_shard(id),
-                },
-            ];
-            for shard in targets {
+            let cells = ShardId {
+                part: ShardPart::Cells,
+                week: week_of_hour(e.hour),
+                index: self.cell_shard(e.cell),
+            };
+            let persons = ShardId {
+                part: ShardPart::Persons,
+                week: 0,
+                index: self.person_shard(id),
+            };
+            for shard in [cells, persons] {
                 let part = shard.part;
                 let p = parts.entry(shard).or_default();
                 let cmd = p.cmd.get_or_insert_with(|| ShardIngest {
@@ -184,15 +194,32 @@ impl Layout {
                 if p.persons.insert(e.person) && !knows(shard, Known::Person(e.person)) {
                     cmd.persons.push((e.person, id));
                 }
-                if p.sources.insert(src) && !knows(shard, Known::Source(&e.source)) {
+                // Only the person index keeps sources.
+                if part == ShardPart::Persons
+                    && p.sources.insert(src)
+                    && !knows(shard, Known::Source(&e.source))
+                {
                     cmd.sources.push((src, labels[src as usize].clone()));
                 }
                 if let Some(a) = &addr {
                     if p.addresses.insert(a.id) && !knows(shard, Known::Address(&a.code)) {
-                        cmd.addresses.push(a.clone());
+                        cmd.addresses.push(AddressRecord::clone(a));
                     }
                 }
-                cmd.events.push(e.clone());
+            }
+            // The cell part without the source label; the person part takes
+            // the event itself.
+            let cell_event = SliceEvent {
+                person: e.person,
+                hour: e.hour,
+                cell: e.cell,
+                address: e.address.clone(),
+                source: String::new(),
+            };
+            for (shard, ev) in [(cells, cell_event), (persons, e)] {
+                if let Some(cmd) = parts.get_mut(&shard).and_then(|p| p.cmd.as_mut()) {
+                    cmd.events.push(ev);
+                }
             }
         }
         let mut out: Vec<_> = parts

@@ -1177,6 +1177,8 @@ impl<E: KvEngine> SliceStore<E> {
                 };
                 let src = match st.source_ids.get(&e.source) {
                     Some(&s) => s,
+                    // A cell shard keeps no sources (its events carry none).
+                    None if part == Some(ShardPart::Cells) => 0,
                     None if part.is_some() => {
                         return Err(StorageError::Invalid(format!(
                             "source {:?} has no id in this shard's command",

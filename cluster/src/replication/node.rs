@@ -853,6 +853,14 @@ impl<E: KvEngine> RaftNode<E> {
                     let _ = reply.send(Err(ProposeError::NoGroup(group)));
                     return true;
                 };
+                // raft-rs drops a read request silently while no leader is
+                // known (a group just created, an election under way): say
+                // so now, so that the caller retries instead of waiting out
+                // its timeout.
+                if g.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ProposeError::Dropped));
+                    return true;
+                }
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let term = g.raw.raft.term;
