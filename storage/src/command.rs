@@ -98,6 +98,10 @@ pub struct ShardIngest {
     pub sources: Vec<(u16, String)>,
     pub addresses: Vec<AddressRecord>,
     pub events: Vec<SliceEvent>,
+    /// A cell shard's events, fully resolved by the proposer: (internal
+    /// id, hour, slice cell, address id or 0). A cell shard needs no
+    /// dictionary, labels or addresses of its own.
+    pub cell_events: Vec<(u32, i64, u64, u32)>,
 }
 
 impl Command {

@@ -181,24 +181,31 @@ impl Layout {
                 week: 0,
                 index: self.person_shard(id),
             };
-            for shard in [cells, persons] {
+            let new_part = |part| ShardIngest {
+                part,
+                persons: Vec::new(),
+                sources: Vec::new(),
+                addresses: Vec::new(),
+                events: Vec::new(),
+                cell_events: Vec::new(),
+            };
+            // The cell part: resolved here, nothing for the shard to learn.
+            parts
+                .entry(cells)
+                .or_default()
+                .cmd
+                .get_or_insert_with(|| new_part(ShardPart::Cells))
+                .cell_events
+                .push((id, e.hour, e.cell, addr.as_ref().map_or(0, |a| a.id)));
+            {
+                let shard = persons;
                 let part = shard.part;
                 let p = parts.entry(shard).or_default();
-                let cmd = p.cmd.get_or_insert_with(|| ShardIngest {
-                    part,
-                    persons: Vec::new(),
-                    sources: Vec::new(),
-                    addresses: Vec::new(),
-                    events: Vec::new(),
-                });
+                let cmd = p.cmd.get_or_insert_with(|| new_part(part));
                 if p.persons.insert(e.person) && !knows(shard, Known::Person(e.person)) {
                     cmd.persons.push((e.person, id));
                 }
-                // Only the person index keeps sources.
-                if part == ShardPart::Persons
-                    && p.sources.insert(src)
-                    && !knows(shard, Known::Source(&e.source))
-                {
+                if p.sources.insert(src) && !knows(shard, Known::Source(&e.source)) {
                     cmd.sources.push((src, labels[src as usize].clone()));
                 }
                 if let Some(a) = &addr {
@@ -206,20 +213,7 @@ impl Layout {
                         cmd.addresses.push(AddressRecord::clone(a));
                     }
                 }
-            }
-            // The cell part without the source label; the person part takes
-            // the event itself.
-            let cell_event = SliceEvent {
-                person: e.person,
-                hour: e.hour,
-                cell: e.cell,
-                address: e.address.clone(),
-                source: String::new(),
-            };
-            for (shard, ev) in [(cells, cell_event), (persons, e)] {
-                if let Some(cmd) = parts.get_mut(&shard).and_then(|p| p.cmd.as_mut()) {
-                    cmd.events.push(ev);
-                }
+                cmd.events.push(e);
             }
         }
         let mut out: Vec<_> = parts

@@ -1038,6 +1038,9 @@ impl<E: KvEngine> SliceStore<E> {
     /// A data shard's part of an ingest batch: learns the ids and
     /// addresses it carries, then writes the part's slices.
     fn apply_shard_ingest(&self, part: &crate::command::ShardIngest) -> Result<ApplyOutcome> {
+        if part.part == crate::command::ShardPart::Cells {
+            return self.apply_cell_events(&part.cell_events);
+        }
         let mut batch = WriteBatch::default();
         {
             let mut st = self.state.write();
@@ -1077,6 +1080,57 @@ impl<E: KvEngine> SliceStore<E> {
             }
         }
         self.apply_ingest_into(&part.events, Some(part.part), batch)
+    }
+
+    /// A cell shard's part: cell and address slices of resolved events.
+    fn apply_cell_events(&self, events: &[(u32, i64, u64, u32)]) -> Result<ApplyOutcome> {
+        if let Some(e) = events
+            .iter()
+            .find(|e| !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&e.1))
+        {
+            return Err(StorageError::Invalid(format!("hour {} out of range", e.1)));
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(keys::meta(META_SHARD), vec![1]);
+        self.state.write().partial = true;
+        let mut cells: Vec<(i64, u64, u32, u32)> = Vec::with_capacity(events.len());
+        let mut addrs: Vec<(i64, u32, u32, u32)> = Vec::new();
+        for &(id, hour, cell, addr) in events {
+            let day = hour.div_euclid(24);
+            let bit = 1u32 << hour.rem_euclid(24);
+            cells.push((day, cell, id, bit));
+            if addr != 0 {
+                addrs.push((day, addr, id, bit));
+            }
+        }
+        let mut merges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        cells.sort_unstable();
+        for group in cells.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
+            codec::fold_day_set(&mut set);
+            merges.push((
+                keys::cell_day(group[0].0, group[0].1),
+                codec::encode_day_set(&set),
+            ));
+        }
+        addrs.sort_unstable();
+        for group in addrs.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
+            codec::fold_day_set(&mut set);
+            merges.push((
+                keys::address_day(group[0].0, group[0].1),
+                codec::encode_day_set(&set),
+            ));
+        }
+        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in merges {
+            batch.merge(k, v);
+        }
+        self.commit(batch)?;
+        Ok(ApplyOutcome {
+            applied: events.len() as u64,
+            ..Default::default()
+        })
     }
 
     fn assign_person(st: &mut State, batch: &mut WriteBatch, person: u64) -> Result<u32> {
