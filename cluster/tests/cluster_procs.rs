@@ -613,8 +613,17 @@ async fn converge(ports: &[u16], want: usize, deadline: Duration) {
 
 /// Makes a node config sharded: two cell shards and two person shards.
 fn shard(cfg: &Path) {
+    shard_as(cfg, 2, 2)
+}
+
+/// Makes a node config sharded with `cells` cell and `persons` person shards.
+fn shard_as(cfg: &Path, cells: u32, persons: u32) {
     let text = std::fs::read_to_string(cfg).unwrap();
-    std::fs::write(cfg, format!("{text}cell_shards = 2\nperson_shards = 2\n")).unwrap();
+    std::fs::write(
+        cfg,
+        format!("{text}cell_shards = {cells}\nperson_shards = {persons}\n"),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1038,20 +1047,30 @@ impl bodies::TestCluster for ProcCluster {
 /// over three `hourcell node` processes whose links a proxy can cut.
 #[test]
 fn the_shared_body_over_real_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let linked = Linked::new(dir.path());
-    let procs = linked.cfgs.iter().map(|c| spawn(c)).collect();
-    let mut c = ProcCluster {
-        rt: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-        linked,
-        procs,
-        _dir: dir,
-    };
+    let mut c = ProcCluster::start(None);
     bodies::acknowledged_writes_survive_failures(&mut c);
+}
+
+impl ProcCluster {
+    /// Three linked processes, sharded as `(cells, persons)` if given.
+    fn start(shards: Option<(u32, u32)>) -> ProcCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let linked = Linked::new(dir.path());
+        if let Some((cells, persons)) = shards {
+            linked.cfgs.iter().for_each(|c| shard_as(c, cells, persons));
+        }
+        let procs = linked.cfgs.iter().map(|c| spawn(c)).collect();
+        ProcCluster {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+            linked,
+            procs,
+            _dir: dir,
+        }
+    }
 }
 
 /// The same body over a sharded cluster: three cell shards and two person
@@ -1060,23 +1079,7 @@ fn the_shared_body_over_real_processes() {
 /// acknowledged only once every shard it touches has committed it.
 #[test]
 fn the_shared_body_over_a_sharded_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let linked = Linked::new(dir.path());
-    for cfg in &linked.cfgs {
-        let text = std::fs::read_to_string(cfg).unwrap();
-        std::fs::write(cfg, format!("{text}cell_shards = 3\nperson_shards = 2\n")).unwrap();
-    }
-    let procs = linked.cfgs.iter().map(|c| spawn(c)).collect();
-    let mut c = ProcCluster {
-        rt: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-        linked,
-        procs,
-        _dir: dir,
-    };
+    let mut c = ProcCluster::start(Some((3, 2)));
     bodies::acknowledged_writes_survive_failures(&mut c);
     // Every node hosts every shard, and `cluster status` lists them.
     let port = c.linked.ports[0];

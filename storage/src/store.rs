@@ -1104,24 +1104,8 @@ impl<E: KvEngine> SliceStore<E> {
             }
         }
         let mut merges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        cells.sort_unstable();
-        for group in cells.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
-            codec::fold_day_set(&mut set);
-            merges.push((
-                keys::cell_day(group[0].0, group[0].1),
-                codec::encode_day_set(&set),
-            ));
-        }
-        addrs.sort_unstable();
-        for group in addrs.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
-            codec::fold_day_set(&mut set);
-            merges.push((
-                keys::address_day(group[0].0, group[0].1),
-                codec::encode_day_set(&set),
-            ));
-        }
+        day_set_merges(&mut cells, keys::cell_day, &mut merges);
+        day_set_merges(&mut addrs, keys::address_day, &mut merges);
         merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (k, v) in merges {
             batch.merge(k, v);
@@ -1276,24 +1260,8 @@ impl<E: KvEngine> SliceStore<E> {
         // from the top, which was the largest cost of ingest.
         let mut merges: Vec<(Vec<u8>, Vec<u8>)> =
             Vec::with_capacity(cells.len() / 4 + addrs.len() / 4 + hours.len() + places.len() / 2);
-        cells.sort_unstable();
-        for group in cells.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
-            codec::fold_day_set(&mut set);
-            merges.push((
-                keys::cell_day(group[0].0, group[0].1),
-                codec::encode_day_set(&set),
-            ));
-        }
-        addrs.sort_unstable();
-        for group in addrs.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
-            codec::fold_day_set(&mut set);
-            merges.push((
-                keys::address_day(group[0].0, group[0].1),
-                codec::encode_day_set(&set),
-            ));
-        }
+        day_set_merges(&mut cells, keys::cell_day, &mut merges);
+        day_set_merges(&mut addrs, keys::address_day, &mut merges);
         for (h, b) in hours {
             merges.push((keys::hour_slice(h), codec::encode_bitmap(&b)));
         }
@@ -1833,6 +1801,21 @@ impl<E: KvEngine> SliceStore<E> {
             },
         )?;
         err.map_or(Ok((postings, places)), Err)
+    }
+}
+
+/// Folds `(day, slice key, internal id, hour bit)` rows into one day-set
+/// merge operand per (day, key): cell slices and address slices alike.
+fn day_set_merges<K: Ord + Copy>(
+    rows: &mut [(i64, K, u32, u32)],
+    key: fn(i64, K) -> Vec<u8>,
+    merges: &mut Vec<(Vec<u8>, Vec<u8>)>,
+) {
+    rows.sort_unstable();
+    for group in rows.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let mut set: DaySet = group.iter().map(|r| (r.2, r.3)).collect();
+        codec::fold_day_set(&mut set);
+        merges.push((key(group[0].0, group[0].1), codec::encode_day_set(&set)));
     }
 }
 
