@@ -1080,16 +1080,25 @@ pub struct ShardRow {
     pub leader: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// The nodes the shard map places the shard on (the voters once a
+    /// move has finished).
+    pub replicas: Vec<u64>,
     /// Entries the furthest-behind reachable replica has yet to apply.
     pub max_lag: u64,
 }
 
+/// One row per data shard held by any reachable node (each node reports
+/// the shards it holds a replica of).
 pub fn shard_rows(st: &[Option<Vec<v1::ShardStatus>>]) -> Vec<ShardRow> {
     let mut rows: Vec<ShardRow> = Vec::new();
-    let Some(first) = st.iter().flatten().next() else {
-        return rows;
-    };
-    for sh in first {
+    let mut seen = std::collections::HashSet::new();
+    let all: Vec<&v1::ShardStatus> = st
+        .iter()
+        .flatten()
+        .flat_map(|v| v.iter())
+        .filter(|x| seen.insert(x.group))
+        .collect();
+    for sh in all {
         let views: Vec<&v1::ShardStatus> = st
             .iter()
             .flatten()
@@ -1112,6 +1121,7 @@ pub fn shard_rows(st: &[Option<Vec<v1::ShardStatus>>]) -> Vec<ShardRow> {
             leader,
             voters: view.voters.clone(),
             learners: view.learners.clone(),
+            replicas: view.replicas.clone(),
             max_lag: views
                 .iter()
                 .map(|v| commit.saturating_sub(v.applied))
@@ -1119,6 +1129,7 @@ pub fn shard_rows(st: &[Option<Vec<v1::ShardStatus>>]) -> Vec<ShardRow> {
                 .unwrap_or(0),
         });
     }
+    rows.sort_by_key(|r| r.group);
     rows
 }
 
@@ -1149,6 +1160,7 @@ pub fn render_shards(rows: &[ShardRow], format: Format) -> Result<String> {
                 },
                 list(&r.voters),
                 list(&r.learners),
+                list(&r.replicas),
                 r.max_lag.to_string(),
             ]
         })
@@ -1160,7 +1172,9 @@ pub fn render_shards(rows: &[ShardRow], format: Format) -> Result<String> {
         ),
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(["shard", "group", "leader", "voters", "learners", "max_lag"])?;
+            w.write_record([
+                "shard", "group", "leader", "voters", "learners", "placed", "max_lag",
+            ])?;
             for c in &cells {
                 w.write_record(c)?;
             }
@@ -1169,7 +1183,7 @@ pub fn render_shards(rows: &[ShardRow], format: Format) -> Result<String> {
         Format::Table => format!(
             "\n{}{} data shards; {} without a leader\n",
             aligned(
-                &["shard", "group", "leader", "voters", "learners", "max lag"],
+                &["shard", "group", "leader", "voters", "learners", "placed", "max lag"],
                 &cells
             ),
             rows.len(),

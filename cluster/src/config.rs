@@ -180,6 +180,15 @@ pub struct ClusterConfig {
     pub cell_shards: u32,
     #[serde(default)]
     pub person_shards: u32,
+    /// Sharded clusters: replicas per shard (each shard's raft group has
+    /// this many voters, on different nodes; the metadata group is on
+    /// every node). The same on every node; 3 by default.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    3
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -225,6 +234,12 @@ impl ClusterConfig {
             anyhow::bail!(
                 "cluster.peers does not list this node (node_id {})",
                 self.node_id
+            );
+        }
+        if !(1..=7).contains(&self.replicas) {
+            anyhow::bail!(
+                "cluster.replicas {} is outside 1..=7 (3 survives one node's loss, 5 two)",
+                self.replicas
             );
         }
         if !(10..=10_000).contains(&self.tick_ms) {

@@ -175,6 +175,7 @@ async fn start_cluster(
             join: false,
             cell_shards: args.shards.map_or(0, |s| s.0),
             person_shards: args.shards.map_or(0, |s| s.1),
+            replicas: 3,
         });
         let (addr, listener) = crate::server::bind(*a).await?;
         let node = Node::open(&cfg, system_clock())?;

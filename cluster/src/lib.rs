@@ -15,6 +15,7 @@ pub mod dev;
 pub mod metrics;
 pub mod node;
 pub mod replication;
+pub mod route;
 pub mod security_cli;
 pub mod server;
 pub mod service;

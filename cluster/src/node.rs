@@ -6,6 +6,7 @@
 //! becomes "append to the group's log and wait for apply", and nothing above
 //! it changes.
 
+use hourcell_proto::v1;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub struct Replication {
     /// weeks come and go).
     pub groups: parking_lot::RwLock<Vec<u64>>,
     pub propose_timeout: std::time::Duration,
+    /// Whether data shards are placed by the shard map (membership changes
+    /// then go to the metadata group only).
+    pub sharded: bool,
     /// Peers as configured: (id, gRPC address).
     pub peers: Vec<(u64, String)>,
     /// The raft log's engine, which also records the addresses of nodes
@@ -99,9 +103,16 @@ impl Replication {
         cc.set_change_type(ConfChangeType::AddLearnerNode);
         cc.node_id = id;
         cc.context = addr.trim().as_bytes().to_vec().into();
-        // Every group: a node hosts a replica of each shard. A group that
-        // already has it (an earlier, partly failed add) is skipped.
-        for g in self.groups() {
+        // Unsharded: the one group. Sharded: the metadata group, which is
+        // on every node; the shard map then places data shards on the new
+        // node (new weeks, and replacements for nodes that leave). A group
+        // that already has it (an earlier, partly failed add) is skipped.
+        let groups = if self.sharded {
+            vec![self.group]
+        } else {
+            self.groups()
+        };
+        for g in groups {
             let sg = self.status_of(g)?;
             if !sg.voters.contains(&id) && !sg.learners.contains(&id) {
                 self.change(g, cc.clone())?;
@@ -123,7 +134,15 @@ impl Replication {
             )));
         }
         // The metadata group last: it is what says whether `id` is a member.
-        for g in self.groups().into_iter().rev() {
+        // Sharded: the metadata group only; its leader then moves the
+        // node's shard replicas to other members, and each shard's leader
+        // removes the node once the replacement votes.
+        let groups = if self.sharded {
+            vec![self.group]
+        } else {
+            self.groups()
+        };
+        for g in groups.into_iter().rev() {
             let sg = self.status_of(g)?;
             if sg.voters.contains(&id) || sg.learners.contains(&id) {
                 self.remove_from(g, id)?;
@@ -305,6 +324,14 @@ pub struct Node {
     ingest_group: IngestGroup,
     /// Per-shard read barriers of a sharded node's queries.
     gate: Option<Arc<crate::shards::ReadGate>>,
+    /// Sends reads and writes of shards held elsewhere to their nodes.
+    router: Option<Arc<crate::route::Router>>,
+    /// Replicas per data shard.
+    replicas: usize,
+    /// The person shards' placement when the cluster was created.
+    founding: Vec<Vec<u64>>,
+    /// Started with `--join`: starts no shard as a founding voter.
+    joining: bool,
 }
 
 /// Drafts per `RaiseTasks` command: a log entry carries a batch.
@@ -445,10 +472,74 @@ fn check_layout(
     Ok(())
 }
 
+/// Where the person shards of a new cluster start: placed over the
+/// configured peers (every node of a new cluster computes the same).
+pub(crate) fn founding_persons(
+    c: &crate::config::ClusterConfig,
+    layout: hourcell_storage::shard::Layout,
+) -> Vec<Vec<u64>> {
+    let ids: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
+    hourcell_storage::shard::ShardMap::default_persons(layout, &ids, c.replicas as usize)
+}
+
+/// Every shard with the nodes that should hold it: the map's, with the
+/// person shards at their founding placement until the metadata group
+/// records theirs.
+pub(crate) fn placed_shards(
+    map: &hourcell_storage::shard::ShardMap,
+    founding: &[Vec<u64>],
+) -> Vec<(hourcell_storage::shard::ShardId, Vec<u64>)> {
+    use hourcell_storage::shard::ShardId;
+    let mut out: Vec<(ShardId, Vec<u64>)> = Vec::new();
+    if map.persons.is_empty() {
+        for (index, r) in founding.iter().enumerate() {
+            let id = ShardId {
+                part: hourcell_storage::ShardPart::Persons,
+                week: 0,
+                index,
+            };
+            out.push((id, r.clone()));
+        }
+    }
+    out.extend(map.shards().into_iter().map(|(id, r)| (id, r.to_vec())));
+    out
+}
+
+/// The voters this node starts shard `id`'s raft group with when it
+/// begins holding a replica: the shard's founders, if this node is one and
+/// the shard has not moved since (a new cluster's person shards, a new
+/// week's cell shards); otherwise none, and the shard's leader adds this
+/// node as a learner and sends it a snapshot. A joining node founds
+/// nothing.
+pub(crate) fn start_voters(
+    map: &hourcell_storage::shard::ShardMap,
+    id: hourcell_storage::shard::ShardId,
+    replicas: &[u64],
+    me: u64,
+    founding: &[Vec<u64>],
+    joining: bool,
+) -> Vec<u64> {
+    if joining {
+        return Vec::new();
+    }
+    let founders = match id.part {
+        // Recorded placement: the cluster is past its creation.
+        hourcell_storage::ShardPart::Persons if !map.persons.is_empty() => &[][..],
+        _ => map.founders(id, founding),
+    };
+    if founders.contains(&me) && founders == replicas {
+        founders.to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Starts the raft loop with `groups`: (group, store, the voters a new
+/// group starts with; empty to wait to be added).
 fn start_replication(
     cfg: &NodeConfig,
     c: &crate::config::ClusterConfig,
-    groups: Vec<(u64, Arc<Store>)>,
+    groups: Vec<(u64, Arc<Store>, Vec<u64>)>,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<Replication> {
     use crate::replication::{grpc::GrpcTransport, RaftNode, RaftTiming, StoreMachine};
@@ -485,14 +576,8 @@ fn start_replication(
     };
     // (compact_after: the default 1,000 entries of up to 100,000 events.)
     let (mut raft, handle) = RaftNode::new(c.node_id, timing, transport);
-    // A joining node starts with no members and waits to be added.
-    let voters: Vec<u64> = if c.join {
-        Vec::new()
-    } else {
-        c.peers.iter().map(|p| p.id).collect()
-    };
     let ids: Vec<u64> = groups.iter().map(|g| g.0).collect();
-    for (g, store) in groups {
+    for (g, store, voters) in groups {
         raft.add_group(
             g,
             engine.clone(),
@@ -513,6 +598,7 @@ fn start_replication(
         group: DATA_GROUP,
         groups: parking_lot::RwLock::new(ids),
         propose_timeout: std::time::Duration::from_secs(10),
+        sharded: c.layout().map_err(anyhow::Error::msg)?.is_some(),
         peers: c.peers.iter().map(|p| (p.id, p.addr.clone())).collect(),
         raft_engine: engine,
     };
@@ -627,7 +713,7 @@ impl Node {
                 let sh = Shards::open(layout, cfg.data_dir.join("shards"), rc, cfg.slice_level)?;
                 // The weeks this replica's shard map holds; the keeper
                 // follows later changes.
-                for w in store.shard_map().1.keys() {
+                for w in store.shard_map().weeks.keys() {
                     sh.open_week(*w)?;
                 }
                 Some(Arc::new(sh))
@@ -636,16 +722,47 @@ impl Node {
         let replication = match &cfg.cluster {
             None => None,
             Some(c) => {
-                let mut groups = vec![(DATA_GROUP, store.clone())];
+                // A joining node starts with no members and waits to be
+                // added.
+                let voters: Vec<u64> = if c.join {
+                    Vec::new()
+                } else {
+                    c.peers.iter().map(|p| p.id).collect()
+                };
+                let mut groups = vec![(DATA_GROUP, store.clone(), voters)];
                 if let Some(sh) = &shards {
-                    groups.extend(sh.all());
+                    // The data shards the map places here.
+                    let map = store.shard_map();
+                    let founding = founding_persons(c, sh.layout);
+                    for (id, replicas) in placed_shards(&map, &founding) {
+                        if !replicas.contains(&c.node_id) {
+                            continue;
+                        }
+                        let Some((g, st)) = sh.slot(id) else {
+                            continue;
+                        };
+                        let start = start_voters(&map, id, &replicas, c.node_id, &founding, c.join);
+                        sh.host(g);
+                        groups.push((g, st, start));
+                    }
                 }
                 Some(start_replication(cfg, c, groups, &metrics)?)
             }
         };
         if let Some(sh) = &shards {
-            *sh.synced_version.write() = store.shard_map().0;
+            *sh.synced_version.write() = store.shard_map_version();
         }
+        let router = match (&shards, &cfg.cluster) {
+            (Some(_), Some(c)) => Some(crate::route::Router::new(
+                c.node_id,
+                cfg.security
+                    .tls
+                    .as_ref()
+                    .map(crate::tls::ClientTls::of_node),
+                std::time::Duration::from_secs(10),
+            )),
+            _ => None,
+        };
         let gate = match (&shards, &replication) {
             (Some(_), Some(r)) => Some(Arc::new(crate::shards::ReadGate::new(
                 r.handle.clone(),
@@ -653,35 +770,68 @@ impl Node {
             ))),
             _ => None,
         };
-        let source: Arc<dyn hourcell_query::SliceSource> = match (&shards, &gate) {
-            (Some(sh), Some(gate)) => {
-                let weeks = sh.clone();
-                let g = gate.clone();
-                let gated = move |(group, store): (u64, Arc<Store>),
-                                  gate: &Arc<crate::shards::ReadGate>| {
-                    Arc::new(crate::shards::Gated {
-                        store,
-                        group,
-                        gate: gate.clone(),
-                    }) as Arc<dyn hourcell_query::SliceSource>
+        let source: Arc<dyn hourcell_query::SliceSource> = match (&shards, &gate, &router) {
+            (Some(sh), Some(gate), Some(router)) => {
+                use hourcell_storage::shard::ShardId;
+                use hourcell_storage::ShardPart;
+                let source = {
+                    let (sh, gate, router, meta) =
+                        (sh.clone(), gate.clone(), router.clone(), store.clone());
+                    move |id: ShardId| -> Arc<dyn hourcell_query::SliceSource> {
+                        Arc::new(crate::route::ShardSource {
+                            id,
+                            group: crate::shards::group_of(id),
+                            shards: sh.clone(),
+                            gate: gate.clone(),
+                            router: router.clone(),
+                            meta: meta.clone(),
+                        })
+                    }
                 };
+                let persons = (0..sh.layout.persons as usize)
+                    .map(|index| {
+                        source(ShardId {
+                            part: ShardPart::Persons,
+                            week: 0,
+                            index,
+                        })
+                    })
+                    .collect();
+                let (sh2, g, meta) = (sh.clone(), gate.clone(), store.clone());
                 Arc::new(hourcell_query::ShardedSource::new(
                     sh.layout,
                     store.clone(),
                     Arc::new(move |w| {
-                        let stores = weeks.week(w);
-                        // One round for the week's shards; a failure shows
-                        // when a store is read.
-                        let groups: Vec<u64> = stores.iter().map(|(g, _)| *g).collect();
+                        if !meta.shard_map_has_week(w) {
+                            return Vec::new();
+                        }
+                        // One round for the week's shards held here; a
+                        // failure shows when a store is read.
+                        let groups: Vec<u64> = sh2.week(w).iter().map(|(g, _)| *g).collect();
                         let _ = g.ensure_all(&groups);
-                        stores.into_iter().map(|x| gated(x, &g)).collect()
+                        (0..sh2.layout.cells as usize)
+                            .map(|index| {
+                                source(ShardId {
+                                    part: ShardPart::Cells,
+                                    week: w,
+                                    index,
+                                })
+                            })
+                            .collect()
                     }),
-                    sh.persons.iter().map(|x| gated(x.clone(), gate)).collect(),
+                    persons,
                 ))
             }
             _ => store.clone(),
         };
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
+            router: router.clone(),
+            replicas: cfg.cluster.as_ref().map_or(3, |c| c.replicas as usize),
+            founding: cfg.cluster.as_ref().map_or(Vec::new(), |c| match &shards {
+                Some(sh) => founding_persons(c, sh.layout),
+                None => Vec::new(),
+            }),
+            joining: cfg.cluster.as_ref().is_some_and(|c| c.join),
             shards,
             shard_sync: parking_lot::Mutex::new(()),
             gate,
@@ -702,7 +852,11 @@ impl Node {
             events_accepted: AtomicU64::new(0),
             ingest_group: IngestGroup::default(),
             failed: AtomicBool::new(false),
-        }))
+        });
+        if let Some(r) = &router {
+            r.attach(&node);
+        }
+        Ok(node)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -802,9 +956,100 @@ impl Node {
         r
     }
 
-    /// Proposes one command per `(group, command)` pair of a sharded
-    /// cluster at once; succeeds only when every one is applied here.
-    fn propose_parts(&self, parts: Vec<(u64, Command)>) -> Result<Vec<ApplyOutcome>, NodeError> {
+    /// Ingest in a sharded cluster: the weeks' partitions and the ids
+    /// from the metadata group first (only for weeks, persons and labels it
+    /// has not seen), then one part per shard the events touch, all
+    /// proposed at once (here for the shards this node holds, through
+    /// their nodes for the others).
+    fn ingest_sharded(
+        &self,
+        sh: &Shards,
+        events: Vec<hourcell_storage::SliceEvent>,
+    ) -> Result<(), NodeError> {
+        let weeks = hourcell_storage::shard::Layout::weeks(&events);
+        self.ensure_weeks(&weeks)?;
+        let (persons, sources) = hourcell_storage::shard::Layout::missing_ids(&self.store, &events);
+        if !persons.is_empty() || !sources.is_empty() {
+            self.propose(&Command::AssignIds { persons, sources })?;
+        }
+        // A shard held elsewhere is sent every dictionary entry its part
+        // needs (learning one twice is harmless).
+        let parts = sh.layout.split(&self.store, events, &|id, k| {
+            sh.get(id).is_some_and(|(_, store)| store.knows(k))
+        })?;
+        let items = parts
+            .into_iter()
+            .map(|(id, cmd)| (id, Command::IngestShard(cmd)))
+            .collect();
+        self.propose_parts(items).map(|_| ())
+    }
+
+    /// The shard map's version and the nodes that should hold shard `id`
+    /// (the person shards' founding placement until the map records one).
+    pub fn shard_replicas(&self, id: hourcell_storage::shard::ShardId) -> (u64, Vec<u64>) {
+        let (v, r) = self.store.shard_replicas(id);
+        if r.is_empty() && id.part == hourcell_storage::ShardPart::Persons {
+            return (v, self.founding.get(id.index).cloned().unwrap_or_default());
+        }
+        (v, r)
+    }
+
+    /// Proposes one command per data shard at once: those this node holds
+    /// through its own raft groups, the others through a node that holds
+    /// them. Succeeds only when every one is applied; outcomes in order.
+    fn propose_parts(
+        &self,
+        parts: Vec<(hourcell_storage::shard::ShardId, Command)>,
+    ) -> Result<Vec<ApplyOutcome>, NodeError> {
+        let (Some(sh), Some(router)) = (&self.shards, &self.router) else {
+            return Err(NodeError::Invalid("sharding needs [cluster]".into()));
+        };
+        let mut local = Vec::new();
+        let mut local_at = Vec::new();
+        let mut remote = Vec::new();
+        let mut remote_at = Vec::new();
+        for (i, (id, cmd)) in parts.iter().enumerate() {
+            match sh.get(*id) {
+                Some((g, _)) => {
+                    local.push((g, cmd.clone()));
+                    local_at.push(i);
+                }
+                None => {
+                    remote.push((*id, crate::shards::group_of(*id), cmd.encode()));
+                    remote_at.push(i);
+                }
+            }
+        }
+        let mut out = vec![ApplyOutcome::default(); parts.len()];
+        let routed = if remote.is_empty() {
+            None
+        } else {
+            // The routed parts travel while this node proposes its own.
+            let router = router.clone();
+            Some(std::thread::spawn(move || router.propose(remote)))
+        };
+        let here = if local.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.propose_local(local)
+        };
+        if let Some(t) = routed {
+            let outs = t
+                .join()
+                .map_err(|_| NodeError::Unavailable("routing a write panicked".into()))??;
+            for (i, o) in remote_at.into_iter().zip(outs) {
+                out[i] = o;
+            }
+        }
+        for (i, o) in local_at.into_iter().zip(here?) {
+            out[i] = o;
+        }
+        Ok(out)
+    }
+
+    /// Proposes one command per `(group, command)` pair of groups this
+    /// node holds, at once; succeeds only when every one is applied here.
+    fn propose_local(&self, parts: Vec<(u64, Command)>) -> Result<Vec<ApplyOutcome>, NodeError> {
         use crate::replication::ProposeError;
         let Some(r) = &self.replication else {
             return Err(NodeError::Invalid("sharding needs [cluster]".into()));
@@ -837,50 +1082,208 @@ impl Node {
         }
     }
 
-    /// Ingest in a sharded cluster: the weeks' partitions and the ids
-    /// from the metadata group first (only for weeks, persons and labels it
-    /// has not seen), then one part per shard the events touch, all
-    /// proposed at once.
-    fn ingest_sharded(
-        &self,
-        sh: &Shards,
-        events: Vec<hourcell_storage::SliceEvent>,
-    ) -> Result<(), NodeError> {
-        let weeks = hourcell_storage::shard::Layout::weeks(&events);
-        self.ensure_weeks(&weeks)?;
-        let (persons, sources) = hourcell_storage::shard::Layout::missing_ids(&self.store, &events);
-        if !persons.is_empty() || !sources.is_empty() {
-            self.propose(&Command::AssignIds { persons, sources })?;
-        }
-        let parts = sh.layout.split(&self.store, events, &|id, k| {
-            sh.get(id).is_some_and(|(_, store)| store.knows(k))
-        })?;
-        let mut items = Vec::with_capacity(parts.len());
-        for (id, cmd) in parts {
-            let Some((g, _)) = sh.get(id) else {
-                return Err(NodeError::Unavailable(format!(
-                    "week {} has no shards on this node yet; retry",
-                    id.week
-                )));
-            };
-            items.push((g, Command::IngestShard(cmd)));
-        }
-        self.propose_parts(items).map(|_| ())
+    /// Catches up with the shard map: a linearizable read of the metadata
+    /// group, then hosting what it places here (after a routed request
+    /// named a newer map, or a node said this one is stale).
+    pub fn refresh_map(&self) -> Result<(), NodeError> {
+        self.read_barrier()?;
+        self.sync_shards()
     }
 
-    /// Makes sure the shard map has `weeks` and this node hosts their cell
-    /// shards: a week not in the map is added through the metadata group
-    /// (with its current voters), then hosted here at once; the other nodes
-    /// follow within a moment (see [`Node::sync_shards`]).
+    /// The data groups this node holds, with their members as it sees
+    /// them (for status and for membership changes).
+    pub fn shard_members(&self) -> Vec<v1::ShardStatus> {
+        let (Some(sh), Some(r)) = (&self.shards, &self.replication) else {
+            return Vec::new();
+        };
+        sh.all()
+            .into_iter()
+            .map(|(g, store)| {
+                let s = r.handle.status(g);
+                v1::ShardStatus {
+                    group: g,
+                    shard: sh.describe(g),
+                    leader: s.as_ref().map_or(0, |s| s.leader),
+                    term: s.as_ref().map_or(0, |s| s.term),
+                    commit: s.as_ref().map_or(0, |s| s.commit),
+                    applied: s.as_ref().map_or(0, |s| s.applied),
+                    voters: s.as_ref().map_or(Vec::new(), |s| s.voters.clone()),
+                    learners: s.as_ref().map_or(Vec::new(), |s| s.learners.clone()),
+                    first_index: s.as_ref().map_or(0, |s| s.first_index),
+                    replicas: sh
+                        .shard_of(g)
+                        .map_or(Vec::new(), |id| self.shard_replicas(id).1),
+                    disk_bytes: {
+                        use hourcell_storage::KvEngine;
+                        store.engine().disk_bytes()
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Adds node `id` (see [`Replication::add_node`]). In a sharded
+    /// cluster with `replace` (a node that lost its data rejoining), the
+    /// node's old replicas are first taken out of every data group: the
+    /// shard map stops placing anything on it, and this waits until no
+    /// group's leader lists it, so that no group counts a replica that
+    /// forgot its log. The map then places shards on it again as on any
+    /// new member, and it receives them by snapshot.
+    pub fn add_node(&self, id: u64, addr: &str, replace: bool) -> Result<(), NodeError> {
+        let r = self.replication.as_ref().ok_or_else(|| {
+            NodeError::Refused(
+                "this is a single node without [cluster]: there is no membership".into(),
+            )
+        })?;
+        if self.shards.is_none() || !replace {
+            return r.add_node(id, addr, replace);
+        }
+        if id == 0 || addr.trim().is_empty() {
+            return Err(NodeError::Invalid(
+                "add-node needs a non-zero --id and the node's --addr".into(),
+            ));
+        }
+        let (voters, learners) = r
+            .meta_members()
+            .ok_or_else(|| NodeError::Unavailable("metadata group is not running".into()))?;
+        if voters.contains(&id) || learners.contains(&id) {
+            r.remove_node(id)?;
+        }
+        self.evict(id)?;
+        r.add_node(id, addr, false)
+    }
+
+    /// Takes node `id` out of every data shard: out of the shard map's
+    /// placement, then waits until no data group's leader lists it.
+    fn evict(&self, id: u64) -> Result<(), NodeError> {
+        let Some(router) = &self.router else {
+            return Ok(());
+        };
+        self.read_barrier()?;
+        let map = self.store.shard_map();
+        let moves: Vec<_> = placed_shards(&map, &self.founding)
+            .into_iter()
+            .filter(|(_, r)| r.contains(&id))
+            .map(|(sid, r)| (sid, r.into_iter().filter(|n| *n != id).collect()))
+            .collect();
+        if !moves.is_empty() {
+            self.propose(&Command::PlaceShards { shards: moves })?;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let _ = self.sync_shards();
+            let views = router.members_everywhere();
+            let mut led = std::collections::HashSet::new();
+            let mut still = Vec::new();
+            for (n, groups) in &views {
+                for g in groups {
+                    if g.leader == *n {
+                        led.insert(g.group);
+                        if g.voters.contains(&id) || g.learners.contains(&id) {
+                            still.push(g.group);
+                        }
+                    }
+                }
+            }
+            let all: std::collections::HashSet<u64> = views
+                .iter()
+                .flat_map(|(_, gs)| gs.iter().map(|g| g.group))
+                .collect();
+            let leaderless: Vec<u64> = all.difference(&led).copied().collect();
+            if still.is_empty() && leaderless.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "node {id}'s old replicas are still members of shard groups {still:?} \
+                     (groups without a reachable leader: {leaderless:?}); retry"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
+    /// Checks that this node holds `group` for a request routed by shard
+    /// map `version`, catching up first if the sender knew a newer map.
+    fn check_routed(&self, version: u64, group: u64) -> Result<Arc<Store>, NodeError> {
+        let Some(sh) = &self.shards else {
+            return Err(NodeError::Invalid("this node is not sharded".into()));
+        };
+        if version > self.store.shard_map_version() || !sh.hosts(group) {
+            self.refresh_map()?;
+        }
+        let mine = self.store.shard_map_version();
+        match sh.shard_of(group).and_then(|id| sh.get(id)) {
+            Some((_, store)) => Ok(store),
+            None => Err(NodeError::Refused(format!(
+                "stale shard map: node {} holds no replica of shard group {group} \
+                 (its shard map is at version {mine}, the request was routed by {version}); \
+                 refresh the map and route again",
+                self.replication.as_ref().map_or(0, |r| r.handle.id()),
+            ))),
+        }
+    }
+
+    /// Serves a write routed here by another node: every command must be
+    /// for a group this node holds.
+    pub fn serve_propose(
+        &self,
+        version: u64,
+        items: Vec<(u64, Vec<u8>)>,
+    ) -> Result<Vec<ApplyOutcome>, NodeError> {
+        let mut parts = Vec::with_capacity(items.len());
+        for (g, bytes) in items {
+            self.check_routed(version, g)?;
+            let cmd = Command::decode(&bytes)
+                .map_err(|e| NodeError::Invalid(format!("bad routed command: {e}")))?;
+            parts.push((g, cmd));
+        }
+        self.propose_local(parts)
+    }
+
+    /// Serves a read of group `group` routed here by another node; with
+    /// `barrier`, after a ReadIndex on the group.
+    pub fn serve_read(
+        &self,
+        version: u64,
+        group: u64,
+        barrier: bool,
+        op: crate::route::ReadOp,
+    ) -> Result<(Vec<u8>, u64), NodeError> {
+        let store = self.check_routed(version, group)?;
+        if barrier {
+            let r = self
+                .replication
+                .as_ref()
+                .ok_or_else(|| NodeError::Invalid("sharding needs [cluster]".into()))?;
+            r.read_index_all(&[group]).map_err(|e| {
+                NodeError::Unavailable(format!(
+                    "cannot serve a linearizable read of shard group {group}: {e}"
+                ))
+            })?;
+        }
+        if store.is_restoring() {
+            return Err(NodeError::Unavailable(
+                "this replica is installing a snapshot; retry, or ask another node".into(),
+            ));
+        }
+        let reply = crate::route::serve_read(&store, op)?;
+        Ok((reply, self.store.shard_map_version()))
+    }
+
+    /// Makes sure the shard map has `weeks` and this node hosts what the
+    /// map places here of their cell shards: a week not in the map is
+    /// added through the metadata group, each cell shard on the least
+    /// loaded `replicas` members; the other nodes follow within a moment
+    /// (see [`Node::sync_shards`]).
     pub fn ensure_weeks(&self, weeks: &[i64]) -> Result<(), NodeError> {
         let Some(sh) = &self.shards else {
             return Ok(());
         };
-        let (_, map) = self.store.shard_map();
         let missing: Vec<i64> = weeks
             .iter()
             .copied()
-            .filter(|w| !map.contains_key(w))
+            .filter(|w| !self.store.shard_map_has_week(*w))
             .collect();
         if !missing.is_empty() {
             let r = self
@@ -890,49 +1293,67 @@ impl Node {
             let (voters, _) = r
                 .meta_members()
                 .ok_or_else(|| NodeError::Unavailable("metadata group is not running".into()))?;
-            self.propose(&Command::CreatePartitions {
-                weeks: missing,
-                voters,
-            })?;
+            let mut load = self.store.shard_map().load();
+            let weeks = missing
+                .into_iter()
+                .map(|w| {
+                    let cells = (0..sh.layout.cells)
+                        .map(|_| {
+                            hourcell_storage::shard::place(&voters, &mut load, self.replicas, &[])
+                        })
+                        .collect();
+                    (w, cells)
+                })
+                .collect();
+            self.propose(&Command::CreatePartitions { weeks })?;
         }
-        if weeks.iter().any(|w| sh.week(*w).is_empty()) {
+        if weeks.iter().any(|w| sh.week_slots(*w).is_empty()) {
             self.sync_shards()?;
         }
         Ok(())
     }
 
-    /// Brings the weeks this node hosts in line with its replica of the
-    /// shard map: starts the raft groups of new weeks (as members if the
-    /// map lists this node among their first voters, else empty, to be
-    /// added and sent a snapshot) and removes the groups and files of
-    /// dropped weeks. Cheap when nothing changed.
+    /// Brings the shards this node holds in line with its replica of the
+    /// shard map: starts the raft groups of shards placed here (as voters
+    /// if this node founded the shard, else empty, to be added and sent a
+    /// snapshot), lets go of shards moved away once their new replicas
+    /// vote, and removes the groups and files of dropped weeks. Cheap when
+    /// nothing changed.
     pub fn sync_shards(&self) -> Result<(), NodeError> {
         let (Some(sh), Some(r)) = (&self.shards, &self.replication) else {
             return Ok(());
         };
         let _one = self.shard_sync.lock();
-        let (version, map) = self.store.shard_map();
-        if *sh.synced_version.read() == version && sh.weeks().len() == map.len() {
+        let map = self.store.shard_map();
+        let me = r.handle.id();
+        let moving = sh.all().iter().any(|(g, _)| {
+            sh.shard_of(*g)
+                .is_some_and(|id| !self.shard_replicas(id).1.contains(&me))
+        });
+        if *sh.synced_version.read() == map.version
+            && sh.weeks().len() == map.weeks.len()
+            && !moving
+        {
             return Ok(());
         }
-        let me = r.handle.id();
         let timeout = std::time::Duration::from_secs(10);
         let fail = |e: String| NodeError::Unavailable(e);
-        for (week, voters) in &map {
-            if !sh.week(*week).is_empty() && r.groups().contains(&sh.week(*week)[0].0) {
-                continue;
+        for week in map.weeks.keys() {
+            if sh.week_slots(*week).is_empty() {
+                sh.open_week(*week).map_err(|e| fail(e.to_string()))?;
             }
-            let stores = sh.open_week(*week).map_err(|e| fail(e.to_string()))?;
-            let start: Vec<u64> = if voters.contains(&me) {
-                voters.clone()
-            } else {
-                Vec::new()
+        }
+        for (id, replicas) in placed_shards(&map, &self.founding) {
+            let Some((g, store)) = sh.slot(id) else {
+                continue;
             };
-            for (g, store) in stores {
+            let hosted = sh.hosts(g);
+            if replicas.contains(&me) && !hosted {
+                let start = start_voters(&map, id, &replicas, me, &self.founding, self.joining);
                 r.handle
                     .add_group(
                         g,
-                        start.clone(),
+                        start,
                         Arc::new(crate::replication::StoreMachine {
                             store,
                             apply_latency: self.metrics.apply_latency.clone(),
@@ -940,33 +1361,50 @@ impl Node {
                         timeout,
                     )
                     .map_err(fail)?;
+                sh.host(g);
                 let mut gs = r.groups.write();
                 if !gs.contains(&g) {
                     gs.push(g);
                 }
+                tracing::info!(group = g, shard = %sh.describe(g), "holding a replica of a shard");
+            } else if !replicas.contains(&me) && hosted {
+                // Moved away: let go once this replica is out of the group
+                // or every replica the map names votes (the leader then
+                // removes this one).
+                let done = r.handle.status(g).is_none_or(|s| {
+                    (!s.voters.contains(&me) && !s.learners.contains(&me))
+                        || replicas.iter().all(|n| s.voters.contains(n))
+                });
+                if done {
+                    r.handle.remove_group(g, timeout).map_err(fail)?;
+                    r.groups.write().retain(|x| *x != g);
+                    sh.release(id).map_err(|e| fail(e.to_string()))?;
+                    tracing::info!(group = g, "let go of a shard moved to other nodes");
+                }
             }
-            tracing::info!(week, "hosting the cell shards of a new week");
         }
         for week in sh.weeks() {
-            if map.contains_key(&week) {
+            if map.weeks.contains_key(&week) {
                 continue;
             }
-            for (g, _) in sh.week(week) {
-                r.handle.remove_group(g, timeout).map_err(fail)?;
+            for (g, _) in sh.week_slots(week) {
+                if sh.hosts(g) {
+                    r.handle.remove_group(g, timeout).map_err(fail)?;
+                }
                 r.groups.write().retain(|x| *x != g);
             }
             sh.drop_week(week).map_err(|e| fail(e.to_string()))?;
             tracing::info!(week, "dropped the cell shards of a week past retention");
         }
-        *sh.synced_version.write() = version;
+        *sh.synced_version.write() = map.version;
         Ok(())
     }
 
-    /// Cluster chores of a sharded cluster, run every few seconds: follow
+    /// Cluster chores of a sharded cluster, run every half second: follow
     /// the shard map; on the metadata group's leader, create the current
-    /// and next week ahead of ingest; on each data group's leader, give the
-    /// group the metadata group's members (a week created while a node was
-    /// being added or removed catches up here).
+    /// and next week ahead of ingest, record the person shards' placement
+    /// and move replicas off nodes that left the cluster; on each data
+    /// group's leader, make the group's members what the map says.
     pub fn shard_chores(&self, now: i64) -> Result<(), NodeError> {
         let (Some(sh), Some(r)) = (&self.shards, &self.replication) else {
             return Ok(());
@@ -974,20 +1412,18 @@ impl Node {
         self.sync_shards()?;
         if self.leads() {
             let week = hourcell_storage::shard::week_of_hour(now.div_euclid(3600));
-            let (_, map) = self.store.shard_map();
             let retained = hourcell_storage::shard::week_of_hour(self.retained_from(now));
             let ahead: Vec<i64> = [week, week + 1]
                 .into_iter()
-                .filter(|w| *w >= retained && !map.contains_key(w))
+                .filter(|w| *w >= retained && !self.store.shard_map_has_week(*w))
                 .collect();
             if !ahead.is_empty() {
                 self.ensure_weeks(&ahead)?;
             }
+            self.place_chores()?;
         }
-        let Some((voters, learners)) = r.meta_members() else {
-            return Ok(());
-        };
         let peers: std::collections::HashMap<u64, String> = r.known_peers().into_iter().collect();
+        let me = r.handle.id();
         for (g, _) in sh.all() {
             let Some(s) = r.handle.status(g) else {
                 continue;
@@ -995,8 +1431,16 @@ impl Node {
             if !s.is_leader {
                 continue;
             }
+            let Some(id) = sh.shard_of(g) else {
+                continue;
+            };
+            let target = self.shard_replicas(id).1;
+            if target.is_empty() {
+                continue;
+            }
             use raft::eraftpb::{ConfChange, ConfChangeType};
-            for id in voters.iter().chain(&learners) {
+            let t = std::time::Duration::from_secs(5);
+            for id in &target {
                 if !s.voters.contains(id) && !s.learners.contains(id) {
                     let mut cc = ConfChange::default();
                     cc.set_change_type(ConfChangeType::AddLearnerNode);
@@ -1007,27 +1451,73 @@ impl Node {
                         .unwrap_or_default()
                         .into_bytes()
                         .into();
-                    let _ = r
-                        .handle
-                        .change_membership(g, cc, std::time::Duration::from_secs(5));
-                    tracing::info!(group = g, node = id, "adding a cluster member to a shard");
+                    let _ = r.handle.change_membership(g, cc, t);
+                    tracing::info!(group = g, node = id, "adding a replica to a shard");
                 }
+            }
+            // Members the map no longer names leave once every replica it
+            // names votes, so the group never shrinks below its size.
+            if !target.iter().all(|n| s.voters.contains(n)) {
+                continue;
             }
             for id in s.voters.iter().chain(&s.learners) {
-                if !voters.contains(id) && !learners.contains(id) && *id != r.handle.id() {
-                    let mut cc = ConfChange::default();
-                    cc.set_change_type(ConfChangeType::RemoveNode);
-                    cc.node_id = *id;
-                    let _ = r
-                        .handle
-                        .change_membership(g, cc, std::time::Duration::from_secs(5));
-                    tracing::info!(
-                        group = g,
-                        node = id,
-                        "removing a former member from a shard"
-                    );
+                if target.contains(id) {
+                    continue;
                 }
+                if *id == me {
+                    // Hand the lead to a replica that stays; the new
+                    // leader removes this one.
+                    r.handle.transfer_leader(g, target[0]);
+                    break;
+                }
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = *id;
+                let _ = r.handle.change_membership(g, cc, t);
+                tracing::info!(group = g, node = id, "removing a replica moved elsewhere");
             }
+        }
+        Ok(())
+    }
+
+    /// The metadata leader's part of placement: records the person shards'
+    /// placement once, and gives every shard with a replica on a node that
+    /// is no longer a member (or with fewer replicas than wanted) a
+    /// replacement on the least loaded member.
+    fn place_chores(&self) -> Result<(), NodeError> {
+        let Some(r) = &self.replication else {
+            return Ok(());
+        };
+        let Some((voters, learners)) = r.meta_members() else {
+            return Ok(());
+        };
+        let map = self.store.shard_map();
+        let mut load = map.load();
+        let mut moves = Vec::new();
+        for (id, replicas) in placed_shards(&map, &self.founding) {
+            let mut keep: Vec<u64> = replicas
+                .iter()
+                .copied()
+                .filter(|n| voters.contains(n) || learners.contains(n))
+                .collect();
+            let recorded =
+                !(id.part == hourcell_storage::ShardPart::Persons && map.persons.is_empty());
+            if keep.len() < self.replicas.min(voters.len()) {
+                let more = hourcell_storage::shard::place(
+                    &voters,
+                    &mut load,
+                    self.replicas - keep.len(),
+                    &keep,
+                );
+                keep.extend(more);
+            }
+            if keep != replicas || !recorded {
+                moves.push((id, keep));
+            }
+        }
+        if !moves.is_empty() {
+            tracing::info!(shards = moves.len(), "placing shard replicas");
+            self.propose(&Command::PlaceShards { shards: moves })?;
         }
         Ok(())
     }
@@ -1243,16 +1733,17 @@ impl Node {
                 outcome: format!("retention: removed every hour before {at}"),
             },
         };
-        let Some(sh) = &self.shards else {
+        if self.shards.is_none() {
             let out = self.propose(&cmd)?;
             return Ok((cutoff, out.applied));
-        };
+        }
         // Sharded: weeks wholly before the cut-off are dropped from the
         // shard map (every node then deletes their shards); the rest, and
         // the person shards, remove their old hours; then, if anything was
         // removed, the metadata group's audit log records it.
-        let (_, map) = self.store.shard_map();
+        let map = self.store.shard_map();
         let old: Vec<i64> = map
+            .weeks
             .keys()
             .copied()
             .filter(|w| hourcell_storage::shard::week_start_hour(w + 1) <= cutoff)
@@ -1262,11 +1753,14 @@ impl Node {
             self.propose(&Command::DropPartitions { weeks: old.clone() })?;
             self.sync_shards()?;
         }
+        // Every remaining shard, wherever it is held.
         let outs = self.propose_parts(
-            sh.all()
+            placed_shards(&map, &self.founding)
                 .into_iter()
-                .filter(|(g, _)| !old.iter().any(|w| sh.week(*w).iter().any(|x| x.0 == *g)))
-                .map(|(g, _)| (g, cmd.clone()))
+                .filter(|(id, _)| {
+                    id.part == hourcell_storage::ShardPart::Persons || !old.contains(&id.week)
+                })
+                .map(|(id, _)| (id, cmd.clone()))
                 .collect(),
         )?;
         if dropped || outs.iter().any(|o| o.expired) {
@@ -1317,7 +1811,7 @@ impl Node {
         // this node does not host yet, host them and wait for them too, or
         // a week created through another node would read as empty here.
         if let Some(sh) = &self.shards {
-            if self.store.shard_map().0 != *sh.synced_version.read() {
+            if self.store.shard_map_version() != *sh.synced_version.read() {
                 self.sync_shards()?;
                 r.read_index_all(&r.groups()).map_err(unavailable)?;
             }
@@ -1395,7 +1889,7 @@ impl Node {
         let week = hourcell_storage::shard::week_of_hour(self.now().div_euclid(3600));
         let mut first: Vec<u64> = vec![r.group];
         first.extend(
-            sh.persons
+            sh.persons()
                 .iter()
                 .map(|(g, _)| *g)
                 .chain(sh.week(week).iter().map(|(g, _)| *g))
@@ -1406,7 +1900,7 @@ impl Node {
         })?;
         gate.record(&first[1..], started);
         self.check_restoring()?;
-        if self.store.shard_map().0 != *sh.synced_version.read() {
+        if self.store.shard_map_version() != *sh.synced_version.read() {
             self.sync_shards()?;
         }
         crate::shards::ReadGate::begin(started);

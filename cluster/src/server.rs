@@ -123,11 +123,20 @@ pub async fn serve(
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
     });
+    let shard_svc = node.shards().map(|_| {
+        v1::shard_server::ShardServer::new(crate::route::ShardService {
+            node: node.clone(),
+            require_node_cert: node.tls().is_some(),
+        })
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20)
+    });
     let router = Server::builder()
         // A request that has not produced its response in a minute is
         // cancelled (streams, once started, are not cut).
         .timeout(Duration::from_secs(60))
         .add_optional_service(raft_svc)
+        .add_optional_service(shard_svc)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(

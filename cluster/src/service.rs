@@ -624,31 +624,7 @@ impl v1::admin_server::Admin for Services {
                     first_index: s.as_ref().map_or(0, |s| s.first_index),
                 }
             });
-            let shards = match (node.replication(), node.shards()) {
-                (Some(r), Some(sh)) => sh
-                    .all()
-                    .into_iter()
-                    .map(|(g, store)| {
-                        let s = r.handle.status(g);
-                        v1::ShardStatus {
-                            group: g,
-                            shard: sh.describe(g),
-                            leader: s.as_ref().map_or(0, |s| s.leader),
-                            term: s.as_ref().map_or(0, |s| s.term),
-                            commit: s.as_ref().map_or(0, |s| s.commit),
-                            applied: s.as_ref().map_or(0, |s| s.applied),
-                            voters: s.as_ref().map_or(Vec::new(), |s| s.voters.clone()),
-                            learners: s.as_ref().map_or(Vec::new(), |s| s.learners.clone()),
-                            first_index: s.as_ref().map_or(0, |s| s.first_index),
-                            disk_bytes: {
-                                use hourcell_storage::KvEngine;
-                                store.engine().disk_bytes()
-                            },
-                        }
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let shards = node.shard_members();
             Ok((st, postings, raft, shards))
         })
         .await?;
@@ -667,7 +643,7 @@ impl v1::admin_server::Admin for Services {
             raft,
             shards,
             shard_map_version: if self.node.shards().is_some() {
-                self.node.store().shard_map().0
+                self.node.store().shard_map_version()
             } else {
                 0
             },
@@ -709,7 +685,7 @@ impl v1::admin_server::Admin for Services {
         let node = self.node.clone();
         let m = blocking(move || {
             let rep = replicated(&node)?;
-            rep.add_node(r.id, &r.addr, r.replace)?;
+            node.add_node(r.id, &r.addr, r.replace)?;
             Ok(membership(rep))
         })
         .await?;

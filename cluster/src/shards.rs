@@ -24,14 +24,25 @@ pub fn cell_group(week: i64, index: usize) -> u64 {
     CELL_GROUP_BASE + (((week + (1 << 24)) as u64) << 8) + index as u64
 }
 
+/// The raft group of shard `id`.
+pub fn group_of(id: ShardId) -> u64 {
+    match id.part {
+        ShardPart::Persons => PERSON_GROUP_BASE + id.index as u64,
+        ShardPart::Cells => cell_group(id.week, id.index),
+    }
+}
+
 pub struct Shards {
     pub layout: Layout,
-    /// Person shard `i`: its raft group and store.
-    pub persons: Vec<(u64, Arc<Store>)>,
+    /// Person shard `i`: its raft group and store (an empty store if this
+    /// node holds no replica).
+    persons: RwLock<Vec<(u64, Arc<Store>)>>,
     /// Each hosted week's cell shards, by index: raft group and store.
     weeks: RwLock<BTreeMap<i64, Vec<(u64, Arc<Store>)>>>,
     /// The shard map version the hosted weeks follow.
     pub synced_version: RwLock<u64>,
+    /// The groups this node holds a replica of (raft group running).
+    hosted: RwLock<std::collections::HashSet<u64>>,
     /// One engine for every data shard, each under its group's prefix.
     engine: Arc<RocksEngine>,
     level: u8,
@@ -49,15 +60,17 @@ impl Shards {
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.display()))?;
         let mut s = Shards {
             layout,
-            persons: Vec::new(),
+            persons: RwLock::new(Vec::new()),
             weeks: RwLock::new(BTreeMap::new()),
             synced_version: RwLock::new(0),
+            hosted: RwLock::new(std::collections::HashSet::new()),
             engine: Arc::new(engine),
             level,
         };
-        s.persons = (0..u64::from(layout.persons))
+        let persons = (0..u64::from(layout.persons))
             .map(|i| s.open_store(PERSON_GROUP_BASE + i))
             .collect::<anyhow::Result<_>>()?;
+        s.persons = RwLock::new(persons);
         Ok(s)
     }
 
@@ -110,6 +123,7 @@ impl Shards {
             return Ok(());
         };
         for (g, store) in v {
+            self.hosted.write().remove(&g);
             store
                 .engine()
                 .destroy()
@@ -118,36 +132,118 @@ impl Shards {
         Ok(())
     }
 
-    /// The weeks hosted here.
+    /// The weeks opened here (whether or not this node holds a replica of
+    /// any of their shards).
     pub fn weeks(&self) -> Vec<i64> {
         self.weeks.read().keys().copied().collect()
     }
 
-    /// Week `week`'s cell shard stores (empty if not hosted).
-    pub fn week(&self, week: i64) -> Vec<(u64, Arc<Store>)> {
+    /// Week `week`'s cell shards by index, held here or not (empty if the
+    /// week is not open).
+    pub fn week_slots(&self, week: i64) -> Vec<(u64, Arc<Store>)> {
         self.weeks.read().get(&week).cloned().unwrap_or_default()
     }
 
-    /// Every data shard hosted here: (group, store), person shards first.
-    pub fn all(&self) -> Vec<(u64, Arc<Store>)> {
-        let mut v = self.persons.clone();
-        for w in self.weeks.read().values() {
-            v.extend(w.iter().cloned());
-        }
+    /// Week `week`'s cell shards this node holds a replica of.
+    pub fn week(&self, week: i64) -> Vec<(u64, Arc<Store>)> {
+        let mut v = self.week_slots(week);
+        let hosted = self.hosted.read();
+        v.retain(|(g, _)| hosted.contains(g));
         v
     }
 
-    /// The group and store of one shard, if hosted here.
-    pub fn get(&self, id: ShardId) -> Option<(u64, Arc<Store>)> {
+    /// The person shards this node holds a replica of.
+    pub fn persons(&self) -> Vec<(u64, Arc<Store>)> {
+        let mut v = self.persons.read().clone();
+        let hosted = self.hosted.read();
+        v.retain(|(g, _)| hosted.contains(g));
+        v
+    }
+
+    /// Every data shard this node holds a replica of: (group, store),
+    /// person shards first.
+    pub fn all(&self) -> Vec<(u64, Arc<Store>)> {
+        let mut v = self.persons.read().clone();
+        for w in self.weeks.read().values() {
+            v.extend(w.iter().cloned());
+        }
+        let hosted = self.hosted.read();
+        v.retain(|(g, _)| hosted.contains(g));
+        v
+    }
+
+    /// The group and store of one shard, held here or not.
+    pub fn slot(&self, id: ShardId) -> Option<(u64, Arc<Store>)> {
         match id.part {
-            ShardPart::Persons => self.persons.get(id.index).cloned(),
+            ShardPart::Persons => self.persons.read().get(id.index).cloned(),
             ShardPart::Cells => self.weeks.read().get(&id.week)?.get(id.index).cloned(),
         }
     }
 
+    /// The group and store of one shard, if this node holds a replica.
+    pub fn get(&self, id: ShardId) -> Option<(u64, Arc<Store>)> {
+        self.slot(id).filter(|(g, _)| self.hosts(*g))
+    }
+
+    /// Whether this node holds a replica of group `g`.
+    pub fn hosts(&self, g: u64) -> bool {
+        self.hosted.read().contains(&g)
+    }
+
+    /// Marks group `g` as held here (its raft group runs).
+    pub fn host(&self, g: u64) {
+        self.hosted.write().insert(g);
+    }
+
+    /// Stops holding shard `id` (its raft group already removed): deletes
+    /// its data and leaves an empty store in its place, so that a later
+    /// replica here starts clean.
+    pub fn release(&self, id: ShardId) -> anyhow::Result<()> {
+        let Some((g, store)) = self.slot(id) else {
+            return Ok(());
+        };
+        self.hosted.write().remove(&g);
+        store
+            .engine()
+            .destroy()
+            .map_err(|e| anyhow::anyhow!("cannot delete shard group {g}: {e}"))?;
+        let fresh = self.open_store(g)?;
+        match id.part {
+            ShardPart::Persons => self.persons.write()[id.index] = fresh,
+            ShardPart::Cells => {
+                if let Some(v) = self.weeks.write().get_mut(&id.week) {
+                    v[id.index] = fresh;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard behind group `g`, if it is a person shard or an open
+    /// week's cell shard.
+    pub fn shard_of(&self, g: u64) -> Option<ShardId> {
+        if let Some(index) = self.persons.read().iter().position(|(x, _)| *x == g) {
+            return Some(ShardId {
+                part: ShardPart::Persons,
+                week: 0,
+                index,
+            });
+        }
+        for (w, v) in self.weeks.read().iter() {
+            if let Some(index) = v.iter().position(|(x, _)| *x == g) {
+                return Some(ShardId {
+                    part: ShardPart::Cells,
+                    week: *w,
+                    index,
+                });
+            }
+        }
+        None
+    }
+
     /// A name for group `g` in status output.
     pub fn describe(&self, g: u64) -> String {
-        if let Some(i) = self.persons.iter().position(|(x, _)| *x == g) {
+        if let Some(i) = self.persons.read().iter().position(|(x, _)| *x == g) {
             return format!("persons {i}");
         }
         for (w, v) in self.weeks.read().iter() {
@@ -180,7 +276,28 @@ thread_local! {
         const { std::cell::Cell::new(None) };
 }
 
+thread_local! {
+    /// Routed reads of the query running on this thread: group → the node
+    /// that took a ReadIndex on it for this query (see [`crate::route`]).
+    static REMOTE_BARRIERS: std::cell::RefCell<std::collections::HashMap<u64, u64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 impl ReadGate {
+    /// Whether a routed read of `group` served by node `node` must take a
+    /// ReadIndex first: in a linearizable query, unless `node` already did
+    /// for this query.
+    pub fn remote_barrier_needed(group: u64, node: u64) -> bool {
+        READ_STARTED.with(|c| c.get()).is_some()
+            && REMOTE_BARRIERS.with(|m| m.borrow().get(&group) != Some(&node))
+    }
+
+    /// Records that node `node` took a ReadIndex on `group` for the query
+    /// running on this thread.
+    pub fn remote_barrier_done(group: u64, node: u64) {
+        REMOTE_BARRIERS.with(|m| m.borrow_mut().insert(group, node));
+    }
+
     pub fn new(handle: crate::replication::RaftHandle, timeout: std::time::Duration) -> Self {
         Self {
             handle,
@@ -193,12 +310,14 @@ impl ReadGate {
     /// metadata group's ReadIndex).
     pub fn begin(at: std::time::Instant) {
         READ_STARTED.with(|c| c.set(Some(at)));
+        REMOTE_BARRIERS.with(|m| m.borrow_mut().clear());
     }
 
     /// Ends the gated query on this thread: later reads are ungated (the
     /// caller took a full barrier, or reads stale on purpose).
     pub fn end() {
         READ_STARTED.with(|c| c.set(None));
+        REMOTE_BARRIERS.with(|m| m.borrow_mut().clear());
     }
 
     /// Records a ReadIndex on `groups` issued at `issued` (taken by the
@@ -277,140 +396,5 @@ impl ReadGate {
             *t = issued;
         }
         Ok(())
-    }
-}
-
-/// A data shard's store behind a [`ReadGate`]: every read first makes sure
-/// the shard is read linearizably.
-pub struct Gated {
-    pub store: Arc<Store>,
-    pub group: u64,
-    pub gate: Arc<ReadGate>,
-}
-
-impl Gated {
-    fn check(&self) -> hourcell_query::Result<()> {
-        self.gate
-            .ensure(self.group)
-            .map_err(hourcell_query::QueryError::Unavailable)
-    }
-}
-
-impl hourcell_query::SliceSource for Gated {
-    fn slice_level(&self) -> u8 {
-        self.store.slice_level()
-    }
-    fn cell_days(
-        &self,
-        day: i64,
-        lo: u64,
-        hi: u64,
-        f: &mut dyn FnMut(u64, &[(u32, u32)]),
-    ) -> hourcell_query::Result<()> {
-        self.check()?;
-        hourcell_query::SliceSource::cell_days(self.store.as_ref(), day, lo, hi, f)
-    }
-    fn cell_days_in(
-        &self,
-        day: i64,
-        ranges: &[(u64, u64)],
-        keep: &mut dyn FnMut(u64) -> bool,
-        f: &mut dyn FnMut(u64, &[(u32, u32)]),
-    ) -> hourcell_query::Result<()> {
-        self.check()?;
-        hourcell_query::SliceSource::cell_days_in(self.store.as_ref(), day, ranges, keep, f)
-    }
-    fn address_day(
-        &self,
-        day: i64,
-        address_id: u32,
-    ) -> hourcell_query::Result<Option<hourcell_storage::DaySet>> {
-        self.check()?;
-        hourcell_query::SliceSource::address_day(self.store.as_ref(), day, address_id)
-    }
-    fn hour_slices(
-        &self,
-        from: i64,
-        to: i64,
-        f: &mut dyn FnMut(i64, roaring::RoaringBitmap),
-    ) -> hourcell_query::Result<()> {
-        self.check()?;
-        hourcell_query::SliceSource::hour_slices(self.store.as_ref(), from, to, f)
-    }
-    fn hour_slices_rev(
-        &self,
-        before: i64,
-        f: &mut dyn FnMut(i64, roaring::RoaringBitmap) -> bool,
-    ) -> hourcell_query::Result<()> {
-        self.check()?;
-        hourcell_query::SliceSource::hour_slices_rev(self.store.as_ref(), before, f)
-    }
-    fn person_hours(
-        &self,
-        person: u64,
-        from: i64,
-        to: i64,
-    ) -> hourcell_query::Result<Vec<(i64, Vec<hourcell_storage::PlaceEntry>)>> {
-        self.check()?;
-        hourcell_query::SliceSource::person_hours(self.store.as_ref(), person, from, to)
-    }
-    fn last_active_before(
-        &self,
-        id: u32,
-        before: i64,
-        keep: &mut dyn FnMut(&[hourcell_storage::PlaceEntry]) -> bool,
-    ) -> hourcell_query::Result<Option<i64>> {
-        self.check()?;
-        hourcell_query::SliceSource::last_active_before(self.store.as_ref(), id, before, keep)
-    }
-    fn internal_id(&self, person: u64) -> Option<u32> {
-        self.store.internal_id(person)
-    }
-    fn external_id(&self, id: u32) -> Option<u64> {
-        self.store.external_id(id)
-    }
-    fn external_ids(&self, b: &roaring::RoaringBitmap) -> Vec<u64> {
-        self.store.external_ids(b)
-    }
-    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
-        self.store.external_ids_of(ids)
-    }
-    fn scan_person_days(
-        &self,
-        from_day: i64,
-        to_day: i64,
-        f: &mut dyn FnMut(u32, &[hourcell_storage::PlaceIds]),
-    ) -> hourcell_query::Result<()> {
-        self.check()?;
-        hourcell_query::SliceSource::scan_person_days(self.store.as_ref(), from_day, to_day, f)
-    }
-    fn source_labels(&self) -> Vec<String> {
-        self.store.source_labels()
-    }
-    fn for_each_address(&self, f: &mut dyn FnMut(&hourcell_storage::AddressRecord)) {
-        hourcell_query::SliceSource::for_each_address(self.store.as_ref(), f)
-    }
-    fn address(&self, code: &str) -> Option<hourcell_storage::AddressRecord> {
-        self.store.address(code)
-    }
-    fn address_point(&self, code: &str) -> Option<(u32, f64, f64, u64)> {
-        self.store.address_point(code)
-    }
-    fn area_addresses(&self, area: &str) -> Vec<u32> {
-        self.store.area_addresses(area)
-    }
-    fn area_exists(&self, area: &str) -> bool {
-        self.store.area_exists(area)
-    }
-    fn for_each_registration(
-        &self,
-        with_address: bool,
-        f: &mut dyn FnMut(
-            &hourcell_storage::RegistrationRecord,
-            Option<&hourcell_storage::AddressRecord>,
-            Option<u32>,
-        ),
-    ) {
-        hourcell_query::SliceSource::for_each_registration(self.store.as_ref(), with_address, f)
     }
 }

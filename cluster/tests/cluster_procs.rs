@@ -1135,8 +1135,9 @@ fn nodes_join_leave_and_return_through_the_cli() {
     join_body(false)
 }
 
-/// The same on a sharded cluster: the node joins, leaves and returns in
-/// every group, and receives a snapshot of each.
+/// The same on a sharded cluster: the node joins and leaves the metadata
+/// group, every shard stays on the three nodes the map places it on, and
+/// writes and reads through the new node are routed to them.
 #[test]
 fn nodes_join_leave_and_return_through_the_cli_sharded() {
     join_body(true)
@@ -1183,7 +1184,8 @@ fn join_body(sharded: bool) {
                 format!("{}/{}", n["member"].as_str().unwrap(), n["lag"])
             })
     };
-    // In a sharded cluster, every data shard must agree too.
+    // In a sharded cluster, every data shard must be where the shard map
+    // places it (three of the nodes), settled; a removed node in none.
     let shards_agree = |v: &serde_json::Value, id: u64, want: &str| -> bool {
         let Some(shards) = v["shards"].as_array() else {
             return true;
@@ -1196,10 +1198,12 @@ fn join_body(sharded: bool) {
                     .iter()
                     .any(|x| x.as_u64() == Some(id))
             };
-            let lag0 = sh["max_lag"] == 0;
+            let settled = ids_of(&sh["voters"]) == ids_of(&sh["replicas"])
+                && sh["learners"].as_array().unwrap().is_empty()
+                && sh["max_lag"] == 0;
             match want {
-                "voter/0" => has("voters") && lag0,
-                _ => !has("voters") && !has("learners"),
+                "voter/0" => settled,
+                _ => !has("voters") && !has("learners") && !has("replicas"),
             }
         })
     };
@@ -1277,5 +1281,172 @@ fn join_body(sharded: bool) {
             assert!(Instant::now() < end, "node on {p} misses writes: {got:?}");
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// `hourcell cluster status --format json` through `port`.
+fn status_json(port: u16) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(["cluster", "status", "--format", "json", "--server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Whether every data shard's voters are exactly the nodes the shard map
+/// places it on (three, none of `absent`), with no learners and no lag.
+fn placed_and_settled(v: &serde_json::Value, absent: &[u64], min_shards: usize) -> bool {
+    let Some(shards) = v["shards"].as_array() else {
+        return false;
+    };
+    shards.len() >= min_shards
+        && shards.iter().all(|sh| {
+            let voters = ids_of(&sh["voters"]);
+            let replicas = ids_of(&sh["replicas"]);
+            voters == replicas
+                && voters.len() == 3
+                && !voters.iter().any(|n| absent.contains(n))
+                && sh["learners"].as_array().unwrap().is_empty()
+                && sh["max_lag"] == 0
+        })
+}
+
+/// where-was for `person` over [`two_days`] through `port`: the hours with
+/// places.
+async fn hours_of(port: u16, person: u64) -> Option<usize> {
+    let ch = connect(port).await?;
+    let r = v1::query_client::QueryClient::new(ch)
+        .where_was(v1::WhereWasRequest {
+            person,
+            window: two_days(),
+            purpose: "generated test".into(),
+            case_ref: "T-1".into(),
+            max_staleness_ms: None,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    Some(r.hours.len())
+}
+
+/// Five nodes, three replicas per shard: each shard's raft group lives on
+/// three nodes only, so most nodes hold only part of the data. Any node
+/// still answers every query (routing reads of shards it does not hold)
+/// and accepts any write (routing the parts); after a node is removed, its
+/// replicas move to the others and nothing is lost.
+#[test]
+fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let all_ports = free_ports(10);
+    let (ports, metrics) = all_ports.split_at(5);
+    let cfgs: Vec<_> = (1..=5)
+        .map(|i| write_config(dir.path(), i, ports, metrics[i - 1]))
+        .collect();
+    cfgs.iter().for_each(|c| shard_as(c, 3, 2));
+    let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
+    let _ = rt.block_on(leader(ports, &[0, 1, 2, 3, 4], Duration::from_secs(30)));
+    // Writes through every node, each routed to the shards' nodes.
+    let mut want: Vec<u64> = Vec::new();
+    for (i, &p) in ports.iter().enumerate() {
+        let first = 900_000 + i as u64 * 100;
+        let end = Instant::now() + Duration::from_secs(30);
+        while !rt.block_on(ingest(p, events(first, 20, 1 + i as i64))) {
+            assert!(Instant::now() < end, "node {} never took a write", i + 1);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        want.extend(first..first + 20);
+    }
+    // Two person shards and three cell shards per week, each on three of
+    // the five nodes.
+    let end = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v = status_json(ports[0]);
+        if placed_and_settled(&v, &[], 5) {
+            break v;
+        }
+        assert!(
+            Instant::now() < end,
+            "shards never settled on three nodes: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let shards = v["shards"].as_array().unwrap();
+    for n in 1..=5u64 {
+        let held = shards
+            .iter()
+            .filter(|sh| ids_of(&sh["voters"]).contains(&n))
+            .count();
+        assert!(
+            held < shards.len(),
+            "node {n} holds every shard; placement did not spread them: {v}"
+        );
+    }
+    // Every node answers for all of it, linearizably, right after the
+    // writes were acknowledged.
+    for &p in ports.iter() {
+        let mut got = rt.block_on(persons_on(p));
+        got.sort_unstable();
+        assert_eq!(got, want, "who-was-at through :{p}");
+        for &person in [want[0], want[want.len() - 1]].iter() {
+            assert_eq!(
+                rt.block_on(hours_of(p, person)),
+                Some(1),
+                "where-was {person} via :{p}"
+            );
+        }
+    }
+    // Remove node 5: its replicas move to the other four, then it leaves
+    // every group.
+    let s1 = format!("127.0.0.1:{}", ports[0]);
+    let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
+        .args(["cluster", "remove-node", "--id", "5", "--server", &s1])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Decommissioned: stopped at once, so its replicas are rebuilt from
+    // the others.
+    procs[4].kill();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = status_json(ports[0]);
+        if placed_and_settled(&v, &[5], 5) {
+            break;
+        }
+        assert!(Instant::now() < end, "node 5's replicas never moved: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(rt.block_on(ingest(ports[3], events(990_000, 20, 30))));
+    want.extend(990_000..990_020);
+    want.sort_unstable();
+    for &p in &ports[..4] {
+        let mut got = rt.block_on(persons_on(p));
+        got.sort_unstable();
+        assert_eq!(got, want, "who-was-at through :{p} after node 5 left");
     }
 }

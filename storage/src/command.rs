@@ -64,11 +64,17 @@ pub enum Command {
     /// with the ids the metadata group assigned. Never assigns an id.
     IngestShard(ShardIngest),
     /// Sharded clusters, metadata group: adds time partitions (weeks) to
-    /// the shard map, each with the voters its cell shards start with. A
-    /// week already in the map is left as it is.
+    /// the shard map, each with the replica set of each of its cell shards
+    /// (by index). A week already in the map is left as it is.
     CreatePartitions {
-        weeks: Vec<i64>,
-        voters: Vec<u64>,
+        weeks: Vec<(i64, Vec<Vec<u64>>)>,
+    },
+    /// Sharded clusters, metadata group: sets the replica sets of shards
+    /// already in the map (the person shards' first placement, or a move
+    /// away from a removed node). Entries for weeks no longer in the map
+    /// are ignored.
+    PlaceShards {
+        shards: Vec<(crate::shard::ShardId, Vec<u64>)>,
     },
     /// Sharded clusters, metadata group: removes weeks from the shard map
     /// (retention dropped their cell shards whole).

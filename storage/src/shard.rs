@@ -18,7 +18,7 @@
 //! landing in one range. Persons are placed by internal id modulo the
 //! number of person shards, for all time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::catalog::AddressRecord;
 use crate::command::{ShardIngest, ShardPart, SliceEvent};
@@ -56,11 +56,141 @@ pub struct Layout {
 }
 
 /// One data shard: a person shard (`week` 0) or a week's cell shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ShardId {
     pub part: ShardPart,
     pub week: i64,
     pub index: usize,
+}
+
+/// A sharded cluster's shard map, kept by the metadata group: which nodes
+/// hold a replica of each shard. Every change bumps `version`; a node that
+/// routes a request to another names the version it routed by, and is told
+/// to refresh when the receiver knows a newer one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardMap {
+    pub version: u64,
+    /// Each time partition (week): its cell shards' replica sets, by index.
+    pub weeks: BTreeMap<i64, Vec<Vec<u64>>>,
+    /// Each week's cell shards' first replica sets, as created: only these
+    /// nodes start a new shard's raft group as voters; a node a shard moves
+    /// to later starts empty and is added as a learner.
+    pub founders: BTreeMap<i64, Vec<Vec<u64>>>,
+    /// The person shards' replica sets, by index; empty until the
+    /// metadata group records them (nodes then place person shards on the
+    /// configured peers, see [`ShardMap::default_persons`]).
+    pub persons: Vec<Vec<u64>>,
+}
+
+impl ShardMap {
+    /// The nodes that should hold shard `id` (empty if the map has no such
+    /// shard).
+    pub fn replicas(&self, id: ShardId) -> &[u64] {
+        let v = match id.part {
+            ShardPart::Persons => self.persons.get(id.index),
+            ShardPart::Cells => self.weeks.get(&id.week).and_then(|w| w.get(id.index)),
+        };
+        v.map_or(&[], |v| v.as_slice())
+    }
+
+    /// The nodes that created shard `id` as its first voters (for person
+    /// shards, `persons` as placed when the cluster was created).
+    pub fn founders<'a>(&'a self, id: ShardId, persons: &'a [Vec<u64>]) -> &'a [u64] {
+        let v = match id.part {
+            ShardPart::Persons => persons.get(id.index),
+            ShardPart::Cells => self.founders.get(&id.week).and_then(|w| w.get(id.index)),
+        };
+        v.map_or(&[], |v| v.as_slice())
+    }
+
+    /// Every shard in the map with its replica set.
+    pub fn shards(&self) -> Vec<(ShardId, &[u64])> {
+        let mut out: Vec<(ShardId, &[u64])> = self
+            .persons
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let id = ShardId {
+                    part: ShardPart::Persons,
+                    week: 0,
+                    index,
+                };
+                (id, r.as_slice())
+            })
+            .collect();
+        for (&week, cells) in &self.weeks {
+            for (index, r) in cells.iter().enumerate() {
+                let id = ShardId {
+                    part: ShardPart::Cells,
+                    week,
+                    index,
+                };
+                out.push((id, r.as_slice()));
+            }
+        }
+        out
+    }
+
+    /// Replicas per node in the map.
+    pub fn load(&self) -> HashMap<u64, usize> {
+        let mut load = HashMap::new();
+        for (_, r) in self.shards() {
+            for n in r {
+                *load.entry(*n).or_insert(0) += 1;
+            }
+        }
+        load
+    }
+
+    /// Where the person shards are before the metadata group records their
+    /// placement: shard `i` on `replicas` consecutive nodes of the sorted
+    /// initial members, starting at the `i`-th. Every node of a new
+    /// cluster computes the same from its configured peers.
+    pub fn default_persons(layout: Layout, members: &[u64], replicas: usize) -> Vec<Vec<u64>> {
+        let mut m = members.to_vec();
+        m.sort_unstable();
+        m.dedup();
+        if m.is_empty() {
+            return vec![Vec::new(); layout.persons as usize];
+        }
+        let k = replicas.clamp(1, m.len());
+        (0..layout.persons as usize)
+            .map(|i| (0..k).map(|j| m[(i + j) % m.len()]).collect())
+            .collect()
+    }
+}
+
+/// Chooses `replicas` distinct nodes of `nodes` for a shard, none of
+/// `exclude`: the least loaded first, ties to the lower id, counting each
+/// pick in `load` so that consecutive calls spread shards evenly. Fewer if
+/// there are not enough nodes.
+pub fn place(
+    nodes: &[u64],
+    load: &mut HashMap<u64, usize>,
+    replicas: usize,
+    exclude: &[u64],
+) -> Vec<u64> {
+    let mut cand: Vec<u64> = nodes
+        .iter()
+        .copied()
+        .filter(|n| !exclude.contains(n))
+        .collect();
+    cand.sort_unstable();
+    cand.dedup();
+    let mut out = Vec::with_capacity(replicas);
+    while out.len() < replicas {
+        let Some((i, &n)) = cand
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| (load.get(n).copied().unwrap_or(0), **n))
+        else {
+            break;
+        };
+        cand.remove(i);
+        *load.entry(n).or_insert(0) += 1;
+        out.push(n);
+    }
+    out
 }
 
 /// Something a shard may or may not hold yet.
@@ -222,5 +352,69 @@ impl Layout {
             .collect();
         out.sort_by_key(|(id, _)| (id.part == ShardPart::Persons, id.week, id.index));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_replicas_evenly_over_distinct_nodes() {
+        let nodes = [1, 2, 3, 4, 5];
+        let mut load = HashMap::new();
+        let picks: Vec<Vec<u64>> = (0..10).map(|_| place(&nodes, &mut load, 3, &[])).collect();
+        for p in &picks {
+            let mut d = p.clone();
+            d.sort_unstable();
+            d.dedup();
+            assert_eq!(d.len(), 3, "{p:?} repeats a node");
+        }
+        // 30 replicas over 5 nodes: 6 each.
+        assert!(nodes.iter().all(|n| load[n] == 6), "{load:?}");
+        // A replacement avoids the nodes already holding the shard and
+        // goes to the least loaded of the rest.
+        load.insert(4, 0);
+        assert_eq!(place(&nodes, &mut load, 1, &[1, 2]), vec![4]);
+        // Fewer nodes than replicas: as many as there are.
+        assert_eq!(place(&[7], &mut HashMap::new(), 3, &[]), vec![7]);
+        assert!(place(&[7], &mut HashMap::new(), 3, &[7]).is_empty());
+    }
+
+    #[test]
+    fn founding_person_placement_is_the_same_from_any_peer_order() {
+        let l = Layout::new(2, 4).unwrap();
+        let a = ShardMap::default_persons(l, &[3, 1, 2, 4], 3);
+        let b = ShardMap::default_persons(l, &[4, 2, 3, 1], 3);
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            vec![vec![1, 2, 3], vec![2, 3, 4], vec![3, 4, 1], vec![4, 1, 2]]
+        );
+        assert_eq!(ShardMap::default_persons(l, &[9], 3), vec![vec![9]; 4]);
+    }
+
+    #[test]
+    fn a_map_names_each_shards_replicas() {
+        let mut m = ShardMap::default();
+        m.weeks.insert(5, vec![vec![1, 2, 3], vec![2, 3, 4]]);
+        m.persons = vec![vec![4, 5, 1]];
+        let cell = |index| ShardId {
+            part: ShardPart::Cells,
+            week: 5,
+            index,
+        };
+        assert_eq!(m.replicas(cell(1)), &[2, 3, 4]);
+        assert!(m.replicas(cell(2)).is_empty());
+        assert!(m
+            .replicas(ShardId {
+                part: ShardPart::Cells,
+                week: 6,
+                index: 0
+            })
+            .is_empty());
+        let load = m.load();
+        assert_eq!((load[&1], load[&2], load[&4], load[&5]), (2, 2, 2, 1));
+        assert_eq!(m.shards().len(), 3);
     }
 }

@@ -8,7 +8,7 @@ use roaring::RoaringBitmap;
 use crate::catalog::{AddressRecord, RegistrationRecord};
 use crate::cell;
 use crate::codec::{self, DaySet, RawPlace};
-use crate::command::{ApplyOutcome, Command, SliceEvent};
+use crate::command::{ApplyOutcome, Command, ShardPart, SliceEvent};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::kv::{KvEngine, WriteBatch};
@@ -106,11 +106,10 @@ struct State {
     /// Next audit sequence number and the hash of the last record.
     next_audit: u64,
     last_audit_hash: [u8; 32],
-    /// Sharded clusters, metadata group: the time partitions (weeks) and
-    /// the voters their shards started with; the map's version counts its
-    /// changes.
-    partitions: BTreeMap<i64, Vec<u64>>,
-    map_version: u64,
+    /// Sharded clusters, metadata group: the shard map (which nodes hold
+    /// each shard of each time partition, and each person shard); its
+    /// version counts its changes.
+    map: crate::shard::ShardMap,
 }
 
 /// Population slices of one shard.
@@ -154,6 +153,8 @@ const MAX_PERSONS: u64 = u32::MAX as u64;
 const META_SHARD: &str = "data_shard";
 /// Changes made to the shard map (see [`SliceStore::shard_map`]).
 const META_MAP_VERSION: &str = "shard_map_version";
+/// The person shards' replica sets (see [`crate::shard::ShardMap`]).
+const META_PERSON_PLACEMENT: &str = "person_placement";
 /// Fills a hole in a data shard's id dictionary (see [`State::partial`]).
 const NO_PERSON: u64 = 0;
 
@@ -305,9 +306,14 @@ impl<E: KvEngine> SliceStore<E> {
         let start = [keys::PARTITION];
         self.engine
             .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                match bincode::serde::decode_from_slice::<Vec<u64>, _>(v, crate::bincode_limits()) {
-                    Ok((voters, _)) if k.len() == 5 => {
-                        st.partitions.insert(keys::hour_from(&k[1..5]), voters);
+                match bincode::serde::decode_from_slice::<(Vec<Vec<u64>>, Vec<Vec<u64>>), _>(
+                    v,
+                    crate::bincode_limits(),
+                ) {
+                    Ok(((founders, cells), _)) if k.len() == 5 => {
+                        let w = keys::hour_from(&k[1..5]);
+                        st.map.founders.insert(w, founders);
+                        st.map.weeks.insert(w, cells);
                         true
                     }
                     Ok(_) => {
@@ -323,11 +329,18 @@ impl<E: KvEngine> SliceStore<E> {
         if let Some(e) = err {
             return Err(e);
         }
-        st.map_version = self
+        st.map.version = self
             .engine
             .get(&keys::meta(META_MAP_VERSION))?
             .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
+        let pk = keys::meta(META_PERSON_PLACEMENT);
+        if let Some(v) = self.engine.get(&pk)? {
+            st.map.persons =
+                bincode::serde::decode_from_slice::<Vec<Vec<u64>>, _>(&v, crate::bincode_limits())
+                    .map_err(|e| StorageError::corrupt(&pk, e))?
+                    .0;
+        }
         // Ids continue after the last stored task and change.
         st.next_task = 1;
         st.next_change = 1;
@@ -511,10 +524,9 @@ impl<E: KvEngine> SliceStore<E> {
             Command::Expire { cutoff_hour, audit } => self.apply_expire(*cutoff_hour, audit),
             Command::AssignIds { persons, sources } => self.apply_assign_ids(persons, sources),
             Command::IngestShard(part) => self.apply_shard_ingest(part),
-            Command::CreatePartitions { weeks, voters } => {
-                self.apply_partitions(weeks, Some(voters))
-            }
-            Command::DropPartitions { weeks } => self.apply_partitions(weeks, None),
+            Command::CreatePartitions { weeks } => self.apply_create_partitions(weeks),
+            Command::DropPartitions { weeks } => self.apply_drop_partitions(weeks),
+            Command::PlaceShards { shards } => self.apply_place_shards(shards),
         }
     }
 
@@ -964,32 +976,25 @@ impl<E: KvEngine> SliceStore<E> {
 
     /// Adds (`voters` given) or removes weeks of the shard map; the
     /// version moves on if anything changed. `applied` counts the changes.
-    fn apply_partitions(&self, weeks: &[i64], voters: Option<&Vec<u64>>) -> Result<ApplyOutcome> {
-        let mut b = WriteBatch::default();
-        let mut st = self.state.write();
-        let mut changed = 0;
-        for &w in weeks {
-            if !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&w) {
-                return Err(StorageError::Invalid(format!("week {w} out of range")));
-            }
-            match voters {
-                Some(v) if !st.partitions.contains_key(&w) => {
-                    Self::put_bincode(&mut b, keys::partition(w), v);
-                    st.partitions.insert(w, v.clone());
-                    changed += 1;
-                }
-                None if st.partitions.remove(&w).is_some() => {
-                    b.delete(keys::partition(w));
-                    changed += 1;
-                }
-                _ => {}
-            }
+    fn check_week(w: i64) -> Result<()> {
+        if !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&w) {
+            return Err(StorageError::Invalid(format!("week {w} out of range")));
         }
+        Ok(())
+    }
+
+    /// Writes a shard map change of `changed` entries (none: nothing).
+    fn commit_map_change(
+        &self,
+        mut st: parking_lot::RwLockWriteGuard<'_, State>,
+        mut b: WriteBatch,
+        changed: u64,
+    ) -> Result<ApplyOutcome> {
         if changed > 0 {
-            st.map_version += 1;
+            st.map.version += 1;
             b.put(
                 keys::meta(META_MAP_VERSION),
-                st.map_version.to_be_bytes().to_vec(),
+                st.map.version.to_be_bytes().to_vec(),
             );
         }
         drop(st);
@@ -1000,12 +1005,101 @@ impl<E: KvEngine> SliceStore<E> {
         })
     }
 
-    /// The shard map of a sharded cluster's metadata group: its version
-    /// and each time partition (week) with the voters its shards started
-    /// with.
-    pub fn shard_map(&self) -> (u64, BTreeMap<i64, Vec<u64>>) {
+    fn apply_create_partitions(&self, weeks: &[(i64, Vec<Vec<u64>>)]) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        let mut changed = 0;
+        for (w, cells) in weeks {
+            Self::check_week(*w)?;
+            if !st.map.weeks.contains_key(w) {
+                Self::put_bincode(&mut b, keys::partition(*w), &(cells, cells));
+                st.map.weeks.insert(*w, cells.clone());
+                st.map.founders.insert(*w, cells.clone());
+                changed += 1;
+            }
+        }
+        self.commit_map_change(st, b, changed)
+    }
+
+    fn apply_drop_partitions(&self, weeks: &[i64]) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        let mut changed = 0;
+        for &w in weeks {
+            Self::check_week(w)?;
+            st.map.founders.remove(&w);
+            if st.map.weeks.remove(&w).is_some() {
+                b.delete(keys::partition(w));
+                changed += 1;
+            }
+        }
+        self.commit_map_change(st, b, changed)
+    }
+
+    fn apply_place_shards(
+        &self,
+        shards: &[(crate::shard::ShardId, Vec<u64>)],
+    ) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        let mut changed = 0;
+        let mut persons_changed = false;
+        for (id, replicas) in shards {
+            let slot = match id.part {
+                ShardPart::Persons => {
+                    if st.map.persons.len() <= id.index {
+                        if id.index >= crate::shard::MAX_SHARDS as usize {
+                            return Err(StorageError::Invalid(format!(
+                                "person shard {} out of range",
+                                id.index
+                            )));
+                        }
+                        st.map.persons.resize(id.index + 1, Vec::new());
+                    }
+                    persons_changed = true;
+                    &mut st.map.persons[id.index]
+                }
+                ShardPart::Cells => match st.map.weeks.get_mut(&id.week) {
+                    Some(cells) if id.index < cells.len() => &mut cells[id.index],
+                    _ => continue,
+                },
+            };
+            if slot != replicas {
+                *slot = replicas.clone();
+                changed += 1;
+            }
+            if id.part == ShardPart::Cells {
+                let cells = st.map.weeks[&id.week].clone();
+                let founders = st.map.founders.get(&id.week).cloned().unwrap_or_default();
+                Self::put_bincode(&mut b, keys::partition(id.week), &(founders, cells));
+            }
+        }
+        if persons_changed {
+            let persons = st.map.persons.clone();
+            Self::put_bincode(&mut b, keys::meta(META_PERSON_PLACEMENT), &persons);
+        }
+        self.commit_map_change(st, b, changed)
+    }
+
+    /// The shard map of a sharded cluster's metadata group.
+    pub fn shard_map(&self) -> crate::shard::ShardMap {
+        self.state.read_recursive().map.clone()
+    }
+
+    /// Whether the shard map has week `week`.
+    pub fn shard_map_has_week(&self, week: i64) -> bool {
+        self.state.read_recursive().map.weeks.contains_key(&week)
+    }
+
+    /// The shard map's version and the nodes that should hold shard `id`.
+    pub fn shard_replicas(&self, id: crate::shard::ShardId) -> (u64, Vec<u64>) {
         let st = self.state.read_recursive();
-        (st.map_version, st.partitions.clone())
+        (st.map.version, st.map.replicas(id).to_vec())
+    }
+
+    /// The shard map's version (cheaper than the whole map).
+    pub fn shard_map_version(&self) -> u64 {
+        self.state.read_recursive().map.version
     }
 
     /// Gives ids to the persons and source labels that have none (the
@@ -1686,8 +1780,8 @@ impl<E: KvEngine> SliceStore<E> {
         self.state.read_recursive().address_cells.clone()
     }
 
-    /// The last hour before `before` (and at or after `floor`) in which the
-    /// person has a place accepted by `keep`, scanning backwards.
+    /// The last hour in `floor..before` at which person `id` has entries
+    /// that `keep` accepts (for no-activity-since with a source filter).
     pub fn last_active_before(
         &self,
         id: u32,
@@ -1695,10 +1789,29 @@ impl<E: KvEngine> SliceStore<E> {
         before: i64,
         keep: &mut dyn FnMut(&[PlaceEntry]) -> bool,
     ) -> Result<Option<i64>> {
-        if floor >= before {
-            return Ok(None);
-        }
         let mut found = None;
+        self.person_hours_rev(id, floor, before, &mut |h, entries| {
+            if keep(&entries) {
+                found = Some(h);
+                return false;
+            }
+            true
+        })?;
+        Ok(found)
+    }
+
+    /// Person `id`'s entries hour by hour in `floor..before`, latest first,
+    /// until `f` returns false.
+    pub fn person_hours_rev(
+        &self,
+        id: u32,
+        floor: i64,
+        before: i64,
+        f: &mut dyn FnMut(i64, Vec<PlaceEntry>) -> bool,
+    ) -> Result<()> {
+        if floor >= before {
+            return Ok(());
+        }
         let mut err = None;
         let st = self.state.read_recursive();
         self.engine.scan_rev(
@@ -1711,8 +1824,7 @@ impl<E: KvEngine> SliceStore<E> {
                         if h >= before || h < floor {
                             continue;
                         }
-                        if keep(&self.decode_entries(&st, places)) {
-                            found = Some(h);
+                        if !f(h, self.decode_entries(&st, places)) {
                             return false;
                         }
                     }
@@ -1724,7 +1836,7 @@ impl<E: KvEngine> SliceStore<E> {
                 }
             },
         )?;
-        err.map_or(Ok(found), Err)
+        err.map_or(Ok(()), Err)
     }
 
     // ------------------------------------------------------------- stats
@@ -1822,8 +1934,65 @@ fn day_set_merges<K: Ord + Copy>(
 #[cfg(test)]
 mod tests {
     use std::hash::BuildHasher;
+    use std::sync::Arc;
 
     use super::IdHash;
+    use crate::command::{Command, ShardPart};
+    use crate::shard::ShardId;
+
+    #[test]
+    fn the_shard_map_records_placement_and_moves_and_survives_a_reopen() {
+        let mem = Arc::new(crate::mem::MemEngine::new());
+        let open = || {
+            super::SliceStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap()
+        };
+        let s = open();
+        let cells = vec![vec![1, 2, 3], vec![2, 3, 4]];
+        s.apply(&Command::CreatePartitions {
+            weeks: vec![(7, cells.clone())],
+        })
+        .unwrap();
+        let cell = |index| ShardId {
+            part: ShardPart::Cells,
+            week: 7,
+            index,
+        };
+        let person = |index| ShardId {
+            part: ShardPart::Persons,
+            week: 0,
+            index,
+        };
+        // A move keeps the founders; a week not in the map is ignored;
+        // person placement is recorded.
+        s.apply(&Command::PlaceShards {
+            shards: vec![
+                (cell(1), vec![2, 3, 5]),
+                (cell(9), vec![1]),
+                (person(1), vec![4, 5, 1]),
+            ],
+        })
+        .unwrap();
+        // Creating an existing week again changes nothing.
+        let v = s.shard_map_version();
+        s.apply(&Command::CreatePartitions {
+            weeks: vec![(7, vec![vec![9, 9, 9]; 2])],
+        })
+        .unwrap();
+        assert_eq!(s.shard_map_version(), v);
+        drop(s);
+        let s = open();
+        let m = s.shard_map();
+        assert_eq!(m.version, v);
+        assert_eq!(m.replicas(cell(0)), &[1, 2, 3]);
+        assert_eq!(m.replicas(cell(1)), &[2, 3, 5]);
+        assert_eq!(m.founders(cell(1), &[]), &[2, 3, 4]);
+        assert_eq!(m.persons, vec![vec![], vec![4, 5, 1]]);
+        s.apply(&Command::DropPartitions { weeks: vec![7] })
+            .unwrap();
+        let m = s.shard_map();
+        assert!(m.weeks.is_empty() && m.founders.is_empty());
+        assert!(m.version > v);
+    }
 
     #[test]
     fn id_hash_spreads_similar_codes_over_the_low_bits() {
