@@ -76,6 +76,13 @@ pub enum ReadOp {
     },
 }
 
+impl ReadOp {
+    /// The op as sent in `ShardReadRequest.op`.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+}
+
 /// A place entry on the wire: cell, address code, source label.
 type WireEntry = (u64, Option<String>, String);
 type WireHours = Vec<(i64, Vec<WireEntry>)>;

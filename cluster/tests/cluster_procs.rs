@@ -1403,6 +1403,32 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
             "node {n} holds every shard; placement did not spread them: {v}"
         );
     }
+    // A node that holds no replica of a shard refuses a read routed to it
+    // by an old map, saying so (the router then refreshes and routes
+    // again); a node that holds one serves it.
+    let sh = shards
+        .iter()
+        .find(|sh| !ids_of(&sh["voters"]).contains(&1))
+        .unwrap();
+    let group = sh["group"].as_u64().unwrap();
+    let read = |port: u16| {
+        rt.block_on(async {
+            let ch = connect(port).await.unwrap();
+            v1::shard_client::ShardClient::new(ch)
+                .read(v1::ShardReadRequest {
+                    map_version: 1,
+                    group,
+                    barrier: true,
+                    op: hourcell_cluster::route::ReadOp::HourSlices { from: 0, to: 1 }.encode(),
+                })
+                .await
+        })
+    };
+    let err = read(ports[0]).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("stale shard map"), "{err:?}");
+    let holder = ids_of(&sh["voters"])[0] as usize;
+    assert!(read(ports[holder - 1]).is_ok());
     // Every node answers for all of it, linearizably, right after the
     // writes were acknowledged.
     for &p in ports.iter() {
