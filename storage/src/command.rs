@@ -108,6 +108,11 @@ pub struct ShardIngest {
     /// id, hour, slice cell, address id or 0). A cell shard needs no
     /// dictionary, labels or addresses of its own.
     pub cell_events: Vec<(u32, i64, u64, u32)>,
+    /// A person shard's events, resolved by the proposer: (internal id,
+    /// hour, compact cell as the person index stores it, address id or 0,
+    /// source id). The shard still learns the persons, labels and
+    /// addresses the part carries, for reading its index back.
+    pub person_events: Vec<(u32, i64, u64, u32, u16)>,
 }
 
 impl Command {

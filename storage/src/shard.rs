@@ -273,7 +273,10 @@ impl Layout {
             addresses: std::collections::HashSet<u32>,
         }
         let mut parts: HashMap<ShardId, Part> = HashMap::new();
-        let mut addr_cache: HashMap<String, Option<std::sync::Arc<AddressRecord>>> = HashMap::new();
+        // Each address code's record and slice cell, looked up once.
+        type Addr = Option<(std::sync::Arc<AddressRecord>, u64)>;
+        let mut addr_cache: HashMap<String, Addr> = HashMap::new();
+        let shift = crate::cell::compact_shift(meta.slice_level());
         let labels = meta.source_labels();
         let mut ids: HashMap<u64, u32> = HashMap::new();
         for e in events {
@@ -294,7 +297,10 @@ impl Layout {
                 Some(code) => match addr_cache.get(code.as_str()) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = meta.address(code).map(std::sync::Arc::new);
+                        let a = meta.address(code).and_then(|a| {
+                            let (_, _, _, cell) = meta.address_point(code)?;
+                            Some((std::sync::Arc::new(a), cell))
+                        });
                         addr_cache.insert(code.clone(), a.clone());
                         a
                     }
@@ -318,7 +324,9 @@ impl Layout {
                 addresses: Vec::new(),
                 events: Vec::new(),
                 cell_events: Vec::new(),
+                person_events: Vec::new(),
             };
+            let addr_id = addr.as_ref().map_or(0, |(a, _)| a.id);
             // The cell part: resolved here, nothing for the shard to learn.
             parts
                 .entry(cells)
@@ -326,7 +334,7 @@ impl Layout {
                 .cmd
                 .get_or_insert_with(|| new_part(ShardPart::Cells))
                 .cell_events
-                .push((id, e.hour, e.cell, addr.as_ref().map_or(0, |a| a.id)));
+                .push((id, e.hour, e.cell, addr_id));
             {
                 let shard = persons;
                 let part = shard.part;
@@ -338,12 +346,23 @@ impl Layout {
                 if p.sources.insert(src) && !knows(shard, Known::Source(&e.source)) {
                     cmd.sources.push((src, labels[src as usize].clone()));
                 }
-                if let Some(a) = &addr {
-                    if p.addresses.insert(a.id) && !knows(shard, Known::Address(&a.code)) {
-                        cmd.addresses.push(AddressRecord::clone(a));
+                // Most events sit at their address's point: the person
+                // index stores cell 0 ("the address's cell") for them.
+                let compact_cell = match &addr {
+                    Some((a, cell)) => {
+                        if p.addresses.insert(a.id) && !knows(shard, Known::Address(&a.code)) {
+                            cmd.addresses.push(AddressRecord::clone(a));
+                        }
+                        if *cell == e.cell {
+                            0
+                        } else {
+                            e.cell >> shift
+                        }
                     }
-                }
-                cmd.events.push(e);
+                    None => e.cell >> shift,
+                };
+                cmd.person_events
+                    .push((id, e.hour, compact_cell, addr_id, src));
             }
         }
         let mut out: Vec<_> = parts

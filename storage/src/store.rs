@@ -1173,7 +1173,43 @@ impl<E: KvEngine> SliceStore<E> {
                 }
             }
         }
-        self.apply_ingest_into(&part.events, Some(part.part), batch)
+        if part.person_events.is_empty() {
+            return self.apply_ingest_into(&part.events, Some(part.part), batch);
+        }
+        self.apply_person_events(&part.person_events, batch)
+    }
+
+    /// A person shard's part: person index and hour slices of resolved
+    /// events.
+    fn apply_person_events(
+        &self,
+        events: &[(u32, i64, u64, u32, u16)],
+        mut batch: WriteBatch,
+    ) -> Result<ApplyOutcome> {
+        if let Some(e) = events
+            .iter()
+            .find(|e| !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&e.1))
+        {
+            return Err(StorageError::Invalid(format!("hour {} out of range", e.1)));
+        }
+        let mut hours: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
+        let mut places: Vec<(u32, i64, RawPlace)> = Vec::with_capacity(events.len());
+        for &(id, hour, cell, addr, src) in events {
+            hours.entry(hour).or_default().insert(id);
+            let hour_of_day = hour.rem_euclid(24) as u8;
+            places.push((id, hour.div_euclid(24), (hour_of_day, cell, addr, src)));
+        }
+        let mut merges = Vec::with_capacity(hours.len() + places.len() / 2);
+        person_merges(hours, &mut places, &mut merges);
+        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in merges {
+            batch.merge(k, v);
+        }
+        self.commit(batch)?;
+        Ok(ApplyOutcome {
+            applied: events.len() as u64,
+            ..Default::default()
+        })
     }
 
     /// A cell shard's part: cell and address slices of resolved events.
@@ -1356,17 +1392,7 @@ impl<E: KvEngine> SliceStore<E> {
             Vec::with_capacity(cells.len() / 4 + addrs.len() / 4 + hours.len() + places.len() / 2);
         day_set_merges(&mut cells, keys::cell_day, &mut merges);
         day_set_merges(&mut addrs, keys::address_day, &mut merges);
-        for (h, b) in hours {
-            merges.push((keys::hour_slice(h), codec::encode_bitmap(&b)));
-        }
-        places.sort_unstable();
-        for group in places.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let p: Vec<RawPlace> = group.iter().map(|g| g.2).collect();
-            merges.push((
-                keys::person_day(group[0].0, group[0].1),
-                codec::encode_places(&p),
-            ));
-        }
+        person_merges(hours, &mut places, &mut merges);
         merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (k, v) in merges {
             batch.merge(k, v);
@@ -1913,6 +1939,26 @@ impl<E: KvEngine> SliceStore<E> {
             },
         )?;
         err.map_or(Ok((postings, places)), Err)
+    }
+}
+
+/// The merges of a batch's hour slices and person-day places (`places`
+/// is sorted here): one bitmap per hour, one place list per person-day.
+fn person_merges(
+    hours: BTreeMap<i64, RoaringBitmap>,
+    places: &mut [(u32, i64, RawPlace)],
+    merges: &mut Vec<(Vec<u8>, Vec<u8>)>,
+) {
+    for (h, b) in hours {
+        merges.push((keys::hour_slice(h), codec::encode_bitmap(&b)));
+    }
+    places.sort_unstable();
+    for group in places.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let p: Vec<RawPlace> = group.iter().map(|g| g.2).collect();
+        merges.push((
+            keys::person_day(group[0].0, group[0].1),
+            codec::encode_places(&p),
+        ));
     }
 }
 
