@@ -778,18 +778,7 @@ pub struct ShardService {
 
 impl ShardService {
     fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if !self.require_node_cert {
-            return Ok(());
-        }
-        let cn = req
-            .peer_certs()
-            .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
-        match cn {
-            Some(cn) if crate::auth::is_node_name(&cn) => Ok(()),
-            _ => Err(Status::permission_denied(
-                "shard routing needs a cluster node's client certificate (node-<id>)",
-            )),
-        }
+        crate::replication::grpc::check_node_cert(req, self.require_node_cert, "shard routing")
     }
 }
 

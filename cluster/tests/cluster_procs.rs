@@ -1161,19 +1161,7 @@ fn join_body(sharded: bool) {
     let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let _ = rt.block_on(leader(&ports[..3], &[0, 1, 2], Duration::from_secs(20)));
     assert!(rt.block_on(ingest(ports[0], events(800_000, 10, 1))));
-    let status = |port: u16| -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
-            .args(["cluster", "status", "--format", "json", "--server"])
-            .arg(format!("127.0.0.1:{port}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let status = status_json;
     let member_of = |v: &serde_json::Value, id: u64| -> String {
         v["nodes"]
             .as_array()

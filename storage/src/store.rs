@@ -1179,19 +1179,33 @@ impl<E: KvEngine> SliceStore<E> {
         self.apply_person_events(&part.person_events, batch)
     }
 
+    /// Writes `merges` (in key order: the memtable skiplist then inserts
+    /// each key next to the previous one) with `batch`.
+    fn commit_merges(
+        &self,
+        mut batch: WriteBatch,
+        mut merges: Vec<(Vec<u8>, Vec<u8>)>,
+        applied: u64,
+    ) -> Result<ApplyOutcome> {
+        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in merges {
+            batch.merge(k, v);
+        }
+        self.commit(batch)?;
+        Ok(ApplyOutcome {
+            applied,
+            ..Default::default()
+        })
+    }
+
     /// A person shard's part: person index and hour slices of resolved
     /// events.
     fn apply_person_events(
         &self,
         events: &[(u32, i64, u64, u32, u16)],
-        mut batch: WriteBatch,
+        batch: WriteBatch,
     ) -> Result<ApplyOutcome> {
-        if let Some(e) = events
-            .iter()
-            .find(|e| !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&e.1))
-        {
-            return Err(StorageError::Invalid(format!("hour {} out of range", e.1)));
-        }
+        check_hours(events.iter().map(|e| e.1))?;
         let mut hours: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
         let mut places: Vec<(u32, i64, RawPlace)> = Vec::with_capacity(events.len());
         for &(id, hour, cell, addr, src) in events {
@@ -1201,25 +1215,12 @@ impl<E: KvEngine> SliceStore<E> {
         }
         let mut merges = Vec::with_capacity(hours.len() + places.len() / 2);
         person_merges(hours, &mut places, &mut merges);
-        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, v) in merges {
-            batch.merge(k, v);
-        }
-        self.commit(batch)?;
-        Ok(ApplyOutcome {
-            applied: events.len() as u64,
-            ..Default::default()
-        })
+        self.commit_merges(batch, merges, events.len() as u64)
     }
 
     /// A cell shard's part: cell and address slices of resolved events.
     fn apply_cell_events(&self, events: &[(u32, i64, u64, u32)]) -> Result<ApplyOutcome> {
-        if let Some(e) = events
-            .iter()
-            .find(|e| !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&e.1))
-        {
-            return Err(StorageError::Invalid(format!("hour {} out of range", e.1)));
-        }
+        check_hours(events.iter().map(|e| e.1))?;
         let mut batch = WriteBatch::default();
         batch.put(keys::meta(META_SHARD), vec![1]);
         self.state.write().partial = true;
@@ -1236,15 +1237,7 @@ impl<E: KvEngine> SliceStore<E> {
         let mut merges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         day_set_merges(&mut cells, keys::cell_day, &mut merges);
         day_set_merges(&mut addrs, keys::address_day, &mut merges);
-        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, v) in merges {
-            batch.merge(k, v);
-        }
-        self.commit(batch)?;
-        Ok(ApplyOutcome {
-            applied: events.len() as u64,
-            ..Default::default()
-        })
+        self.commit_merges(batch, merges, events.len() as u64)
     }
 
     fn assign_person(st: &mut State, batch: &mut WriteBatch, person: u64) -> Result<u32> {
@@ -1393,16 +1386,9 @@ impl<E: KvEngine> SliceStore<E> {
         day_set_merges(&mut cells, keys::cell_day, &mut merges);
         day_set_merges(&mut addrs, keys::address_day, &mut merges);
         person_merges(hours, &mut places, &mut merges);
-        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, v) in merges {
-            batch.merge(k, v);
-        }
-        self.commit(batch)?;
-        Ok(ApplyOutcome {
-            applied: events.len() as u64,
-            new_persons,
-            ..Default::default()
-        })
+        let mut out = self.commit_merges(batch, merges, events.len() as u64)?;
+        out.new_persons = new_persons;
+        Ok(out)
     }
 
     // ------------------------------------------------------------ catalog
@@ -1939,6 +1925,14 @@ impl<E: KvEngine> SliceStore<E> {
             },
         )?;
         err.map_or(Ok((postings, places)), Err)
+    }
+}
+
+/// Refuses a batch with an hour outside the key space.
+fn check_hours(mut hours: impl Iterator<Item = i64>) -> Result<()> {
+    match hours.find(|h| !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(h)) {
+        Some(h) => Err(StorageError::Invalid(format!("hour {h} out of range"))),
+        None => Ok(()),
     }
 }
 

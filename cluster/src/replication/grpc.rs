@@ -200,18 +200,25 @@ pub struct RaftService {
 
 impl RaftService {
     fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if !self.require_node_cert {
-            return Ok(());
-        }
-        let cn = req
-            .peer_certs()
-            .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
-        match cn {
-            Some(cn) if crate::auth::is_node_name(&cn) => Ok(()),
-            _ => Err(Status::permission_denied(
-                "raft traffic needs a cluster node's client certificate (node-<id>)",
-            )),
-        }
+        check_node_cert(req, self.require_node_cert, "raft traffic")
+    }
+}
+
+/// With `required` (a node with TLS), refuses a request whose client
+/// certificate is not a cluster node's (`node-<id>`): `what` names the
+/// traffic in the error.
+pub fn check_node_cert<T>(req: &Request<T>, required: bool, what: &str) -> Result<(), Status> {
+    if !required {
+        return Ok(());
+    }
+    let cn = req
+        .peer_certs()
+        .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
+    match cn {
+        Some(cn) if crate::auth::is_node_name(&cn) => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "{what} needs a cluster node's client certificate (node-<id>)"
+        ))),
     }
 }
 
