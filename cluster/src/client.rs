@@ -1121,7 +1121,11 @@ pub fn shard_rows(st: &[Option<Vec<v1::ShardStatus>>]) -> Vec<ShardRow> {
             leader,
             voters: view.voters.clone(),
             learners: view.learners.clone(),
-            replicas: view.replicas.clone(),
+            // From the newest shard map any node reported.
+            replicas: views
+                .iter()
+                .max_by_key(|v| v.map_version)
+                .map_or_else(Vec::new, |v| v.replicas.clone()),
             max_lag: views
                 .iter()
                 .map(|v| commit.saturating_sub(v.applied))

@@ -332,6 +332,11 @@ pub struct Node {
     founding: Vec<Vec<u64>>,
     /// Started with `--join`: starts no shard as a founding voter.
     joining: bool,
+    /// When the metadata leader last considered a rebalancing move.
+    last_rebalance: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Consecutive keeper rounds in which this node, leading a data group,
+    /// could not read the shard map linearizably.
+    map_read_failures: parking_lot::Mutex<u32>,
 }
 
 /// Drafts per `RaiseTasks` command: a log entry carries a batch.
@@ -832,6 +837,8 @@ impl Node {
                 None => Vec::new(),
             }),
             joining: cfg.cluster.as_ref().is_some_and(|c| c.join),
+            last_rebalance: parking_lot::Mutex::new(None),
+            map_read_failures: parking_lot::Mutex::new(0),
             shards,
             shard_sync: parking_lot::Mutex::new(()),
             gate,
@@ -1113,6 +1120,7 @@ impl Node {
                     replicas: sh
                         .shard_of(g)
                         .map_or(Vec::new(), |id| self.shard_replicas(id).1),
+                    map_version: self.store.shard_map_version(),
                     disk_bytes: {
                         use hourcell_storage::KvEngine;
                         store.engine().disk_bytes()
@@ -1424,13 +1432,44 @@ impl Node {
         }
         let peers: std::collections::HashMap<u64, String> = r.known_peers().into_iter().collect();
         let me = r.handle.id();
-        for (g, _) in sh.all() {
-            let Some(s) = r.handle.status(g) else {
-                continue;
+        let led: Vec<(u64, crate::replication::GroupStatus)> = sh
+            .all()
+            .into_iter()
+            .filter_map(|(g, _)| r.handle.status(g).map(|s| (g, s)))
+            .filter(|(_, s)| s.is_leader)
+            .collect();
+        if led.is_empty() {
+            return Ok(());
+        }
+        // A leader acts on the current shard map only: a linearizable read
+        // of the metadata group first. A node that keeps failing it (one
+        // removed from the cluster, which no longer hears the metadata
+        // group and holds an old map) hands its leaderships over, so that
+        // members with the current map finish the moves.
+        if r.handle
+            .read_index(r.group, std::time::Duration::from_secs(1))
+            .is_err()
+        {
+            let fails = {
+                let mut f = self.map_read_failures.lock();
+                *f += 1;
+                *f
             };
-            if !s.is_leader {
-                continue;
+            if fails >= 4 {
+                for (g, s) in &led {
+                    if let Some(to) = s.voters.iter().copied().find(|v| *v != me) {
+                        r.handle.transfer_leader(*g, to);
+                    }
+                }
+                tracing::warn!(
+                    groups = led.len(),
+                    "cannot read the current shard map: handing shard leaderships over"
+                );
             }
+            return Ok(());
+        }
+        *self.map_read_failures.lock() = 0;
+        for (g, s) in led {
             let Some(id) = sh.shard_of(g) else {
                 continue;
             };
@@ -1518,7 +1557,56 @@ impl Node {
         if !moves.is_empty() {
             tracing::info!(shards = moves.len(), "placing shard replicas");
             self.propose(&Command::PlaceShards { shards: moves })?;
+            return Ok(());
         }
+        self.rebalance(&voters)
+    }
+
+    /// Evens out replicas per node (a node just added holds none): at most
+    /// one move every few seconds, and only while no shard is mid-move, so
+    /// a group never has more than one replica catching up.
+    fn rebalance(&self, voters: &[u64]) -> Result<(), NodeError> {
+        let Some(router) = &self.router else {
+            return Ok(());
+        };
+        {
+            let mut last = self.last_rebalance.lock();
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3)) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let map = self.store.shard_map();
+        let shards = placed_shards(&map, &self.founding);
+        let Some((id, moved)) = hourcell_storage::shard::rebalance_move(&shards, voters) else {
+            return Ok(());
+        };
+        // Every shard settled: its leader (reachable) sees exactly the
+        // placed replicas as voters and no learners.
+        let views = router.members_everywhere();
+        let settled = shards.iter().all(|(sid, replicas)| {
+            let g = crate::shards::group_of(*sid);
+            let mut want = replicas.clone();
+            want.sort_unstable();
+            views.iter().any(|(n, gs)| {
+                gs.iter().any(|s| {
+                    let mut v = s.voters.clone();
+                    v.sort_unstable();
+                    s.group == g && s.leader == *n && v == want && s.learners.is_empty()
+                })
+            })
+        });
+        if !settled {
+            return Ok(());
+        }
+        tracing::info!(
+            group = crate::shards::group_of(id),
+            to = ?moved,
+            "moving a shard replica to even out the nodes"
+        );
+        self.propose(&Command::PlaceShards {
+            shards: vec![(id, moved)],
+        })?;
         Ok(())
     }
 

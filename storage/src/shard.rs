@@ -193,6 +193,40 @@ pub fn place(
     out
 }
 
+/// One move that evens out the replicas per node, if the most and least
+/// loaded of `nodes` differ by more than one: a replica of the first shard
+/// (of `shards`, with their replica sets) that the most loaded node holds
+/// and the least loaded does not, given to the least loaded. Ties go to
+/// the higher id for the most loaded and the lower id for the least.
+pub fn rebalance_move(
+    shards: &[(ShardId, Vec<u64>)],
+    nodes: &[u64],
+) -> Option<(ShardId, Vec<u64>)> {
+    let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for (_, r) in shards {
+        for n in r {
+            if let Some(l) = load.get_mut(n) {
+                *l += 1;
+            }
+        }
+    }
+    let (&most, &hi) = load.iter().max_by_key(|(n, l)| (**l, **n))?;
+    let (&least, &lo) = load.iter().min_by_key(|(n, l)| (**l, **n))?;
+    if hi <= lo + 1 {
+        return None;
+    }
+    shards
+        .iter()
+        .find(|(_, r)| r.contains(&most) && !r.contains(&least))
+        .map(|(id, r)| {
+            let moved = r
+                .iter()
+                .map(|n| if *n == most { least } else { *n })
+                .collect();
+            (*id, moved)
+        })
+}
+
 /// Something a shard may or may not hold yet.
 #[derive(Debug, Clone, Copy)]
 pub enum Known<'a> {
@@ -398,6 +432,34 @@ mod tests {
         // Fewer nodes than replicas: as many as there are.
         assert_eq!(place(&[7], &mut HashMap::new(), 3, &[]), vec![7]);
         assert!(place(&[7], &mut HashMap::new(), 3, &[7]).is_empty());
+    }
+
+    #[test]
+    fn rebalancing_moves_one_replica_from_the_most_to_the_least_loaded() {
+        let cell = |index| ShardId {
+            part: ShardPart::Cells,
+            week: 1,
+            index,
+        };
+        // Four shards on nodes 1-3; node 4 just joined.
+        let mut shards: Vec<(ShardId, Vec<u64>)> =
+            (0..4).map(|i| (cell(i), vec![1, 2, 3])).collect();
+        let mut moves = 0;
+        while let Some((id, r)) = rebalance_move(&shards, &[1, 2, 3, 4]) {
+            let slot = shards.iter_mut().find(|(x, _)| *x == id).unwrap();
+            assert_eq!(r.len(), 3);
+            assert!(r.contains(&4) && !slot.1.contains(&4));
+            slot.1 = r;
+            moves += 1;
+            assert!(moves < 10, "rebalancing does not settle: {shards:?}");
+        }
+        // 12 replicas over 4 nodes: 3 each, after 3 moves.
+        assert_eq!(moves, 3);
+        for n in 1..=4 {
+            assert_eq!(shards.iter().filter(|(_, r)| r.contains(&n)).count(), 3);
+        }
+        // Balanced within one: nothing to do.
+        assert!(rebalance_move(&[(cell(0), vec![1, 2, 3])], &[1, 2, 3, 4]).is_none());
     }
 
     #[test]
