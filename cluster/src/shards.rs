@@ -285,11 +285,15 @@ thread_local! {
 
 impl ReadGate {
     /// Whether a routed read of `group` served by node `node` must take a
-    /// ReadIndex first: in a linearizable query, unless `node` already did
-    /// for this query.
+    /// ReadIndex first: yes, unless `node` already did for the gated query
+    /// running on this thread. Outside a gated query (the rules after
+    /// their full barrier, which covers only the groups held here, and
+    /// bounded-staleness queries, whose reported staleness is this node's)
+    /// every routed read takes one, so it is never staler than a local
+    /// read would be.
     pub fn remote_barrier_needed(group: u64, node: u64) -> bool {
-        READ_STARTED.with(|c| c.get()).is_some()
-            && REMOTE_BARRIERS.with(|m| m.borrow().get(&group) != Some(&node))
+        READ_STARTED.with(|c| c.get()).is_none()
+            || REMOTE_BARRIERS.with(|m| m.borrow().get(&group) != Some(&node))
     }
 
     /// Records that node `node` took a ReadIndex on `group` for the query

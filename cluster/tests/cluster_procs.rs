@@ -1469,6 +1469,11 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
         let mut got = rt.block_on(persons_on(p));
         got.sort_unstable();
         assert_eq!(got, want, "who-was-at through :{p}");
+        // A bounded-staleness read routes too; its routed parts are read
+        // with a barrier, so they are never staler than this node.
+        let mut got = rt.block_on(persons_on_stale(p, Some(60_000))).0;
+        got.sort_unstable();
+        assert_eq!(got, want, "bounded-stale who-was-at through :{p}");
         for &person in [want[0], want[want.len() - 1]].iter() {
             assert_eq!(
                 rt.block_on(hours_of(p, person)),
