@@ -370,11 +370,15 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
     if stats.addresses == 0 {
         let (l, secs, run) = load_demo(&first, &args, ", written through raft").await?;
         println!(
-            "loaded {} events ({} rejected) in {secs:.1} s ({:.0} events/s, replicated to {} nodes)",
+            "loaded {} events ({} rejected) in {secs:.1} s ({:.0} events/s, replicated to {})",
             l.events,
             l.rejected,
             l.events as f64 / secs.max(1e-9),
-            nodes.len()
+            if args.shards.is_some() && nodes.len() > 3 {
+                format!("3 of the {} nodes per shard", nodes.len())
+            } else {
+                format!("{} nodes", nodes.len())
+            }
         );
         println!(
             "rules as of {}: {} field tasks raised through raft",
@@ -397,7 +401,11 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
             args.data_dir.join(format!("node{}", i + 1)).display()
         );
     }
-    println!("any node accepts writes (followers forward them to the leader); reads are served by the node asked. Ctrl-C to stop.");
+    if args.shards.is_some() {
+        println!("any node accepts any request: it proposes and reads the shards it holds itself and routes the rest to their nodes. Ctrl-C to stop.");
+    } else {
+        println!("any node accepts writes (followers forward them to the leader); reads are served by the node asked. Ctrl-C to stop.");
+    }
     if args.no_serve {
         let _ = stop_tx.send(());
     } else {
