@@ -203,3 +203,70 @@ async fn tls_authenticates_refuses_and_rotates() {
     );
     let _ = tx.send(());
 }
+
+/// The node-only `Shard` service of a sharded node (routed shard reads and
+/// writes) answers cluster nodes only: an admin's certificate is refused,
+/// a `node-<id>` certificate is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_routing_accepts_only_node_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    init_dir(&certs, 2, &["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let c = |f: &str| certs.join(f);
+    let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut cfg = NodeConfig::new(dir.path().join("node"));
+    cfg.block_cache_mb = 16;
+    cfg.security.tls = Some(TlsPaths {
+        cert: c("node-1.pem"),
+        key: c("node-1.key"),
+        ca: c("ca.pem"),
+    });
+    cfg.security
+        .cert_roles
+        .insert("admin".into(), vec!["all".into()]);
+    cfg.cluster = Some(hourcell_cluster::config::ClusterConfig {
+        node_id: 1,
+        peers: vec![hourcell_cluster::config::PeerConfig {
+            id: 1,
+            addr: addr.to_string(),
+        }],
+        tick_ms: 20,
+        join: false,
+        cell_shards: 2,
+        person_shards: 1,
+        replicas: 3,
+    });
+    cfg.validate().unwrap();
+    let node = Node::open(&cfg, Arc::new(|| T0)).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(node, listener, async move {
+        let _ = rx.await;
+    }));
+    let members = |ch: Channel| async move {
+        v1::shard_client::ShardClient::new(ch)
+            .members(v1::ShardMembersRequest {})
+            .await
+    };
+    let admin = connect(
+        addr.port(),
+        &c("ca.pem"),
+        Some((&c("admin.pem"), &c("admin.key"))),
+    )
+    .await
+    .unwrap();
+    let denied = members(admin).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("node-<id>"), "{denied:?}");
+    let peer = connect(
+        addr.port(),
+        &c("ca.pem"),
+        Some((&c("node-2.pem"), &c("node-2.key"))),
+    )
+    .await
+    .unwrap();
+    let ok = members(peer).await.unwrap().into_inner();
+    assert_eq!(ok.node_id, 1);
+    // The person shard's group runs here (the one node holds every shard).
+    assert!(ok.groups.iter().any(|g| g.shard == "persons 0"), "{ok:?}");
+    let _ = tx.send(());
+}
