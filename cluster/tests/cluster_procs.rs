@@ -1514,4 +1514,20 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
         got.sort_unstable();
         assert_eq!(got, want, "who-was-at through :{p} after node 5 left");
     }
+    // kill -9 node 4 without removing it: every shard keeps two of its
+    // three replicas, so writes and reads through the others go on, routed
+    // past the dead node.
+    procs[3].kill();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !rt.block_on(ingest(ports[0], events(995_000, 20, 31))) {
+        assert!(Instant::now() < end, "no write after node 4 died");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    want.extend(995_000..995_020);
+    want.sort_unstable();
+    for &p in &ports[..3] {
+        let mut got = rt.block_on(persons_on(p));
+        got.sort_unstable();
+        assert_eq!(got, want, "who-was-at through :{p} with node 4 dead");
+    }
 }
