@@ -1929,7 +1929,15 @@ impl Node {
     /// follower that heard from the leader within that bound and has
     /// applied everything it knows to be committed answers from its own
     /// state. Returns how stale the answer may be (0 = linearizable).
-    pub fn read_barrier_bounded(&self, max_staleness_ms: Option<u32>) -> Result<u64, NodeError> {
+    ///
+    /// `window` (unix seconds, from..to) is what the query will read, if
+    /// known: a sharded node then takes the ReadIndex of the weeks it
+    /// spans in its first round.
+    pub fn read_barrier_bounded(
+        &self,
+        max_staleness_ms: Option<u32>,
+        window: Option<(i64, i64)>,
+    ) -> Result<u64, NodeError> {
         crate::shards::ReadGate::end();
         if let (Some(max), Some(r)) = (max_staleness_ms, &self.replication) {
             // Every group must be fresh enough; the answer is as stale as
@@ -1953,7 +1961,7 @@ impl Node {
                 return Ok(ms);
             }
         }
-        self.read_barrier_query()?;
+        self.read_barrier_query(window)?;
         Ok(0)
     }
 
@@ -1961,7 +1969,7 @@ impl Node {
     /// on the metadata group now and on each data group when the query
     /// first reads it (see [`crate::shards::ReadGate`]); otherwise
     /// [`Node::read_barrier_all`].
-    pub fn read_barrier_query(&self) -> Result<(), NodeError> {
+    pub fn read_barrier_query(&self, window: Option<(i64, i64)>) -> Result<(), NodeError> {
         if self.shards.is_none() || self.replication.is_none() {
             return self.read_barrier_all();
         }
@@ -1969,18 +1977,31 @@ impl Node {
         let (Some(sh), Some(r), Some(gate)) = (&self.shards, &self.replication, &self.gate) else {
             return self.read_barrier_all();
         };
-        // One round for the metadata group and, of the person shards and
-        // this week's cell shards (what most queries read), those with a
-        // leader; other shards get theirs when first read, so a query never
-        // waits for a shard it does not read (a week just created may
-        // still be electing).
-        let week = hourcell_storage::shard::week_of_hour(self.now().div_euclid(3600));
+        // One round for the metadata group and, of the person shards, this
+        // week's cell shards and those of the weeks the query's window
+        // spans (what it will read), the ones held here with a leader;
+        // other shards get theirs when first read, so a query never waits
+        // for a shard it does not read (a week just created may still be
+        // electing).
+        use hourcell_storage::shard::week_of_hour;
+        let this_week = week_of_hour(self.now().div_euclid(3600));
+        let mut weeks = vec![this_week];
+        if let Some((from, to)) = window {
+            let (a, b) = (
+                week_of_hour(from.div_euclid(3600)),
+                week_of_hour((to - 1).div_euclid(3600)),
+            );
+            // A window of more than a year reads its weeks as it goes.
+            if a <= b && b - a < 53 {
+                weeks.extend((a..=b).filter(|w| *w != this_week));
+            }
+        }
         let mut first: Vec<u64> = vec![r.group];
         first.extend(
             sh.persons()
                 .iter()
                 .map(|(g, _)| *g)
-                .chain(sh.week(week).iter().map(|(g, _)| *g))
+                .chain(weeks.iter().flat_map(|w| sh.week(*w)).map(|(g, _)| g))
                 .filter(|g| r.handle.status(*g).is_some_and(|s| s.leader != 0)),
         );
         r.read_index_all(&first).map_err(|e| {

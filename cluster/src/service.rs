@@ -423,7 +423,7 @@ impl v1::query_server::Query for Services {
         let max = r.max_staleness_ms;
         let entry = Self::answer_entry(&p, Rpc::WhoWasAt, params, why);
         let (stale, ans) = blocking(move || {
-            let stale = node.read_barrier_bounded(max)?;
+            let stale = node.read_barrier_bounded(max, Some((from, to)))?;
             let ans = node.query().who_was_at(&region, from, to, as_of)?;
             audit_answer(&node, entry, ans.persons.len() as u64)?;
             Ok((stale, ans))
@@ -468,7 +468,7 @@ impl v1::query_server::Query for Services {
         let max = r.max_staleness_ms;
         let entry = Self::answer_entry(&p, Rpc::WhereWas, params, why);
         let (stale, ans) = blocking(move || {
-            let stale = node.read_barrier_bounded(max)?;
+            let stale = node.read_barrier_bounded(max, None)?;
             let ans = node.query().where_was(person, from, to, as_of)?;
             audit_answer(&node, entry, u64::from(!ans.hours.is_empty()))?;
             Ok((stale, ans))
@@ -502,7 +502,7 @@ impl v1::query_server::Query for Services {
         let node = self.node.clone();
         let max = r.max_staleness_ms;
         let (stale, ans) = blocking(move || {
-            let stale = node.read_barrier_bounded(max)?;
+            let stale = node.read_barrier_bounded(max, Some((from, to)))?;
             Ok((stale, node.query().occupancy(&region, from, to, as_of)?))
         })
         .await?;
@@ -549,11 +549,13 @@ impl v1::query_server::Query for Services {
         let local = optional_region(r.local, "local")?;
         let as_of = r.as_of.unwrap_or_else(|| self.node.now());
         let since = r.since;
+        // Only activity inside `local` reads the cell shards of the window.
+        let window = local.as_ref().map(|_| (since, as_of));
         let node = self.node.clone();
         let max = r.max_staleness_ms;
         let entry = Self::answer_entry(&p, Rpc::NoActivitySince, params, why);
         let (stale, ans) = blocking(move || {
-            let stale = node.read_barrier_bounded(max)?;
+            let stale = node.read_barrier_bounded(max, window)?;
             let ans =
                 node.query()
                     .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?;
