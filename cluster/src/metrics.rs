@@ -70,6 +70,16 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Applying one command to the store.
     pub apply_latency: Arc<Histogram>,
+    /// Sharded: reads of shards held elsewhere, sent to their nodes.
+    pub routed_reads: AtomicU64,
+    /// Sharded: write parts for shards held elsewhere, sent to their nodes.
+    pub routed_parts: AtomicU64,
+    /// Routed requests a node failed (unreachable, no leader, timeout);
+    /// each is retried on another replica until the deadline.
+    pub routed_failures: AtomicU64,
+    /// Routed requests refused because this node's shard map was stale
+    /// (it refreshed the map and routed again).
+    pub stale_map_refusals: AtomicU64,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
@@ -105,6 +115,30 @@ pub fn render(node: &Node) -> String {
         "Proposals that were not applied (timeout, no leader, refused).",
         m.proposal_failures.load(Ordering::Relaxed),
     );
+    for (name, help, v) in [
+        (
+            "hourcell_routed_reads_total",
+            "Reads of shards held elsewhere, routed to a node that holds them.",
+            &m.routed_reads,
+        ),
+        (
+            "hourcell_routed_parts_total",
+            "Write parts for shards held elsewhere, routed to a node that holds them.",
+            &m.routed_parts,
+        ),
+        (
+            "hourcell_routed_failures_total",
+            "Routed requests that failed on a node and were retried on another replica.",
+            &m.routed_failures,
+        ),
+        (
+            "hourcell_stale_map_refusals_total",
+            "Routed requests refused as routed by a stale shard map (the map was refreshed).",
+            &m.stale_map_refusals,
+        ),
+    ] {
+        counter(&mut out, name, help, v.load(Ordering::Relaxed));
+    }
     m.commit_latency.render(
         "hourcell_commit_seconds",
         "Time from proposing a command to its being applied on this node.",

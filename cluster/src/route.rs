@@ -16,6 +16,7 @@
 //! same node, whose applied state only moves forward.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -327,6 +328,8 @@ impl Router {
     ) -> Result<Vec<u8>, QueryError> {
         let node = self.node().map_err(QueryError::Unavailable)?;
         let op_bytes = encode(op);
+        let m = node.metrics();
+        m.routed_reads.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.timeout;
         let mut last_err = String::new();
         let mut refreshed = false;
@@ -358,6 +361,7 @@ impl Router {
                         return Ok(reply.reply);
                     }
                     Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        m.stale_map_refusals.fetch_add(1, Ordering::Relaxed);
                         last_err = format!("node {n}: {}", s.message());
                         stale = true;
                     }
@@ -368,6 +372,7 @@ impl Router {
                         )));
                     }
                     Err(s) => {
+                        m.routed_failures.fetch_add(1, Ordering::Relaxed);
                         self.clients.lock().remove(&n);
                         last_err = format!("node {n}: {}", s.message());
                     }
@@ -401,6 +406,9 @@ impl Router {
             return Ok(out);
         }
         let node = self.node().map_err(NodeError::Unavailable)?;
+        let m = node.metrics();
+        m.routed_parts
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
         let deadline = Instant::now() + self.timeout;
         let mut pending = parts;
         // Each pending part's place in `out`, and how many times it was
@@ -464,8 +472,10 @@ impl Router {
                     }
                     Err(s) => {
                         if s.code() == tonic::Code::FailedPrecondition {
+                            m.stale_map_refusals.fetch_add(1, Ordering::Relaxed);
                             stale = true;
                         } else {
+                            m.routed_failures.fetch_add(1, Ordering::Relaxed);
                             self.clients.lock().remove(&n);
                         }
                         last_err = format!("node {n}: {}", s.message());

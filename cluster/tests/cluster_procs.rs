@@ -1482,6 +1482,16 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
             );
         }
     }
+    // Every node read some shards through others, and says so.
+    for (i, &m) in metrics.iter().enumerate() {
+        let body = http_get(m, "/metrics");
+        let routed: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("hourcell_routed_reads_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(routed > 0, "node {} routed no read: {body}", i + 1);
+    }
     // Remove node 5: its replicas move to the other four, then it leaves
     // every group.
     let s1 = format!("127.0.0.1:{}", ports[0]);
