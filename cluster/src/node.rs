@@ -1177,7 +1177,9 @@ impl Node {
         if !moves.is_empty() {
             self.propose(&Command::PlaceShards { shards: moves })?;
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Under the server's 60 s request timeout, so the caller gets this
+        // error rather than a cancelled call (a joining node asks again).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
         loop {
             let _ = self.sync_shards();
             let views = router.members_everywhere();
