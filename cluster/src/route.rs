@@ -563,7 +563,17 @@ pub struct ShardSource {
 impl ShardSource {
     /// This node's replica, made safe to read, or `None` to read remotely.
     fn local(&self) -> hourcell_query::Result<Option<Arc<Store>>> {
-        match self.shards.get(self.id) {
+        // Placed here but not started yet (the map moved a moment ago):
+        // start it now rather than look for it elsewhere.
+        let held = self.shards.get(self.id).or_else(|| {
+            let node = self.router.node().ok()?;
+            if !node.shard_replicas(self.id).1.contains(&self.router.me) {
+                return None;
+            }
+            node.sync_shards().ok()?;
+            self.shards.get(self.id)
+        });
+        match held {
             Some((g, store)) => {
                 self.gate.ensure(g).map_err(QueryError::Unavailable)?;
                 Ok(Some(store))
