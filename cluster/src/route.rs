@@ -662,11 +662,12 @@ impl SliceSource for ShardSource {
         if let Some(s) = self.local()? {
             return SliceSource::hour_slices_rev(s.as_ref(), before, f);
         }
-        // A week at a time, latest first, until `f` has had enough or the
-        // shard holds nothing earlier.
+        // A day at a time, latest first (the step `ShardedSource` walks
+        // in, so a step costs one round trip and no unused bitmaps), until
+        // `f` has had enough or the shard holds nothing earlier.
         let mut upto = before;
         loop {
-            let from = upto - 24 * 7;
+            let from = upto - 24;
             let (got, earlier): (WireSlices, bool) =
                 self.remote(ReadOp::HourSlicesRev { before: upto, from })?;
             for (h, b) in got {
