@@ -1482,6 +1482,74 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
             );
         }
     }
+    // no-activity-since walks the person shards' hour slices backwards,
+    // routed where a node holds none: every node gives the same answer.
+    // Registered: the persons active only at hours 1 and 2, those active
+    // at hour 5, and two never seen; inactive since hour 3: the first and
+    // the last two.
+    rt.block_on(async {
+        let ch = connect(ports[0]).await.unwrap();
+        v1::registry_client::RegistryClient::new(ch.clone())
+            .put_addresses(v1::PutAddressesRequest {
+                addresses: vec![v1::Address {
+                    code: "H1".into(),
+                    lat: 30.27,
+                    lng: 120.15,
+                    kind: "standard".into(),
+                    area: "A1".into(),
+                    label: "generated".into(),
+                }],
+            })
+            .await
+            .unwrap();
+        let registered: Vec<u64> = want[..40]
+            .iter()
+            .chain(&want[80..])
+            .copied()
+            .chain([777_000, 777_001])
+            .collect();
+        v1::registry_client::RegistryClient::new(ch)
+            .put_registrations(v1::PutRegistrationsRequest {
+                registrations: registered
+                    .iter()
+                    .map(|&person| v1::Registration {
+                        person,
+                        address: "H1".into(),
+                        kind: "permanent".into(),
+                        valid_from: T0 - 86_400,
+                        valid_until: None,
+                    })
+                    .collect(),
+            })
+            .await
+            .unwrap();
+    });
+    let mut inactive_want: Vec<u64> = want[..40].to_vec();
+    inactive_want.extend([777_000, 777_001]);
+    inactive_want.sort_unstable();
+    for &p in ports.iter() {
+        let got = rt.block_on(async {
+            let ch = connect(p).await.unwrap();
+            let mut s = v1::query_client::QueryClient::new(ch)
+                .no_activity_since(v1::NoActivitySinceRequest {
+                    since: T0 + 3 * 3600,
+                    as_of: Some(T0 + 48 * 3600),
+                    purpose: "generated test".into(),
+                    case_ref: "T-1".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(m) = s.message().await.unwrap() {
+                out.extend(m.persons.into_iter().map(|x| x.person));
+            }
+            out.sort_unstable();
+            out
+        });
+        assert_eq!(got, inactive_want, "no-activity-since through :{p}");
+    }
     // Every node read some shards through others, and says so.
     for (i, &m) in metrics.iter().enumerate() {
         let body = http_get(m, "/metrics");
