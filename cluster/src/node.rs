@@ -1960,6 +1960,7 @@ impl Node {
             }
             if let Some(ms) = worst {
                 self.check_restoring()?;
+                crate::shards::ReadGate::begin_stale();
                 return Ok(ms);
             }
         }

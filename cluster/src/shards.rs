@@ -281,19 +281,30 @@ thread_local! {
     /// that took a ReadIndex on it for this query (see [`crate::route`]).
     static REMOTE_BARRIERS: std::cell::RefCell<std::collections::HashMap<u64, u64>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
+    /// Whether a query (linearizable or bounded-stale) is running on this
+    /// thread, so that [`REMOTE_BARRIERS`] may be reused within it.
+    static QUERY_SCOPE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl ReadGate {
     /// Whether a routed read of `group` served by node `node` must take a
-    /// ReadIndex first: yes, unless `node` already did for the gated query
-    /// running on this thread. Outside a gated query (the rules after
-    /// their full barrier, which covers only the groups held here, and
-    /// bounded-staleness queries, whose reported staleness is this node's)
-    /// every routed read takes one, so it is never staler than a local
-    /// read would be.
+    /// ReadIndex first: yes, unless `node` already did for the query
+    /// running on this thread. A bounded-staleness query's routed reads
+    /// take one too (its reported staleness is this node's, so the remote
+    /// part must be fresher), and outside a query (the rules, whose full
+    /// barrier covers only the groups held here) every routed read takes
+    /// one: a routed read is never staler than a local one.
     pub fn remote_barrier_needed(group: u64, node: u64) -> bool {
-        READ_STARTED.with(|c| c.get()).is_none()
+        !QUERY_SCOPE.with(|c| c.get())
             || REMOTE_BARRIERS.with(|m| m.borrow().get(&group) != Some(&node))
+    }
+
+    /// Marks the start of a bounded-staleness query on this thread (after
+    /// [`ReadGate::end`]): its routed reads take one ReadIndex per shard
+    /// and serving node, as a linearizable query's do.
+    pub fn begin_stale() {
+        QUERY_SCOPE.with(|c| c.set(true));
+        REMOTE_BARRIERS.with(|m| m.borrow_mut().clear());
     }
 
     /// Records that node `node` took a ReadIndex on `group` for the query
@@ -314,6 +325,7 @@ impl ReadGate {
     /// metadata group's ReadIndex).
     pub fn begin(at: std::time::Instant) {
         READ_STARTED.with(|c| c.set(Some(at)));
+        QUERY_SCOPE.with(|c| c.set(true));
         REMOTE_BARRIERS.with(|m| m.borrow_mut().clear());
     }
 
@@ -321,6 +333,7 @@ impl ReadGate {
     /// caller took a full barrier, or reads stale on purpose).
     pub fn end() {
         READ_STARTED.with(|c| c.set(None));
+        QUERY_SCOPE.with(|c| c.set(false));
         REMOTE_BARRIERS.with(|m| m.borrow_mut().clear());
     }
 

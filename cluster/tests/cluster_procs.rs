@@ -124,6 +124,18 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// A channel for queries: on a busy machine (every test's processes share
+/// two cores) a query routed over several nodes can take seconds.
+async fn patient(port: u16) -> Option<Channel> {
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .ok()
+}
+
 async fn connect(port: u16) -> Option<Channel> {
     Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
@@ -218,7 +230,7 @@ async fn persons_on(port: u16) -> Vec<u64> {
 /// who-was-at through `port`, optionally accepting a bounded-stale
 /// follower read; returns the persons and the staleness the node reported.
 async fn persons_on_stale(port: u16, max_staleness_ms: Option<u32>) -> (Vec<u64>, u64) {
-    let ch = connect(port).await.expect("node reachable");
+    let ch = patient(port).await.expect("node reachable");
     let mut s = v1::query_client::QueryClient::new(ch)
         .who_was_at(who_request(max_staleness_ms))
         .await
@@ -1365,7 +1377,7 @@ fn placed_and_settled(v: &serde_json::Value, absent: &[u64], min_shards: usize) 
 /// where-was for `person` over [`two_days`] through `port`: the hours with
 /// places.
 async fn hours_of(port: u16, person: u64) -> Option<usize> {
-    let ch = connect(port).await?;
+    let ch = patient(port).await?;
     let r = v1::query_client::QueryClient::new(ch)
         .where_was(v1::WhereWasRequest {
             person,
@@ -1529,7 +1541,7 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
     inactive_want.sort_unstable();
     for &p in ports.iter() {
         let got = rt.block_on(async {
-            let ch = connect(p).await.unwrap();
+            let ch = patient(p).await.unwrap();
             let mut s = v1::query_client::QueryClient::new(ch)
                 .no_activity_since(v1::NoActivitySinceRequest {
                     since: T0 + 3 * 3600,
