@@ -708,10 +708,10 @@ async fn faults_body(sharded: bool) {
     progress(&ledger, 0, "start").await;
 
     // 1. Partition the leader away from the other two.
-    let l = leader(ports, &all, Duration::from_secs(10)).await;
+    let l = leader(ports, &all, Duration::from_secs(20)).await;
     linked.cut(l, true);
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
-    let new = leader(ports, &rest, Duration::from_secs(10)).await;
+    let new = leader(ports, &rest, Duration::from_secs(20)).await;
     assert_ne!(new, l);
     progress(
         &ledger,
@@ -725,7 +725,7 @@ async fn faults_body(sharded: bool) {
     converge(ports, 3, Duration::from_secs(20)).await;
 
     // 2. kill -9 the leader, then bring it back.
-    let l = leader(ports, &all, Duration::from_secs(10)).await;
+    let l = leader(ports, &all, Duration::from_secs(20)).await;
     procs[l].kill();
     progress(&ledger, acked_now(&ledger), "the leader was killed").await;
     procs[l] = spawn(&cfgs[l]);
@@ -743,7 +743,7 @@ async fn faults_body(sharded: bool) {
 
     // 4. kill -9 a follower, wipe its data directory, and start it with
     // --join: it is re-added, catches up from a snapshot and votes again.
-    let l = leader(ports, &all, Duration::from_secs(10)).await;
+    let l = leader(ports, &all, Duration::from_secs(20)).await;
     let f = all.iter().copied().find(|&i| i != l).unwrap();
     procs[f].kill();
     std::fs::remove_dir_all(dir.path().join(format!("node{}", f + 1))).unwrap();
@@ -815,7 +815,7 @@ async fn faults_body(sharded: bool) {
     // one follower alone: it may still answer a bounded-stale aggregate
     // from its own state, but a who-was-at cannot be audited without a
     // quorum, so it returns no data at all.
-    let ldr = leader(ports, &all, Duration::from_secs(10)).await;
+    let ldr = leader(ports, &all, Duration::from_secs(20)).await;
     let lone = all.iter().copied().find(|&i| i != ldr).unwrap();
     for i in all {
         if i != lone {
