@@ -37,6 +37,15 @@ impl Drop for Proc {
     }
 }
 
+/// The runtime of a test that drives processes from a plain thread.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<_> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -1172,11 +1181,7 @@ fn nodes_join_leave_and_return_through_the_cli_sharded() {
 }
 
 fn join_body(sharded: bool) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let all_ports = free_ports(8);
     let (ports, metrics) = all_ports.split_at(4);
@@ -1399,11 +1404,7 @@ async fn hours_of(port: u16, person: u64) -> Option<usize> {
 /// replicas move to the others and nothing is lost.
 #[test]
 fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let all_ports = free_ports(10);
     let (ports, metrics) = all_ports.split_at(5);
