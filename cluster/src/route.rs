@@ -300,12 +300,14 @@ impl Router {
 
     /// The nodes to try for shard `id`, the preferred one first, and the
     /// map version they come from.
-    fn candidates(&self, node: &Node, id: ShardId, group: u64) -> (u64, Vec<(u64, String)>) {
+    fn candidates(
+        &self,
+        node: &Node,
+        peers: &HashMap<u64, String>,
+        id: ShardId,
+        group: u64,
+    ) -> (u64, Vec<(u64, String)>) {
         let (version, replicas) = node.shard_replicas(id);
-        let peers: HashMap<u64, String> = node
-            .replication()
-            .map(|r| r.known_peers().into_iter().collect())
-            .unwrap_or_default();
         let mut ids: Vec<u64> = replicas.iter().copied().filter(|n| *n != self.me).collect();
         if let Some(p) = self.preferred.lock().get(&group) {
             if let Some(i) = ids.iter().position(|x| x == p) {
@@ -317,6 +319,14 @@ impl Router {
             .filter_map(|n| peers.get(&n).map(|a| (n, a.clone())))
             .collect();
         (version, out)
+    }
+
+    /// Every node's gRPC address (read from the raft engine: once per
+    /// routing round, not per part).
+    fn peers(node: &Node) -> HashMap<u64, String> {
+        node.replication()
+            .map(|r| r.known_peers().into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// Reads shard `id` (raft group `group`) on a node that holds it.
@@ -334,7 +344,7 @@ impl Router {
         let mut last_err = String::new();
         let mut refreshed = false;
         loop {
-            let (version, cands) = self.candidates(&node, id, group);
+            let (version, cands) = self.candidates(&node, &Self::peers(&node), id, group);
             if cands.is_empty() {
                 last_err = format!("no reachable node holds shard group {group}");
             }
@@ -418,8 +428,9 @@ impl Router {
         loop {
             let mut by_node: HashMap<u64, (String, u64, Vec<usize>)> = HashMap::new();
             let mut unroutable = Vec::new();
+            let peers = Self::peers(&node);
             for (i, (id, group, _)) in pending.iter().enumerate() {
-                let (version, cands) = self.candidates(&node, *id, *group);
+                let (version, cands) = self.candidates(&node, &peers, *id, *group);
                 if cands.is_empty() {
                     unroutable.push(i);
                     continue;
@@ -520,10 +531,7 @@ impl Router {
             return Vec::new();
         };
         let mut out = vec![(self.me, node.shard_members())];
-        let peers: Vec<(u64, String)> = node
-            .replication()
-            .map(|r| r.known_peers())
-            .unwrap_or_default()
+        let peers: Vec<(u64, String)> = Self::peers(&node)
             .into_iter()
             .filter(|(id, _)| *id != self.me)
             .collect();
