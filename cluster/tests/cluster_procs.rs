@@ -136,20 +136,20 @@ fn http_get(port: u16, path: &str) -> String {
 /// A channel for queries: on a busy machine (every test's processes share
 /// two cores) a query routed over several nodes can take seconds.
 async fn patient(port: u16) -> Option<Channel> {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(20))
-        .connect()
-        .await
-        .ok()
+    channel(port, Duration::from_secs(20)).await
 }
 
 async fn connect(port: u16) -> Option<Channel> {
+    channel(port, Duration::from_secs(5)).await
+}
+
+/// A plaintext channel to a node on 127.0.0.1 whose requests time out
+/// after `timeout`.
+async fn channel(port: u16, timeout: Duration) -> Option<Channel> {
     Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(5))
+        .timeout(timeout)
         .connect()
         .await
         .ok()
