@@ -698,6 +698,7 @@ impl Node {
             hourcell_storage::PrefixedEngine::whole(Arc::new(engine)),
             Some(cfg.slice_level),
         )?);
+        store.set_defer_events(cfg.hold_events)?;
         let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let auth = cfg.security.auth()?;
@@ -715,7 +716,13 @@ impl Node {
                     write_buffer_bytes: cfg.write_buffer_mb << 20,
                     ..RocksConfig::default()
                 };
-                let sh = Shards::open(layout, cfg.data_dir.join("shards"), rc, cfg.slice_level)?;
+                let sh = Shards::open(
+                    layout,
+                    cfg.data_dir.join("shards"),
+                    rc,
+                    cfg.slice_level,
+                    cfg.hold_events,
+                )?;
                 // The weeks this replica's shard map holds; the keeper
                 // follows later changes.
                 for w in store.shard_map().weeks.keys() {
@@ -913,6 +920,10 @@ impl Node {
     /// Compacts every store; returns the disk bytes before and after.
     pub fn compact(&self) -> Result<(u64, u64), NodeError> {
         use hourcell_storage::KvEngine;
+        // Held ingest slices first (stats flushes them too; say so here).
+        for s in self.stores() {
+            s.flush()?;
+        }
         let before = self.stats()?.disk_bytes;
         self.store.engine().compact()?;
         if let Some(sh) = &self.shards {

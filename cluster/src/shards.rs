@@ -46,6 +46,9 @@ pub struct Shards {
     /// One engine for every data shard, each under its group's prefix.
     engine: Arc<RocksEngine>,
     level: u8,
+    /// Events each shard store holds before writing (see
+    /// `NodeConfig::hold_events`).
+    hold_events: usize,
 }
 
 impl Shards {
@@ -55,6 +58,7 @@ impl Shards {
         dir: PathBuf,
         rocks: RocksConfig,
         level: u8,
+        hold_events: usize,
     ) -> anyhow::Result<Shards> {
         let engine = RocksEngine::open(&dir, &rocks)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.display()))?;
@@ -66,6 +70,7 @@ impl Shards {
             hosted: RwLock::new(std::collections::HashSet::new()),
             engine: Arc::new(engine),
             level,
+            hold_events,
         };
         let persons = (0..u64::from(layout.persons))
             .map(|i| s.open_store(PERSON_GROUP_BASE + i))
@@ -76,7 +81,9 @@ impl Shards {
 
     fn open_store(&self, group: u64) -> anyhow::Result<(u64, Arc<Store>)> {
         let e = PrefixedEngine::group(self.engine.clone(), group);
-        Ok((group, Arc::new(SliceStore::open(e, Some(self.level))?)))
+        let store = SliceStore::open(e, Some(self.level))?;
+        store.set_defer_events(self.hold_events)?;
+        Ok((group, Arc::new(store)))
     }
 
     /// Whether the shared engine holds nothing of group `g` (a dropped
@@ -124,6 +131,7 @@ impl Shards {
         };
         for (g, store) in v {
             self.hosted.write().remove(&g);
+            store.discard_deferred();
             store
                 .engine()
                 .destroy()
@@ -203,6 +211,7 @@ impl Shards {
             return Ok(());
         };
         self.hosted.write().remove(&g);
+        store.discard_deferred();
         store
             .engine()
             .destroy()

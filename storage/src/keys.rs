@@ -38,6 +38,9 @@ pub const DICT_INT: u8 = 0x03;
 pub const ADDRESS: u8 = 0x04;
 pub const REGISTRATION: u8 = 0x06;
 pub const SOURCE: u8 = 0x07;
+/// An unreplicated store's log of ingest batches whose slices are held in
+/// memory, not yet written (see `store::Deferred`): one key per batch.
+pub const HELD: u8 = 0x08;
 pub const CELL_DAY: u8 = 0x10;
 pub const ADDRESS_DAY: u8 = 0x11;
 pub const HOUR_SLICE: u8 = 0x12;
@@ -48,6 +51,12 @@ pub const TASK_CHANGE: u8 = 0x32;
 pub const AUDIT: u8 = 0x40;
 /// Sharded clusters, metadata group: one key per time partition (week).
 pub const PARTITION: u8 = 0x50;
+
+pub fn held(seq: u64) -> Vec<u8> {
+    let mut k = vec![HELD];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 pub fn audit(seq: u64) -> Vec<u8> {
     let mut k = vec![AUDIT];

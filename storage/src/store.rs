@@ -133,6 +133,163 @@ pub struct SliceStore<E: KvEngine> {
     /// While a replicated command applies: its log index (recorded with
     /// its writes) and whether to sync them. See [`SliceStore::apply_at`].
     tag: Mutex<Option<(u64, bool)>>,
+    /// Slices of replicated ingest commands not yet written to the engine
+    /// (see [`Deferred`]); `has_deferred` says whether it holds anything,
+    /// so that reads check without taking the lock.
+    deferred: Mutex<Deferred>,
+    has_deferred: std::sync::atomic::AtomicBool,
+    /// Events held in [`Deferred`] before they are written (0: none are
+    /// held, every command writes its own batch).
+    defer_events: std::sync::atomic::AtomicUsize,
+    /// Set when a deferred write failed: what it held is lost from memory,
+    /// so the store refuses everything until the node restarts and replays
+    /// its raft log.
+    broken: std::sync::atomic::AtomicBool,
+}
+
+/// Events whose slices a store holds in memory by default before writing
+/// them (see [`Deferred`]): about 90 MiB of rows at most.
+pub const DEFAULT_DEFER_EVENTS: usize = 1 << 20;
+
+/// The slice rows of ingested events, before they are folded into merge
+/// operands: (day, cell, id, hour bit), (day, address, id, hour bit), one
+/// bitmap per hour, and (id, day, place) for the person index.
+#[derive(Default)]
+struct Slices {
+    cells: Vec<(i64, u64, u32, u32)>,
+    addrs: Vec<(i64, u32, u32, u32)>,
+    hours: BTreeMap<i64, RoaringBitmap>,
+    places: Vec<(u32, i64, RawPlace)>,
+}
+
+impl Slices {
+    fn append(&mut self, mut other: Slices) {
+        self.cells.append(&mut other.cells);
+        self.addrs.append(&mut other.addrs);
+        self.places.append(&mut other.places);
+        for (h, b) in other.hours {
+            *self.hours.entry(h).or_default() |= b;
+        }
+    }
+
+    /// One merge operand per slice key, in key order: the memtable
+    /// skiplist then inserts each key next to the previous one (a splice
+    /// hint) instead of searching from the top.
+    fn into_merges(mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut merges = Vec::with_capacity(
+            self.cells.len() / 4 + self.addrs.len() / 4 + self.hours.len() + self.places.len() / 2,
+        );
+        day_set_merges(&mut self.cells, keys::cell_day, &mut merges);
+        day_set_merges(&mut self.addrs, keys::address_day, &mut merges);
+        person_merges(self.hours, &mut self.places, &mut merges);
+        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        merges
+    }
+}
+
+/// Writes of replicated ingest commands held back and written together.
+///
+/// Ingest was bound by RocksDB memtable inserts: each command wrote one
+/// merge operand per cell-day, address-day and person-day it touched,
+/// about 2.5 per event, because a batch of 20,000 events covers less than
+/// an hour and every key of it is new to the batch. A day's events share
+/// far fewer keys, so the rows of many commands are gathered here and
+/// folded into one operand per key when written.
+///
+/// Nothing is lost on a crash: a replicated command is durable in the raft
+/// log before it applies, and the store's applied index (written with each
+/// flush, see [`SliceStore::durable_applied`]) moves only when the held
+/// writes reach the engine, so a restart replays the commands after it.
+/// Replaying is safe because slice merges are set unions and the puts held
+/// here (new ids, sources, addresses) are the same on every replay.
+///
+/// An unreplicated store (one node without `[cluster]`) has no raft log:
+/// each held batch writes its new ids and its resolved rows (26 bytes per
+/// event, one key) synced before it is acknowledged, and the flush that
+/// writes the slices deletes those rows in the same atomic batch. Opening
+/// the store writes whatever rows are still logged.
+/// Reads flush first, so they see every applied command; so do every
+/// other command and [`SliceStore::sync_applied`], before the raft log
+/// lets go of entries.
+#[derive(Default)]
+struct Deferred {
+    puts: Vec<crate::kv::Op>,
+    slices: Slices,
+    /// The raft index of the last command held (a replicated store).
+    index: Option<u64>,
+    /// An unreplicated store: whether rows held here are logged under
+    /// [`keys::HELD`], and the next log key.
+    logged: bool,
+    log_seq: u64,
+    events: usize,
+}
+
+/// One resolved event: internal id, hour, slice cell, address id (0:
+/// none), source id.
+type Row = (u32, i64, u64, u32, u16);
+const ROW_BYTES: usize = 4 + 8 + 8 + 4 + 2;
+
+fn encode_rows(rows: &[Row]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * ROW_BYTES);
+    for &(id, hour, cell, addr, src) in rows {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&hour.to_le_bytes());
+        out.extend_from_slice(&cell.to_le_bytes());
+        out.extend_from_slice(&addr.to_le_bytes());
+        out.extend_from_slice(&src.to_le_bytes());
+    }
+    out
+}
+
+fn decode_rows(key: &[u8], v: &[u8]) -> Result<Vec<Row>> {
+    if v.len() % ROW_BYTES != 0 {
+        return Err(StorageError::corrupt(key, "logged rows have a ragged length"));
+    }
+    Ok(v.chunks_exact(ROW_BYTES)
+        .map(|c| {
+            (
+                u32::from_le_bytes(c[0..4].try_into().unwrap()),
+                i64::from_le_bytes(c[4..12].try_into().unwrap()),
+                u64::from_le_bytes(c[12..20].try_into().unwrap()),
+                u32::from_le_bytes(c[20..24].try_into().unwrap()),
+                u16::from_le_bytes(c[24..26].try_into().unwrap()),
+            )
+        })
+        .collect())
+}
+
+/// The slice rows of resolved events: cell and address day sets if
+/// `cells`, hour slices and the person index if `persons`.
+/// `address_cells[a - 1]` is address `a`'s slice cell.
+fn slices_of(rows: &[Row], address_cells: &[u64], shift: u32, cells: bool, persons: bool) -> Slices {
+    let mut s = Slices::default();
+    if cells {
+        s.cells.reserve(rows.len());
+        s.addrs.reserve(rows.len());
+    }
+    if persons {
+        s.places.reserve(rows.len());
+    }
+    for &(id, hour, cell, addr, src) in rows {
+        let day = hour.div_euclid(24);
+        let hour_of_day = hour.rem_euclid(24) as u8;
+        if cells {
+            let bit = 1u32 << hour_of_day;
+            s.cells.push((day, cell, id, bit));
+            if addr != 0 {
+                s.addrs.push((day, addr, id, bit));
+            }
+        }
+        if persons {
+            // Most events sit at their address's point: store cell 0 ("the
+            // address's cell") instead of repeating it.
+            let at_address = addr != 0 && address_cells.get(addr as usize - 1) == Some(&cell);
+            let compact = if at_address { 0 } else { cell >> shift };
+            s.hours.entry(hour).or_default().insert(id);
+            s.places.push((id, day, (hour_of_day, compact, addr, src)));
+        }
+    }
+    s
 }
 
 const META_LEVEL: &str = "slice_level";
@@ -215,8 +372,13 @@ impl<E: KvEngine> SliceStore<E> {
             state: RwLock::new(State::default()),
             restoring: std::sync::atomic::AtomicBool::new(false),
             tag: Mutex::new(None),
+            deferred: Mutex::new(Deferred::default()),
+            has_deferred: std::sync::atomic::AtomicBool::new(false),
+            defer_events: std::sync::atomic::AtomicUsize::new(DEFAULT_DEFER_EVENTS),
+            broken: std::sync::atomic::AtomicBool::new(false),
         };
         store.load()?;
+        store.replay_held()?;
         Ok(store)
     }
 
@@ -389,7 +551,7 @@ impl<E: KvEngine> SliceStore<E> {
     /// under the apply lock, so it holds whole commands only.
     pub fn freeze(&self) -> Result<std::sync::Arc<dyn crate::FrozenView>> {
         let _guard = self.apply_lock.lock();
-        self.engine.freeze()
+        self.settled()?.freeze()
     }
 
     /// Starts replacing the whole store with a snapshot's contents: clears
@@ -397,6 +559,10 @@ impl<E: KvEngine> SliceStore<E> {
     /// before [`SliceStore::finish_restore`] is detected at open).
     pub fn begin_restore(&self) -> Result<()> {
         let _guard = self.apply_lock.lock();
+        // Held writes are of commands the snapshot already contains.
+        *self.deferred.lock() = Deferred::default();
+        self.has_deferred
+            .store(false, std::sync::atomic::Ordering::Release);
         self.restoring
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut b = WriteBatch::default();
@@ -476,6 +642,7 @@ impl<E: KvEngine> SliceStore<E> {
     /// sequential). Called before the raft log drops entries.
     pub fn sync_applied(&self, index: u64) -> Result<()> {
         let _guard = self.apply_lock.lock();
+        self.flush()?;
         let mut b = WriteBatch::default();
         b.put(keys::meta(META_APPLIED), index.to_be_bytes().to_vec());
         self.engine.write(b, true)
@@ -501,6 +668,12 @@ impl<E: KvEngine> SliceStore<E> {
     }
 
     fn apply_locked(&self, cmd: &Command) -> Result<ApplyOutcome> {
+        // Held ingest writes go first: every other command's writes carry
+        // its raft index, which must not pass theirs, and some (expiry,
+        // tasks) read slices.
+        if !matches!(cmd, Command::Ingest(_) | Command::IngestShard(_)) {
+            self.flush()?;
+        }
         match cmd {
             Command::Ingest(events) => self.apply_ingest(events),
             Command::PutAddresses(addrs) => self.apply_addresses(addrs),
@@ -1179,23 +1352,175 @@ impl<E: KvEngine> SliceStore<E> {
         self.apply_person_events(&part.person_events, batch)
     }
 
-    /// Writes `merges` (in key order: the memtable skiplist then inserts
-    /// each key next to the previous one) with `batch`.
-    fn commit_merges(
+    /// Writes the slices of `events` events with `batch`: at once, or held
+    /// in [`Deferred`]. A replicated command applying unsynced is held as
+    /// it is (the raft log has it); an unreplicated plain ingest (`log`:
+    /// its resolved rows) is held once its rows are durably logged.
+    fn write_slices(
         &self,
         mut batch: WriteBatch,
-        mut merges: Vec<(Vec<u8>, Vec<u8>)>,
-        applied: u64,
+        slices: Slices,
+        events: u64,
+        log: Option<Vec<Row>>,
     ) -> Result<ApplyOutcome> {
-        merges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, v) in merges {
+        let limit = self.defer_events.load(std::sync::atomic::Ordering::Relaxed);
+        let outcome = ApplyOutcome {
+            applied: events,
+            ..Default::default()
+        };
+        let tag = *self.tag.lock();
+        let hold = limit > 0
+            && match tag {
+                Some((_, sync)) => !sync,
+                None => log.is_some(),
+            };
+        if hold {
+            let full = {
+                let mut d = self.deferred.lock();
+                match tag {
+                    Some((index, _)) => {
+                        d.puts.extend(batch.ops);
+                        d.index = Some(index);
+                    }
+                    None => {
+                        // New ids and the rows, synced: what a restart
+                        // replays (see [`SliceStore::replay_held`]).
+                        let rows = log.as_deref().unwrap_or_default();
+                        batch.put(keys::held(d.log_seq), encode_rows(rows));
+                        self.engine.write(batch, true)?;
+                        d.log_seq += 1;
+                        d.logged = true;
+                    }
+                }
+                d.slices.append(slices);
+                d.events += events as usize;
+                self.has_deferred
+                    .store(true, std::sync::atomic::Ordering::Release);
+                d.events >= limit
+            };
+            if full {
+                self.flush()?;
+            }
+            return Ok(outcome);
+        }
+        self.flush()?;
+        for (k, v) in slices.into_merges() {
             batch.merge(k, v);
         }
         self.commit(batch)?;
-        Ok(ApplyOutcome {
-            applied,
-            ..Default::default()
-        })
+        Ok(outcome)
+    }
+
+    /// Writes the slices of the ingest batches an unreplicated store logged
+    /// but had not written when it stopped, and drops the log.
+    fn replay_held(&self) -> Result<()> {
+        let start = [keys::HELD];
+        let end = keys::prefix_end(&start);
+        let mut logged = Vec::new();
+        self.engine.scan(&start, &end, &mut |k, v| {
+            logged.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        if logged.is_empty() {
+            return Ok(());
+        }
+        let mut slices = Slices::default();
+        {
+            let st = self.state.read();
+            for (k, v) in &logged {
+                let rows = decode_rows(k, v)?;
+                slices.append(slices_of(
+                    &rows,
+                    &st.address_cells,
+                    cell::compact_shift(self.level),
+                    true,
+                    true,
+                ));
+            }
+        }
+        let mut b = WriteBatch::default();
+        for (k, v) in slices.into_merges() {
+            b.merge(k, v);
+        }
+        b.delete_range(start.to_vec(), end);
+        self.engine.write(b, true)?;
+        tracing::info!(batches = logged.len(), "wrote the slices of logged ingest batches");
+        Ok(())
+    }
+
+    /// Writes what [`Deferred`] holds, with the raft index of its last
+    /// command. Readers call this first: it returns once every command
+    /// applied before the call is in the engine.
+    pub fn flush(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.broken.load(Ordering::Acquire) {
+            return Err(StorageError::Engine(
+                "an earlier write of held ingest slices failed; restart the node to replay its raft log"
+                    .into(),
+            ));
+        }
+        if !self.has_deferred.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The lock is held through the write: a reader that finds nothing
+        // held knows the last flush is already visible.
+        let mut d = self.deferred.lock();
+        if !self.has_deferred.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let log_seq = d.log_seq;
+        let held = std::mem::replace(
+            &mut *d,
+            Deferred {
+                log_seq,
+                ..Deferred::default()
+            },
+        );
+        let mut b = WriteBatch { ops: held.puts };
+        for (k, v) in held.slices.into_merges() {
+            b.merge(k, v);
+        }
+        if let Some(index) = held.index {
+            b.put(keys::meta(META_APPLIED), index.to_be_bytes().to_vec());
+        }
+        if held.logged {
+            // The rows are written as slices now: the log can go (in the
+            // same atomic batch, so a crash keeps one or the other).
+            b.delete_range(vec![keys::HELD], keys::prefix_end(&[keys::HELD]));
+        }
+        let r = self.engine.write(b, false);
+        if r.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        self.has_deferred.store(false, Ordering::Release);
+        r
+    }
+
+    /// Sets how many events' slices a replicated store holds before writing
+    /// them (see [`Deferred`]); 0 writes every command's slices at once.
+    /// Anything held now is written first.
+    pub fn set_defer_events(&self, events: usize) -> Result<()> {
+        let _guard = self.apply_lock.lock();
+        self.flush()?;
+        self.defer_events
+            .store(events, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drops what [`Deferred`] holds without writing it: the store's data
+    /// is about to be deleted (its shard moved away).
+    pub fn discard_deferred(&self) {
+        let _guard = self.apply_lock.lock();
+        let mut d = self.deferred.lock();
+        *d = Deferred::default();
+        self.has_deferred
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The engine, with every applied command's writes in it.
+    fn settled(&self) -> Result<&E> {
+        self.flush()?;
+        Ok(&self.engine)
     }
 
     /// A person shard's part: person index and hour slices of resolved
@@ -1206,16 +1531,16 @@ impl<E: KvEngine> SliceStore<E> {
         batch: WriteBatch,
     ) -> Result<ApplyOutcome> {
         check_hours(events.iter().map(|e| e.1))?;
-        let mut hours: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
-        let mut places: Vec<(u32, i64, RawPlace)> = Vec::with_capacity(events.len());
+        let mut slices = Slices::default();
+        slices.places.reserve(events.len());
         for &(id, hour, cell, addr, src) in events {
-            hours.entry(hour).or_default().insert(id);
+            slices.hours.entry(hour).or_default().insert(id);
             let hour_of_day = hour.rem_euclid(24) as u8;
-            places.push((id, hour.div_euclid(24), (hour_of_day, cell, addr, src)));
+            slices
+                .places
+                .push((id, hour.div_euclid(24), (hour_of_day, cell, addr, src)));
         }
-        let mut merges = Vec::with_capacity(hours.len() + places.len() / 2);
-        person_merges(hours, &mut places, &mut merges);
-        self.commit_merges(batch, merges, events.len() as u64)
+        self.write_slices(batch, slices, events.len() as u64, None)
     }
 
     /// A cell shard's part: cell and address slices of resolved events.
@@ -1224,20 +1549,17 @@ impl<E: KvEngine> SliceStore<E> {
         let mut batch = WriteBatch::default();
         batch.put(keys::meta(META_SHARD), vec![1]);
         self.state.write().partial = true;
-        let mut cells: Vec<(i64, u64, u32, u32)> = Vec::with_capacity(events.len());
-        let mut addrs: Vec<(i64, u32, u32, u32)> = Vec::new();
+        let mut slices = Slices::default();
+        slices.cells.reserve(events.len());
         for &(id, hour, cell, addr) in events {
             let day = hour.div_euclid(24);
             let bit = 1u32 << hour.rem_euclid(24);
-            cells.push((day, cell, id, bit));
+            slices.cells.push((day, cell, id, bit));
             if addr != 0 {
-                addrs.push((day, addr, id, bit));
+                slices.addrs.push((day, addr, id, bit));
             }
         }
-        let mut merges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        day_set_merges(&mut cells, keys::cell_day, &mut merges);
-        day_set_merges(&mut addrs, keys::address_day, &mut merges);
-        self.commit_merges(batch, merges, events.len() as u64)
+        self.write_slices(batch, slices, events.len() as u64, None)
     }
 
     fn assign_person(st: &mut State, batch: &mut WriteBatch, person: u64) -> Result<u32> {
@@ -1299,17 +1621,11 @@ impl<E: KvEngine> SliceStore<E> {
         mut batch: WriteBatch,
     ) -> Result<ApplyOutcome> {
         use crate::command::ShardPart;
-        let shift = cell::compact_shift(self.level);
         let write_cells = part != Some(ShardPart::Persons);
         let write_persons = part != Some(ShardPart::Cells);
-        // (day, cell, id, hour bit) and (day, address, id, hour bit) rows,
-        // sorted and folded into day sets below.
-        let mut cells: Vec<(i64, u64, u32, u32)> = Vec::with_capacity(events.len());
-        let mut addrs: Vec<(i64, u32, u32, u32)> = Vec::with_capacity(events.len());
-        let mut hours: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
-        let mut places: Vec<(u32, i64, RawPlace)> = Vec::with_capacity(events.len());
+        let mut rows: Vec<Row> = Vec::with_capacity(events.len());
         let mut new_persons = 0;
-        {
+        let slices = {
             // Ids are assigned under the state lock, in event order, so the
             // assignment is a pure function of the command sequence.
             if let Some(e) = events
@@ -1356,37 +1672,20 @@ impl<E: KvEngine> SliceStore<E> {
                     .and_then(|c| st.addresses.get(c))
                     .map(|a| a.id)
                     .unwrap_or(0);
-                // Most events sit at their address's point: store cell 0
-                // ("the address's cell") instead of repeating it.
-                let compact_cell = if addr != 0 && st.address_cells[addr as usize - 1] == e.cell {
-                    0
-                } else {
-                    e.cell >> shift
-                };
-                let day = e.hour.div_euclid(24);
-                let hour_of_day = e.hour.rem_euclid(24) as u8;
-                let bit = 1u32 << hour_of_day;
-                if write_cells {
-                    cells.push((day, e.cell, id, bit));
-                    if addr != 0 {
-                        addrs.push((day, addr, id, bit));
-                    }
-                }
-                if write_persons {
-                    hours.entry(e.hour).or_default().insert(id);
-                    places.push((id, day, (hour_of_day, compact_cell, addr, src)));
-                }
+                rows.push((id, e.hour, e.cell, addr, src));
             }
-        }
-        // Merges go in key order: the memtable skiplist then inserts each
-        // key next to the previous one (a splice hint) instead of searching
-        // from the top, which was the largest cost of ingest.
-        let mut merges: Vec<(Vec<u8>, Vec<u8>)> =
-            Vec::with_capacity(cells.len() / 4 + addrs.len() / 4 + hours.len() + places.len() / 2);
-        day_set_merges(&mut cells, keys::cell_day, &mut merges);
-        day_set_merges(&mut addrs, keys::address_day, &mut merges);
-        person_merges(hours, &mut places, &mut merges);
-        let mut out = self.commit_merges(batch, merges, events.len() as u64)?;
+            slices_of(
+                &rows,
+                &st.address_cells,
+                cell::compact_shift(self.level),
+                write_cells,
+                write_persons,
+            )
+        };
+        // An unreplicated store that holds slices logs the resolved rows
+        // instead, durably, in place of the slices (see [`Deferred`]).
+        let log = part.is_none().then_some(rows);
+        let mut out = self.write_slices(batch, slices, events.len() as u64, log)?;
         out.new_persons = new_persons;
         Ok(out)
     }
@@ -1543,7 +1842,7 @@ impl<E: KvEngine> SliceStore<E> {
             .collect();
         let mut err = None;
         let mut set = DaySet::new();
-        self.engine.scan_ranges(&keys, &mut |k, v| {
+        self.settled()?.scan_ranges(&keys, &mut |k, v| {
             let c = u64::from_be_bytes(k[5..13].try_into().unwrap());
             if !keep(c) {
                 return true;
@@ -1565,7 +1864,7 @@ impl<E: KvEngine> SliceStore<E> {
     /// The day set of one address on UTC day `day`, if anyone was there.
     pub fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
         let k = keys::address_day(day, address_id);
-        match self.engine.get(&k)? {
+        match self.settled()?.get(&k)? {
             Some(v) => Ok(Some(codec::decode_day_set(&k, &v)?)),
             None => Ok(None),
         }
@@ -1579,7 +1878,7 @@ impl<E: KvEngine> SliceStore<E> {
         f: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
     ) -> Result<()> {
         let mut err = None;
-        self.engine.scan_rev(
+        self.settled()?.scan_rev(
             &keys::hour_slice(keys::MIN_HOUR),
             &keys::hour_slice(before),
             &mut |k, v| match codec::decode_bitmap(k, v) {
@@ -1605,7 +1904,7 @@ impl<E: KvEngine> SliceStore<E> {
             return Ok(());
         }
         let mut err = None;
-        self.engine.scan(
+        self.settled()?.scan(
             &keys::hour_slice(from),
             &keys::hour_slice(to),
             &mut |k, v| match codec::decode_bitmap(k, v) {
@@ -1667,7 +1966,7 @@ impl<E: KvEngine> SliceStore<E> {
         }
         let mut raw = Vec::new();
         let mut err = None;
-        self.engine.scan(
+        self.settled()?.scan(
             &keys::person_day(id, from.div_euclid(24)),
             &keys::person_day(id, (to - 1).div_euclid(24) + 1),
             &mut |k, v| match codec::decode_places(k, v) {
@@ -1715,7 +2014,7 @@ impl<E: KvEngine> SliceStore<E> {
         let mut current: Option<u32> = None;
         let mut places: Vec<PlaceIds> = Vec::new();
         let start = [keys::PERSON];
-        self.engine
+        self.settled()?
             .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
                 let id = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
                 let day = keys::hour_from(&k[5..9]);
@@ -1826,7 +2125,7 @@ impl<E: KvEngine> SliceStore<E> {
         }
         let mut err = None;
         let st = self.state.read_recursive();
-        self.engine.scan_rev(
+        self.settled()?.scan_rev(
             &keys::person_day(id, floor.div_euclid(24)),
             &keys::person_day(id, (before - 1).div_euclid(24) + 1),
             &mut |k, v| match codec::decode_places(k, v) {
@@ -1865,12 +2164,12 @@ impl<E: KvEngine> SliceStore<E> {
         let start = [keys::HOUR_SLICE];
         let end = keys::prefix_end(&start);
         let mut first_hour = None;
-        self.engine.scan(&start, &end, &mut |k, _| {
+        self.settled()?.scan(&start, &end, &mut |k, _| {
             first_hour = Some(keys::hour_from(&k[1..5]));
             false
         })?;
         let mut last_hour = None;
-        self.engine.scan_rev(&start, &end, &mut |k, _| {
+        self.settled()?.scan_rev(&start, &end, &mut |k, _| {
             last_hour = Some(keys::hour_from(&k[1..5]));
             false
         })?;
@@ -1878,7 +2177,7 @@ impl<E: KvEngine> SliceStore<E> {
             persons,
             addresses,
             registrations,
-            disk_bytes: self.engine.disk_bytes(),
+            disk_bytes: self.settled()?.disk_bytes(),
             first_hour,
             last_hour,
         })
@@ -1892,7 +2191,7 @@ impl<E: KvEngine> SliceStore<E> {
         let mut err = None;
         for p in [keys::CELL_DAY, keys::ADDRESS_DAY] {
             let start = [p];
-            self.engine
+            self.settled()?
                 .scan(
                     &start,
                     &keys::prefix_end(&start),
@@ -1910,7 +2209,7 @@ impl<E: KvEngine> SliceStore<E> {
         }
         let mut places = 0u64;
         let start = [keys::PERSON];
-        self.engine.scan(
+        self.settled()?.scan(
             &start,
             &keys::prefix_end(&start),
             &mut |k, v| match codec::decode_places(k, v) {
