@@ -32,7 +32,8 @@ pub struct NodeConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Events whose slices each store gathers in memory before writing
-    /// them to RocksDB together (about 90 bytes each). Ingest is acknowledged
+    /// them to RocksDB together (about 90 bytes each; a sharded node splits
+    /// this over a week's cell shards and over its person shards). Ingest is acknowledged
     /// once the raft log holds it, and a restart replays what was not yet
     /// written; reads write what is held first. 0 writes every batch at
     /// once (about 2.5 RocksDB merges per event instead of a fraction).

@@ -82,7 +82,15 @@ impl Shards {
     fn open_store(&self, group: u64) -> anyhow::Result<(u64, Arc<Store>)> {
         let e = PrefixedEngine::group(self.engine.clone(), group);
         let store = SliceStore::open(e, Some(self.level))?;
-        store.set_defer_events(self.hold_events)?;
+        // The node's budget is split over a week's shards of each kind
+        // (they fill together), so holding costs about the same memory
+        // sharded or not.
+        let ways = if group < CELL_GROUP_BASE {
+            self.layout.persons
+        } else {
+            self.layout.cells
+        };
+        store.set_defer_events(self.hold_events / ways.max(1) as usize)?;
         Ok((group, Arc::new(store)))
     }
 

@@ -1476,10 +1476,13 @@ impl<E: KvEngine> SliceStore<E> {
                 ..Deferred::default()
             },
         );
+        let t0 = std::time::Instant::now();
+        let events = held.events;
         let mut b = WriteBatch { ops: held.puts };
         for (k, v) in held.slices.into_merges() {
             b.merge(k, v);
         }
+        let merges = b.len();
         if let Some(index) = held.index {
             b.put(keys::meta(META_APPLIED), index.to_be_bytes().to_vec());
         }
@@ -1493,6 +1496,7 @@ impl<E: KvEngine> SliceStore<E> {
             self.broken.store(true, Ordering::Release);
         }
         self.has_deferred.store(false, Ordering::Release);
+        tracing::debug!(events, merges, elapsed = ?t0.elapsed(), "wrote held ingest slices");
         r
     }
 
