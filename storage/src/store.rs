@@ -2165,25 +2165,36 @@ impl<E: KvEngine> SliceStore<E> {
                 st.registrations.len() as u64,
             )
         };
+        // Monitoring calls this often (metrics, readiness probes): it reads
+        // held hours from memory rather than writing them out.
+        let (held_first, held_last) = {
+            let d = self.deferred.lock();
+            let hours = &d.slices.hours;
+            (hours.keys().next().copied(), hours.keys().next_back().copied())
+        };
         let start = [keys::HOUR_SLICE];
         let end = keys::prefix_end(&start);
         let mut first_hour = None;
-        self.settled()?.scan(&start, &end, &mut |k, _| {
+        self.engine.scan(&start, &end, &mut |k, _| {
             first_hour = Some(keys::hour_from(&k[1..5]));
             false
         })?;
         let mut last_hour = None;
-        self.settled()?.scan_rev(&start, &end, &mut |k, _| {
+        self.engine.scan_rev(&start, &end, &mut |k, _| {
             last_hour = Some(keys::hour_from(&k[1..5]));
             false
         })?;
+        let first_hour = match (first_hour, held_first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(StoreStats {
             persons,
             addresses,
             registrations,
-            disk_bytes: self.settled()?.disk_bytes(),
+            disk_bytes: self.engine.disk_bytes(),
             first_hour,
-            last_hour,
+            last_hour: last_hour.max(held_last),
         })
     }
 

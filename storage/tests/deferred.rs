@@ -131,6 +131,11 @@ fn reads_see_held_ingest_and_the_flush_writes_the_same_bytes() {
     assert_ne!(raw(d.engine()), raw(r.engine()));
     // Dictionaries are in memory at once.
     assert_eq!(d.internal_id(1_000), r.internal_id(1_000));
+    // Stats (polled by monitoring) see held hours without writing them.
+    let (sd, sr) = (d.stats().unwrap(), r.stats().unwrap());
+    assert_eq!((sd.first_hour, sd.last_hour), (sr.first_hour, sr.last_hour));
+    assert_eq!((sd.persons, sd.addresses), (sr.persons, sr.addresses));
+    assert_eq!(d.durable_applied().unwrap(), Some(1));
     // A read writes what is held first, and answers as if nothing was.
     assert_eq!(answers(&d), answers(&r));
     assert!(!answers(&r).is_empty());

@@ -667,6 +667,59 @@ fn a_store_behind_its_apply_index_replays_the_log() {
     }
 }
 
+/// Applies are held in memory and written in bulk (`store::Deferred`): a
+/// replica that loses power before it ever wrote them has no applied index
+/// in its store at all, and must replay the whole log, not trust the raft
+/// log's own apply mark.
+#[test]
+fn a_store_that_never_wrote_its_held_applies_replays_the_whole_log() {
+    let mut c = Cluster::new();
+    let _ = c.leader(&VOTERS, Duration::from_secs(5));
+    for i in 0..3u64 {
+        assert!(c.propose(
+            1,
+            &batch(600_000 + i * 10, 5, 1_300),
+            Duration::from_secs(5)
+        ));
+    }
+    // Wait for replica 3 to apply everything, without reading its store
+    // (a read would write what it holds).
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = c.replicas[2].handle.as_ref().unwrap().status(GROUP).unwrap();
+        if st.applied >= 9 && st.applied == st.commit {
+            break;
+        }
+        assert!(Instant::now() < end, "replica 3 did not apply: {st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let net = c.net.clone();
+    c.replicas[2].stop(&net);
+    // Power loss: the engine keeps what was written, memory is gone.
+    let engine = MemEngine::new();
+    let mut b = hourcell_storage::WriteBatch::default();
+    c.replicas[2]
+        .store
+        .engine()
+        .scan(&[0x00], &[0xff; 16], &mut |k, v| {
+            b.put(k.to_vec(), v.to_vec());
+            true
+        })
+        .unwrap();
+    engine.write(b, true).unwrap();
+    let store = Arc::new(SliceStore::open(engine, None).unwrap());
+    assert_eq!(store.durable_applied().unwrap(), None, "nothing was written");
+    assert!(!has_person(&store, 600_000));
+    c.replicas[2].store = store;
+    c.replicas[2].start(&net);
+    c.converged(Duration::from_secs(10));
+    let s = &c.replicas[2].store;
+    for p in [600_000u64, 600_014, 600_024] {
+        let id = s.internal_id(p).unwrap_or_else(|| panic!("replayed store misses {p}"));
+        assert_eq!(s.person_hours(id, 0, 2_000).unwrap().len(), 1, "person {p}");
+    }
+}
+
 #[path = "../common/bodies.rs"]
 mod bodies;
 

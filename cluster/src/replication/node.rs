@@ -555,7 +555,15 @@ impl<E: KvEngine> RaftNode<E> {
         // The state machine syncs lazily: resume applying from what it
         // durably holds, which the log still has (it is made durable
         // before every compaction).
-        if let Some(durable) = sm.durable_applied() {
+        // A store that has never written an applied index holds nothing
+        // of the log yet (its applies may all have been held in memory
+        // when the node stopped): replay the whole log. Its compaction
+        // always writes the index first, so the log is whole then.
+        {
+            let durable = match sm.durable_applied() {
+                Some(d) => d,
+                None => store.first_index()? - 1,
+            };
             if durable < store.applied() {
                 let first = store.first_index()?;
                 if durable + 1 < first {
