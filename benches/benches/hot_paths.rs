@@ -90,13 +90,16 @@ fn benches(c: &mut Criterion) {
         )
     });
     store.set_defer_events(0).unwrap();
-    c.bench_function("apply 10k-event batch (synced, RocksDB, hold_events = 0)", |b| {
-        b.iter_batched(
-            || cmd.clone(),
-            |cmd| store.apply(&cmd).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
+    c.bench_function(
+        "apply 10k-event batch (synced, RocksDB, hold_events = 0)",
+        |b| {
+            b.iter_batched(
+                || cmd.clone(),
+                |cmd| store.apply(&cmd).unwrap(),
+                BatchSize::SmallInput,
+            )
+        },
+    );
 
     let q = QueryEngine::new(store.clone());
     let cfg = town.config();

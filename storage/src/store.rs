@@ -133,8 +133,8 @@ pub struct SliceStore<E: KvEngine> {
     /// While a replicated command applies: its log index (recorded with
     /// its writes) and whether to sync them. See [`SliceStore::apply_at`].
     tag: Mutex<Option<(u64, bool)>>,
-    /// Slices of replicated ingest commands not yet written to the engine
-    /// (see [`Deferred`]); `has_deferred` says whether it holds anything,
+    /// Slices of ingest commands not yet written to the engine (see
+    /// [`Deferred`]); `has_deferred` says whether it holds anything,
     /// so that reads check without taking the lock.
     deferred: Mutex<Deferred>,
     has_deferred: std::sync::atomic::AtomicBool,
@@ -163,6 +163,24 @@ struct Slices {
 }
 
 impl Slices {
+    /// A cell (and address, if any) day-set row of person `id` in `hour`.
+    fn add_cell(&mut self, id: u32, hour: i64, cell: u64, addr: u32) {
+        let day = hour.div_euclid(24);
+        let bit = 1u32 << hour.rem_euclid(24);
+        self.cells.push((day, cell, id, bit));
+        if addr != 0 {
+            self.addrs.push((day, addr, id, bit));
+        }
+    }
+
+    /// An hour-slice member and a person-index place (`compact`: the cell
+    /// shifted, or 0 for the address's cell).
+    fn add_place(&mut self, id: u32, hour: i64, compact: u64, addr: u32, src: u16) {
+        self.hours.entry(hour).or_default().insert(id);
+        let place = (hour.rem_euclid(24) as u8, compact, addr, src);
+        self.places.push((id, hour.div_euclid(24), place));
+    }
+
     fn append(&mut self, mut other: Slices) {
         self.cells.append(&mut other.cells);
         self.addrs.append(&mut other.addrs);
@@ -208,6 +226,7 @@ impl Slices {
 /// event, one key) synced before it is acknowledged, and the flush that
 /// writes the slices deletes those rows in the same atomic batch. Opening
 /// the store writes whatever rows are still logged.
+///
 /// Reads flush first, so they see every applied command; so do every
 /// other command and [`SliceStore::sync_applied`], before the raft log
 /// lets go of entries.
@@ -243,7 +262,10 @@ fn encode_rows(rows: &[Row]) -> Vec<u8> {
 
 fn decode_rows(key: &[u8], v: &[u8]) -> Result<Vec<Row>> {
     if v.len() % ROW_BYTES != 0 {
-        return Err(StorageError::corrupt(key, "logged rows have a ragged length"));
+        return Err(StorageError::corrupt(
+            key,
+            "logged rows have a ragged length",
+        ));
     }
     Ok(v.chunks_exact(ROW_BYTES)
         .map(|c| {
@@ -261,7 +283,13 @@ fn decode_rows(key: &[u8], v: &[u8]) -> Result<Vec<Row>> {
 /// The slice rows of resolved events: cell and address day sets if
 /// `cells`, hour slices and the person index if `persons`.
 /// `address_cells[a - 1]` is address `a`'s slice cell.
-fn slices_of(rows: &[Row], address_cells: &[u64], shift: u32, cells: bool, persons: bool) -> Slices {
+fn slices_of(
+    rows: &[Row],
+    address_cells: &[u64],
+    shift: u32,
+    cells: bool,
+    persons: bool,
+) -> Slices {
     let mut s = Slices::default();
     if cells {
         s.cells.reserve(rows.len());
@@ -271,22 +299,15 @@ fn slices_of(rows: &[Row], address_cells: &[u64], shift: u32, cells: bool, perso
         s.places.reserve(rows.len());
     }
     for &(id, hour, cell, addr, src) in rows {
-        let day = hour.div_euclid(24);
-        let hour_of_day = hour.rem_euclid(24) as u8;
         if cells {
-            let bit = 1u32 << hour_of_day;
-            s.cells.push((day, cell, id, bit));
-            if addr != 0 {
-                s.addrs.push((day, addr, id, bit));
-            }
+            s.add_cell(id, hour, cell, addr);
         }
         if persons {
             // Most events sit at their address's point: store cell 0 ("the
             // address's cell") instead of repeating it.
             let at_address = addr != 0 && address_cells.get(addr as usize - 1) == Some(&cell);
             let compact = if at_address { 0 } else { cell >> shift };
-            s.hours.entry(hour).or_default().insert(id);
-            s.places.push((id, day, (hour_of_day, compact, addr, src)));
+            s.add_place(id, hour, compact, addr, src);
         }
     }
     s
@@ -560,9 +581,7 @@ impl<E: KvEngine> SliceStore<E> {
     pub fn begin_restore(&self) -> Result<()> {
         let _guard = self.apply_lock.lock();
         // Held writes are of commands the snapshot already contains.
-        *self.deferred.lock() = Deferred::default();
-        self.has_deferred
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.drop_held();
         self.restoring
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut b = WriteBatch::default();
@@ -1444,7 +1463,10 @@ impl<E: KvEngine> SliceStore<E> {
         }
         b.delete_range(start.to_vec(), end);
         self.engine.write(b, true)?;
-        tracing::info!(batches = logged.len(), "wrote the slices of logged ingest batches");
+        tracing::info!(
+            batches = logged.len(),
+            "wrote the slices of logged ingest batches"
+        );
         Ok(())
     }
 
@@ -1500,7 +1522,7 @@ impl<E: KvEngine> SliceStore<E> {
         r
     }
 
-    /// Sets how many events' slices a replicated store holds before writing
+    /// Sets how many events' slices a store holds before writing
     /// them (see [`Deferred`]); 0 writes every command's slices at once.
     /// Anything held now is written first.
     pub fn set_defer_events(&self, events: usize) -> Result<()> {
@@ -1515,8 +1537,12 @@ impl<E: KvEngine> SliceStore<E> {
     /// is about to be deleted (its shard moved away).
     pub fn discard_deferred(&self) {
         let _guard = self.apply_lock.lock();
-        let mut d = self.deferred.lock();
-        *d = Deferred::default();
+        self.drop_held();
+    }
+
+    /// Forgets what [`Deferred`] holds (the caller holds the apply lock).
+    fn drop_held(&self) {
+        *self.deferred.lock() = Deferred::default();
         self.has_deferred
             .store(false, std::sync::atomic::Ordering::Release);
     }
@@ -1538,11 +1564,7 @@ impl<E: KvEngine> SliceStore<E> {
         let mut slices = Slices::default();
         slices.places.reserve(events.len());
         for &(id, hour, cell, addr, src) in events {
-            slices.hours.entry(hour).or_default().insert(id);
-            let hour_of_day = hour.rem_euclid(24) as u8;
-            slices
-                .places
-                .push((id, hour.div_euclid(24), (hour_of_day, cell, addr, src)));
+            slices.add_place(id, hour, cell, addr, src);
         }
         self.write_slices(batch, slices, events.len() as u64, None)
     }
@@ -1556,12 +1578,7 @@ impl<E: KvEngine> SliceStore<E> {
         let mut slices = Slices::default();
         slices.cells.reserve(events.len());
         for &(id, hour, cell, addr) in events {
-            let day = hour.div_euclid(24);
-            let bit = 1u32 << hour.rem_euclid(24);
-            slices.cells.push((day, cell, id, bit));
-            if addr != 0 {
-                slices.addrs.push((day, addr, id, bit));
-            }
+            slices.add_cell(id, hour, cell, addr);
         }
         self.write_slices(batch, slices, events.len() as u64, None)
     }
@@ -2170,7 +2187,10 @@ impl<E: KvEngine> SliceStore<E> {
         let (held_first, held_last) = {
             let d = self.deferred.lock();
             let hours = &d.slices.hours;
-            (hours.keys().next().copied(), hours.keys().next_back().copied())
+            (
+                hours.keys().next().copied(),
+                hours.keys().next_back().copied(),
+            )
         };
         let start = [keys::HOUR_SLICE];
         let end = keys::prefix_end(&start);
@@ -2224,20 +2244,21 @@ impl<E: KvEngine> SliceStore<E> {
         }
         let mut places = 0u64;
         let start = [keys::PERSON];
-        self.settled()?.scan(
-            &start,
-            &keys::prefix_end(&start),
-            &mut |k, v| match codec::decode_places(k, v) {
-                Ok(p) => {
-                    places += p.len() as u64;
-                    true
-                }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            },
-        )?;
+        self.settled()?
+            .scan(
+                &start,
+                &keys::prefix_end(&start),
+                &mut |k, v| match codec::decode_places(k, v) {
+                    Ok(p) => {
+                        places += p.len() as u64;
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                },
+            )?;
         err.map_or(Ok((postings, places)), Err)
     }
 }

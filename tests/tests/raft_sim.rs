@@ -268,6 +268,22 @@ fn batch(first_person: u64, n: u64, hour: i64) -> Command {
     )
 }
 
+/// A new engine holding every key `scan` visits: a store's disk after a
+/// power loss.
+fn engine_of(
+    scan: &mut dyn FnMut(&mut dyn FnMut(&[u8], &[u8]) -> bool) -> hourcell_storage::Result<()>,
+) -> MemEngine {
+    let engine = MemEngine::new();
+    let mut b = hourcell_storage::WriteBatch::default();
+    scan(&mut |k, v| {
+        b.put(k.to_vec(), v.to_vec());
+        true
+    })
+    .unwrap();
+    engine.write(b, true).unwrap();
+    engine
+}
+
 fn has_person(s: &SliceStore<MemEngine>, p: u64) -> bool {
     s.internal_id(p).is_some()
 }
@@ -644,15 +660,7 @@ fn a_store_behind_its_apply_index_replays_the_log() {
         "the raft log keeps its apply index"
     );
     // The store as a power loss would leave it: only what the image holds.
-    let engine = MemEngine::new();
-    let mut b = hourcell_storage::WriteBatch::default();
-    image
-        .scan(&[0x00], &[0xff; 16], &mut |k, v| {
-            b.put(k.to_vec(), v.to_vec());
-            true
-        })
-        .unwrap();
-    engine.write(b, true).unwrap();
+    let engine = engine_of(&mut |f| image.scan(&[0x00], &[0xff; 16], f));
     let store = Arc::new(SliceStore::open(engine, None).unwrap());
     assert_eq!(store.durable_applied().unwrap(), Some(held));
     assert!(!has_person(&store, 500_124));
@@ -686,7 +694,12 @@ fn a_store_that_never_wrote_its_held_applies_replays_the_whole_log() {
     // (a read would write what it holds).
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        let st = c.replicas[2].handle.as_ref().unwrap().status(GROUP).unwrap();
+        let st = c.replicas[2]
+            .handle
+            .as_ref()
+            .unwrap()
+            .status(GROUP)
+            .unwrap();
         if st.applied >= 9 && st.applied == st.commit {
             break;
         }
@@ -696,26 +709,23 @@ fn a_store_that_never_wrote_its_held_applies_replays_the_whole_log() {
     let net = c.net.clone();
     c.replicas[2].stop(&net);
     // Power loss: the engine keeps what was written, memory is gone.
-    let engine = MemEngine::new();
-    let mut b = hourcell_storage::WriteBatch::default();
-    c.replicas[2]
-        .store
-        .engine()
-        .scan(&[0x00], &[0xff; 16], &mut |k, v| {
-            b.put(k.to_vec(), v.to_vec());
-            true
-        })
-        .unwrap();
-    engine.write(b, true).unwrap();
+    let old = c.replicas[2].store.clone();
+    let engine = engine_of(&mut |f| old.engine().scan(&[0x00], &[0xff; 16], f));
     let store = Arc::new(SliceStore::open(engine, None).unwrap());
-    assert_eq!(store.durable_applied().unwrap(), None, "nothing was written");
+    assert_eq!(
+        store.durable_applied().unwrap(),
+        None,
+        "nothing was written"
+    );
     assert!(!has_person(&store, 600_000));
     c.replicas[2].store = store;
     c.replicas[2].start(&net);
     c.converged(Duration::from_secs(10));
     let s = &c.replicas[2].store;
     for p in [600_000u64, 600_014, 600_024] {
-        let id = s.internal_id(p).unwrap_or_else(|| panic!("replayed store misses {p}"));
+        let id = s
+            .internal_id(p)
+            .unwrap_or_else(|| panic!("replayed store misses {p}"));
         assert_eq!(s.person_hours(id, 0, 2_000).unwrap().len(), 1, "person {p}");
     }
 }
