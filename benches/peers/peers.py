@@ -443,6 +443,84 @@ def run_queries(res, P, who_circle, who_rect, where, occ, nas):
         print("  %-7s p50 %8.2f ms  p99 %8.2f ms  (%.0f s)" % (name, l["p50"], l["p99"], time.time() - t0), flush=True)
 
 
+def cmd_floor(a):
+    """What every hourcell answer pays before query work, measured through
+    the same Python client the comparison uses, on a node already loaded by
+    `run.sh --keep`: (1) a unary round trip that does almost nothing
+    (occupancy of one address); (2) who-was-at with the comparison's circles
+    and windows moved to a place with no data (covering, one synced audit
+    record, an empty stream; no ids); (3) append + fdatasync of an audit-
+    sized record on the data directory's disk; (4) decoding an answer of the
+    circle's mean size in Python. Prints p50/p90/p99 of each."""
+    P = load(a.params)
+    grpc, pb, rpc = grpc_stubs(a.gen)
+    ch = grpc.insecure_channel(a.listen, options=[("grpc.max_receive_message_length", 256 << 20)])
+    q = rpc.QueryStub(ch)
+    as_of = P["as_of"]
+
+    def win(f, t):
+        return pb.Window(**{"from": f, "to": t, "as_of": as_of})
+
+    def occ(x):
+        reg = pb.Region(addresses=pb.AddressList(codes=[x["address"]]))
+        q.Occupancy(pb.OccupancyRequest(region=reg, window=win(x["from"], x["to"])))
+
+    def who(x):
+        reg = pb.Region(circle=pb.Circle(lat=x["lat"], lng=x["lng"], radius_m=x["r"]))
+        ps = []
+        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
+            ps.extend(m.persons)
+        return ps
+
+    # The same circles, 40 S 100 W: open ocean, nobody there.
+    empty = [dict(x, lat=-40.0, lng=-100.0) for x in P["circle"]]
+    sizes = [len(who(x)) for x in P["circle"]]
+    assert all(len(who(x)) == 0 for x in empty[:5]), "the empty place is not empty"
+
+    def dist(fn, params):
+        lat = []
+        for _ in range(a.rounds):
+            for x in params:
+                t0 = time.perf_counter()
+                fn(x)
+                lat.append((time.perf_counter() - t0) * 1000)
+        return lat
+
+    def line(name, lat):
+        print("| %s | %d | %.3f ms | %.3f ms | %.3f ms |" % (name, len(lat), pct(lat, 50), pct(lat, 90), pct(lat, 99)))
+
+    print("| what | samples | p50 | p90 | p99 |")
+    print("|---|---:|---:|---:|---:|")
+    line("occupancy of one address (unary round trip)", dist(occ, P["occ"]))
+    line("who-was-at, the circles moved to an empty place", dist(who, empty))
+    line("who-was-at, the comparison's circles", dist(who, P["circle"]))
+    probe = os.path.join(a.data, "floor-probe")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        lat = []
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            os.write(fd, b"a" * 300)
+            os.fdatasync(fd)
+            lat.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    line("append 300 bytes + fdatasync on the data disk", lat)
+    mean = round(sum(sizes) / len(sizes))
+    rnd = random.Random(1)
+    body = pb.WhoWasAtResponse(persons=sorted(rnd.sample(range(1, 10 * mean + 1), mean))).SerializeToString()
+    lat = []
+    for _ in range(2000):
+        t0 = time.perf_counter()
+        m = pb.WhoWasAtResponse()
+        m.ParseFromString(body)
+        ps = []
+        ps.extend(m.persons)
+        lat.append((time.perf_counter() - t0) * 1000)
+    line("Python: decode an answer of %d persons (%d bytes)" % (mean, len(body)), lat)
+
+
 # ----------------------------------------------------------- postgres
 
 PG_WHO = "SELECT DISTINCT person FROM events WHERE cell = ANY(%s) AND hour >= %s AND hour < %s"
@@ -857,6 +935,10 @@ def main():
     s.add_argument("--pid", type=int, required=True)
     s.add_argument("--batch", type=int, default=20000)
     s.add_argument("--cli-checks", type=int, default=5)
+    s = sub.add_parser("floor")
+    for k in ("--params", "--gen", "--listen", "--data"):
+        s.add_argument(k, required=True)
+    s.add_argument("--rounds", type=int, default=20)
     s = sub.add_parser("postgres")
     for k in ("--town", "--prep", "--params", "--schema", "--pgdata", "--out"):
         s.add_argument(k, required=True)
