@@ -326,6 +326,43 @@ def grpc_stubs(gen_dir):
     return grpc, pb, rpc
 
 
+def hourcell_queries(pb, q, as_of):
+    """The comparison's five queries as calls on a QueryStub `q`."""
+    def win(f, t):
+        return pb.Window(**{"from": f, "to": t, "as_of": as_of})
+
+    def who_circle(x):
+        reg = pb.Region(circle=pb.Circle(lat=x["lat"], lng=x["lng"], radius_m=x["r"]))
+        ps = []
+        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
+            ps.extend(m.persons)
+        return ps
+
+    def who_rect(x):
+        reg = pb.Region(rect=pb.Rect(lat_lo=x["lat1"], lng_lo=x["lng1"], lat_hi=x["lat2"], lng_hi=x["lng2"]))
+        ps = []
+        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
+            ps.extend(m.persons)
+        return ps
+
+    def where(x):
+        r = q.WhereWas(pb.WhereWasRequest(person=x["person"], window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE))
+        return norm_where([(h.hour, list(h.cells), list(h.addresses), list(h.sources)) for h in r.hours])
+
+    def occ(x):
+        reg = pb.Region(addresses=pb.AddressList(codes=[x["address"]]))
+        r = q.Occupancy(pb.OccupancyRequest(region=reg, window=win(x["from"], x["to"])))
+        return {"distinct": r.distinct, "hours": [[h.hour, h.distinct] for h in r.hours]}
+
+    def nas(x):
+        out = []
+        for m in q.NoActivitySince(pb.NoActivitySinceRequest(since=x["since"], as_of=as_of, purpose=PURPOSE, case_ref=CASE)):
+            out.extend([p.person, p.last_seen if p.HasField("last_seen") else None] for p in m.persons)
+        return out
+
+    return who_circle, who_rect, where, occ, nas
+
+
 def cmd_hourcell(a):
     P = load(a.params)
     as_of = P["as_of"]
@@ -360,38 +397,7 @@ def cmd_hourcell(a):
     res["compact_rpc"] = {"before": cr.disk_bytes_before, "after": cr.disk_bytes_after}
     q = rpc.QueryStub(ch)
 
-    def win(f, t):
-        return pb.Window(**{"from": f, "to": t, "as_of": as_of})
-
-    def who_circle(x):
-        reg = pb.Region(circle=pb.Circle(lat=x["lat"], lng=x["lng"], radius_m=x["r"]))
-        ps = []
-        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
-            ps.extend(m.persons)
-        return ps
-
-    def who_rect(x):
-        reg = pb.Region(rect=pb.Rect(lat_lo=x["lat1"], lng_lo=x["lng1"], lat_hi=x["lat2"], lng_hi=x["lng2"]))
-        ps = []
-        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
-            ps.extend(m.persons)
-        return ps
-
-    def where(x):
-        r = q.WhereWas(pb.WhereWasRequest(person=x["person"], window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE))
-        return norm_where([(h.hour, list(h.cells), list(h.addresses), list(h.sources)) for h in r.hours])
-
-    def occ(x):
-        reg = pb.Region(addresses=pb.AddressList(codes=[x["address"]]))
-        r = q.Occupancy(pb.OccupancyRequest(region=reg, window=win(x["from"], x["to"])))
-        return {"distinct": r.distinct, "hours": [[h.hour, h.distinct] for h in r.hours]}
-
-    def nas(x):
-        out = []
-        for m in q.NoActivitySince(pb.NoActivitySinceRequest(since=x["since"], as_of=as_of, purpose=PURPOSE, case_ref=CASE)):
-            out.extend([p.person, p.last_seen if p.HasField("last_seen") else None] for p in m.persons)
-        return out
-
+    who_circle, who_rect, where, occ, nas = hourcell_queries(pb, q, as_of)
     run_queries(res, P, who_circle, who_rect, where, occ, nas)
 
     # the CLI's JSON must say the same as gRPC (first few parameters)
@@ -458,19 +464,7 @@ def cmd_floor(a):
     q = rpc.QueryStub(ch)
     as_of = P["as_of"]
 
-    def win(f, t):
-        return pb.Window(**{"from": f, "to": t, "as_of": as_of})
-
-    def occ(x):
-        reg = pb.Region(addresses=pb.AddressList(codes=[x["address"]]))
-        q.Occupancy(pb.OccupancyRequest(region=reg, window=win(x["from"], x["to"])))
-
-    def who(x):
-        reg = pb.Region(circle=pb.Circle(lat=x["lat"], lng=x["lng"], radius_m=x["r"]))
-        ps = []
-        for m in q.WhoWasAt(pb.WhoWasAtRequest(region=reg, window=win(x["from"], x["to"]), purpose=PURPOSE, case_ref=CASE)):
-            ps.extend(m.persons)
-        return ps
+    who, _, _, occ, _ = hourcell_queries(pb, q, as_of)
 
     # The same circles, 40 S 100 W: open ocean, nobody there.
     empty = [dict(x, lat=-40.0, lng=-100.0) for x in P["circle"]]
