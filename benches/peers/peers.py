@@ -453,7 +453,8 @@ def cmd_floor(a):
     """What every hourcell answer pays before query work, measured through
     the same Python client the comparison uses, on a node already loaded by
     `run.sh --keep`: (1) a unary round trip that does almost nothing
-    (occupancy of one address); (2) who-was-at with the comparison's circles
+    (occupancy of one address); (1b) where-was of a person with no events
+    (unary, one synced audit record); (2) who-was-at with the comparison's circles
     and windows moved to a place with no data (covering, one synced audit
     record, an empty stream; no ids); (3) append + fdatasync of an audit-
     sized record on the data directory's disk; (4) decoding an answer of the
@@ -464,7 +465,7 @@ def cmd_floor(a):
     q = rpc.QueryStub(ch)
     as_of = P["as_of"]
 
-    who, _, _, occ, _ = hourcell_queries(pb, q, as_of)
+    who, _, where, occ, _ = hourcell_queries(pb, q, as_of)
 
     # The same circles, 40 S 100 W: open ocean, nobody there.
     empty = [dict(x, lat=-40.0, lng=-100.0) for x in P["circle"]]
@@ -486,6 +487,10 @@ def cmd_floor(a):
     print("| what | samples | p50 | p90 | p99 |")
     print("|---|---:|---:|---:|---:|")
     line("occupancy of one address (unary round trip)", dist(occ, P["occ"]))
+    # A person id the town never uses: a unary answer, audited, empty.
+    nobody = [dict(x, person=999_999_999) for x in P["where"]]
+    assert not where(nobody[0]), "person 999999999 has events"
+    line("where-was of a person with no events (unary, audited)", dist(where, nobody))
     line("who-was-at, the circles moved to an empty place", dist(who, empty))
     line("who-was-at, the comparison's circles", dist(who, P["circle"]))
     probe = os.path.join(a.data, "floor-probe")
