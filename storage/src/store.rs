@@ -1801,30 +1801,26 @@ impl<E: KvEngine> SliceStore<E> {
 
     /// External ids of internal ids, ascending.
     pub fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
-        let st = self.state.read_recursive();
-        let mut out: Vec<u64> = ids
-            .iter()
-            .filter_map(|&id| {
-                let ext = st.int_to_ext.get(id as usize).copied()?;
-                (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
-            })
-            .collect();
-        drop(st);
-        out.sort_unstable();
-        out
+        self.externals_sorted(ids.iter().copied(), ids.len())
     }
 
     /// External ids of a bitmap of internal ids, ascending.
     pub fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
-        let st = self.state.read_recursive();
-        let mut out: Vec<u64> = b
-            .iter()
-            .filter_map(|id| {
+        self.externals_sorted(b.iter(), b.len() as usize)
+    }
+
+    /// The external ids of `ids` (about `n` of them) that this store
+    /// knows, ascending.
+    fn externals_sorted(&self, ids: impl Iterator<Item = u32>, n: usize) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::with_capacity(n);
+        {
+            let st = self.state.read_recursive();
+            out.extend(ids.filter_map(|id| {
                 let ext = st.int_to_ext.get(id as usize).copied()?;
                 (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
-            })
-            .collect();
-        out.sort_unstable();
+            }));
+        }
+        crate::radix::sort_u64(&mut out);
         out
     }
 
