@@ -26,8 +26,8 @@ pub fn sort_u64(v: &mut Vec<u64>) {
 
 /// Sorts `v` ascending and drops repeats; the same result as
 /// `sort_unstable` then `dedup`. Ids that span no more than 256 times
-/// their count (internal ids: dense from 0) go through a bitset: one bit
-/// set per id, then one scan of the words.
+/// their count (internal ids: dense from 0), and fewer than 2^28, go
+/// through a bitset: one bit set per id, then one scan of the words.
 pub fn sort_dedup_u32(v: &mut Vec<u32>) {
     let n = v.len();
     if n <= SMALL {
@@ -39,7 +39,8 @@ pub fn sort_dedup_u32(v: &mut Vec<u32>) {
         .iter()
         .fold((u32::MAX, 0), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     let words = ((hi - lo) / 64) as usize + 1;
-    if words > 4 * n {
+    // At most 32 bytes of bitset per id, and never more than 32 MiB.
+    if words > 4 * n || words > MAX_BITSET_WORDS {
         sort_u32(v);
         v.dedup();
         return;
@@ -59,6 +60,10 @@ pub fn sort_dedup_u32(v: &mut Vec<u32>) {
         }
     }
 }
+
+/// The largest bitset [`sort_dedup_u32`] builds: 2^22 words (32 MiB), ids
+/// spanning 268 million.
+const MAX_BITSET_WORDS: usize = 1 << 22;
 
 /// Below this length a comparison sort is cheaper than the bucket pass.
 const SMALL: usize = 64;
