@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use hourcell_cluster::town::{Town, TownConfig};
+use hourcell_town::{Town, TownConfig};
 use hourcell_query::validate::{check_addresses, check_registrations, place_events, RawEvent};
 use hourcell_query::{QueryEngine, Region};
 use hourcell_storage::cell::cell_at;

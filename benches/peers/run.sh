@@ -87,7 +87,7 @@ if [ -z "$HOURCELL" ]; then
   if [ -x "$REPO/target/release/hourcell" ]; then HOURCELL="$REPO/target/release/hourcell"
   else
     log "building hourcell (release)"
-    (cd "$REPO" && cargo build --release -p hourcell-cluster --bin hourcell)
+    (cd "$REPO" && cargo build --release -p hourcell-cli --bin hourcell)
     HOURCELL="$REPO/target/release/hourcell"
   fi
 fi

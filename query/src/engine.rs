@@ -1,4 +1,4 @@
-//! The four queries, planned over a [`SliceSource`].
+//! The four queries, planned over a [`Catalog`] and a [`SliceReader`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use roaring::RoaringBitmap;
 
 use crate::error::{QueryError, Result};
 use crate::region::{Region, SpatialPlan};
-use crate::source::SliceSource;
+use crate::source::{Catalog, SliceReader, SliceSource};
 use crate::time::{format_time, hour_ceil, hour_floor, Window};
 
 /// The window's hours grouped by UTC day: `(day, mask)` with bit `h` set
@@ -81,25 +81,34 @@ enum Resolved {
     Addresses(Vec<u32>),
 }
 
-pub struct QueryEngine<S: SliceSource + ?Sized> {
-    source: Arc<S>,
+/// The four queries over a catalog (names → ids) and a slice reader.
+#[derive(Clone)]
+pub struct QueryEngine {
+    catalog: Arc<dyn Catalog>,
+    slices: Arc<dyn SliceReader>,
 }
 
-impl<S: SliceSource + ?Sized> Clone for QueryEngine<S> {
-    fn clone(&self) -> Self {
+impl QueryEngine {
+    /// Queries over one store that holds both (a single node's).
+    pub fn new<S: SliceSource + 'static>(source: Arc<S>) -> Self {
         Self {
-            source: self.source.clone(),
+            catalog: source.clone(),
+            slices: source,
         }
     }
-}
 
-impl<S: SliceSource + ?Sized> QueryEngine<S> {
-    pub fn new(source: Arc<S>) -> Self {
-        Self { source }
+    /// Queries whose names resolve in `catalog` and whose slices come from
+    /// `slices` (a sharded cluster: the metadata store and the shards).
+    pub fn with_parts(catalog: Arc<dyn Catalog>, slices: Arc<dyn SliceReader>) -> Self {
+        Self { catalog, slices }
     }
 
-    pub fn source(&self) -> &S {
-        &self.source
+    pub fn catalog(&self) -> &dyn Catalog {
+        self.catalog.as_ref()
+    }
+
+    pub fn slices(&self) -> &dyn SliceReader {
+        self.slices.as_ref()
     }
 
     fn resolve(&self, region: &Region, field: &'static str) -> Result<Resolved> {
@@ -108,7 +117,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
             Region::Addresses(codes) => {
                 let mut ids = Vec::with_capacity(codes.len());
                 for c in codes {
-                    match self.source.address(c) {
+                    match self.catalog.address(c) {
                         Some(a) => ids.push(a.id),
                         None => return Err(QueryError::invalid(field, c, "unknown address code")),
                     }
@@ -118,16 +127,16 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
                 Ok(Resolved::Addresses(ids))
             }
             Region::Area(a) => {
-                if !self.source.area_exists(a) {
+                if !self.catalog.area_exists(a) {
                     return Err(QueryError::invalid(field, a, "unknown area code"));
                 }
-                let mut ids = self.source.area_addresses(a);
+                let mut ids = self.catalog.area_addresses(a);
                 ids.sort_unstable();
                 ids.dedup();
                 Ok(Resolved::Addresses(ids))
             }
             _ => Ok(Resolved::Spatial(
-                SpatialPlan::new(region, self.source.slice_level()).expect("spatial region"),
+                SpatialPlan::new(region, self.catalog.slice_level()).expect("spatial region"),
             )),
         }
     }
@@ -144,7 +153,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
     ) -> Result<()> {
         match r {
             Resolved::Spatial(plan) => {
-                self.source.cell_days_in(
+                self.slices.cell_days_in(
                     day,
                     &plan.ranges,
                     &mut |c| plan.matches(c),
@@ -157,7 +166,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
             }
             Resolved::Addresses(ids) => {
                 for &id in ids {
-                    if let Some(set) = self.source.address_day(day, id)? {
+                    if let Some(set) = self.slices.address_day(day, id)? {
                         for &(pid, m) in &set {
                             f(pid, m);
                         }
@@ -209,7 +218,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         let mut acc = RoaringBitmap::new();
         match scope {
             None => self
-                .source
+                .slices
                 .hour_slices(from_hour, to_hour, &mut |_, b| acc |= b)?,
             Some(regions) => {
                 let w = Window {
@@ -249,12 +258,12 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
                 Resolved::Addresses(ids) => entries.iter().any(|e| {
                     e.address
                         .as_deref()
-                        .and_then(|c| self.source.address(c))
+                        .and_then(|c| self.catalog.address(c))
                         .is_some_and(|a| ids.binary_search(&a.id).is_ok())
                 }),
             }),
         };
-        self.source.last_active_before(id, before, &mut keep)
+        self.slices.last_active_before(id, before, &mut keep)
     }
 
     /// Persons with at least one event in the window whose slice cell
@@ -275,7 +284,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         hourcell_storage::radix::sort_dedup_u32(&mut ids);
         Ok(WhoWasAtAnswer {
             window: w,
-            persons: self.source.external_ids_of(&ids),
+            persons: self.catalog.external_ids_of(&ids),
         })
     }
 
@@ -290,7 +299,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
             ));
         }
         let w = Window::new(from, to, as_of)?;
-        let rows = self.source.person_hours(person, w.from_hour, w.to_hour)?;
+        let rows = self.slices.person_hours(person, w.from_hour, w.to_hour)?;
         let hours = rows
             .into_iter()
             .map(|(hour, entries)| {
@@ -398,20 +407,20 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         let active = match &local {
             None => {
                 let mut acc = RoaringBitmap::new();
-                self.source
+                self.slices
                     .hour_slices(w.from_hour, w.to_hour, &mut |_, b| acc |= b)?;
                 acc
             }
             Some(r) => self.window_bitmap(r, &w)?,
         };
 
-        let level = self.source.slice_level();
+        let level = self.catalog.slice_level();
         let scope_ids: Option<HashSet<u32>> = match &scope {
             Some(Resolved::Addresses(ids)) => Some(ids.iter().copied().collect()),
             _ => None,
         };
         let mut candidates: Vec<(u64, Option<u32>)> = Vec::new();
-        self.source
+        self.catalog
             .for_each_registration(scope.is_some(), &mut |reg, addr, id| {
                 if !reg.valid_at(as_of) {
                     return;
@@ -443,7 +452,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         if local.is_none() {
             let mut pending: RoaringBitmap = candidates.iter().filter_map(|c| c.1).collect();
             if !pending.is_empty() {
-                self.source.hour_slices_rev(w.from_hour, &mut |h, b| {
+                self.slices.hour_slices_rev(w.from_hour, &mut |h, b| {
                     let seen = &pending & &b;
                     for id in &seen {
                         last_seen.insert(id, h);
@@ -467,11 +476,11 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
                         Some(Resolved::Addresses(ids)) => entries.iter().any(|e| {
                             e.address
                                 .as_deref()
-                                .and_then(|c| self.source.address(c))
+                                .and_then(|c| self.catalog.address(c))
                                 .is_some_and(|a| ids.binary_search(&a.id).is_ok())
                         }),
                     };
-                    self.source.last_active_before(id, w.from_hour, &mut keep)?
+                    self.slices.last_active_before(id, w.from_hour, &mut keep)?
                 }
             };
             persons.push(Inactive {

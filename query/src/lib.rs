@@ -1,9 +1,11 @@
 //! hourcell query: validation, regions, windows and the four queries.
 //!
 //! Main types:
-//! - [`SliceSource`]: what the planner reads. The single-node store
-//!   implements it directly; a cluster implements it by fanning out to
-//!   shards, so this crate never needs the network to be tested.
+//! - [`SliceReader`] and [`Catalog`]: what the planner reads (slices, and
+//!   the names they are resolved with). The single-node store is both
+//!   ([`SliceSource`]); a cluster reads slices by fanning out to shards
+//!   over the metadata store's catalog, so this crate never needs the
+//!   network to be tested.
 //! - [`QueryEngine`]: who-was-at, where-was, occupancy and
 //!   no-activity-since with exact, documented semantics.
 //! - [`Region`], [`Window`]: the inputs, validated with errors that name the
@@ -32,5 +34,5 @@ pub use error::{QueryError, Result};
 pub use region::Region;
 pub use rules::{Evaluation, Nights, RuleConfig};
 pub use sharded::{CellShards, ShardedSource};
-pub use source::SliceSource;
+pub use source::{Catalog, SliceReader, SliceSource};
 pub use time::Window;

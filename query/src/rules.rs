@@ -21,7 +21,7 @@
 //! nights in halves), so a score exactly at the threshold is never lost to
 //! floating-point rounding.
 //!
-//! The rules read only through [`QueryEngine`] and its [`SliceSource`]; they
+//! The rules read only through [`QueryEngine`], its [`Catalog`] and slices; they
 //! keep no copy of the data. They produce [`TaskDraft`]s; storing them (and
 //! not raising the same task twice) is the store's `RaiseTasks` command.
 
@@ -35,7 +35,7 @@ use hourcell_storage::{
 use crate::engine::QueryEngine;
 use crate::error::{QueryError, Result};
 use crate::region::Region;
-use crate::source::SliceSource;
+use crate::source::Catalog;
 use crate::time::hour_floor;
 
 /// Rule settings. Defaults are the ones the product specifies.
@@ -239,7 +239,7 @@ struct AddressBook {
 }
 
 impl AddressBook {
-    fn load<S: SliceSource + ?Sized>(source: &S) -> Self {
+    fn load(source: &dyn Catalog) -> Self {
         let level = source.slice_level();
         let mut all: Vec<(u32, String, String, u64)> = Vec::new();
         source.for_each_address(&mut |a: &AddressRecord| {
@@ -371,13 +371,13 @@ fn best_address(
     best
 }
 
-impl<S: SliceSource + ?Sized> QueryEngine<S> {
+impl QueryEngine {
     /// Runs both rules at `now` and returns the tasks they call for (the
     /// caller stores them; the store skips subjects that already have an
     /// open task or were rejected recently).
     pub fn evaluate_rules(&self, cfg: &RuleConfig, now: i64) -> Result<Evaluation> {
         let c = cfg.compiled()?;
-        let source = self.source();
+        let source = self.catalog();
         let book = AddressBook::load(source);
         let labels = source.source_labels();
         let weight: Vec<i64> = labels
@@ -410,7 +410,7 @@ impl<S: SliceSource + ?Sized> QueryEngine<S> {
         let mut persons_scored = 0u64;
         let mut p = PersonNights::default();
         let mut err = None;
-        source.scan_person_days(
+        self.slices().scan_person_days(
             nights.first_hour().div_euclid(24),
             now_hour.div_euclid(24) + 1,
             &mut |id, places: &[PlaceIds]| {

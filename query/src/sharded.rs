@@ -1,8 +1,8 @@
-//! [`ShardedSource`]: one [`SliceSource`] over the stores of a sharded
+//! [`ShardedSource`]: one [`SliceReader`] over the stores of a sharded
 //! cluster (see `hourcell_storage::shard`). The query engine and the rules
-//! run on it unchanged.
+//! run on it unchanged, with the metadata store as their [`Catalog`]
+//! (dictionaries, addresses and the registry).
 //!
-//! - Dictionaries, addresses and the registry come from the metadata store.
 //! - Cell slices of a day: every cell shard of the day's week is asked
 //!   (cells are placed by hash, so any shard may hold part of a range); the
 //!   engine folds ids into a bitmap, so the order does not matter.
@@ -17,20 +17,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hourcell_storage::shard::{week_of_day, Layout};
-use hourcell_storage::{AddressRecord, DaySet, PlaceEntry, PlaceIds, RegistrationRecord};
+use hourcell_storage::{DaySet, PlaceEntry, PlaceIds};
 use roaring::RoaringBitmap;
 
 use crate::error::Result;
-use crate::source::SliceSource;
+use crate::source::{Catalog, SliceReader};
 
 /// The cell shards of a week (none if the week has no partition).
-pub type CellShards = Arc<dyn Fn(i64) -> Vec<Arc<dyn SliceSource>> + Send + Sync>;
+pub type CellShards = Arc<dyn Fn(i64) -> Vec<Arc<dyn SliceReader>> + Send + Sync>;
 
 pub struct ShardedSource {
     layout: Layout,
-    meta: Arc<dyn SliceSource>,
+    meta: Arc<dyn Catalog>,
     cells: CellShards,
-    persons: Vec<Arc<dyn SliceSource>>,
+    persons: Vec<Arc<dyn SliceReader>>,
 }
 
 /// Hours read per step when walking the hour slices backwards.
@@ -41,9 +41,9 @@ impl ShardedSource {
     /// person shard `i` of `layout`.
     pub fn new(
         layout: Layout,
-        meta: Arc<dyn SliceSource>,
+        meta: Arc<dyn Catalog>,
         cells: CellShards,
-        persons: Vec<Arc<dyn SliceSource>>,
+        persons: Vec<Arc<dyn SliceReader>>,
     ) -> Self {
         assert_eq!(
             persons.len(),
@@ -58,15 +58,12 @@ impl ShardedSource {
         }
     }
 
-    fn person_store(&self, id: u32) -> &Arc<dyn SliceSource> {
+    fn person_store(&self, id: u32) -> &Arc<dyn SliceReader> {
         &self.persons[self.layout.person_shard(id)]
     }
 }
 
-impl SliceSource for ShardedSource {
-    fn slice_level(&self) -> u8 {
-        self.meta.slice_level()
-    }
+impl SliceReader for ShardedSource {
 
     fn cell_days(
         &self,
@@ -184,22 +181,6 @@ impl SliceSource for ShardedSource {
         self.person_store(id).last_active_before(id, before, keep)
     }
 
-    fn internal_id(&self, person: u64) -> Option<u32> {
-        self.meta.internal_id(person)
-    }
-
-    fn external_id(&self, id: u32) -> Option<u64> {
-        self.meta.external_id(id)
-    }
-
-    fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
-        self.meta.external_ids(b)
-    }
-
-    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
-        self.meta.external_ids_of(ids)
-    }
-
     fn scan_person_days(
         &self,
         from_day: i64,
@@ -212,35 +193,4 @@ impl SliceSource for ShardedSource {
         Ok(())
     }
 
-    fn source_labels(&self) -> Vec<String> {
-        self.meta.source_labels()
-    }
-
-    fn for_each_address(&self, f: &mut dyn FnMut(&AddressRecord)) {
-        self.meta.for_each_address(f)
-    }
-
-    fn address(&self, code: &str) -> Option<AddressRecord> {
-        self.meta.address(code)
-    }
-
-    fn address_point(&self, code: &str) -> Option<(u32, f64, f64, u64)> {
-        self.meta.address_point(code)
-    }
-
-    fn area_addresses(&self, area: &str) -> Vec<u32> {
-        self.meta.area_addresses(area)
-    }
-
-    fn area_exists(&self, area: &str) -> bool {
-        self.meta.area_exists(area)
-    }
-
-    fn for_each_registration(
-        &self,
-        with_address: bool,
-        f: &mut dyn FnMut(&RegistrationRecord, Option<&AddressRecord>, Option<u32>),
-    ) {
-        self.meta.for_each_registration(with_address, f)
-    }
 }

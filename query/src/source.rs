@@ -1,5 +1,6 @@
-//! [`SliceSource`]: the reads the planner needs. The single-node store
-//! implements it here; the cluster will implement it by routing to shards.
+//! What the planner reads: slices through [`SliceReader`], names through
+//! [`Catalog`]. A single node's store is both; the node's shard sources
+//! are readers that route, over the metadata store's catalog.
 
 use hourcell_storage::{
     AddressRecord, DaySet, KvEngine, PlaceEntry, PlaceIds, RegistrationRecord, SliceStore,
@@ -13,8 +14,7 @@ use crate::error::Result;
 /// Contract: ids in bitmaps are the internal ids of one shared dictionary
 /// (`external_ids` maps them back); each read sees every write acknowledged
 /// before the read started.
-pub trait SliceSource: Send + Sync {
-    fn slice_level(&self) -> u8;
+pub trait SliceReader: Send + Sync {
     /// Each non-empty cell slice of UTC day `day` with a cell id in
     /// `[lo, hi]`: the cell and its (internal id, hour mask) pairs.
     fn cell_days(
@@ -51,11 +51,6 @@ pub trait SliceSource: Send + Sync {
         before: i64,
         keep: &mut dyn FnMut(&[PlaceEntry]) -> bool,
     ) -> Result<Option<i64>>;
-    fn internal_id(&self, person: u64) -> Option<u32>;
-    fn external_id(&self, id: u32) -> Option<u64>;
-    fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64>;
-    /// External ids of sorted, deduplicated internal ids, ascending.
-    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64>;
     /// Every person's places in UTC days `[from_day, to_day)`, person by
     /// person (`f(internal id, places sorted by hour)`): the bulk read of
     /// the rule layer.
@@ -65,6 +60,18 @@ pub trait SliceSource: Send + Sync {
         to_day: i64,
         f: &mut dyn FnMut(u32, &[PlaceIds]),
     ) -> Result<()>;
+}
+
+/// The metadata a query resolves names with: the person-id dictionary,
+/// source labels, addresses, areas and the registry. In a sharded cluster
+/// it is the metadata group's store; slices come from elsewhere.
+pub trait Catalog: Send + Sync {
+    fn slice_level(&self) -> u8;
+    fn internal_id(&self, person: u64) -> Option<u32>;
+    fn external_id(&self, id: u32) -> Option<u64>;
+    fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64>;
+    /// External ids of sorted, deduplicated internal ids, ascending.
+    fn external_ids_of(&self, ids: &[u32]) -> Vec<u64>;
     /// Source labels by source id.
     fn source_labels(&self) -> Vec<String>;
     /// Calls `f` with every address (unordered).
@@ -86,10 +93,13 @@ pub trait SliceSource: Send + Sync {
     );
 }
 
-impl<E: KvEngine> SliceSource for SliceStore<E> {
-    fn slice_level(&self) -> u8 {
-        SliceStore::slice_level(self)
-    }
+/// A store that holds both its catalog and its slices (a single node's,
+/// or one shard read directly).
+pub trait SliceSource: Catalog + SliceReader {}
+
+impl<T: Catalog + SliceReader + ?Sized> SliceSource for T {}
+
+impl<E: KvEngine> SliceReader for SliceStore<E> {
     fn cell_days(
         &self,
         day: i64,
@@ -141,6 +151,20 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
             keep,
         )?)
     }
+    fn scan_person_days(
+        &self,
+        from_day: i64,
+        to_day: i64,
+        f: &mut dyn FnMut(u32, &[PlaceIds]),
+    ) -> Result<()> {
+        Ok(SliceStore::scan_person_days(self, from_day, to_day, f)?)
+    }
+}
+
+impl<E: KvEngine> Catalog for SliceStore<E> {
+    fn slice_level(&self) -> u8 {
+        SliceStore::slice_level(self)
+    }
     fn internal_id(&self, person: u64) -> Option<u32> {
         SliceStore::internal_id(self, person)
     }
@@ -152,14 +176,6 @@ impl<E: KvEngine> SliceSource for SliceStore<E> {
     }
     fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
         SliceStore::external_ids_of(self, ids)
-    }
-    fn scan_person_days(
-        &self,
-        from_day: i64,
-        to_day: i64,
-        f: &mut dyn FnMut(u32, &[PlaceIds]),
-    ) -> Result<()> {
-        Ok(SliceStore::scan_person_days(self, from_day, to_day, f)?)
     }
     fn source_labels(&self) -> Vec<String> {
         SliceStore::source_labels(self)

@@ -99,10 +99,13 @@ pub fn encode_record(r: &AuditRecord) -> Vec<u8> {
     bincode::serde::encode_to_vec(r, bincode::config::standard()).expect("records always encode")
 }
 
-pub fn decode_record(b: &[u8]) -> Result<AuditRecord, String> {
+pub fn decode_record(b: &[u8]) -> crate::Result<AuditRecord> {
     bincode::serde::decode_from_slice(b, crate::bincode_limits())
         .map(|(r, _)| r)
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::StorageError::Decode {
+            what: "audit record",
+            reason: e.to_string(),
+        })
 }
 
 pub fn hex(b: &[u8]) -> String {

@@ -83,14 +83,7 @@ pub enum Command {
     },
 }
 
-/// Which slices a data shard keeps for the events it is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ShardPart {
-    /// Cell slices and address slices (a spatial shard).
-    Cells,
-    /// The person index and the all-persons hour slices (a person shard).
-    Persons,
-}
+pub use crate::shard::ShardPart;
 
 /// A data shard's part of an ingest batch. `persons`, `sources` and
 /// `addresses` carry the dictionary entries and address records its events
@@ -121,10 +114,13 @@ impl Command {
             .expect("commands always encode")
     }
 
-    pub fn decode(b: &[u8]) -> Result<Self, String> {
+    pub fn decode(b: &[u8]) -> crate::Result<Self> {
         bincode::serde::decode_from_slice(b, crate::bincode_limits())
             .map(|(c, _)| c)
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::StorageError::Decode {
+                what: "command",
+                reason: e.to_string(),
+            })
     }
 }
 

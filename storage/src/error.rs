@@ -13,6 +13,9 @@ pub enum StorageError {
     /// Stored bytes could not be decoded. The node must stop serving.
     #[error("corrupt value under key {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// Bytes from the log or the network that do not decode as `what`.
+    #[error("{what} does not decode: {reason}")]
+    Decode { what: &'static str, reason: String },
     /// The caller asked for something that cannot be done.
     #[error("invalid: {0}")]
     Invalid(String),

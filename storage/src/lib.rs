@@ -28,6 +28,7 @@ pub mod prefixed;
 pub mod radix;
 pub mod rocks;
 pub mod shard;
+pub mod sharding;
 pub mod store;
 pub mod tasks;
 

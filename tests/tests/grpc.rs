@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use hourcell_cluster::config::NodeConfig;
-use hourcell_cluster::node::Node;
-use hourcell_cluster::server;
+use hourcell_node::config::NodeConfig;
+use hourcell_node::node::Node;
+use hourcell_server::server;
 use hourcell_proto::v1;
 use hourcell_proto::v1::admin_client::AdminClient;
 use hourcell_proto::v1::ingest_client::IngestClient;
@@ -39,10 +39,10 @@ async fn start() -> Harness {
     cfg.block_cache_mb = 16;
     cfg.security.insecure = true;
     cfg.security.anonymous_roles = vec!["all".into()];
-    let node = Node::open(&cfg, Arc::new(|| NOW)).unwrap();
+    let node = hourcell_server::open_node(&cfg, Arc::new(|| NOW)).unwrap();
     let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node, listener, async move {
+    tokio::spawn(server::serve(node, cfg.security.clone(), listener, async move {
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}"))

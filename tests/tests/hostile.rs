@@ -3,10 +3,10 @@
 //! never a panic. (Property tests over the public message types; seeded by
 //! proptest, bounded in cases.)
 
-use hourcell_cluster::auth::verify_token;
-use hourcell_cluster::replication::transport::Envelope;
-use hourcell_cluster::service::{audit_from_proto, region_from_proto};
-use hourcell_proto::v1;
+use hourcell_server::auth::verify_token;
+use hourcell_raft::transport::Envelope;
+use hourcell_server::convert::{audit_from_proto, region_from_proto};
+use hourcell_proto::{internal, v1};
 use hourcell_query::validate::{place_events, EventTime, RawEvent};
 use hourcell_storage::{codec, Command, MemEngine, SliceStore};
 use proptest::prelude::*;
@@ -38,8 +38,8 @@ proptest! {
     fn protobuf_requests_decode_or_fail_cleanly(b in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = v1::IngestRequest::decode(&b[..]);
         let _ = v1::WhoWasAtRequest::decode(&b[..]);
-        let _ = v1::RaftBatch::decode(&b[..]);
-        let _ = v1::SnapshotChunk::decode(&b[..]);
+        let _ = internal::RaftBatch::decode(&b[..]);
+        let _ = internal::SnapshotChunk::decode(&b[..]);
         if let Ok(r) = v1::AuditRecord::decode(&b[..]) {
             let _ = audit_from_proto(&r);
         }

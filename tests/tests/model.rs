@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use hourcell_query::validate::{check_addresses, check_registrations, place_events};
-use hourcell_query::{QueryEngine, Region, ShardedSource, SliceSource};
+use hourcell_query::{QueryEngine, Region, ShardedSource, SliceReader};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::shard::Layout;
 use hourcell_storage::{Command, KvEngine, MemEngine, RocksConfig, RocksEngine, SliceStore};
@@ -42,7 +42,7 @@ fn load<E: KvEngine>(engine: E, w: &World, seed: u64) -> Arc<SliceStore<E>> {
 /// The same world in a sharded layout: a metadata store that assigns ids
 /// and `layout`'s data shards, written as a sharded cluster writes them
 /// (ids first, then one part per shard, some parts applied twice).
-fn load_sharded(w: &World, seed: u64, layout: Layout) -> Arc<dyn SliceSource> {
+fn load_sharded(w: &World, seed: u64, layout: Layout) -> QueryEngine {
     use hourcell_storage::shard::ShardId;
     use hourcell_storage::ShardPart;
     use std::collections::HashMap;
@@ -94,7 +94,7 @@ fn load_sharded(w: &World, seed: u64, layout: Layout) -> Arc<dyn SliceSource> {
         }
         i += n;
     }
-    let dyns = |v: Vec<Arc<Store>>| v.into_iter().map(|s| s as Arc<dyn SliceSource>).collect();
+    let dyns = |v: Vec<Arc<Store>>| v.into_iter().map(|s| s as Arc<dyn SliceReader>).collect();
     let cells: hourcell_query::CellShards = Arc::new(move |wk| {
         weeks
             .lock()
@@ -103,7 +103,8 @@ fn load_sharded(w: &World, seed: u64, layout: Layout) -> Arc<dyn SliceSource> {
             .map(|v| dyns(v.clone()))
             .unwrap_or_default()
     });
-    Arc::new(ShardedSource::new(layout, meta, cells, dyns(persons)))
+    let sharded = ShardedSource::new(layout, meta.clone(), cells, dyns(persons));
+    QueryEngine::with_parts(meta, Arc::new(sharded))
 }
 
 fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {
@@ -164,7 +165,7 @@ fn check_world<E: KvEngine>(engine: E, seed: u64, base_hour: i64) {
     check_queries(&w, seed, QueryEngine::new(store));
 }
 
-fn check_queries<S: SliceSource + ?Sized>(w: &World, seed: u64, q: QueryEngine<S>) {
+fn check_queries(w: &World, seed: u64, q: QueryEngine) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let as_of_far = (w.hours.1 + 100) * 3600;
     for _ in 0..12 {
@@ -259,7 +260,7 @@ proptest! {
         let base = if negative { -30 } else { 493_000 };
         let w = World::random(seed, base);
         let layout = Layout::new(cells, persons).unwrap();
-        check_queries(&w, seed, QueryEngine::new(load_sharded(&w, seed, layout)));
+        check_queries(&w, seed, load_sharded(&w, seed, layout));
     }
 }
 

@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hourcell_cluster::replication::transport::{DropRate, Isolate, Partition, SimNetwork};
-use hourcell_cluster::replication::{
-    ConfChange, ConfChangeType, ProposeError, RaftHandle, RaftNode, RaftTiming, StoreMachine,
+use hourcell_raft::transport::{DropRate, Isolate, Partition, SimNetwork};
+use hourcell_node::replication::{
+    ConfChange, ConfChangeType, KvLog, ProposeError, RaftHandle, RaftNode, RaftTiming,
+    StoreMachine,
 };
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::{
@@ -34,7 +35,7 @@ fn timing() -> RaftTiming {
 
 struct Replica {
     id: u64,
-    raft_engine: Arc<MemEngine>,
+    raft_engine: Arc<KvLog<MemEngine>>,
     store: Arc<SliceStore<MemEngine>>,
     handle: Option<RaftHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -48,7 +49,7 @@ impl Replica {
     fn new(id: u64, join: bool) -> Self {
         Replica {
             id,
-            raft_engine: Arc::new(MemEngine::new()),
+            raft_engine: Arc::new(KvLog(Arc::new(MemEngine::new()))),
             store: Arc::new(SliceStore::open(MemEngine::new(), None).unwrap()),
             handle: None,
             thread: None,
@@ -73,7 +74,7 @@ impl Replica {
             Arc::new(StoreMachine::new(self.store.clone())),
         )
         .unwrap();
-        net.register(self.id, &handle);
+        net.register(self.id, handle.inbox(), handle.snapshots());
         self.thread = Some(node.spawn());
         self.handle = Some(handle);
     }
@@ -654,6 +655,7 @@ fn a_store_behind_its_apply_index_replays_the_log() {
     assert!(
         c.replicas[2]
             .raft_engine
+            .0
             .get(&[0x04, 0, 0, 0, 0, 0, 0, 0, 1])
             .unwrap()
             .is_some(),
@@ -730,8 +732,7 @@ fn a_store_that_never_wrote_its_held_applies_replays_the_whole_log() {
     }
 }
 
-#[path = "../common/bodies.rs"]
-mod bodies;
+use hourcell_test_support::bodies;
 
 impl bodies::TestCluster for Cluster {
     fn ids(&self) -> Vec<u64> {
@@ -788,8 +789,8 @@ fn the_shared_body_over_the_simulated_network() {
 /// Counts the messages that cross the simulated network.
 struct Count(Arc<std::sync::atomic::AtomicU64>);
 
-impl hourcell_cluster::replication::transport::Filter for Count {
-    fn allow(&self, _env: &hourcell_cluster::replication::transport::Envelope) -> bool {
+impl hourcell_raft::transport::Filter for Count {
+    fn allow(&self, _env: &hourcell_raft::transport::Envelope) -> bool {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }

@@ -12,9 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use hourcell_cluster::config::NodeConfig;
-use hourcell_cluster::node::Node;
-use hourcell_cluster::town::{GenTruth, Town, TownConfig};
+use hourcell_node::config::NodeConfig;
+use hourcell_node::node::Node;
+use hourcell_town::{GenTruth, Town, TownConfig};
 use hourcell_storage::TaskKind;
 
 /// Nights a newcomer must have lived at home before the evaluation to be
@@ -103,7 +103,7 @@ fn tasks_match_the_towns_ground_truth() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = NodeConfig::new(dir.path().join("node"));
     cfg.block_cache_mb = 64;
-    let node = Node::open(&cfg, Arc::new(move || now)).unwrap();
+    let node = hourcell_server::open_node(&cfg, Arc::new(move || now)).unwrap();
     for chunk in town.raw_addresses().chunks(50_000) {
         assert!(node.put_addresses(chunk).unwrap().1.is_empty());
     }

@@ -6,10 +6,10 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use hourcell_cluster::auth::{issue_token, Claims, Role, Rpc, ALL_ROLES};
-use hourcell_cluster::config::NodeConfig;
-use hourcell_cluster::node::Node;
-use hourcell_cluster::server;
+use hourcell_server::auth::{issue_token, Claims, Role, Rpc, ALL_ROLES};
+use hourcell_node::config::NodeConfig;
+use hourcell_node::node::Node;
+use hourcell_server::server;
 use hourcell_proto::v1;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -50,10 +50,10 @@ async fn start_limited(retention_days: u32, requests_per_sec: u32) -> Harness {
     cfg.security.requests_per_sec = requests_per_sec;
     let clock = Arc::new(AtomicI64::new(T0 + 3 * 86_400));
     let c = clock.clone();
-    let node = Node::open(&cfg, Arc::new(move || c.load(Ordering::SeqCst))).unwrap();
+    let node = hourcell_server::open_node(&cfg, Arc::new(move || c.load(Ordering::SeqCst))).unwrap();
     let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node.clone(), listener, async move {
+    tokio::spawn(server::serve(node.clone(), cfg.security.clone(), listener, async move {
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -556,7 +556,7 @@ async fn person_queries_are_audited_once_with_their_purpose_and_small_counts_sup
     );
     let stored: Vec<_> = records
         .iter()
-        .map(|r| hourcell_cluster::service::audit_from_proto(r).unwrap())
+        .map(|r| hourcell_server::convert::audit_from_proto(r).unwrap())
         .collect();
     assert_eq!(hourcell_storage::audit::verify_chain(&stored), Ok(3));
 

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use hourcell_cluster::config::{ClusterConfig, NodeConfig, PeerConfig};
-use hourcell_cluster::dev::load_town;
-use hourcell_cluster::node::Node;
-use hourcell_cluster::town::{Town, TownConfig};
+use hourcell_node::config::{ClusterConfig, NodeConfig, PeerConfig};
+use hourcell_cli::dev::load_town;
+use hourcell_node::node::Node;
+use hourcell_town::{Town, TownConfig};
 use hourcell_query::Region;
 
 fn config(dir: &std::path::Path, shards: Option<(u32, u32)>, retention_days: u32) -> NodeConfig {
@@ -138,10 +138,10 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     let plain_dir = dir.path().join("plain");
     let sharded_dir = dir.path().join("sharded");
     let town_end = town().end_unix();
-    let clock: hourcell_cluster::node::Clock = Arc::new(move || town_end);
+    let clock: hourcell_node::node::Clock = Arc::new(move || town_end);
 
-    let plain = Node::open(&config(&plain_dir, None, 36_500), clock.clone()).unwrap();
-    let sharded = Node::open(&config(&sharded_dir, Some((4, 3)), 36_500), clock.clone()).unwrap();
+    let plain = hourcell_server::open_node(&config(&plain_dir, None, 36_500), clock.clone()).unwrap();
+    let sharded = hourcell_server::open_node(&config(&sharded_dir, Some((4, 3)), 36_500), clock.clone()).unwrap();
     let (p, s) = (plain.clone(), sharded.clone());
     let (a, b) = tokio::task::spawn_blocking(move || {
         wait_ready(&s);
@@ -186,7 +186,7 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
         let dir = sharded_dir.clone();
         let clock = clock.clone();
         move || {
-            let n = Node::open(&config(&dir, Some((4, 3)), 36_500), clock).unwrap();
+            let n = hourcell_server::open_node(&config(&dir, Some((4, 3)), 36_500), clock).unwrap();
             wait_ready(&n);
             n
         }
@@ -205,12 +205,12 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     sharded.shutdown();
     drop(plain);
     drop(sharded);
-    let plain = Node::open(&config(&plain_dir, None, 2), clock.clone()).unwrap();
+    let plain = hourcell_server::open_node(&config(&plain_dir, None, 2), clock.clone()).unwrap();
     let sharded = tokio::task::spawn_blocking({
         let dir = sharded_dir.clone();
         let clock = clock.clone();
         move || {
-            let n = Node::open(&config(&dir, Some((4, 3)), 2), clock).unwrap();
+            let n = hourcell_server::open_node(&config(&dir, Some((4, 3)), 2), clock).unwrap();
             wait_ready(&n);
             n
         }
@@ -247,7 +247,7 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     let gone = weeks_before[0];
     assert!(!weeks.contains(&gone));
     for i in 0..4 {
-        let g = hourcell_cluster::shards::cell_group(gone, i);
+        let g = hourcell_node::shards::cell_group(gone, i);
         assert!(sh.group_is_empty(g), "group {g} left data behind");
         assert!(sharded.replication().unwrap().handle.status(g).is_none());
     }
@@ -269,7 +269,7 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     drop(sharded);
 
     // The layout is fixed when the cluster is created.
-    let err = Node::open(&config(&sharded_dir, Some((2, 2)), 2), clock.clone())
+    let err = hourcell_server::open_node(&config(&sharded_dir, Some((2, 2)), 2), clock.clone())
         .err()
         .expect("a different layout is refused")
         .to_string();

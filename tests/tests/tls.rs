@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hourcell_cluster::auth::{issue_token, Claims};
-use hourcell_cluster::config::NodeConfig;
-use hourcell_cluster::node::Node;
-use hourcell_cluster::server;
-use hourcell_cluster::tls::{date_time_ymd, init_dir, LocalCa, TlsPaths, LOCAL_CA_NAME};
-use hourcell_proto::v1;
+use hourcell_server::auth::{issue_token, Claims};
+use hourcell_node::config::NodeConfig;
+use hourcell_node::node::Node;
+use hourcell_server::server;
+use hourcell_server::tls::{date_time_ymd, init_dir, LocalCa, TlsPaths, LOCAL_CA_NAME};
+use hourcell_proto::{internal, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
@@ -72,11 +72,11 @@ async fn tls_authenticates_refuses_and_rotates() {
         .cert_roles
         .insert("admin".into(), vec!["all".into()]);
     cfg.validate().unwrap();
-    let node = Node::open(&cfg, Arc::new(|| T0)).unwrap();
+    let node = hourcell_server::open_node(&cfg, Arc::new(|| T0)).unwrap();
     let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let port = addr.port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node, listener, async move {
+    tokio::spawn(server::serve(node, cfg.security.clone(), listener, async move {
         let _ = rx.await;
     }));
 
@@ -224,9 +224,9 @@ async fn shard_routing_accepts_only_node_certificates() {
     cfg.security
         .cert_roles
         .insert("admin".into(), vec!["all".into()]);
-    cfg.cluster = Some(hourcell_cluster::config::ClusterConfig {
+    cfg.cluster = Some(hourcell_node::config::ClusterConfig {
         node_id: 1,
-        peers: vec![hourcell_cluster::config::PeerConfig {
+        peers: vec![hourcell_node::config::PeerConfig {
             id: 1,
             addr: addr.to_string(),
         }],
@@ -237,14 +237,14 @@ async fn shard_routing_accepts_only_node_certificates() {
         replicas: 3,
     });
     cfg.validate().unwrap();
-    let node = Node::open(&cfg, Arc::new(|| T0)).unwrap();
+    let node = hourcell_server::open_node(&cfg, Arc::new(|| T0)).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node, listener, async move {
+    tokio::spawn(server::serve(node, cfg.security.clone(), listener, async move {
         let _ = rx.await;
     }));
     let members = |ch: Channel| async move {
-        v1::shard_client::ShardClient::new(ch)
-            .members(v1::ShardMembersRequest {})
+        internal::shard_client::ShardClient::new(ch)
+            .members(internal::ShardMembersRequest {})
             .await
     };
     let admin = connect(

@@ -1,0 +1,522 @@
+//! Command-line definitions for the `hourcell` binary. Parsing only: every
+//! subcommand hands its arguments to a library function.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hourcell",
+    version,
+    about = "hourcell: hour-by-hour population slices (who was where) on S2 cells and addresses",
+    long_about = "hourcell keeps, for every S2 cell and hour and for every address and hour, \
+the set of pseudonymous persons seen there, plus a per-person index of where each person was. \
+It answers who-was-at, where-was, occupancy and no-activity-since over gRPC.\n\n\
+Start with `hourcell dev`: it starts a node on 127.0.0.1:7420 with a generated demo town \
+and prints queries to try."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a single node for trying hourcell out: on an empty data
+    /// directory it generates and loads a demo town, then prints queries to
+    /// try. Runs until Ctrl-C.
+    Dev(DevArgs),
+    /// Start a production node from a config file (see
+    /// cluster/node.example.toml).
+    Node(NodeArgs),
+    /// Generate a deterministic synthetic town as CSV files.
+    Gen(GenArgs),
+    /// Import addresses, registrations or events from CSV into a node
+    /// (role: ingest).
+    Import(ImportArgs),
+    /// Run a query against a node. occupancy: analyst or investigator
+    /// (analysts see counts below 5 suppressed); who-was-at, where-was,
+    /// no-activity-since: investigator, with --purpose and --case, audited.
+    Query(QueryArgs),
+    /// Show a node's status (role: operator).
+    Status(ServerArg),
+    /// The replicated cluster: nodes, the raft leader, replica health and
+    /// lag; add and remove nodes (role: operator).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Field-staff tasks from the rule layer: run the rules, list, show,
+    /// start, resolve and watch tasks (role: fieldwork; run also operator).
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Load generated data into a node over gRPC and measure ingest and
+    /// query latency (p50/p99/max) (roles: ingest, investigator, operator).
+    Bench(BenchArgs),
+    /// The tamper-evident audit log (auditor role): list the records, or
+    /// verify the hash chain and name the first bad record.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Bearer tokens: make a signing key, or issue a token for a subject
+    /// and roles. Clients send one from HOURCELL_TOKEN or
+    /// HOURCELL_TOKEN_FILE (local; needs the key file, no role).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The retention limit (`[security] retention_days`): the leader
+    /// applies it every hour; `apply` does it now (operator role).
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+    /// TLS certificates for trying hourcell out and for tests (local, no
+    /// role). Clients use HOURCELL_CA, HOURCELL_CERT and HOURCELL_KEY.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a local CA (ca.pem, ca.key), node certificates node-1..N for
+    /// the given hosts, an `admin` client certificate and a token key in
+    /// DIR, and print the config to use them. Refuses to overwrite files.
+    Init(CertsInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsInitArgs {
+    pub dir: PathBuf,
+    /// Node certificates to make.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Host names and IP addresses the nodes are reached at,
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Every audit record: who asked what, why, for which case, how many
+    /// persons were returned.
+    List(AuditListArgs),
+    /// Re-computes the hash chain over every record; fails naming the
+    /// first edited, deleted or reordered record.
+    Verify(ServerArg),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Writes a new random 32-byte signing key (mode 0600).
+    Keygen(KeygenArgs),
+    /// Prints a signed token (HS256 JWT).
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// The signing key (the nodes' `token_key_file`).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// Who the token stands for (recorded in the audit log).
+    #[arg(long)]
+    pub subject: String,
+    /// Roles, comma-separated: ingest, analyst, investigator, fieldwork,
+    /// operator, auditor.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub roles: Vec<hourcell_node::roles::Role>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Remove every hour older than the limit now, on every replica.
+    Apply(ServerArg),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Data directory; created if missing. A new one gets the demo town.
+    #[arg(long, default_value = "data/dev")]
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub listen: SocketAddr,
+    /// Persons in the demo town.
+    #[arg(long, default_value_t = 3000)]
+    pub persons: u64,
+    /// Days of events in the demo town (ending today).
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    /// Seed of the demo town.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Load the town, print the summary and exit instead of serving.
+    #[arg(long)]
+    pub no_serve: bool,
+    /// Start this many nodes replicating one raft group (on consecutive
+    /// ports from --listen, data in DATA_DIR/node1, node2, ...). 1 = a
+    /// single node without raft.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub nodes: u64,
+    /// With --nodes > 1: shard the data as CELLS,PERSONS (e.g. 4,2): that
+    /// many cell shards and person shards, each its own raft group beside
+    /// the metadata group. Default: one group holds everything.
+    #[arg(long, value_name = "CELLS,PERSONS", value_parser = parse_shards)]
+    pub shards: Option<(u32, u32)>,
+}
+
+/// A `--shards` value that is not a layout.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardsArgError {
+    #[error("{0:?}: expected CELLS,PERSONS, e.g. 4,2")]
+    Shape(String),
+    #[error("{0:?} is not a number of shards")]
+    Number(String),
+    #[error("{0}")]
+    Layout(#[from] hourcell_storage::StorageError),
+}
+
+fn parse_shards(s: &str) -> Result<(u32, u32), ShardsArgError> {
+    let (c, p) = s
+        .split_once(',')
+        .ok_or_else(|| ShardsArgError::Shape(s.to_string()))?;
+    let n = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| ShardsArgError::Number(v.to_string()))
+    };
+    let (c, p) = (n(c)?, n(p)?);
+    hourcell_storage::shard::Layout::new(c, p)?;
+    Ok((c, p))
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Join the running cluster of the configured peers instead of
+    /// starting a new one: for a node added to the cluster, or one whose
+    /// data directory was lost (start it empty with --join; it is removed
+    /// and re-added, and catches up from a snapshot). Same as
+    /// `[cluster] join = true`.
+    #[arg(long)]
+    pub join: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 2000)]
+    pub persons: u64,
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    /// First day (UTC midnight), RFC 3339 or unix seconds. Default
+    /// 2026-11-01T00:00:00Z.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportKind {
+    Events,
+    Addresses,
+    Registry,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// What the file holds.
+    #[arg(long, value_enum)]
+    pub kind: ImportKind,
+    /// CSV file with a header row (as written by `hourcell gen`).
+    pub file: PathBuf,
+    /// Rows per request.
+    #[arg(long, default_value_t = 5000)]
+    pub batch: usize,
+    /// Event requests in flight at once (addresses and registrations are
+    /// always sent one at a time, in file order).
+    #[arg(long, default_value_t = 3)]
+    pub in_flight: usize,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArg {
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryKind {
+    WhoWasAt,
+    WhereWas,
+    Occupancy,
+    NoActivitySince,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Which query to run.
+    #[arg(value_enum)]
+    pub kind: QueryKind,
+    /// Rectangle LAT1,LNG1,LAT2,LNG2 (degrees).
+    #[arg(long, allow_hyphen_values = true)]
+    pub rect: Option<String>,
+    /// Circle LAT,LNG,METRES.
+    #[arg(long, allow_hyphen_values = true)]
+    pub circle: Option<String>,
+    /// S2 cell tokens, comma separated, any level.
+    #[arg(long)]
+    pub cells: Option<String>,
+    /// Address codes, comma separated.
+    #[arg(long)]
+    pub addresses: Option<String>,
+    /// An area code: all addresses in it.
+    #[arg(long)]
+    pub area: Option<String>,
+    /// Person id (where-was).
+    #[arg(long)]
+    pub person: Option<u64>,
+    /// Window start, RFC 3339 or unix seconds (widened to the hour).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Window end, exclusive (widened to the hour). Default: as-of.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// no-activity-since: the time from which no activity is sought.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Answer as of this time (default now): later hours are not seen.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// no-activity-since: only activity inside this rectangle counts.
+    #[arg(long, allow_hyphen_values = true)]
+    pub local_rect: Option<String>,
+    /// Why a person-level query (who-was-at, where-was,
+    /// no-activity-since) is asked; written to the audit log.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// The case a person-level query belongs to; written to the audit log.
+    #[arg(long = "case")]
+    pub case: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Persons in the generated town.
+    #[arg(long, default_value_t = 20_000)]
+    pub persons: u64,
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    #[arg(long, default_value_t = 11)]
+    pub seed: u64,
+    /// Events per ingest request.
+    #[arg(long, default_value_t = 20_000)]
+    pub batch: usize,
+    /// Concurrent ingest requests in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Runs of each query.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Skip loading (the town with this seed is already in the node).
+    #[arg(long)]
+    pub skip_load: bool,
+    /// Run only these query kinds (comma-separated: occupancy, who-was-at,
+    /// where-was, no-activity-since), e.g. to profile one of them alone.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Do not compact and count postings after the queries (a profile of
+    /// the queries then holds nothing else).
+    #[arg(long)]
+    pub no_compact: bool,
+}
+
+/// `hourcell tasks ...`
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Evaluate the rules now (or as of --at) and store the new tasks.
+    /// Running twice raises nothing new while tasks are open.
+    Run(TasksRunArgs),
+    /// Print every task matching the filters (follows all pages).
+    List(TasksListArgs),
+    /// Show one task with its evidence.
+    Show(TaskIdArgs),
+    /// Mark a task in progress.
+    Start(TaskChangeArgs),
+    /// Resolve a task with an outcome.
+    Resolve(TaskResolveArgs),
+    /// Print task changes as they happen, from --cursor on. Print the last
+    /// seq seen and pass it as --cursor to resume with no gaps.
+    Watch(TasksWatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TasksRunArgs {
+    /// Evaluate as of this time (RFC 3339 or unix seconds) instead of now.
+    #[arg(long, allow_hyphen_values = true)]
+    pub at: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TasksListArgs {
+    /// Only tasks in this area.
+    #[arg(long)]
+    pub area: Option<String>,
+    /// REGISTER_NEWCOMER, RESIDENCE_MISMATCH or VERIFY_DEPARTURE.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// open, in_progress or resolved.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Tasks fetched per request.
+    #[arg(long, default_value_t = 500)]
+    pub page_size: u32,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    pub id: u64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskChangeArgs {
+    pub id: u64,
+    /// Who is making the change.
+    #[arg(long)]
+    pub by: String,
+    #[arg(long, default_value = "")]
+    pub note: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskResolveArgs {
+    pub id: u64,
+    /// confirmed, rejected or not_found. A rejected task is not raised
+    /// again for the same person, address and kind for 30 days.
+    #[arg(long)]
+    pub outcome: String,
+    /// Who is resolving it.
+    #[arg(long)]
+    pub by: String,
+    #[arg(long, default_value = "")]
+    pub note: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TasksWatchArgs {
+    /// Resume after this change seq (0 = from the first change).
+    #[arg(long, default_value_t = 0)]
+    pub cursor: u64,
+    /// Stop after this many changes (default: run until Ctrl-C).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+/// `hourcell cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Ask one node for the known nodes, then every node for its raft
+    /// state: membership (voter, learner), role, term, commit and applied
+    /// index, lag behind the leader.
+    Status(ClusterStatusArgs),
+    /// Add a node to the cluster. It joins as a learner, catches up (by
+    /// snapshot, then the log) and is promoted to voter by the leader.
+    /// Start the new node with `hourcell node --join` (which asks for this
+    /// itself) or run this command before starting it.
+    AddNode(AddNodeArgs),
+    /// Remove a node from the cluster (a leader hands over first). To
+    /// replace a dead node: remove it, then add the new one.
+    RemoveNode(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddNodeArgs {
+    /// The new node's id (unique, non-zero).
+    #[arg(long)]
+    pub id: u64,
+    /// The new node's gRPC address (host:port), as peers will dial it.
+    #[arg(long)]
+    pub addr: String,
+    /// If the id is already a member, remove it first (its data was lost).
+    #[arg(long)]
+    pub replace: bool,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    #[arg(long)]
+    pub id: u64,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterStatusArgs {
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+}

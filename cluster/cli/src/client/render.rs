@@ -1,0 +1,317 @@
+//! Query answers as a table, CSV or JSON.
+
+use super::*;
+
+
+#[derive(Serialize)]
+pub(crate) struct WhoWasAtJson<'a> {
+    from: String,
+    to: String,
+    persons: &'a [u64],
+}
+
+#[derive(Serialize)]
+pub(crate) struct HourPlacesJson<'a> {
+    hour: String,
+    cells: &'a [String],
+    addresses: &'a [String],
+    sources: &'a [String],
+}
+
+#[derive(Serialize)]
+pub(crate) struct WhereWasJson<'a> {
+    person: u64,
+    hours: Vec<HourPlacesJson<'a>>,
+}
+
+/// A suppressed count is `null` with `"suppressed": true`.
+#[derive(Serialize)]
+pub(crate) struct HourCountJson {
+    hour: String,
+    distinct: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    suppressed: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct OccupancyJson {
+    from: String,
+    to: String,
+    distinct: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    suppressed: bool,
+    hours: Vec<HourCountJson>,
+}
+
+/// A count as shown: `<k` when suppressed.
+pub(crate) fn count_text(v: u64, suppressed: bool, k: u64) -> String {
+    if suppressed {
+        format!("<{k}")
+    } else {
+        v.to_string()
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct InactiveJson {
+    person: u64,
+    last_seen: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct NoActivityJson {
+    since: String,
+    persons: Vec<InactiveJson>,
+}
+
+pub(crate) fn json_string<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
+    Ok(if pretty {
+        serde_json::to_string_pretty(v)?
+    } else {
+        serde_json::to_string(v)?
+    })
+}
+
+/// The JSON document of an answer (see the CLI docs for the shapes); keys
+/// in the documented order.
+pub fn to_json(out: &QueryOutput, pretty: bool) -> Result<String> {
+    match out {
+        QueryOutput::WhoWasAt(r) => json_string(
+            &WhoWasAtJson {
+                from: format_time(r.window.from),
+                to: format_time(r.window.to),
+                persons: &r.persons,
+            },
+            pretty,
+        ),
+        QueryOutput::WhereWas(r) => json_string(
+            &WhereWasJson {
+                person: r.person,
+                hours: r
+                    .hours
+                    .iter()
+                    .map(|h| HourPlacesJson {
+                        hour: format_time(h.hour),
+                        cells: &h.cells,
+                        addresses: &h.addresses,
+                        sources: &h.sources,
+                    })
+                    .collect(),
+            },
+            pretty,
+        ),
+        QueryOutput::Occupancy(r) => {
+            let w = r.window.unwrap_or_default();
+            json_string(
+                &OccupancyJson {
+                    from: format_time(w.from),
+                    to: format_time(w.to),
+                    distinct: (!r.distinct_suppressed).then_some(r.distinct),
+                    suppressed: r.distinct_suppressed,
+                    hours: r
+                        .hours
+                        .iter()
+                        .map(|h| HourCountJson {
+                            hour: format_time(h.hour),
+                            distinct: (!h.suppressed).then_some(h.distinct),
+                            suppressed: h.suppressed,
+                        })
+                        .collect(),
+                },
+                pretty,
+            )
+        }
+        QueryOutput::NoActivitySince(r) => json_string(
+            &NoActivityJson {
+                since: format_time(r.window.from),
+                persons: r
+                    .persons
+                    .iter()
+                    .map(|p| InactiveJson {
+                        person: p.person,
+                        last_seen: p.last_seen.map(format_time),
+                    })
+                    .collect(),
+            },
+            pretty,
+        ),
+    }
+}
+
+/// Column headers and rows of an answer (times RFC 3339, lists joined
+/// with `sep`).
+pub(crate) fn rows(out: &QueryOutput, sep: &str, missing: &str) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    match out {
+        QueryOutput::WhoWasAt(r) => (
+            vec!["person"],
+            r.persons.iter().map(|p| vec![p.to_string()]).collect(),
+        ),
+        QueryOutput::WhereWas(r) => (
+            vec!["hour", "cells", "addresses", "sources"],
+            r.hours
+                .iter()
+                .map(|h| {
+                    vec![
+                        format_time(h.hour),
+                        h.cells.join(sep),
+                        h.addresses.join(sep),
+                        h.sources.join(sep),
+                    ]
+                })
+                .collect(),
+        ),
+        QueryOutput::Occupancy(r) => (
+            vec!["hour", "distinct"],
+            r.hours
+                .iter()
+                .map(|h| {
+                    vec![
+                        format_time(h.hour),
+                        count_text(h.distinct, h.suppressed, r.suppressed_below),
+                    ]
+                })
+                .collect(),
+        ),
+        QueryOutput::NoActivitySince(r) => (
+            vec!["person", "last_seen"],
+            r.persons
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.person.to_string(),
+                        p.last_seen
+                            .map(format_time)
+                            .unwrap_or_else(|| missing.to_string()),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub fn to_csv(out: &QueryOutput) -> Result<String> {
+    let (header, rows) = rows(out, ";", "");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&header)?;
+    for r in &rows {
+        w.write_record(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow!("{e}"))?;
+    Ok(String::from_utf8(bytes)?)
+}
+
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not
+/// padded.
+pub fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, c) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(c);
+            if i + 1 < width.len() {
+                let pad = width[i].saturating_sub(c.chars().count());
+                l.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        s.push_str(l.trim_end());
+        s.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    s
+}
+
+pub(crate) fn window_text(w: &v1::EffectiveWindow) -> String {
+    format!("window {} .. {}", format_time(w.from), format_time(w.to))
+}
+
+pub fn to_table(out: &QueryOutput) -> String {
+    let (header, rows) = rows(out, ",", "-");
+    let summary = match out {
+        QueryOutput::WhoWasAt(r) => format!(
+            "{}, {}",
+            plural(r.persons.len() as u64, "person", "persons"),
+            window_text(&r.window)
+        ),
+        QueryOutput::WhereWas(r) => format!(
+            "person {}: {} with activity, {}",
+            r.person,
+            plural(r.hours.len() as u64, "hour", "hours"),
+            window_text(&r.window.unwrap_or_default())
+        ),
+        QueryOutput::Occupancy(r) if r.distinct_suppressed => format!(
+            "fewer than {} distinct persons (suppressed) over {}, {}",
+            r.suppressed_below,
+            plural(r.hours.len() as u64, "hour", "hours"),
+            window_text(&r.window.unwrap_or_default())
+        ),
+        QueryOutput::Occupancy(r) => format!(
+            "{} over {}, {}",
+            plural(r.distinct, "distinct person", "distinct persons"),
+            plural(r.hours.len() as u64, "hour", "hours"),
+            window_text(&r.window.unwrap_or_default())
+        ),
+        QueryOutput::NoActivitySince(r) => format!(
+            "{} with no activity since {} (as of {})",
+            plural(
+                r.persons.len() as u64,
+                "registered person",
+                "registered persons"
+            ),
+            format_time(r.window.from),
+            format_time(r.window.as_of)
+        ),
+    };
+    if rows.is_empty() {
+        format!("{summary}\n")
+    } else {
+        format!("{}{summary}\n", aligned(&header, &rows))
+    }
+}
+
+pub fn render(out: &QueryOutput, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Table => to_table(out),
+        Format::Csv => to_csv(out)?,
+        Format::Json => {
+            let mut s = to_json(out, true)?;
+            s.push('\n');
+            s
+        }
+    })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+pub fn print_stdout(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
+pub async fn run_query(args: QueryArgs) -> Result<()> {
+    let req = build_request(&args, hourcell_query::time::now())?;
+    let ch = channel(&args.server).await?;
+    let out = execute(ch, req).await?;
+    print_stdout(&render(&out, args.format)?)
+}

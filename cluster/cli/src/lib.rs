@@ -1,0 +1,16 @@
+//! hourcell CLI: the `hourcell` binary's commands. Flags ([`cli`]), the
+//! gRPC client commands (query, import, status, cluster, tasks, audit,
+//! token, certs, retention), rendering as table / CSV / JSON, the load
+//! bench ([`bench`]) and the embedded demo ([`dev`]). `main.rs` only parses
+//! flags and calls in here.
+//!
+//! May import: `hourcell-server` (channels, conversions, serving a node),
+//! `hourcell-node` (config), `hourcell-town`, `hourcell-proto`,
+//! `hourcell-query`, `hourcell-storage`. Nothing imports this crate.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod dev;
+pub mod security_cli;
+pub mod tasks_cli;

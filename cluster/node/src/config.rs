@@ -1,0 +1,441 @@
+//! Node configuration: serde defaults, `validate()`, and a checked-in
+//! example (`cluster/node.example.toml`) that a test parses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where RocksDB keeps this node's data.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where to serve Prometheus `/metrics` over plain HTTP; absent = not
+    /// served.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// S2 level of slice cells. Fixed when the data directory is created;
+    /// a different value on an existing directory is refused.
+    #[serde(default = "default_level")]
+    pub slice_level: u8,
+    /// RocksDB block cache, MiB.
+    #[serde(default = "default_cache")]
+    pub block_cache_mb: usize,
+    /// RocksDB memtable size, MiB.
+    #[serde(default = "default_write_buffer")]
+    pub write_buffer_mb: usize,
+    /// Most events accepted in one ingest request.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Events whose slices each store gathers in memory before writing
+    /// them to RocksDB together (about 90 bytes each; a sharded node splits
+    /// this over a week's cell shards and over its person shards). Ingest is acknowledged
+    /// once the raft log holds it, and a restart replays what was not yet
+    /// written; reads write what is held first. 0 writes every batch at
+    /// once (about 2.5 RocksDB merges per event instead of a fraction).
+    #[serde(default = "default_hold_events")]
+    pub hold_events: usize,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "hourcell=debug".
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// The rule layer (field-staff tasks).
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Replication. Absent: a single node that applies writes directly.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Authentication, authorisation, suppression and retention.
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// `[security]`: see `docs/SECURITY.md`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Serve plaintext gRPC. `hourcell node` refuses to start without TLS
+    /// unless this is set, and then logs a warning.
+    pub insecure: bool,
+    /// Roles of requests that carry no credentials. Only honoured when
+    /// `insecure` is set (`hourcell dev` gives the local user `["all"]`);
+    /// empty by default: deny.
+    pub anonymous_roles: Vec<String>,
+    /// HMAC-SHA256 key for bearer tokens (at least 32 bytes);
+    /// `hourcell token issue` signs with the same file.
+    pub token_key_file: Option<PathBuf>,
+    /// Aggregate counts below this are returned as suppressed to callers
+    /// without the investigator role.
+    pub suppress_below: u64,
+    /// Hours older than this many days are removed (hourly, through the
+    /// log, on every replica) and refused at ingest.
+    pub retention_days: u32,
+    /// Requests per second each principal may make (bursts of twice
+    /// that); more get RESOURCE_EXHAUSTED. 0: no limit.
+    pub requests_per_sec: u32,
+    /// TLS on the client API and between nodes (mutual between nodes).
+    /// `hourcell certs init DIR` makes files to try it with.
+    pub tls: Option<TlsPaths>,
+    /// Roles of client certificates, by subject common name, e.g.
+    /// `admin = ["all"]`. A certificate named `node-<id>` is a cluster
+    /// node: it may send raft traffic and manage membership.
+    pub cert_roles: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            anonymous_roles: Vec::new(),
+            token_key_file: None,
+            suppress_below: 5,
+            retention_days: 90,
+            requests_per_sec: 1_000,
+            tls: None,
+            cert_roles: Default::default(),
+        }
+    }
+}
+
+impl SecurityConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crate::roles::Role::parse_list(&self.anonymous_roles)
+            .map_err(|e| anyhow::anyhow!("security.anonymous_roles: {e}"))?;
+        if !self.anonymous_roles.is_empty() && !self.insecure {
+            anyhow::bail!(
+                "security.anonymous_roles is only allowed with insecure = true (a TLS node \
+                 authenticates every request)"
+            );
+        }
+        if self.insecure && self.tls.is_some() {
+            anyhow::bail!("security: set either insecure = true or [security.tls], not both");
+        }
+        for (cn, roles) in &self.cert_roles {
+            crate::roles::Role::parse_list(roles)
+                .map_err(|e| anyhow::anyhow!("security.cert_roles.{cn}: {e}"))?;
+        }
+        if self.retention_days == 0 {
+            anyhow::bail!("security.retention_days must be at least 1");
+        }
+        Ok(())
+    }
+
+}
+
+/// `[security.tls]`: a node's certificate, key and the CA that signs its peers and clients.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// PEM certificate chain of this node.
+    pub cert: PathBuf,
+    /// PEM private key of this node.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that client and peer certificates must chain
+    /// to, and that peers' server certificates are checked against.
+    pub ca: PathBuf,
+}
+
+/// `[cluster]`: this node's id and every voter of the data group (this node
+/// included). All nodes of a new cluster must list the same peers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub peers: Vec<PeerConfig>,
+    /// Raft tick, milliseconds; elections time out after 10 ticks (1–2 s
+    /// at the default 100 ms).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Join a running cluster instead of starting a new one: the node
+    /// starts empty, asks the peers to add it (replacing its old
+    /// membership if it had one) and catches up from a snapshot. For a new
+    /// node, or one whose data directory was lost. `hourcell node --join`
+    /// sets it.
+    #[serde(default)]
+    pub join: bool,
+    /// Sharding, fixed when the cluster is created: the number of cell
+    /// shards (cell and address slices, placed by ~300 m block of cells)
+    /// and person shards (the person index and hour slices, placed by
+    /// person). Each is a raft group of its own, beside the metadata group
+    /// that holds the dictionaries, addresses, registry, tasks and audit
+    /// log. 0 and 0 (the default): one group holds everything.
+    #[serde(default)]
+    pub cell_shards: u32,
+    #[serde(default)]
+    pub person_shards: u32,
+    /// Sharded clusters: replicas per shard (each shard's raft group has
+    /// this many voters, on different nodes; the metadata group is on
+    /// every node). The same on every node; 3 by default.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    /// The peer's gRPC address (`host:port`), the same one clients use.
+    pub addr: String,
+}
+
+fn default_tick_ms() -> u64 {
+    100
+}
+
+impl ClusterConfig {
+    /// The shard layout, or `None` for an unsharded cluster.
+    pub fn layout(
+        &self,
+    ) -> Result<Option<hourcell_storage::shard::Layout>, hourcell_storage::StorageError> {
+        if self.cell_shards == 0 && self.person_shards == 0 {
+            return Ok(None);
+        }
+        hourcell_storage::shard::Layout::new(self.cell_shards, self.person_shards).map(Some)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            anyhow::bail!("cluster.node_id must be non-zero");
+        }
+        if (self.cell_shards == 0) != (self.person_shards == 0) {
+            anyhow::bail!(
+                "cluster.cell_shards and cluster.person_shards: set both (sharded) or neither"
+            );
+        }
+        if let Err(e) = self.layout() {
+            anyhow::bail!("cluster: {e}");
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.contains(&0) {
+            anyhow::bail!("cluster.peers: ids must be unique and non-zero");
+        }
+        if !ids.contains(&self.node_id) {
+            anyhow::bail!(
+                "cluster.peers does not list this node (node_id {})",
+                self.node_id
+            );
+        }
+        if !(1..=7).contains(&self.replicas) {
+            anyhow::bail!(
+                "cluster.replicas {} is outside 1..=7 (3 survives one node's loss, 5 two)",
+                self.replicas
+            );
+        }
+        if !(10..=10_000).contains(&self.tick_ms) {
+            anyhow::bail!("cluster.tick_ms {} is outside 10..=10000", self.tick_ms);
+        }
+        Ok(())
+    }
+}
+
+/// `[rules]`: see `docs/rules.md`. Defaults are the product's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Evaluate the rules on their own every hour (a few minutes after the
+    /// hour), as well as on demand (`hourcell tasks run`).
+    pub hourly: bool,
+    /// Local time zone as whole hours from UTC (nights are 20:00–06:00
+    /// local).
+    pub utc_offset_hours: i32,
+    /// Credibility weight per source label; labels not listed get
+    /// `unknown_weight`.
+    pub weights: std::collections::BTreeMap<String, f64>,
+    pub unknown_weight: f64,
+    /// Should-register score at or above which a task is raised.
+    pub threshold: f64,
+    /// Nights counted for should-register.
+    pub nights: u32,
+    /// Verify-departure: temporary registrations ending within this many
+    /// days...
+    pub departure_days: i64,
+    /// ...with no event inside the jurisdiction for this many hours.
+    pub inactivity_hours: i64,
+    /// The jurisdiction as area codes; empty = everywhere.
+    pub jurisdiction_areas: Vec<String>,
+    /// A rejected task is not raised again for the same person, address
+    /// and kind for this many days.
+    pub suppress_days: i64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        let d = hourcell_query::RuleConfig::default();
+        Self {
+            hourly: true,
+            utc_offset_hours: d.utc_offset_hours,
+            weights: d.weights,
+            unknown_weight: d.unknown_weight,
+            threshold: d.threshold,
+            nights: d.nights,
+            departure_days: d.departure_days,
+            inactivity_hours: d.inactivity_hours,
+            jurisdiction_areas: Vec::new(),
+            suppress_days: d.suppress_days,
+        }
+    }
+}
+
+impl RulesConfig {
+    pub fn to_rule_config(&self) -> hourcell_query::RuleConfig {
+        hourcell_query::RuleConfig {
+            utc_offset_hours: self.utc_offset_hours,
+            weights: self.weights.clone(),
+            unknown_weight: self.unknown_weight,
+            threshold: self.threshold,
+            nights: self.nights,
+            departure_days: self.departure_days,
+            inactivity_hours: self.inactivity_hours,
+            jurisdiction: (!self.jurisdiction_areas.is_empty()).then(|| {
+                self.jurisdiction_areas
+                    .iter()
+                    .map(|a| hourcell_query::Region::Area(a.clone()))
+                    .collect()
+            }),
+            suppress_days: self.suppress_days,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:7420".parse().unwrap()
+}
+fn default_level() -> u8 {
+    hourcell_storage::DEFAULT_SLICE_LEVEL
+}
+fn default_cache() -> usize {
+    512
+}
+fn default_write_buffer() -> usize {
+    64
+}
+fn default_max_batch() -> usize {
+    100_000
+}
+fn default_hold_events() -> usize {
+    hourcell_storage::store::DEFAULT_DEFER_EVENTS
+}
+fn default_log() -> String {
+    "info".into()
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: default_listen(),
+            metrics_listen: None,
+            slice_level: default_level(),
+            block_cache_mb: default_cache(),
+            write_buffer_mb: default_write_buffer(),
+            max_batch: default_max_batch(),
+            hold_events: default_hold_events(),
+            log: default_log(),
+            rules: RulesConfig::default(),
+            cluster: None,
+            security: SecurityConfig::default(),
+        }
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let cfg: NodeConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            anyhow::bail!("data_dir is empty");
+        }
+        if !(1..=30).contains(&self.slice_level) {
+            anyhow::bail!("slice_level {} is outside 1..=30", self.slice_level);
+        }
+        if self.block_cache_mb < 8 {
+            anyhow::bail!("block_cache_mb {} is below 8", self.block_cache_mb);
+        }
+        if !(4..=4096).contains(&self.write_buffer_mb) {
+            anyhow::bail!(
+                "write_buffer_mb {} is outside 4..=4096",
+                self.write_buffer_mb
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_batch) {
+            anyhow::bail!("max_batch {} is outside 1..=1000000", self.max_batch);
+        }
+        if self.hold_events > 16 << 20 {
+            anyhow::bail!(
+                "hold_events {} is above {} (about 1.5 GiB per store)",
+                self.hold_events,
+                16 << 20
+            );
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
+        self.security.validate()?;
+        self.rules
+            .to_rule_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("rules: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../node.example.toml");
+        let cfg = NodeConfig::from_toml(text).unwrap();
+        assert_eq!(cfg.slice_level, 16);
+        assert_eq!(cfg.listen.port(), 7420);
+        assert_eq!(cfg.rules, RulesConfig::default());
+    }
+
+    #[test]
+    fn cluster_section_parses_and_is_checked() {
+        let ok = "data_dir = \"d\"\n[cluster]\nnode_id = 2\npeers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }, { id = 3, addr = \"c:1\" }]\n";
+        let cfg = NodeConfig::from_toml(ok).unwrap();
+        let c = cfg.cluster.unwrap();
+        assert_eq!((c.node_id, c.peers.len(), c.tick_ms), (2, 3, 100));
+        let missing = ok.replace("node_id = 2", "node_id = 4");
+        let e = NodeConfig::from_toml(&missing).unwrap_err().to_string();
+        assert!(e.contains("does not list this node"), "{e}");
+        let dup = ok.replace("id = 3", "id = 2");
+        let e = NodeConfig::from_toml(&dup).unwrap_err().to_string();
+        assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = NodeConfig::from_toml("data_dir = \"d\"\nslice_level = 40\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("slice_level 40"), "{e}");
+        let e = NodeConfig::from_toml("data_dir = \"d\"\nlisten_addr = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = NodeConfig::from_toml("data_dir = \"d\"\n[rules]\nthreshold = 0.8005\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threshold"), "{e}");
+    }
+}

@@ -1,0 +1,82 @@
+//! Retention and the audit log.
+
+use super::*;
+
+impl Node {
+    /// The first hour the retention limit keeps at `now`.
+    pub fn retained_from(&self, now: i64) -> i64 {
+        now.div_euclid(3600) - i64::from(self.retention_days) * 24
+    }
+
+    /// Commits audit records through the log (on every replica) and
+    /// returns once they are applied here. A person-level answer is only
+    /// sent after this succeeds.
+    pub fn audit(&self, entries: Vec<hourcell_storage::AuditEntry>) -> Result<(), NodeError> {
+        self.propose(&Command::Audit(entries)).map(|_| ())
+    }
+
+    /// Applies the retention limit as of `now`: every replica removes the
+    /// hours before the cut-off this command carries, and the removal is
+    /// audited. Returns the cut-off hour and the person-days removed.
+    pub fn expire(&self, now: i64, principal: &str) -> Result<(i64, u64), NodeError> {
+        let cutoff = self.retained_from(now);
+        let at = hourcell_query::time::format_time(cutoff * 3600);
+        let cmd = Command::Expire {
+            cutoff_hour: cutoff,
+            audit: hourcell_storage::AuditEntry {
+                time: now,
+                principal: principal.to_string(),
+                roles: String::new(),
+                rpc: "Retention".into(),
+                parameters: format!(
+                    "{{\"cutoff\":\"{at}\",\"retention_days\":{}}}",
+                    self.retention_days
+                ),
+                purpose: "retention limit".into(),
+                case_ref: String::new(),
+                persons_returned: 0,
+                outcome: format!("retention: removed every hour before {at}"),
+            },
+        };
+        if self.shards.is_none() {
+            let out = self.propose(&cmd)?;
+            return Ok((cutoff, out.applied));
+        }
+        // Sharded: weeks wholly before the cut-off are dropped from the
+        // shard map (every node then deletes their shards); the rest, and
+        // the person shards, remove their old hours; then, if anything was
+        // removed, the metadata group's audit log records it.
+        let map = self.store.shard_map();
+        let old: Vec<i64> = map
+            .weeks
+            .keys()
+            .copied()
+            .filter(|w| hourcell_storage::shard::week_start_hour(w + 1) <= cutoff)
+            .collect();
+        let dropped = !old.is_empty();
+        if dropped {
+            self.propose(&Command::DropPartitions { weeks: old.clone() })?;
+            self.sync_shards()?;
+        }
+        // Every remaining shard, wherever it is held.
+        let outs = self.propose_parts(
+            placed_shards(&map, &self.founding)
+                .into_iter()
+                .filter(|(id, _)| {
+                    id.part == hourcell_storage::ShardPart::Persons || !old.contains(&id.week)
+                })
+                .map(|(id, _)| (id, cmd.clone()))
+                .collect(),
+        )?;
+        if dropped || outs.iter().any(|o| o.expired) {
+            let Command::Expire { audit, .. } = cmd else {
+                unreachable!()
+            };
+            self.audit(vec![audit])?;
+        }
+        Ok((cutoff, outs.iter().map(|o| o.applied).sum()))
+    }
+
+    // ------------------------------------------------------------- tasks
+
+}

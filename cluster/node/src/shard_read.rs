@@ -1,0 +1,178 @@
+//! Reads of one data shard as they travel between nodes: [`ReadOp`] names
+//! the read, [`serve_read`] runs it on a replica held here, and the reply
+//! is bincode that the asking side's [`crate::route::ShardSource`] decodes.
+
+use hourcell_query::{QueryError, SliceReader};
+use hourcell_storage::{DaySet, PlaceEntry};
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use crate::types::Store;
+
+/// A read of one data shard, served by a node that holds a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReadOp {
+    CellDays {
+        day: i64,
+        lo: u64,
+        hi: u64,
+    },
+    CellDaysIn {
+        day: i64,
+        ranges: Vec<(u64, u64)>,
+    },
+    AddressDay {
+        day: i64,
+        address_id: u32,
+    },
+    HourSlices {
+        from: i64,
+        to: i64,
+    },
+    /// The hour slices in `from..before`, latest first, and whether the
+    /// shard holds any hour before `from`.
+    HourSlicesRev {
+        before: i64,
+        from: i64,
+    },
+    PersonHours {
+        person: u64,
+        from: i64,
+        to: i64,
+    },
+    /// At most `limit` hours of person `id`'s entries before `before`,
+    /// latest first, and whether there are more.
+    PersonHoursRev {
+        id: u32,
+        before: i64,
+        limit: u32,
+    },
+    ScanPersonDays {
+        from_day: i64,
+        to_day: i64,
+    },
+}
+
+impl ReadOp {
+    /// The op as sent in `ShardReadRequest.op`.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+}
+
+/// A place entry on the wire: cell, address code, source label.
+pub(crate) type WireEntry = (u64, Option<String>, String);
+pub(crate) type WireHours = Vec<(i64, Vec<WireEntry>)>;
+pub(crate) type WireSlices = Vec<(i64, Vec<u8>)>;
+
+fn to_wire(entries: Vec<PlaceEntry>) -> Vec<WireEntry> {
+    entries
+        .into_iter()
+        .map(|e| (e.cell, e.address, e.source))
+        .collect()
+}
+
+pub(crate) fn from_wire(entries: Vec<WireEntry>) -> Vec<PlaceEntry> {
+    entries
+        .into_iter()
+        .map(|(cell, address, source)| PlaceEntry {
+            cell,
+            address,
+            source,
+        })
+        .collect()
+}
+
+fn bitmap_bytes(b: &RoaringBitmap) -> Vec<u8> {
+    let mut v = Vec::with_capacity(b.serialized_size());
+    b.serialize_into(&mut v).expect("writing to a Vec");
+    v
+}
+
+pub(crate) fn bitmap_from(v: &[u8]) -> Result<RoaringBitmap, QueryError> {
+    RoaringBitmap::deserialize_from(v)
+        .map_err(|e| QueryError::Unavailable(format!("bad bitmap from a shard replica: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encoding to a Vec")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, QueryError> {
+    bincode::serde::decode_from_slice(v, bincode::config::standard())
+        .map(|(x, _)| x)
+        .map_err(|e| QueryError::Unavailable(format!("bad reply from a shard replica: {e}")))
+}
+
+/// Runs a read on a replica held here (the serving side).
+pub fn serve_read(store: &Store, op: ReadOp) -> Result<Vec<u8>, QueryError> {
+    let s: &dyn SliceReader = store;
+    Ok(match op {
+        ReadOp::CellDays { day, lo, hi } => {
+            let mut out: Vec<(u64, DaySet)> = Vec::new();
+            s.cell_days(day, lo, hi, &mut |c, set| out.push((c, set.to_vec())))?;
+            encode(&out)
+        }
+        ReadOp::CellDaysIn { day, ranges } => {
+            let mut out: Vec<(u64, DaySet)> = Vec::new();
+            s.cell_days_in(day, &ranges, &mut |_| true, &mut |c, set| {
+                out.push((c, set.to_vec()))
+            })?;
+            encode(&out)
+        }
+        ReadOp::AddressDay { day, address_id } => encode(&s.address_day(day, address_id)?),
+        ReadOp::HourSlices { from, to } => {
+            let mut out: WireSlices = Vec::new();
+            s.hour_slices(from, to, &mut |h, b| out.push((h, bitmap_bytes(&b))))?;
+            encode(&out)
+        }
+        ReadOp::HourSlicesRev { before, from } => {
+            let mut out: WireSlices = Vec::new();
+            let mut earlier = false;
+            s.hour_slices_rev(before, &mut |h, b| {
+                if h < from {
+                    earlier = true;
+                    return false;
+                }
+                out.push((h, bitmap_bytes(&b)));
+                true
+            })?;
+            encode(&(out, earlier))
+        }
+        ReadOp::PersonHours { person, from, to } => {
+            let out: WireHours = s
+                .person_hours(person, from, to)?
+                .into_iter()
+                .map(|(h, e)| (h, to_wire(e)))
+                .collect();
+            encode(&out)
+        }
+        ReadOp::PersonHoursRev { id, before, limit } => {
+            let mut out: WireHours = Vec::new();
+            let mut more = false;
+            store.person_hours_rev(id, hourcell_storage::keys::MIN_HOUR, before, &mut |h, e| {
+                if out.len() >= limit as usize {
+                    more = true;
+                    return false;
+                }
+                out.push((h, to_wire(e)));
+                true
+            })?;
+            encode(&(out, more))
+        }
+        ReadOp::ScanPersonDays { from_day, to_day } => {
+            let mut out: Vec<(u32, Vec<(i64, u64, u32, u16)>)> = Vec::new();
+            s.scan_person_days(from_day, to_day, &mut |id, places| {
+                out.push((
+                    id,
+                    places
+                        .iter()
+                        .map(|p| (p.hour, p.cell, p.address, p.source))
+                        .collect(),
+                ))
+            })?;
+            encode(&out)
+        }
+    })
+}
+

@@ -1,0 +1,236 @@
+//! The one gate every client RPC passes before it reaches a service:
+//! authentication (a bearer token, else a client certificate, else
+//! anonymous), the per-principal rate limit, the role check of
+//! [`Rpc::roles`], and an audit record of every refusal, committed before
+//! the refusal is returned. Services read the admitted caller with
+//! [`principal`]; a request that reached a service without passing here
+//! is refused (fail closed).
+//!
+//! Deny by default: a path under `hourcell.v1` that is not in the RPC
+//! table is refused here. Node-to-node services (`hourcell.internal.v1`)
+//! are not client RPCs: they check for a node certificate themselves.
+//! Health and reflection describe the server, not its data, and pass.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use hourcell_node::node::Node;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Status};
+
+use crate::auth::{allowed, Auth, Principal, Rpc};
+
+/// The caller admitted by the gate, for a service to act as.
+pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the request reached a service without passing the gate"))
+}
+
+/// A tower layer that puts [`Gated`] in front of the services.
+#[derive(Clone)]
+pub struct Gate {
+    auth: Arc<Auth>,
+    node: Arc<Node>,
+}
+
+impl Gate {
+    pub fn new(auth: Arc<Auth>, node: Arc<Node>) -> Self {
+        Gate { auth, node }
+    }
+}
+
+impl<S> tower::Layer<S> for Gate {
+    type Service = Gated<S>;
+
+    fn layer(&self, inner: S) -> Gated<S> {
+        Gated {
+            inner,
+            auth: self.auth.clone(),
+            node: self.node.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gated<S> {
+    inner: S,
+    auth: Arc<Auth>,
+    node: Arc<Node>,
+}
+
+/// What the gate decides for a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A client RPC: authenticate and check its roles.
+    Client(Rpc),
+    /// A path of the public API that no role may call.
+    Unknown,
+    /// Not a client RPC (internal services, health, reflection).
+    Pass,
+}
+
+/// The route of a gRPC path such as `/hourcell.v1.Query/WhoWasAt`.
+pub fn route(path: &str) -> Route {
+    let Some(method) = path.strip_prefix("/hourcell.v1.") else {
+        return Route::Pass;
+    };
+    let name = method.replacen('/', ".", 1);
+    match Rpc::ALL.iter().find(|r| r.name() == name) {
+        Some(r) => Route::Client(*r),
+        None => Route::Unknown,
+    }
+}
+
+/// The caller's certificate name and address, from the connection.
+fn peer<B>(req: &http::Request<B>) -> (Option<String>, Option<SocketAddr>) {
+    let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+    let cn = tls
+        .and_then(|i| i.peer_certs())
+        .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
+    let addr = req
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .or_else(|| tls.and_then(|i| i.get_ref().remote_addr()));
+    (cn, addr)
+}
+
+/// Admits the caller of `rpc` or says why not; refusals other than rate
+/// limits are audited first.
+async fn admit(
+    auth: &Auth,
+    node: &Arc<Node>,
+    rpc: Option<Rpc>,
+    header: Option<&str>,
+    cn: Option<&str>,
+    addr: Option<SocketAddr>,
+) -> Result<Principal, Status> {
+    let now = node.now();
+    let what = rpc.map_or("an unknown RPC", |r| r.name());
+    let (principal, status) = match auth.authenticate(header, cn, now) {
+        Err(e) => {
+            // Failed logins are rate-limited per client address before
+            // they are audited, so that bad credentials cannot flood the
+            // audit log.
+            let from = addr.map_or("unknown".to_string(), |a| a.ip().to_string());
+            if !auth.limiter.allow(&format!("unauthenticated@{from}")) {
+                return Err(Status::resource_exhausted(
+                    "rate limit: too many requests with bad credentials from this address",
+                ));
+            }
+            (
+                Principal {
+                    name: "unauthenticated".into(),
+                    roles: Default::default(),
+                },
+                Status::unauthenticated(e.to_string()),
+            )
+        }
+        Ok(p) if !auth.limiter.allow(&p.name) => {
+            return Err(Status::resource_exhausted(format!(
+                "rate limit: {} may make {} requests per second",
+                p.name,
+                auth.limiter.rate()
+            )))
+        }
+        Ok(p) => match rpc {
+            Some(rpc) if allowed(&p, rpc) => return Ok(p),
+            Some(rpc) => {
+                let need: Vec<&str> = rpc.roles().iter().map(|r| r.name()).collect();
+                let msg = format!(
+                    "{} may not call {}: it needs one of the roles {}",
+                    p.name,
+                    rpc.name(),
+                    need.join(", ")
+                );
+                (p, Status::permission_denied(msg))
+            }
+            None => {
+                let msg = format!("{} may not call {what}: no role may", p.name);
+                (p, Status::permission_denied(msg))
+            }
+        },
+    };
+    let entry = hourcell_storage::AuditEntry {
+        time: now,
+        principal: principal.name.clone(),
+        roles: principal.role_names(),
+        rpc: what.into(),
+        outcome: format!("denied: {}", status.message()),
+        ..Default::default()
+    };
+    let node = node.clone();
+    match tokio::task::spawn_blocking(move || node.audit(vec![entry])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not audit a denied request"),
+        Err(e) => tracing::warn!(error = %e, "could not audit a denied request"),
+    }
+    Err(status)
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Gated<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The service polled ready goes with this request; a clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let rpc = match route(req.uri().path()) {
+            Route::Pass => return Box::pin(inner.call(req)),
+            Route::Client(rpc) => Some(rpc),
+            Route::Unknown => None,
+        };
+        let (auth, node) = (self.auth.clone(), self.node.clone());
+        Box::pin(async move {
+            let header = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("<not ascii>").to_string());
+            let (cn, addr) = peer(&req);
+            match admit(&auth, &node, rpc, header.as_deref(), cn.as_deref(), addr).await {
+                Ok(p) => {
+                    req.extensions_mut().insert(p);
+                    inner.call(req).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_rpc_has_a_route_and_nothing_else_does() {
+        for rpc in Rpc::ALL {
+            let (svc, method) = rpc.name().split_once('.').unwrap();
+            assert_eq!(
+                route(&format!("/hourcell.v1.{svc}/{method}")),
+                Route::Client(rpc)
+            );
+        }
+        assert_eq!(route("/hourcell.v1.Query/DumpEverything"), Route::Unknown);
+        assert_eq!(route("/hourcell.v1.Secret/WhoWasAt"), Route::Unknown);
+        assert_eq!(route("/hourcell.internal.v1.Raft/Send"), Route::Pass);
+        assert_eq!(route("/grpc.health.v1.Health/Check"), Route::Pass);
+    }
+}

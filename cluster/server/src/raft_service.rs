@@ -1,0 +1,288 @@
+//! The peer transport over tonic: raft envelopes as bytes, batched per
+//! destination, reconnecting with backoff.
+//!
+//! [`GrpcTransport::send`] is called from the raft thread and never blocks:
+//! it queues each envelope for its destination. One task per peer drains
+//! the queue into batches and sends them; when a peer is down the batch is
+//! dropped (raft resends what matters) and the task reconnects with
+//! exponential backoff up to one second.
+//!
+//! Snapshot images are pulled over `Raft.Snapshot`, a server stream of
+//! chunks (see `hourcell_node::replication::snapshot`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use hourcell_proto::internal;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use hourcell_raft::snapshot::{Pairs, Snapshots};
+use hourcell_raft::transport::{Envelope, Inbox, Transport};
+use hourcell_raft::SnapshotError;
+
+/// Envelopes per request, at most.
+const MAX_BATCH: usize = 256;
+
+struct Peer {
+    url: String,
+    tx: mpsc::UnboundedSender<Envelope>,
+}
+
+pub struct GrpcTransport {
+    from: u64,
+    rt: tokio::runtime::Handle,
+    peers: RwLock<HashMap<u64, Peer>>,
+    /// Mutual TLS to peers: this node's certificate and the cluster CA.
+    tls: Option<crate::tls::ClientTls>,
+}
+
+impl GrpcTransport {
+    /// Starts one sender task per peer (`id → http://host:port`) on the
+    /// current tokio runtime.
+    pub fn start(
+        from: u64,
+        peers: &HashMap<u64, String>,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Self {
+        let t = GrpcTransport {
+            from,
+            rt: tokio::runtime::Handle::current(),
+            peers: RwLock::new(HashMap::new()),
+            tls,
+        };
+        for (&id, url) in peers {
+            t.set_peer(id, url);
+        }
+        t
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, msgs: Vec<Envelope>) {
+        let peers = self.peers.read();
+        for env in msgs {
+            if let Some(p) = peers.get(&env.msg.to) {
+                let _ = p.tx.send(env);
+            }
+        }
+    }
+
+    fn set_peer(&self, id: u64, addr: &str) {
+        if id == self.from {
+            return;
+        }
+        let url = crate::channel::server_url(addr, self.tls.is_some());
+        let mut peers = self.peers.write();
+        if peers.get(&id).is_some_and(|p| p.url == url) {
+            return;
+        }
+        // Replacing the sender ends the old peer task.
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.rt
+            .spawn(peer_loop(self.from, id, url.clone(), self.tls.clone(), rx));
+        peers.insert(id, Peer { url, tx });
+    }
+
+    /// Called on the raft thread (not a runtime thread), so it may block on
+    /// the runtime.
+    fn fetch_snapshot(
+        &self,
+        from: u64,
+        group: u64,
+        index: u64,
+        sink: &mut dyn FnMut(Pairs) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        let transfer = SnapshotError::Transfer;
+        let url = self
+            .peers
+            .read()
+            .get(&from)
+            .map(|p| p.url.clone())
+            .ok_or_else(|| transfer(format!("no address for node {from}")))?;
+        let tls = self.tls.clone();
+        self.rt.block_on(async {
+            let mut client = connect(&url, tls.as_ref(), Duration::from_secs(60))
+                .await
+                .map_err(|e| transfer(format!("cannot reach node {from} at {url}: {e}")))?;
+            let mut stream = client
+                .snapshot(internal::SnapshotRequest { group, index })
+                .await
+                .map_err(|e| transfer(e.message().to_string()))?
+                .into_inner();
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|e| transfer(e.to_string()))?
+            {
+                if chunk.keys.len() != chunk.values.len() {
+                    return Err(transfer(
+                        "snapshot chunk has unpaired keys and values".into(),
+                    ));
+                }
+                sink(chunk.keys.into_iter().zip(chunk.values).collect())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A peer could not be dialled (bad address, TLS files, unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct DialError(String);
+
+/// Dials a peer; with TLS, the node's certificate files are read now, so
+/// a reconnect picks up rotated ones.
+async fn connect(
+    url: &str,
+    tls: Option<&crate::tls::ClientTls>,
+    timeout: Duration,
+) -> Result<internal::raft_client::RaftClient<Channel>, DialError> {
+    let mut ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| DialError(e.to_string()))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(timeout)
+        .tcp_nodelay(true);
+    if let Some(t) = tls {
+        ep = ep
+            .tls_config(t.config().map_err(|e| DialError(format!("{e:#}")))?)
+            .map_err(|e| DialError(e.to_string()))?;
+    }
+    ep.connect()
+        .await
+        .map_err(|e| DialError(e.to_string()))
+        .map(|c| internal::raft_client::RaftClient::new(c).max_decoding_message_size(64 << 20))
+}
+
+async fn peer_loop(
+    from: u64,
+    to: u64,
+    url: String,
+    tls: Option<crate::tls::ClientTls>,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+) {
+    let mut client = None;
+    let mut backoff = Duration::from_millis(50);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first.encode()];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e.encode()),
+                Err(_) => break,
+            }
+        }
+        if client.is_none() {
+            client = connect(&url, tls.as_ref(), Duration::from_secs(5))
+                .await
+                .ok();
+            if client.is_none() {
+                tracing::debug!(peer = to, %url, "peer unreachable; dropping a batch");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            backoff = Duration::from_millis(50);
+        }
+        let req = internal::RaftBatch {
+            from,
+            envelopes: batch,
+        };
+        if let Err(e) = client.as_mut().unwrap().send(req).await {
+            tracing::debug!(peer = to, error = %e, "raft send failed; reconnecting");
+            client = None;
+        }
+    }
+}
+
+/// The receiving side: hands envelopes to the local raft loop, and serves
+/// the snapshot images this node offers.
+pub struct RaftService {
+    pub inbox: Inbox,
+    pub snapshots: Arc<Snapshots>,
+    /// With TLS, only cluster nodes (a client certificate named
+    /// `node-<id>`) may send raft traffic or fetch snapshots.
+    pub require_node_cert: bool,
+}
+
+impl RaftService {
+    fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        check_node_cert(req, self.require_node_cert, "raft traffic")
+    }
+}
+
+/// With `required` (a node with TLS), refuses a request whose client
+/// certificate is not a cluster node's (`node-<id>`): `what` names the
+/// traffic in the error.
+pub fn check_node_cert<T>(req: &Request<T>, required: bool, what: &str) -> Result<(), Status> {
+    if !required {
+        return Ok(());
+    }
+    let cn = req
+        .peer_certs()
+        .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
+    match cn {
+        Some(cn) if crate::auth::is_node_name(&cn) => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "{what} needs a cluster node's client certificate (node-<id>)"
+        ))),
+    }
+}
+
+type ChunkStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<internal::SnapshotChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl internal::raft_server::Raft for RaftService {
+    type SnapshotStream = ChunkStream;
+
+    async fn snapshot(
+        &self,
+        req: Request<internal::SnapshotRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        self.check_peer(&req)?;
+        let internal::SnapshotRequest { group, index } = req.into_inner();
+        if self
+            .snapshots
+            .latest(group)
+            .is_none_or(|f| f.index != index)
+        {
+            return Err(Status::not_found(format!(
+                "no snapshot of group {group} at index {index} here (superseded?)"
+            )));
+        }
+        // A few chunks in flight: the scan waits for a slow receiver
+        // instead of buffering the image.
+        let (tx, rx) = mpsc::channel(4);
+        let snaps = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = snaps.stream(group, index, &mut |pairs| {
+                let (keys, values) = pairs.into_iter().unzip();
+                tx.blocking_send(Ok(internal::SnapshotChunk { keys, values }))
+                    .map_err(|_| SnapshotError::Transfer("receiver went away".into()))
+            });
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(Status::aborted(e.to_string())));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn send(&self, req: Request<internal::RaftBatch>) -> Result<Response<internal::RaftAck>, Status> {
+        self.check_peer(&req)?;
+        for b in req.into_inner().envelopes {
+            let env = Envelope::decode(&b)
+                .map_err(|e| Status::invalid_argument(format!("bad raft envelope: {e}")))?;
+            if !self.inbox.deliver(env) {
+                return Err(Status::unavailable("raft loop stopped"));
+            }
+        }
+        Ok(Response::new(internal::RaftAck {}))
+    }
+}

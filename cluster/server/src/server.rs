@@ -1,0 +1,356 @@
+//! Serving a node over gRPC: the four `hourcell.v1` services, the standard
+//! health service and server reflection (so grpcurl works without our
+//! protos).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hourcell_proto::{internal, v1};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use hourcell_node::config::{NodeConfig, SecurityConfig};
+use hourcell_node::node::{Clock, Node};
+use hourcell_node::NodeError;
+
+use crate::auth::Auth;
+use crate::service::Services;
+
+/// Largest gRPC message accepted: a 100k-event ingest batch fits easily.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Binds `listen` (port 0 picks a free port) and returns the bound address
+/// with the listener, so callers can print it before serving.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<(SocketAddr, TcpListener)> {
+    let l = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    Ok((l.local_addr()?, l))
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// Opens a node whose peers are reached over gRPC (TLS as `cfg` says) and,
+/// when it was started with `--join` and is not a member yet, asks its
+/// peers to add it.
+pub fn open_node(cfg: &NodeConfig, clock: Clock) -> anyhow::Result<Arc<Node>> {
+    let tls = cfg
+        .security
+        .tls
+        .as_ref()
+        .map(crate::tls::ClientTls::of_node);
+    let network = crate::network::GrpcNetwork { tls: tls.clone() };
+    let node = Node::open(cfg, clock, &network)?;
+    if node.needs_join() {
+        if let Some(c) = &cfg.cluster {
+            let key = Auth::from_config(&cfg.security)?.token_key;
+            tokio::spawn(crate::join::ask_to_join(c.clone(), key, tls));
+        }
+    }
+    Ok(node)
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// `security` says who may call what and whether to serve TLS.
+pub async fn serve(
+    node: Arc<Node>,
+    security: SecurityConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let auth = Arc::new(Auth::from_config(&security)?);
+    let tls = security.tls.clone();
+    let svc = Services {
+        node: node.clone(),
+        auth: auth.clone(),
+    };
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<v1::ingest_server::IngestServer<Services>>()
+        .await;
+    health
+        .set_serving::<v1::query_server::QueryServer<Services>>()
+        .await;
+    health
+        .set_serving::<v1::registry_server::RegistryServer<Services>>()
+        .await;
+    health
+        .set_serving::<v1::admin_server::AdminServer<Services>>()
+        .await;
+    health
+        .set_serving::<v1::tasks_server::TasksServer<Services>>()
+        .await;
+    if node.rules_hourly() {
+        tokio::spawn(hourly_rules(node.clone()));
+    }
+    tokio::spawn(hourly_retention(node.clone()));
+    if node.shards().is_some() {
+        tokio::spawn(shard_keeper(node.clone()));
+    }
+    // The empty service name means "the whole server".
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    // Health turns NOT_SERVING once the node has stopped serving after a
+    // storage failure (for good), and, on a replicated node, while it has
+    // known no raft leader for a few seconds (it can then neither commit a
+    // write nor serve a linearizable read); it turns back when a leader is
+    // known again.
+    {
+        let node = node.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut leaderless_since: Option<std::time::Instant> = None;
+            let mut serving = true;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !node.healthy() {
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                    health
+                        .set_not_serving::<v1::ingest_server::IngestServer<Services>>()
+                        .await;
+                    health
+                        .set_not_serving::<v1::query_server::QueryServer<Services>>()
+                        .await;
+                    break;
+                }
+                let n = node.clone();
+                let has_leader = tokio::task::spawn_blocking(move || {
+                    n.replication()
+                        .is_none_or(|r| r.handle.status(r.group).is_some_and(|s| s.leader != 0))
+                })
+                .await
+                .unwrap_or(false);
+                leaderless_since = match (has_leader, leaderless_since) {
+                    (true, _) => None,
+                    (false, None) => Some(std::time::Instant::now()),
+                    (false, since) => since,
+                };
+                let want = leaderless_since.is_none_or(|t| t.elapsed() < Duration::from_secs(3));
+                if want != serving {
+                    serving = want;
+                    let st = if want {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tracing::warn!("no raft leader known: reporting NOT_SERVING");
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status("", st).await;
+                }
+            }
+        });
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let raft_svc = node.replication().map(|r| {
+        internal::raft_server::RaftServer::new(crate::raft_service::RaftService {
+            inbox: r.inbox.clone(),
+            snapshots: r.handle.snapshots(),
+            require_node_cert: tls.is_some(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    });
+    let shard_svc = node.shards().map(|_| {
+        internal::shard_server::ShardServer::new(crate::shard_service::ShardService {
+            node: node.clone(),
+            require_node_cert: tls.is_some(),
+        })
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20)
+    });
+    let router = Server::builder()
+        // A request that has not produced its response in a minute is
+        // cancelled (streams, once started, are not cut).
+        .timeout(Duration::from_secs(60))
+        // Every client RPC is authenticated, rate-limited, role-checked
+        // and (when refused) audited here, before any service sees it.
+        .layer(crate::gate::Gate::new(auth, node.clone()))
+        .add_optional_service(raft_svc)
+        .add_optional_service(shard_svc)
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(
+            v1::ingest_server::IngestServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            v1::registry_server::RegistryServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            v1::query_server::QueryServer::new(svc.clone())
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(v1::tasks_server::TasksServer::new(svc.clone()))
+        .add_service(v1::audit_server::AuditServer::new(svc.clone()))
+        .add_service(v1::admin_server::AdminServer::new(svc));
+    match &tls {
+        Some(paths) => {
+            let incoming = crate::tls::incoming(listener, paths.clone())?;
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+        None => {
+            // Without TCP_NODELAY small responses wait on delayed ACKs
+            // (~40 ms).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Seconds from `now` until the next hourly rule run: `RULES_MINUTE`
+/// minutes past the next hour, so that the hour just ended is complete.
+pub fn secs_until_next_run(now: i64) -> i64 {
+    const RULES_MINUTE: i64 = 5;
+    let next = (now - RULES_MINUTE * 60).div_euclid(3600) * 3600 + 3600 + RULES_MINUTE * 60;
+    next - now
+}
+
+/// Runs the rules every hour. On one node this is the only evaluator; in a
+/// cluster it will run where the metadata group's leader is. Running twice
+/// is harmless (raising is idempotent), so a leadership change at the wrong
+/// moment cannot duplicate tasks.
+async fn hourly_rules(node: Arc<Node>) {
+    loop {
+        let wait = secs_until_next_run(node.now()).max(1) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        on_leader(&node, "hourly rule evaluation", |n| {
+            n.run_tasks(None).map(|_| ())
+        })
+        .await;
+    }
+}
+
+/// Applies the retention limit a minute after start and then every hour,
+/// on the leader only (the command it proposes carries the cut-off, so
+/// every replica removes the same hours).
+async fn hourly_retention(node: Arc<Node>) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = Duration::from_secs(3600);
+        on_leader(&node, "retention", |n| {
+            let (cutoff, removed) = n.expire(n.now(), "retention")?;
+            tracing::info!(
+                cutoff_hour = cutoff,
+                person_days = removed,
+                "retention applied"
+            );
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Keeps a sharded node's weeks in line with the shard map, creates weeks
+/// ahead of ingest and keeps shard membership in line with the cluster's
+/// (see [`Node::shard_chores`]), twice a second.
+async fn shard_keeper(node: Arc<Node>) {
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = node.clone();
+        let r = tokio::task::spawn_blocking(move || n.shard_chores(n.now())).await;
+        let e = match r {
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("panicked: {e}"),
+        };
+        // Each distinct failure once (no leader yet is common at start).
+        if !e.is_empty() && e != last_error {
+            tracing::warn!(error = %e, "shard chores failed; retrying");
+        }
+        last_error = e;
+    }
+}
+
+/// Runs a cluster-wide chore off the async runtime if this node leads,
+/// logging what went wrong.
+async fn on_leader(
+    node: &Arc<Node>,
+    what: &'static str,
+    chore: impl FnOnce(&Node) -> Result<(), NodeError> + Send + 'static,
+) {
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || if n.leads() { chore(&n) } else { Ok(()) }).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+        Err(e) => tracing::error!(error = %e, "{what} panicked"),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// `hourcell node --config FILE`.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    if cfg.security.tls.is_none() {
+        if !cfg.security.insecure {
+            anyhow::bail!(
+                "this node has no TLS configuration ([security.tls] cert, key, ca); hourcell node \
+                 serves person-level data and refuses to run in plaintext unless [security] \
+                 insecure = true is set explicitly (see docs/SECURITY.md; `hourcell certs init DIR` \
+                 makes certificates to try TLS with)"
+            );
+        }
+        tracing::warn!(
+            "[security] insecure = true: serving plaintext gRPC without client certificates; \
+             use only on a trusted network"
+        );
+    }
+    let node = open_node(&cfg, hourcell_node::node::system_clock())?;
+    let (addr, listener) = bind(cfg.listen).await?;
+    if let Some(m) = cfg.metrics_listen {
+        let (maddr, ml) = bind(m).await?;
+        tracing::info!(%maddr, "serving /metrics");
+        tokio::spawn(crate::metrics_http::serve(node.clone(), ml));
+    }
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), slice_level = node.store().slice_level(), "hourcell node serving");
+    let r = serve(node.clone(), cfg.security.clone(), listener, shutdown_signal()).await;
+    node.shutdown();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secs_until_next_run;
+
+    #[test]
+    fn hourly_rules_run_five_minutes_past_each_hour() {
+        let h = 1_795_824_000; // an hour boundary
+        assert_eq!(secs_until_next_run(h), 300);
+        assert_eq!(secs_until_next_run(h + 300), 3600);
+        assert_eq!(secs_until_next_run(h + 301), 3599);
+        assert_eq!(secs_until_next_run(h + 299), 1);
+    }
+}

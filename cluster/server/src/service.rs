@@ -1,0 +1,745 @@
+//! gRPC services of `hourcell.v1` over a [`Node`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use hourcell_proto::v1;
+use hourcell_node::node::Node;
+use hourcell_node::NodeError;
+use hourcell_query::validate::{RawAddress, RawEvent, RawRegistration};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Auth, Principal, Rpc};
+use crate::convert::*;
+use crate::gate::principal;
+use crate::status::to_status;
+
+/// Persons per streamed message.
+const STREAM_CHUNK: usize = 16_384;
+
+
+/// Runs blocking store work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+        .map_err(to_status)
+}
+
+
+
+
+
+
+
+/// Writes the audit record of a person-level answer through the log; the
+/// answer is only returned if this succeeds. Called on the same blocking
+/// thread as the query, right after it: a second hand-off to the blocking
+/// pool cost as much as the query itself for a small answer.
+fn audit_answer(
+    node: &Node,
+    mut entry: hourcell_storage::AuditEntry,
+    persons: u64,
+) -> Result<(), NodeError> {
+    entry.time = node.now();
+    entry.persons_returned = persons;
+    node.audit(vec![entry]).map_err(|e| {
+        NodeError::Unavailable(format!(
+            "the audit record could not be written, so no data is returned: {}",
+            to_status(e).message()
+        ))
+    })
+}
+
+#[derive(Clone)]
+pub struct Services {
+    pub node: Arc<Node>,
+    pub auth: Arc<Auth>,
+}
+
+/// Longest purpose text and case reference.
+const MAX_PURPOSE: usize = 1_000;
+
+impl Services {
+
+    /// Checks a person-level request's purpose and case reference.
+    fn purpose(purpose: &str, case_ref: &str) -> Result<(String, String), Status> {
+        let (p, c) = (purpose.trim(), case_ref.trim());
+        if p.is_empty() || c.is_empty() {
+            return Err(Status::invalid_argument(
+                "person-level queries need a purpose and a case reference (CLI: --purpose TEXT --case REF)",
+            ));
+        }
+        if p.len() > MAX_PURPOSE || c.len() > MAX_PURPOSE {
+            return Err(Status::invalid_argument(format!(
+                "purpose and case reference are limited to {MAX_PURPOSE} bytes"
+            )));
+        }
+        Ok((p.to_string(), c.to_string()))
+    }
+
+    /// The audit record of a person-level answer, to be completed and
+    /// written by [`audit_answer`] once the answer is known.
+    fn answer_entry(
+        p: &Principal,
+        rpc: Rpc,
+        parameters: serde_json::Value,
+        (purpose, case_ref): (String, String),
+    ) -> hourcell_storage::AuditEntry {
+        hourcell_storage::AuditEntry {
+            time: 0,
+            principal: p.name.clone(),
+            roles: p.role_names(),
+            rpc: rpc.name().into(),
+            parameters: parameters.to_string(),
+            purpose,
+            case_ref,
+            persons_returned: 0,
+            outcome: "ok".into(),
+        }
+    }
+
+    /// The threshold below which `p` sees counts suppressed (0: none).
+    fn suppression(&self, p: &Principal) -> u64 {
+        if p.has(crate::auth::Role::Investigator) {
+            0
+        } else {
+            self.auth.suppress_below
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::ingest_server::Ingest for Services {
+    async fn ingest(
+        &self,
+        req: Request<v1::IngestRequest>,
+    ) -> Result<Response<v1::IngestResponse>, Status> {
+        let _p = principal(&req)?;
+        let raw: Vec<RawEvent> = req.into_inner().events.into_iter().map(raw_event).collect();
+        let node = self.node.clone();
+        let (accepted, bad) = blocking(move || node.ingest_owned(raw)).await?;
+        Ok(Response::new(v1::IngestResponse {
+            accepted,
+            rejected: rejections(bad),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::registry_server::Registry for Services {
+    async fn put_addresses(
+        &self,
+        req: Request<v1::PutAddressesRequest>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
+        let _p = principal(&req)?;
+        let raw: Vec<RawAddress> = req
+            .into_inner()
+            .addresses
+            .into_iter()
+            .map(|a| RawAddress {
+                code: a.code,
+                lat: a.lat,
+                lng: a.lng,
+                kind: a.kind,
+                area: a.area,
+                label: a.label,
+            })
+            .collect();
+        let node = self.node.clone();
+        let (accepted, bad) = blocking(move || node.put_addresses(&raw)).await?;
+        Ok(Response::new(v1::PutResponse {
+            accepted,
+            rejected: rejections(bad),
+        }))
+    }
+
+    async fn put_registrations(
+        &self,
+        req: Request<v1::PutRegistrationsRequest>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
+        let _p = principal(&req)?;
+        let raw: Vec<RawRegistration> = req
+            .into_inner()
+            .registrations
+            .into_iter()
+            .map(|r| RawRegistration {
+                person: r.person,
+                address: r.address,
+                kind: r.kind,
+                valid_from: r.valid_from,
+                valid_until: r.valid_until,
+            })
+            .collect();
+        let node = self.node.clone();
+        let (accepted, bad) = blocking(move || node.put_registrations(&raw)).await?;
+        Ok(Response::new(v1::PutResponse {
+            accepted,
+            rejected: rejections(bad),
+        }))
+    }
+
+    async fn get_address(
+        &self,
+        req: Request<v1::GetAddressRequest>,
+    ) -> Result<Response<v1::Address>, Status> {
+        let _p = principal(&req)?;
+        let code = req.into_inner().code;
+        let a = self
+            .node
+            .store()
+            .address(&code)
+            .ok_or_else(|| Status::not_found(format!("address {code:?} not found")))?;
+        Ok(Response::new(v1::Address {
+            code: a.code,
+            lat: a.lat,
+            lng: a.lng,
+            kind: a.kind.as_str().into(),
+            area: a.area,
+            label: a.label,
+        }))
+    }
+
+    async fn get_registration(
+        &self,
+        req: Request<v1::GetRegistrationRequest>,
+    ) -> Result<Response<v1::Registration>, Status> {
+        let _p = principal(&req)?;
+        let person = req.into_inner().person;
+        let r = self
+            .node
+            .store()
+            .registration(person)
+            .ok_or_else(|| Status::not_found(format!("no registration for person {person}")))?;
+        Ok(Response::new(v1::Registration {
+            person: r.person,
+            address: r.address,
+            kind: r.kind.as_str().into(),
+            valid_from: r.valid_from,
+            valid_until: r.valid_until,
+        }))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::query_server::Query for Services {
+    type WhoWasAtStream = BoxStream<v1::WhoWasAtResponse>;
+    type NoActivitySinceStream = BoxStream<v1::NoActivitySinceResponse>;
+
+    async fn who_was_at(
+        &self,
+        req: Request<v1::WhoWasAtRequest>,
+    ) -> Result<Response<Self::WhoWasAtStream>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let why = Self::purpose(&r.purpose, &r.case_ref)?;
+        let params = serde_json::json!({
+            "region": format!("{:?}", r.region),
+            "window": format!("{:?}", r.window),
+        });
+        let region = region_from_proto(r.region, "region")?;
+        let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
+        let node = self.node.clone();
+        let max = r.max_staleness_ms;
+        let entry = Self::answer_entry(&p, Rpc::WhoWasAt, params, why);
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max, Some((from, to)))?;
+            let ans = node.query().who_was_at(&region, from, to, as_of)?;
+            audit_answer(&node, entry, ans.persons.len() as u64)?;
+            Ok((stale, ans))
+        })
+        .await?;
+        let window = effective(&ans.window);
+        let mut msgs: Vec<Result<v1::WhoWasAtResponse, Status>> = ans
+            .persons
+            .chunks(STREAM_CHUNK)
+            .map(|c| {
+                Ok(v1::WhoWasAtResponse {
+                    window: None,
+                    persons: c.to_vec(),
+                    staleness_ms: 0,
+                })
+            })
+            .collect();
+        if msgs.is_empty() {
+            msgs.push(Ok(v1::WhoWasAtResponse::default()));
+        }
+        if let Some(Ok(first)) = msgs.first_mut() {
+            first.window = Some(window);
+            first.staleness_ms = stale;
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
+    }
+
+    async fn where_was(
+        &self,
+        req: Request<v1::WhereWasRequest>,
+    ) -> Result<Response<v1::WhereWasResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let why = Self::purpose(&r.purpose, &r.case_ref)?;
+        let params = serde_json::json!({
+            "person": r.person,
+            "window": format!("{:?}", r.window),
+        });
+        let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
+        let node = self.node.clone();
+        let person = r.person;
+        let max = r.max_staleness_ms;
+        let entry = Self::answer_entry(&p, Rpc::WhereWas, params, why);
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max, None)?;
+            let ans = node.query().where_was(person, from, to, as_of)?;
+            audit_answer(&node, entry, u64::from(!ans.hours.is_empty()))?;
+            Ok((stale, ans))
+        })
+        .await?;
+        Ok(Response::new(v1::WhereWasResponse {
+            staleness_ms: stale,
+            window: Some(effective(&ans.window)),
+            person: ans.person,
+            hours: ans
+                .hours
+                .into_iter()
+                .map(|h| v1::HourPlaces {
+                    hour: h.hour * 3600,
+                    cells: h.cells,
+                    addresses: h.addresses,
+                    sources: h.sources,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn occupancy(
+        &self,
+        req: Request<v1::OccupancyRequest>,
+    ) -> Result<Response<v1::OccupancyResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let region = region_from_proto(r.region, "region")?;
+        let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
+        let node = self.node.clone();
+        let max = r.max_staleness_ms;
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max, Some((from, to)))?;
+            Ok((stale, node.query().occupancy(&region, from, to, as_of)?))
+        })
+        .await?;
+        // Small counts are suppressed, not shown, unless the caller may see
+        // persons anyway.
+        let k = self.suppression(&p);
+        let shown = |c: u64| if c < k { (0, true) } else { (c, false) };
+        let (distinct, distinct_suppressed) = shown(ans.distinct);
+        Ok(Response::new(v1::OccupancyResponse {
+            staleness_ms: stale,
+            window: Some(effective(&ans.window)),
+            distinct,
+            distinct_suppressed,
+            suppressed_below: k,
+            hours: ans
+                .hours
+                .into_iter()
+                .map(|h| {
+                    let (distinct, suppressed) = shown(h.distinct);
+                    v1::HourCount {
+                        hour: h.hour * 3600,
+                        distinct,
+                        suppressed,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn no_activity_since(
+        &self,
+        req: Request<v1::NoActivitySinceRequest>,
+    ) -> Result<Response<Self::NoActivitySinceStream>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let why = Self::purpose(&r.purpose, &r.case_ref)?;
+        let params = serde_json::json!({
+            "since": r.since,
+            "as_of": r.as_of,
+            "scope": format!("{:?}", r.scope),
+            "local": format!("{:?}", r.local),
+        });
+        let scope = optional_region(r.scope, "scope")?;
+        let local = optional_region(r.local, "local")?;
+        let as_of = r.as_of.unwrap_or_else(|| self.node.now());
+        let since = r.since;
+        // Only activity inside `local` reads the cell shards of the window.
+        let window = local.as_ref().map(|_| (since, as_of));
+        let node = self.node.clone();
+        let max = r.max_staleness_ms;
+        let entry = Self::answer_entry(&p, Rpc::NoActivitySince, params, why);
+        let (stale, ans) = blocking(move || {
+            let stale = node.read_barrier_bounded(max, window)?;
+            let ans =
+                node.query()
+                    .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?;
+            audit_answer(&node, entry, ans.persons.len() as u64)?;
+            Ok((stale, ans))
+        })
+        .await?;
+        let window = effective(&ans.window);
+        let mut msgs: Vec<Result<v1::NoActivitySinceResponse, Status>> = ans
+            .persons
+            .chunks(STREAM_CHUNK)
+            .map(|c| {
+                Ok(v1::NoActivitySinceResponse {
+                    staleness_ms: 0,
+                    window: None,
+                    persons: c
+                        .iter()
+                        .map(|p| v1::InactivePerson {
+                            person: p.person,
+                            last_seen: p.last_seen_hour.map(|h| h * 3600),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        if msgs.is_empty() {
+            msgs.push(Ok(v1::NoActivitySinceResponse::default()));
+        }
+        if let Some(Ok(first)) = msgs.first_mut() {
+            first.window = Some(window);
+            first.staleness_ms = stale;
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for Services {
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let _p = principal(&req)?;
+        let node = self.node.clone();
+        let count = req.into_inner().count_postings;
+        // Status doubles as a readiness probe: the full posting scan only
+        // runs when asked for.
+        let (st, postings, raft, shards) = blocking(move || {
+            let st = node.stats()?;
+            let postings = if count { node.count_postings()?.0 } else { 0 };
+            let raft = node.replication().map(|r| {
+                let s = r.handle.status(r.group);
+                v1::RaftStatus {
+                    node_id: r.handle.id(),
+                    group: r.group,
+                    leader: s.as_ref().map_or(0, |s| s.leader),
+                    term: s.as_ref().map_or(0, |s| s.term),
+                    is_leader: s.as_ref().is_some_and(|s| s.is_leader),
+                    commit: s.as_ref().map_or(0, |s| s.commit),
+                    applied: s.as_ref().map_or(0, |s| s.applied),
+                    peers: r
+                        .known_peers()
+                        .into_iter()
+                        .map(|(id, addr)| v1::RaftPeer { id, addr })
+                        .collect(),
+                    voters: s.as_ref().map_or(Vec::new(), |s| s.voters.clone()),
+                    learners: s.as_ref().map_or(Vec::new(), |s| s.learners.clone()),
+                    first_index: s.as_ref().map_or(0, |s| s.first_index),
+                }
+            });
+            let shards = node.shard_members();
+            Ok((st, postings, raft, shards))
+        })
+        .await?;
+        Ok(Response::new(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            data_dir: self.node.data_dir().display().to_string(),
+            slice_level: self.node.store().slice_level() as u32,
+            persons: st.persons,
+            addresses: st.addresses,
+            registrations: st.registrations,
+            events_accepted: self.node.events_accepted(),
+            postings,
+            disk_bytes: st.disk_bytes,
+            first_hour: st.first_hour.map(|h| h * 3600),
+            last_hour: st.last_hour.map(|h| h * 3600),
+            raft,
+            shards: shard_members_to_proto(shards),
+            shard_map_version: if self.node.shards().is_some() {
+                self.node.store().shard_map_version()
+            } else {
+                0
+            },
+        }))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<v1::CompactRequest>,
+    ) -> Result<Response<v1::CompactResponse>, Status> {
+        let _p = principal(&req)?;
+        let node = self.node.clone();
+        let (before, after) = blocking(move || Ok(node.compact()?)).await?;
+        Ok(Response::new(v1::CompactResponse {
+            disk_bytes_before: before,
+            disk_bytes_after: after,
+        }))
+    }
+
+    async fn expire(
+        &self,
+        req: Request<v1::ExpireRequest>,
+    ) -> Result<Response<v1::ExpireResponse>, Status> {
+        let p = principal(&req)?;
+        let node = self.node.clone();
+        let (cutoff, removed) = blocking(move || node.expire(node.now(), &p.name)).await?;
+        Ok(Response::new(v1::ExpireResponse {
+            cutoff: cutoff * 3600,
+            person_days_removed: removed,
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let _p = principal(&req)?;
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let m = blocking(move || {
+            let rep = replicated(&node)?;
+            node.add_node(r.id, &r.addr, r.replace)?;
+            Ok(membership(rep))
+        })
+        .await?;
+        Ok(Response::new(m))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let _p = principal(&req)?;
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let m = blocking(move || {
+            let rep = replicated(&node)?;
+            rep.remove_node(r.id)?;
+            Ok(membership(rep))
+        })
+        .await?;
+        Ok(Response::new(m))
+    }
+}
+
+
+
+#[tonic::async_trait]
+impl v1::audit_server::Audit for Services {
+    async fn list(
+        &self,
+        req: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        let _p = principal(&req)?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 1_000,
+            n => (n as usize).min(1_000),
+        };
+        let node = self.node.clone();
+        let (records, total) = blocking(move || {
+            node.read_barrier()?;
+            Ok((
+                node.store().audit_records(r.after_seq, limit)?,
+                node.store().audit_len(),
+            ))
+        })
+        .await?;
+        Ok(Response::new(v1::ListAuditResponse {
+            records: records.into_iter().map(audit_to_proto).collect(),
+            total,
+        }))
+    }
+}
+
+fn replicated(node: &Node) -> Result<&hourcell_node::node::Replication, NodeError> {
+    node.replication().ok_or_else(|| {
+        NodeError::Refused("this is a single node without [cluster]: there is no membership".into())
+    })
+}
+
+
+// ------------------------------------------------------------------ tasks
+
+/// Most tasks per list page.
+const MAX_PAGE: usize = 1_000;
+/// Changes read from the log per step of a watch stream.
+const WATCH_CHUNK: usize = 512;
+
+
+#[tonic::async_trait]
+impl v1::tasks_server::Tasks for Services {
+    type WatchStream = BoxStream<v1::TaskChange>;
+
+    async fn run(
+        &self,
+        req: Request<v1::RunTasksRequest>,
+    ) -> Result<Response<v1::RunTasksResponse>, Status> {
+        let _p = principal(&req)?;
+        let at = req.into_inner().at;
+        let node = self.node.clone();
+        let s = blocking(move || node.run_tasks(at)).await?;
+        Ok(Response::new(v1::RunTasksResponse {
+            at: s.at,
+            evaluation: s.evaluation,
+            proposed: s.proposed,
+            created: s.created,
+            persons_scored: s.persons_scored,
+            departures_checked: s.departures_checked,
+            seconds: s.seconds,
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let _p = principal(&req)?;
+        let r = req.into_inner();
+        let kind = match r.kind.as_str() {
+            "" => None,
+            k => Some(hourcell_storage::TaskKind::parse(k).ok_or_else(|| {
+                invalid(
+                    "kind",
+                    k,
+                    "expected REGISTER_NEWCOMER, RESIDENCE_MISMATCH or VERIFY_DEPARTURE",
+                )
+            })?),
+        };
+        let state = match r.state.as_str() {
+            "" => None,
+            s => Some(
+                hourcell_storage::TaskState::parse(s)
+                    .ok_or_else(|| invalid("state", s, "expected open, in_progress or resolved"))?,
+            ),
+        };
+        let after = match r.page_token.as_str() {
+            "" => 0,
+            t => t
+                .parse::<u64>()
+                .map_err(|_| invalid("page_token", t, "not a token from a previous page"))?,
+        };
+        let size = match r.page_size as usize {
+            0 => 100,
+            n if n > MAX_PAGE => {
+                return Err(invalid("page_size", n, "at most 1000"));
+            }
+            n => n,
+        };
+        let area = r.area;
+        let node = self.node.clone();
+        let tasks = blocking(move || {
+            node.read_barrier()?;
+            Ok(node.store().tasks_after(after, size + 1, &mut |t| {
+                kind.is_none_or(|k| t.draft.kind == k)
+                    && state.is_none_or(|s| t.state == s)
+                    && (area.is_empty() || t.draft.area == area)
+            })?)
+        })
+        .await?;
+        // One extra task fetched tells whether another page exists.
+        let more = tasks.len() > size;
+        let tasks: Vec<_> = tasks.into_iter().take(size).collect();
+        let next_page_token = match (more, tasks.last()) {
+            (true, Some(t)) => t.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks: tasks.into_iter().map(task_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get(&self, req: Request<v1::GetTaskRequest>) -> Result<Response<v1::Task>, Status> {
+        let _p = principal(&req)?;
+        let id = req.into_inner().id;
+        let node = self.node.clone();
+        let t = blocking(move || {
+            node.read_barrier()?;
+            Ok(node.store().task(id)?)
+        })
+        .await?;
+        t.map(|t| Response::new(task_to_proto(t)))
+            .ok_or_else(|| Status::not_found(format!("no task with id {id}")))
+    }
+
+    async fn update(
+        &self,
+        req: Request<v1::UpdateTaskRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
+        let _p = principal(&req)?;
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let t =
+            blocking(move || node.update_task(r.id, &r.state, &r.outcome, &r.note, &r.by)).await?;
+        Ok(Response::new(task_to_proto(t)))
+    }
+
+    async fn watch(
+        &self,
+        req: Request<v1::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let _p = principal(&req)?;
+        let cursor = req.into_inner().cursor;
+        let node = self.node.clone();
+        let seq = node.watch_tasks();
+        // Reads the log after the cursor in chunks; when caught up, waits
+        // for the next change. The log is durable and gap-free, so a client
+        // that resumes from the last seq it received misses nothing and sees
+        // nothing twice.
+        struct St {
+            node: Arc<Node>,
+            cursor: u64,
+            seq: tokio::sync::watch::Receiver<u64>,
+            buf: std::collections::VecDeque<hourcell_storage::TaskChange>,
+        }
+        let st = St {
+            node,
+            cursor,
+            seq,
+            buf: Default::default(),
+        };
+        let stream = futures::stream::unfold(st, |mut st| async move {
+            loop {
+                if let Some(c) = st.buf.pop_front() {
+                    st.cursor = c.seq;
+                    let msg = v1::TaskChange {
+                        seq: c.seq,
+                        task: Some(task_to_proto(c.task)),
+                    };
+                    return Some((Ok(msg), st));
+                }
+                let latest = *st.seq.borrow_and_update();
+                if latest > st.cursor {
+                    let (n, after) = (st.node.clone(), st.cursor);
+                    match blocking(move || Ok(n.store().task_changes(after, WATCH_CHUNK)?)).await {
+                        Ok(changes) if !changes.is_empty() => {
+                            st.buf.extend(changes);
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Some((Err(e), st)),
+                    }
+                }
+                if st.seq.changed().await.is_err() {
+                    return None;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,33 @@
+//! The one place where errors become gRPC statuses: every service and the
+//! auth layer map through here, so a variant always gets the same code.
+
+use hourcell_node::NodeError;
+use hourcell_query::QueryError;
+use tonic::Status;
+
+/// Maps every error to a status: bad input is `INVALID_ARGUMENT` naming the
+/// field and value; storage failures are `INTERNAL` (and logged); a node
+/// that stopped serving is `UNAVAILABLE`.
+pub fn to_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Invalid(m) => Status::invalid_argument(m),
+        NodeError::NotFound(m) => Status::not_found(m),
+        NodeError::UnknownRole { .. } => Status::invalid_argument(e.to_string()),
+        NodeError::Refused(m) => Status::failed_precondition(m),
+        NodeError::Unavailable(m) => Status::unavailable(m),
+        NodeError::Query(QueryError::InvalidArgument { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
+        NodeError::Query(QueryError::NotFound { .. }) => Status::not_found(e.to_string()),
+        NodeError::Query(QueryError::Unavailable(m)) => Status::unavailable(m),
+        NodeError::Query(QueryError::Storage(s)) | NodeError::Storage(s) => {
+            tracing::error!(error = %s, "request failed in storage");
+            if s.is_fatal() {
+                Status::unavailable(format!("storage failure: {s}"))
+            } else {
+                Status::invalid_argument(s.to_string())
+            }
+        }
+    }
+}
+

@@ -1,0 +1,164 @@
+//! Splitting an ingest batch over the shards of a [`Layout`]: the ids the
+//! metadata store must assign first, the weeks a batch touches, and one
+//! command per shard. Separate from `shard` (placement and the map), which
+//! knows neither the store nor commands.
+
+use std::collections::HashMap;
+
+use crate::catalog::AddressRecord;
+use crate::command::{ShardIngest, SliceEvent};
+use crate::kv::KvEngine;
+use crate::shard::{week_of_hour, Known, Layout, ShardId, ShardPart};
+use crate::store::SliceStore;
+use crate::{Result, StorageError};
+
+impl Layout {
+    /// Ids the metadata store must assign before `events` can be split:
+    /// persons and source labels it has not seen, in first-seen order.
+    pub fn missing_ids<E: KvEngine>(
+        meta: &SliceStore<E>,
+        events: &[SliceEvent],
+    ) -> (Vec<u64>, Vec<String>) {
+        let mut persons = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut sources: Vec<String> = Vec::new();
+        for e in events {
+            if seen.insert(e.person) && meta.internal_id(e.person).is_none() {
+                persons.push(e.person);
+            }
+            if !sources.contains(&e.source) && meta.source_id(&e.source).is_none() {
+                sources.push(e.source.clone());
+            }
+        }
+        (persons, sources)
+    }
+
+    /// The weeks `events` fall in, ascending.
+    pub fn weeks(events: &[SliceEvent]) -> Vec<i64> {
+        let mut w: Vec<i64> = events.iter().map(|e| week_of_hour(e.hour)).collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+
+    /// Splits placed events into one command per shard they touch, with
+    /// the ids from `meta` (which must already have assigned them). A shard
+    /// is `(part, week, index)`; the week is 0 for person shards. A
+    /// dictionary entry, label or address is carried unless `knows(shard,
+    /// what)` says that shard already holds it: a replica that holds it
+    /// applied it from an earlier entry of the same log, so every replica
+    /// will have it before this command. Returns `(shard, command)`.
+    pub fn split<E: KvEngine>(
+        &self,
+        meta: &SliceStore<E>,
+        events: Vec<SliceEvent>,
+        knows: &dyn Fn(ShardId, Known<'_>) -> bool,
+    ) -> Result<Vec<(ShardId, ShardIngest)>> {
+        #[derive(Default)]
+        struct Part {
+            cmd: Option<ShardIngest>,
+            persons: std::collections::HashSet<u64>,
+            sources: std::collections::HashSet<u16>,
+            addresses: std::collections::HashSet<u32>,
+        }
+        let mut parts: HashMap<ShardId, Part> = HashMap::new();
+        // Each address code's record and slice cell, looked up once.
+        type Addr = Option<(std::sync::Arc<AddressRecord>, u64)>;
+        let mut addr_cache: HashMap<String, Addr> = HashMap::new();
+        let shift = crate::cell::compact_shift(meta.slice_level());
+        let labels = meta.source_labels();
+        let mut ids: HashMap<u64, u32> = HashMap::new();
+        for e in events {
+            let id = match ids.get(&e.person) {
+                Some(&id) => id,
+                None => {
+                    let id = meta.internal_id(e.person).ok_or_else(|| {
+                        StorageError::Invalid(format!("person {} has no id yet", e.person))
+                    })?;
+                    ids.insert(e.person, id);
+                    id
+                }
+            };
+            let src = meta.source_id(&e.source).ok_or_else(|| {
+                StorageError::Invalid(format!("source {:?} has no id yet", e.source))
+            })?;
+            let addr = match &e.address {
+                Some(code) => match addr_cache.get(code.as_str()) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = meta.address(code).and_then(|a| {
+                            let (_, _, _, cell) = meta.address_point(code)?;
+                            Some((std::sync::Arc::new(a), cell))
+                        });
+                        addr_cache.insert(code.clone(), a.clone());
+                        a
+                    }
+                },
+                None => None,
+            };
+            let cells = ShardId {
+                part: ShardPart::Cells,
+                week: week_of_hour(e.hour),
+                index: self.cell_shard(e.cell),
+            };
+            let persons = ShardId {
+                part: ShardPart::Persons,
+                week: 0,
+                index: self.person_shard(id),
+            };
+            let new_part = |part| ShardIngest {
+                part,
+                persons: Vec::new(),
+                sources: Vec::new(),
+                addresses: Vec::new(),
+                events: Vec::new(),
+                cell_events: Vec::new(),
+                person_events: Vec::new(),
+            };
+            let addr_id = addr.as_ref().map_or(0, |(a, _)| a.id);
+            // The cell part: resolved here, nothing for the shard to learn.
+            parts
+                .entry(cells)
+                .or_default()
+                .cmd
+                .get_or_insert_with(|| new_part(ShardPart::Cells))
+                .cell_events
+                .push((id, e.hour, e.cell, addr_id));
+            {
+                let shard = persons;
+                let part = shard.part;
+                let p = parts.entry(shard).or_default();
+                let cmd = p.cmd.get_or_insert_with(|| new_part(part));
+                if p.persons.insert(e.person) && !knows(shard, Known::Person(e.person)) {
+                    cmd.persons.push((e.person, id));
+                }
+                if p.sources.insert(src) && !knows(shard, Known::Source(&e.source)) {
+                    cmd.sources.push((src, labels[src as usize].clone()));
+                }
+                // Most events sit at their address's point: the person
+                // index stores cell 0 ("the address's cell") for them.
+                let compact_cell = match &addr {
+                    Some((a, cell)) => {
+                        if p.addresses.insert(a.id) && !knows(shard, Known::Address(&a.code)) {
+                            cmd.addresses.push(AddressRecord::clone(a));
+                        }
+                        if *cell == e.cell {
+                            0
+                        } else {
+                            e.cell >> shift
+                        }
+                    }
+                    None => e.cell >> shift,
+                };
+                cmd.person_events
+                    .push((id, e.hour, compact_cell, addr_id, src));
+            }
+        }
+        let mut out: Vec<_> = parts
+            .into_iter()
+            .filter_map(|(id, c)| c.cmd.map(|c| (id, c)))
+            .collect();
+        out.sort_by_key(|(id, _)| (id.part == ShardPart::Persons, id.week, id.index));
+        Ok(out)
+    }
+}

@@ -1,0 +1,92 @@
+//! The events, regions and queries process tests write and read.
+
+use hourcell_proto::v1;
+
+use crate::grpc::{connect, patient};
+
+/// 2026-11-01T00:00:00Z
+pub const T0: i64 = 1_793_491_200;
+
+pub fn events(first: u64, n: u64, hour: i64) -> Vec<v1::Event> {
+    (0..n)
+        .map(|i| v1::Event {
+            person: first + i,
+            time: Some(v1::event::Time::UnixSeconds(T0 + hour * 3600 + 60)),
+            lat: Some(30.27 + i as f64 * 1e-4),
+            lng: Some(120.15),
+            address: String::new(),
+            source: "access".into(),
+        })
+        .collect()
+}
+
+/// Ingests through `port`; true once acknowledged.
+pub async fn ingest(port: u16, evs: Vec<v1::Event>) -> bool {
+    let Some(ch) = connect(port).await else {
+        return false;
+    };
+    v1::ingest_client::IngestClient::new(ch)
+        .ingest(v1::IngestRequest { events: evs })
+        .await
+        .is_ok_and(|r| r.into_inner().accepted > 0)
+}
+
+/// The circle and two days every test writes into.
+pub fn circle_region() -> Option<v1::Region> {
+    Some(v1::Region {
+        kind: Some(v1::region::Kind::Circle(v1::Circle {
+            lat: 30.27,
+            lng: 120.15,
+            radius_m: 5_000.0,
+        })),
+    })
+}
+
+pub fn two_days() -> Option<v1::Window> {
+    Some(v1::Window {
+        from: T0,
+        to: T0 + 48 * 3600,
+        as_of: Some(T0 + 48 * 3600),
+    })
+}
+
+/// who-was-at over [`circle_region`] and [`two_days`].
+pub fn who_request(max_staleness_ms: Option<u32>) -> v1::WhoWasAtRequest {
+    v1::WhoWasAtRequest {
+        purpose: "generated test".into(),
+        case_ref: "T-1".into(),
+        max_staleness_ms,
+        region: circle_region(),
+        window: two_days(),
+    }
+}
+
+pub async fn persons_on(port: u16) -> Vec<u64> {
+    persons_on_stale(port, None).await.0
+}
+
+/// who-was-at through `port`, optionally accepting a bounded-stale
+/// follower read; returns the persons and the staleness the node reported.
+pub async fn persons_on_stale(port: u16, max_staleness_ms: Option<u32>) -> (Vec<u64>, u64) {
+    let ch = patient(port).await.expect("node reachable");
+    let mut s = v1::query_client::QueryClient::new(ch)
+        .who_was_at(who_request(max_staleness_ms))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    let mut stale = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        stale = stale.max(m.staleness_ms);
+        out.extend(m.persons);
+    }
+    (out, stale)
+}
+
+/// What the writer sent and what was acknowledged.
+#[derive(Default)]
+pub struct Ledger {
+    pub attempted: std::collections::BTreeSet<u64>,
+    pub acked: std::collections::BTreeSet<u64>,
+    pub failures: u64,
+}

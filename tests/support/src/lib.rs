@@ -1,0 +1,12 @@
+//! Helpers shared by the process and cluster tests: free ports, spawning
+//! `hourcell node` processes and printing their logs when a test fails,
+//! channels, waiting for a leader or for convergence, cuttable links
+//! between nodes, and the test bodies that run both over the in-process
+//! simulated network and over real processes ([`bodies`]).
+
+pub mod bodies;
+pub mod config;
+pub mod data;
+pub mod grpc;
+pub mod links;
+pub mod procs;
