@@ -1,5 +1,5 @@
-//! Commands: the unit of change a store applies. A raft log entry will
-//! carry exactly one command (a batch, never a single event). Applying a
+//! Commands: the unit of change a store applies. A raft log entry
+//! carries exactly one command (a batch, never a single event). Applying a
 //! command reads nothing but the store and the command itself, so every
 //! replica that applies the same commands in the same order holds the same
 //! bytes.

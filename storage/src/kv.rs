@@ -45,8 +45,7 @@ impl WriteBatch {
 
 /// An ordered byte-key store.
 ///
-/// Contract (every implementation passes the shared suite in
-/// `store::tests` and `kv_suite`):
+/// Contract (checked by the shared suite in `storage/tests/suite.rs`):
 /// - `write` is atomic; with `sync = true` it returns only once the batch
 ///   survives a process kill or power loss.
 /// - Reads see every write that returned before them.

@@ -8,7 +8,7 @@
 //!   registry catalog, per-day sets of (person, hour mask) per S2 cell and
 //!   per address, a roaring bitmap of everyone per hour, and the per-person
 //!   index. It applies [`Command`]s, the unit
-//!   that a raft log entry will carry, deterministically: no wall clock, no
+//!   that a raft log entry carries, deterministically: no wall clock, no
 //!   randomness.
 //! - [`keys`] documents the key layout; [`cell`] the S2 helpers.
 //!

@@ -1,0 +1,139 @@
+//! Retention: removing every hour before a cut-off.
+
+use super::SliceStore;
+use crate::command::ApplyOutcome;
+use crate::error::Result;
+use crate::keys;
+use crate::kv::{KvEngine, WriteBatch};
+
+impl<E: KvEngine> SliceStore<E> {
+    /// Removes every hour before `cutoff_hour`. Time-major slices go by
+    /// range deletes up to the cut-off day; the boundary day's masks are
+    /// trimmed; the person index is trimmed person by person (one seek
+    /// each). Then the ranges are compacted so the disk space comes back.
+    pub(super) fn apply_expire(
+        &self,
+        cutoff_hour: i64,
+        audit: &crate::audit::AuditEntry,
+    ) -> Result<ApplyOutcome> {
+        use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
+        let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
+        // Every hour with an event has an hourly bitmap (in a person shard)
+        // or a cell slice of its day (in a cell shard): if the first one is
+        // not before the cut-off, there is nothing to remove (the usual
+        // case on a young store) and nothing is scanned, compacted or
+        // audited.
+        let mut first_hour = None;
+        self.engine.scan(
+            &keys::hour_slice(keys::MIN_HOUR),
+            &keys::prefix_end(&[keys::HOUR_SLICE]),
+            &mut |k, _| {
+                first_hour = Some(keys::hour_from(&k[1..5]));
+                false
+            },
+        )?;
+        self.engine.scan(
+            &[keys::CELL_DAY],
+            &keys::prefix_end(&[keys::CELL_DAY]),
+            &mut |k, _| {
+                // The day's first hour: a cell slice may hold any of them.
+                let h = keys::hour_from(&k[1..5]) * 24;
+                first_hour = Some(first_hour.map_or(h, |f: i64| f.min(h)));
+                false
+            },
+        )?;
+        if first_hour.is_none_or(|f| f >= cutoff_hour) {
+            return Ok(ApplyOutcome::default());
+        }
+        let day = cutoff_hour.div_euclid(24);
+        let h = cutoff_hour.rem_euclid(24) as u32;
+        // Hours of the boundary day that stay.
+        let keep = FULL_DAY & !((1u32 << h) - 1);
+        let mut b = WriteBatch::default();
+        let mut removed = 0u64;
+        for prefix in [keys::CELL_DAY, keys::ADDRESS_DAY] {
+            let lo = vec![prefix];
+            let mut cut = vec![prefix];
+            cut.extend_from_slice(&keys::hour_bytes(day));
+            b.delete_range(lo, cut.clone());
+            if h > 0 {
+                let mut err = None;
+                self.engine.scan(
+                    &cut,
+                    &keys::prefix_end(&cut),
+                    &mut |k, v| match decode_day_set(k, v) {
+                        Ok(set) => {
+                            let kept: Vec<(u32, u32)> = set
+                                .into_iter()
+                                .filter_map(|(id, m)| (m & keep != 0).then_some((id, m & keep)))
+                                .collect();
+                            if kept.is_empty() {
+                                b.delete(k.to_vec());
+                            } else {
+                                b.put(k.to_vec(), encode_day_set(&kept));
+                            }
+                            true
+                        }
+                        Err(e) => {
+                            err = Some(e);
+                            false
+                        }
+                    },
+                )?;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+            }
+        }
+        b.delete_range(vec![keys::HOUR_SLICE], keys::hour_slice(cutoff_hour));
+        let persons = self.state.read_recursive().int_to_ext.len() as u32;
+        for id in 0..persons {
+            let from = keys::person_day(id, keys::MIN_HOUR);
+            let to = keys::person_day(id, day + 1);
+            let mut err = None;
+            self.engine.scan(&from, &to, &mut |k, v| {
+                let d = keys::hour_from(&k[5..9]);
+                if d < day || h == 0 && d == day {
+                    if d < day {
+                        removed += 1;
+                        b.delete(k.to_vec());
+                    }
+                    return true;
+                }
+                match crate::codec::trim_places(k, v, keep) {
+                    Ok(Some(t)) => b.put(k.to_vec(), t),
+                    Ok(None) => b.delete(k.to_vec()),
+                    Err(e) => {
+                        err = Some(e);
+                        return false;
+                    }
+                }
+                true
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        self.chain_audit(&mut b, std::slice::from_ref(audit));
+        self.commit(b)?;
+        // Give the space back: the time-major slices only over the removed
+        // range; the person-major index (spread over every person) only
+        // when whole person-days went, which is once a day.
+        for prefix in [keys::CELL_DAY, keys::ADDRESS_DAY] {
+            let mut cut = vec![prefix];
+            cut.extend_from_slice(&keys::hour_bytes(day));
+            self.engine.compact_range(&[prefix], &cut)?;
+        }
+        self.engine
+            .compact_range(&[keys::HOUR_SLICE], &keys::hour_slice(cutoff_hour))?;
+        if removed > 0 {
+            self.engine
+                .compact_range(&[keys::PERSON], &keys::prefix_end(&[keys::PERSON]))?;
+        }
+        Ok(ApplyOutcome {
+            applied: removed,
+            expired: true,
+            ..ApplyOutcome::default()
+        })
+    }
+}

@@ -1,0 +1,448 @@
+//! The metadata group's tables: tasks and their change log, the audit log
+//! and the shard map (their commands and their reads).
+
+use std::collections::HashMap;
+
+use super::{SliceStore, State, META_MAP_VERSION, META_PERSON_PLACEMENT};
+use crate::command::{ApplyOutcome, ShardPart};
+use crate::error::{Result, StorageError};
+use crate::keys;
+use crate::kv::{KvEngine, WriteBatch};
+use crate::tasks::{
+    self, Outcome, SubjectState, TaskChange, TaskDraft, TaskRecord, TaskState, TaskUpdate,
+};
+
+impl<E: KvEngine> SliceStore<E> {
+    // ------------------------------------------------------------- audit
+
+    /// Appends audit records to `b`, chained after the last one. The state
+    /// moves on at once: callers write `b` before anything else is applied
+    /// (the apply lock is held).
+    pub(super) fn chain_audit(&self, b: &mut WriteBatch, entries: &[crate::audit::AuditEntry]) {
+        let mut st = self.state.write();
+        for e in entries {
+            let seq = st.next_audit;
+            let hash = crate::audit::chain_hash(&st.last_audit_hash, seq, e);
+            let r = crate::audit::AuditRecord {
+                seq,
+                entry: e.clone(),
+                prev_hash: st.last_audit_hash,
+                hash,
+            };
+            Self::put_bincode(b, keys::audit(seq), &r);
+            st.next_audit += 1;
+            st.last_audit_hash = hash;
+        }
+    }
+
+    /// Audit records after `after_seq`, at most `limit`, in order.
+    pub fn audit_records(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>> {
+        self.scan_bincode(
+            &keys::audit(after_seq.saturating_add(1)),
+            &keys::prefix_end(&[keys::AUDIT]),
+            limit,
+            &mut |_| true,
+        )
+    }
+
+    /// The number of audit records (the last sequence number).
+    pub fn audit_len(&self) -> u64 {
+        self.state.read_recursive().next_audit - 1
+    }
+
+    // ------------------------------------------------------------- tasks
+
+    /// Writes a task and its change-log entry; returns the next sequence
+    /// number.
+    fn log_task(batch: &mut WriteBatch, seq: u64, task: &TaskRecord) -> u64 {
+        Self::put_bincode(batch, keys::task(task.id), task);
+        Self::put_bincode(
+            batch,
+            keys::task_change(seq),
+            &TaskChange {
+                seq,
+                task: task.clone(),
+            },
+        );
+        seq + 1
+    }
+
+    pub(super) fn apply_raise_tasks(
+        &self,
+        at: i64,
+        evaluation: &str,
+        suppress_secs: i64,
+        drafts: &[TaskDraft],
+    ) -> Result<ApplyOutcome> {
+        let mut batch = WriteBatch::default();
+        let (mut next_task, mut next_change) = {
+            let st = self.state.read_recursive();
+            (st.next_task, st.next_change)
+        };
+        let mut subjects: HashMap<Vec<u8>, SubjectState> = HashMap::new();
+        let mut created = Vec::new();
+        for d in drafts {
+            let suffix = tasks::subject_suffix(d.kind, d.person, &d.address);
+            let key = keys::task_subject(&suffix);
+            let subject = match subjects.get(&key) {
+                Some(s) => s.clone(),
+                None => self.get_bincode::<SubjectState>(&key)?.unwrap_or_default(),
+            };
+            let suppressed = subject
+                .rejected_at
+                .is_some_and(|r| at < r.saturating_add(suppress_secs));
+            if subject.open.is_some() || suppressed {
+                subjects.insert(key, subject);
+                continue;
+            }
+            let task = TaskRecord {
+                id: next_task,
+                draft: d.clone(),
+                state: TaskState::Open,
+                outcome: None,
+                note: String::new(),
+                updated_by: String::new(),
+                created_at: at,
+                evaluation: evaluation.to_string(),
+                updated_at: at,
+            };
+            next_task += 1;
+            next_change = Self::log_task(&mut batch, next_change, &task);
+            created.push(task.id);
+            let subject = SubjectState {
+                open: Some(task.id),
+                ..subject
+            };
+            Self::put_bincode(&mut batch, key.clone(), &subject);
+            subjects.insert(key, subject);
+        }
+        self.commit(batch)?;
+        let mut st = self.state.write();
+        st.next_task = next_task;
+        st.next_change = next_change;
+        Ok(ApplyOutcome {
+            applied: created.len() as u64,
+            task_ids: created,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn apply_update_task(&self, u: &TaskUpdate) -> Result<ApplyOutcome> {
+        let refuse = |msg: String| {
+            Ok(ApplyOutcome {
+                refused: Some(msg),
+                ..Default::default()
+            })
+        };
+        let Some(mut task) = self.get_bincode::<TaskRecord>(&keys::task(u.id))? else {
+            return refuse(format!("no task with id {}", u.id));
+        };
+        if let Err(msg) = tasks::check_transition(task.state, u.state, u.outcome) {
+            return refuse(msg);
+        }
+        task.state = u.state;
+        task.outcome = u.outcome;
+        task.note = u.note.clone();
+        task.updated_by = u.by.clone();
+        task.updated_at = u.at;
+        let mut batch = WriteBatch::default();
+        let next_change =
+            Self::log_task(&mut batch, self.state.read_recursive().next_change, &task);
+        if task.state == TaskState::Resolved {
+            let key = keys::task_subject(&tasks::subject_suffix(
+                task.draft.kind,
+                task.draft.person,
+                &task.draft.address,
+            ));
+            let mut subject = self.get_bincode::<SubjectState>(&key)?.unwrap_or_default();
+            if subject.open == Some(task.id) {
+                subject.open = None;
+            }
+            if task.outcome == Some(Outcome::Rejected) {
+                subject.rejected_at = Some(u.at);
+            }
+            Self::put_bincode(&mut batch, key, &subject);
+        }
+        self.commit(batch)?;
+        self.state.write().next_change = next_change;
+        Ok(ApplyOutcome {
+            applied: 1,
+            task_ids: vec![task.id],
+            ..Default::default()
+        })
+    }
+
+    pub fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        self.get_bincode(&keys::task(id))
+    }
+
+    /// Decodes the bincode values of `[start, end)` in key order, keeping
+    /// those `keep` accepts, until `limit` are kept.
+    fn scan_bincode<T: serde::de::DeserializeOwned>(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        keep: &mut dyn FnMut(&T) -> bool,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut err = None;
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.engine.scan(
+            start,
+            end,
+            &mut |k, v| match bincode::serde::decode_from_slice::<T, _>(v, crate::bincode_limits())
+            {
+                Ok((t, _)) => {
+                    if keep(&t) {
+                        out.push(t);
+                    }
+                    out.len() < limit
+                }
+                Err(e) => {
+                    err = Some(StorageError::corrupt(k, e));
+                    false
+                }
+            },
+        )?;
+        err.map_or(Ok(out), Err)
+    }
+
+    /// Tasks with id greater than `after`, ascending, that `keep` accepts,
+    /// at most `limit` of them.
+    pub fn tasks_after(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: &mut dyn FnMut(&TaskRecord) -> bool,
+    ) -> Result<Vec<TaskRecord>> {
+        if after == u64::MAX {
+            return Ok(Vec::new());
+        }
+        self.scan_bincode(
+            &keys::task(after + 1),
+            &keys::prefix_end(&[keys::TASK]),
+            limit,
+            keep,
+        )
+    }
+
+    /// Change-log entries with sequence number greater than `after`,
+    /// ascending, at most `limit`.
+    pub fn task_changes(&self, after: u64, limit: usize) -> Result<Vec<TaskChange>> {
+        if after == u64::MAX {
+            return Ok(Vec::new());
+        }
+        self.scan_bincode(
+            &keys::task_change(after + 1),
+            &keys::prefix_end(&[keys::TASK_CHANGE]),
+            limit,
+            &mut |_| true,
+        )
+    }
+
+    /// The sequence number of the latest task change (0 if none).
+    pub fn last_task_change(&self) -> u64 {
+        self.state.read_recursive().next_change.saturating_sub(1)
+    }
+
+    // --------------------------------------------------------- shard map
+
+    /// Refuses a week outside the key space.
+    fn check_week(w: i64) -> Result<()> {
+        if !(keys::MIN_HOUR..=keys::MAX_HOUR).contains(&w) {
+            return Err(StorageError::Invalid(format!("week {w} out of range")));
+        }
+        Ok(())
+    }
+
+    /// Writes a shard map change of `changed` entries (none: nothing).
+    fn commit_map_change(
+        &self,
+        mut st: parking_lot::RwLockWriteGuard<'_, State>,
+        mut b: WriteBatch,
+        changed: u64,
+    ) -> Result<ApplyOutcome> {
+        if changed > 0 {
+            st.map.version += 1;
+            b.put(
+                keys::meta(META_MAP_VERSION),
+                st.map.version.to_be_bytes().to_vec(),
+            );
+        }
+        drop(st);
+        self.commit(b)?;
+        Ok(ApplyOutcome {
+            applied: changed,
+            ..ApplyOutcome::default()
+        })
+    }
+
+    pub(super) fn apply_create_partitions(
+        &self,
+        weeks: &[(i64, Vec<Vec<u64>>)],
+    ) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        let mut changed = 0;
+        for (w, cells) in weeks {
+            Self::check_week(*w)?;
+            if !st.map.weeks.contains_key(w) {
+                Self::put_bincode(&mut b, keys::partition(*w), &(cells, cells));
+                st.map.weeks.insert(*w, cells.clone());
+                st.map.founders.insert(*w, cells.clone());
+                changed += 1;
+            }
+        }
+        self.commit_map_change(st, b, changed)
+    }
+
+    pub(super) fn apply_drop_partitions(&self, weeks: &[i64]) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        let mut changed = 0;
+        for &w in weeks {
+            Self::check_week(w)?;
+            st.map.founders.remove(&w);
+            if st.map.weeks.remove(&w).is_some() {
+                b.delete(keys::partition(w));
+                changed += 1;
+            }
+        }
+        self.commit_map_change(st, b, changed)
+    }
+
+    pub(super) fn apply_place_shards(
+        &self,
+        shards: &[(crate::shard::ShardId, Vec<u64>)],
+    ) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        let mut changed = 0;
+        let mut persons_changed = false;
+        for (id, replicas) in shards {
+            let slot = match id.part {
+                ShardPart::Persons => {
+                    if st.map.persons.len() <= id.index {
+                        if id.index >= crate::shard::MAX_SHARDS as usize {
+                            return Err(StorageError::Invalid(format!(
+                                "person shard {} out of range",
+                                id.index
+                            )));
+                        }
+                        st.map.persons.resize(id.index + 1, Vec::new());
+                    }
+                    persons_changed = true;
+                    &mut st.map.persons[id.index]
+                }
+                ShardPart::Cells => match st.map.weeks.get_mut(&id.week) {
+                    Some(cells) if id.index < cells.len() => &mut cells[id.index],
+                    _ => continue,
+                },
+            };
+            if slot != replicas {
+                *slot = replicas.clone();
+                changed += 1;
+            }
+            if id.part == ShardPart::Cells {
+                let cells = st.map.weeks[&id.week].clone();
+                let founders = st.map.founders.get(&id.week).cloned().unwrap_or_default();
+                Self::put_bincode(&mut b, keys::partition(id.week), &(founders, cells));
+            }
+        }
+        if persons_changed {
+            let persons = st.map.persons.clone();
+            Self::put_bincode(&mut b, keys::meta(META_PERSON_PLACEMENT), &persons);
+        }
+        self.commit_map_change(st, b, changed)
+    }
+
+    /// The shard map of a sharded cluster's metadata group.
+    pub fn shard_map(&self) -> crate::shard::ShardMap {
+        self.state.read_recursive().map.clone()
+    }
+
+    /// Whether the shard map has week `week`.
+    pub fn shard_map_has_week(&self, week: i64) -> bool {
+        self.state.read_recursive().map.weeks.contains_key(&week)
+    }
+
+    /// The shard map's version and the nodes that should hold shard `id`.
+    pub fn shard_replicas(&self, id: crate::shard::ShardId) -> (u64, Vec<u64>) {
+        let st = self.state.read_recursive();
+        (st.map.version, st.map.replicas(id).to_vec())
+    }
+
+    /// The shard map's version (cheaper than the whole map).
+    pub fn shard_map_version(&self) -> u64 {
+        self.state.read_recursive().map.version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::command::{Command, ShardPart};
+    use crate::shard::ShardId;
+
+    #[test]
+    fn the_shard_map_records_placement_and_moves_and_survives_a_reopen() {
+        let mem = Arc::new(crate::mem::MemEngine::new());
+        let open = || {
+            super::SliceStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap()
+        };
+        let s = open();
+        let cells = vec![vec![1, 2, 3], vec![2, 3, 4]];
+        s.apply(&Command::CreatePartitions {
+            weeks: vec![(7, cells.clone())],
+        })
+        .unwrap();
+        let cell = |index| ShardId {
+            part: ShardPart::Cells,
+            week: 7,
+            index,
+        };
+        let person = |index| ShardId {
+            part: ShardPart::Persons,
+            week: 0,
+            index,
+        };
+        // A move keeps the founders; a week not in the map is ignored;
+        // person placement is recorded.
+        s.apply(&Command::PlaceShards {
+            shards: vec![
+                (cell(1), vec![2, 3, 5]),
+                (cell(9), vec![1]),
+                (person(1), vec![4, 5, 1]),
+            ],
+        })
+        .unwrap();
+        // Creating an existing week again changes nothing.
+        let v = s.shard_map_version();
+        s.apply(&Command::CreatePartitions {
+            weeks: vec![(7, vec![vec![9, 9, 9]; 2])],
+        })
+        .unwrap();
+        assert_eq!(s.shard_map_version(), v);
+        drop(s);
+        let s = open();
+        let m = s.shard_map();
+        assert_eq!(m.version, v);
+        assert_eq!(m.replicas(cell(0)), &[1, 2, 3]);
+        assert_eq!(m.replicas(cell(1)), &[2, 3, 5]);
+        assert_eq!(m.founders(cell(1), &[]), &[2, 3, 4]);
+        assert_eq!(m.persons, vec![vec![], vec![4, 5, 1]]);
+        s.apply(&Command::DropPartitions { weeks: vec![7] })
+            .unwrap();
+        let m = s.shard_map();
+        assert!(m.weeks.is_empty() && m.founders.is_empty());
+        assert!(m.version > v);
+    }
+}
