@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use hourcell_node::config::NodeConfig;
-use hourcell_node::node::Node;
 use hourcell_server::server;
 use hourcell_proto::v1;
 use hourcell_proto::v1::admin_client::AdminClient;

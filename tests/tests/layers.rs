@@ -95,7 +95,7 @@ fn crates_depend_only_on_their_layers() {
             }
         }
         if let Some((_, bad)) = FORBIDDEN_EXTERNAL.iter().find(|(d, _)| d == dir) {
-            for d in bad {
+            for d in bad.iter() {
                 if deps.contains(*d) {
                     wrong.push(format!("{dir} depends on {d}, which its layer may not import"));
                 }

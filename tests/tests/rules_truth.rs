@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hourcell_node::config::NodeConfig;
-use hourcell_node::node::Node;
 use hourcell_town::{GenTruth, Town, TownConfig};
 use hourcell_storage::TaskKind;
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use hourcell_server::auth::{issue_token, Claims};
 use hourcell_node::config::NodeConfig;
-use hourcell_node::node::Node;
 use hourcell_server::server;
 use hourcell_server::tls::{date_time_ymd, init_dir, LocalCa, TlsPaths, LOCAL_CA_NAME};
 use hourcell_proto::{internal, v1};

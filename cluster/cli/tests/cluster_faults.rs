@@ -6,17 +6,17 @@
 //! `tests/tests/raft_sim.rs`, over processes.
 
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hourcell_proto::{internal, v1};
+use hourcell_proto::v1;
 use hourcell_test_support::bodies;
 use hourcell_test_support::config::*;
 use hourcell_test_support::data::*;
 use hourcell_test_support::grpc::*;
 use hourcell_test_support::links::*;
 use hourcell_test_support::procs::*;
+use hourcell_test_support::status::*;
+use tonic::transport::Channel;
 
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_hourcell");
@@ -169,7 +169,7 @@ async fn faults_body(sharded: bool) {
         // wait until each shard has its three replicas voting again.
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            let v = status_json(ports[0]);
+            let v = status_json(BIN, ports[0]);
             if placed_and_settled(&v, &[], 3) {
                 break;
             }
@@ -254,10 +254,7 @@ async fn faults_body(sharded: bool) {
     assert!(err.message().contains("audit"), "{err:?}");
 }
 
-/// Three nodes with TLS from `hourcell certs init`: raft runs over mutual
-/// TLS (each node presents its node-<id> certificate), a write through one
-/// node is read through another by the admin's client certificate, and
-/// `hourcell cluster status` works over TLS with HOURCELL_CA/CERT/KEY.
+/// The shared test body over three real processes and their links.
 struct ProcCluster {
     rt: tokio::runtime::Runtime,
     linked: Linked,
@@ -419,7 +416,3 @@ fn the_shared_body_over_a_sharded_cluster() {
         assert_ne!(sh["leader"], 0, "{v}");
     }
 }
-
-/// Membership through the CLI: a fourth node started with `--join` becomes
-/// a voter; `hourcell cluster remove-node` takes it out and `add-node`
-/// puts it back; every node then answers every acknowledged write.

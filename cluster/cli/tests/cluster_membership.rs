@@ -2,21 +2,22 @@
 //! nodes (each shard on three, the rest routed), on real processes.
 
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hourcell_proto::{internal, v1};
-use hourcell_test_support::bodies;
 use hourcell_test_support::config::*;
 use hourcell_test_support::data::*;
 use hourcell_test_support::grpc::*;
-use hourcell_test_support::links::*;
 use hourcell_test_support::procs::*;
+use hourcell_test_support::status::*;
 
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_hourcell");
 
+/// Membership through the CLI: a fourth node started with `--join` becomes
+/// a voter; `hourcell cluster remove-node` takes it out and `add-node`
+/// puts it back; every node then answers every acknowledged write.
 #[test]
 fn nodes_join_leave_and_return_through_the_cli() {
     join_body(false)
@@ -44,7 +45,7 @@ fn join_body(sharded: bool) {
     let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(BIN, c)).collect();
     let _ = rt.block_on(leader(&ports[..3], &[0, 1, 2], Duration::from_secs(20)));
     assert!(rt.block_on(ingest(ports[0], events(800_000, 10, 1))));
-    let status = status_json;
+    let status = |port: u16| status_json(BIN, port);
     let member_of = |v: &serde_json::Value, id: u64| -> String {
         v["nodes"]
             .as_array()
@@ -186,49 +187,6 @@ fn join_body(sharded: bool) {
 }
 
 /// `hourcell cluster status --format json` through `port`.
-fn status_json(port: u16) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_hourcell"))
-        .args(["cluster", "status", "--format", "json", "--server"])
-        .arg(format!("127.0.0.1:{port}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u64> {
-    let mut ids: Vec<u64> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
-    ids.sort_unstable();
-    ids
-}
-
-/// Whether every data shard's voters are exactly the nodes the shard map
-/// places it on (three, none of `absent`), with no learners and no lag.
-fn placed_and_settled(v: &serde_json::Value, absent: &[u64], min_shards: usize) -> bool {
-    let Some(shards) = v["shards"].as_array() else {
-        return false;
-    };
-    shards.len() >= min_shards
-        && shards.iter().all(|sh| {
-            let voters = ids_of(&sh["voters"]);
-            let replicas = ids_of(&sh["replicas"]);
-            voters == replicas
-                && voters.len() == 3
-                && !voters.iter().any(|n| absent.contains(n))
-                && sh["learners"].as_array().unwrap().is_empty()
-                && sh["max_lag"] == 0
-        })
-}
-
 /// where-was for `person` over [`two_days`] through `port`: the hours with
 /// places.
 async fn hours_of(port: u16, person: u64) -> Option<usize> {
@@ -279,7 +237,7 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
     // the five nodes.
     let end = Instant::now() + Duration::from_secs(30);
     let v = loop {
-        let v = status_json(ports[0]);
+        let v = status_json(BIN, ports[0]);
         if placed_and_settled(&v, &[], 5) {
             break v;
         }
@@ -440,7 +398,7 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
     procs[4].kill();
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        let v = status_json(ports[0]);
+        let v = status_json(BIN, ports[0]);
         if placed_and_settled(&v, &[5], 5) {
             break;
         }

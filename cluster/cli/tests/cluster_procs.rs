@@ -6,16 +6,13 @@
 //! load are in `cluster_faults.rs`, membership and placement in
 //! `cluster_membership.rs`.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hourcell_proto::{internal, v1};
-use hourcell_test_support::bodies;
+use hourcell_proto::v1;
 use hourcell_test_support::config::*;
 use hourcell_test_support::data::*;
 use hourcell_test_support::grpc::*;
-use hourcell_test_support::links::*;
 use hourcell_test_support::procs::*;
 
 /// The binary under test.
@@ -262,6 +259,10 @@ async fn failover_benchmark() {
     assert!(max < Duration::from_secs(3), "max failover {max:?}");
 }
 
+/// Three nodes with TLS from `hourcell certs init`: raft runs over mutual
+/// TLS (each node presents its node-<id> certificate), a write through one
+/// node is read through another by the admin's client certificate, and
+/// `hourcell cluster status` works over TLS with HOURCELL_CA/CERT/KEY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_tls_nodes_replicate_over_mutual_tls() {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -392,6 +393,3 @@ async fn three_tls_nodes_replicate_over_mutual_tls() {
         "{v}"
     );
 }
-
-
-/// The shared test body over three real processes and their links.

@@ -222,7 +222,7 @@ pub(crate) struct DayCtx {
 }
 
 impl DayCtx {
-    fn new(town: &Town, day: u32) -> DayCtx {
+    pub(crate) fn new(town: &Town, day: u32) -> DayCtx {
         let start = town.period_start() + i64::from(day) * DAY;
         let local_minute = local_minute_of(start);
         // Weekday of the local date at local noon within this day.

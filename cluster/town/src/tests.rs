@@ -1,6 +1,7 @@
 //! The generator's properties: determinism, realistic shape, truth that
 //! matches the events.
 
+use super::day::DayCtx;
 use super::*;
 use std::collections::{HashMap, HashSet};
 

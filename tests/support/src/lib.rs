@@ -10,3 +10,4 @@ pub mod data;
 pub mod grpc;
 pub mod links;
 pub mod procs;
+pub mod status;

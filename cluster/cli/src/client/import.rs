@@ -181,7 +181,7 @@ pub struct RejectedRow {
 pub struct ImportReport {
     pub accepted: u64,
     pub rejected: u64,
-    first: Vec<RejectedRow>,
+    pub(crate) first: Vec<RejectedRow>,
 }
 
 impl ImportReport {
