@@ -230,15 +230,22 @@ fn references(code: &str, module: &[String]) -> Vec<Vec<String>> {
                 .flat_map(|m| paths(m.trim()))
                 .collect();
         }
-        let segs: Vec<String> = rest
-            .split("::")
-            .map(|p| {
-                p.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect::<String>()
-            })
-            .take_while(|p| !p.is_empty())
-            .collect();
+        // Segments up to the first one that does not end at a `::`.
+        let mut segs: Vec<String> = Vec::new();
+        for chunk in rest.split("::") {
+            let id: String = chunk
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if id.is_empty() {
+                break;
+            }
+            let whole = id.len() == chunk.len();
+            segs.push(id);
+            if !whole {
+                break;
+            }
+        }
         vec![segs]
     }
     let mut out = Vec::new();
