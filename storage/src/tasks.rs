@@ -182,33 +182,37 @@ pub struct SubjectState {
 /// Checks that `from → to` is an allowed transition and that the outcome
 /// fits: `open → in_progress → resolved` (open may also be resolved
 /// directly, e.g. rejected at the desk), a resolution needs an outcome and
-/// nothing else may carry one. Returns a message naming the problem.
+/// nothing else may carry one.
 pub fn check_transition(
     from: TaskState,
     to: TaskState,
     outcome: Option<Outcome>,
-) -> Result<(), String> {
+) -> Result<(), TransitionError> {
     use TaskState::*;
     let ok = matches!(
         (from, to),
         (Open, InProgress) | (Open, Resolved) | (InProgress, Resolved)
     );
     if !ok {
-        return Err(format!(
-            "a task in state {} cannot move to {}",
-            from.as_str(),
-            to.as_str()
-        ));
+        return Err(TransitionError::NotAllowed { from, to });
     }
     match (to, outcome) {
-        (Resolved, None) => Err("resolving a task needs an outcome".into()),
+        (Resolved, None) => Err(TransitionError::NeedsOutcome),
         (Resolved, Some(_)) => Ok(()),
-        (_, Some(o)) => Err(format!(
-            "outcome {} is only for resolving a task",
-            o.as_str()
-        )),
+        (_, Some(o)) => Err(TransitionError::OutcomeWithoutResolving(o)),
         (_, None) => Ok(()),
     }
+}
+
+/// A task update that its state does not allow; the message names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("a task in state {} cannot move to {}", from.as_str(), to.as_str())]
+    NotAllowed { from: TaskState, to: TaskState },
+    #[error("resolving a task needs an outcome")]
+    NeedsOutcome,
+    #[error("outcome {} is only for resolving a task", .0.as_str())]
+    OutcomeWithoutResolving(Outcome),
 }
 
 pub(crate) fn subject_suffix(kind: TaskKind, person: u64, address: &str) -> Vec<u8> {

@@ -141,8 +141,8 @@ impl<E: KvEngine> SliceStore<E> {
         let Some(mut task) = self.get_bincode::<TaskRecord>(&keys::task(u.id))? else {
             return refuse(format!("no task with id {}", u.id));
         };
-        if let Err(msg) = tasks::check_transition(task.state, u.state, u.outcome) {
-            return refuse(msg);
+        if let Err(e) = tasks::check_transition(task.state, u.state, u.outcome) {
+            return refuse(e.to_string());
         }
         task.state = u.state;
         task.outcome = u.outcome;
