@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use hourcell_town::{Town, TownConfig};
 use hourcell_query::validate::{check_addresses, check_registrations, place_events, RawEvent};
 use hourcell_query::{QueryEngine, Region};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::codec::{encode_bitmap, encode_day_set, merge_values};
 use hourcell_storage::{keys, Command, KvEngine, RocksConfig, RocksEngine, SliceStore};
+use hourcell_town::{Town, TownConfig};
 use roaring::RoaringBitmap;
 
 fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {

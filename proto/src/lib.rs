@@ -17,5 +17,8 @@ pub mod v1 {
 
 /// Raft traffic and routed shard calls between nodes.
 pub mod internal {
-    include!(concat!(env!("OUT_DIR"), "/internal/hourcell.internal.v1.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/internal/hourcell.internal.v1.rs"
+    ));
 }

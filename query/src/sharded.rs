@@ -64,7 +64,6 @@ impl ShardedSource {
 }
 
 impl SliceReader for ShardedSource {
-
     fn cell_days(
         &self,
         day: i64,
@@ -192,5 +191,4 @@ impl SliceReader for ShardedSource {
         }
         Ok(())
     }
-
 }

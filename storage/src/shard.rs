@@ -264,7 +264,6 @@ impl Layout {
     pub fn person_shard(&self, id: u32) -> usize {
         (id % self.persons) as usize
     }
-
 }
 
 #[cfg(test)]

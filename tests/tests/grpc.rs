@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use hourcell_node::config::NodeConfig;
-use hourcell_server::server;
 use hourcell_proto::v1;
 use hourcell_proto::v1::admin_client::AdminClient;
 use hourcell_proto::v1::ingest_client::IngestClient;
 use hourcell_proto::v1::query_client::QueryClient;
 use hourcell_proto::v1::registry_client::RegistryClient;
+use hourcell_server::server;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -41,9 +41,14 @@ async fn start() -> Harness {
     let node = hourcell_server::open_node(&cfg, Arc::new(|| NOW)).unwrap();
     let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node, cfg.security.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(server::serve(
+        node,
+        cfg.security.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

@@ -3,11 +3,11 @@
 //! never a panic. (Property tests over the public message types; seeded by
 //! proptest, bounded in cases.)
 
-use hourcell_server::auth::verify_token;
-use hourcell_raft::transport::Envelope;
-use hourcell_server::convert::{audit_from_proto, region_from_proto};
 use hourcell_proto::{internal, v1};
 use hourcell_query::validate::{place_events, EventTime, RawEvent};
+use hourcell_raft::transport::Envelope;
+use hourcell_server::auth::verify_token;
+use hourcell_server::convert::{audit_from_proto, region_from_proto};
 use hourcell_storage::{codec, Command, MemEngine, SliceStore};
 use proptest::prelude::*;
 use prost::Message as _;

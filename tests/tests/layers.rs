@@ -28,9 +28,15 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
         "cluster/raft",
         &["tonic", "prost", "tokio", "roaring", "s2", "hyper"],
     ),
-    ("cluster/node", &["tonic", "prost", "hyper", "clap", "rcgen"]),
+    (
+        "cluster/node",
+        &["tonic", "prost", "hyper", "clap", "rcgen"],
+    ),
     ("cluster/server", &["clap", "indicatif", "csv"]),
-    ("cluster/town", &["tonic", "prost", "rocksdb", "raft", "tokio"]),
+    (
+        "cluster/town",
+        &["tonic", "prost", "rocksdb", "raft", "tokio"],
+    ),
 ];
 
 /// Which workspace crates each crate may depend on (normal dependencies;
@@ -91,13 +97,17 @@ fn crates_depend_only_on_their_layers() {
         seen += 1;
         for d in deps.iter().filter(|d| d.starts_with("hourcell-")) {
             if !allowed.contains(&d.as_str()) {
-                wrong.push(format!("{dir} depends on {d}, which its layer may not import"));
+                wrong.push(format!(
+                    "{dir} depends on {d}, which its layer may not import"
+                ));
             }
         }
         if let Some((_, bad)) = FORBIDDEN_EXTERNAL.iter().find(|(d, _)| d == dir) {
             for d in bad.iter() {
                 if deps.contains(*d) {
-                    wrong.push(format!("{dir} depends on {d}, which its layer may not import"));
+                    wrong.push(format!(
+                        "{dir} depends on {d}, which its layer may not import"
+                    ));
                 }
             }
         }

@@ -9,11 +9,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hourcell_raft::transport::{DropRate, Isolate, Partition, SimNetwork};
 use hourcell_node::replication::{
-    ConfChange, ConfChangeType, KvLog, ProposeError, RaftHandle, RaftNode, RaftTiming,
-    StoreMachine,
+    ConfChange, ConfChangeType, KvLog, ProposeError, RaftHandle, RaftNode, RaftTiming, StoreMachine,
 };
+use hourcell_raft::transport::{DropRate, Isolate, Partition, SimNetwork};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::{
     AddressKind, AddressRecord, Command, KvEngine, MemEngine, SliceEvent, SliceStore,

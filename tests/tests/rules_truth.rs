@@ -13,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hourcell_node::config::NodeConfig;
-use hourcell_town::{GenTruth, Town, TownConfig};
 use hourcell_storage::TaskKind;
+use hourcell_town::{GenTruth, Town, TownConfig};
 
 /// Nights a newcomer must have lived at home before the evaluation to be
 /// expected to get a task: with the town's sources, fewer nights rarely

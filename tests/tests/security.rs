@@ -6,11 +6,11 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use hourcell_server::auth::{issue_token, Claims, Role, Rpc, ALL_ROLES};
 use hourcell_node::config::NodeConfig;
 use hourcell_node::node::Node;
-use hourcell_server::server;
 use hourcell_proto::v1;
+use hourcell_server::auth::{issue_token, Claims, Role, Rpc, ALL_ROLES};
+use hourcell_server::server;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -50,12 +50,18 @@ async fn start_limited(retention_days: u32, requests_per_sec: u32) -> Harness {
     cfg.security.requests_per_sec = requests_per_sec;
     let clock = Arc::new(AtomicI64::new(T0 + 3 * 86_400));
     let c = clock.clone();
-    let node = hourcell_server::open_node(&cfg, Arc::new(move || c.load(Ordering::SeqCst))).unwrap();
+    let node =
+        hourcell_server::open_node(&cfg, Arc::new(move || c.load(Ordering::SeqCst))).unwrap();
     let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node.clone(), cfg.security.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(server::serve(
+        node.clone(),
+        cfg.security.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

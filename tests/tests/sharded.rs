@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use hourcell_node::config::{ClusterConfig, NodeConfig, PeerConfig};
 use hourcell_cli::dev::load_town;
+use hourcell_node::config::{ClusterConfig, NodeConfig, PeerConfig};
 use hourcell_node::node::Node;
-use hourcell_town::{Town, TownConfig};
 use hourcell_query::Region;
+use hourcell_town::{Town, TownConfig};
 
 fn config(dir: &std::path::Path, shards: Option<(u32, u32)>, retention_days: u32) -> NodeConfig {
     let mut cfg = NodeConfig::new(dir.to_path_buf());
@@ -140,8 +140,11 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     let town_end = town().end_unix();
     let clock: hourcell_node::node::Clock = Arc::new(move || town_end);
 
-    let plain = hourcell_server::open_node(&config(&plain_dir, None, 36_500), clock.clone()).unwrap();
-    let sharded = hourcell_server::open_node(&config(&sharded_dir, Some((4, 3)), 36_500), clock.clone()).unwrap();
+    let plain =
+        hourcell_server::open_node(&config(&plain_dir, None, 36_500), clock.clone()).unwrap();
+    let sharded =
+        hourcell_server::open_node(&config(&sharded_dir, Some((4, 3)), 36_500), clock.clone())
+            .unwrap();
     let (p, s) = (plain.clone(), sharded.clone());
     let (a, b) = tokio::task::spawn_blocking(move || {
         wait_ready(&s);

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hourcell_server::auth::{issue_token, Claims};
 use hourcell_node::config::NodeConfig;
+use hourcell_proto::{internal, v1};
+use hourcell_server::auth::{issue_token, Claims};
 use hourcell_server::server;
 use hourcell_server::tls::{date_time_ymd, init_dir, LocalCa, TlsPaths, LOCAL_CA_NAME};
-use hourcell_proto::{internal, v1};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
@@ -75,9 +75,14 @@ async fn tls_authenticates_refuses_and_rotates() {
     let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let port = addr.port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node, cfg.security.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(server::serve(
+        node,
+        cfg.security.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
 
     // The admin's client certificate is its principal (all roles).
     let admin = connect(port, &c("ca.pem"), Some((&c("admin.pem"), &c("admin.key"))))
@@ -238,9 +243,14 @@ async fn shard_routing_accepts_only_node_certificates() {
     cfg.validate().unwrap();
     let node = hourcell_server::open_node(&cfg, Arc::new(|| T0)).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(node, cfg.security.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(server::serve(
+        node,
+        cfg.security.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let members = |ch: Channel| async move {
         internal::shard_client::ShardClient::new(ch)
             .members(internal::ShardMembersRequest {})

@@ -355,9 +355,14 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
         let mut rx = stop_tx.subscribe();
         servers.push((
             addr,
-            tokio::spawn(hourcell_server::serve(node, security.clone(), listener, async move {
-                let _ = rx.recv().await;
-            })),
+            tokio::spawn(hourcell_server::serve(
+                node,
+                security.clone(),
+                listener,
+                async move {
+                    let _ = rx.recv().await;
+                },
+            )),
         ));
     }
     let leader = wait_for_leader(&nodes).await?;

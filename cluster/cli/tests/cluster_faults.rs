@@ -5,7 +5,6 @@
 //! nothing that was never sent appears. Also the shared test body of
 //! `tests/tests/raft_sim.rs`, over processes.
 
-
 use std::time::{Duration, Instant};
 
 use hourcell_proto::v1;

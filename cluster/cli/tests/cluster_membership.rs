@@ -1,7 +1,6 @@
 //! Membership through the CLI (join, leave, return) and placement on five
 //! nodes (each shard on three, the rest routed), on real processes.
 
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -122,7 +122,6 @@ impl SecurityConfig {
         }
         Ok(())
     }
-
 }
 
 /// `[security.tls]`: a node's certificate, key and the CA that signs its peers and clients.

@@ -8,18 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::NodeError;
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Write events, addresses and the registry.
@@ -82,7 +71,6 @@ impl Role {
         Ok(out)
     }
 }
-
 
 impl std::str::FromStr for Role {
     type Err = NodeError;

@@ -399,7 +399,8 @@ impl Router {
             return Vec::new();
         };
         let mut out = vec![(self.me, node.shard_members())];
-        let peers: Vec<(u64, String)> = node.peers()
+        let peers: Vec<(u64, String)> = node
+            .peers()
             .into_iter()
             .filter(|(id, _)| *id != self.me)
             .collect();
@@ -407,7 +408,9 @@ impl Router {
             .into_iter()
             .map(|(id, addr)| self.peers.members(id, addr))
             .collect();
-        let got = self.run(futures::future::join_all(calls)).unwrap_or_default();
+        let got = self
+            .run(futures::future::join_all(calls))
+            .unwrap_or_default();
         out.extend(got.into_iter().flatten());
         out
     }
@@ -456,7 +459,6 @@ impl ShardSource {
 }
 
 impl SliceReader for ShardSource {
-
     fn cell_days(
         &self,
         day: i64,
@@ -613,6 +615,4 @@ impl SliceReader for ShardSource {
         }
         Ok(())
     }
-
 }
-

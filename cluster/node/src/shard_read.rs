@@ -175,4 +175,3 @@ pub fn serve_read(store: &Store, op: ReadOp) -> Result<Vec<u8>, QueryError> {
         }
     })
 }
-

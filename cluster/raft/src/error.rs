@@ -35,7 +35,6 @@ pub enum ProposeError {
     Apply(String),
 }
 
-
 /// A state machine could not freeze, restore or sync itself. The replica
 /// can no longer be trusted: the raft loop stops.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -248,12 +248,7 @@ impl<O: Outcome> RaftHandle<O> {
 
     /// Proposes `data` (an encoded command) to `group` and waits until this
     /// node has applied it.
-    pub fn propose(
-        &self,
-        group: u64,
-        data: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<O, ProposeError> {
+    pub fn propose(&self, group: u64, data: Vec<u8>, timeout: Duration) -> Result<O, ProposeError> {
         self.ask(|reply| Input::Propose { group, data, reply }, timeout)
     }
 

@@ -44,4 +44,3 @@ pub trait StateMachine<O>: Send + Sync {
 pub trait Outcome: Default + Send + 'static {}
 
 impl<T: Default + Send + 'static> Outcome for T {}
-

@@ -19,8 +19,8 @@ use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage as _};
 use crate::engine::{LogBatch, LogEngine};
 use crate::error::{ApplyError, ProposeError, RaftError, SnapshotError};
 pub use crate::handle::{GroupStatus, Input, RaftHandle, RaftTiming};
-pub use crate::machine::{Outcome, StateMachine};
 use crate::log_store::{store_peer_address, RaftLogStore};
+pub use crate::machine::{Outcome, StateMachine};
 use crate::snapshot::Snapshots;
 use crate::transport::{Envelope, Transport};
 
@@ -63,7 +63,6 @@ struct Group<E: LogEngine, O> {
 /// or election message wakes it.
 pub const IDLE_TICK_EVERY: u64 = 10;
 
-
 /// Pulls the snapshot of `group` at `index` from node `from` into `sm`,
 /// retrying a few times. Runs on its own thread.
 fn fetch_snapshot<O>(
@@ -80,15 +79,18 @@ fn fetch_snapshot<O>(
             std::thread::sleep(Duration::from_millis(200 << attempt));
         }
         let mut bytes = 0u64;
-        let r = sm.begin_restore().map_err(SnapshotError::from).and_then(|()| {
-            transport.fetch_snapshot(from, group, index, &mut |pairs| {
-                bytes += pairs
-                    .iter()
-                    .map(|(k, v)| (k.len() + v.len()) as u64)
-                    .sum::<u64>();
-                sm.restore_chunk(pairs).map_err(SnapshotError::from)
-            })
-        });
+        let r = sm
+            .begin_restore()
+            .map_err(SnapshotError::from)
+            .and_then(|()| {
+                transport.fetch_snapshot(from, group, index, &mut |pairs| {
+                    bytes += pairs
+                        .iter()
+                        .map(|(k, v)| (k.len() + v.len()) as u64)
+                        .sum::<u64>();
+                    sm.restore_chunk(pairs).map_err(SnapshotError::from)
+                })
+            });
         match r
             .and_then(|()| sm.finish_restore().map_err(SnapshotError::from))
             .and_then(|()| sm.sync_applied(index).map_err(SnapshotError::from))
@@ -177,7 +179,11 @@ fn config(id: u64, applied: u64, t: &RaftTiming) -> Config {
 impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
     /// Creates the node; call [`RaftNode::add_group`] for each hosted group,
     /// then [`RaftNode::spawn`].
-    pub fn new(id: u64, timing: RaftTiming, transport: Arc<dyn Transport>) -> (Self, RaftHandle<O>) {
+    pub fn new(
+        id: u64,
+        timing: RaftTiming,
+        transport: Arc<dyn Transport>,
+    ) -> (Self, RaftHandle<O>) {
         let (tx, rx) = mpsc::channel();
         let snapshots = Arc::new(Snapshots::default());
         let node = RaftNode {
@@ -581,12 +587,13 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                     Ok(())
                 } else {
                     match self.log_engine.clone() {
-                        Some(e) => self
-                            .add_group(group, e, &voters, sm)
-                            .map_err(|e| RaftError::Group {
-                                group,
-                                why: format!("cannot start: {e}"),
-                            }),
+                        Some(e) => {
+                            self.add_group(group, e, &voters, sm)
+                                .map_err(|e| RaftError::Group {
+                                    group,
+                                    why: format!("cannot start: {e}"),
+                                })
+                        }
                         None => Err(RaftError::Group {
                             group,
                             why: "no raft log engine yet".into(),
@@ -791,9 +798,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 // The image is already in the state machine (fetched before
                 // the message was stepped); adopt its metadata.
                 let g = self.groups.get_mut(&gid).expect("group exists");
-                g.store
-                    .apply_snapshot(&snapshot)
-                    .map_err(group_err(gid))?;
+                g.store.apply_snapshot(&snapshot).map_err(group_err(gid))?;
             }
             self.apply(gid, committed)?;
             let g = self.groups.get_mut(&gid).expect("group exists");
@@ -848,9 +853,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                     // Entries up to `to` were applied before this one; make
                     // them durable in the store before the log lets go.
                     g.sm.sync_applied(e.index - 1)?;
-                    g.store
-                        .set_applied(e.index - 1)
-                        .map_err(group_err(gid))?;
+                    g.store.set_applied(e.index - 1).map_err(group_err(gid))?;
                     g.store.compact(to).map_err(group_err(gid))?;
                     None
                 }

@@ -67,8 +67,8 @@ impl Envelope {
             return Err(EnvelopeError::TooShort(b.len()));
         }
         let group = u64::from_be_bytes(b[..8].try_into().unwrap());
-        let msg =
-            Message::parse_from_bytes(&b[8..]).map_err(|e| EnvelopeError::Message(e.to_string()))?;
+        let msg = Message::parse_from_bytes(&b[8..])
+            .map_err(|e| EnvelopeError::Message(e.to_string()))?;
         Ok(Self { group, msg })
     }
 }

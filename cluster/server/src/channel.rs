@@ -79,11 +79,7 @@ pub async fn channel_as(server: &str, creds: Credentials) -> Result<Ch> {
 }
 
 /// Connects with the given credentials and TLS files.
-pub async fn channel_with(
-    server: &str,
-    creds: Credentials,
-    tls: &ClientTls,
-) -> Result<Ch> {
+pub async fn channel_with(server: &str, creds: Credentials, tls: &ClientTls) -> Result<Ch> {
     Ok(tonic::service::interceptor::InterceptedService::new(
         plain_channel(server, tls).await?,
         creds,
@@ -171,4 +167,3 @@ pub fn admin_client(ch: Ch) -> v1::admin_client::AdminClient<Ch> {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
-

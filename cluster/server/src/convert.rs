@@ -48,7 +48,10 @@ pub fn region_from_proto(r: Option<v1::Region>, field: &'static str) -> Result<R
     })
 }
 
-pub fn optional_region(r: Option<v1::Region>, field: &'static str) -> Result<Option<Region>, Status> {
+pub fn optional_region(
+    r: Option<v1::Region>,
+    field: &'static str,
+) -> Result<Option<Region>, Status> {
     match r {
         Some(v1::Region { kind: None }) | None => Ok(None),
         some => region_from_proto(some, field).map(Some),
@@ -119,9 +122,12 @@ pub struct BadAuditRecord {
     pub field: &'static str,
 }
 
-pub fn audit_from_proto(r: &v1::AuditRecord) -> Result<hourcell_storage::AuditRecord, BadAuditRecord> {
+pub fn audit_from_proto(
+    r: &v1::AuditRecord,
+) -> Result<hourcell_storage::AuditRecord, BadAuditRecord> {
     let h = |b: &[u8], field: &'static str| -> Result<[u8; 32], BadAuditRecord> {
-        b.try_into().map_err(|_| BadAuditRecord { seq: r.seq, field })
+        b.try_into()
+            .map_err(|_| BadAuditRecord { seq: r.seq, field })
     };
     Ok(hourcell_storage::AuditRecord {
         seq: r.seq,

@@ -9,11 +9,7 @@ use crate::tls::ClientTls;
 
 /// Asks the configured peers, in turn, to add this node (replacing its old
 /// membership, if any) until one of them does.
-pub async fn ask_to_join(
-    c: ClusterConfig,
-    token_key: Option<Vec<u8>>,
-    tls: Option<ClientTls>,
-) {
+pub async fn ask_to_join(c: ClusterConfig, token_key: Option<Vec<u8>>, tls: Option<ClientTls>) {
     let me = c
         .peers
         .iter()
@@ -64,4 +60,3 @@ pub async fn ask_to_join(
         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
     }
 }
-

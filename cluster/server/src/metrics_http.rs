@@ -201,4 +201,3 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         });
     }
 }
-

@@ -233,8 +233,9 @@ pub fn check_node_cert<T>(req: &Request<T>, required: bool, what: &str) -> Resul
     }
 }
 
-type ChunkStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<internal::SnapshotChunk, Status>> + Send>>;
+type ChunkStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<internal::SnapshotChunk, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl internal::raft_server::Raft for RaftService {
@@ -274,7 +275,10 @@ impl internal::raft_server::Raft for RaftService {
         )))
     }
 
-    async fn send(&self, req: Request<internal::RaftBatch>) -> Result<Response<internal::RaftAck>, Status> {
+    async fn send(
+        &self,
+        req: Request<internal::RaftBatch>,
+    ) -> Result<Response<internal::RaftAck>, Status> {
         self.check_peer(&req)?;
         for b in req.into_inner().envelopes {
             let env = Envelope::decode(&b)

@@ -336,7 +336,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         tokio::spawn(crate::metrics_http::serve(node.clone(), ml));
     }
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), slice_level = node.store().slice_level(), "hourcell node serving");
-    let r = serve(node.clone(), cfg.security.clone(), listener, shutdown_signal()).await;
+    let r = serve(
+        node.clone(),
+        cfg.security.clone(),
+        listener,
+        shutdown_signal(),
+    )
+    .await;
     node.shutdown();
     r
 }

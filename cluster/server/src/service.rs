@@ -4,9 +4,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use hourcell_proto::v1;
 use hourcell_node::node::Node;
 use hourcell_node::NodeError;
+use hourcell_proto::v1;
 use hourcell_query::validate::{RawAddress, RawEvent, RawRegistration};
 use tonic::{Request, Response, Status};
 
@@ -18,7 +18,6 @@ use crate::status::to_status;
 /// Persons per streamed message.
 const STREAM_CHUNK: usize = 16_384;
 
-
 /// Runs blocking store work off the async runtime.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
@@ -28,12 +27,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
         .map_err(to_status)
 }
-
-
-
-
-
-
 
 /// Writes the audit record of a person-level answer through the log; the
 /// answer is only returned if this succeeds. Called on the same blocking
@@ -64,7 +57,6 @@ pub struct Services {
 const MAX_PURPOSE: usize = 1_000;
 
 impl Services {
-
     /// Checks a person-level request's purpose and case reference.
     fn purpose(purpose: &str, case_ref: &str) -> Result<(String, String), Status> {
         let (p, c) = (purpose.trim(), case_ref.trim());
@@ -536,8 +528,6 @@ impl v1::admin_server::Admin for Services {
     }
 }
 
-
-
 #[tonic::async_trait]
 impl v1::audit_server::Audit for Services {
     async fn list(
@@ -572,14 +562,12 @@ fn replicated(node: &Node) -> Result<&hourcell_node::node::Replication, NodeErro
     })
 }
 
-
 // ------------------------------------------------------------------ tasks
 
 /// Most tasks per list page.
 const MAX_PAGE: usize = 1_000;
 /// Changes read from the log per step of a watch stream.
 const WATCH_CHUNK: usize = 512;
-
 
 #[tonic::async_trait]
 impl v1::tasks_server::Tasks for Services {

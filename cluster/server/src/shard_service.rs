@@ -70,7 +70,10 @@ impl internal::shard_server::Shard for ShardService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(internal::ShardMembersResponse { node_id, groups }))
+        Ok(Response::new(internal::ShardMembersResponse {
+            node_id,
+            groups,
+        }))
     }
 
     async fn read(
@@ -87,7 +90,10 @@ impl internal::shard_server::Shard for ShardService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(crate::status::to_status)?;
-        Ok(Response::new(internal::ShardReadResponse { reply, map_version }))
+        Ok(Response::new(internal::ShardReadResponse {
+            reply,
+            map_version,
+        }))
     }
 }
 
@@ -113,8 +119,9 @@ impl GrpcPeers {
         &self,
         id: u64,
         addr: &str,
-    ) -> impl std::future::Future<Output = Result<internal::shard_client::ShardClient<Channel>, PeerError>>
-           + Send
+    ) -> impl std::future::Future<
+        Output = Result<internal::shard_client::ShardClient<Channel>, PeerError>,
+    > + Send
            + 'static {
         let url = crate::channel::server_url(addr, self.tls.is_some());
         let cached = self

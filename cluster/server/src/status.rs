@@ -30,4 +30,3 @@ pub fn to_status(e: NodeError) -> Status {
         }
     }
 }
-

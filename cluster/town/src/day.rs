@@ -197,9 +197,7 @@ impl Town {
             });
         }
     }
-
 }
-
 
 /// Local minute of day (UTC+8) at unix time `t`.
 pub(crate) fn local_minute_of(t: i64) -> i32 {

@@ -714,12 +714,11 @@ impl Town {
     fn home_has_meter(&self, home: u32) -> bool {
         mix3(self.cfg.seed, u64::from(home), SALT_METER) % 1000 < METER_SHARE_PER_MILLE
     }
-
 }
 
-#[cfg(test)]
-mod tests;
 mod day;
 mod output;
+#[cfg(test)]
+mod tests;
 
 use day::{local_minute_of, to_day_minute};

@@ -296,4 +296,3 @@ fn write_csv_files() {
     assert!(truth.starts_with("person,situation,home,registered,arrived,left,night_sources\n"));
     assert_eq!(truth.lines().count(), 201);
 }
-

@@ -46,4 +46,3 @@ pub fn placed_and_settled(v: &serde_json::Value, absent: &[u64], min_shards: usi
                 && sh["max_lag"] == 0
         })
 }
-

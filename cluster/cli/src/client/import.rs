@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// A row that could not be parsed locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {
@@ -72,7 +71,11 @@ pub(crate) fn all_columns(kind: ImportKind) -> &'static str {
     }
 }
 
-pub(crate) fn need<'r>(cols: &Columns, rec: &'r csv::StringRecord, name: &str) -> Result<&'r str, RowError> {
+pub(crate) fn need<'r>(
+    cols: &Columns,
+    rec: &'r csv::StringRecord,
+    name: &str,
+) -> Result<&'r str, RowError> {
     let v = cols.get(rec, name);
     if v.is_empty() {
         Err(row_err(name, "missing"))

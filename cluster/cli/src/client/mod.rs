@@ -26,8 +26,8 @@ use crate::cli::{Format, ImportArgs, ImportKind, QueryArgs, QueryKind, ServerArg
 pub(crate) const SHOW_REJECTIONS: usize = 10;
 
 pub use hourcell_server::channel::{
-    admin_client, channel, channel_as, channel_with, ingest_client, normalize_server,
-    query_client, registry_client, server_url, status_error, Ch, Credentials, MAX_MESSAGE_BYTES,
+    admin_client, channel, channel_as, channel_with, ingest_client, normalize_server, query_client,
+    registry_client, server_url, status_error, Ch, Credentials, MAX_MESSAGE_BYTES,
 };
 
 // ------------------------------------------------------------ region flags
@@ -399,7 +399,6 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
         }
     })
 }
-
 
 mod import;
 mod render;

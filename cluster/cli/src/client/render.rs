@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 #[derive(Serialize)]
 pub(crate) struct WhoWasAtJson<'a> {
     from: String,
@@ -140,7 +139,11 @@ pub fn to_json(out: &QueryOutput, pretty: bool) -> Result<String> {
 
 /// Column headers and rows of an answer (times RFC 3339, lists joined
 /// with `sep`).
-pub(crate) fn rows(out: &QueryOutput, sep: &str, missing: &str) -> (Vec<&'static str>, Vec<Vec<String>>) {
+pub(crate) fn rows(
+    out: &QueryOutput,
+    sep: &str,
+    missing: &str,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
     match out {
         QueryOutput::WhoWasAt(r) => (
             vec!["person"],

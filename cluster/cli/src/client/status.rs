@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 pub fn format_status(s: &v1::StatusResponse) -> String {
     let opt_time = |t: Option<i64>| t.map_or_else(|| "-".to_string(), format_time);
     let mut rows: Vec<(&str, String)> = vec![

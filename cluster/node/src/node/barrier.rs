@@ -149,5 +149,4 @@ impl Node {
         crate::shards::ReadGate::begin(started);
         Ok(())
     }
-
 }

@@ -62,7 +62,6 @@ pub(super) fn shared_error(e: &NodeError) -> NodeError {
     }
 }
 
-
 impl Node {
     pub(super) fn check_batch(&self, n: usize, what: &str) -> Result<(), NodeError> {
         if n > self.max_batch {
@@ -104,7 +103,10 @@ impl Node {
 
     /// Proposes `events`, possibly in one command with other requests'
     /// events (see [`IngestGroup`]); returns once they are durable.
-    pub(super) fn ingest_grouped(&self, events: Vec<hourcell_storage::SliceEvent>) -> Result<(), NodeError> {
+    pub(super) fn ingest_grouped(
+        &self,
+        events: Vec<hourcell_storage::SliceEvent>,
+    ) -> Result<(), NodeError> {
         let g = &self.ingest_group;
         let mut st = g.state.lock().unwrap_or_else(|p| p.into_inner());
         let ticket = st.next_ticket;
@@ -194,6 +196,4 @@ impl Node {
     }
 
     // ------------------------------------------------- security and audit
-
-
 }

@@ -31,9 +31,9 @@ mod retention;
 mod tasks;
 
 use ingest::IngestGroup;
+use replicated::start_replication;
 pub use replicated::Replication;
 pub(crate) use replicated::{founding_persons, placed_shards, start_voters};
-use replicated::start_replication;
 
 pub use crate::shards::Shards;
 pub use crate::types::{system_clock, Clock, ShardMembers, Store, DATA_GROUP};
@@ -90,7 +90,6 @@ pub struct RunSummary {
     pub departures_checked: u64,
     pub seconds: f64,
 }
-
 
 impl Node {
     /// Opens the node's stores under `cfg.data_dir` and, with a
@@ -458,7 +457,6 @@ impl Node {
             Some(r) => r.handle.status(r.group).is_some_and(|s| s.is_leader),
         }
     }
-
 }
 
 impl crate::route::Placement for Node {

@@ -97,7 +97,10 @@ impl Node {
 
     /// Proposes one command per `(group, command)` pair of groups this
     /// node holds, at once; succeeds only when every one is applied here.
-    pub(super) fn propose_local(&self, parts: Vec<(u64, Command)>) -> Result<Vec<ApplyOutcome>, NodeError> {
+    pub(super) fn propose_local(
+        &self,
+        parts: Vec<(u64, Command)>,
+    ) -> Result<Vec<ApplyOutcome>, NodeError> {
         use crate::replication::ProposeError;
         let Some(r) = &self.replication else {
             return Err(NodeError::Invalid("sharding needs [cluster]".into()));
@@ -427,7 +430,9 @@ impl Node {
                         || replicas.iter().all(|n| s.voters.contains(n))
                 });
                 if done {
-                    r.handle.remove_group(g, timeout).map_err(|e| fail(e.to_string()))?;
+                    r.handle
+                        .remove_group(g, timeout)
+                        .map_err(|e| fail(e.to_string()))?;
                     r.groups.write().retain(|x| *x != g);
                     sh.release(id).map_err(|e| fail(e.to_string()))?;
                     tracing::info!(group = g, "let go of a shard moved to other nodes");
@@ -440,7 +445,9 @@ impl Node {
             }
             for (g, _) in sh.week_slots(week) {
                 if sh.hosts(g) {
-                    r.handle.remove_group(g, timeout).map_err(|e| fail(e.to_string()))?;
+                    r.handle
+                        .remove_group(g, timeout)
+                        .map_err(|e| fail(e.to_string()))?;
                 }
                 r.groups.write().retain(|x| *x != g);
             }
@@ -652,5 +659,4 @@ impl Node {
         })?;
         Ok(())
     }
-
 }

@@ -5,7 +5,6 @@ use super::*;
 /// Drafts per `RaiseTasks` command: a log entry carries a batch.
 pub(super) const TASKS_PER_COMMAND: usize = 5_000;
 
-
 impl Node {
     pub fn rules_hourly(&self) -> bool {
         self.rules_hourly
