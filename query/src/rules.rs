@@ -409,7 +409,6 @@ impl QueryEngine {
         let mut tasks = Vec::new();
         let mut persons_scored = 0u64;
         let mut p = PersonNights::default();
-        let mut err = None;
         self.slices().scan_person_days(
             nights.first_hour().div_euclid(24),
             now_hour.div_euclid(24) + 1,
@@ -432,7 +431,7 @@ impl QueryEngine {
                     }
                 }
                 if p.direct.is_empty() && p.located.is_empty() {
-                    return;
+                    return Ok(());
                 }
                 persons_scored += 1;
                 let merge3 = |a: &mut (u32, u16, u32), b: &(u32, u16, u32)| {
@@ -453,23 +452,22 @@ impl QueryEngine {
                     }
                 });
                 let Some(best) = best_address(&p, &book, &weight, &labels, &weights_f) else {
-                    return;
+                    return Ok(());
                 };
                 if best.units < c.threshold * 14 {
-                    return;
+                    return Ok(());
                 }
                 let code = book.code(best.address);
                 let reg = regs.get(&id);
                 let kind = match reg {
                     None => TaskKind::RegisterNewcomer,
                     Some(r) if r.address != code => TaskKind::ResidenceMismatch,
-                    Some(_) => return,
+                    Some(_) => return Ok(()),
                 };
                 let Some(person) = source.external_id(id) else {
-                    err = Some(QueryError::Storage(hourcell_storage::StorageError::Engine(
+                    return Err(QueryError::Storage(hourcell_storage::StorageError::Engine(
                         format!("internal id {id} has no external id"),
                     )));
-                    return;
                 };
                 tasks.push(TaskDraft {
                     kind,
@@ -481,11 +479,9 @@ impl QueryEngine {
                     registration: reg.cloned(),
                     last_seen_hour: p.last_hour,
                 });
+                Ok(())
             },
         )?;
-        if let Some(e) = err {
-            return Err(e);
-        }
 
         // Verify departure.
         let scope = cfg.jurisdiction.as_deref();

@@ -184,7 +184,7 @@ impl SliceReader for ShardedSource {
         &self,
         from_day: i64,
         to_day: i64,
-        f: &mut dyn FnMut(u32, &[PlaceIds]),
+        f: &mut dyn FnMut(u32, &[PlaceIds]) -> Result<()>,
     ) -> Result<()> {
         for s in &self.persons {
             s.scan_person_days(from_day, to_day, f)?;

@@ -58,7 +58,7 @@ pub trait SliceReader: Send + Sync {
         &self,
         from_day: i64,
         to_day: i64,
-        f: &mut dyn FnMut(u32, &[PlaceIds]),
+        f: &mut dyn FnMut(u32, &[PlaceIds]) -> Result<()>,
     ) -> Result<()>;
 }
 
@@ -155,7 +155,7 @@ impl<E: KvEngine> SliceReader for SliceStore<E> {
         &self,
         from_day: i64,
         to_day: i64,
-        f: &mut dyn FnMut(u32, &[PlaceIds]),
+        f: &mut dyn FnMut(u32, &[PlaceIds]) -> Result<()>,
     ) -> Result<()> {
         Ok(SliceStore::scan_person_days(self, from_day, to_day, f)?)
     }

@@ -112,6 +112,76 @@ pub trait KvEngine: Send + Sync + 'static {
     fn freeze(&self) -> Result<std::sync::Arc<dyn FrozenView>>;
 }
 
+/// A visitor that may fail: `Ok(false)` stops the scan, `Err` stops it
+/// and is returned.
+pub type TryVisit<'a, Er> = dyn FnMut(&[u8], &[u8]) -> Result<bool, Er> + 'a;
+
+/// Scans whose visitor can fail (most decode what they visit): the first
+/// error stops the scan and is returned, so that callers propagate it with
+/// `?` instead of smuggling it out through a captured variable.
+pub trait TryScan {
+    fn try_scan<Er: From<crate::StorageError>>(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut TryVisit<Er>,
+    ) -> Result<(), Er>;
+    fn try_scan_rev<Er: From<crate::StorageError>>(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut TryVisit<Er>,
+    ) -> Result<(), Er>;
+    fn try_scan_ranges<Er: From<crate::StorageError>>(
+        &self,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        f: &mut TryVisit<Er>,
+    ) -> Result<(), Er>;
+}
+
+/// Runs `scan` with a visitor that stops at `f`'s first error, then
+/// returns that error (the engine's own error first).
+fn stop_at_error<Er: From<crate::StorageError>>(
+    scan: impl FnOnce(&mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()>,
+    f: &mut TryVisit<Er>,
+) -> Result<(), Er> {
+    let mut failed = None;
+    scan(&mut |k, v| match f(k, v) {
+        Ok(go) => go,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
+impl<E: KvEngine + ?Sized> TryScan for E {
+    fn try_scan<Er: From<crate::StorageError>>(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut TryVisit<Er>,
+    ) -> Result<(), Er> {
+        stop_at_error(|g| self.scan(start, end, g), f)
+    }
+    fn try_scan_rev<Er: From<crate::StorageError>>(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut TryVisit<Er>,
+    ) -> Result<(), Er> {
+        stop_at_error(|g| self.scan_rev(start, end, g), f)
+    }
+    fn try_scan_ranges<Er: From<crate::StorageError>>(
+        &self,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        f: &mut TryVisit<Er>,
+    ) -> Result<(), Er> {
+        stop_at_error(|g| self.scan_ranges(ranges, g), f)
+    }
+}
+
 /// A read-only, point-in-time view from [`KvEngine::freeze`].
 pub trait FrozenView: Send + Sync {
     /// Visits the keys in `[start, end)` in ascending order until `f`

@@ -37,7 +37,7 @@ pub use catalog::{AddressKind, AddressRecord, RegistrationKind, RegistrationReco
 pub use codec::DaySet;
 pub use command::{ApplyOutcome, Command, ShardIngest, ShardPart, SliceEvent};
 pub use error::{Result, StorageError};
-pub use kv::{FrozenView, KvEngine, WriteBatch};
+pub use kv::{FrozenView, KvEngine, TryScan, WriteBatch};
 pub use mem::MemEngine;
 pub use prefixed::PrefixedEngine;
 pub use rocks::{RocksConfig, RocksEngine};

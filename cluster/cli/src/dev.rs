@@ -339,7 +339,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         listener,
         hourcell_server::server::shutdown_signal(),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// `hourcell dev --nodes N`: N replicas in one process, the demo town

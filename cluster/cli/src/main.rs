@@ -40,7 +40,7 @@ fn main() {
                     }
                 }
                 init_logging(&cfg.log);
-                server::run(cfg).await
+                Ok(server::run(cfg).await?)
             }
             Command::Gen(a) => {
                 init_logging("warn");

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ConfigError;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -101,24 +103,41 @@ impl Default for SecurityConfig {
 }
 
 impl SecurityConfig {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        crate::roles::Role::parse_list(&self.anonymous_roles)
-            .map_err(|e| anyhow::anyhow!("security.anonymous_roles: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::roles::Role::parse_list(&self.anonymous_roles).map_err(|e| {
+            ConfigError::invalid(
+                "security.anonymous_roles",
+                format!("security.anonymous_roles: {e}"),
+            )
+        })?;
         if !self.anonymous_roles.is_empty() && !self.insecure {
-            anyhow::bail!(
-                "security.anonymous_roles is only allowed with insecure = true (a TLS node \
+            return Err(ConfigError::invalid(
+                "security.anonymous_roles",
+                format!(
+                    "security.anonymous_roles is only allowed with insecure = true (a TLS node \
                  authenticates every request)"
-            );
+                ),
+            ));
         }
         if self.insecure && self.tls.is_some() {
-            anyhow::bail!("security: set either insecure = true or [security.tls], not both");
+            return Err(ConfigError::invalid(
+                "security",
+                "security: set either insecure = true or [security.tls], not both",
+            ));
         }
         for (cn, roles) in &self.cert_roles {
-            crate::roles::Role::parse_list(roles)
-                .map_err(|e| anyhow::anyhow!("security.cert_roles.{cn}: {e}"))?;
+            crate::roles::Role::parse_list(roles).map_err(|e| {
+                ConfigError::invalid(
+                    "security.cert_roles",
+                    format!("security.cert_roles.{cn}: {e}"),
+                )
+            })?;
         }
         if self.retention_days == 0 {
-            anyhow::bail!("security.retention_days must be at least 1");
+            return Err(ConfigError::invalid(
+                "security.retention_days",
+                "security.retention_days must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -199,38 +218,56 @@ impl ClusterConfig {
         hourcell_storage::shard::Layout::new(self.cell_shards, self.person_shards).map(Some)
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
-            anyhow::bail!("cluster.node_id must be non-zero");
+            return Err(ConfigError::invalid(
+                "cluster.node_id",
+                "cluster.node_id must be non-zero",
+            ));
         }
         if (self.cell_shards == 0) != (self.person_shards == 0) {
-            anyhow::bail!(
-                "cluster.cell_shards and cluster.person_shards: set both (sharded) or neither"
-            );
+            return Err(ConfigError::invalid(
+                "cluster.cell_shards",
+                format!(
+                    "cluster.cell_shards and cluster.person_shards: set both (sharded) or neither"
+                ),
+            ));
         }
         if let Err(e) = self.layout() {
-            anyhow::bail!("cluster: {e}");
+            return Err(ConfigError::invalid("cluster", format!("cluster: {e}")));
         }
         let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.len() != self.peers.len() || ids.contains(&0) {
-            anyhow::bail!("cluster.peers: ids must be unique and non-zero");
+            return Err(ConfigError::invalid(
+                "cluster.peers",
+                "cluster.peers: ids must be unique and non-zero",
+            ));
         }
         if !ids.contains(&self.node_id) {
-            anyhow::bail!(
-                "cluster.peers does not list this node (node_id {})",
-                self.node_id
-            );
+            return Err(ConfigError::invalid(
+                "cluster.peers",
+                format!(
+                    "cluster.peers does not list this node (node_id {})",
+                    self.node_id
+                ),
+            ));
         }
         if !(1..=7).contains(&self.replicas) {
-            anyhow::bail!(
-                "cluster.replicas {} is outside 1..=7 (3 survives one node's loss, 5 two)",
-                self.replicas
-            );
+            return Err(ConfigError::invalid(
+                "cluster.replicas",
+                format!(
+                    "cluster.replicas {} is outside 1..=7 (3 survives one node's loss, 5 two)",
+                    self.replicas
+                ),
+            ));
         }
         if !(10..=10_000).contains(&self.tick_ms) {
-            anyhow::bail!("cluster.tick_ms {} is outside 10..=10000", self.tick_ms);
+            return Err(ConfigError::invalid(
+                "cluster.tick_ms",
+                format!("cluster.tick_ms {} is outside 10..=10000", self.tick_ms),
+            ));
         }
         Ok(())
     }
@@ -345,43 +382,63 @@ impl NodeConfig {
         }
     }
 
-    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let cfg: NodeConfig = toml::from_str(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.data_dir.as_os_str().is_empty() {
-            anyhow::bail!("data_dir is empty");
+            return Err(ConfigError::invalid("data_dir", "data_dir is empty"));
         }
         if !(1..=30).contains(&self.slice_level) {
-            anyhow::bail!("slice_level {} is outside 1..=30", self.slice_level);
+            return Err(ConfigError::invalid(
+                "slice_level",
+                format!("slice_level {} is outside 1..=30", self.slice_level),
+            ));
         }
         if self.block_cache_mb < 8 {
-            anyhow::bail!("block_cache_mb {} is below 8", self.block_cache_mb);
+            return Err(ConfigError::invalid(
+                "block_cache_mb",
+                format!("block_cache_mb {} is below 8", self.block_cache_mb),
+            ));
         }
         if !(4..=4096).contains(&self.write_buffer_mb) {
-            anyhow::bail!(
-                "write_buffer_mb {} is outside 4..=4096",
-                self.write_buffer_mb
-            );
+            return Err(ConfigError::invalid(
+                "write_buffer_mb",
+                format!(
+                    "write_buffer_mb {} is outside 4..=4096",
+                    self.write_buffer_mb
+                ),
+            ));
         }
         if !(1..=1_000_000).contains(&self.max_batch) {
-            anyhow::bail!("max_batch {} is outside 1..=1000000", self.max_batch);
+            return Err(ConfigError::invalid(
+                "max_batch",
+                format!("max_batch {} is outside 1..=1000000", self.max_batch),
+            ));
         }
         if self.hold_events > 16 << 20 {
-            anyhow::bail!(
-                "hold_events {} is above {} (about 1.5 GiB per store)",
-                self.hold_events,
-                16 << 20
-            );
+            return Err(ConfigError::invalid(
+                "hold_events",
+                format!(
+                    "hold_events {} is above {} (about 1.5 GiB per store)",
+                    self.hold_events,
+                    16 << 20
+                ),
+            ));
         }
         if let Some(c) = &self.cluster {
             c.validate()?;
@@ -390,7 +447,7 @@ impl NodeConfig {
         self.rules
             .to_rule_config()
             .validate()
-            .map_err(|e| anyhow::anyhow!("rules: {e}"))?;
+            .map_err(|e| ConfigError::invalid("rules", format!("rules: {e}")))?;
         Ok(())
     }
 }

@@ -25,3 +25,74 @@ pub enum NodeError {
     #[error("{0}")]
     Unavailable(String),
 }
+
+/// A configuration that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config {path}: {source}")]
+    Parse {
+        path: std::path::PathBuf,
+        source: Box<ConfigError>,
+    },
+    #[error("{0}")]
+    Syntax(#[from] toml::de::Error),
+    /// A value out of range or inconsistent with another; `field` is its
+    /// dotted name in the TOML file.
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a node could not start: every case is fixed by the operator
+/// (config, disk, or the data directory), not by retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// An engine (RocksDB) at `path` could not be opened or read.
+    #[error("cannot open {path}: {source}")]
+    Engine {
+        path: std::path::PathBuf,
+        source: hourcell_storage::StorageError,
+    },
+    #[error(
+        "this data directory belongs to a cluster created {stored}, but the config says \
+         {configured}; the layout is fixed when a cluster is created"
+    )]
+    LayoutChanged { stored: String, configured: String },
+    #[error("the data directory's {what} is damaged")]
+    Damaged { what: &'static str },
+    #[error("cannot start raft group {group}: {source}")]
+    Raft {
+        group: u64,
+        source: hourcell_raft::RaftError,
+    },
+    #[error("cannot delete shard group {group}: {source}")]
+    DropShard {
+        group: u64,
+        source: hourcell_storage::StorageError,
+    },
+    #[error(transparent)]
+    Storage(#[from] hourcell_storage::StorageError),
+}

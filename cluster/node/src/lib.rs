@@ -23,6 +23,6 @@ pub mod shard_read;
 pub mod shards;
 pub mod types;
 
-pub use error::NodeError;
+pub use error::{ConfigError, NodeError, OpenError};
 pub use network::{Network, NoNetwork};
 pub use node::Node;

@@ -594,7 +594,7 @@ impl SliceReader for ShardSource {
         &self,
         from_day: i64,
         to_day: i64,
-        f: &mut dyn FnMut(u32, &[PlaceIds]),
+        f: &mut dyn FnMut(u32, &[PlaceIds]) -> hourcell_query::Result<()>,
     ) -> hourcell_query::Result<()> {
         if let Some(s) = self.local()? {
             return SliceReader::scan_person_days(s.as_ref(), from_day, to_day, f);
@@ -611,7 +611,7 @@ impl SliceReader for ShardSource {
                     source,
                 })
                 .collect();
-            f(id, &places);
+            f(id, &places)?;
         }
         Ok(())
     }

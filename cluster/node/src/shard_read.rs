@@ -169,7 +169,8 @@ pub fn serve_read(store: &Store, op: ReadOp) -> Result<Vec<u8>, QueryError> {
                         .iter()
                         .map(|p| (p.hour, p.cell, p.address, p.source))
                         .collect(),
-                ))
+                ));
+                Ok(())
             })?;
             encode(&out)
         }

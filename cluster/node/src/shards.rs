@@ -11,7 +11,7 @@ use hourcell_storage::shard::{Layout, ShardId};
 use hourcell_storage::{KvEngine, PrefixedEngine, RocksConfig, RocksEngine, ShardPart, SliceStore};
 use parking_lot::RwLock;
 
-use crate::error::NodeError;
+use crate::error::{NodeError, OpenError};
 use crate::types::Store;
 
 /// Raft group of person shard `i`: `PERSON_GROUP_BASE + i`. Group 1 is the
@@ -60,9 +60,11 @@ impl Shards {
         rocks: RocksConfig,
         level: u8,
         hold_events: usize,
-    ) -> anyhow::Result<Shards> {
-        let engine = RocksEngine::open(&dir, &rocks)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dir.display()))?;
+    ) -> Result<Shards, OpenError> {
+        let engine = RocksEngine::open(&dir, &rocks).map_err(|source| OpenError::Engine {
+            path: dir.clone(),
+            source,
+        })?;
         let mut s = Shards {
             layout,
             persons: RwLock::new(Vec::new()),
@@ -75,12 +77,12 @@ impl Shards {
         };
         let persons = (0..u64::from(layout.persons))
             .map(|i| s.open_store(PERSON_GROUP_BASE + i))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, OpenError>>()?;
         s.persons = RwLock::new(persons);
         Ok(s)
     }
 
-    fn open_store(&self, group: u64) -> anyhow::Result<(u64, Arc<Store>)> {
+    fn open_store(&self, group: u64) -> Result<(u64, Arc<Store>), OpenError> {
         let e = PrefixedEngine::group(self.engine.clone(), group);
         let store = SliceStore::open(e, Some(self.level))?;
         // The node's budget is split over a week's shards of each kind
@@ -121,20 +123,20 @@ impl Shards {
 
     /// Opens (creating if new) the stores of week `week`'s cell shards and
     /// hosts them. Returns them; the caller starts their raft groups.
-    pub fn open_week(&self, week: i64) -> anyhow::Result<Vec<(u64, Arc<Store>)>> {
+    pub fn open_week(&self, week: i64) -> Result<Vec<(u64, Arc<Store>)>, OpenError> {
         if let Some(v) = self.weeks.read().get(&week) {
             return Ok(v.clone());
         }
         let v: Vec<(u64, Arc<Store>)> = (0..self.layout.cells as usize)
             .map(|i| self.open_store(cell_group(week, i)))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, OpenError>>()?;
         self.weeks.write().insert(week, v.clone());
         Ok(v)
     }
 
     /// Stops hosting week `week` and deletes its shards' data from the
     /// shared engine (after the caller removed their raft groups).
-    pub fn drop_week(&self, week: i64) -> anyhow::Result<()> {
+    pub fn drop_week(&self, week: i64) -> Result<(), OpenError> {
         let Some(v) = self.weeks.write().remove(&week) else {
             return Ok(());
         };
@@ -144,7 +146,7 @@ impl Shards {
             store
                 .engine()
                 .destroy()
-                .map_err(|e| anyhow::anyhow!("cannot delete shard group {g}: {e}"))?;
+                .map_err(|source| OpenError::DropShard { group: g, source })?;
         }
         Ok(())
     }
@@ -215,7 +217,7 @@ impl Shards {
     /// Stops holding shard `id` (its raft group already removed): deletes
     /// its data and leaves an empty store in its place, so that a later
     /// replica here starts clean.
-    pub fn release(&self, id: ShardId) -> anyhow::Result<()> {
+    pub fn release(&self, id: ShardId) -> Result<(), OpenError> {
         let Some((g, store)) = self.slot(id) else {
             return Ok(());
         };
@@ -224,7 +226,7 @@ impl Shards {
         store
             .engine()
             .destroy()
-            .map_err(|e| anyhow::anyhow!("cannot delete shard group {g}: {e}"))?;
+            .map_err(|source| OpenError::DropShard { group: g, source })?;
         let fresh = self.open_store(g)?;
         match id.part {
             ShardPart::Persons => self.persons.write()[id.index] = fresh,

@@ -8,6 +8,7 @@
 //! principal), `roles` (role names) and `exp` (unix seconds) are required.
 //! `hourcell token issue` makes one.
 
+use crate::error::ServerError;
 use std::collections::BTreeSet;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -294,19 +295,19 @@ pub fn is_node_name(cn: &str) -> bool {
 
 impl Auth {
     /// The authenticator a `[security]` section describes (reads the token key).
-    pub fn from_config(c: &SecurityConfig) -> anyhow::Result<Auth> {
+    pub fn from_config(c: &SecurityConfig) -> Result<Auth, ServerError> {
         let token_key = match &c.token_key_file {
             None => None,
             Some(p) => {
-                let k = std::fs::read(p).map_err(|e| {
-                    anyhow::anyhow!("cannot read security.token_key_file {}: {e}", p.display())
+                let k = std::fs::read(p).map_err(|source| ServerError::TokenKey {
+                    path: p.clone(),
+                    source,
                 })?;
                 if k.len() < 32 {
-                    anyhow::bail!(
-                        "security.token_key_file {} holds {} bytes; at least 32 are needed",
-                        p.display(),
-                        k.len()
-                    );
+                    return Err(ServerError::ShortTokenKey {
+                        path: p.clone(),
+                        len: k.len(),
+                    });
                 }
                 Some(k)
             }
@@ -314,7 +315,7 @@ impl Auth {
         Ok(Auth {
             token_key,
             anonymous: if c.insecure {
-                Role::parse_list(&c.anonymous_roles).map_err(anyhow::Error::from)?
+                Role::parse_list(&c.anonymous_roles)?
             } else {
                 Default::default()
             },
@@ -324,8 +325,7 @@ impl Auth {
                 .cert_roles
                 .iter()
                 .map(|(cn, r)| Ok((cn.clone(), Role::parse_list(r)?)))
-                .collect::<Result<_, hourcell_node::NodeError>>()
-                .map_err(anyhow::Error::from)?,
+                .collect::<Result<_, hourcell_node::NodeError>>()?,
         })
     }
 

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use crate::error::ClientError;
+
+type Result<T, E = ClientError> = std::result::Result<T, E>;
 use hourcell_proto::v1;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Code;
 
 use crate::tls::ClientTls;
 
@@ -38,7 +39,7 @@ impl Credentials {
     pub fn bearer(token: &str) -> Result<Self> {
         let v = format!("Bearer {}", token.trim())
             .parse()
-            .map_err(|_| anyhow!("the token is not printable ASCII"))?;
+            .map_err(|_| ClientError::BadToken)?;
         Ok(Credentials(Some(v)))
     }
 
@@ -49,8 +50,10 @@ impl Credentials {
             }
         }
         if let Ok(f) = std::env::var("HOURCELL_TOKEN_FILE") {
-            let t = std::fs::read_to_string(&f)
-                .map_err(|e| anyhow!("cannot read HOURCELL_TOKEN_FILE {f}: {e}"))?;
+            let t = std::fs::read_to_string(&f).map_err(|source| ClientError::TokenFile {
+                path: f.into(),
+                source,
+            })?;
             return Self::bearer(&t);
         }
         Ok(Credentials(None))
@@ -100,24 +103,25 @@ pub fn server_url(server: &str, tls: bool) -> String {
 async fn plain_channel(server: &str, tls: &ClientTls) -> Result<Channel> {
     let url = server_url(server, tls.enabled());
     let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow!("invalid --server {server:?}: {e}"))?
+        .map_err(|source| ClientError::BadUrl {
+            server: server.to_string(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     if url.starts_with("https://") {
         if !tls.enabled() {
-            return Err(anyhow!(
-                "{url} is TLS: set HOURCELL_CA to the CA certificate (and HOURCELL_CERT and \
-                 HOURCELL_KEY for a client certificate)"
-            ));
+            return Err(ClientError::NeedsCa { url });
         }
         endpoint = endpoint.tls_config(tls.config()?)?;
     }
-    endpoint.connect().await.map_err(|e| {
-        anyhow!(
-            "cannot reach hourcell at {url}: is `hourcell dev` running? ({})",
-            root_cause(&e)
-        )
-    })
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            cause: root_cause(&e),
+            url,
+        })
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -126,22 +130,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
-}
-
-/// A gRPC status as a plain user-facing error: the server's message
-/// (which names the field and value for bad input), nothing else.
-pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    let msg = if s.message().is_empty() {
-        s.code().description().to_string()
-    } else {
-        s.message().to_string()
-    };
-    match s.code() {
-        Code::ResourceExhausted | Code::OutOfRange if msg.contains("message") => {
-            anyhow!("{msg} (try a smaller --batch)")
-        }
-        _ => anyhow!("{msg}"),
-    }
 }
 
 pub fn query_client(ch: Ch) -> v1::query_client::QueryClient<Ch> {

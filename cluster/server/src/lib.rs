@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod channel;
 pub mod convert;
+pub mod error;
 pub mod gate;
 pub mod join;
 pub mod metrics_http;
@@ -26,4 +27,5 @@ pub mod shard_service;
 pub mod status;
 pub mod tls;
 
+pub use error::{ClientError, ServerError, TlsError};
 pub use server::{open_node, run, serve};

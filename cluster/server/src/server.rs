@@ -16,6 +16,7 @@ use hourcell_node::node::{Clock, Node};
 use hourcell_node::NodeError;
 
 use crate::auth::Auth;
+use crate::error::ServerError;
 use crate::service::Services;
 
 /// Largest gRPC message accepted: a 100k-event ingest batch fits easily.
@@ -23,10 +24,13 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Binds `listen` (port 0 picks a free port) and returns the bound address
 /// with the listener, so callers can print it before serving.
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<(SocketAddr, TcpListener)> {
+pub async fn bind(listen: SocketAddr) -> Result<(SocketAddr, TcpListener), ServerError> {
     let l = TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        .map_err(|source| ServerError::Bind {
+            addr: listen,
+            source,
+        })?;
     Ok((l.local_addr()?, l))
 }
 
@@ -34,7 +38,7 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<(SocketAddr, TcpListener
 /// Opens a node whose peers are reached over gRPC (TLS as `cfg` says) and,
 /// when it was started with `--join` and is not a member yet, asks its
 /// peers to add it.
-pub fn open_node(cfg: &NodeConfig, clock: Clock) -> anyhow::Result<Arc<Node>> {
+pub fn open_node(cfg: &NodeConfig, clock: Clock) -> Result<Arc<Node>, ServerError> {
     let tls = cfg
         .security
         .tls
@@ -58,7 +62,7 @@ pub async fn serve(
     security: SecurityConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     let auth = Arc::new(Auth::from_config(&security)?);
     let tls = security.tls.clone();
     let svc = Services {
@@ -313,15 +317,10 @@ pub async fn shutdown_signal() {
 }
 
 /// `hourcell node --config FILE`.
-pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     if cfg.security.tls.is_none() {
         if !cfg.security.insecure {
-            anyhow::bail!(
-                "this node has no TLS configuration ([security.tls] cert, key, ca); hourcell node \
-                 serves person-level data and refuses to run in plaintext unless [security] \
-                 insecure = true is set explicitly (see docs/SECURITY.md; `hourcell certs init DIR` \
-                 makes certificates to try TLS with)"
-            );
+            return Err(ServerError::Plaintext);
         }
         tracing::warn!(
             "[security] insecure = true: serving plaintext gRPC without client certificates; \

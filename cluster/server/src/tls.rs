@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, Context, Result};
+use crate::error::TlsError;
+
+type Result<T, E = TlsError> = std::result::Result<T, E>;
 use parking_lot::RwLock;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -28,17 +30,28 @@ use tokio_rustls::TlsAcceptor;
 
 pub use hourcell_node::config::TlsPaths;
 
+fn read(p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).map_err(|source| TlsError::Read {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn read_certs(p: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(p)
-        .with_context(|| format!("cannot read certificates from {}", p.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("bad PEM in {}", p.display()))?;
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Pem {
+            path: p.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(anyhow!("no certificate in {}", p.display()));
+        return Err(TlsError::NoCertificate {
+            path: p.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -46,9 +59,10 @@ fn read_certs(p: &Path) -> Result<Vec<CertificateDer<'static>>> {
 fn roots(ca: &Path) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for c in read_certs(ca)? {
-        roots
-            .add(c)
-            .with_context(|| format!("bad CA certificate in {}", ca.display()))?;
+        roots.add(c).map_err(|source| TlsError::Rustls {
+            what: format!("bad CA certificate in {}", ca.display()),
+            source,
+        })?;
     }
     Ok(roots)
 }
@@ -56,19 +70,26 @@ fn roots(ca: &Path) -> Result<RootCertStore> {
 /// Builds the server side from the files as they are now.
 pub fn server_config(p: &TlsPaths) -> Result<Arc<ServerConfig>> {
     let certs = read_certs(&p.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&p.key)
-        .with_context(|| format!("cannot read the private key {}", p.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&p.key).map_err(|source| TlsError::Pem {
+        path: p.key.clone(),
+        source,
+    })?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&p.ca)?), provider())
         // Clients may authenticate with a bearer token instead.
         .allow_unauthenticated()
-        .build()
-        .map_err(|e| anyhow!("client verifier: {e}"))?;
+        .build()?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow!("{e}"))?
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions".into(),
+            source,
+        })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| anyhow!("{} does not fit {}: {e}", p.key.display(), p.cert.display()))?;
+        .map_err(|source| TlsError::Rustls {
+            what: format!("{} does not fit {}", p.key.display(), p.cert.display()),
+            source,
+        })?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -184,27 +205,18 @@ impl ClientTls {
     /// The tonic client configuration (files read now, so a reconnect
     /// picks up rotated certificates).
     pub fn config(&self) -> Result<tonic::transport::ClientTlsConfig> {
-        let ca = self
-            .ca
-            .as_ref()
-            .ok_or_else(|| anyhow!("TLS needs a CA certificate (HOURCELL_CA)"))?;
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read CA {}", ca.display()))?;
+        let ca = self.ca.as_ref().ok_or(TlsError::NoCa)?;
+        let pem = read(ca)?;
         let mut c = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(pem));
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
-                let cert = std::fs::read(cert)
-                    .with_context(|| format!("cannot read certificate {}", cert.display()))?;
-                let key = std::fs::read(key)
-                    .with_context(|| format!("cannot read key {}", key.display()))?;
+                let cert = read(cert)?;
+                let key = read(key)?;
                 c = c.identity(tonic::transport::Identity::from_pem(cert, key));
             }
             (None, None) => {}
-            _ => {
-                return Err(anyhow!(
-                    "a client certificate needs both HOURCELL_CERT and HOURCELL_KEY"
-                ))
-            }
+            _ => return Err(TlsError::HalfIdentity),
         }
         Ok(c)
     }
@@ -305,9 +317,8 @@ impl LocalCa {
     /// Loads `ca.key` from `dir` (the CA certificate is re-derived from the
     /// same name and key, which is all that signing needs).
     pub fn load(dir: &Path, name: &str) -> Result<Self> {
-        let pem = std::fs::read_to_string(dir.join("ca.key"))
-            .with_context(|| format!("cannot read {}", dir.join("ca.key").display()))?;
-        let key = rcgen::KeyPair::from_pem(&pem)?;
+        let pem = read(&dir.join("ca.key"))?;
+        let key = rcgen::KeyPair::from_pem(&String::from_utf8_lossy(&pem))?;
         let cert = ca_params(name)?.self_signed(&key)?;
         Ok(LocalCa {
             key,
@@ -371,9 +382,14 @@ pub fn write_new(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     }
     #[cfg(not(unix))]
     let _ = private;
+    let create = |source| TlsError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
     o.open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?
-        .write_all(bytes)?;
+        .map_err(create)?
+        .write_all(bytes)
+        .map_err(create)?;
     Ok(())
 }
 
@@ -386,7 +402,10 @@ pub const LOCAL_CA_NAME: &str = "hourcell local CA";
 /// `hosts`, an `admin` client certificate and a token key. Refuses to
 /// overwrite anything. Returns the files written.
 pub fn init_dir(dir: &Path, nodes: u32, hosts: &[String]) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Create {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let ca = LocalCa::create(LOCAL_CA_NAME)?;
     let mut out = Vec::new();
     let mut put = |name: &str, text: &str, private: bool| -> Result<()> {

@@ -4,7 +4,7 @@ use super::SliceStore;
 use crate::command::ApplyOutcome;
 use crate::error::Result;
 use crate::keys;
-use crate::kv::{KvEngine, WriteBatch};
+use crate::kv::{KvEngine, TryScan, WriteBatch};
 
 impl<E: KvEngine> SliceStore<E> {
     /// Removes every hour before `cutoff_hour`. Time-major slices go by
@@ -57,32 +57,19 @@ impl<E: KvEngine> SliceStore<E> {
             cut.extend_from_slice(&keys::hour_bytes(day));
             b.delete_range(lo, cut.clone());
             if h > 0 {
-                let mut err = None;
-                self.engine.scan(
-                    &cut,
-                    &keys::prefix_end(&cut),
-                    &mut |k, v| match decode_day_set(k, v) {
-                        Ok(set) => {
-                            let kept: Vec<(u32, u32)> = set
-                                .into_iter()
-                                .filter_map(|(id, m)| (m & keep != 0).then_some((id, m & keep)))
-                                .collect();
-                            if kept.is_empty() {
-                                b.delete(k.to_vec());
-                            } else {
-                                b.put(k.to_vec(), encode_day_set(&kept));
-                            }
-                            true
+                self.engine
+                    .try_scan(&cut, &keys::prefix_end(&cut), &mut |k, v| {
+                        let kept: Vec<(u32, u32)> = decode_day_set(k, v)?
+                            .into_iter()
+                            .filter_map(|(id, m)| (m & keep != 0).then_some((id, m & keep)))
+                            .collect();
+                        if kept.is_empty() {
+                            b.delete(k.to_vec());
+                        } else {
+                            b.put(k.to_vec(), encode_day_set(&kept));
                         }
-                        Err(e) => {
-                            err = Some(e);
-                            false
-                        }
-                    },
-                )?;
-                if let Some(e) = err {
-                    return Err(e);
-                }
+                        Ok(true)
+                    })?;
             }
         }
         b.delete_range(vec![keys::HOUR_SLICE], keys::hour_slice(cutoff_hour));
@@ -90,29 +77,21 @@ impl<E: KvEngine> SliceStore<E> {
         for id in 0..persons {
             let from = keys::person_day(id, keys::MIN_HOUR);
             let to = keys::person_day(id, day + 1);
-            let mut err = None;
-            self.engine.scan(&from, &to, &mut |k, v| {
+            self.engine.try_scan(&from, &to, &mut |k, v| {
                 let d = keys::hour_from(&k[5..9]);
                 if d < day || h == 0 && d == day {
                     if d < day {
                         removed += 1;
                         b.delete(k.to_vec());
                     }
-                    return true;
+                    return Ok(true);
                 }
-                match crate::codec::trim_places(k, v, keep) {
-                    Ok(Some(t)) => b.put(k.to_vec(), t),
-                    Ok(None) => b.delete(k.to_vec()),
-                    Err(e) => {
-                        err = Some(e);
-                        return false;
-                    }
+                match crate::codec::trim_places(k, v, keep)? {
+                    Some(t) => b.put(k.to_vec(), t),
+                    None => b.delete(k.to_vec()),
                 }
-                true
+                Ok(true)
             })?;
-            if let Some(e) = err {
-                return Err(e);
-            }
         }
         self.chain_audit(&mut b, std::slice::from_ref(audit));
         self.commit(b)?;

@@ -7,7 +7,7 @@ use super::{SliceStore, State, META_MAP_VERSION, META_PERSON_PLACEMENT};
 use crate::command::{ApplyOutcome, ShardPart};
 use crate::error::{Result, StorageError};
 use crate::keys;
-use crate::kv::{KvEngine, WriteBatch};
+use crate::kv::{KvEngine, TryScan, WriteBatch};
 use crate::tasks::{
     self, Outcome, SubjectState, TaskChange, TaskDraft, TaskRecord, TaskState, TaskUpdate,
 };
@@ -190,28 +190,18 @@ impl<E: KvEngine> SliceStore<E> {
         keep: &mut dyn FnMut(&T) -> bool,
     ) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        let mut err = None;
         if limit == 0 {
             return Ok(out);
         }
-        self.engine.scan(
-            start,
-            end,
-            &mut |k, v| match bincode::serde::decode_from_slice::<T, _>(v, crate::bincode_limits())
-            {
-                Ok((t, _)) => {
-                    if keep(&t) {
-                        out.push(t);
-                    }
-                    out.len() < limit
-                }
-                Err(e) => {
-                    err = Some(StorageError::corrupt(k, e));
-                    false
-                }
-            },
-        )?;
-        err.map_or(Ok(out), Err)
+        self.engine.try_scan(start, end, &mut |k, v| {
+            let (t, _) = bincode::serde::decode_from_slice::<T, _>(v, crate::bincode_limits())
+                .map_err(|e| StorageError::corrupt(k, e))?;
+            if keep(&t) {
+                out.push(t);
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
     }
 
     /// Tasks with id greater than `after`, ascending, that `keep` accepts,

@@ -15,7 +15,7 @@ use crate::catalog::{AddressRecord, RegistrationRecord};
 use crate::command::{ApplyOutcome, Command};
 use crate::error::{Result, StorageError};
 use crate::keys;
-use crate::kv::{KvEngine, WriteBatch};
+use crate::kv::{KvEngine, TryScan, WriteBatch};
 
 mod catalog;
 mod expire;
@@ -250,16 +250,14 @@ impl<E: KvEngine> SliceStore<E> {
 
     fn load(&self) -> Result<()> {
         let mut st = State::default();
-        let mut err = None;
         let shard = self.engine.get(&keys::meta(META_SHARD))?.is_some();
         st.partial = shard;
         let start = [keys::DICT_INT];
         self.engine
-            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
                 let id = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
                 if v.len() != 8 || (id as usize != st.int_to_ext.len() && !shard) {
-                    err = Some(StorageError::corrupt(k, "id dictionary has a hole"));
-                    return false;
+                    return Err(StorageError::corrupt(k, "id dictionary has a hole"));
                 }
                 let ext = u64::from_be_bytes(v.try_into().unwrap());
                 if st.int_to_ext.len() <= id as usize {
@@ -267,23 +265,19 @@ impl<E: KvEngine> SliceStore<E> {
                 }
                 st.int_to_ext[id as usize] = ext;
                 st.ext_to_int.insert(ext, id);
-                true
+                Ok(true)
             })?;
         let start = [keys::ADDRESS];
         let mut addrs = Vec::new();
         self.engine
-            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                match bincode::serde::decode_from_slice::<AddressRecord, _>(
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                let (a, _) = bincode::serde::decode_from_slice::<AddressRecord, _>(
                     v,
                     crate::bincode_limits(),
-                ) {
-                    Ok((a, _)) => addrs.push(a),
-                    Err(e) => {
-                        err = Some(StorageError::corrupt(k, e));
-                        return false;
-                    }
-                }
-                true
+                )
+                .map_err(|e| StorageError::corrupt(k, e))?;
+                addrs.push(a);
+                Ok(true)
             })?;
         addrs.sort_by_key(|a| a.id);
         for a in addrs {
@@ -297,66 +291,41 @@ impl<E: KvEngine> SliceStore<E> {
         }
         let start = [keys::REGISTRATION];
         self.engine
-            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                match bincode::serde::decode_from_slice::<RegistrationRecord, _>(
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                let (r, _) = bincode::serde::decode_from_slice::<RegistrationRecord, _>(
                     v,
                     crate::bincode_limits(),
-                ) {
-                    Ok((r, _)) => {
-                        st.registrations.insert(r.person, r);
-                    }
-                    Err(e) => {
-                        err = Some(StorageError::corrupt(k, e));
-                        return false;
-                    }
-                }
-                true
+                )
+                .map_err(|e| StorageError::corrupt(k, e))?;
+                st.registrations.insert(r.person, r);
+                Ok(true)
             })?;
         let start = [keys::SOURCE];
         self.engine
-            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
                 let label = String::from_utf8_lossy(v).into_owned();
-                match k.get(1..3) {
-                    Some(b) => {
-                        let id = u16::from_be_bytes([b[0], b[1]]);
-                        Self::learn_source(&mut st, id, label);
-                        true
-                    }
-                    None => {
-                        err = Some(StorageError::corrupt(k, "short source key"));
-                        false
-                    }
-                }
+                let b = k
+                    .get(1..3)
+                    .ok_or_else(|| StorageError::corrupt(k, "short source key"))?;
+                Self::learn_source(&mut st, u16::from_be_bytes([b[0], b[1]]), label);
+                Ok(true)
             })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
         let start = [keys::PARTITION];
         self.engine
-            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                match bincode::serde::decode_from_slice::<(Vec<Vec<u64>>, Vec<Vec<u64>>), _>(
-                    v,
-                    crate::bincode_limits(),
-                ) {
-                    Ok(((founders, cells), _)) if k.len() == 5 => {
-                        let w = keys::hour_from(&k[1..5]);
-                        st.map.founders.insert(w, founders);
-                        st.map.weeks.insert(w, cells);
-                        true
-                    }
-                    Ok(_) => {
-                        err = Some(StorageError::corrupt(k, "bad partition key"));
-                        false
-                    }
-                    Err(e) => {
-                        err = Some(StorageError::corrupt(k, e));
-                        false
-                    }
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                let ((founders, cells), _) = bincode::serde::decode_from_slice::<
+                    (Vec<Vec<u64>>, Vec<Vec<u64>>),
+                    _,
+                >(v, crate::bincode_limits())
+                .map_err(|e| StorageError::corrupt(k, e))?;
+                if k.len() != 5 {
+                    return Err(StorageError::corrupt(k, "bad partition key"));
                 }
+                let w = keys::hour_from(&k[1..5]);
+                st.map.founders.insert(w, founders);
+                st.map.weeks.insert(w, cells);
+                Ok(true)
             })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
         st.map.version = self
             .engine
             .get(&keys::meta(META_MAP_VERSION))?

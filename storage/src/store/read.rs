@@ -8,7 +8,7 @@ use crate::cell;
 use crate::codec::{self, DaySet, RawPlace};
 use crate::error::Result;
 use crate::keys;
-use crate::kv::KvEngine;
+use crate::kv::{KvEngine, TryScan};
 
 impl<E: KvEngine> SliceStore<E> {
     /// Visits every non-empty cell slice of UTC day `day` whose cell id lies
@@ -42,25 +42,15 @@ impl<E: KvEngine> SliceStore<E> {
                 (keys::cell_day(day, lo), end)
             })
             .collect();
-        let mut err = None;
         let mut set = DaySet::new();
-        self.settled()?.scan_ranges(&keys, &mut |k, v| {
+        self.settled()?.try_scan_ranges(&keys, &mut |k, v| {
             let c = u64::from_be_bytes(k[5..13].try_into().unwrap());
-            if !keep(c) {
-                return true;
+            if keep(c) {
+                codec::decode_day_set_into(k, v, &mut set)?;
+                f(c, &set);
             }
-            match codec::decode_day_set_into(k, v, &mut set) {
-                Ok(()) => {
-                    f(c, &set);
-                    true
-                }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            }
-        })?;
-        err.map_or(Ok(()), Err)
+            Ok(true)
+        })
     }
 
     /// The day set of one address on UTC day `day`, if anyone was there.
@@ -79,19 +69,11 @@ impl<E: KvEngine> SliceStore<E> {
         before: i64,
         f: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
     ) -> Result<()> {
-        let mut err = None;
-        self.settled()?.scan_rev(
+        self.settled()?.try_scan_rev(
             &keys::hour_slice(keys::MIN_HOUR),
             &keys::hour_slice(before),
-            &mut |k, v| match codec::decode_bitmap(k, v) {
-                Ok(b) => f(keys::hour_from(&k[1..5]), b),
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            },
-        )?;
-        err.map_or(Ok(()), Err)
+            &mut |k, v| Ok(f(keys::hour_from(&k[1..5]), codec::decode_bitmap(k, v)?)),
+        )
     }
 
     /// Visits the all-persons slice of each hour in `[from, to)` that has
@@ -105,22 +87,14 @@ impl<E: KvEngine> SliceStore<E> {
         if from >= to {
             return Ok(());
         }
-        let mut err = None;
-        self.settled()?.scan(
+        self.settled()?.try_scan(
             &keys::hour_slice(from),
             &keys::hour_slice(to),
-            &mut |k, v| match codec::decode_bitmap(k, v) {
-                Ok(b) => {
-                    f(keys::hour_from(&k[1..5]), b);
-                    true
-                }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
+            &mut |k, v| {
+                f(keys::hour_from(&k[1..5]), codec::decode_bitmap(k, v)?);
+                Ok(true)
             },
-        )?;
-        err.map_or(Ok(()), Err)
+        )
     }
 
     fn decode_entries(&self, st: &State, raw: &[RawPlace]) -> Vec<PlaceEntry> {
@@ -167,24 +141,14 @@ impl<E: KvEngine> SliceStore<E> {
             return Ok(Vec::new());
         }
         let mut raw = Vec::new();
-        let mut err = None;
-        self.settled()?.scan(
+        self.settled()?.try_scan(
             &keys::person_day(id, from.div_euclid(24)),
             &keys::person_day(id, (to - 1).div_euclid(24) + 1),
-            &mut |k, v| match codec::decode_places(k, v) {
-                Ok(p) => {
-                    raw.push((keys::hour_from(&k[5..9]), p));
-                    true
-                }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
+            &mut |k, v| {
+                raw.push((keys::hour_from(&k[5..9]), codec::decode_places(k, v)?));
+                Ok(true)
             },
         )?;
-        if let Some(e) = err {
-            return Err(e);
-        }
         let st = self.state.read_recursive();
         let mut out = Vec::new();
         for (day, p) in &raw {
@@ -202,67 +166,55 @@ impl<E: KvEngine> SliceStore<E> {
     /// places sorted by hour. One pass over the person index (days outside
     /// the range are skipped by key, before decoding); for bulk readers
     /// such as the rule layer.
-    pub fn scan_person_days(
+    pub fn scan_person_days<Er: From<crate::StorageError>>(
         &self,
         from_day: i64,
         to_day: i64,
-        f: &mut dyn FnMut(u32, &[PlaceIds]),
-    ) -> Result<()> {
+        f: &mut dyn FnMut(u32, &[PlaceIds]) -> Result<(), Er>,
+    ) -> Result<(), Er> {
         let shift = cell::compact_shift(self.level);
         // A copy, so that the scan does not hold the state lock (apply needs
         // it for every ingest batch).
         let address_cells = self.state.read_recursive().address_cells.clone();
-        let mut err = None;
         let mut current: Option<u32> = None;
         let mut places: Vec<PlaceIds> = Vec::new();
         let start = [keys::PERSON];
         self.settled()?
-            .scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+            .try_scan::<Er>(&start, &keys::prefix_end(&start), &mut |k, v| {
                 let id = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
                 let day = keys::hour_from(&k[5..9]);
                 if current != Some(id) {
                     if let Some(prev) = current {
                         if !places.is_empty() {
-                            f(prev, &places);
+                            f(prev, &places)?;
                         }
                     }
                     places.clear();
                     current = Some(id);
                 }
                 if day < from_day || day >= to_day {
-                    return true;
+                    return Ok(true);
                 }
-                match codec::decode_places(k, v) {
-                    Ok(raw) => {
-                        for (h, c, a, s) in raw {
-                            let cell = if c == 0 {
-                                a.checked_sub(1)
-                                    .and_then(|i| address_cells.get(i as usize))
-                                    .copied()
-                                    .unwrap_or(0)
-                            } else {
-                                c << shift
-                            };
-                            places.push(PlaceIds {
-                                hour: day * 24 + h as i64,
-                                cell,
-                                address: a,
-                                source: s,
-                            });
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        false
-                    }
+                for (h, c, a, s) in codec::decode_places(k, v)? {
+                    let cell = if c == 0 {
+                        a.checked_sub(1)
+                            .and_then(|i| address_cells.get(i as usize))
+                            .copied()
+                            .unwrap_or(0)
+                    } else {
+                        c << shift
+                    };
+                    places.push(PlaceIds {
+                        hour: day * 24 + h as i64,
+                        cell,
+                        address: a,
+                        source: s,
+                    });
                 }
+                Ok(true)
             })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
         if let (Some(id), false) = (current, places.is_empty()) {
-            f(id, &places);
+            f(id, &places)?;
         }
         Ok(())
     }
@@ -299,31 +251,24 @@ impl<E: KvEngine> SliceStore<E> {
         if floor >= before {
             return Ok(());
         }
-        let mut err = None;
         let st = self.state.read_recursive();
-        self.settled()?.scan_rev(
+        self.settled()?.try_scan_rev(
             &keys::person_day(id, floor.div_euclid(24)),
             &keys::person_day(id, (before - 1).div_euclid(24) + 1),
-            &mut |k, v| match codec::decode_places(k, v) {
-                Ok(p) => {
-                    let day = keys::hour_from(&k[5..9]);
-                    for (h, places) in Self::split_day(day, &p).into_iter().rev() {
-                        if h >= before || h < floor {
-                            continue;
-                        }
-                        if !f(h, self.decode_entries(&st, places)) {
-                            return false;
-                        }
+            &mut |k, v| {
+                let p = codec::decode_places(k, v)?;
+                let day = keys::hour_from(&k[5..9]);
+                for (h, places) in Self::split_day(day, &p).into_iter().rev() {
+                    if h >= before || h < floor {
+                        continue;
                     }
-                    true
+                    if !f(h, self.decode_entries(&st, places)) {
+                        return Ok(false);
+                    }
                 }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
+                Ok(true)
             },
-        )?;
-        err.map_or(Ok(()), Err)
+        )
     }
 
     // ------------------------------------------------------------- stats
@@ -378,42 +323,22 @@ impl<E: KvEngine> SliceStore<E> {
     /// serving.
     pub fn count_postings(&self) -> Result<(u64, u64)> {
         let mut postings = 0u64;
-        let mut err = None;
         for p in [keys::CELL_DAY, keys::ADDRESS_DAY] {
             let start = [p];
             self.settled()?
-                .scan(
-                    &start,
-                    &keys::prefix_end(&start),
-                    &mut |k, v| match codec::decode_day_set(k, v) {
-                        Ok(set) => {
-                            postings += set.iter().map(|e| e.1.count_ones() as u64).sum::<u64>();
-                            true
-                        }
-                        Err(e) => {
-                            err = Some(e);
-                            false
-                        }
-                    },
-                )?;
+                .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                    let set = codec::decode_day_set(k, v)?;
+                    postings += set.iter().map(|e| e.1.count_ones() as u64).sum::<u64>();
+                    Ok(true)
+                })?;
         }
         let mut places = 0u64;
         let start = [keys::PERSON];
         self.settled()?
-            .scan(
-                &start,
-                &keys::prefix_end(&start),
-                &mut |k, v| match codec::decode_places(k, v) {
-                    Ok(p) => {
-                        places += p.len() as u64;
-                        true
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        false
-                    }
-                },
-            )?;
-        err.map_or(Ok((postings, places)), Err)
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                places += codec::decode_places(k, v)?.len() as u64;
+                Ok(true)
+            })?;
+        Ok((postings, places))
     }
 }

@@ -27,8 +27,24 @@ pub(crate) const SHOW_REJECTIONS: usize = 10;
 
 pub use hourcell_server::channel::{
     admin_client, channel, channel_as, channel_with, ingest_client, normalize_server, query_client,
-    registry_client, server_url, status_error, Ch, Credentials, MAX_MESSAGE_BYTES,
+    registry_client, server_url, Ch, Credentials, MAX_MESSAGE_BYTES,
 };
+
+/// A gRPC status as a plain user-facing error: the server's message
+/// (which names the field and value for bad input), nothing else.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    let msg = if s.message().is_empty() {
+        s.code().description().to_string()
+    } else {
+        s.message().to_string()
+    };
+    match s.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange if msg.contains("message") => {
+            anyhow!("{msg} (try a smaller --batch)")
+        }
+        _ => anyhow!("{msg}"),
+    }
+}
 
 // ------------------------------------------------------------ region flags
 

@@ -20,7 +20,7 @@ use hourcell_storage::{
 };
 
 use crate::config::NodeConfig;
-use crate::error::NodeError;
+use crate::error::{NodeError, OpenError};
 use crate::network::Network;
 
 mod barrier;
@@ -99,17 +99,19 @@ impl Node {
         cfg: &NodeConfig,
         clock: Clock,
         network: &dyn Network,
-    ) -> anyhow::Result<Arc<Node>> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display())
+    ) -> Result<Arc<Node>, OpenError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| OpenError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
         })?;
         let rc = RocksConfig {
             block_cache_bytes: cfg.block_cache_mb << 20,
             write_buffer_bytes: cfg.write_buffer_mb << 20,
             ..RocksConfig::default()
         };
-        let engine = RocksEngine::open(&cfg.data_dir.join("db"), &rc)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
+        let db = cfg.data_dir.join("db");
+        let engine =
+            RocksEngine::open(&db, &rc).map_err(|source| OpenError::Engine { path: db, source })?;
         let store = Arc::new(SliceStore::open(
             hourcell_storage::PrefixedEngine::whole(Arc::new(engine)),
             Some(cfg.slice_level),
@@ -118,7 +120,7 @@ impl Node {
         let (task_seq, _) = tokio::sync::watch::channel(store.last_task_change());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let layout = match &cfg.cluster {
-            Some(c) => c.layout().map_err(anyhow::Error::msg)?,
+            Some(c) => c.layout()?,
             None => None,
         };
         let shards = match layout {

@@ -269,7 +269,7 @@ pub(super) const LAYOUT_KEY: &[u8] = &[0x06];
 pub(super) fn check_layout(
     engine: &RocksEngine,
     want: Option<hourcell_storage::shard::Layout>,
-) -> anyhow::Result<()> {
+) -> Result<(), OpenError> {
     use hourcell_storage::KvEngine;
     let (c, p) = want.map_or((0, 0), |l| (l.cells, l.persons));
     let mut enc = c.to_be_bytes().to_vec();
@@ -281,28 +281,25 @@ pub(super) fn check_layout(
             format!("with cell_shards = {c}, person_shards = {p}")
         }
     };
-    match engine
-        .get(LAYOUT_KEY)
-        .map_err(|e| anyhow::anyhow!("cannot read the shard layout: {e}"))?
-    {
+    match engine.get(LAYOUT_KEY)? {
         Some(v) if v == enc => {}
         Some(v) if v.len() == 8 => {
             let hc = u32::from_be_bytes(v[0..4].try_into().unwrap());
             let hp = u32::from_be_bytes(v[4..8].try_into().unwrap());
-            anyhow::bail!(
-                "this data directory belongs to a cluster created {}, but the config says {}; \
-                 the layout is fixed when a cluster is created",
-                show(hc, hp),
-                show(c, p)
-            );
+            return Err(OpenError::LayoutChanged {
+                stored: show(hc, hp),
+                configured: show(c, p),
+            });
         }
-        Some(_) => anyhow::bail!("the stored shard layout is damaged"),
+        Some(_) => {
+            return Err(OpenError::Damaged {
+                what: "shard layout",
+            })
+        }
         None => {
             let mut b = hourcell_storage::WriteBatch::default();
             b.put(LAYOUT_KEY.to_vec(), enc);
-            engine
-                .write(b, true)
-                .map_err(|e| anyhow::anyhow!("cannot record the shard layout: {e}"))?;
+            engine.write(b, true)?;
         }
     }
     Ok(())
@@ -378,7 +375,7 @@ pub(super) fn start_replication(
     groups: Vec<(u64, Arc<Store>, Vec<u64>)>,
     metrics: &crate::metrics::Metrics,
     network: &dyn Network,
-) -> anyhow::Result<Replication> {
+) -> Result<Replication, OpenError> {
     use crate::replication::{RaftNode, RaftTiming, StoreMachine};
     let raft_dir = cfg.data_dir.join("raft");
     let engine = RocksEngine::open(
@@ -389,15 +386,21 @@ pub(super) fn start_replication(
             ..RocksConfig::default()
         },
     )
-    .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", raft_dir.display()))?;
-    check_layout(&engine, c.layout().map_err(anyhow::Error::msg)?)?;
+    .map_err(|source| OpenError::Engine {
+        path: raft_dir.clone(),
+        source,
+    })?;
+    check_layout(&engine, c.layout()?)?;
     let engine = Arc::new(crate::replication::KvLog(Arc::new(engine)));
     let mut peers: std::collections::HashMap<u64, String> =
         c.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
     // Nodes added by membership changes since the cluster started.
     peers.extend(
-        crate::replication::log_store::stored_peer_addresses(engine.as_ref())
-            .map_err(|e| anyhow::anyhow!("cannot read peer addresses: {e}"))?,
+        crate::replication::log_store::stored_peer_addresses(engine.as_ref()).map_err(|_| {
+            OpenError::Damaged {
+                what: "list of peer addresses",
+            }
+        })?,
     );
     let transport = network.raft_transport(c.node_id, &peers);
     let timing = RaftTiming {
@@ -417,7 +420,13 @@ pub(super) fn start_replication(
                 apply_latency: metrics.apply_latency.clone(),
             }),
         )
-        .map_err(|e| anyhow::anyhow!("cannot start raft group {g}: {e}"))?;
+        .map_err(|e| OpenError::Raft {
+            group: g,
+            source: hourcell_raft::RaftError::Group {
+                group: g,
+                why: e.to_string(),
+            },
+        })?;
     }
     let inbox = handle.inbox();
     let thread = raft.spawn();
@@ -428,7 +437,7 @@ pub(super) fn start_replication(
         group: DATA_GROUP,
         groups: parking_lot::RwLock::new(ids),
         propose_timeout: std::time::Duration::from_secs(10),
-        sharded: c.layout().map_err(anyhow::Error::msg)?.is_some(),
+        sharded: c.layout()?.is_some(),
         peers: c.peers.iter().map(|p| (p.id, p.addr.clone())).collect(),
         raft_engine: engine,
     };
