@@ -94,6 +94,77 @@ pub fn verify_chain<'a>(
     Ok(want - 1)
 }
 
+/// A (sequence number, hash) pair kept outside the cluster (`hourcell
+/// audit checkpoint` prints one as `SEQ:HEX`). A chain that verifies on
+/// its own can still have lost its tail, or have been rewritten and
+/// rehashed from some record on; a checkpoint taken earlier catches both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, hex(&self.hash))
+    }
+}
+
+impl std::str::FromStr for Checkpoint {
+    type Err = ChainError;
+
+    fn from_str(s: &str) -> Result<Self, ChainError> {
+        let bad = |why: &str| ChainError {
+            seq: 0,
+            why: format!("bad checkpoint {s:?}: {why} (expected SEQ:HASH, 64 hex digits)"),
+        };
+        let (seq, h) = s.trim().split_once(':').ok_or_else(|| bad("no ':'"))?;
+        let seq: u64 = seq.parse().map_err(|_| bad("SEQ is not a number"))?;
+        if seq == 0 || h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("SEQ must be at least 1 and HASH 64 hex digits"));
+        }
+        let mut hash = [0u8; 32];
+        for (i, out) in hash.iter_mut().enumerate() {
+            *out = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| bad("not hex"))?;
+        }
+        Ok(Checkpoint { seq, hash })
+    }
+}
+
+/// [`verify_chain`], then each checkpoint: the log must still reach it
+/// (else its tail was cut) and hold the same hash there (else it was
+/// rewritten and rehashed).
+pub fn verify_anchored(
+    records: &[AuditRecord],
+    checkpoints: &[Checkpoint],
+) -> Result<u64, ChainError> {
+    let n = verify_chain(records)?;
+    for c in checkpoints {
+        let Some(r) = records.get(c.seq as usize - 1) else {
+            return Err(ChainError {
+                seq: c.seq,
+                why: format!(
+                    "the log ends at record {n}, but a checkpoint was taken at {}: records \
+                     were removed from its end",
+                    c.seq
+                ),
+            });
+        };
+        if r.hash != c.hash {
+            return Err(ChainError {
+                seq: c.seq,
+                why: format!(
+                    "its hash is {}, but the checkpoint says {}: the log was rewritten and \
+                     rehashed",
+                    hex(&r.hash),
+                    hex(&c.hash)
+                ),
+            });
+        }
+    }
+    Ok(n)
+}
+
 /// The stored bytes of a record (what an offline tool would have to forge).
 pub fn encode_record(r: &AuditRecord) -> Vec<u8> {
     bincode::serde::encode_to_vec(r, bincode::config::standard()).expect("records always encode")
@@ -110,4 +181,65 @@ pub fn decode_record(b: &[u8]) -> crate::Result<AuditRecord> {
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain of `n` records whose entries say `who`.
+    fn chain(n: u64, who: &str) -> Vec<AuditRecord> {
+        let mut prev = [0u8; 32];
+        (1..=n)
+            .map(|seq| {
+                let entry = AuditEntry {
+                    principal: format!("{who}-{seq}"),
+                    ..Default::default()
+                };
+                let hash = chain_hash(&prev, seq, &entry);
+                let r = AuditRecord {
+                    seq,
+                    entry,
+                    prev_hash: prev,
+                    hash,
+                };
+                prev = hash;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn checkpoints_catch_truncation_and_rehashing() {
+        let log = chain(5, "a");
+        let cp = Checkpoint {
+            seq: 4,
+            hash: log[3].hash,
+        };
+        let parsed: Checkpoint = cp.to_string().parse().unwrap();
+        assert_eq!(parsed, cp);
+        assert_eq!(verify_anchored(&log, &[cp]).unwrap(), 5);
+        // The tail cut off: the rest verifies on its own, not against the
+        // checkpoint.
+        assert_eq!(verify_chain(&log[..3]).unwrap(), 3);
+        let e = verify_anchored(&log[..3], &[cp]).unwrap_err();
+        assert!(e.why.contains("removed from its end"), "{e}");
+        // Rewritten and rehashed from the start: a valid chain, the wrong
+        // history.
+        let forged = chain(5, "b");
+        assert_eq!(verify_chain(&forged).unwrap(), 5);
+        let e = verify_anchored(&forged, &[cp]).unwrap_err();
+        assert_eq!(e.seq, 4);
+        assert!(e.why.contains("rewritten"), "{e}");
+        for bad in [
+            "",
+            "4",
+            "x:00",
+            "0:00",
+            "4:abc",
+            &format!("4:{}", "g".repeat(64)),
+        ] {
+            assert!(bad.parse::<Checkpoint>().is_err(), "{bad:?}");
+        }
+    }
 }

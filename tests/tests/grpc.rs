@@ -472,7 +472,11 @@ async fn tasks_run_list_update_and_watch_resume() {
 
     // A watcher from the beginning, started before the tasks exist.
     let mut watch = tasks
-        .watch(v1::WatchTasksRequest { cursor: 0 })
+        .watch(v1::WatchTasksRequest {
+            cursor: 0,
+            purpose: "test".into(),
+            case_ref: "T-1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -495,6 +499,8 @@ async fn tasks_run_list_update_and_watch_resume() {
     loop {
         let page = tasks
             .list(v1::ListTasksRequest {
+                purpose: "test".into(),
+                case_ref: "T-1".into(),
                 area: "A1".into(),
                 page_size: 1,
                 page_token: token,
@@ -520,6 +526,8 @@ async fn tasks_run_list_update_and_watch_resume() {
     );
     let mismatch = tasks
         .list(v1::ListTasksRequest {
+            purpose: "test".into(),
+            case_ref: "T-1".into(),
             kind: "residence_mismatch".into(),
             ..Default::default()
         })
@@ -530,6 +538,8 @@ async fn tasks_run_list_update_and_watch_resume() {
     assert_eq!(mismatch.len(), 1);
     let bad = tasks
         .list(v1::ListTasksRequest {
+            purpose: "test".into(),
+            case_ref: "T-1".into(),
             state: "done".into(),
             ..Default::default()
         })
@@ -540,7 +550,11 @@ async fn tasks_run_list_update_and_watch_resume() {
 
     // Get with evidence.
     let t = tasks
-        .get(v1::GetTaskRequest { id: mismatch[0].id })
+        .get(v1::GetTaskRequest {
+            id: mismatch[0].id,
+            purpose: "test".into(),
+            case_ref: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -555,7 +569,11 @@ async fn tasks_run_list_update_and_watch_resume() {
     );
     assert_eq!(
         tasks
-            .get(v1::GetTaskRequest { id: 999 })
+            .get(v1::GetTaskRequest {
+                id: 999,
+                purpose: "test".into(),
+                case_ref: "T-1".into(),
+            })
             .await
             .unwrap_err()
             .code(),
@@ -578,6 +596,8 @@ async fn tasks_run_list_update_and_watch_resume() {
         outcome: outcome.into(),
         note: "visited".into(),
         by: "field-1".into(),
+        purpose: "test".into(),
+        case_ref: String::new(),
     };
     let e = tasks.update(up(t.id, "resolved", "")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -594,7 +614,7 @@ async fn tasks_run_list_update_and_watch_resume() {
         (done.state.as_str(), done.outcome.as_str()),
         ("resolved", "rejected")
     );
-    assert_eq!(done.updated_by, "field-1");
+    assert_eq!(done.updated_by, "anonymous (for field-1)");
     // Rejected: not raised again by the next run.
     let r = tasks
         .run(v1::RunTasksRequest { at: None })
@@ -605,7 +625,11 @@ async fn tasks_run_list_update_and_watch_resume() {
 
     // Resume: exactly the two changes made while away, in order.
     let mut watch = tasks
-        .watch(v1::WatchTasksRequest { cursor: last })
+        .watch(v1::WatchTasksRequest {
+            cursor: last,
+            purpose: "test".into(),
+            case_ref: "T-1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -631,7 +655,11 @@ async fn seen_id(
     person: u64,
 ) -> u64 {
     tasks
-        .list(v1::ListTasksRequest::default())
+        .list(v1::ListTasksRequest {
+            purpose: "test".into(),
+            case_ref: "T-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

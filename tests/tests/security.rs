@@ -3,77 +3,20 @@
 //! retention that removes whole hours and gives the disk back. A node on
 //! 127.0.0.1 with bearer tokens, no anonymous access, and an injected clock.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use hourcell_node::config::NodeConfig;
-use hourcell_node::node::Node;
 use hourcell_proto::v1;
 use hourcell_server::auth::{issue_token, Claims, Role, Rpc, ALL_ROLES};
-use hourcell_server::server;
-use tonic::metadata::MetadataValue;
+use hourcell_test_support::secure::{audit, req, start_with, token, Harness, T0};
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
-
-/// 2026-11-01T00:00:00Z
-const T0: i64 = 1_793_491_200;
-const KEY: &[u8] = b"generated-test-key-0123456789abcdef";
-
-struct Harness {
-    channel: Channel,
-    clock: Arc<AtomicI64>,
-    node: Arc<Node>,
-    _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
+use tonic::{Code, Status};
 
 async fn start(retention_days: u32) -> Harness {
-    start_limited(retention_days, 0).await
+    start_with(retention_days, 0, |_| {}).await
 }
 
 async fn start_limited(retention_days: u32, requests_per_sec: u32) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("token.key");
-    std::fs::write(&key, KEY).unwrap();
-    let mut cfg = NodeConfig::new(dir.path().join("node"));
-    cfg.block_cache_mb = 16;
-    cfg.security.token_key_file = Some(key);
-    cfg.security.retention_days = retention_days;
-    cfg.security.requests_per_sec = requests_per_sec;
-    let clock = Arc::new(AtomicI64::new(T0 + 3 * 86_400));
-    let c = clock.clone();
-    let node =
-        hourcell_server::open_node(&cfg, Arc::new(move || c.load(Ordering::SeqCst))).unwrap();
-    let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(
-        node.clone(),
-        cfg.security.clone(),
-        listener,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Harness {
-        channel,
-        clock,
-        node,
-        _dir: dir,
-        stop: Some(tx),
-    }
+    start_with(retention_days, requests_per_sec, |_| {}).await
 }
 
 /// Bytes of the RocksDB table files under `dir` (what the data occupies
@@ -89,27 +32,6 @@ fn sst_bytes(dir: &std::path::Path) -> u64 {
         }
     }
     total
-}
-
-fn token(sub: &str, roles: &[Role], exp: i64) -> String {
-    issue_token(
-        KEY,
-        &Claims {
-            sub: sub.into(),
-            roles: roles.iter().map(|r| r.name().to_string()).collect(),
-            exp,
-        },
-    )
-}
-
-/// A request carrying `token` (none if empty).
-fn req<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    if !token.is_empty() {
-        let v: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
 }
 
 fn circle() -> Option<v1::Region> {
@@ -175,7 +97,14 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
             .await
             .map(|_| ()),
         Rpc::GetRegistration => R::new(c)
-            .get_registration(req(v1::GetRegistrationRequest { person: 1 }, t))
+            .get_registration(req(
+                v1::GetRegistrationRequest {
+                    person: 1,
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
+                },
+                t,
+            ))
             .await
             .map(|_| ()),
         Rpc::WhoWasAt => Q::new(c)
@@ -267,17 +196,33 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
             .await
             .map(|_| ()),
         Rpc::TasksList => T::new(c)
-            .list(req(v1::ListTasksRequest::default(), t))
+            .list(req(
+                v1::ListTasksRequest {
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
+                    ..Default::default()
+                },
+                t,
+            ))
             .await
             .map(|_| ()),
         Rpc::TasksGet => T::new(c)
-            .get(req(v1::GetTaskRequest { id: 1 }, t))
+            .get(req(
+                v1::GetTaskRequest {
+                    id: 1,
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
+                },
+                t,
+            ))
             .await
             .map(|_| ()),
         Rpc::TasksUpdate => T::new(c)
             .update(req(
                 v1::UpdateTaskRequest {
                     id: 1,
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
                     ..Default::default()
                 },
                 t,
@@ -285,7 +230,14 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
             .await
             .map(|_| ()),
         Rpc::TasksWatch => T::new(c)
-            .watch(req(v1::WatchTasksRequest { cursor: 0 }, t))
+            .watch(req(
+                v1::WatchTasksRequest {
+                    cursor: 0,
+                    purpose: "matrix".into(),
+                    case_ref: "M-1".into(),
+                },
+                t,
+            ))
             .await
             .map(|_| ()),
         Rpc::AuditList => Au::new(c)
@@ -297,22 +249,6 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
 
 fn denied(r: &Result<(), Status>) -> bool {
     matches!(r, Err(s) if matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated))
-}
-
-async fn audit(h: &Harness) -> Vec<v1::AuditRecord> {
-    let t = token("auditor-1", &[Role::Auditor], T0 + 10 * 86_400);
-    v1::audit_client::AuditClient::new(h.channel.clone())
-        .list(req(
-            v1::ListAuditRequest {
-                after_seq: 0,
-                limit: 1_000,
-            },
-            &t,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .records
 }
 
 /// Puts address H1 (the centre of [`circle`]).
@@ -659,7 +595,7 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
         .unwrap()
         .into_inner()
         .disk_bytes_after;
-    let dir_before = sst_bytes(&h._dir.path().join("node"));
+    let dir_before = sst_bytes(&h.dir.path().join("node"));
     // Two days on, day 1 falls out of the window (cut-off T0 + 3 d).
     h.clock.store(T0 + 5 * 86_400 + 1_800, Ordering::SeqCst);
     let r = admin()
@@ -676,7 +612,7 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
         after * 2 < before,
         "disk did not shrink: {before} bytes before, {after} after"
     );
-    let dir_after = sst_bytes(&h._dir.path().join("node"));
+    let dir_after = sst_bytes(&h.dir.path().join("node"));
     assert!(
         dir_after * 2 < dir_before,
         "the data directory's table files did not shrink: {dir_before} bytes before, {dir_after} after"

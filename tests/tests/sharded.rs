@@ -24,6 +24,9 @@ fn config(dir: &std::path::Path, shards: Option<(u32, u32)>, retention_days: u32
             .local_addr()
             .unwrap()
             .port();
+        cfg.security.cluster_secret = Some(hourcell_node::config::Secret(
+            "sharded-test-cluster-secret-0123456789".into(),
+        ));
         cfg.cluster = Some(ClusterConfig {
             node_id: 1,
             peers: vec![PeerConfig {

@@ -273,9 +273,30 @@ async fn shard_routing_accepts_only_node_certificates() {
     )
     .await
     .unwrap();
-    let ok = members(peer).await.unwrap().into_inner();
+    let ok = members(peer.clone()).await.unwrap().into_inner();
     assert_eq!(ok.node_id, 1);
     // The person shard's group runs here (the one node holds every shard).
     assert!(ok.groups.iter().any(|g| g.shard == "persons 0"), "{ok:?}");
+    // A node speaks only for itself: node-2's certificate cannot send raft
+    // messages as node 3.
+    let mut raft = internal::raft_client::RaftClient::new(peer);
+    let forged = raft
+        .send(internal::RaftBatch {
+            from: 3,
+            envelopes: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::PermissionDenied, "{forged:?}");
+    raft.send(internal::RaftBatch {
+        from: 2,
+        envelopes: vec![],
+    })
+    .await
+    .unwrap();
+    // No certificate at all: not a node.
+    let anonymous = connect(addr.port(), &c("ca.pem"), None).await.unwrap();
+    let e = members(anonymous).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let _ = tx.send(());
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
+/// No scheme: `http://`, or `https://` when TLS is configured.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7420";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,8 +101,24 @@ pub enum AuditCommand {
     /// persons were returned.
     List(AuditListArgs),
     /// Re-computes the hash chain over every record; fails naming the
-    /// first edited, deleted or reordered record.
-    Verify(ServerArg),
+    /// first edited, deleted or reordered record, and, with --expect,
+    /// when the log no longer reaches a checkpoint or differs there
+    /// (truncated, or rewritten and rehashed).
+    Verify(AuditVerifyArgs),
+    /// Verifies the log and prints its head as SEQ:HASH. Keep it outside
+    /// the cluster (a ticket, a notebook, another system) and pass it to
+    /// `audit verify --expect` later.
+    Checkpoint(ServerArg),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// A checkpoint printed by `hourcell audit checkpoint` (SEQ:HASH);
+    /// repeat for several.
+    #[arg(long = "expect")]
+    pub expect: Vec<String>,
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
 }
 
 #[derive(Debug, Args)]
@@ -387,6 +404,19 @@ pub enum TasksCommand {
     Watch(TasksWatchArgs),
 }
 
+/// Why person-level task data is asked for: written to the audit log
+/// before the answer is sent. Field staff working one task (show, start,
+/// resolve) may leave out --case: the task is the case.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WhyArgs {
+    /// Why the data is needed (e.g. "field visit").
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// The case it belongs to (e.g. a round or assignment reference).
+    #[arg(long = "case")]
+    pub case: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct TasksRunArgs {
     /// Evaluate as of this time (RFC 3339 or unix seconds) instead of now.
@@ -412,6 +442,8 @@ pub struct TasksListArgs {
     /// Tasks fetched per request.
     #[arg(long, default_value_t = 500)]
     pub page_size: u32,
+    #[command(flatten)]
+    pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[arg(long, default_value = DEFAULT_SERVER)]
@@ -421,6 +453,8 @@ pub struct TasksListArgs {
 #[derive(Debug, Args)]
 pub struct TaskIdArgs {
     pub id: u64,
+    #[command(flatten)]
+    pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[arg(long, default_value = DEFAULT_SERVER)]
@@ -430,11 +464,14 @@ pub struct TaskIdArgs {
 #[derive(Debug, Args)]
 pub struct TaskChangeArgs {
     pub id: u64,
-    /// Who is making the change.
-    #[arg(long)]
+    /// On whose behalf (a staff handle); the task history records the
+    /// authenticated caller, and this after it.
+    #[arg(long, default_value = "")]
     pub by: String,
     #[arg(long, default_value = "")]
     pub note: String,
+    #[command(flatten)]
+    pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[arg(long, default_value = DEFAULT_SERVER)]
@@ -448,11 +485,14 @@ pub struct TaskResolveArgs {
     /// again for the same person, address and kind for 30 days.
     #[arg(long)]
     pub outcome: String,
-    /// Who is resolving it.
-    #[arg(long)]
+    /// On whose behalf (a staff handle); the task history records the
+    /// authenticated caller, and this after it.
+    #[arg(long, default_value = "")]
     pub by: String,
     #[arg(long, default_value = "")]
     pub note: String,
+    #[command(flatten)]
+    pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[arg(long, default_value = DEFAULT_SERVER)]
@@ -467,6 +507,8 @@ pub struct TasksWatchArgs {
     /// Stop after this many changes (default: run until Ctrl-C).
     #[arg(long)]
     pub limit: Option<u64>,
+    #[command(flatten)]
+    pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[arg(long, default_value = DEFAULT_SERVER)]

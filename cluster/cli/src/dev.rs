@@ -127,9 +127,11 @@ fn print_examples(l: &Loaded, listen: &str) {
             p.left.map(format_time).unwrap_or_default()
         );
     }
-    println!("  hourcell tasks list --kind REGISTER_NEWCOMER{server}");
+    println!(
+        "  hourcell tasks list --kind REGISTER_NEWCOMER --purpose 'demo' --case DEMO-1{server}"
+    );
     if let Some(id) = l.first_task {
-        println!("  hourcell tasks show {id}{server}");
+        println!("  hourcell tasks show {id} --purpose 'demo'{server}    (the task is the case)");
     }
     println!(
         "  hourcell tasks run --at {}{server}    (again: nothing new while tasks are open)",
@@ -148,6 +150,7 @@ fn print_examples(l: &Loaded, listen: &str) {
 /// listeners, node 1 first.
 async fn start_cluster(
     args: &DevArgs,
+    secret: &hourcell_node::config::Secret,
 ) -> anyhow::Result<Vec<(Arc<Node>, std::net::SocketAddr, tokio::net::TcpListener)>> {
     let addrs: Vec<std::net::SocketAddr> = (0..args.nodes)
         .map(|i| {
@@ -168,6 +171,7 @@ async fn start_cluster(
     for (i, a) in addrs.iter().enumerate() {
         let mut cfg = dev_config(args.data_dir.join(format!("node{}", i + 1)), &args);
         cfg.listen = *a;
+        cfg.security.cluster_secret = Some(secret.clone());
         cfg.cluster = Some(hourcell_node::config::ClusterConfig {
             node_id: i as u64 + 1,
             peers: peers.clone(),
@@ -267,6 +271,14 @@ fn dev_config(dir: std::path::PathBuf, args: &crate::cli::DevArgs) -> NodeConfig
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "hourcell dev gives every role to callers without credentials, in plaintext, so it \
+             listens on loopback addresses only (got --listen {}); to serve a network, run \
+             hourcell node with [security.tls] (see docs/SECURITY.md)",
+            args.listen
+        );
+    }
     if args.nodes > 1 {
         return run_cluster(args).await;
     }
@@ -346,9 +358,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// `hourcell dev --nodes N`: N replicas in one process, the demo town
 /// written through raft (node 1 proposes; followers forward to the leader).
 async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
-    let started = start_cluster(&args).await?;
+    // The nodes of this run show each other a secret made for it: their
+    // internal services answer no one else.
+    let secret = hourcell_node::config::Secret::generate();
+    let started = start_cluster(&args, &secret).await?;
     let nodes: Vec<Arc<Node>> = started.iter().map(|s| s.0.clone()).collect();
-    let security = dev_config(args.data_dir.clone(), &args).security;
+    let mut security = dev_config(args.data_dir.clone(), &args).security;
+    security.cluster_secret = Some(secret);
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for (node, addr, listener) in started {

@@ -104,24 +104,55 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
             crate::client::print_stdout(&text)
         }
         AuditCommand::Verify(a) => {
-            let records = all_records(&a.server).await?;
-            let stored = records
+            let checkpoints = a
+                .expect
                 .iter()
-                .map(hourcell_server::convert::audit_from_proto)
+                .map(|c| c.parse::<hourcell_storage::audit::Checkpoint>())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| anyhow!(e))?;
-            match hourcell_storage::audit::verify_chain(&stored) {
-                Ok(n) => crate::client::print_stdout(&format!(
-                    "audit log verified: {n} records, hash chain intact{}\n",
-                    stored
-                        .last()
-                        .map(|r| format!(", head {}", hourcell_storage::audit::hex(&r.hash)))
-                        .unwrap_or_default()
-                )),
-                Err(e) => Err(anyhow!("audit log does NOT verify: {e}")),
-            }
+                .map_err(|e| anyhow!("invalid --expect: {}", e.why))?;
+            let stored = verified_records(&a.server, &checkpoints).await?;
+            crate::client::print_stdout(&format!(
+                "audit log verified: {} records, hash chain intact{}{}\n",
+                stored.len(),
+                stored
+                    .last()
+                    .map(|r| format!(", head {}", hourcell_storage::audit::hex(&r.hash)))
+                    .unwrap_or_default(),
+                if checkpoints.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} checkpoint(s) match", checkpoints.len())
+                }
+            ))
+        }
+        AuditCommand::Checkpoint(a) => {
+            let stored = verified_records(&a.server, &[]).await?;
+            let Some(head) = stored.last() else {
+                return Err(anyhow!("the audit log is empty: nothing to checkpoint yet"));
+            };
+            let c = hourcell_storage::audit::Checkpoint {
+                seq: head.seq,
+                hash: head.hash,
+            };
+            crate::client::print_stdout(&format!("{c}\n"))
         }
     }
+}
+
+/// Every record, checked as a chain and against `checkpoints`.
+async fn verified_records(
+    server: &str,
+    checkpoints: &[hourcell_storage::audit::Checkpoint],
+) -> Result<Vec<hourcell_storage::audit::AuditRecord>> {
+    let records = all_records(server).await?;
+    let stored = records
+        .iter()
+        .map(hourcell_server::convert::audit_from_proto)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!(e))?;
+    hourcell_storage::audit::verify_anchored(&stored, checkpoints)
+        .map_err(|e| anyhow!("audit log does NOT verify: {e}"))?;
+    Ok(stored)
 }
 
 pub fn run_token(cmd: TokenCommand) -> Result<()> {

@@ -300,6 +300,8 @@ pub async fn run(cmd: TasksCommand) -> Result<()> {
                         state: a.state.clone().unwrap_or_default(),
                         page_size: a.page_size,
                         page_token: token,
+                        purpose: a.why.purpose.clone().unwrap_or_default(),
+                        case_ref: a.why.case.clone().unwrap_or_default(),
                     })
                     .await
                     .map_err(status_error)?
@@ -315,7 +317,11 @@ pub async fn run(cmd: TasksCommand) -> Result<()> {
         TasksCommand::Show(a) => {
             let mut c = client(&a.server).await?;
             let t = c
-                .get(v1::GetTaskRequest { id: a.id })
+                .get(v1::GetTaskRequest {
+                    id: a.id,
+                    purpose: a.why.purpose.unwrap_or_default(),
+                    case_ref: a.why.case.unwrap_or_default(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -328,6 +334,8 @@ pub async fn run(cmd: TasksCommand) -> Result<()> {
                 outcome: String::new(),
                 note: a.note,
                 by: a.by,
+                purpose: a.why.purpose.unwrap_or_default(),
+                case_ref: a.why.case.unwrap_or_default(),
             };
             update(&a.server, req, a.format).await
         }
@@ -338,13 +346,19 @@ pub async fn run(cmd: TasksCommand) -> Result<()> {
                 outcome: a.outcome,
                 note: a.note,
                 by: a.by,
+                purpose: a.why.purpose.unwrap_or_default(),
+                case_ref: a.why.case.unwrap_or_default(),
             };
             update(&a.server, req, a.format).await
         }
         TasksCommand::Watch(a) => {
             let mut c = client(&a.server).await?;
             let mut stream = c
-                .watch(v1::WatchTasksRequest { cursor: a.cursor })
+                .watch(v1::WatchTasksRequest {
+                    cursor: a.cursor,
+                    purpose: a.why.purpose.clone().unwrap_or_default(),
+                    case_ref: a.why.case.clone().unwrap_or_default(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();

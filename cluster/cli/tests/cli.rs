@@ -342,9 +342,18 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
     assert_eq!(again["created"], 0);
 
     // list follows the pages itself.
+    // Tasks name persons: without a purpose and a case they are refused.
+    let out = hourcell(&["tasks", "list", "--server", s]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--purpose") && err.contains("--case"), "{err}");
     let list = json(&ok(&[
         "tasks",
         "list",
+        "--purpose",
+        "rounds",
+        "--case",
+        "R-1",
         "--page-size",
         "3",
         "--format",
@@ -363,11 +372,26 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
             _ => assert!(t["score"].as_f64().unwrap() >= 0.8),
         }
     }
-    let table = ok(&["tasks", "list", "--state", "open", "--server", s]);
+    let table = ok(&[
+        "tasks",
+        "list",
+        "--state",
+        "open",
+        "--purpose",
+        "rounds",
+        "--case",
+        "R-1",
+        "--server",
+        s,
+    ]);
     assert!(table.contains(&format!("{created} tasks")), "{table}");
     let csv = ok(&[
         "tasks",
         "list",
+        "--purpose",
+        "rounds",
+        "--case",
+        "R-1",
         "--kind",
         "VERIFY_DEPARTURE",
         "--format",
@@ -379,11 +403,29 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
 
     let id = tasks[0]["id"].as_u64().unwrap().to_string();
     let shown = json(&ok(&[
-        "tasks", "show", &id, "--format", "json", "--server", s,
+        "tasks",
+        "show",
+        &id,
+        "--purpose",
+        "visit",
+        "--format",
+        "json",
+        "--server",
+        s,
     ]));
     assert_eq!(shown["id"], tasks[0]["id"]);
     assert!(shown["evidence"].is_array());
-    ok(&["tasks", "start", &id, "--by", "field-3", "--server", s]);
+    ok(&[
+        "tasks",
+        "start",
+        &id,
+        "--by",
+        "field-3",
+        "--purpose",
+        "visit",
+        "--server",
+        s,
+    ]);
     let resolved = ok(&[
         "tasks",
         "resolve",
@@ -394,6 +436,8 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
         "field-3",
         "--note",
         "registered on site",
+        "--purpose",
+        "visit",
         "--server",
         s,
     ]);
@@ -407,6 +451,8 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
         "confirmed",
         "--by",
         "x",
+        "--purpose",
+        "visit",
         "--server",
         s,
     ]);
@@ -416,7 +462,18 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
     // The change log: every creation, then the two updates.
     let n = (created + 2).to_string();
     let watched = ok(&[
-        "tasks", "watch", "--limit", &n, "--format", "json", "--server", s,
+        "tasks",
+        "watch",
+        "--limit",
+        &n,
+        "--purpose",
+        "sync",
+        "--case",
+        "S-1",
+        "--format",
+        "json",
+        "--server",
+        s,
     ]);
     let lines: Vec<serde_json::Value> = watched.lines().map(json).collect();
     assert_eq!(lines.len() as u64, created + 2);
@@ -428,6 +485,10 @@ fn tasks_run_list_show_resolve_and_watch_through_the_cli() {
         &(created + 1).to_string(),
         "--limit",
         "1",
+        "--purpose",
+        "sync",
+        "--case",
+        "S-1",
         "--format",
         "json",
         "--server",
@@ -517,6 +578,18 @@ fn audit_verify_catches_edited_deleted_and_reordered_records() {
         .collect();
     assert_eq!(cases, ["C-1", "C-2", "C-3"]);
     assert!(ok(&["audit", "verify", "--server", &s]).contains("3 records, hash chain intact"));
+    // A checkpoint kept outside the cluster.
+    let checkpoint = ok(&["audit", "checkpoint", "--server", &s])
+        .trim()
+        .to_string();
+    assert!(checkpoint.starts_with("3:"), "{checkpoint}");
+    assert!(
+        ok(&["audit", "verify", "--expect", &checkpoint, "--server", &s])
+            .contains("1 checkpoint(s) match")
+    );
+    let out = hourcell(&["audit", "verify", "--expect", "3:zz", "--server", &s]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --expect"));
     drop(node);
 
     let db = dir.path().join("data").join("db");
@@ -560,8 +633,45 @@ fn audit_verify_catches_edited_deleted_and_reordered_records() {
         drop(node);
         write(vec![(2, Some(r2.clone())), (3, Some(r3.clone()))]);
     }
+    // Tampering that leaves a valid chain: the tail cut off, or every
+    // record from 2 on rewritten and rehashed. Only the checkpoint tells.
+    let rehash = |from: &[u8]| {
+        let mut prev = decode_record(from).unwrap().hash;
+        let mut out = Vec::new();
+        for (seq, raw) in [(2, &r2), (3, &r3)] {
+            let mut r = decode_record(raw).unwrap();
+            r.entry.case_ref = format!("C-{}", seq + 6);
+            r.prev_hash = prev;
+            r.hash = hourcell_storage::audit::chain_hash(&prev, seq, &r.entry);
+            prev = r.hash;
+            out.push((seq, Some(encode_record(&r))));
+        }
+        out
+    };
+    let r1 = read(1);
+    for (what, tamper, bad) in [
+        ("truncated", vec![(3, None)], "removed from its end"),
+        ("rehashed", rehash(&r1), "rewritten"),
+    ] {
+        write(tamper);
+        node = start_node(dir.path(), port);
+        assert!(
+            ok(&["audit", "verify", "--server", &s]).contains("hash chain intact"),
+            "{what}: the chain alone should still verify"
+        );
+        let out = hourcell(&["audit", "verify", "--expect", &checkpoint, "--server", &s]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: verify --expect passed");
+        assert!(err.contains(bad), "{what}: {err}");
+        drop(node);
+        write(vec![(2, Some(r2.clone())), (3, Some(r3.clone()))]);
+    }
     let _node = start_node(dir.path(), port);
     assert!(ok(&["audit", "verify", "--server", &s]).contains("hash chain intact"));
+    assert!(
+        ok(&["audit", "verify", "--expect", &checkpoint, "--server", &s])
+            .contains("checkpoint(s) match")
+    );
 }
 
 #[test]
@@ -591,4 +701,43 @@ fn node_refuses_plaintext_unless_insecure_is_explicit() {
     .unwrap();
     let out = hourcell(&["node", "--config", cfg.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed with insecure"));
+    // Plaintext on a network address, or with bearer tokens that would
+    // travel in clear: refused unless explicitly accepted.
+    let key = dir.path().join("token.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    for (listen, extra, want) in [
+        ("0.0.0.0:0", "", "non-loopback"),
+        (
+            "127.0.0.1:0",
+            &*format!("token_key_file = {key:?}\n"),
+            "token_key_file",
+        ),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nlisten = {listen:?}\n[security]\ninsecure = true\n{extra}",
+                dir.path().join("data")
+            ),
+        )
+        .unwrap();
+        let out = hourcell(&["node", "--config", cfg.to_str().unwrap()]);
+        assert!(!out.status.success(), "{listen} {extra}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want) && err.contains("allow_insecure_network"),
+            "{err}"
+        );
+    }
+    // `hourcell dev` serves every role without credentials: loopback only.
+    let out = hourcell(&[
+        "dev",
+        "--listen",
+        "0.0.0.0:7999",
+        "--data-dir",
+        dir.path().join("dev").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
 }

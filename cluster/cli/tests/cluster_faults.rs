@@ -224,7 +224,7 @@ async fn faults_body(sharded: bool) {
     let ch = connect(ports[lone]).await.unwrap();
     let occ = v1::query_client::QueryClient::new(ch)
         .occupancy(v1::OccupancyRequest {
-            max_staleness_ms: Some(600_000),
+            max_staleness_ms: Some(60_000),
             region: circle_region(),
             window: two_days(),
         })
@@ -241,7 +241,7 @@ async fn faults_body(sharded: bool) {
         .await
         .unwrap();
     let r = v1::query_client::QueryClient::new(patient)
-        .who_was_at(who_request(Some(600_000)))
+        .who_was_at(who_request(Some(60_000)))
         .await;
     let err = match r {
         Ok(_) => {

@@ -268,14 +268,18 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
     let read = |port: u16| {
         rt.block_on(async {
             let ch = connect(port).await.unwrap();
-            internal::shard_client::ShardClient::new(ch)
-                .read(internal::ShardReadRequest {
-                    map_version: 1,
-                    group,
-                    barrier: true,
-                    op: hourcell_node::shard_read::ReadOp::HourSlices { from: 0, to: 1 }.encode(),
-                })
-                .await
+            // A node's call: with the cluster secret.
+            let mut r = tonic::Request::new(internal::ShardReadRequest {
+                map_version: 1,
+                group,
+                barrier: true,
+                op: hourcell_node::shard_read::ReadOp::HourSlices { from: 0, to: 1 }.encode(),
+            });
+            r.metadata_mut().insert(
+                hourcell_server::auth::NODE_SECRET_HEADER,
+                hourcell_test_support::config::SECRET.parse().unwrap(),
+            );
+            internal::shard_client::ShardClient::new(ch).read(r).await
         })
     };
     let err = read(ports[0]).unwrap_err();

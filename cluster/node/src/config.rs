@@ -85,6 +85,44 @@ pub struct SecurityConfig {
     /// `admin = ["all"]`. A certificate named `node-<id>` is a cluster
     /// node: it may send raft traffic and manage membership.
     pub cert_roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// The secret nodes of a cluster without TLS show each other on the
+    /// internal Raft and Shard services (at least 32 characters, the same
+    /// on every node; `hourcell dev --nodes` generates one). Required for
+    /// a `[cluster]` without `[security.tls]`, whose nodes have no
+    /// certificates to show; internal services never answer anonymously.
+    pub cluster_secret: Option<Secret>,
+    /// `hourcell node` refuses `insecure = true` on a non-loopback listen
+    /// address, or together with a token key (bearer tokens would travel
+    /// in clear), unless this is set; it then warns on every start.
+    pub allow_insecure_network: bool,
+}
+
+/// A secret from the config: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// Whether `other` is this secret, in time independent of where they
+    /// differ.
+    pub fn matches(&self, other: &[u8]) -> bool {
+        let a = self.0.as_bytes();
+        a.len() == other.len() && a.iter().zip(other).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    }
+
+    /// A new random secret (64 hex digits).
+    pub fn generate() -> Secret {
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        Secret(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
 }
 
 impl Default for SecurityConfig {
@@ -98,6 +136,8 @@ impl Default for SecurityConfig {
             requests_per_sec: 1_000,
             tls: None,
             cert_roles: Default::default(),
+            cluster_secret: None,
+            allow_insecure_network: false,
         }
     }
 }
@@ -442,6 +482,26 @@ impl NodeConfig {
         }
         if let Some(c) = &self.cluster {
             c.validate()?;
+            if self.security.tls.is_none() {
+                match &self.security.cluster_secret {
+                    Some(s) if s.0.len() >= 32 => {}
+                    Some(_) => {
+                        return Err(ConfigError::invalid(
+                            "security.cluster_secret",
+                            "security.cluster_secret must be at least 32 characters",
+                        ))
+                    }
+                    None => {
+                        return Err(ConfigError::invalid(
+                            "security.cluster_secret",
+                            "a [cluster] without [security.tls] needs security.cluster_secret (at \
+                             least 32 characters, the same on every node): its nodes have no \
+                             certificates, and the internal Raft and Shard services never answer \
+                             anonymously",
+                        ))
+                    }
+                }
+            }
         }
         self.security.validate()?;
         self.rules
@@ -467,8 +527,23 @@ mod tests {
 
     #[test]
     fn cluster_section_parses_and_is_checked() {
-        let ok = "data_dir = \"d\"\n[cluster]\nnode_id = 2\npeers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }, { id = 3, addr = \"c:1\" }]\n";
+        let ok = "data_dir = \"d\"\n[security]\ncluster_secret = \"0123456789abcdef0123456789abcdef\"\n[cluster]\nnode_id = 2\npeers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }, { id = 3, addr = \"c:1\" }]\n";
         let cfg = NodeConfig::from_toml(ok).unwrap();
+        assert!(
+            !format!("{cfg:?}").contains("0123456789abcdef"),
+            "secrets are not printed"
+        );
+        // Without TLS or a cluster secret, the internal services would have
+        // no way to tell a node from anyone else.
+        let anonymous = ok.replace(
+            "cluster_secret = \"0123456789abcdef0123456789abcdef\"\n",
+            "",
+        );
+        let e = NodeConfig::from_toml(&anonymous).unwrap_err().to_string();
+        assert!(e.contains("cluster_secret"), "{e}");
+        let short = ok.replace("0123456789abcdef0123456789abcdef", "short");
+        let e = NodeConfig::from_toml(&short).unwrap_err().to_string();
+        assert!(e.contains("at least 32"), "{e}");
         let c = cfg.cluster.unwrap();
         assert_eq!((c.node_id, c.peers.len(), c.tick_ms), (2, 3, 100));
         let missing = ok.replace("node_id = 2", "node_id = 4");

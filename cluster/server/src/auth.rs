@@ -124,8 +124,8 @@ impl Rpc {
             Rpc::Ingest | Rpc::PutAddresses | Rpc::PutRegistrations => &[Ingest],
             // An address record names no person.
             Rpc::GetAddress => &[Ingest, Analyst, Investigator, Fieldwork],
-            // A registration ties a person to an address.
-            Rpc::GetRegistration => &[Ingest, Investigator, Fieldwork],
+            // A registration ties a person to an address: person-level.
+            Rpc::GetRegistration => &[Investigator, Fieldwork],
             Rpc::WhoWasAt | Rpc::WhereWas | Rpc::NoActivitySince => &[Investigator],
             Rpc::Occupancy => &[Analyst, Investigator],
             Rpc::Status => &[Operator],
@@ -136,10 +136,21 @@ impl Rpc {
         }
     }
 
-    /// Person-level answers: they need a purpose and a case reference and
-    /// are audited before they are returned.
+    /// Answers that name persons: they pass [`crate::release::Release`]
+    /// (a purpose and a case reference, an audit record committed before
+    /// the answer is returned).
     pub fn person_level(self) -> bool {
-        matches!(self, Rpc::WhoWasAt | Rpc::WhereWas | Rpc::NoActivitySince)
+        matches!(
+            self,
+            Rpc::WhoWasAt
+                | Rpc::WhereWas
+                | Rpc::NoActivitySince
+                | Rpc::GetRegistration
+                | Rpc::TasksList
+                | Rpc::TasksGet
+                | Rpc::TasksUpdate
+                | Rpc::TasksWatch
+        )
     }
 }
 
@@ -285,6 +296,58 @@ pub struct Auth {
     pub suppress_below: u64,
     /// Roles of client certificates by subject common name.
     pub cert_roles: std::collections::HashMap<String, BTreeSet<Role>>,
+    /// How the internal services recognise a cluster node.
+    pub nodes: NodeAuth,
+}
+
+/// How a node proves itself to another's internal Raft and Shard
+/// services: never anonymously.
+#[derive(Debug, Clone, Default)]
+pub enum NodeAuth {
+    /// A client certificate named `node-<id>`, verified by TLS.
+    #[default]
+    Certificate,
+    /// The cluster secret in the [`NODE_SECRET_HEADER`] header (a cluster
+    /// without TLS).
+    Secret(hourcell_node::config::Secret),
+}
+
+/// The header a node sends the cluster secret in.
+pub const NODE_SECRET_HEADER: &str = "x-hourcell-cluster-secret";
+
+/// A caller the gate admitted to the internal services: the node id its
+/// certificate names (None when it showed the shared cluster secret,
+/// which does not say which node it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeIdentity(pub Option<u64>);
+
+impl NodeAuth {
+    /// Admits a node by its certificate's common name `cn` or the secret
+    /// it sent.
+    pub fn admit(
+        &self,
+        cn: Option<&str>,
+        secret: Option<&[u8]>,
+    ) -> Result<NodeIdentity, tonic::Status> {
+        let need_cert = "internal services need a cluster node's client certificate (node-<id>)";
+        match self {
+            NodeAuth::Certificate => match cn {
+                Some(cn) if is_node_name(cn) => Ok(NodeIdentity(cn[5..].parse().ok())),
+                // A verified certificate, but not a node's.
+                Some(cn) => Err(tonic::Status::permission_denied(format!(
+                    "{cn} is not a cluster node: {need_cert}"
+                ))),
+                None => Err(tonic::Status::unauthenticated(need_cert)),
+            },
+            NodeAuth::Secret(s) => match secret {
+                Some(got) if s.matches(got) => Ok(NodeIdentity(None)),
+                Some(_) => Err(tonic::Status::unauthenticated("wrong cluster secret")),
+                None => Err(tonic::Status::unauthenticated(format!(
+                    "internal services need the cluster secret ({NODE_SECRET_HEADER})"
+                ))),
+            },
+        }
+    }
 }
 
 /// Whether a certificate's common name is a cluster node's (`node-<id>`).
@@ -326,6 +389,12 @@ impl Auth {
                 .iter()
                 .map(|(cn, r)| Ok((cn.clone(), Role::parse_list(r)?)))
                 .collect::<Result<_, hourcell_node::NodeError>>()?,
+            nodes: match (&c.tls, &c.cluster_secret) {
+                (None, Some(s)) => NodeAuth::Secret(s.clone()),
+                // With TLS, or a single node (nothing calls its internal
+                // services): certificates only.
+                _ => NodeAuth::Certificate,
+            },
         })
     }
 
@@ -417,11 +486,16 @@ mod tests {
     }
 
     #[test]
-    fn every_rpc_names_roles_and_person_level_ones_need_investigator() {
+    fn every_rpc_names_roles_and_person_level_ones_only_investigators_and_field_staff() {
         for rpc in Rpc::ALL {
             assert!(!rpc.roles().is_empty(), "{rpc:?}");
             if rpc.person_level() {
-                assert_eq!(rpc.roles(), &[Role::Investigator]);
+                assert!(
+                    rpc.roles()
+                        .iter()
+                        .all(|r| matches!(r, Role::Investigator | Role::Fieldwork)),
+                    "{rpc:?}"
+                );
             }
         }
     }

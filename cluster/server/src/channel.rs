@@ -90,18 +90,92 @@ pub async fn channel_with(server: &str, creds: Credentials, tls: &ClientTls) -> 
 }
 
 /// `host:port` → `https://host:port` when TLS is configured, else
-/// `http://`; URLs with a scheme are kept.
-pub fn server_url(server: &str, tls: bool) -> String {
+/// `http://`; URLs with a scheme are kept, except that with TLS an
+/// `http://` URL is refused: a URL cannot switch TLS off (credentials
+/// would travel in clear).
+pub fn server_url(server: &str, tls: bool) -> Result<String> {
     let u = normalize_server(server);
-    if tls && !server.contains("://") {
-        u.replacen("http://", "https://", 1)
-    } else {
-        u
+    if !tls {
+        return Ok(u);
+    }
+    if u.starts_with("http://") {
+        if server.contains("://") {
+            return Err(ClientError::PlaintextWithTls { url: u });
+        }
+        return Ok(u.replacen("http://", "https://", 1));
+    }
+    Ok(u)
+}
+
+/// What a node shows another node's internal services besides its TLS
+/// certificate: the cluster secret, on a cluster without TLS.
+#[derive(Clone, Default)]
+pub struct NodeCredentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl NodeCredentials {
+    pub fn new(secret: Option<&hourcell_node::config::Secret>) -> Result<Self> {
+        match secret {
+            None => Ok(NodeCredentials(None)),
+            Some(s) => Ok(NodeCredentials(Some(
+                s.0.parse().map_err(|_| ClientError::BadToken)?,
+            ))),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for NodeCredentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut()
+                .insert(crate::auth::NODE_SECRET_HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to another node's internal services.
+pub type NodeChannel = tonic::service::interceptor::InterceptedService<Channel, NodeCredentials>;
+
+/// How this node dials its peers: TLS with its node certificate, or the
+/// cluster secret.
+#[derive(Clone, Default)]
+pub struct PeerDialer {
+    pub tls: Option<ClientTls>,
+    pub creds: NodeCredentials,
+}
+
+impl PeerDialer {
+    /// The URL of a peer at `addr` (see [`server_url`]).
+    pub fn url(&self, addr: &str) -> Result<String> {
+        server_url(addr, self.tls.is_some())
+    }
+
+    /// Connects to `url`; requests time out after `timeout`.
+    pub async fn connect(&self, url: &str, timeout: Duration) -> Result<NodeChannel> {
+        let mut ep = Endpoint::from_shared(url.to_string())
+            .map_err(|source| ClientError::BadUrl {
+                server: url.to_string(),
+                source,
+            })?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        if let Some(t) = &self.tls {
+            ep = ep.tls_config(t.config()?)?;
+        }
+        let ch = ep.connect().await.map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            cause: root_cause(&e),
+        })?;
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            ch,
+            self.creds.clone(),
+        ))
     }
 }
 
 async fn plain_channel(server: &str, tls: &ClientTls) -> Result<Channel> {
-    let url = server_url(server, tls.enabled());
+    let url = server_url(server, tls.enabled())?;
     let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|source| ClientError::BadUrl {
             server: server.to_string(),
@@ -154,4 +228,32 @@ pub fn admin_client(ch: Ch) -> v1::admin_client::AdminClient<Ch> {
     v1::admin_client::AdminClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_cannot_switch_tls_off() {
+        assert_eq!(
+            server_url("127.0.0.1:7420", false).unwrap(),
+            "http://127.0.0.1:7420"
+        );
+        assert_eq!(
+            server_url("127.0.0.1:7420", true).unwrap(),
+            "https://127.0.0.1:7420"
+        );
+        assert_eq!(server_url("https://h:1/", true).unwrap(), "https://h:1");
+        let e = server_url("http://h:1", true).unwrap_err();
+        assert!(matches!(e, ClientError::PlaintextWithTls { .. }), "{e}");
+        assert!(e.to_string().contains("plaintext"), "{e}");
+        // Peers dial through the same rule.
+        let d = PeerDialer {
+            tls: Some(ClientTls::default()),
+            creds: NodeCredentials::default(),
+        };
+        assert!(d.url("http://10.0.0.2:7420").is_err());
+        assert_eq!(d.url("10.0.0.2:7420").unwrap(), "https://10.0.0.2:7420");
+    }
 }

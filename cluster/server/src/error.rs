@@ -98,8 +98,17 @@ pub enum ServerError {
          makes certificates to try TLS with)"
     )]
     Plaintext,
+    #[error(
+        "insecure = true {}: plaintext would carry {} across the network; \
+         use [security.tls], or set [security] allow_insecure_network = true to accept that",
+        if *tokens { "with a token_key_file" } else { "on a non-loopback address" },
+        if *tokens { "bearer tokens" } else { "person-level answers" }
+    )]
+    InsecureExposed { listen: SocketAddr, tokens: bool },
     #[error(transparent)]
     Roles(#[from] hourcell_node::NodeError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]

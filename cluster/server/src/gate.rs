@@ -8,8 +8,9 @@
 //!
 //! Deny by default: a path under `hourcell.v1` that is not in the RPC
 //! table is refused here. Node-to-node services (`hourcell.internal.v1`)
-//! are not client RPCs: they check for a node certificate themselves.
-//! Health and reflection describe the server, not its data, and pass.
+//! admit only cluster nodes ([`NodeAuth`]: a node certificate, or the
+//! cluster secret without TLS), before their bodies are decoded. Health
+//! and reflection describe the server, not its data, and pass.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 
-use crate::auth::{allowed, Auth, Principal, Rpc};
+use crate::auth::{allowed, Auth, Principal, Rpc, NODE_SECRET_HEADER};
 
 /// The caller admitted by the gate, for a service to act as.
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
@@ -71,12 +72,17 @@ pub enum Route {
     Client(Rpc),
     /// A path of the public API that no role may call.
     Unknown,
-    /// Not a client RPC (internal services, health, reflection).
+    /// The node-to-node services: cluster nodes only.
+    Internal,
+    /// Health and reflection.
     Pass,
 }
 
 /// The route of a gRPC path such as `/hourcell.v1.Query/WhoWasAt`.
 pub fn route(path: &str) -> Route {
+    if path.starts_with("/hourcell.internal.") {
+        return Route::Internal;
+    }
     let Some(method) = path.strip_prefix("/hourcell.v1.") else {
         return Route::Pass;
     };
@@ -194,6 +200,22 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let rpc = match route(req.uri().path()) {
             Route::Pass => return Box::pin(inner.call(req)),
+            Route::Internal => {
+                let (cn, addr) = peer(&req);
+                let secret = req.headers().get(NODE_SECRET_HEADER).map(|v| v.as_bytes());
+                return match self.auth.nodes.admit(cn.as_deref(), secret) {
+                    Ok(id) => {
+                        req.extensions_mut().insert(id);
+                        Box::pin(inner.call(req))
+                    }
+                    Err(why) => {
+                        // Not audited: a flood of these must cost nothing.
+                        tracing::debug!(?addr, why = why.message(), "refused an internal call");
+                        let refusal = why.into_http();
+                        Box::pin(async move { Ok(refusal) })
+                    }
+                };
+            }
             Route::Client(rpc) => Some(rpc),
             Route::Unknown => None,
         };
@@ -230,7 +252,12 @@ mod tests {
         }
         assert_eq!(route("/hourcell.v1.Query/DumpEverything"), Route::Unknown);
         assert_eq!(route("/hourcell.v1.Secret/WhoWasAt"), Route::Unknown);
-        assert_eq!(route("/hourcell.internal.v1.Raft/Send"), Route::Pass);
+        assert_eq!(route("/hourcell.internal.v1.Raft/Send"), Route::Internal);
+        assert_eq!(route("/hourcell.internal.v1.Shard/Read"), Route::Internal);
+        assert_eq!(
+            route("/hourcell.internal.v9.Anything/Else"),
+            Route::Internal
+        );
         assert_eq!(route("/grpc.health.v1.Health/Check"), Route::Pass);
     }
 }

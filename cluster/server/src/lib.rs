@@ -21,6 +21,7 @@ pub mod join;
 pub mod metrics_http;
 pub mod network;
 pub mod raft_service;
+pub mod release;
 pub mod server;
 pub mod service;
 pub mod shard_service;

@@ -105,6 +105,13 @@ pub fn render(node: &Node) -> String {
         "Records in the hash-chained audit log.",
         node.store().audit_len() as f64,
     );
+    let (seq, hash) = node.store().audit_head();
+    out.push_str(&format!(
+        "# HELP hourcell_audit_head_info The audit log's head (last record's seq and hash).\n\
+         # TYPE hourcell_audit_head_info gauge\n\
+         hourcell_audit_head_info{{seq=\"{seq}\",hash=\"{}\"}} 1\n",
+        hourcell_storage::audit::hex(&hash)
+    ));
     if let Some(r) = node.replication() {
         let st: Vec<(u64, hourcell_node::replication::GroupStatus)> = r
             .groups()

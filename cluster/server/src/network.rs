@@ -9,22 +9,22 @@ use hourcell_node::replication::transport::Transport;
 use hourcell_node::route::PeerClient;
 use hourcell_node::Network;
 
+use crate::channel::PeerDialer;
 use crate::raft_service::GrpcTransport;
 use crate::shard_service::GrpcPeers;
-use crate::tls::ClientTls;
 
-/// Mutual TLS to peers when `tls` is set (this node's certificate and the
-/// cluster CA).
+/// Mutual TLS to peers when the dialer has TLS (this node's certificate
+/// and the cluster CA), else the cluster secret.
 pub struct GrpcNetwork {
-    pub tls: Option<ClientTls>,
+    pub dialer: PeerDialer,
 }
 
 impl Network for GrpcNetwork {
     fn raft_transport(&self, me: u64, peers: &HashMap<u64, String>) -> Arc<dyn Transport> {
-        Arc::new(GrpcTransport::start(me, peers, self.tls.clone()))
+        Arc::new(GrpcTransport::start(me, peers, self.dialer.clone()))
     }
 
     fn peer_client(&self) -> Arc<dyn PeerClient> {
-        GrpcPeers::new(self.tls.clone(), Duration::from_secs(10))
+        GrpcPeers::new(self.dialer.clone(), Duration::from_secs(10))
     }
 }

@@ -18,8 +18,10 @@ use parking_lot::RwLock;
 
 use hourcell_proto::internal;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+
+use crate::auth::NodeIdentity;
+use crate::channel::{NodeChannel, PeerDialer};
 
 use hourcell_raft::snapshot::{Pairs, Snapshots};
 use hourcell_raft::transport::{Envelope, Inbox, Transport};
@@ -37,23 +39,19 @@ pub struct GrpcTransport {
     from: u64,
     rt: tokio::runtime::Handle,
     peers: RwLock<HashMap<u64, Peer>>,
-    /// Mutual TLS to peers: this node's certificate and the cluster CA.
-    tls: Option<crate::tls::ClientTls>,
+    /// TLS with this node's certificate, or the cluster secret.
+    dialer: PeerDialer,
 }
 
 impl GrpcTransport {
     /// Starts one sender task per peer (`id → http://host:port`) on the
     /// current tokio runtime.
-    pub fn start(
-        from: u64,
-        peers: &HashMap<u64, String>,
-        tls: Option<crate::tls::ClientTls>,
-    ) -> Self {
+    pub fn start(from: u64, peers: &HashMap<u64, String>, dialer: PeerDialer) -> Self {
         let t = GrpcTransport {
             from,
             rt: tokio::runtime::Handle::current(),
             peers: RwLock::new(HashMap::new()),
-            tls,
+            dialer,
         };
         for (&id, url) in peers {
             t.set_peer(id, url);
@@ -76,15 +74,26 @@ impl Transport for GrpcTransport {
         if id == self.from {
             return;
         }
-        let url = crate::channel::server_url(addr, self.tls.is_some());
+        let url = match self.dialer.url(addr) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(peer = id, %addr, error = %e, "refusing a peer address");
+                return;
+            }
+        };
         let mut peers = self.peers.write();
         if peers.get(&id).is_some_and(|p| p.url == url) {
             return;
         }
         // Replacing the sender ends the old peer task.
         let (tx, rx) = mpsc::unbounded_channel();
-        self.rt
-            .spawn(peer_loop(self.from, id, url.clone(), self.tls.clone(), rx));
+        self.rt.spawn(peer_loop(
+            self.from,
+            id,
+            url.clone(),
+            self.dialer.clone(),
+            rx,
+        ));
         peers.insert(id, Peer { url, tx });
     }
 
@@ -104,9 +113,9 @@ impl Transport for GrpcTransport {
             .get(&from)
             .map(|p| p.url.clone())
             .ok_or_else(|| transfer(format!("no address for node {from}")))?;
-        let tls = self.tls.clone();
+        let dialer = self.dialer.clone();
         self.rt.block_on(async {
-            let mut client = connect(&url, tls.as_ref(), Duration::from_secs(60))
+            let mut client = connect(&dialer, &url, Duration::from_secs(60))
                 .await
                 .map_err(|e| transfer(format!("cannot reach node {from} at {url}: {e}")))?;
             let mut stream = client
@@ -131,39 +140,22 @@ impl Transport for GrpcTransport {
     }
 }
 
-/// A peer could not be dialled (bad address, TLS files, unreachable).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct DialError(String);
-
 /// Dials a peer; with TLS, the node's certificate files are read now, so
 /// a reconnect picks up rotated ones.
 async fn connect(
+    dialer: &PeerDialer,
     url: &str,
-    tls: Option<&crate::tls::ClientTls>,
     timeout: Duration,
-) -> Result<internal::raft_client::RaftClient<Channel>, DialError> {
-    let mut ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| DialError(e.to_string()))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(timeout)
-        .tcp_nodelay(true);
-    if let Some(t) = tls {
-        ep = ep
-            .tls_config(t.config().map_err(|e| DialError(format!("{e:#}")))?)
-            .map_err(|e| DialError(e.to_string()))?;
-    }
-    ep.connect()
-        .await
-        .map_err(|e| DialError(e.to_string()))
-        .map(|c| internal::raft_client::RaftClient::new(c).max_decoding_message_size(64 << 20))
+) -> Result<internal::raft_client::RaftClient<NodeChannel>, crate::error::ClientError> {
+    let ch = dialer.connect(url, timeout).await?;
+    Ok(internal::raft_client::RaftClient::new(ch).max_decoding_message_size(64 << 20))
 }
 
 async fn peer_loop(
     from: u64,
     to: u64,
     url: String,
-    tls: Option<crate::tls::ClientTls>,
+    dialer: PeerDialer,
     mut rx: mpsc::UnboundedReceiver<Envelope>,
 ) {
     let mut client = None;
@@ -177,9 +169,7 @@ async fn peer_loop(
             }
         }
         if client.is_none() {
-            client = connect(&url, tls.as_ref(), Duration::from_secs(5))
-                .await
-                .ok();
+            client = connect(&dialer, &url, Duration::from_secs(5)).await.ok();
             if client.is_none() {
                 tracing::debug!(peer = to, %url, "peer unreachable; dropping a batch");
                 tokio::time::sleep(backoff).await;
@@ -200,37 +190,20 @@ async fn peer_loop(
 }
 
 /// The receiving side: hands envelopes to the local raft loop, and serves
-/// the snapshot images this node offers.
+/// the snapshot images this node offers. Only cluster nodes reach it (the
+/// gate admits them: [`crate::auth::NodeAuth`]).
 pub struct RaftService {
     pub inbox: Inbox,
     pub snapshots: Arc<Snapshots>,
-    /// With TLS, only cluster nodes (a client certificate named
-    /// `node-<id>`) may send raft traffic or fetch snapshots.
-    pub require_node_cert: bool,
 }
 
-impl RaftService {
-    fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        check_node_cert(req, self.require_node_cert, "raft traffic")
-    }
-}
-
-/// With `required` (a node with TLS), refuses a request whose client
-/// certificate is not a cluster node's (`node-<id>`): `what` names the
-/// traffic in the error.
-pub fn check_node_cert<T>(req: &Request<T>, required: bool, what: &str) -> Result<(), Status> {
-    if !required {
-        return Ok(());
-    }
-    let cn = req
-        .peer_certs()
-        .and_then(|c| c.first().and_then(|d| crate::tls::common_name(d)));
-    match cn {
-        Some(cn) if crate::auth::is_node_name(&cn) => Ok(()),
-        _ => Err(Status::permission_denied(format!(
-            "{what} needs a cluster node's client certificate (node-<id>)"
-        ))),
-    }
+/// The node the gate admitted, or a refusal if the request did not pass
+/// the gate (fail closed).
+fn node_identity<T>(req: &Request<T>) -> Result<NodeIdentity, Status> {
+    req.extensions()
+        .get::<NodeIdentity>()
+        .copied()
+        .ok_or_else(|| Status::unauthenticated("internal services admit cluster nodes only"))
 }
 
 type ChunkStream = std::pin::Pin<
@@ -245,7 +218,7 @@ impl internal::raft_server::Raft for RaftService {
         &self,
         req: Request<internal::SnapshotRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        self.check_peer(&req)?;
+        node_identity(&req)?;
         let internal::SnapshotRequest { group, index } = req.into_inner();
         if self
             .snapshots
@@ -279,10 +252,27 @@ impl internal::raft_server::Raft for RaftService {
         &self,
         req: Request<internal::RaftBatch>,
     ) -> Result<Response<internal::RaftAck>, Status> {
-        self.check_peer(&req)?;
-        for b in req.into_inner().envelopes {
+        let NodeIdentity(sender) = node_identity(&req)?;
+        let batch = req.into_inner();
+        // A node certificate says which node sends: it may only speak for
+        // itself.
+        if sender.is_some_and(|id| id != batch.from) {
+            return Err(Status::permission_denied(format!(
+                "node-{} may not send raft messages as node {}",
+                sender.unwrap_or(0),
+                batch.from
+            )));
+        }
+        for b in batch.envelopes {
             let env = Envelope::decode(&b)
                 .map_err(|e| Status::invalid_argument(format!("bad raft envelope: {e}")))?;
+            if sender.is_some_and(|id| id != env.msg.from) {
+                return Err(Status::permission_denied(format!(
+                    "node-{} may not send raft messages from node {}",
+                    sender.unwrap_or(0),
+                    env.msg.from
+                )));
+            }
             if !self.inbox.deliver(env) {
                 return Err(Status::unavailable("raft loop stopped"));
             }

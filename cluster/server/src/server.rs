@@ -44,7 +44,15 @@ pub fn open_node(cfg: &NodeConfig, clock: Clock) -> Result<Arc<Node>, ServerErro
         .tls
         .as_ref()
         .map(crate::tls::ClientTls::of_node);
-    let network = crate::network::GrpcNetwork { tls: tls.clone() };
+    let network = crate::network::GrpcNetwork {
+        dialer: crate::channel::PeerDialer {
+            tls: tls.clone(),
+            creds: crate::channel::NodeCredentials::new(match &tls {
+                Some(_) => None,
+                None => cfg.security.cluster_secret.as_ref(),
+            })?,
+        },
+    };
     let node = Node::open(cfg, clock, &network)?;
     if node.needs_join() {
         if let Some(c) = &cfg.cluster {
@@ -155,14 +163,12 @@ pub async fn serve(
         internal::raft_server::RaftServer::new(crate::raft_service::RaftService {
             inbox: r.inbox.clone(),
             snapshots: r.handle.snapshots(),
-            require_node_cert: tls.is_some(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
     });
     let shard_svc = node.shards().map(|_| {
         internal::shard_server::ShardServer::new(crate::shard_service::ShardService {
             node: node.clone(),
-            require_node_cert: tls.is_some(),
         })
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20)
@@ -322,9 +328,19 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         if !cfg.security.insecure {
             return Err(ServerError::Plaintext);
         }
+        let exposed = !cfg.listen.ip().is_loopback();
+        let tokens = cfg.security.token_key_file.is_some();
+        if (exposed || tokens) && !cfg.security.allow_insecure_network {
+            return Err(ServerError::InsecureExposed {
+                listen: cfg.listen,
+                tokens,
+            });
+        }
         tracing::warn!(
+            listen = %cfg.listen,
+            allow_insecure_network = cfg.security.allow_insecure_network,
             "[security] insecure = true: serving plaintext gRPC without client certificates; \
-             use only on a trusted network"
+             credentials and person-level answers travel in clear; use only on a trusted network"
         );
     }
     let node = open_node(&cfg, hourcell_node::node::system_clock())?;

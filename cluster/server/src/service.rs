@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Auth, Principal, Rpc};
 use crate::convert::*;
 use crate::gate::principal;
+use crate::release::{Release, Why};
 use crate::status::to_status;
 
 /// Persons per streamed message.
@@ -28,72 +29,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(to_status)
 }
 
-/// Writes the audit record of a person-level answer through the log; the
-/// answer is only returned if this succeeds. Called on the same blocking
-/// thread as the query, right after it: a second hand-off to the blocking
-/// pool cost as much as the query itself for a small answer.
-fn audit_answer(
-    node: &Node,
-    mut entry: hourcell_storage::AuditEntry,
-    persons: u64,
-) -> Result<(), NodeError> {
-    entry.time = node.now();
-    entry.persons_returned = persons;
-    node.audit(vec![entry]).map_err(|e| {
-        NodeError::Unavailable(format!(
-            "the audit record could not be written, so no data is returned: {}",
-            to_status(e).message()
-        ))
-    })
-}
-
 #[derive(Clone)]
 pub struct Services {
     pub node: Arc<Node>,
     pub auth: Arc<Auth>,
 }
 
-/// Longest purpose text and case reference.
-const MAX_PURPOSE: usize = 1_000;
-
 impl Services {
-    /// Checks a person-level request's purpose and case reference.
-    fn purpose(purpose: &str, case_ref: &str) -> Result<(String, String), Status> {
-        let (p, c) = (purpose.trim(), case_ref.trim());
-        if p.is_empty() || c.is_empty() {
-            return Err(Status::invalid_argument(
-                "person-level queries need a purpose and a case reference (CLI: --purpose TEXT --case REF)",
-            ));
-        }
-        if p.len() > MAX_PURPOSE || c.len() > MAX_PURPOSE {
-            return Err(Status::invalid_argument(format!(
-                "purpose and case reference are limited to {MAX_PURPOSE} bytes"
-            )));
-        }
-        Ok((p.to_string(), c.to_string()))
-    }
-
-    /// The audit record of a person-level answer, to be completed and
-    /// written by [`audit_answer`] once the answer is known.
-    fn answer_entry(
-        p: &Principal,
-        rpc: Rpc,
-        parameters: serde_json::Value,
-        (purpose, case_ref): (String, String),
-    ) -> hourcell_storage::AuditEntry {
-        hourcell_storage::AuditEntry {
-            time: 0,
-            principal: p.name.clone(),
-            roles: p.role_names(),
-            rpc: rpc.name().into(),
-            parameters: parameters.to_string(),
-            purpose,
-            case_ref,
-            persons_returned: 0,
-            outcome: "ok".into(),
-        }
-    }
-
     /// The threshold below which `p` sees counts suppressed (0: none).
     fn suppression(&self, p: &Principal) -> u64 {
         if p.has(crate::auth::Role::Investigator) {
@@ -199,13 +141,28 @@ impl v1::registry_server::Registry for Services {
         &self,
         req: Request<v1::GetRegistrationRequest>,
     ) -> Result<Response<v1::Registration>, Status> {
-        let _p = principal(&req)?;
-        let person = req.into_inner().person;
-        let r = self
-            .node
-            .store()
-            .registration(person)
-            .ok_or_else(|| Status::not_found(format!("no registration for person {person}")))?;
+        let p = principal(&req)?;
+        let q = req.into_inner();
+        let person = q.person;
+        let release = Release::check(
+            &p,
+            Rpc::GetRegistration,
+            Why {
+                purpose: &q.purpose,
+                case_ref: &q.case_ref,
+                task: None,
+            },
+            serde_json::json!({ "person": person }),
+        )?;
+        let node = self.node.clone();
+        let r = blocking(move || {
+            node.read_barrier()?;
+            let r = node.store().registration(person);
+            release.commit(&node, u64::from(r.is_some()))?;
+            Ok(r)
+        })
+        .await?
+        .ok_or_else(|| Status::not_found(format!("no registration for person {person}")))?;
         Ok(Response::new(v1::Registration {
             person: r.person,
             address: r.address,
@@ -229,20 +186,28 @@ impl v1::query_server::Query for Services {
     ) -> Result<Response<Self::WhoWasAtStream>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let why = Self::purpose(&r.purpose, &r.case_ref)?;
         let params = serde_json::json!({
             "region": format!("{:?}", r.region),
             "window": format!("{:?}", r.window),
         });
+        let release = Release::check(
+            &p,
+            Rpc::WhoWasAt,
+            Why {
+                purpose: &r.purpose,
+                case_ref: &r.case_ref,
+                task: None,
+            },
+            params,
+        )?;
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
         let max = r.max_staleness_ms;
-        let entry = Self::answer_entry(&p, Rpc::WhoWasAt, params, why);
         let (stale, ans) = blocking(move || {
             let stale = node.read_barrier_bounded(max, Some((from, to)))?;
             let ans = node.query().who_was_at(&region, from, to, as_of)?;
-            audit_answer(&node, entry, ans.persons.len() as u64)?;
+            release.commit(&node, ans.persons.len() as u64)?;
             Ok((stale, ans))
         })
         .await?;
@@ -274,20 +239,28 @@ impl v1::query_server::Query for Services {
     ) -> Result<Response<v1::WhereWasResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let why = Self::purpose(&r.purpose, &r.case_ref)?;
         let params = serde_json::json!({
             "person": r.person,
             "window": format!("{:?}", r.window),
         });
+        let release = Release::check(
+            &p,
+            Rpc::WhereWas,
+            Why {
+                purpose: &r.purpose,
+                case_ref: &r.case_ref,
+                task: None,
+            },
+            params,
+        )?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
         let person = r.person;
         let max = r.max_staleness_ms;
-        let entry = Self::answer_entry(&p, Rpc::WhereWas, params, why);
         let (stale, ans) = blocking(move || {
             let stale = node.read_barrier_bounded(max, None)?;
             let ans = node.query().where_was(person, from, to, as_of)?;
-            audit_answer(&node, entry, u64::from(!ans.hours.is_empty()))?;
+            release.commit(&node, u64::from(!ans.hours.is_empty()))?;
             Ok((stale, ans))
         })
         .await?;
@@ -355,13 +328,22 @@ impl v1::query_server::Query for Services {
     ) -> Result<Response<Self::NoActivitySinceStream>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let why = Self::purpose(&r.purpose, &r.case_ref)?;
         let params = serde_json::json!({
             "since": r.since,
             "as_of": r.as_of,
             "scope": format!("{:?}", r.scope),
             "local": format!("{:?}", r.local),
         });
+        let release = Release::check(
+            &p,
+            Rpc::NoActivitySince,
+            Why {
+                purpose: &r.purpose,
+                case_ref: &r.case_ref,
+                task: None,
+            },
+            params,
+        )?;
         let scope = optional_region(r.scope, "scope")?;
         let local = optional_region(r.local, "local")?;
         let as_of = r.as_of.unwrap_or_else(|| self.node.now());
@@ -370,13 +352,12 @@ impl v1::query_server::Query for Services {
         let window = local.as_ref().map(|_| (since, as_of));
         let node = self.node.clone();
         let max = r.max_staleness_ms;
-        let entry = Self::answer_entry(&p, Rpc::NoActivitySince, params, why);
         let (stale, ans) = blocking(move || {
             let stale = node.read_barrier_bounded(max, window)?;
             let ans =
                 node.query()
                     .no_activity_since(since, as_of, scope.as_ref(), local.as_ref())?;
-            audit_answer(&node, entry, ans.persons.len() as u64)?;
+            release.commit(&node, ans.persons.len() as u64)?;
             Ok((stale, ans))
         })
         .await?;
@@ -447,6 +428,7 @@ impl v1::admin_server::Admin for Services {
             Ok((st, postings, raft, shards))
         })
         .await?;
+        let head = self.node.store().audit_head();
         Ok(Response::new(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             data_dir: self.node.data_dir().display().to_string(),
@@ -466,6 +448,8 @@ impl v1::admin_server::Admin for Services {
             } else {
                 0
             },
+            audit_head_seq: head.0,
+            audit_head_hash: head.1.to_vec(),
         }))
     }
 
@@ -596,8 +580,21 @@ impl v1::tasks_server::Tasks for Services {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
-        let _p = principal(&req)?;
+        let p = principal(&req)?;
         let r = req.into_inner();
+        let release = Release::check(
+            &p,
+            Rpc::TasksList,
+            Why {
+                purpose: &r.purpose,
+                case_ref: &r.case_ref,
+                task: None,
+            },
+            serde_json::json!({
+                "area": r.area, "kind": r.kind, "state": r.state,
+                "page_size": r.page_size, "page_token": r.page_token,
+            }),
+        )?;
         let kind = match r.kind.as_str() {
             "" => None,
             k => Some(hourcell_storage::TaskKind::parse(k).ok_or_else(|| {
@@ -632,11 +629,13 @@ impl v1::tasks_server::Tasks for Services {
         let node = self.node.clone();
         let tasks = blocking(move || {
             node.read_barrier()?;
-            Ok(node.store().tasks_after(after, size + 1, &mut |t| {
+            let tasks = node.store().tasks_after(after, size + 1, &mut |t| {
                 kind.is_none_or(|k| t.draft.kind == k)
                     && state.is_none_or(|s| t.state == s)
                     && (area.is_empty() || t.draft.area == area)
-            })?)
+            })?;
+            release.commit(&node, tasks.len().min(size) as u64)?;
+            Ok(tasks)
         })
         .await?;
         // One extra task fetched tells whether another page exists.
@@ -653,12 +652,25 @@ impl v1::tasks_server::Tasks for Services {
     }
 
     async fn get(&self, req: Request<v1::GetTaskRequest>) -> Result<Response<v1::Task>, Status> {
-        let _p = principal(&req)?;
-        let id = req.into_inner().id;
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let id = r.id;
+        let release = Release::check(
+            &p,
+            Rpc::TasksGet,
+            Why {
+                purpose: &r.purpose,
+                case_ref: &r.case_ref,
+                task: Some(id),
+            },
+            serde_json::json!({ "id": id }),
+        )?;
         let node = self.node.clone();
         let t = blocking(move || {
             node.read_barrier()?;
-            Ok(node.store().task(id)?)
+            let t = node.store().task(id)?;
+            release.commit(&node, u64::from(t.is_some()))?;
+            Ok(t)
         })
         .await?;
         t.map(|t| Response::new(task_to_proto(t)))
@@ -669,11 +681,32 @@ impl v1::tasks_server::Tasks for Services {
         &self,
         req: Request<v1::UpdateTaskRequest>,
     ) -> Result<Response<v1::Task>, Status> {
-        let _p = principal(&req)?;
+        let p = principal(&req)?;
         let r = req.into_inner();
+        let release = Release::check(
+            &p,
+            Rpc::TasksUpdate,
+            Why {
+                purpose: &r.purpose,
+                case_ref: &r.case_ref,
+                task: Some(r.id),
+            },
+            serde_json::json!({ "id": r.id, "state": r.state, "outcome": r.outcome }),
+        )?;
+        // The history names the authenticated caller; a handle in `by`
+        // only says on whose behalf.
+        let by = match r.by.trim() {
+            "" => p.name.clone(),
+            b if b == p.name => p.name.clone(),
+            b => format!("{} (for {b})", p.name),
+        };
         let node = self.node.clone();
-        let t =
-            blocking(move || node.update_task(r.id, &r.state, &r.outcome, &r.note, &r.by)).await?;
+        let t = blocking(move || {
+            let t = node.update_task(r.id, &r.state, &r.outcome, &r.note, &by)?;
+            release.commit(&node, 1)?;
+            Ok(t)
+        })
+        .await?;
         Ok(Response::new(task_to_proto(t)))
     }
 
@@ -681,22 +714,37 @@ impl v1::tasks_server::Tasks for Services {
         &self,
         req: Request<v1::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let _p = principal(&req)?;
-        let cursor = req.into_inner().cursor;
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let cursor = r.cursor;
+        let release = Release::check(
+            &p,
+            Rpc::TasksWatch,
+            Why {
+                purpose: &r.purpose,
+                case_ref: &r.case_ref,
+                task: None,
+            },
+            serde_json::json!({ "cursor": cursor }),
+        )?;
         let node = self.node.clone();
         let seq = node.watch_tasks();
         // Reads the log after the cursor in chunks; when caught up, waits
         // for the next change. The log is durable and gap-free, so a client
         // that resumes from the last seq it received misses nothing and sees
         // nothing twice.
+        // Each batch of changes read from the log is audited before it is
+        // streamed.
         struct St {
             node: Arc<Node>,
+            release: Release,
             cursor: u64,
             seq: tokio::sync::watch::Receiver<u64>,
             buf: std::collections::VecDeque<hourcell_storage::TaskChange>,
         }
         let st = St {
             node,
+            release,
             cursor,
             seq,
             buf: Default::default(),
@@ -713,8 +761,15 @@ impl v1::tasks_server::Tasks for Services {
                 }
                 let latest = *st.seq.borrow_and_update();
                 if latest > st.cursor {
-                    let (n, after) = (st.node.clone(), st.cursor);
-                    match blocking(move || Ok(n.store().task_changes(after, WATCH_CHUNK)?)).await {
+                    let (n, after, release) = (st.node.clone(), st.cursor, st.release.clone());
+                    let read = blocking(move || {
+                        let changes = n.store().task_changes(after, WATCH_CHUNK)?;
+                        if !changes.is_empty() {
+                            release.commit(&n, changes.len() as u64)?;
+                        }
+                        Ok(changes)
+                    });
+                    match read.await {
                         Ok(changes) if !changes.is_empty() => {
                             st.buf.extend(changes);
                             continue;

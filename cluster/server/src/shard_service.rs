@@ -14,23 +14,25 @@ use hourcell_node::types::ShardMembers;
 use hourcell_proto::internal;
 use hourcell_storage::ApplyOutcome;
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::auth::NodeIdentity;
+use crate::channel::{NodeChannel, PeerDialer};
 use crate::convert::{shard_members_from_proto, shard_members_to_proto};
-use crate::tls::ClientTls;
 
-/// The receiving side of routed shard reads and writes.
+/// The receiving side of routed shard reads and writes. Only cluster
+/// nodes reach it (the gate admits them: [`crate::auth::NodeAuth`]).
 pub struct ShardService {
     pub node: Arc<Node>,
-    /// With TLS, only cluster nodes (a client certificate named
-    /// `node-<id>`) may route to this node.
-    pub require_node_cert: bool,
 }
 
 impl ShardService {
+    /// Refuses a request that did not pass the gate (fail closed).
     fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        crate::raft_service::check_node_cert(req, self.require_node_cert, "shard routing")
+        req.extensions()
+            .get::<NodeIdentity>()
+            .map(|_| ())
+            .ok_or_else(|| Status::unauthenticated("internal services admit cluster nodes only"))
     }
 }
 
@@ -100,16 +102,18 @@ impl internal::shard_server::Shard for ShardService {
 /// Routed calls to other nodes' Shard service over gRPC, one cached
 /// connection per node.
 pub struct GrpcPeers {
-    tls: Option<ClientTls>,
+    dialer: PeerDialer,
     timeout: Duration,
     /// Node id → (url, client).
-    clients: Arc<Mutex<HashMap<u64, (String, internal::shard_client::ShardClient<Channel>)>>>,
+    clients: Arc<Mutex<HashMap<u64, (String, ShardClient)>>>,
 }
 
+type ShardClient = internal::shard_client::ShardClient<NodeChannel>;
+
 impl GrpcPeers {
-    pub fn new(tls: Option<ClientTls>, timeout: Duration) -> Arc<GrpcPeers> {
+    pub fn new(dialer: PeerDialer, timeout: Duration) -> Arc<GrpcPeers> {
         Arc::new(GrpcPeers {
-            tls,
+            dialer,
             timeout,
             clients: Arc::default(),
         })
@@ -119,34 +123,23 @@ impl GrpcPeers {
         &self,
         id: u64,
         addr: &str,
-    ) -> impl std::future::Future<
-        Output = Result<internal::shard_client::ShardClient<Channel>, PeerError>,
-    > + Send
-           + 'static {
-        let url = crate::channel::server_url(addr, self.tls.is_some());
-        let cached = self
-            .clients
-            .lock()
-            .get(&id)
-            .filter(|(u, _)| *u == url)
-            .map(|(_, c)| c.clone());
-        let (tls, timeout, clients) = (self.tls.clone(), self.timeout, self.clients.clone());
+    ) -> impl std::future::Future<Output = Result<ShardClient, PeerError>> + Send + 'static {
+        let url = self.dialer.url(addr);
+        let cached = url.as_ref().ok().and_then(|url| {
+            self.clients
+                .lock()
+                .get(&id)
+                .filter(|(u, _)| u == url)
+                .map(|(_, c)| c.clone())
+        });
+        let (dialer, timeout, clients) = (self.dialer.clone(), self.timeout, self.clients.clone());
         async move {
             if let Some(c) = cached {
                 return Ok(c);
             }
-            let failed = |e: String| PeerError::Failed(e);
-            let mut ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| failed(e.to_string()))?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(timeout)
-                .tcp_nodelay(true);
-            if let Some(t) = &tls {
-                ep = ep
-                    .tls_config(t.config().map_err(|e| failed(format!("{e:#}")))?)
-                    .map_err(|e| failed(e.to_string()))?;
-            }
-            let ch = ep.connect().await.map_err(|e| failed(e.to_string()))?;
+            let failed = |e: crate::error::ClientError| PeerError::Failed(e.to_string());
+            let url = url.map_err(failed)?;
+            let ch = dialer.connect(&url, timeout).await.map_err(failed)?;
             let c = internal::shard_client::ShardClient::new(ch)
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20);

@@ -93,7 +93,12 @@ impl<E: KvEngine> SliceStore<E> {
                 Ok(true)
             })?;
         }
-        self.chain_audit(&mut b, std::slice::from_ref(audit));
+        // A data shard keeps no audit chain of its own: the node records
+        // the removal once in the metadata group's log, so that there is
+        // one chain and `audit list` shows all of it.
+        if !self.state.read_recursive().partial {
+            self.chain_audit(&mut b, std::slice::from_ref(audit));
+        }
         self.commit(b)?;
         // Give the space back: the time-major slices only over the removed
         // range; the person-major index (spread over every person) only

@@ -49,6 +49,13 @@ impl<E: KvEngine> SliceStore<E> {
         )
     }
 
+    /// The last audit record's sequence number and hash (0 and zeros when
+    /// the log is empty).
+    pub fn audit_head(&self) -> (u64, [u8; 32]) {
+        let st = self.state.read_recursive();
+        (st.next_audit - 1, st.last_audit_hash)
+    }
+
     /// The number of audit records (the last sequence number).
     pub fn audit_len(&self) -> u64 {
         self.state.read_recursive().next_audit - 1

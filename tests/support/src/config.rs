@@ -4,6 +4,10 @@
 
 use std::path::Path;
 
+/// The cluster secret of every process-test cluster (generated for tests,
+/// not a real one).
+pub const SECRET: &str = "process-test-cluster-secret-0123456789";
+
 pub fn write_config(dir: &Path, id: usize, ports: &[u16], metrics: u16) -> std::path::PathBuf {
     write_config_tick(dir, id, ports, metrics, 50)
 }
@@ -24,7 +28,7 @@ pub fn write_config_tick(
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[security]\ninsecure = true\nanonymous_roles = [\"all\"]\nretention_days = 36500\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = {tick_ms}\npeers = [{}]\n",
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\nblock_cache_mb = 16\nlog = \"warn\"\n\n[security]\ninsecure = true\nanonymous_roles = [\"all\"]\nretention_days = 36500\ncluster_secret = \"{SECRET}\"\n\n[rules]\nhourly = false\n\n[cluster]\nnode_id = {id}\ntick_ms = {tick_ms}\npeers = [{}]\n",
             dir.join(format!("node{id}")),
             ports[id - 1],
             peers.join(", ")

@@ -2,7 +2,8 @@
 //! `hourcell node` processes and printing their logs when a test fails,
 //! channels, waiting for a leader or for convergence, cuttable links
 //! between nodes, and the test bodies that run both over the in-process
-//! simulated network and over real processes ([`bodies`]).
+//! simulated network and over real processes ([`bodies`]), and the
+//! secured in-process node of the security tests ([`secure`]).
 
 pub mod bodies;
 pub mod config;
@@ -10,4 +11,5 @@ pub mod data;
 pub mod grpc;
 pub mod links;
 pub mod procs;
+pub mod secure;
 pub mod status;

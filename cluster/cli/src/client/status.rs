@@ -68,6 +68,16 @@ pub fn format_status(s: &v1::StatusResponse) -> String {
             ),
         ));
     }
+    if s.audit_head_seq > 0 {
+        rows.push((
+            "audit head",
+            format!(
+                "{}:{} (keep it elsewhere; audit verify --expect checks it)",
+                s.audit_head_seq,
+                hourcell_storage::audit::hex(&s.audit_head_hash)
+            ),
+        ));
+    }
     let mut out = String::new();
     for (k, v) in rows {
         out.push_str(&format!("{k:<16} {v}\n"));

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The most staleness a bounded-stale read may accept.
+pub const MAX_STALENESS_MS: u32 = 60_000;
+
 impl Node {
     /// Makes the next local read linearizable: on a replicated node, waits
     /// until this replica has applied everything committed before the read
@@ -72,6 +75,13 @@ impl Node {
         window: Option<(i64, i64)>,
     ) -> Result<u64, NodeError> {
         crate::shards::ReadGate::end();
+        if let Some(max) = max_staleness_ms.filter(|m| *m > MAX_STALENESS_MS) {
+            return Err(NodeError::Invalid(format!(
+                "invalid max_staleness_ms {max}: at most {MAX_STALENESS_MS} (a minute); a \
+                 replica that has not heard from its leader for longer may have missed \
+                 removals and corrections"
+            )));
+        }
         if let (Some(max), Some(r)) = (max_staleness_ms, &self.replication) {
             // Every group must be fresh enough; the answer is as stale as
             // the stalest of them.

@@ -26,7 +26,20 @@ impl Node {
     pub fn run_tasks(&self, at: Option<i64>) -> Result<RunSummary, NodeError> {
         let _one_at_a_time = self.rules_running.lock();
         let started = std::time::Instant::now();
-        let at = at.unwrap_or_else(|| self.now());
+        let now = self.now();
+        let at = at.unwrap_or(now);
+        // A replay evaluates the rules as of a past time the data still
+        // covers; evaluating at any other time would compute departures
+        // (an unaudited no-activity-since) for hours the rules never see.
+        let earliest = self.retained_from(now) * 3600;
+        if at > now || at < earliest {
+            return Err(NodeError::Invalid(format!(
+                "invalid at {at}: the rules run as of a time between {} (the retention limit) \
+                 and now ({})",
+                hourcell_query::time::format_time(earliest),
+                hourcell_query::time::format_time(now)
+            )));
+        }
         self.read_barrier_all()?;
         let ev = self.query.evaluate_rules(&self.rules, at)?;
         let evaluation = format!("rules@{}", hourcell_query::time::format_time(at));

@@ -1,0 +1,652 @@
+//! No side doors: every probe an attacker would try, through the real
+//! gRPC API of a node on 127.0.0.1 (bearer tokens, no anonymous access,
+//! an injected clock).
+//!
+//! - Every RPC of the public proto whose answer names a person is
+//!   person-level in the RPC table, and each one refuses a caller without
+//!   a purpose and a case and writes one audit record before it answers.
+//! - The internal Raft and Shard services answer no one but a node: not a
+//!   caller without credentials, not one with the wrong cluster secret,
+//!   not a client holding every role.
+//! - Task updates record the authenticated caller, not the name sent.
+//! - The rules cannot be run as of arbitrary times.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hourcell_node::config::{ClusterConfig, PeerConfig, Secret};
+use hourcell_proto::{internal, v1};
+use hourcell_server::auth::{Role, Rpc, ALL_ROLES, NODE_SECRET_HEADER};
+use hourcell_test_support::secure::{audit, req, start_with, token, Harness, T0};
+use prost::Message;
+use tonic::{Code, Request, Status};
+
+const NOW: i64 = T0 + 3 * 86_400;
+const EXP: i64 = T0 + 10 * 86_400;
+const SECRET: &str = "side-door-test-cluster-secret-0123456789";
+
+// ------------------------------------------------------------ the proto
+
+/// Message name → its fields (name, repeated, message type if any).
+type Messages = BTreeMap<String, Vec<(String, bool, Option<String>)>>;
+
+fn descriptors() -> (Messages, Vec<(String, String)>) {
+    let set = prost_types::FileDescriptorSet::decode(v1::FILE_DESCRIPTOR_SET).unwrap();
+    let mut messages = Messages::new();
+    let mut methods = Vec::new();
+    fn walk(prefix: &str, m: &prost_types::DescriptorProto, out: &mut Messages) {
+        let name = format!("{prefix}.{}", m.name());
+        let fields = m
+            .field
+            .iter()
+            .map(|f| {
+                let ty = (f.r#type() == prost_types::field_descriptor_proto::Type::Message)
+                    .then(|| f.type_name().trim_start_matches('.').to_string());
+                let repeated = f.label() == prost_types::field_descriptor_proto::Label::Repeated;
+                (f.name().to_string(), repeated, ty)
+            })
+            .collect();
+        out.insert(name.clone(), fields);
+        for n in &m.nested_type {
+            walk(&name, n, out);
+        }
+    }
+    for f in &set.file {
+        for m in &f.message_type {
+            walk(f.package(), m, &mut messages);
+        }
+        for s in &f.service {
+            for m in &s.method {
+                methods.push((
+                    format!("{}.{}", s.name(), m.name()),
+                    m.output_type().trim_start_matches('.').to_string(),
+                ));
+            }
+        }
+    }
+    (messages, methods)
+}
+
+/// Whether a message, or any message inside it, has a field that names a
+/// person: `person`, or a repeated `persons` (a plain `persons` is a
+/// count).
+fn names_persons(msg: &str, messages: &Messages, seen: &mut BTreeSet<String>) -> bool {
+    if !seen.insert(msg.to_string()) {
+        return false;
+    }
+    messages.get(msg).is_some_and(|fields| {
+        fields.iter().any(|(name, repeated, ty)| {
+            name == "person"
+                || (name == "persons" && *repeated)
+                || ty
+                    .as_deref()
+                    .is_some_and(|t| names_persons(t, messages, seen))
+        })
+    })
+}
+
+#[test]
+fn every_rpc_whose_answer_names_a_person_is_person_level() {
+    let (messages, methods) = descriptors();
+    assert!(methods.len() >= Rpc::ALL.len(), "{methods:?}");
+    let mut bearing = BTreeSet::new();
+    for (method, output) in &methods {
+        let rpc = Rpc::ALL.iter().find(|r| r.name() == method);
+        let rpc = rpc.unwrap_or_else(|| panic!("{method} is not in the RPC table"));
+        if names_persons(output, &messages, &mut BTreeSet::new()) {
+            bearing.insert(method.as_str());
+            assert!(
+                rpc.person_level(),
+                "{method} returns person ids but bypasses the release gate"
+            );
+        }
+    }
+    // The table marks nothing person-level that does not name persons,
+    // and the walk found the ones we know of.
+    for rpc in Rpc::ALL {
+        assert_eq!(rpc.person_level(), bearing.contains(rpc.name()), "{rpc:?}");
+    }
+    for known in ["Query.WhereWas", "Registry.GetRegistration", "Tasks.Watch"] {
+        assert!(bearing.contains(known), "{known}");
+    }
+}
+
+// ----------------------------------------------------- the release gate
+
+fn addr(code: &str, lat: f64, lng: f64, area: &str) -> v1::Address {
+    v1::Address {
+        code: code.into(),
+        lat,
+        lng,
+        kind: "standard".into(),
+        area: area.into(),
+        label: "generated".into(),
+    }
+}
+
+fn ev(person: u64, t: i64, address: &str, source: &str) -> v1::Event {
+    v1::Event {
+        person,
+        time: Some(v1::event::Time::UnixSeconds(t)),
+        lat: None,
+        lng: None,
+        address: address.into(),
+        source: source.into(),
+    }
+}
+
+/// Addresses H1 and H2, person 20 registered at H2, and five nights of
+/// persons 20 and 21 at H1: the rules raise two tasks.
+async fn seed_tasks(h: &Harness) {
+    let ingest = token("ingest-1", &[Role::Ingest], EXP);
+    let mut reg = v1::registry_client::RegistryClient::new(h.channel.clone());
+    reg.put_addresses(req(
+        v1::PutAddressesRequest {
+            addresses: vec![
+                addr("H1", 30.2741, 120.1551, "A1"),
+                addr("H2", 30.2800, 120.1600, "A2"),
+            ],
+        },
+        &ingest,
+    ))
+    .await
+    .unwrap();
+    reg.put_registrations(req(
+        v1::PutRegistrationsRequest {
+            registrations: vec![v1::Registration {
+                person: 20,
+                address: "H2".into(),
+                kind: "permanent".into(),
+                valid_from: T0 - 86_400,
+                valid_until: None,
+            }],
+        },
+        &ingest,
+    ))
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    for d in 0..3 {
+        for p in [20, 21] {
+            events.push(ev(p, T0 + d * 86_400 + 14 * 3600, "H1", "rental"));
+            events.push(ev(p, T0 + d * 86_400 + 15 * 3600, "H1", "utility"));
+            if d < 2 {
+                events.push(ev(p, T0 + d * 86_400 + 16 * 3600, "H1", "service"));
+            }
+        }
+    }
+    v1::ingest_client::IngestClient::new(h.channel.clone())
+        .ingest(req(v1::IngestRequest { events }, &ingest))
+        .await
+        .unwrap();
+    let op = token("operator-1", &[Role::Operator], EXP);
+    let r = v1::tasks_client::TasksClient::new(h.channel.clone())
+        .run(req(v1::RunTasksRequest { at: None }, &op))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.created, 2, "{r:?}");
+}
+
+/// Calls person-level `rpc` as `t` with `purpose` and `case`; how many
+/// persons the answer named.
+async fn call_person_level(
+    h: &Harness,
+    rpc: Rpc,
+    t: &str,
+    purpose: &str,
+    case: &str,
+) -> Result<usize, Status> {
+    let c = h.channel.clone();
+    let (purpose, case_ref) = (purpose.to_string(), case.to_string());
+    let window = Some(v1::Window {
+        from: T0,
+        to: NOW,
+        as_of: Some(NOW),
+    });
+    match rpc {
+        Rpc::WhoWasAt => {
+            let mut s = v1::query_client::QueryClient::new(c)
+                .who_was_at(req(
+                    v1::WhoWasAtRequest {
+                        region: Some(v1::Region {
+                            kind: Some(v1::region::Kind::Addresses(v1::AddressList {
+                                codes: vec!["H1".into()],
+                            })),
+                        }),
+                        window,
+                        purpose,
+                        case_ref,
+                        max_staleness_ms: None,
+                    },
+                    t,
+                ))
+                .await?
+                .into_inner();
+            let mut n = 0;
+            while let Some(m) = s.message().await? {
+                n += m.persons.len();
+            }
+            Ok(n)
+        }
+        Rpc::WhereWas => v1::query_client::QueryClient::new(c)
+            .where_was(req(
+                v1::WhereWasRequest {
+                    person: 21,
+                    window,
+                    purpose,
+                    case_ref,
+                    max_staleness_ms: None,
+                },
+                t,
+            ))
+            .await
+            .map(|r| usize::from(!r.into_inner().hours.is_empty())),
+        Rpc::NoActivitySince => {
+            let mut s = v1::query_client::QueryClient::new(c)
+                .no_activity_since(req(
+                    v1::NoActivitySinceRequest {
+                        since: NOW - 3600,
+                        as_of: Some(NOW),
+                        scope: None,
+                        local: None,
+                        purpose,
+                        case_ref,
+                        max_staleness_ms: None,
+                    },
+                    t,
+                ))
+                .await?
+                .into_inner();
+            let mut n = 0;
+            while let Some(m) = s.message().await? {
+                n += m.persons.len();
+            }
+            Ok(n)
+        }
+        Rpc::GetRegistration => v1::registry_client::RegistryClient::new(c)
+            .get_registration(req(
+                v1::GetRegistrationRequest {
+                    person: 20,
+                    purpose,
+                    case_ref,
+                },
+                t,
+            ))
+            .await
+            .map(|_| 1),
+        Rpc::TasksList => v1::tasks_client::TasksClient::new(c)
+            .list(req(
+                v1::ListTasksRequest {
+                    purpose,
+                    case_ref,
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(|r| r.into_inner().tasks.len()),
+        Rpc::TasksGet => v1::tasks_client::TasksClient::new(c)
+            .get(req(
+                v1::GetTaskRequest {
+                    id: 1,
+                    purpose,
+                    case_ref,
+                },
+                t,
+            ))
+            .await
+            .map(|_| 1),
+        Rpc::TasksUpdate => v1::tasks_client::TasksClient::new(c)
+            .update(req(
+                v1::UpdateTaskRequest {
+                    // The task-is-the-case call (no case) starts task 1.
+                    id: if case_ref.is_empty() { 1 } else { 2 },
+                    state: "in_progress".into(),
+                    by: "field-7".into(),
+                    purpose,
+                    case_ref,
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(|_| 1),
+        Rpc::TasksWatch => {
+            let mut s = v1::tasks_client::TasksClient::new(c)
+                .watch(req(
+                    v1::WatchTasksRequest {
+                        cursor: 0,
+                        purpose,
+                        case_ref,
+                    },
+                    t,
+                ))
+                .await?
+                .into_inner();
+            // The first change is enough: it was audited before it left.
+            s.message().await.map(|m| usize::from(m.is_some()))
+        }
+        other => panic!("{other:?} is not person-level"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_person_level_rpc_needs_a_purpose_and_is_audited_before_it_answers() {
+    let h = start_with(90, 0, |_| {}).await;
+    seed_tasks(&h).await;
+    for rpc in Rpc::ALL.into_iter().filter(|r| r.person_level()) {
+        let role = rpc.roles()[0];
+        let t = token(&format!("{}-1", role.name()), &[role], EXP);
+        let before = audit(&h).await.len();
+        // No purpose, no case: refused, and nothing is released.
+        for (purpose, case) in [("", ""), ("", "C-1"), ("  ", "C-1")] {
+            let e = call_person_level(&h, rpc, &t, purpose, case)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{rpc:?}: {e:?}");
+            assert!(e.message().contains("purpose"), "{rpc:?}: {e:?}");
+        }
+        // An investigator must also name a case; field staff may do
+        // without one only when the request names a task.
+        let no_case = call_person_level(&h, rpc, &t, "checking", "").await;
+        let task_is_case =
+            role == Role::Fieldwork && matches!(rpc, Rpc::TasksGet | Rpc::TasksUpdate);
+        assert_eq!(no_case.is_ok(), task_is_case, "{rpc:?}: {no_case:?}");
+        let records = audit(&h).await;
+        assert_eq!(
+            records.len(),
+            before + usize::from(task_is_case),
+            "{rpc:?}: a refused call wrote an audit record"
+        );
+        // With both: answered, and audited first with the purpose, case
+        // and the count of persons it named.
+        let n = call_person_level(&h, rpc, &t, "checking", "C-1")
+            .await
+            .unwrap_or_else(|e| panic!("{rpc:?}: {e:?}"));
+        let records = audit(&h).await;
+        let last = records.last().unwrap();
+        assert_eq!(last.rpc, rpc.name());
+        assert_eq!(last.principal, format!("{}-1", role.name()));
+        assert_eq!(
+            (last.purpose.as_str(), last.case_ref.as_str()),
+            ("checking", "C-1")
+        );
+        if rpc == Rpc::TasksWatch {
+            // A watch audits each batch it reads from the log before
+            // streaming it; the test read only the first change of it.
+            assert!(last.persons_returned >= n as u64, "{rpc:?}");
+        } else {
+            assert_eq!(last.persons_returned, n as u64, "{rpc:?}");
+        }
+        assert!(
+            n > 0,
+            "{rpc:?} named no one: the seed is too small to test it"
+        );
+    }
+    // Every other role is refused every person-level RPC (the gate's role
+    // check comes before the release gate).
+    for role in ALL_ROLES {
+        let t = token("other", &[role], EXP);
+        for rpc in Rpc::ALL.into_iter().filter(|r| r.person_level()) {
+            if rpc.roles().contains(&role) {
+                continue;
+            }
+            let e = call_person_level(&h, rpc, &t, "p", "c").await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{role:?} {rpc:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_history_names_the_authenticated_caller_not_the_claimed_one() {
+    let h = start_with(90, 0, |_| {}).await;
+    seed_tasks(&h).await;
+    let t = token("field-3", &[Role::Fieldwork], EXP);
+    let mut tasks = v1::tasks_client::TasksClient::new(h.channel.clone());
+    let up = |id: u64, state: &str, outcome: &str, by: &str| v1::UpdateTaskRequest {
+        id,
+        state: state.into(),
+        outcome: outcome.into(),
+        note: String::new(),
+        by: by.into(),
+        purpose: "visit".into(),
+        case_ref: String::new(),
+    };
+    let started = tasks
+        .update(req(up(1, "in_progress", "", "supervisor-1"), &t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.updated_by, "field-3 (for supervisor-1)");
+    let done = tasks
+        .update(req(up(1, "resolved", "confirmed", ""), &t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.updated_by, "field-3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_run_only_as_of_times_the_data_covers() {
+    let h = start_with(90, 0, |_| {}).await;
+    seed_tasks(&h).await;
+    let op = token("operator-1", &[Role::Operator], EXP);
+    let mut tasks = v1::tasks_client::TasksClient::new(h.channel.clone());
+    for at in [
+        i64::MAX,
+        i64::MIN,
+        0,
+        NOW + 3600,
+        NOW - 91 * 86_400,
+        4_102_444_800,
+    ] {
+        let e = tasks
+            .run(req(v1::RunTasksRequest { at: Some(at) }, &op))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "at {at}: {e:?}");
+        assert!(e.message().contains("retention"), "{e:?}");
+    }
+    // A replay inside the window is fine.
+    tasks
+        .run(req(
+            v1::RunTasksRequest {
+                at: Some(NOW - 86_400),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------- internal services
+
+/// A one-node sharded cluster whose nodes show each other `SECRET`.
+async fn start_cluster() -> Harness {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = start_with(90, 0, |cfg| {
+        cfg.security.cluster_secret = Some(Secret(SECRET.into()));
+        cfg.cluster = Some(ClusterConfig {
+            node_id: 1,
+            peers: vec![PeerConfig {
+                id: 1,
+                addr: format!("127.0.0.1:{port}"),
+            }],
+            tick_ms: 20,
+            join: false,
+            cell_shards: 2,
+            person_shards: 2,
+            replicas: 1,
+        });
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let n = h.node.clone();
+    while tokio::task::spawn_blocking({
+        let n = n.clone();
+        move || n.read_barrier_all().is_err()
+    })
+    .await
+    .unwrap()
+    {
+        assert!(std::time::Instant::now() < deadline, "no leader in 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    h
+}
+
+/// `msg` with the given credentials: a cluster secret and/or a bearer token.
+fn creds<T>(msg: T, secret: Option<&str>, bearer: Option<&str>) -> Request<T> {
+    let mut r = req(msg, bearer.unwrap_or(""));
+    if let Some(s) = secret {
+        r.metadata_mut()
+            .insert(NODE_SECRET_HEADER, s.parse().unwrap());
+    }
+    r
+}
+
+/// Every internal RPC with the given credentials: the status of each.
+async fn probe_internal(
+    h: &Harness,
+    secret: Option<&str>,
+    bearer: Option<&str>,
+) -> Vec<(&'static str, Result<(), Status>)> {
+    let mut shard = internal::shard_client::ShardClient::new(h.channel.clone());
+    let mut raft = internal::raft_client::RaftClient::new(h.channel.clone());
+    let read = shard
+        .read(creds(
+            internal::ShardReadRequest {
+                map_version: 0,
+                group: 0,
+                barrier: false,
+                op: vec![0; 64],
+            },
+            secret,
+            bearer,
+        ))
+        .await
+        .map(|_| ());
+    // A command that would wipe data if it were applied.
+    let propose = shard
+        .propose(creds(
+            internal::ShardProposeRequest {
+                map_version: 0,
+                commands: vec![internal::ShardCommand {
+                    group: 0,
+                    command: vec![0xff; 1 << 20],
+                }],
+            },
+            secret,
+            bearer,
+        ))
+        .await
+        .map(|_| ());
+    let members = shard
+        .members(creds(internal::ShardMembersRequest {}, secret, bearer))
+        .await
+        .map(|_| ());
+    let send = raft
+        .send(creds(
+            internal::RaftBatch {
+                from: 2,
+                envelopes: vec![],
+            },
+            secret,
+            bearer,
+        ))
+        .await
+        .map(|_| ());
+    let snapshot = raft
+        .snapshot(creds(
+            internal::SnapshotRequest { group: 0, index: 1 },
+            secret,
+            bearer,
+        ))
+        .await
+        .map(|_| ());
+    vec![
+        ("Shard.Read", read),
+        ("Shard.Propose", propose),
+        ("Shard.Members", members),
+        ("Raft.Send", send),
+        ("Raft.Snapshot", snapshot),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_services_answer_only_nodes() {
+    let h = start_cluster().await;
+    let admin = token("admin", &ALL_ROLES, EXP);
+    let audited = audit(&h).await.len();
+    for (who, secret, bearer) in [
+        ("no credentials", None, None),
+        ("a client with every role", None, Some(admin.as_str())),
+        (
+            "a wrong secret",
+            Some("side-door-test-cluster-secret-0123456780"),
+            None,
+        ),
+        ("a short secret", Some("side-door"), None),
+        ("an empty secret", Some(""), None),
+    ] {
+        for (rpc, r) in probe_internal(&h, secret, bearer).await {
+            let e = r.expect_err(&format!("{who} reached {rpc}"));
+            assert_eq!(e.code(), Code::Unauthenticated, "{who} → {rpc}: {e:?}");
+        }
+    }
+    // Refusals of internal calls cost no raft write.
+    assert_eq!(audit(&h).await.len(), audited);
+    // The node's own secret opens them (a malformed op or command is then
+    // refused as bad input, after authentication).
+    let results = probe_internal(&h, Some(SECRET), None).await;
+    let by: BTreeMap<_, _> = results.into_iter().collect();
+    assert!(by["Shard.Members"].is_ok(), "{:?}", by["Shard.Members"]);
+    assert!(by["Raft.Send"].is_ok(), "{:?}", by["Raft.Send"]);
+    for rpc in ["Shard.Read", "Shard.Propose"] {
+        if let Err(e) = &by[rpc] {
+            assert_ne!(e.code(), Code::Unauthenticated, "{rpc}: {e:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_stale_reads_accept_at_most_a_minute() {
+    let h = start_with(90, 0, |_| {}).await;
+    let t = token("analyst-1", &[Role::Analyst], EXP);
+    let occupancy = |ms: u32| {
+        let c = h.channel.clone();
+        let t = t.clone();
+        async move {
+            v1::query_client::QueryClient::new(c)
+                .occupancy(req(
+                    v1::OccupancyRequest {
+                        region: Some(v1::Region {
+                            kind: Some(v1::region::Kind::Circle(v1::Circle {
+                                lat: 30.2741,
+                                lng: 120.1551,
+                                radius_m: 500.0,
+                            })),
+                        }),
+                        window: Some(v1::Window {
+                            from: T0,
+                            to: NOW,
+                            as_of: Some(NOW),
+                        }),
+                        max_staleness_ms: Some(ms),
+                    },
+                    &t,
+                ))
+                .await
+        }
+    };
+    for ms in [60_001, 4_233_600_000, u32::MAX] {
+        let e = occupancy(ms).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{ms}: {e:?}");
+        assert!(e.message().contains("max_staleness_ms"), "{e:?}");
+    }
+    occupancy(60_000).await.unwrap();
+}
