@@ -433,3 +433,73 @@ fn five_nodes_place_each_shard_on_three_and_route_the_rest() {
         assert_eq!(got, want, "who-was-at through :{p} with node 4 dead");
     }
 }
+
+/// A follower whose data directory is lost does not come back as a voter
+/// with an empty log: restarted without `--join` it refuses, naming
+/// `--join`, because its peers knew its earlier incarnation. The leader is
+/// then killed and restarted, and no acknowledged event is lost; the wiped
+/// node rejoins with `--join` and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_refuses_to_vote_until_it_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let all_ports = free_ports(6);
+    let (ports, metrics) = all_ports.split_at(3);
+    let cfgs: Vec<_> = (1..=3)
+        .map(|i| write_config(dir.path(), i, ports, metrics[i - 1]))
+        .collect();
+    let mut procs: Vec<Proc> = cfgs.iter().map(|c| spawn(BIN, c)).collect();
+    let all = [0usize, 1, 2];
+    let ldr = leader(ports, &all, Duration::from_secs(20)).await;
+    assert!(ingest(ports[ldr], events(1_000, 50, 1)).await);
+    let acked: Vec<u64> = (1_000..1_050).collect();
+    converge(ports, 3, Duration::from_secs(20)).await;
+    // Nodes introduce themselves in the background until every peer has
+    // answered (the first try is a second after serving starts).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let f = all.into_iter().find(|&i| i != ldr).unwrap();
+    let other = all.into_iter().find(|&i| i != ldr && i != f).unwrap();
+    procs[f].kill();
+    std::fs::remove_dir_all(dir.path().join(format!("node{}", f + 1))).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["node", "--config", cfgs[f].to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("the wiped node started without --join and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("--join") && err.contains("data was lost"),
+        "{err}"
+    );
+
+    // The leader dies and comes back: the two nodes that kept their logs
+    // elect a leader, and every acknowledged event is there.
+    procs[ldr].kill();
+    procs[ldr] = spawn(BIN, &cfgs[ldr]);
+    leader(ports, &[ldr, other], Duration::from_secs(30)).await;
+    let seen = persons_on(ports[other]).await;
+    for p in &acked {
+        assert!(seen.contains(p), "acknowledged person {p} lost");
+    }
+    // The wiped node rejoins as a new member and catches up.
+    procs[f] = spawn_args(BIN, &cfgs[f], &["--join"]);
+    converge(ports, 3, Duration::from_secs(60)).await;
+    let seen = persons_on(ports[f]).await;
+    for p in &acked {
+        assert!(seen.contains(p), "person {p} missing on the rejoined node");
+    }
+}

@@ -93,6 +93,18 @@ pub enum OpenError {
         group: u64,
         source: hourcell_storage::StorageError,
     },
+    #[error(
+        "node {node} starts with a new data directory (incarnation {incarnation:016x}), but \
+         node {peer} knew node {node} as incarnation {known:016x}: this node's data was lost, \
+         and a node that lost its log must not vote as if it still had it. Restart it with \
+         --join (hourcell node --config FILE --join) to rejoin as a new member"
+    )]
+    Wiped {
+        node: u64,
+        peer: u64,
+        incarnation: u64,
+        known: u64,
+    },
     #[error(transparent)]
     Storage(#[from] hourcell_storage::StorageError),
 }

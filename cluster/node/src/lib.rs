@@ -24,5 +24,5 @@ pub mod shards;
 pub mod types;
 
 pub use error::{ConfigError, NodeError, OpenError};
-pub use network::{Network, NoNetwork};
+pub use network::{Introduction, Network, NoNetwork};
 pub use node::Node;

@@ -16,6 +16,29 @@ pub trait Network: Send + Sync {
 
     /// Routed reads and writes of shards held on other nodes.
     fn peer_client(&self) -> Arc<dyn PeerClient>;
+
+    /// Tells the reachable `peers` that node `me` runs as `incarnation`
+    /// (a `joining` node replaces the incarnation they knew), before its
+    /// raft groups start. A peer that knew node `me` by another
+    /// incarnation answers with it: this node's data was lost.
+    fn introduce(
+        &self,
+        _me: u64,
+        _incarnation: u64,
+        _joining: bool,
+        _peers: &HashMap<u64, String>,
+    ) -> Introduction {
+        Introduction::Unknown
+    }
+}
+
+/// What the peers said to a node's introduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Introduction {
+    /// No peer objected (or none could be asked).
+    Unknown,
+    /// Peer `peer` knew this node by incarnation `known`.
+    Conflict { peer: u64, known: u64 },
 }
 
 /// For a node without a `[cluster]` section: asking it for a transport is

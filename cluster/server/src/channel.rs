@@ -145,6 +145,20 @@ pub struct PeerDialer {
 }
 
 impl PeerDialer {
+    /// How a node with `security` dials its peers: its node certificate
+    /// under TLS, else the cluster secret.
+    pub fn of_node(security: &hourcell_node::config::SecurityConfig) -> Result<PeerDialer> {
+        let tls = security.tls.as_ref().map(ClientTls::of_node);
+        let secret = match &tls {
+            Some(_) => None,
+            None => security.cluster_secret.as_ref(),
+        };
+        Ok(PeerDialer {
+            creds: NodeCredentials::new(secret)?,
+            tls,
+        })
+    }
+
     /// The URL of a peer at `addr` (see [`server_url`]).
     pub fn url(&self, addr: &str) -> Result<String> {
         server_url(addr, self.tls.is_some())

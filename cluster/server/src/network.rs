@@ -27,4 +27,14 @@ impl Network for GrpcNetwork {
     fn peer_client(&self) -> Arc<dyn PeerClient> {
         GrpcPeers::new(self.dialer.clone(), Duration::from_secs(10))
     }
+
+    fn introduce(
+        &self,
+        me: u64,
+        incarnation: u64,
+        joining: bool,
+        peers: &HashMap<u64, String>,
+    ) -> hourcell_node::Introduction {
+        crate::raft_service::introduce(&self.dialer, me, incarnation, joining, peers)
+    }
 }

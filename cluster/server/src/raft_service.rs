@@ -140,6 +140,60 @@ impl Transport for GrpcTransport {
     }
 }
 
+/// Introduces node `me` to every peer at once, on a thread of its own (the
+/// node opens from sync code, possibly on a runtime thread). Peers that do
+/// not answer within a second and a half are skipped.
+pub fn introduce(
+    dialer: &PeerDialer,
+    me: u64,
+    incarnation: u64,
+    joining: bool,
+    peers: &HashMap<u64, String>,
+) -> hourcell_node::Introduction {
+    let dialer = dialer.clone();
+    let peers: Vec<(u64, String)> = peers
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, a)| (*id, a.clone()))
+        .collect();
+    let ask = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let calls = peers.iter().map(|(id, addr)| {
+                let dialer = dialer.clone();
+                async move {
+                    let url = dialer.url(addr).ok()?;
+                    let mut c = connect(&dialer, &url, Duration::from_millis(1_500))
+                        .await
+                        .ok()?;
+                    let r = c
+                        .hello(internal::HelloRequest {
+                            node_id: me,
+                            incarnation,
+                            joining,
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    (r.known_incarnation != 0).then_some((*id, r.known_incarnation))
+                }
+            });
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .flatten()
+                .next()
+        })
+    };
+    match std::thread::spawn(ask).join().ok().flatten() {
+        Some((peer, known)) => hourcell_node::Introduction::Conflict { peer, known },
+        None => hourcell_node::Introduction::Unknown,
+    }
+}
+
 /// Dials a peer; with TLS, the node's certificate files are read now, so
 /// a reconnect picks up rotated ones.
 async fn connect(
@@ -195,6 +249,7 @@ async fn peer_loop(
 pub struct RaftService {
     pub inbox: Inbox,
     pub snapshots: Arc<Snapshots>,
+    pub node: Arc<hourcell_node::Node>,
 }
 
 /// The node the gate admitted, or a refusal if the request did not pass
@@ -246,6 +301,38 @@ impl internal::raft_server::Raft for RaftService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn hello(
+        &self,
+        req: Request<internal::HelloRequest>,
+    ) -> Result<Response<internal::HelloResponse>, Status> {
+        let NodeIdentity(sender) = node_identity(&req)?;
+        let r = req.into_inner();
+        if sender.is_some_and(|id| id != r.node_id) {
+            return Err(Status::permission_denied(format!(
+                "node-{} may not introduce itself as node {}",
+                sender.unwrap_or(0),
+                r.node_id
+            )));
+        }
+        let node = self.node.clone();
+        let known = tokio::task::spawn_blocking(move || {
+            let rep = node
+                .replication()
+                .ok_or_else(|| hourcell_node::NodeError::Refused("not a cluster node".into()))?;
+            Ok::<_, hourcell_node::NodeError>((
+                rep.handle.id(),
+                rep.meet(r.node_id, r.incarnation, r.joining)?,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(crate::status::to_status)?;
+        Ok(Response::new(internal::HelloResponse {
+            node_id: known.0,
+            known_incarnation: known.1.unwrap_or(0),
+        }))
     }
 
     async fn send(

@@ -34,7 +34,6 @@ pub async fn bind(listen: SocketAddr) -> Result<(SocketAddr, TcpListener), Serve
     Ok((l.local_addr()?, l))
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
 /// Opens a node whose peers are reached over gRPC (TLS as `cfg` says) and,
 /// when it was started with `--join` and is not a member yet, asks its
 /// peers to add it.
@@ -45,13 +44,7 @@ pub fn open_node(cfg: &NodeConfig, clock: Clock) -> Result<Arc<Node>, ServerErro
         .as_ref()
         .map(crate::tls::ClientTls::of_node);
     let network = crate::network::GrpcNetwork {
-        dialer: crate::channel::PeerDialer {
-            tls: tls.clone(),
-            creds: crate::channel::NodeCredentials::new(match &tls {
-                Some(_) => None,
-                None => cfg.security.cluster_secret.as_ref(),
-            })?,
-        },
+        dialer: crate::channel::PeerDialer::of_node(&cfg.security)?,
     };
     let node = Node::open(cfg, clock, &network)?;
     if node.needs_join() {
@@ -99,6 +92,10 @@ pub async fn serve(
     tokio::spawn(hourly_retention(node.clone()));
     if node.shards().is_some() {
         tokio::spawn(shard_keeper(node.clone()));
+    }
+    if node.replication().is_some() {
+        let dialer = crate::channel::PeerDialer::of_node(&security)?;
+        tokio::spawn(introduce_until_known(node.clone(), dialer));
     }
     // The empty service name means "the whole server".
     health
@@ -163,6 +160,7 @@ pub async fn serve(
         internal::raft_server::RaftServer::new(crate::raft_service::RaftService {
             inbox: r.inbox.clone(),
             snapshots: r.handle.snapshots(),
+            node: node.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
     });
@@ -320,6 +318,58 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// Introduces this node to every peer that was not reachable when it
+/// started (founders start in any order), so that each peer knows its
+/// incarnation and a later start on a lost data directory is refused.
+/// Stops once every configured peer has answered.
+async fn introduce_until_known(node: Arc<Node>, dialer: crate::channel::PeerDialer) {
+    let Some(r) = node.replication() else {
+        return;
+    };
+    let me = r.handle.id();
+    let Ok(incarnation) = r.incarnation() else {
+        return;
+    };
+    let mut left: std::collections::HashMap<u64, String> = r
+        .peers
+        .iter()
+        .filter(|(id, _)| *id != me)
+        .cloned()
+        .collect();
+    let mut pause = Duration::from_secs(1);
+    while !left.is_empty() {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+        let mut answered = Vec::new();
+        for (id, addr) in &left {
+            let Ok(url) = dialer.url(addr) else { continue };
+            let Ok(ch) = dialer.connect(&url, Duration::from_secs(2)).await else {
+                continue;
+            };
+            let reply = internal::raft_client::RaftClient::new(ch)
+                .hello(internal::HelloRequest {
+                    node_id: me,
+                    incarnation,
+                    joining: false,
+                })
+                .await;
+            if let Ok(rep) = reply {
+                if rep.get_ref().known_incarnation != 0 {
+                    tracing::error!(
+                        peer = id,
+                        "node {id} knew this node by another incarnation: this node's data \
+                         was lost; stop it and restart it with --join"
+                    );
+                }
+                answered.push(*id);
+            }
+        }
+        for id in answered {
+            left.remove(&id);
+        }
+    }
 }
 
 /// `hourcell node --config FILE`.

@@ -21,7 +21,7 @@ use hourcell_storage::{
 
 use crate::config::NodeConfig;
 use crate::error::{NodeError, OpenError};
-use crate::network::Network;
+use crate::network::{Introduction, Network};
 
 mod barrier;
 mod ingest;

@@ -305,6 +305,74 @@ pub(super) fn check_layout(
     Ok(())
 }
 
+/// This node's incarnation: a random id made when its raft directory was
+/// created. A node whose data directory was lost comes back with another.
+pub(super) const INCARNATION_KEY: &[u8] = &[0x07];
+/// The incarnation each other node introduced itself with (prefix, then
+/// the node id, u64 big-endian).
+const KNOWN_INCARNATION: u8 = 0x08;
+
+/// This node's incarnation, made and recorded now if the raft engine is
+/// new.
+fn incarnation(engine: &RocksEngine) -> Result<u64, OpenError> {
+    use hourcell_storage::KvEngine;
+    match engine.get(INCARNATION_KEY)? {
+        Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(
+            |_| OpenError::Damaged {
+                what: "incarnation",
+            },
+        )?)),
+        None => {
+            use rand::RngCore;
+            let inc = rand::rngs::OsRng.next_u64() | 1;
+            let mut b = hourcell_storage::WriteBatch::default();
+            b.put(INCARNATION_KEY.to_vec(), inc.to_be_bytes().to_vec());
+            engine.write(b, true)?;
+            Ok(inc)
+        }
+    }
+}
+
+impl Replication {
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> Result<u64, NodeError> {
+        use hourcell_storage::KvEngine;
+        let v = self.raft_engine.0.get(INCARNATION_KEY)?;
+        v.and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .ok_or_else(|| NodeError::Unavailable("this node has no incarnation yet".into()))
+    }
+
+    /// Another node introduces itself as `incarnation`. The first one
+    /// seen for a node is kept (a `joining` node replaces it). Returns
+    /// the incarnation known before if it differs: that node lost its
+    /// data and must rejoin.
+    pub fn meet(
+        &self,
+        node: u64,
+        incarnation: u64,
+        joining: bool,
+    ) -> Result<Option<u64>, NodeError> {
+        use hourcell_storage::KvEngine;
+        let mut key = vec![KNOWN_INCARNATION];
+        key.extend_from_slice(&node.to_be_bytes());
+        let known = self
+            .raft_engine
+            .0
+            .get(&key)?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes));
+        match known {
+            Some(k) if k == incarnation => Ok(None),
+            Some(k) if !joining => Ok(Some(k)),
+            _ => {
+                let mut b = hourcell_storage::WriteBatch::default();
+                b.put(key, incarnation.to_be_bytes().to_vec());
+                self.raft_engine.0.write(b, true)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Where the person shards of a new cluster start: placed over the
 /// configured peers (every node of a new cluster computes the same).
 pub(crate) fn founding_persons(
@@ -391,7 +459,8 @@ pub(super) fn start_replication(
         source,
     })?;
     check_layout(&engine, c.layout()?)?;
-    let engine = Arc::new(crate::replication::KvLog(Arc::new(engine)));
+    let raw = Arc::new(engine);
+    let engine = Arc::new(crate::replication::KvLog(raw.clone()));
     let mut peers: std::collections::HashMap<u64, String> =
         c.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
     // Nodes added by membership changes since the cluster started.
@@ -402,6 +471,20 @@ pub(super) fn start_replication(
             }
         })?,
     );
+    // A node whose data directory was lost must not vote as if it still
+    // had its log: the peers that knew its earlier incarnation say so,
+    // and it refuses to start (a joining node replaces its membership and
+    // catches up from a snapshot instead).
+    let me = incarnation(&raw)?;
+    if let Introduction::Conflict { peer, known } = network.introduce(c.node_id, me, c.join, &peers)
+    {
+        return Err(OpenError::Wiped {
+            node: c.node_id,
+            peer,
+            incarnation: me,
+            known,
+        });
+    }
     let transport = network.raft_transport(c.node_id, &peers);
     let timing = RaftTiming {
         tick: std::time::Duration::from_millis(c.tick_ms),
