@@ -271,6 +271,25 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     };
     assert_eq!(last(&sharded).as_deref(), Some("Retention"));
     assert_eq!(last(&plain).as_deref(), Some("Retention"));
+    // Data shards keep no audit chain of their own: there is one chain,
+    // and `audit list` shows all of it.
+    let mut stores: Vec<_> = weeks
+        .iter()
+        .flat_map(|w| sh.week_slots(*w))
+        .map(|(_, s)| s)
+        .collect();
+    for index in 0..sh.layout.persons as usize {
+        let id = hourcell_storage::shard::ShardId {
+            part: hourcell_storage::ShardPart::Persons,
+            week: 0,
+            index,
+        };
+        stores.push(sh.slot(id).unwrap().1);
+    }
+    assert!(!stores.is_empty());
+    for s in stores {
+        assert_eq!(s.audit_len(), 0, "a data shard chained an audit record");
+    }
     sharded.shutdown();
     drop(sharded);
 

@@ -616,7 +616,7 @@ async fn internal_services_answer_only_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounded_stale_reads_accept_at_most_a_minute() {
     let h = start_with(90, 0, |_| {}).await;
-    let t = token("analyst-1", &[Role::Analyst], EXP);
+    let t = token("investigator-1", &[Role::Investigator], EXP);
     let occupancy = |ms: u32| {
         let c = h.channel.clone();
         let t = t.clone();
@@ -649,4 +649,153 @@ async fn bounded_stale_reads_accept_at_most_a_minute() {
         assert!(e.message().contains("max_staleness_ms"), "{e:?}");
     }
     occupancy(60_000).await.unwrap();
+}
+
+// ------------------------------------------------- aggregate differencing
+
+/// Ten busy houses B1..B10 (10 persons each) and a target T1 with two,
+/// all in area Z1, on day T0 (ended: the clock is at T0 + 3 days).
+async fn seed_houses(h: &Harness) {
+    let ingest = token("ingest-1", &[Role::Ingest], EXP);
+    let mut addresses: Vec<v1::Address> = (1..=10)
+        .map(|i| addr(&format!("B{i}"), 30.27 + f64::from(i) * 0.001, 120.15, "Z1"))
+        .collect();
+    addresses.push(addr("T1", 30.29, 120.15, "Z1"));
+    v1::registry_client::RegistryClient::new(h.channel.clone())
+        .put_addresses(req(v1::PutAddressesRequest { addresses }, &ingest))
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    for i in 1..=10u64 {
+        for p in 0..10 {
+            events.push(ev(100 * i + p, T0 + 14 * 3600, &format!("B{i}"), "access"));
+        }
+    }
+    events.push(ev(5_000, T0 + 15 * 3600, "T1", "access"));
+    events.push(ev(5_001, T0 + 15 * 3600 + 60, "T1", "access"));
+    let r = v1::ingest_client::IngestClient::new(h.channel.clone())
+        .ingest(req(v1::IngestRequest { events }, &ingest))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 102);
+}
+
+fn houses(with_target: bool) -> Option<v1::Region> {
+    let mut codes: Vec<String> = (1..=10).map(|i| format!("B{i}")).collect();
+    if with_target {
+        codes.push("T1".into());
+    }
+    Some(v1::Region {
+        kind: Some(v1::region::Kind::Addresses(v1::AddressList { codes })),
+    })
+}
+
+fn area_z1() -> Option<v1::Region> {
+    Some(v1::Region {
+        kind: Some(v1::region::Kind::Area("Z1".into())),
+    })
+}
+
+async fn occupancy(
+    h: &Harness,
+    t: &str,
+    region: Option<v1::Region>,
+    from: i64,
+    to: i64,
+    as_of: Option<i64>,
+) -> Result<v1::OccupancyResponse, Status> {
+    v1::query_client::QueryClient::new(h.channel.clone())
+        .occupancy(req(
+            v1::OccupancyRequest {
+                region,
+                window: Some(v1::Window { from, to, as_of }),
+                max_staleness_ms: None,
+            },
+            t,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The exact count two answers give away by difference, if both came back
+/// unsuppressed.
+fn difference(
+    a: &Result<v1::OccupancyResponse, Status>,
+    b: &Result<v1::OccupancyResponse, Status>,
+) -> Option<u64> {
+    match (a, b) {
+        (Ok(a), Ok(b)) if !a.distinct_suppressed && !b.distinct_suppressed => {
+            Some(a.distinct.abs_diff(b.distinct))
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_cannot_be_differenced_into_small_counts() {
+    let h = start_with(90, 0, |_| {}).await;
+    seed_houses(&h).await;
+    let day = T0 + 86_400;
+    // (what, first query, second query): the attacks of the issue, and
+    // the same day read as of two times.
+    let attacks = |t: String| {
+        let h = &h;
+        async move {
+            vec![
+                (
+                    "houses with and without the target",
+                    occupancy(h, &t, houses(true), T0, day, None).await,
+                    occupancy(h, &t, houses(false), T0, day, None).await,
+                ),
+                (
+                    "a window with and without its last hour",
+                    occupancy(h, &t, area_z1(), T0, T0 + 16 * 3600, None).await,
+                    occupancy(h, &t, area_z1(), T0, T0 + 15 * 3600, None).await,
+                ),
+                (
+                    "one day as of two times",
+                    occupancy(h, &t, area_z1(), T0, day, Some(T0 + 16 * 3600)).await,
+                    occupancy(h, &t, area_z1(), T0, day, Some(T0 + 14 * 3600)).await,
+                ),
+            ]
+        }
+    };
+    // An investigator sees exact counts: each attack would give away the
+    // target's two persons.
+    let inv = token("investigator-1", &[Role::Investigator], EXP);
+    for (what, a, b) in attacks(inv).await {
+        assert_eq!(difference(&a, &b), Some(2), "{what}: {a:?} {b:?}");
+    }
+    // An analyst gets nothing to subtract.
+    let analyst = token("analyst-1", &[Role::Analyst], EXP);
+    for (what, a, b) in attacks(analyst.clone()).await {
+        if let Some(d) = difference(&a, &b) {
+            assert!(
+                d == 0 || d >= 5,
+                "{what} revealed an exact count of {d} below the threshold"
+            );
+        }
+        for r in [&a, &b] {
+            if let Err(e) = r {
+                assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+                assert!(e.message().contains("published unit"), "{e:?}");
+            }
+        }
+    }
+    // What an analyst may ask: an area over a whole day that has ended.
+    let ok = occupancy(&h, &analyst, area_z1(), T0, day, None)
+        .await
+        .unwrap();
+    assert_eq!((ok.distinct, ok.distinct_suppressed), (102, false));
+    // The target's hour on its own is suppressed (2 < 5).
+    let target_hour = ok.hours.iter().find(|x| x.hour == T0 + 15 * 3600).unwrap();
+    assert!(target_hour.suppressed && target_hour.distinct == 0);
+    // A day that has not ended, or two days at once, is refused.
+    for (from, to) in [(NOW, NOW + 86_400), (T0, T0 + 2 * 86_400)] {
+        let e = occupancy(&h, &analyst, area_z1(), from, to, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
 }

@@ -287,6 +287,19 @@ impl v1::query_server::Query for Services {
     ) -> Result<Response<v1::OccupancyResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
+        // Small counts are suppressed, not shown, unless the caller may see
+        // persons anyway; such a caller asks only for published units, so
+        // that two answers cannot be differenced into a small count.
+        let k = self.suppression(&p);
+        let unit = if k > 0 {
+            Some(published_unit(
+                r.region.as_ref(),
+                r.window.as_ref(),
+                self.node.now(),
+            )?)
+        } else {
+            None
+        };
         let region = region_from_proto(r.region, "region")?;
         let (from, to, as_of) = window_from_proto(r.window, self.node.now())?;
         let node = self.node.clone();
@@ -296,9 +309,24 @@ impl v1::query_server::Query for Services {
             Ok((stale, node.query().occupancy(&region, from, to, as_of)?))
         })
         .await?;
-        // Small counts are suppressed, not shown, unless the caller may see
-        // persons anyway.
-        let k = self.suppression(&p);
+        if let Some((area, day)) = unit {
+            // Aggregate queries are logged too; the answer need not wait.
+            let entry = hourcell_storage::AuditEntry {
+                time: self.node.now(),
+                principal: p.name.clone(),
+                roles: p.role_names(),
+                rpc: Rpc::Occupancy.name().into(),
+                parameters: serde_json::json!({ "area": area, "day": day }).to_string(),
+                outcome: "ok (aggregate, counts below k suppressed)".into(),
+                ..Default::default()
+            };
+            let node = self.node.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = node.audit(vec![entry]) {
+                    tracing::warn!(error = %e, "could not log an aggregate query");
+                }
+            });
+        }
         let shown = |c: u64| if c < k { (0, true) } else { (c, false) };
         let (distinct, distinct_suppressed) = shown(ans.distinct);
         Ok(Response::new(v1::OccupancyResponse {
@@ -388,6 +416,35 @@ impl v1::query_server::Query for Services {
         }
         Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
     }
+}
+
+/// The units an occupancy answer with suppressed counts may cover: one
+/// area (a partition of the jurisdiction, published in advance) over one
+/// whole UTC day that has ended, as of its end or later. Any two such
+/// units are disjoint or equal, so no difference of two answers isolates
+/// fewer persons than an answer itself: the differencing attacks (an
+/// address list with and without one house; a window with and without its
+/// last hours; the same day as of two times) have nothing to subtract.
+/// Returns the area and the day (RFC 3339).
+fn published_unit(
+    region: Option<&v1::Region>,
+    window: Option<&v1::Window>,
+    now: i64,
+) -> Result<(String, String), Status> {
+    let why = "callers who see suppressed counts query occupancy by published unit: one \
+               area code over one whole past UTC day (--area A --from DAY --to DAY+1), so \
+               that answers cannot be differenced into counts below the threshold";
+    let area = match region.and_then(|r| r.kind.as_ref()) {
+        Some(v1::region::Kind::Area(a)) => a.clone(),
+        _ => return Err(invalid("region", "", why)),
+    };
+    let w = window.ok_or_else(|| invalid("window", "", why))?;
+    let whole_day = w.from.rem_euclid(86_400) == 0 && w.to - w.from == 86_400;
+    let ended = w.to <= now && w.as_of.is_none_or(|a| a >= w.to);
+    if !whole_day || !ended {
+        return Err(invalid("window", format!("{}..{}", w.from, w.to), why));
+    }
+    Ok((area, hourcell_query::time::format_time(w.from)))
 }
 
 #[tonic::async_trait]
