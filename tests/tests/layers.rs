@@ -76,44 +76,82 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 fn dependencies(dir: &str) -> Option<BTreeSet<String>> {
     let text = std::fs::read_to_string(root().join(dir).join("Cargo.toml")).ok()?;
+    Some(manifest_dependencies(&text))
+}
+
+/// The normal dependencies a manifest names.
+fn manifest_dependencies(text: &str) -> BTreeSet<String> {
     let t: toml::Table = text.parse().expect("manifest parses");
     let mut out = BTreeSet::new();
     if let Some(deps) = t.get("dependencies").and_then(|d| d.as_table()) {
         out.extend(deps.keys().cloned());
     }
-    Some(out)
+    out
+}
+
+/// What is wrong with crate `dir` depending on `deps`.
+fn layer_violations(dir: &str, deps: &BTreeSet<String>) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let allowed = ALLOWED
+        .iter()
+        .find(|(d, _)| *d == dir)
+        .map_or(&[][..], |(_, a)| *a);
+    for d in deps.iter().filter(|d| d.starts_with("hourcell-")) {
+        if !allowed.contains(&d.as_str()) {
+            wrong.push(format!(
+                "{dir} depends on {d}, which its layer may not import"
+            ));
+        }
+    }
+    if let Some((_, bad)) = FORBIDDEN_EXTERNAL.iter().find(|(d, _)| *d == dir) {
+        for d in bad.iter() {
+            if deps.contains(*d) {
+                wrong.push(format!(
+                    "{dir} depends on {d}, which its layer may not import"
+                ));
+            }
+        }
+    }
+    wrong
 }
 
 #[test]
 fn crates_depend_only_on_their_layers() {
     let mut wrong = Vec::new();
     let mut seen = 0;
-    for (dir, allowed) in ALLOWED {
+    for (dir, _) in ALLOWED {
         let Some(deps) = dependencies(dir) else {
-            // A crate not yet split out (cluster/raft lives in node until
-            // it is) has nothing to check.
             continue;
         };
         seen += 1;
-        for d in deps.iter().filter(|d| d.starts_with("hourcell-")) {
-            if !allowed.contains(&d.as_str()) {
-                wrong.push(format!(
-                    "{dir} depends on {d}, which its layer may not import"
-                ));
-            }
-        }
-        if let Some((_, bad)) = FORBIDDEN_EXTERNAL.iter().find(|(d, _)| d == dir) {
-            for d in bad.iter() {
-                if deps.contains(*d) {
-                    wrong.push(format!(
-                        "{dir} depends on {d}, which its layer may not import"
-                    ));
-                }
-            }
-        }
+        wrong.extend(layer_violations(dir, &deps));
     }
     assert!(seen >= 7, "expected the layered crates, found {seen}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The check itself catches the arrows the issue names: each real manifest
+/// with one forbidden dependency added fails it.
+#[test]
+fn the_layer_check_catches_a_forbidden_dependency() {
+    for (dir, bad) in [
+        ("storage", "hourcell-raft"),
+        ("storage", "tonic"),
+        ("query", "tonic"),
+        ("cluster/raft", "hourcell-storage"),
+        ("cluster/server", "hourcell-cli"),
+        ("cluster/node", "tonic"),
+    ] {
+        let text = std::fs::read_to_string(root().join(dir).join("Cargo.toml")).unwrap();
+        let mut deps = manifest_dependencies(&text);
+        assert!(layer_violations(dir, &deps).is_empty(), "{dir} as it is");
+        deps.insert(bad.to_string());
+        let wrong = layer_violations(dir, &deps);
+        assert!(
+            wrong.iter().any(|w| w.contains(bad)),
+            "{dir} with {bad} passed the layer check"
+        );
+    }
 }
 
 /// Dependencies used where no source file names them: code generated at

@@ -153,10 +153,8 @@ impl SecurityConfig {
         if !self.anonymous_roles.is_empty() && !self.insecure {
             return Err(ConfigError::invalid(
                 "security.anonymous_roles",
-                format!(
-                    "security.anonymous_roles is only allowed with insecure = true (a TLS node \
-                 authenticates every request)"
-                ),
+                "security.anonymous_roles is only allowed with insecure = true (a TLS node \
+                 authenticates every request)",
             ));
         }
         if self.insecure && self.tls.is_some() {
@@ -268,9 +266,7 @@ impl ClusterConfig {
         if (self.cell_shards == 0) != (self.person_shards == 0) {
             return Err(ConfigError::invalid(
                 "cluster.cell_shards",
-                format!(
-                    "cluster.cell_shards and cluster.person_shards: set both (sharded) or neither"
-                ),
+                "cluster.cell_shards and cluster.person_shards: set both (sharded) or neither",
             ));
         }
         if let Err(e) = self.layout() {
