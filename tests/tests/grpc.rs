@@ -10,6 +10,7 @@ use hourcell_proto::v1::ingest_client::IngestClient;
 use hourcell_proto::v1::query_client::QueryClient;
 use hourcell_proto::v1::registry_client::RegistryClient;
 use hourcell_server::server;
+use hourcell_test_support::data::{addr, ev};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -58,28 +59,6 @@ async fn start() -> Harness {
         channel,
         _dir: dir,
         stop: Some(tx),
-    }
-}
-
-fn addr(code: &str, lat: f64, lng: f64, area: &str) -> v1::Address {
-    v1::Address {
-        code: code.into(),
-        lat,
-        lng,
-        kind: "standard".into(),
-        area: area.into(),
-        label: format!("generated {code}"),
-    }
-}
-
-fn ev(person: u64, t: i64, address: &str, source: &str) -> v1::Event {
-    v1::Event {
-        person,
-        time: Some(v1::event::Time::UnixSeconds(t)),
-        lat: None,
-        lng: None,
-        address: address.into(),
-        source: source.into(),
     }
 }
 

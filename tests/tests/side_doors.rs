@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use hourcell_node::config::{ClusterConfig, PeerConfig, Secret};
 use hourcell_proto::{internal, v1};
 use hourcell_server::auth::{Role, Rpc, ALL_ROLES, NODE_SECRET_HEADER};
+use hourcell_test_support::data::{addr, ev};
 use hourcell_test_support::secure::{audit, req, start_with, token, Harness, T0};
 use prost::Message;
 use tonic::{Code, Request, Status};
@@ -111,28 +112,6 @@ fn every_rpc_whose_answer_names_a_person_is_person_level() {
 }
 
 // ----------------------------------------------------- the release gate
-
-fn addr(code: &str, lat: f64, lng: f64, area: &str) -> v1::Address {
-    v1::Address {
-        code: code.into(),
-        lat,
-        lng,
-        kind: "standard".into(),
-        area: area.into(),
-        label: "generated".into(),
-    }
-}
-
-fn ev(person: u64, t: i64, address: &str, source: &str) -> v1::Event {
-    v1::Event {
-        person,
-        time: Some(v1::event::Time::UnixSeconds(t)),
-        lat: None,
-        lng: None,
-        address: address.into(),
-        source: source.into(),
-    }
-}
 
 /// Addresses H1 and H2, person 20 registered at H2, and five nights of
 /// persons 20 and 21 at H1: the rules raise two tasks.

@@ -7,6 +7,30 @@ use crate::grpc::{connect, patient};
 /// 2026-11-01T00:00:00Z
 pub const T0: i64 = 1_793_491_200;
 
+/// A standard address in `area` (label "generated CODE").
+pub fn addr(code: &str, lat: f64, lng: f64, area: &str) -> v1::Address {
+    v1::Address {
+        code: code.into(),
+        lat,
+        lng,
+        kind: "standard".into(),
+        area: area.into(),
+        label: format!("generated {code}"),
+    }
+}
+
+/// An event of `person` at address `address` at unix second `t`.
+pub fn ev(person: u64, t: i64, address: &str, source: &str) -> v1::Event {
+    v1::Event {
+        person,
+        time: Some(v1::event::Time::UnixSeconds(t)),
+        lat: None,
+        lng: None,
+        address: address.into(),
+        source: source.into(),
+    }
+}
+
 pub fn events(first: u64, n: u64, hour: i64) -> Vec<v1::Event> {
     (0..n)
         .map(|i| v1::Event {
