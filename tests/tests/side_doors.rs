@@ -778,3 +778,48 @@ async fn aggregates_cannot_be_differenced_into_small_counts() {
         assert_eq!(e.code(), Code::InvalidArgument);
     }
 }
+
+// ------------------------------------------------------------ retention
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_far_ahead_cannot_expire_hours_the_limit_keeps() {
+    // A 2-day limit; the clock is at T0 + 3 days.
+    let h = start_with(2, 0, |_| {}).await;
+    let ingest = token("ingest-1", &[Role::Ingest], EXP);
+    v1::registry_client::RegistryClient::new(h.channel.clone())
+        .put_addresses(req(
+            v1::PutAddressesRequest {
+                addresses: vec![addr("H1", 30.2741, 120.1551, "A1")],
+            },
+            &ingest,
+        ))
+        .await
+        .unwrap();
+    let recent = NOW - 3 * 3600;
+    v1::ingest_client::IngestClient::new(h.channel.clone())
+        .ingest(req(
+            v1::IngestRequest {
+                events: vec![ev(77, recent, "H1", "access")],
+            },
+            &ingest,
+        ))
+        .await
+        .unwrap();
+    // The serving node's clock jumps to 2100.
+    h.clock
+        .store(4_102_444_800, std::sync::atomic::Ordering::SeqCst);
+    let op = token("operator-1", &[Role::Operator], 4_102_444_800 + 86_400);
+    let r = v1::admin_client::AdminClient::new(h.channel.clone())
+        .expire(req(v1::ExpireRequest {}, &op))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.cutoff <= recent - 2 * 86_400 + 3600,
+        "the cut-off {} passed the newest hour minus the limit",
+        r.cutoff
+    );
+    assert_eq!(r.person_days_removed, 0);
+    let stats = h.node.stats().unwrap();
+    assert_eq!(stats.last_hour, Some(recent.div_euclid(3600)));
+}

@@ -281,6 +281,73 @@ impl RateLimiter {
     }
 }
 
+/// Requests in flight per principal, capped: one caller cannot hold every
+/// worker. The map holds only callers with requests in flight, so it is
+/// bounded by the requests the server is running.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    limit: usize,
+    counts: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight::new(64)
+    }
+}
+
+/// A request counted in [`InFlight`] until this is dropped.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    of: InFlight,
+    who: String,
+}
+
+impl InFlight {
+    pub fn new(limit: usize) -> Self {
+        InFlight {
+            limit,
+            counts: Default::default(),
+        }
+    }
+
+    /// Counts a request of `who`, or None when `who` already has `limit`
+    /// in flight.
+    pub fn enter(&self, who: &str) -> Option<InFlightGuard> {
+        let mut c = self.counts.lock();
+        let n = c.entry(who.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(InFlightGuard {
+            of: self.clone(),
+            who: who.to_string(),
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Callers with requests in flight.
+    pub fn callers(&self) -> usize {
+        self.counts.lock().len()
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut c = self.of.counts.lock();
+        if let Some(n) = c.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.who);
+            }
+        }
+    }
+}
+
 /// How a node authenticates requests.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
@@ -298,6 +365,8 @@ pub struct Auth {
     pub cert_roles: std::collections::HashMap<String, BTreeSet<Role>>,
     /// How the internal services recognise a cluster node.
     pub nodes: NodeAuth,
+    /// Requests in flight per principal.
+    pub in_flight: InFlight,
 }
 
 /// How a node proves itself to another's internal Raft and Shard
@@ -389,6 +458,7 @@ impl Auth {
                 .iter()
                 .map(|(cn, r)| Ok((cn.clone(), Role::parse_list(r)?)))
                 .collect::<Result<_, hourcell_node::NodeError>>()?,
+            in_flight: InFlight::default(),
             nodes: match (&c.tls, &c.cluster_secret) {
                 (None, Some(s)) => NodeAuth::Secret(s.clone()),
                 // With TLS, or a single node (nothing calls its internal
@@ -474,6 +544,20 @@ mod tests {
         for junk in ["", "a.b", "a.b.c", "...", "a.b.c.d"] {
             assert!(verify_token(key, junk, 1_000).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn requests_in_flight_are_capped_per_principal_and_forgotten_when_done() {
+        let f = InFlight::new(2);
+        let a1 = f.enter("a").unwrap();
+        let a2 = f.enter("a").unwrap();
+        assert!(f.enter("a").is_none(), "a third request of a");
+        let b = f.enter("b").unwrap();
+        assert_eq!(f.callers(), 2);
+        drop(a1);
+        let a3 = f.enter("a").unwrap();
+        drop((a2, a3, b));
+        assert_eq!(f.callers(), 0, "idle callers are not remembered");
     }
 
     #[test]

@@ -228,6 +228,14 @@ where
             let (cn, addr) = peer(&req);
             match admit(&auth, &node, rpc, header.as_deref(), cn.as_deref(), addr).await {
                 Ok(p) => {
+                    let Some(_slot) = auth.in_flight.enter(&p.name) else {
+                        return Ok(Status::resource_exhausted(format!(
+                            "{} has {} requests in flight already",
+                            p.name,
+                            auth.in_flight.limit()
+                        ))
+                        .into_http());
+                    };
                     req.extensions_mut().insert(p);
                     inner.call(req).await
                 }

@@ -175,6 +175,11 @@ pub async fn serve(
         // A request that has not produced its response in a minute is
         // cancelled (streams, once started, are not cut).
         .timeout(Duration::from_secs(60))
+        // Per connection: at most this many requests running and HTTP/2
+        // streams open, so that one connection cannot take every worker
+        // (per principal, the gate caps requests in flight).
+        .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(Some(256))
         // Every client RPC is authenticated, rate-limited, role-checked
         // and (when refused) audited here, before any service sees it.
         .layer(crate::gate::Gate::new(auth, node.clone()))

@@ -8,6 +8,17 @@ impl Node {
         now.div_euclid(3600) - i64::from(self.retention_days) * 24
     }
 
+    /// The retention cut-off hour at `now`: the clock's, but at most the
+    /// newest stored hour minus the retention period.
+    pub fn cutoff(&self, now: i64) -> Result<i64, NodeError> {
+        let by_clock = self.retained_from(now);
+        let newest = self.stats()?.last_hour;
+        Ok(match newest {
+            Some(h) => by_clock.min(h + 1 - i64::from(self.retention_days) * 24),
+            None => by_clock,
+        })
+    }
+
     /// Commits audit records through the log (on every replica) and
     /// returns once they are applied here. A person-level answer is only
     /// sent after this succeeds.
@@ -19,7 +30,10 @@ impl Node {
     /// hours before the cut-off this command carries, and the removal is
     /// audited. Returns the cut-off hour and the person-days removed.
     pub fn expire(&self, now: i64, principal: &str) -> Result<(i64, u64), NodeError> {
-        let cutoff = self.retained_from(now);
+        // Bounded by the data: never past the newest stored hour minus the
+        // retention period, so that a clock far ahead (of whichever node
+        // serves this) cannot remove hours the limit still keeps.
+        let cutoff = self.cutoff(now)?;
         let at = hourcell_query::time::format_time(cutoff * 3600);
         let cmd = Command::Expire {
             cutoff_hour: cutoff,
