@@ -626,6 +626,10 @@ async fn retention_removes_old_hours_and_gives_the_disk_back() {
     let dir_before = sst_bytes(&h.dir.path().join("node"));
     // Two days on, day 1 falls out of the window (cut-off T0 + 3 d).
     h.clock.store(T0 + 5 * 86_400 + 1_800, Ordering::SeqCst);
+    // The cut-off never passes the newest data minus the limit (a clock
+    // far ahead cannot expire kept hours): the data moves on too.
+    let r = ingest_at_h1(&h, &t, &[(99, T0 + 5 * 86_400 + 60)]).await;
+    assert_eq!(r.accepted, 1, "{:?}", r.rejected);
     let r = admin()
         .expire(req(v1::ExpireRequest {}, &op))
         .await
