@@ -18,6 +18,11 @@ impl<E: KvEngine> SliceStore<E> {
     ) -> Result<ApplyOutcome> {
         use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
         let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
+        // The metadata store's tasks go with the hours (a data shard has
+        // none).
+        if !self.state.read_recursive().partial {
+            self.expire_tasks(cutoff_hour * 3600)?;
+        }
         // Every hour with an event has an hourly bitmap (in a person shard)
         // or a cell slice of its day (in a cell shard): if the first one is
         // not before the cut-off, there is nothing to remove (the usual

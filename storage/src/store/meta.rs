@@ -78,6 +78,59 @@ impl<E: KvEngine> SliceStore<E> {
         seq + 1
     }
 
+    /// Removes tasks untouched since before `cut` (unix seconds), their
+    /// subjects (unless a later task or rejection still needs them) and
+    /// every change-log entry from before `cut`: task history names
+    /// persons and expires with the hours. Returns the tasks removed.
+    pub(super) fn expire_tasks(&self, cut: i64) -> Result<u64> {
+        let decode = |k: &[u8], v: &[u8]| -> Result<TaskRecord> {
+            bincode::serde::decode_from_slice::<TaskRecord, _>(v, crate::bincode_limits())
+                .map(|(t, _)| t)
+                .map_err(|e| StorageError::corrupt(k, e))
+        };
+        let mut b = WriteBatch::default();
+        let mut gone = Vec::new();
+        let start = [keys::TASK];
+        self.engine
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                let t = decode(k, v)?;
+                if t.updated_at < cut {
+                    b.delete(k.to_vec());
+                    gone.push(t);
+                }
+                Ok(true)
+            })?;
+        for t in &gone {
+            let key = keys::task_subject(&tasks::subject_suffix(
+                t.draft.kind,
+                t.draft.person,
+                &t.draft.address,
+            ));
+            if let Some(s) = self.get_bincode::<SubjectState>(&key)? {
+                let open_other = s.open.is_some_and(|o| o != t.id);
+                let recent_rejection = s.rejected_at.is_some_and(|r| r >= cut);
+                if !open_other && !recent_rejection {
+                    b.delete(key);
+                }
+            }
+        }
+        let start = [keys::TASK_CHANGE];
+        self.engine
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                let (c, _) =
+                    bincode::serde::decode_from_slice::<TaskChange, _>(v, crate::bincode_limits())
+                        .map_err(|e| StorageError::corrupt(k, e))?;
+                if c.task.updated_at < cut {
+                    b.delete(k.to_vec());
+                }
+                Ok(true)
+            })?;
+        if !b.is_empty() {
+            self.commit(b)?;
+        }
+        Ok(gone.len() as u64)
+    }
+
     pub(super) fn apply_raise_tasks(
         &self,
         at: i64,
@@ -387,7 +440,68 @@ mod tests {
     use std::sync::Arc;
 
     use crate::command::{Command, ShardPart};
+    use crate::keys;
     use crate::shard::ShardId;
+
+    #[test]
+    fn tasks_and_their_history_expire_with_the_hours() {
+        use crate::tasks::{TaskDraft, TaskKind};
+        let mem = Arc::new(crate::mem::MemEngine::new());
+        let s =
+            super::SliceStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap();
+        let draft = |person: u64| TaskDraft {
+            kind: TaskKind::RegisterNewcomer,
+            person,
+            address: "H1".into(),
+            area: "A1".into(),
+            score: Some(0.9),
+            evidence: vec![],
+            registration: None,
+            last_seen_hour: Some(5),
+        };
+        let raise = |at: i64, p: u64| {
+            s.apply(&Command::RaiseTasks {
+                at,
+                evaluation: format!("eval-{at}"),
+                suppress_secs: 30 * 86_400,
+                tasks: vec![draft(p)],
+            })
+            .unwrap()
+            .task_ids
+        };
+        let day = 86_400;
+        let t0 = 1_000 * day;
+        assert_eq!(raise(t0, 1), vec![1]);
+        assert_eq!(raise(t0 + 10 * day, 2), vec![2]);
+        // Hours before t0 + 5 days expire: task 1 (person 1) goes with its
+        // history; task 2 stays.
+        s.apply(&Command::Expire {
+            cutoff_hour: (t0 + 5 * day) / 3600,
+            audit: Default::default(),
+        })
+        .unwrap();
+        assert!(s.task(1).unwrap().is_none());
+        assert_eq!(s.task(2).unwrap().unwrap().draft.person, 2);
+        let changes = s.task_changes(0, 100).unwrap();
+        assert!(
+            changes.iter().all(|c| c.task.draft.person != 1),
+            "{changes:?}"
+        );
+        assert_eq!(changes.len(), 1);
+        // Person 1's subject went too: the rules may raise it afresh.
+        assert_eq!(raise(t0 + 11 * day, 1), vec![3]);
+        // Nothing of person 1 before the cut-off is left under any task key.
+        let mut left = 0;
+        for p in [keys::TASK, keys::TASK_SUBJECT, keys::TASK_CHANGE] {
+            crate::KvEngine::scan(&*mem, &[p], &keys::prefix_end(&[p]), &mut |_, _| {
+                left += 1;
+                true
+            })
+            .unwrap();
+        }
+        // Tasks 2 and 3, their subjects and their creations.
+        assert_eq!(left, 6);
+    }
 
     #[test]
     fn the_shard_map_records_placement_and_moves_and_survives_a_reopen() {
