@@ -49,6 +49,21 @@ proptest! {
     }
 
     #[test]
+    fn node_to_node_and_operator_input_decodes_or_fails_cleanly(
+        b in proptest::collection::vec(any::<u8>(), 0..300),
+        text in "[0-9a-fA-F:xz ]{0,80}",
+    ) {
+        // Routed shard reads, node introductions, routed commands.
+        let _ = hourcell_node::shard_read::decode::<hourcell_node::shard_read::ReadOp>(&b);
+        let _ = internal::HelloRequest::decode(&b[..]);
+        let _ = internal::ShardProposeRequest::decode(&b[..]);
+        let _ = internal::ShardReadRequest::decode(&b[..]);
+        // Audit checkpoints typed by an operator.
+        let _ = text.parse::<hourcell_storage::audit::Checkpoint>();
+        let _ = String::from_utf8_lossy(&b).parse::<hourcell_storage::audit::Checkpoint>();
+    }
+
+    #[test]
     fn tokens_of_any_shape_are_refused_without_panicking(t in "[A-Za-z0-9_.=+/-]{0,200}") {
         prop_assert!(verify_token(b"0123456789abcdef0123456789abcdef", &t, 0).is_err());
     }
