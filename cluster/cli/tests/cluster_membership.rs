@@ -459,6 +459,18 @@ async fn a_wiped_node_refuses_to_vote_until_it_rejoins() {
 
     let f = all.into_iter().find(|&i| i != ldr).unwrap();
     let other = all.into_iter().find(|&i| i != ldr && i != f).unwrap();
+    // Retention is decided by the leader only: a follower asked refuses,
+    // naming the leader.
+    let e = v1::admin_client::AdminClient::new(connect(ports[f]).await.unwrap())
+        .expire(v1::ExpireRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("send this to node {}", ldr + 1)),
+        "{e:?}"
+    );
     procs[f].kill();
     std::fs::remove_dir_all(dir.path().join(format!("node{}", f + 1))).unwrap();
     let mut child = std::process::Command::new(BIN)

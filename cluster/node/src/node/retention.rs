@@ -30,6 +30,20 @@ impl Node {
     /// hours before the cut-off this command carries, and the removal is
     /// audited. Returns the cut-off hour and the person-days removed.
     pub fn expire(&self, now: i64, principal: &str) -> Result<(i64, u64), NodeError> {
+        // The cut-off is decided once, by the leader of the metadata group
+        // (its clock, bounded by its data), not by whichever node is asked.
+        if !self.leads() {
+            let leader = self
+                .replication
+                .as_ref()
+                .and_then(|r| r.handle.status(r.group))
+                .map_or(0, |s| s.leader);
+            return Err(NodeError::Refused(if leader == 0 {
+                "retention is decided by the leader, and no leader is known now; retry".into()
+            } else {
+                format!("retention is decided by the leader: send this to node {leader}")
+            }));
+        }
         // Bounded by the data: never past the newest stored hour minus the
         // retention period, so that a clock far ahead (of whichever node
         // serves this) cannot remove hours the limit still keeps.
