@@ -823,3 +823,53 @@ async fn a_clock_far_ahead_cannot_expire_hours_the_limit_keeps() {
     let stats = h.node.stats().unwrap();
     assert_eq!(stats.last_hour, Some(recent.div_euclid(3600)));
 }
+
+// ---------------------------------------------------------- connections
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_unread() {
+    // The harness holds one connection; the cap allows one more.
+    let h = start_with(90, 0, |cfg| cfg.security.max_connections = 2).await;
+    let t = token("operator-1", &[Role::Operator], EXP);
+    let status = |ch: tonic::transport::Channel| {
+        let t = t.clone();
+        async move {
+            v1::admin_client::AdminClient::new(ch)
+                .status(req(v1::StatusRequest::default(), &t))
+                .await
+        }
+    };
+    let url = format!("http://{}", h.addr);
+    let open = || async {
+        tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(2))
+            .connect()
+            .await
+    };
+    status(h.channel.clone()).await.unwrap();
+    let second = open().await.unwrap();
+    status(second.clone()).await.unwrap();
+    // A third is closed before a byte is read: it never gets an answer.
+    let third = match open().await {
+        Ok(ch) => status(ch).await.map(|_| ()),
+        Err(e) => Err(Status::unavailable(e.to_string())),
+    };
+    assert!(third.is_err(), "a connection past the cap was served");
+    // Once one closes, a new one is served.
+    drop(second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(ch) = open().await {
+            if status(ch).await.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection served after one closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

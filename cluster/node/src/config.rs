@@ -95,6 +95,9 @@ pub struct SecurityConfig {
     /// address, or together with a token key (bearer tokens would travel
     /// in clear), unless this is set; it then warns on every start.
     pub allow_insecure_network: bool,
+    /// Open client and peer connections at most; more are closed as they
+    /// arrive, before a byte is read.
+    pub max_connections: u32,
 }
 
 /// A secret from the config: compared in constant time, never printed.
@@ -138,6 +141,7 @@ impl Default for SecurityConfig {
             cert_roles: Default::default(),
             cluster_secret: None,
             allow_insecure_network: false,
+            max_connections: 4_096,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod convert;
 pub mod error;
 pub mod gate;
 pub mod join;
+pub mod limit;
 pub mod metrics_http;
 pub mod network;
 pub mod raft_service;

@@ -203,11 +203,15 @@ pub async fn serve(
         .add_service(v1::tasks_server::TasksServer::new(svc.clone()))
         .add_service(v1::audit_server::AuditServer::new(svc.clone()))
         .add_service(v1::admin_server::AdminServer::new(svc));
+    let max_connections = security.max_connections.max(1) as usize;
     match &tls {
         Some(paths) => {
             let incoming = crate::tls::incoming(listener, paths.clone())?;
             router
-                .serve_with_incoming_shutdown(incoming, shutdown)
+                .serve_with_incoming_shutdown(
+                    crate::limit::limit(incoming, max_connections),
+                    shutdown,
+                )
                 .await?
         }
         None => {
@@ -216,7 +220,10 @@ pub async fn serve(
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             router
-                .serve_with_incoming_shutdown(incoming, shutdown)
+                .serve_with_incoming_shutdown(
+                    crate::limit::limit(incoming, max_connections),
+                    shutdown,
+                )
                 .await?
         }
     }
