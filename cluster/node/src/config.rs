@@ -113,10 +113,10 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     /// Whether `other` is this secret, in time independent of where they
-    /// differ.
+    /// differ (subtle's constant-time comparison).
     pub fn matches(&self, other: &[u8]) -> bool {
-        let a = self.0.as_bytes();
-        a.len() == other.len() && a.iter().zip(other).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(other).into()
     }
 
     /// A new random secret (64 hex digits).

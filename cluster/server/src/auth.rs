@@ -315,11 +315,13 @@ impl InFlight {
     /// in flight.
     pub fn enter(&self, who: &str) -> Option<InFlightGuard> {
         let mut c = self.counts.lock();
-        let n = c.entry(who.to_string()).or_insert(0);
-        if *n >= self.limit {
-            return None;
+        match c.get_mut(who) {
+            Some(n) if *n >= self.limit => return None,
+            Some(n) => *n += 1,
+            None => {
+                c.insert(who.to_string(), 1);
+            }
         }
-        *n += 1;
         Some(InFlightGuard {
             of: self.clone(),
             who: who.to_string(),

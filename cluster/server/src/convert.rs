@@ -4,7 +4,7 @@
 
 use hourcell_node::types::ShardMembers;
 use hourcell_proto::v1;
-use hourcell_query::validate::{EventTime, RawEvent, Rejection};
+use hourcell_query::validate::{EventTime, RawAddress, RawEvent, RawRegistration, Rejection};
 use hourcell_query::{Region, Window};
 use hourcell_storage::cell;
 use tonic::Status;
@@ -79,6 +79,27 @@ pub fn rejections(r: Vec<Rejection>) -> Vec<v1::Rejection> {
             reason: r.reason,
         })
         .collect()
+}
+
+pub fn raw_address(a: v1::Address) -> RawAddress {
+    RawAddress {
+        code: a.code,
+        lat: a.lat,
+        lng: a.lng,
+        kind: a.kind,
+        area: a.area,
+        label: a.label,
+    }
+}
+
+pub fn raw_registration(r: v1::Registration) -> RawRegistration {
+    RawRegistration {
+        person: r.person,
+        address: r.address,
+        kind: r.kind,
+        valid_from: r.valid_from,
+        valid_until: r.valid_until,
+    }
 }
 
 pub fn raw_event(e: v1::Event) -> RawEvent {

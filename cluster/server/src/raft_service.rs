@@ -165,20 +165,8 @@ pub fn introduce(
             let calls = peers.iter().map(|(id, addr)| {
                 let dialer = dialer.clone();
                 async move {
-                    let url = dialer.url(addr).ok()?;
-                    let mut c = connect(&dialer, &url, Duration::from_millis(1_500))
-                        .await
-                        .ok()?;
-                    let r = c
-                        .hello(internal::HelloRequest {
-                            node_id: me,
-                            incarnation,
-                            joining,
-                        })
-                        .await
-                        .ok()?
-                        .into_inner();
-                    (r.known_incarnation != 0).then_some((*id, r.known_incarnation))
+                    let known = hello(&dialer, addr, me, incarnation, joining, 1_500).await?;
+                    (known != 0).then_some((*id, known))
                 }
             });
             futures::future::join_all(calls)
@@ -192,6 +180,32 @@ pub fn introduce(
         Some((peer, known)) => hourcell_node::Introduction::Conflict { peer, known },
         None => hourcell_node::Introduction::Unknown,
     }
+}
+
+/// Introduces node `me` (as `incarnation`) to the peer at `addr`. The
+/// incarnation it knew this node by if another (0 if none), or None if it
+/// did not answer within `timeout_ms`.
+pub async fn hello(
+    dialer: &PeerDialer,
+    addr: &str,
+    me: u64,
+    incarnation: u64,
+    joining: bool,
+    timeout_ms: u64,
+) -> Option<u64> {
+    let url = dialer.url(addr).ok()?;
+    let mut c = connect(dialer, &url, Duration::from_millis(timeout_ms))
+        .await
+        .ok()?;
+    let r = c
+        .hello(internal::HelloRequest {
+            node_id: me,
+            incarnation,
+            joining,
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().known_incarnation)
 }
 
 /// Dials a peer; with TLS, the node's certificate files are read now, so

@@ -356,19 +356,10 @@ async fn introduce_until_known(node: Arc<Node>, dialer: crate::channel::PeerDial
         pause = (pause * 2).min(Duration::from_secs(30));
         let mut answered = Vec::new();
         for (id, addr) in &left {
-            let Ok(url) = dialer.url(addr) else { continue };
-            let Ok(ch) = dialer.connect(&url, Duration::from_secs(2)).await else {
-                continue;
-            };
-            let reply = internal::raft_client::RaftClient::new(ch)
-                .hello(internal::HelloRequest {
-                    node_id: me,
-                    incarnation,
-                    joining: false,
-                })
-                .await;
-            if let Ok(rep) = reply {
-                if rep.get_ref().known_incarnation != 0 {
+            let reply =
+                crate::raft_service::hello(&dialer, addr, me, incarnation, false, 2_000).await;
+            if let Some(known) = reply {
+                if known != 0 {
                     tracing::error!(
                         peer = id,
                         "node {id} knew this node by another incarnation: this node's data \

@@ -74,14 +74,7 @@ impl v1::registry_server::Registry for Services {
             .into_inner()
             .addresses
             .into_iter()
-            .map(|a| RawAddress {
-                code: a.code,
-                lat: a.lat,
-                lng: a.lng,
-                kind: a.kind,
-                area: a.area,
-                label: a.label,
-            })
+            .map(raw_address)
             .collect();
         let node = self.node.clone();
         let (accepted, bad) = blocking(move || node.put_addresses(&raw)).await?;
@@ -100,13 +93,7 @@ impl v1::registry_server::Registry for Services {
             .into_inner()
             .registrations
             .into_iter()
-            .map(|r| RawRegistration {
-                person: r.person,
-                address: r.address,
-                kind: r.kind,
-                valid_from: r.valid_from,
-                valid_until: r.valid_until,
-            })
+            .map(raw_registration)
             .collect();
         let node = self.node.clone();
         let (accepted, bad) = blocking(move || node.put_registrations(&raw)).await?;
