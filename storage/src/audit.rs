@@ -4,10 +4,16 @@
 //! removal is written as an [`AuditEntry`] through a replicated command
 //! before any result leaves the server. Apply gives each entry the next
 //! sequence number and chains it: `hash = SHA-256(prev_hash ‖ bincode(seq,
-//! entry))`, with 32 zero bytes before the first record. Editing a record
-//! breaks its hash; deleting or reordering records breaks the sequence or
-//! the link to the previous hash. [`verify_chain`] names the first record
-//! that does not fit.
+//! entry with its parameters replaced by SHA-256(parameters)))`, with 32
+//! zero bytes before the first record. Editing a record breaks its hash;
+//! deleting or reordering records breaks the sequence or the link to the
+//! previous hash. [`verify_chain`] names the first record that does not fit.
+//!
+//! The parameters name persons (the person of a where-was, a region) and
+//! expire with the hours: retention replaces them with nothing and marks
+//! the record redacted ([`AuditRecord::redact`]). The chain covers only
+//! their hash, so a redacted log still verifies; every other field of a
+//! redacted record is still checked.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -37,15 +43,69 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub seq: u64,
+    /// The entry; its parameters are empty once redacted.
     pub entry: AuditEntry,
+    /// SHA-256 of the entry's parameters as they were recorded.
+    pub parameters_hash: [u8; 32],
+    /// Whether retention removed the parameters.
+    pub redacted: bool,
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
 }
 
-/// The hash of record `seq` with `entry`, following `prev`.
-pub fn chain_hash(prev: &[u8; 32], seq: u64, entry: &AuditEntry) -> [u8; 32] {
-    let body = bincode::serde::encode_to_vec((seq, entry), bincode::config::standard())
-        .expect("audit entries always encode");
+impl AuditRecord {
+    /// Record `seq` holding `entry`, chained after `prev`.
+    pub fn new(seq: u64, entry: AuditEntry, prev: [u8; 32]) -> Self {
+        let parameters_hash = parameters_hash(&entry.parameters);
+        let hash = chain_hash(&prev, seq, &entry, &parameters_hash);
+        AuditRecord {
+            seq,
+            entry,
+            parameters_hash,
+            redacted: false,
+            prev_hash: prev,
+            hash,
+        }
+    }
+
+    /// Removes the parameters, keeping their hash: the chain still
+    /// verifies.
+    pub fn redact(&mut self) {
+        self.entry.parameters.clear();
+        self.redacted = true;
+    }
+}
+
+pub fn parameters_hash(parameters: &str) -> [u8; 32] {
+    Sha256::digest(parameters.as_bytes()).into()
+}
+
+/// The hash of record `seq` with `entry`, whose parameters hash to
+/// `parameters_hash`, following `prev`. The parameters themselves are not
+/// read, so a redacted entry hashes as it did before.
+pub fn chain_hash(
+    prev: &[u8; 32],
+    seq: u64,
+    entry: &AuditEntry,
+    parameters_hash: &[u8; 32],
+) -> [u8; 32] {
+    let e = entry;
+    let body = bincode::serde::encode_to_vec(
+        (
+            seq,
+            e.time,
+            &e.principal,
+            &e.roles,
+            &e.rpc,
+            parameters_hash,
+            &e.purpose,
+            &e.case_ref,
+            e.persons_returned,
+            &e.outcome,
+        ),
+        bincode::config::standard(),
+    )
+    .expect("audit entries always encode");
     let mut h = Sha256::new();
     h.update(prev);
     h.update(&body);
@@ -82,7 +142,19 @@ pub fn verify_chain<'a>(
                 why: "does not link to the record before it (deleted or reordered records)".into(),
             });
         }
-        if chain_hash(&prev, r.seq, &r.entry) != r.hash {
+        if r.redacted && !r.entry.parameters.is_empty() {
+            return Err(ChainError {
+                seq: r.seq,
+                why: "it is marked redacted but holds parameters (the record was edited)".into(),
+            });
+        }
+        if !r.redacted && parameters_hash(&r.entry.parameters) != r.parameters_hash {
+            return Err(ChainError {
+                seq: r.seq,
+                why: "its parameters do not match their hash (the record was edited)".into(),
+            });
+        }
+        if chain_hash(&prev, r.seq, &r.entry, &r.parameters_hash) != r.hash {
             return Err(ChainError {
                 seq: r.seq,
                 why: "its contents do not match its hash (the record was edited)".into(),
@@ -194,19 +266,41 @@ mod tests {
             .map(|seq| {
                 let entry = AuditEntry {
                     principal: format!("{who}-{seq}"),
+                    parameters: format!("{{\"person\":{seq}}}"),
                     ..Default::default()
                 };
-                let hash = chain_hash(&prev, seq, &entry);
-                let r = AuditRecord {
-                    seq,
-                    entry,
-                    prev_hash: prev,
-                    hash,
-                };
-                prev = hash;
+                let r = AuditRecord::new(seq, entry, prev);
+                prev = r.hash;
                 r
             })
             .collect()
+    }
+
+    #[test]
+    fn a_redacted_log_still_verifies_and_an_edited_one_does_not() {
+        let mut log = chain(4, "a");
+        log[0].redact();
+        log[1].redact();
+        assert_eq!(verify_chain(&log).unwrap(), 4);
+        assert!(log[0].entry.parameters.is_empty() && log[0].redacted);
+        // Every other field of a redacted record is still covered.
+        let mut edited = log.clone();
+        edited[1].entry.principal = "someone-else".into();
+        assert_eq!(verify_chain(&edited).unwrap_err().seq, 2);
+        // Parameters put back (or made up) under the redaction mark.
+        let mut edited = log.clone();
+        edited[0].entry.parameters = "{\"person\":7}".into();
+        let e = verify_chain(&edited).unwrap_err();
+        assert!(e.seq == 1 && e.why.contains("marked redacted"), "{e}");
+        // An unredacted record's parameters are checked against their hash.
+        let mut edited = log.clone();
+        edited[2].entry.parameters = "{\"person\":8}".into();
+        let e = verify_chain(&edited).unwrap_err();
+        assert!(e.seq == 3 && e.why.contains("parameters"), "{e}");
+        // A record unmarked as redacted must carry its parameters.
+        let mut edited = log;
+        edited[0].redacted = false;
+        assert_eq!(verify_chain(&edited).unwrap_err().seq, 1);
     }
 
     #[test]

@@ -528,6 +528,103 @@ fn retention_removes_whole_hours_on_every_engine() {
     expire(&mut || RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
 }
 
+/// Retention forgets the persons whose every hour it removed (unless they
+/// are registered) and redacts the parameters of audit records from before
+/// the cut-off; the chain still verifies, and a forgotten person seen again
+/// is a new id that does not inherit the old one's hours.
+fn retention_forgets<E: KvEngine>(first: E, reopen: Option<&mut dyn FnMut() -> E>) {
+    use hourcell_storage::audit::verify_chain;
+    let cutoff = 11 * 24 + 7; // day 11, 07:00
+    let cut_secs = cutoff * 3600;
+    {
+        let s = SliceStore::open(first, None).unwrap();
+        s.apply(&Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]))
+            .unwrap();
+        s.apply(&Command::PutRegistrations(vec![RegistrationRecord {
+            person: 3,
+            address: "H1".into(),
+            kind: RegistrationKind::Permanent,
+            valid_from: 0,
+            valid_until: None,
+        }]))
+        .unwrap();
+        let at = |p: u64, h: i64| ev(p, h, 30.0, 120.0, Some("H1"), "utility");
+        let mut evs: Vec<SliceEvent> = (240..250)
+            .flat_map(|h| [at(1, h), at(2, h), at(3, h)])
+            .collect();
+        evs.push(at(2, 300)); // day 12: person 2 stays
+        evs.extend((264..=270).map(|h| at(4, h))); // day 11 before 07:00 only
+        evs.extend((264..=280).map(|h| at(5, h))); // and after 07:00: stays
+        s.apply(&Command::Ingest(evs)).unwrap();
+        let mut old = audit_entry(1);
+        old.time = cut_secs - 10;
+        let mut new = audit_entry(2);
+        new.time = cut_secs;
+        s.apply(&Command::Audit(vec![old, new])).unwrap();
+        assert_eq!(s.stats().unwrap().persons, 5);
+        let id1 = s.internal_id(1).unwrap();
+        s.apply(&Command::Expire {
+            cutoff_hour: cutoff,
+            audit: audit_entry(3),
+        })
+        .unwrap();
+        for p in [1, 4] {
+            assert_eq!(s.internal_id(p), None, "person {p} is remembered");
+        }
+        for p in [2, 3, 5] {
+            assert!(s.internal_id(p).is_some(), "person {p} was forgotten");
+        }
+        assert_eq!(s.external_id(id1), None);
+        assert_eq!(s.stats().unwrap().persons, 3);
+        let log = s.audit_records(0, 10).unwrap();
+        assert_eq!(verify_chain(&log), Ok(3));
+        assert!(log[0].redacted && log[0].entry.parameters.is_empty());
+        assert_eq!(log[0].entry.principal, "inspector-1");
+        assert!(!log[1].redacted && log[1].entry.parameters.contains("\"person\":2"));
+        assert!(!log[2].redacted, "the retention record itself");
+        // Seen again: a new id, and none of the old hours.
+        s.apply(&Command::Ingest(vec![at(1, 400)])).unwrap();
+        let again = s.internal_id(1).unwrap();
+        assert_ne!(again, id1);
+        let hours: Vec<i64> = s
+            .person_hours(again, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        assert_eq!(hours, vec![400]);
+        // A second run redacts nothing twice and forgets nobody else.
+        s.apply(&Command::Expire {
+            cutoff_hour: cutoff + 1,
+            audit: audit_entry(4),
+        })
+        .unwrap();
+        assert_eq!(verify_chain(&s.audit_records(0, 10).unwrap()), Ok(4));
+        assert!(s.internal_id(2).is_some() && s.internal_id(5).is_some());
+    }
+    // What retention forgot stays forgotten after a reopen.
+    let Some(make) = reopen else { return };
+    let s = SliceStore::open(make(), None).unwrap();
+    assert_eq!(s.internal_id(4), None);
+    let again = s.internal_id(1).unwrap();
+    assert_eq!(s.external_id(again), Some(1));
+    assert_eq!(s.stats().unwrap().persons, 4);
+    s.apply(&Command::Ingest(vec![ev(
+        6, 500, 30.0, 120.0, None, "utility",
+    )]))
+    .unwrap();
+    assert!(s.internal_id(6).unwrap() > again);
+    assert_eq!(verify_chain(&s.audit_records(0, 10).unwrap()), Ok(4));
+}
+
+#[test]
+fn retention_forgets_unseen_persons_and_redacts_old_audit_parameters() {
+    retention_forgets(MemEngine::new(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut open = || RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
+    retention_forgets(open(), Some(&mut open));
+}
+
 /// A store replaced from another's frozen image holds the same data; one
 /// whose replacement was interrupted refuses to open.
 #[test]

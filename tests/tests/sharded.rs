@@ -205,6 +205,23 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
         .unwrap();
     assert_same(&a, &b, "after a restart");
 
+    // Tasks raised, and a person-level query audited, three days before
+    // the town's end: both go with the hours below, sharded or not.
+    let early = town().end_unix() - 3 * 86_400;
+    for n in [&plain, &sharded] {
+        let raised = n.run_tasks(Some(early)).unwrap();
+        assert!(raised.created > 0, "the rules raised no task as of {early}");
+        n.audit(vec![hourcell_storage::AuditEntry {
+            time: early,
+            principal: "inspector".into(),
+            rpc: "Query.WhereWas".into(),
+            parameters: "{\"person\":17}".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+    }
+
     // Retention removes the same hours from every shard: both reopen
     // with a two-day limit and expire.
     plain.shutdown();
@@ -271,6 +288,25 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     };
     assert_eq!(last(&sharded).as_deref(), Some("Retention"));
     assert_eq!(last(&plain).as_deref(), Some("Retention"));
+    // The metadata group's tasks and audit parameters expired too.
+    for (what, n) in [("plain", &plain), ("sharded", &sharded)] {
+        let tasks = n.store().tasks_after(0, 100_000, &mut |_| true).unwrap();
+        assert!(
+            tasks.is_empty(),
+            "{what}: {} tasks outlived the hours",
+            tasks.len()
+        );
+        let recs = n.store().audit_records(0, 10_000).unwrap();
+        assert_eq!(
+            hourcell_storage::audit::verify_chain(&recs),
+            Ok(recs.len() as u64)
+        );
+        let old = recs.iter().find(|r| r.entry.time == early).unwrap();
+        assert!(
+            old.redacted && old.entry.parameters.is_empty(),
+            "{what}: {old:?}"
+        );
+    }
     // Data shards keep no audit chain of their own: there is one chain,
     // and `audit list` shows all of it.
     let mut stores: Vec<_> = weeks

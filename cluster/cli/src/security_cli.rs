@@ -8,6 +8,9 @@ use hourcell_query::time::{format_time, now};
 use crate::cli::{AuditCommand, CertsCommand, Format, RetentionCommand, TokenCommand};
 use crate::client::{channel, status_error, Ch};
 
+/// Shown in place of parameters that retention removed.
+const REDACTED: &str = "(redacted: past retention)";
+
 fn audit_client(ch: Ch) -> v1::audit_client::AuditClient<Ch> {
     v1::audit_client::AuditClient::new(ch).max_decoding_message_size(64 << 20)
 }
@@ -50,7 +53,11 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                         r.case_ref.clone(),
                         r.persons_returned.to_string(),
                         r.outcome.clone(),
-                        r.parameters.clone(),
+                        if r.redacted {
+                            REDACTED.to_string()
+                        } else {
+                            r.parameters.clone()
+                        },
                     ]
                 })
                 .collect();
@@ -77,6 +84,7 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                                 "roles": r.roles,
                                 "rpc": r.rpc,
                                 "parameters": r.parameters,
+                                "redacted": r.redacted,
                                 "purpose": r.purpose,
                                 "case": r.case_ref,
                                 "persons_returned": r.persons_returned,

@@ -642,7 +642,7 @@ fn audit_verify_catches_edited_deleted_and_reordered_records() {
             let mut r = decode_record(raw).unwrap();
             r.entry.case_ref = format!("C-{}", seq + 6);
             r.prev_hash = prev;
-            r.hash = hourcell_storage::audit::chain_hash(&prev, seq, &r.entry);
+            r.hash = hourcell_storage::audit::chain_hash(&prev, seq, &r.entry, &r.parameters_hash);
             prev = r.hash;
             out.push((seq, Some(encode_record(&r))));
         }

@@ -129,6 +129,8 @@ pub fn audit_to_proto(r: hourcell_storage::AuditRecord) -> v1::AuditRecord {
         case_ref: r.entry.case_ref,
         persons_returned: r.entry.persons_returned,
         outcome: r.entry.outcome,
+        parameters_hash: r.parameters_hash.to_vec(),
+        redacted: r.redacted,
         prev_hash: r.prev_hash.to_vec(),
         hash: r.hash.to_vec(),
     }
@@ -163,6 +165,8 @@ pub fn audit_from_proto(
             persons_returned: r.persons_returned,
             outcome: r.outcome.clone(),
         },
+        parameters_hash: h(&r.parameters_hash, "parameters_hash")?,
+        redacted: r.redacted,
         prev_hash: h(&r.prev_hash, "prev_hash")?,
         hash: h(&r.hash, "hash")?,
     })

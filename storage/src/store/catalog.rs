@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use roaring::RoaringBitmap;
 
-use super::{IdHash, SliceStore, State, MAX_PERSONS};
+use super::{IdHash, SliceStore, State, MAX_PERSONS, NO_PERSON};
 use crate::catalog::{AddressRecord, RegistrationRecord};
 use crate::cell;
 use crate::command::ApplyOutcome;
@@ -120,6 +120,27 @@ impl<E: KvEngine> SliceStore<E> {
         batch.put(keys::dict_ext(person), id.to_be_bytes().to_vec());
         batch.put(keys::dict_int(id), person.to_be_bytes().to_vec());
         Ok(id)
+    }
+
+    /// Forgets the person behind internal id `id`: retention removed
+    /// every hour they were seen and they hold no registration. The id is
+    /// never given out again (its slot keeps a [`NO_PERSON`] mark, so the
+    /// dictionary has no hole); the person, if seen again, gets a new one.
+    pub(super) fn forget_person(st: &mut State, batch: &mut WriteBatch, id: u32) -> bool {
+        let Some(ext) = st.int_to_ext.get(id as usize).copied() else {
+            return false;
+        };
+        if ext == NO_PERSON
+            || st.ext_to_int.get(&ext) != Some(&id)
+            || st.registrations.contains_key(&ext)
+        {
+            return false;
+        }
+        st.ext_to_int.remove(&ext);
+        st.int_to_ext[id as usize] = NO_PERSON;
+        batch.delete(keys::dict_ext(ext));
+        batch.put(keys::dict_int(id), NO_PERSON.to_be_bytes().to_vec());
+        true
     }
 
     pub(super) fn assign_source(
@@ -240,7 +261,7 @@ impl<E: KvEngine> SliceStore<E> {
     pub fn external_id(&self, id: u32) -> Option<u64> {
         let st = self.state.read_recursive();
         let ext = st.int_to_ext.get(id as usize).copied()?;
-        (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
+        (ext != NO_PERSON && (!st.partial || st.ext_to_int.get(&ext) == Some(&id))).then_some(ext)
     }
 
     /// External ids of internal ids, ascending.
@@ -261,7 +282,8 @@ impl<E: KvEngine> SliceStore<E> {
             let st = self.state.read_recursive();
             out.extend(ids.filter_map(|id| {
                 let ext = st.int_to_ext.get(id as usize).copied()?;
-                (!st.partial || st.ext_to_int.get(&ext) == Some(&id)).then_some(ext)
+                (ext != NO_PERSON && (!st.partial || st.ext_to_int.get(&ext) == Some(&id)))
+                    .then_some(ext)
             }));
         }
         crate::radix::sort_u64(&mut out);

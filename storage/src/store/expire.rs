@@ -18,10 +18,12 @@ impl<E: KvEngine> SliceStore<E> {
     ) -> Result<ApplyOutcome> {
         use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
         let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
-        // The metadata store's tasks go with the hours (a data shard has
-        // none).
-        if !self.state.read_recursive().partial {
+        // The metadata store's tasks, and the parameters of its audit
+        // records, go with the hours (a data shard has neither).
+        let partial = self.state.read_recursive().partial;
+        if !partial {
             self.expire_tasks(cutoff_hour * 3600)?;
+            self.redact_audit(cutoff_hour * 3600)?;
         }
         // Every hour with an event has an hourly bitmap (in a person shard)
         // or a cell slice of its day (in a cell shard): if the first one is
@@ -78,30 +80,59 @@ impl<E: KvEngine> SliceStore<E> {
             }
         }
         b.delete_range(vec![keys::HOUR_SLICE], keys::hour_slice(cutoff_hour));
+        // A person whose every hour is gone, and who holds no
+        // registration, leaves the dictionary too. Only where the
+        // dictionary and the person index are one store: a data shard's
+        // partial dictionary is what later log entries of its group rely
+        // on, and the metadata group holds no person index.
+        let mut forgotten = Vec::new();
         let persons = self.state.read_recursive().int_to_ext.len() as u32;
         for id in 0..persons {
             let from = keys::person_day(id, keys::MIN_HOUR);
-            let to = keys::person_day(id, day + 1);
+            let to = if partial {
+                keys::person_day(id, day + 1)
+            } else {
+                keys::prefix_end(&keys::person_day(id, keys::MIN_HOUR)[..5])
+            };
+            let (mut gone, mut kept) = (false, false);
             self.engine.try_scan(&from, &to, &mut |k, v| {
                 let d = keys::hour_from(&k[5..9]);
-                if d < day || h == 0 && d == day {
-                    if d < day {
-                        removed += 1;
-                        b.delete(k.to_vec());
-                    }
+                if d > day || h == 0 && d == day {
+                    kept = true;
+                    return Ok(false);
+                }
+                if d < day {
+                    removed += 1;
+                    gone = true;
+                    b.delete(k.to_vec());
                     return Ok(true);
                 }
                 match crate::codec::trim_places(k, v, keep)? {
-                    Some(t) => b.put(k.to_vec(), t),
-                    None => b.delete(k.to_vec()),
+                    Some(t) => {
+                        kept = true;
+                        b.put(k.to_vec(), t)
+                    }
+                    None => {
+                        gone = true;
+                        b.delete(k.to_vec())
+                    }
                 }
                 Ok(true)
             })?;
+            if gone && !kept && !partial {
+                forgotten.push(id);
+            }
+        }
+        if !forgotten.is_empty() {
+            let mut st = self.state.write();
+            for id in forgotten {
+                Self::forget_person(&mut st, &mut b, id);
+            }
         }
         // A data shard keeps no audit chain of its own: the node records
         // the removal once in the metadata group's log, so that there is
         // one chain and `audit list` shows all of it.
-        if !self.state.read_recursive().partial {
+        if !partial {
             self.chain_audit(&mut b, std::slice::from_ref(audit));
         }
         self.commit(b)?;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{SliceStore, State, META_MAP_VERSION, META_PERSON_PLACEMENT};
+use super::{SliceStore, State, META_AUDIT_REDACTED, META_MAP_VERSION, META_PERSON_PLACEMENT};
 use crate::command::{ApplyOutcome, ShardPart};
 use crate::error::{Result, StorageError};
 use crate::keys;
@@ -22,16 +22,10 @@ impl<E: KvEngine> SliceStore<E> {
         let mut st = self.state.write();
         for e in entries {
             let seq = st.next_audit;
-            let hash = crate::audit::chain_hash(&st.last_audit_hash, seq, e);
-            let r = crate::audit::AuditRecord {
-                seq,
-                entry: e.clone(),
-                prev_hash: st.last_audit_hash,
-                hash,
-            };
+            let r = crate::audit::AuditRecord::new(seq, e.clone(), st.last_audit_hash);
             Self::put_bincode(b, keys::audit(seq), &r);
             st.next_audit += 1;
-            st.last_audit_hash = hash;
+            st.last_audit_hash = r.hash;
         }
     }
 
@@ -54,6 +48,47 @@ impl<E: KvEngine> SliceStore<E> {
     pub fn audit_head(&self) -> (u64, [u8; 32]) {
         let st = self.state.read_recursive();
         (st.next_audit - 1, st.last_audit_hash)
+    }
+
+    /// Redacts the parameters of audit records from before `cut` (unix
+    /// seconds): they name persons and places of hours that retention
+    /// removed. Records are scanned from the last watermark and the scan
+    /// stops at the first record from `cut` on; proposers' clocks differ
+    /// by seconds, so a straggler just behind it is redacted by a later
+    /// cut-off. Returns the records redacted.
+    pub(super) fn redact_audit(&self, cut: i64) -> Result<u64> {
+        let mark = keys::meta(META_AUDIT_REDACTED);
+        let from = self
+            .engine
+            .get(&mark)?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let mut b = WriteBatch::default();
+        let mut done = from;
+        let mut n = 0;
+        self.engine.try_scan(
+            &keys::audit(from.saturating_add(1)),
+            &keys::prefix_end(&[keys::AUDIT]),
+            &mut |k, v| {
+                let mut r = crate::audit::decode_record(v)
+                    .map_err(|_| StorageError::corrupt(k, "undecodable audit record"))?;
+                if r.entry.time >= cut {
+                    return Ok(false);
+                }
+                if !r.redacted {
+                    r.redact();
+                    Self::put_bincode(&mut b, k.to_vec(), &r);
+                    n += 1;
+                }
+                done = r.seq;
+                Ok(true)
+            },
+        )?;
+        if done != from {
+            b.put(mark, done.to_be_bytes().to_vec());
+            self.commit(b)?;
+        }
+        Ok(n)
     }
 
     /// The number of audit records (the last sequence number).

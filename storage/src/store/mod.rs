@@ -163,7 +163,8 @@ const META_LEVEL: &str = "slice_level";
 /// directory written by an older build can no longer be read; such a
 /// directory is refused with a message instead of being misread.
 const META_FORMAT: &str = "format";
-const FORMAT: u8 = 2;
+/// 3: audit records chain the hash of their parameters (redactable).
+const FORMAT: u8 = 3;
 /// Present while a snapshot is being installed; a store that opens with it
 /// holds a partial copy.
 const META_RESTORING: &str = "restoring";
@@ -178,8 +179,12 @@ const META_SHARD: &str = "data_shard";
 const META_MAP_VERSION: &str = "shard_map_version";
 /// The person shards' replica sets (see [`crate::shard::ShardMap`]).
 const META_PERSON_PLACEMENT: &str = "person_placement";
-/// Fills a hole in a data shard's id dictionary (see [`State::partial`]).
+/// Fills a hole in a data shard's id dictionary (see [`State::partial`]),
+/// and marks an id whose person retention forgot.
 const NO_PERSON: u64 = 0;
+/// Audit records up to this sequence number are redacted or newer than
+/// every cut-off so far (see [`SliceStore::redact_audit`]).
+const META_AUDIT_REDACTED: &str = "audit_redacted";
 
 impl<E: KvEngine> SliceStore<E> {
     /// Opens a store. A new store records `level` as its slice level; an
@@ -264,7 +269,9 @@ impl<E: KvEngine> SliceStore<E> {
                     st.int_to_ext.resize(id as usize + 1, NO_PERSON);
                 }
                 st.int_to_ext[id as usize] = ext;
-                st.ext_to_int.insert(ext, id);
+                if ext != NO_PERSON {
+                    st.ext_to_int.insert(ext, id);
+                }
                 Ok(true)
             })?;
         let start = [keys::ADDRESS];

@@ -277,7 +277,7 @@ impl<E: KvEngine> SliceStore<E> {
         let (persons, addresses, registrations) = {
             let st = self.state.read_recursive();
             (
-                st.int_to_ext.len() as u64,
+                st.ext_to_int.len() as u64,
                 st.addresses.len() as u64,
                 st.registrations.len() as u64,
             )

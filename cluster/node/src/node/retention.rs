@@ -70,10 +70,13 @@ impl Node {
             let out = self.propose(&cmd)?;
             return Ok((cutoff, out.applied));
         }
-        // Sharded: weeks wholly before the cut-off are dropped from the
+        // Sharded: the metadata group expires its tasks and redacts its
+        // audit parameters (it holds no hours, so it records nothing
+        // itself); weeks wholly before the cut-off are dropped from the
         // shard map (every node then deletes their shards); the rest, and
         // the person shards, remove their old hours; then, if anything was
         // removed, the metadata group's audit log records it.
+        self.propose(&cmd)?;
         let map = self.store.shard_map();
         let old: Vec<i64> = map
             .weeks
