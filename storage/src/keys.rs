@@ -52,6 +52,26 @@ pub const AUDIT: u8 = 0x40;
 /// Sharded clusters, metadata group: one key per time partition (week).
 pub const PARTITION: u8 = 0x50;
 
+/// Whether `k` has a shape this layout writes: a known prefix and, where
+/// the rest is fixed-width, the right length. Readers slice keys by these
+/// widths, so a store refuses an image (a raft snapshot from another node)
+/// holding any other key rather than panic on it later.
+pub fn well_formed(k: &[u8]) -> bool {
+    let Some((&prefix, rest)) = k.split_first() else {
+        return false;
+    };
+    match prefix {
+        META | ADDRESS | TASK_SUBJECT => true,
+        DICT_INT | HOUR_SLICE | PARTITION => rest.len() == 4,
+        SOURCE => rest.len() == 2,
+        DICT_EXT | REGISTRATION | HELD | PERSON | ADDRESS_DAY | TASK | TASK_CHANGE | AUDIT => {
+            rest.len() == 8
+        }
+        CELL_DAY => rest.len() == 12,
+        _ => false,
+    }
+}
+
 pub fn held(seq: u64) -> Vec<u8> {
     let mut k = vec![HELD];
     k.extend_from_slice(&seq.to_be_bytes());
@@ -203,6 +223,41 @@ mod tests {
         for w in hours.windows(2) {
             assert!(hour_bytes(w[0]) < hour_bytes(w[1]), "{} vs {}", w[0], w[1]);
             assert_eq!(hour_from(&hour_bytes(w[0])), w[0]);
+        }
+    }
+
+    #[test]
+    fn every_key_this_layout_writes_is_well_formed_and_others_are_not() {
+        for k in [
+            meta("format"),
+            dict_ext(7),
+            dict_int(7),
+            address("H1"),
+            registration(7),
+            source(3),
+            held(9),
+            cell_day(-3, u64::MAX),
+            address_day(100, 4),
+            hour_slice(MIN_HOUR),
+            person_day(7, 100),
+            task(1),
+            task_subject(b"\x01suffix"),
+            task_change(2),
+            audit(3),
+            partition(2900),
+        ] {
+            assert!(well_formed(&k), "{}", describe(&k));
+        }
+        for k in [
+            vec![],
+            vec![CELL_DAY],
+            vec![PERSON, 0, 0, 0, 7],
+            dict_int(7)[..4].to_vec(),
+            [audit(3), vec![0]].concat(),
+            vec![0x05, 1, 2],
+            vec![0xff; 9],
+        ] {
+            assert!(!well_formed(&k), "{}", describe(&k));
         }
     }
 

@@ -31,8 +31,9 @@ pub mod node;
 pub mod snapshot;
 pub mod transport;
 
-/// Membership changes, as raft-rs spells them.
-pub use raft::eraftpb::{ConfChange, ConfChangeType};
+/// Membership changes, and the messages an [`transport::Envelope`] carries,
+/// as raft-rs spells them.
+pub use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, MessageType};
 
 pub use engine::{EngineError, LogBatch, LogEngine, MemLog, SnapshotView};
 pub use error::{ApplyError, MachineError, ProposeError, RaftError, SnapshotError};

@@ -260,7 +260,11 @@ impl<E: KvEngine> SliceStore<E> {
         let start = [keys::DICT_INT];
         self.engine
             .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                let id = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
+                let id = k
+                    .get(1..5)
+                    .filter(|_| k.len() == 5)
+                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+                    .ok_or_else(|| StorageError::corrupt(k, "bad id dictionary key"))?;
                 if v.len() != 8 || (id as usize != st.int_to_ext.len() && !shard) {
                     return Err(StorageError::corrupt(k, "id dictionary has a hole"));
                 }
@@ -346,24 +350,21 @@ impl<E: KvEngine> SliceStore<E> {
                     .0;
         }
         // Ids continue after the last stored task and change.
-        st.next_task = 1;
-        st.next_change = 1;
-        self.engine.scan_rev(
-            &[keys::TASK],
-            &keys::prefix_end(&[keys::TASK]),
-            &mut |k, _| {
-                st.next_task = u64::from_be_bytes(k[1..9].try_into().unwrap()) + 1;
-                false
-            },
-        )?;
-        self.engine.scan_rev(
-            &[keys::TASK_CHANGE],
-            &keys::prefix_end(&[keys::TASK_CHANGE]),
-            &mut |k, _| {
-                st.next_change = u64::from_be_bytes(k[1..9].try_into().unwrap()) + 1;
-                false
-            },
-        )?;
+        let last_id = |prefix: u8| -> Result<u64> {
+            let mut last = 0;
+            self.engine
+                .try_scan_rev(&[prefix], &keys::prefix_end(&[prefix]), &mut |k, _| {
+                    let id = k
+                        .get(1..9)
+                        .filter(|_| k.len() == 9)
+                        .ok_or_else(|| StorageError::corrupt(k, "bad task key"))?;
+                    last = u64::from_be_bytes(id.try_into().unwrap());
+                    Ok(false)
+                })?;
+            Ok(last)
+        };
+        st.next_task = last_id(keys::TASK)? + 1;
+        st.next_change = last_id(keys::TASK_CHANGE)? + 1;
         st.next_audit = 1;
         let mut last = None;
         self.engine.scan_rev(
@@ -411,10 +412,14 @@ impl<E: KvEngine> SliceStore<E> {
         self.engine.write(b, true)
     }
 
-    /// Writes one chunk of a snapshot's key-value pairs.
+    /// Writes one chunk of a snapshot's key-value pairs. A key outside
+    /// the layout fails the restore (readers slice keys by their widths).
     pub fn restore_chunk(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
         let _guard = self.apply_lock.lock();
         let marker = keys::meta(META_RESTORING);
+        if let Some((k, _)) = pairs.iter().find(|(k, _)| !keys::well_formed(k)) {
+            return Err(StorageError::corrupt(k, "not a key of this store's layout"));
+        }
         let mut b = WriteBatch::default();
         for (k, v) in pairs {
             if k != marker {
