@@ -15,7 +15,7 @@ use hourcell_node::replication::{
 use hourcell_raft::transport::{DropRate, Isolate, Partition, SimNetwork};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::{
-    AddressKind, AddressRecord, Command, KvEngine, MemEngine, SliceEvent, SliceStore,
+    AddressKind, AddressRecord, Command, KvEngine, MemEngine, MetaStore, SliceEvent,
 };
 
 const GROUP: u64 = 1;
@@ -35,7 +35,7 @@ fn timing() -> RaftTiming {
 struct Replica {
     id: u64,
     raft_engine: Arc<KvLog<MemEngine>>,
-    store: Arc<SliceStore<MemEngine>>,
+    store: Arc<MetaStore<MemEngine>>,
     handle: Option<RaftHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Joins a running group (starts with no members) instead of being
@@ -49,7 +49,7 @@ impl Replica {
         Replica {
             id,
             raft_engine: Arc::new(KvLog(Arc::new(MemEngine::new()))),
-            store: Arc::new(SliceStore::open(MemEngine::new(), None).unwrap()),
+            store: Arc::new(MetaStore::open(MemEngine::new(), None).unwrap()),
             handle: None,
             thread: None,
             join,
@@ -284,7 +284,7 @@ fn engine_of(
     engine
 }
 
-fn has_person(s: &SliceStore<MemEngine>, p: u64) -> bool {
+fn has_person(s: &MetaStore<MemEngine>, p: u64) -> bool {
     s.internal_id(p).is_some()
 }
 
@@ -607,15 +607,15 @@ fn retention_removes_the_same_hours_on_every_replica() {
         let mut hours = Vec::new();
         s.hour_slices(0, 2_000, &mut |h, _| hours.push(h)).unwrap();
         assert_eq!(hours, (931..960).collect::<Vec<_>>(), "replica {}", r.id);
-        // Person 400_000 + h is seen at hours h - 2 ..= h.
+        // Person 400_000 + h is seen at hours h - 2 ..= h: those whose
+        // every hour went are forgotten, on every replica alike.
         for p in [400_902u64, 400_930] {
-            let id = s.internal_id(p).unwrap();
-            assert!(
-                s.person_hours(id, 0, 2_000).unwrap().is_empty(),
-                "replica {} keeps {p}",
-                r.id
-            );
+            assert_eq!(s.internal_id(p), None, "replica {} keeps {p}", r.id);
         }
+        assert_eq!(
+            s.stats().unwrap().persons,
+            c.replicas[0].store.stats().unwrap().persons
+        );
         let id = s.internal_id(400_931).unwrap();
         assert_eq!(s.person_hours(id, 0, 2_000).unwrap().len(), 1);
         let audit = s.audit_records(0, 10).unwrap();
@@ -662,7 +662,7 @@ fn a_store_behind_its_apply_index_replays_the_log() {
     );
     // The store as a power loss would leave it: only what the image holds.
     let engine = engine_of(&mut |f| image.scan(&[0x00], &[0xff; 16], f));
-    let store = Arc::new(SliceStore::open(engine, None).unwrap());
+    let store = Arc::new(MetaStore::open(engine, None).unwrap());
     assert_eq!(store.durable_applied().unwrap(), Some(held));
     assert!(!has_person(&store, 500_124));
     c.replicas[2].store = store;
@@ -712,7 +712,7 @@ fn a_store_that_never_wrote_its_held_applies_replays_the_whole_log() {
     // Power loss: the engine keeps what was written, memory is gone.
     let old = c.replicas[2].store.clone();
     let engine = engine_of(&mut |f| old.engine().scan(&[0x00], &[0xff; 16], f));
-    let store = Arc::new(SliceStore::open(engine, None).unwrap());
+    let store = Arc::new(MetaStore::open(engine, None).unwrap());
     assert_eq!(
         store.durable_applied().unwrap(),
         None,
