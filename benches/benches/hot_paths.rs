@@ -9,13 +9,13 @@ use hourcell_query::validate::{check_addresses, check_registrations, place_event
 use hourcell_query::{QueryEngine, Region};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::codec::{encode_bitmap, encode_day_set, merge_values};
-use hourcell_storage::{keys, Command, KvEngine, RocksConfig, RocksEngine, SliceStore};
+use hourcell_storage::{keys, Command, KvEngine, MetaStore, RocksConfig, RocksEngine};
 use hourcell_town::{Town, TownConfig};
 use roaring::RoaringBitmap;
 
-fn loaded(town: &Town, dir: &std::path::Path) -> Arc<SliceStore<RocksEngine>> {
+fn loaded(town: &Town, dir: &std::path::Path) -> Arc<MetaStore<RocksEngine>> {
     let s = Arc::new(
-        SliceStore::open(
+        MetaStore::open(
             RocksEngine::open(dir, &RocksConfig::default()).unwrap(),
             Some(16),
         )

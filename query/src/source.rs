@@ -3,7 +3,7 @@
 //! are readers that route, over the metadata store's catalog.
 
 use hourcell_storage::{
-    AddressRecord, DaySet, KvEngine, PlaceEntry, PlaceIds, RegistrationRecord, SliceStore,
+    AddressRecord, DaySet, KvEngine, PlaceEntry, PlaceIds, RegistrationRecord, Role, Store,
 };
 use roaring::RoaringBitmap;
 
@@ -99,7 +99,7 @@ pub trait SliceSource: Catalog + SliceReader {}
 
 impl<T: Catalog + SliceReader + ?Sized> SliceSource for T {}
 
-impl<E: KvEngine> SliceReader for SliceStore<E> {
+impl<E: KvEngine, R: Role> SliceReader for Store<E, R> {
     fn cell_days(
         &self,
         day: i64,
@@ -107,7 +107,7 @@ impl<E: KvEngine> SliceReader for SliceStore<E> {
         hi: u64,
         f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        Ok(SliceStore::cell_days(self, day, lo, hi, f)?)
+        Ok(Store::cell_days(self, day, lo, hi, f)?)
     }
     fn cell_days_in(
         &self,
@@ -116,24 +116,24 @@ impl<E: KvEngine> SliceReader for SliceStore<E> {
         keep: &mut dyn FnMut(u64) -> bool,
         f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        Ok(SliceStore::cell_days_in(self, day, ranges, keep, f)?)
+        Ok(Store::cell_days_in(self, day, ranges, keep, f)?)
     }
     fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
-        Ok(SliceStore::address_day(self, day, address_id)?)
+        Ok(Store::address_day(self, day, address_id)?)
     }
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()> {
-        Ok(SliceStore::hour_slices(self, from, to, f)?)
+        Ok(Store::hour_slices(self, from, to, f)?)
     }
     fn hour_slices_rev(
         &self,
         before: i64,
         f: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
     ) -> Result<()> {
-        Ok(SliceStore::hour_slices_rev(self, before, f)?)
+        Ok(Store::hour_slices_rev(self, before, f)?)
     }
     fn person_hours(&self, person: u64, from: i64, to: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
-        match SliceStore::internal_id(self, person) {
-            Some(id) => Ok(SliceStore::person_hours(self, id, from, to)?),
+        match Store::internal_id(self, person) {
+            Some(id) => Ok(Store::person_hours(self, id, from, to)?),
             None => Ok(Vec::new()),
         }
     }
@@ -143,7 +143,7 @@ impl<E: KvEngine> SliceReader for SliceStore<E> {
         before: i64,
         keep: &mut dyn FnMut(&[PlaceEntry]) -> bool,
     ) -> Result<Option<i64>> {
-        Ok(SliceStore::last_active_before(
+        Ok(Store::last_active_before(
             self,
             id,
             hourcell_storage::keys::MIN_HOUR,
@@ -157,43 +157,43 @@ impl<E: KvEngine> SliceReader for SliceStore<E> {
         to_day: i64,
         f: &mut dyn FnMut(u32, &[PlaceIds]) -> Result<()>,
     ) -> Result<()> {
-        Ok(SliceStore::scan_person_days(self, from_day, to_day, f)?)
+        Ok(Store::scan_person_days(self, from_day, to_day, f)?)
     }
 }
 
-impl<E: KvEngine> Catalog for SliceStore<E> {
+impl<E: KvEngine, R: Role> Catalog for Store<E, R> {
     fn slice_level(&self) -> u8 {
-        SliceStore::slice_level(self)
+        Store::slice_level(self)
     }
     fn internal_id(&self, person: u64) -> Option<u32> {
-        SliceStore::internal_id(self, person)
+        Store::internal_id(self, person)
     }
     fn external_id(&self, id: u32) -> Option<u64> {
-        SliceStore::external_id(self, id)
+        Store::external_id(self, id)
     }
     fn external_ids(&self, b: &RoaringBitmap) -> Vec<u64> {
-        SliceStore::external_ids(self, b)
+        Store::external_ids(self, b)
     }
     fn external_ids_of(&self, ids: &[u32]) -> Vec<u64> {
-        SliceStore::external_ids_of(self, ids)
+        Store::external_ids_of(self, ids)
     }
     fn source_labels(&self) -> Vec<String> {
-        SliceStore::source_labels(self)
+        Store::source_labels(self)
     }
     fn for_each_address(&self, f: &mut dyn FnMut(&AddressRecord)) {
         self.with_addresses(|m| m.values().for_each(|a| f(a)))
     }
     fn address(&self, code: &str) -> Option<AddressRecord> {
-        SliceStore::address(self, code)
+        Store::address(self, code)
     }
     fn address_point(&self, code: &str) -> Option<(u32, f64, f64, u64)> {
-        SliceStore::address_point(self, code)
+        Store::address_point(self, code)
     }
     fn area_addresses(&self, area: &str) -> Vec<u32> {
-        SliceStore::area_addresses(self, area)
+        Store::area_addresses(self, area)
     }
     fn area_exists(&self, area: &str) -> bool {
-        SliceStore::area_exists(self, area)
+        Store::area_exists(self, area)
     }
     fn for_each_registration(
         &self,

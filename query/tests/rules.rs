@@ -22,7 +22,7 @@ fn night_hour(i: i64, local: i64) -> i64 {
 }
 
 struct Town {
-    store: Arc<SliceStore<MemEngine>>,
+    store: Arc<MetaStore<MemEngine>>,
 }
 
 fn addr(code: &str, lat: f64, lng: f64, area: &str) -> AddressRecord {
@@ -39,7 +39,7 @@ fn addr(code: &str, lat: f64, lng: f64, area: &str) -> AddressRecord {
 
 impl Town {
     fn new() -> Self {
-        let store = Arc::new(SliceStore::open(MemEngine::new(), None).unwrap());
+        let store = Arc::new(MetaStore::open(MemEngine::new(), None).unwrap());
         store
             .apply(&Command::PutAddresses(vec![
                 // A1 and A2 share one slice cell; B is elsewhere.

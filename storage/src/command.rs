@@ -109,6 +109,24 @@ pub struct ShardIngest {
 }
 
 impl Command {
+    /// The command's kind, as messages name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ingest(_) => "Ingest",
+            Command::PutAddresses(_) => "PutAddresses",
+            Command::PutRegistrations(_) => "PutRegistrations",
+            Command::RaiseTasks { .. } => "RaiseTasks",
+            Command::UpdateTask(_) => "UpdateTask",
+            Command::Audit(_) => "Audit",
+            Command::Expire { .. } => "Expire",
+            Command::AssignIds { .. } => "AssignIds",
+            Command::IngestShard(_) => "IngestShard",
+            Command::CreatePartitions { .. } => "CreatePartitions",
+            Command::PlaceShards { .. } => "PlaceShards",
+            Command::DropPartitions { .. } => "DropPartitions",
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         bincode::serde::encode_to_vec(self, bincode::config::standard())
             .expect("commands always encode")

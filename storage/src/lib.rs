@@ -4,12 +4,16 @@
 //! - [`KvEngine`]: the minimal ordered key-value interface the rest of the
 //!   crate is written against, with [`MemEngine`] (tests) and [`RocksEngine`]
 //!   (production; the only module that names `rocksdb`).
-//! - [`SliceStore`]: one shard's data: the id dictionary, the address and
-//!   registry catalog, per-day sets of (person, hour mask) per S2 cell and
-//!   per address, a roaring bitmap of everyone per hour, and the per-person
-//!   index. It applies [`Command`]s, the unit
-//!   that a raft log entry carries, deterministically: no wall clock, no
-//!   randomness.
+//! - [`Store`]: population slices and the tables around them, in one of
+//!   two roles fixed at creation: a [`MetaStore`] (a node's own store: the
+//!   id dictionary, the address and registry catalog, tasks, the audit log
+//!   and the shard map; on an unsharded node every slice too) or a
+//!   [`ShardStore`] (one data shard's slices, with the dictionary entries
+//!   its events use). Slices are per-day sets of (person, hour mask) per S2
+//!   cell and per address, a roaring bitmap of everyone per hour, and the
+//!   per-person index. A store applies the [`Command`]s its role takes, the
+//!   unit that a raft log entry carries, deterministically: no wall clock,
+//!   no randomness.
 //! - [`keys`] documents the key layout; [`cell`] the S2 helpers.
 //!
 //! This crate is a leaf: it must not import proto, tonic, raft or any query
@@ -41,7 +45,9 @@ pub use kv::{FrozenView, KvEngine, TryScan, WriteBatch};
 pub use mem::MemEngine;
 pub use prefixed::PrefixedEngine;
 pub use rocks::{RocksConfig, RocksEngine};
-pub use store::{PlaceEntry, PlaceIds, SliceStore, StoreStats};
+pub use store::{
+    Meta, MetaStore, PlaceEntry, PlaceIds, Role, Shard, ShardStore, Store, StoreStats,
+};
 pub use tasks::{
     Outcome, SourceEvidence, TaskChange, TaskDraft, TaskKind, TaskRecord, TaskState, TaskUpdate,
 };

@@ -9,14 +9,14 @@ use crate::catalog::AddressRecord;
 use crate::command::{ShardIngest, SliceEvent};
 use crate::kv::KvEngine;
 use crate::shard::{week_of_hour, Known, Layout, ShardId, ShardPart};
-use crate::store::SliceStore;
+use crate::store::MetaStore;
 use crate::{Result, StorageError};
 
 impl Layout {
     /// Ids the metadata store must assign before `events` can be split:
     /// persons and source labels it has not seen, in first-seen order.
     pub fn missing_ids<E: KvEngine>(
-        meta: &SliceStore<E>,
+        meta: &MetaStore<E>,
         events: &[SliceEvent],
     ) -> (Vec<u64>, Vec<String>) {
         let mut persons = Vec::new();
@@ -50,7 +50,7 @@ impl Layout {
     /// will have it before this command. Returns `(shard, command)`.
     pub fn split<E: KvEngine>(
         &self,
-        meta: &SliceStore<E>,
+        meta: &MetaStore<E>,
         events: Vec<SliceEvent>,
         knows: &dyn Fn(ShardId, Known<'_>) -> bool,
     ) -> Result<Vec<(ShardId, ShardIngest)>> {

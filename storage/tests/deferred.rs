@@ -56,13 +56,13 @@ fn commands() -> Vec<(u64, Command)> {
     out
 }
 
-fn open(defer: usize) -> SliceStore<MemEngine> {
-    let s = SliceStore::open(MemEngine::new(), Some(16)).unwrap();
+fn open(defer: usize) -> MetaStore<MemEngine> {
+    let s = MetaStore::open(MemEngine::new(), Some(16)).unwrap();
     s.set_defer_events(defer).unwrap();
     s
 }
 
-fn apply(s: &SliceStore<MemEngine>, cmds: &[(u64, Command)]) {
+fn apply(s: &MetaStore<MemEngine>, cmds: &[(u64, Command)]) {
     for (i, c) in cmds {
         s.apply_at(c, *i, false).unwrap();
     }
@@ -90,7 +90,7 @@ fn copy(e: &MemEngine) -> MemEngine {
 }
 
 /// What every read path answers, for comparing stores.
-fn answers(s: &SliceStore<MemEngine>) -> String {
+fn answers(s: &MetaStore<MemEngine>) -> String {
     let mut out = String::new();
     s.hour_slices(0, 10_000, &mut |h, b| {
         out += &format!("hour {h}: {:?}\n", s.external_ids(&b));
@@ -114,7 +114,7 @@ fn answers(s: &SliceStore<MemEngine>) -> String {
 }
 
 /// The store with every command written at once: the reference.
-fn reference() -> SliceStore<MemEngine> {
+fn reference() -> MetaStore<MemEngine> {
     let r = open(0);
     apply(&r, &commands());
     assert_eq!(r.durable_applied().unwrap(), Some(6));
@@ -153,7 +153,7 @@ fn a_crash_loses_held_writes_and_replaying_from_the_durable_index_restores_them(
     apply(&d, &cmds);
     assert_eq!(d.durable_applied().unwrap(), Some(4));
     // Power loss: the engine keeps what was written, memory is gone.
-    let crashed = SliceStore::open(copy(d.engine()), None).unwrap();
+    let crashed = MetaStore::open(copy(d.engine()), None).unwrap();
     crashed.set_defer_events(150).unwrap();
     let from = crashed.durable_applied().unwrap().unwrap();
     assert_eq!(from, 4);
@@ -171,7 +171,7 @@ fn a_crash_loses_held_writes_and_replaying_from_the_durable_index_restores_them(
     // the index reached the raft log's applied mark) changes nothing.
     let d = open(1 << 20);
     apply(&d, &cmds);
-    let crashed = SliceStore::open(copy(d.engine()), None).unwrap();
+    let crashed = MetaStore::open(copy(d.engine()), None).unwrap();
     assert_eq!(crashed.durable_applied().unwrap(), Some(1));
     apply(&crashed, &cmds[..]);
     crashed.flush().unwrap();
@@ -241,7 +241,7 @@ fn an_unreplicated_store_logs_held_rows_and_writes_them_on_reopen() {
     assert_eq!(held_log_keys(s.engine()), 5);
     assert!(!raw(s.engine()).iter().any(|(k, _)| k[0] == keys::PERSON));
     // A crash now: the reopened store writes the logged rows at open.
-    let reopened = SliceStore::open(copy(s.engine()), None).unwrap();
+    let reopened = MetaStore::open(copy(s.engine()), None).unwrap();
     assert_eq!(held_log_keys(reopened.engine()), 0);
     assert_eq!(answers(&reopened), answers(&r));
     // The running store's first read writes them, and drops the log in
@@ -252,7 +252,7 @@ fn an_unreplicated_store_logs_held_rows_and_writes_them_on_reopen() {
     // written changes nothing (merges are set unions).
     s.apply(&cmds[3].1).unwrap();
     assert_eq!(held_log_keys(s.engine()), 1);
-    let reopened = SliceStore::open(copy(s.engine()), None).unwrap();
+    let reopened = MetaStore::open(copy(s.engine()), None).unwrap();
     assert_eq!(answers(&reopened), answers(&r));
 }
 

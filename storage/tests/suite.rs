@@ -35,7 +35,7 @@ fn ev(
 }
 
 /// The persons (external ids) per cell during `hour`, from the cell-day sets.
-fn collect_cells<E: KvEngine>(s: &SliceStore<E>, hour: i64) -> Vec<(u64, Vec<u64>)> {
+fn collect_cells<E: KvEngine>(s: &MetaStore<E>, hour: i64) -> Vec<(u64, Vec<u64>)> {
     let bit = 1u32 << hour.rem_euclid(24);
     let mut out = Vec::new();
     s.cell_days(hour.div_euclid(24), 0, u64::MAX, &mut |c, set| {
@@ -49,7 +49,7 @@ fn collect_cells<E: KvEngine>(s: &SliceStore<E>, hour: i64) -> Vec<(u64, Vec<u64
 }
 
 /// The persons (external ids) at an address during `hour`, if any.
-fn address_hour<E: KvEngine>(s: &SliceStore<E>, hour: i64, address: u32) -> Option<Vec<u64>> {
+fn address_hour<E: KvEngine>(s: &MetaStore<E>, hour: i64, address: u32) -> Option<Vec<u64>> {
     let bit = 1u32 << hour.rem_euclid(24);
     let set = s.address_day(hour.div_euclid(24), address).unwrap()?;
     let b: RoaringBitmap = set.iter().filter(|e| e.1 & bit != 0).map(|e| e.0).collect();
@@ -58,7 +58,7 @@ fn address_hour<E: KvEngine>(s: &SliceStore<E>, hour: i64, address: u32) -> Opti
 
 fn run_suite<E: KvEngine>(make: &mut dyn FnMut() -> E) {
     // Basic apply and every read path.
-    let s = SliceStore::open(make(), None).unwrap();
+    let s = MetaStore::open(make(), None).unwrap();
     assert_eq!(s.slice_level(), 16);
     s.apply(&Command::PutAddresses(vec![
         addr("H1", 30.0, 120.0, "A1"),
@@ -139,7 +139,7 @@ fn run_suite<E: KvEngine>(make: &mut dyn FnMut() -> E) {
 }
 
 fn merge_many_batches<E: KvEngine>(make: &mut dyn FnMut() -> E) {
-    let s = SliceStore::open(make(), Some(16)).unwrap();
+    let s = MetaStore::open(make(), Some(16)).unwrap();
     let mut model = RoaringBitmap::new();
     for batch in 0..50u64 {
         let events: Vec<_> = (0..40u64)
@@ -177,7 +177,7 @@ fn rocks_engine_passes_suite() {
 fn rocks_store_survives_reopen_with_same_ids_and_level() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = SliceStore::open(
+        let s = MetaStore::open(
             RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
             Some(14),
         )
@@ -194,11 +194,11 @@ fn rocks_store_survives_reopen_with_same_ids_and_level() {
         .unwrap();
     }
     let e = RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
-    let err = SliceStore::open(e, Some(16))
+    let err = MetaStore::open(e, Some(16))
         .err()
         .expect("level mismatch must fail");
     assert!(err.to_string().contains("level 14"), "{err}");
-    let s = SliceStore::open(
+    let s = MetaStore::open(
         RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
         None,
     )
@@ -228,7 +228,7 @@ fn data_directory_of_an_older_format_is_refused() {
     let mut b = WriteBatch::default();
     b.put(keys::meta("slice_level"), vec![16]);
     e.write(b, true).unwrap();
-    let err = SliceStore::open(e, None)
+    let err = MetaStore::open(e, None)
         .err()
         .expect("old format must fail");
     assert!(err.to_string().contains("format 1"), "{err}");
@@ -247,7 +247,7 @@ fn draft(kind: TaskKind, person: u64, address: &str) -> TaskDraft {
     }
 }
 
-fn raise<E: KvEngine>(s: &SliceStore<E>, at: i64, drafts: Vec<TaskDraft>) -> Vec<u64> {
+fn raise<E: KvEngine>(s: &MetaStore<E>, at: i64, drafts: Vec<TaskDraft>) -> Vec<u64> {
     s.apply(&Command::RaiseTasks {
         at,
         evaluation: format!("eval-{at}"),
@@ -259,7 +259,7 @@ fn raise<E: KvEngine>(s: &SliceStore<E>, at: i64, drafts: Vec<TaskDraft>) -> Vec
 }
 
 fn update<E: KvEngine>(
-    s: &SliceStore<E>,
+    s: &MetaStore<E>,
     id: u64,
     state: TaskState,
     outcome: Option<Outcome>,
@@ -277,7 +277,7 @@ fn update<E: KvEngine>(
 }
 
 fn task_lifecycle<E: KvEngine>(make: &mut dyn FnMut() -> E) {
-    let s = SliceStore::open(make(), None).unwrap();
+    let s = MetaStore::open(make(), None).unwrap();
     let day = 86_400;
     let t0 = 1_000 * day;
     let a = draft(TaskKind::RegisterNewcomer, 1, "H1");
@@ -385,7 +385,7 @@ fn tasks_follow_their_lifecycle_on_every_engine() {
 fn task_ids_and_change_log_continue_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
-        SliceStore::open(
+        MetaStore::open(
             RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
             None,
         )
@@ -423,7 +423,7 @@ fn audit_entry(i: u64) -> AuditEntry {
 
 fn audit_chain<E: KvEngine>(make: &mut dyn FnMut() -> E) {
     use hourcell_storage::audit::verify_chain;
-    let s = SliceStore::open(make(), None).unwrap();
+    let s = MetaStore::open(make(), None).unwrap();
     s.apply(&Command::Audit((1..=3).map(audit_entry).collect()))
         .unwrap();
     s.apply(&Command::Audit(vec![audit_entry(4), audit_entry(5)]))
@@ -459,7 +459,7 @@ fn the_audit_log_is_a_hash_chain_on_every_engine() {
     let dir = tempfile::tempdir().unwrap();
     audit_chain(&mut || RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
     // The chain continues after a reopen.
-    let s = SliceStore::open(
+    let s = MetaStore::open(
         RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap(),
         None,
     )
@@ -470,7 +470,7 @@ fn the_audit_log_is_a_hash_chain_on_every_engine() {
 }
 
 fn expire<E: KvEngine>(make: &mut dyn FnMut() -> E) {
-    let s = SliceStore::open(make(), None).unwrap();
+    let s = MetaStore::open(make(), None).unwrap();
     s.apply(&Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]))
         .unwrap();
     // Persons 1..=3 every hour of days 10, 11 and 12 (hours 240..312).
@@ -537,7 +537,7 @@ fn retention_forgets<E: KvEngine>(first: E, reopen: Option<&mut dyn FnMut() -> E
     let cutoff = 11 * 24 + 7; // day 11, 07:00
     let cut_secs = cutoff * 3600;
     {
-        let s = SliceStore::open(first, None).unwrap();
+        let s = MetaStore::open(first, None).unwrap();
         s.apply(&Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]))
             .unwrap();
         s.apply(&Command::PutRegistrations(vec![RegistrationRecord {
@@ -604,7 +604,7 @@ fn retention_forgets<E: KvEngine>(first: E, reopen: Option<&mut dyn FnMut() -> E
     }
     // What retention forgot stays forgotten after a reopen.
     let Some(make) = reopen else { return };
-    let s = SliceStore::open(make(), None).unwrap();
+    let s = MetaStore::open(make(), None).unwrap();
     assert_eq!(s.internal_id(4), None);
     let again = s.internal_id(1).unwrap();
     assert_eq!(s.external_id(again), Some(1));
@@ -631,7 +631,7 @@ fn retention_forgets_unseen_persons_and_redacts_old_audit_parameters() {
 fn restore_from_a_frozen_image_and_refuse_a_partial_one() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let open = |i: usize| RocksEngine::open(dirs[i].path(), &RocksConfig::default()).unwrap();
-    let a = SliceStore::open(open(0), None).unwrap();
+    let a = MetaStore::open(open(0), None).unwrap();
     a.apply(&Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]))
         .unwrap();
     a.apply(&Command::Ingest(
@@ -648,7 +648,7 @@ fn restore_from_a_frozen_image_and_refuse_a_partial_one() {
     )]))
     .unwrap();
 
-    let b = SliceStore::open(open(1), None).unwrap();
+    let b = MetaStore::open(open(1), None).unwrap();
     b.apply(&Command::Ingest(vec![ev(
         7_777, 10, 31.0, 121.0, None, "access",
     )]))
@@ -682,10 +682,10 @@ fn restore_from_a_frozen_image_and_refuse_a_partial_one() {
     drop(b);
 
     // Interrupted: the mark stays, and the store refuses to open.
-    let b = SliceStore::open(open(1), None).unwrap();
+    let b = MetaStore::open(open(1), None).unwrap();
     b.begin_restore().unwrap();
     drop(b);
-    let err = SliceStore::open(open(1), None).err().unwrap().to_string();
+    let err = MetaStore::open(open(1), None).err().unwrap().to_string();
     assert!(err.contains("--join"), "{err}");
 }
 
@@ -731,7 +731,7 @@ fn multi_range_scans<E: KvEngine>(e: E) {
     .unwrap();
     assert_eq!(first_five, want[..5].to_vec());
 
-    let s = SliceStore::open(e, Some(16)).unwrap();
+    let s = MetaStore::open(e, Some(16)).unwrap();
     let day_hour = 20_000 * 24 + 5;
     let events: Vec<SliceEvent> = (0..6)
         .map(|i| SliceEvent {
@@ -745,7 +745,7 @@ fn multi_range_scans<E: KvEngine>(e: E) {
     s.apply(&Command::Ingest(events.clone())).unwrap();
     let mut cells: Vec<u64> = events.iter().map(|e| e.cell).collect();
     cells.sort_unstable();
-    let all = |s: &SliceStore<E>, ranges: &[(u64, u64)], keep: &dyn Fn(u64) -> bool| {
+    let all = |s: &MetaStore<E>, ranges: &[(u64, u64)], keep: &dyn Fn(u64) -> bool| {
         let mut out = Vec::new();
         s.cell_days_in(20_000, ranges, &mut |c| keep(c), &mut |c, set| {
             out.push((c, set.len()))
@@ -771,4 +771,65 @@ fn multi_range_scans_on_every_engine() {
     multi_range_scans(MemEngine::new());
     let dir = tempfile::tempdir().unwrap();
     multi_range_scans(RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap());
+}
+
+/// A store's role is fixed when it is created: each refuses the other's
+/// commands, a data directory opens only in its own role, and a replica
+/// installs only an image of its own role.
+#[test]
+fn stores_keep_their_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |sub: &str| {
+        RocksEngine::open(&dir.path().join(sub), &RocksConfig::default()).unwrap()
+    };
+    let part = ShardIngest {
+        part: ShardPart::Persons,
+        persons: vec![(7, 0)],
+        sources: vec![(0, "utility".into())],
+        addresses: vec![],
+        events: vec![],
+        cell_events: vec![],
+        person_events: vec![(0, 100, 0, 0, 0)],
+    };
+    {
+        let meta = MetaStore::open(open("meta"), None).unwrap();
+        let err = meta.apply(&Command::IngestShard(part.clone())).unwrap_err();
+        assert!(err.to_string().contains("IngestShard"), "{err}");
+        meta.apply(&Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]))
+            .unwrap();
+        let shard = ShardStore::open(open("shard"), None).unwrap();
+        shard.apply(&Command::IngestShard(part)).unwrap();
+        assert_eq!(shard.internal_id(7), Some(0));
+        for cmd in [
+            Command::PutAddresses(vec![addr("H1", 30.0, 120.0, "A")]),
+            Command::Audit(vec![audit_entry(1)]),
+            Command::Ingest(vec![ev(7, 100, 30.0, 120.0, None, "utility")]),
+            Command::AssignIds {
+                persons: vec![8],
+                sources: vec![],
+            },
+        ] {
+            let err = shard.apply(&cmd).unwrap_err();
+            assert!(err.to_string().contains("a data shard"), "{err}");
+        }
+        // An image of the other role is refused.
+        let image = |e: &RocksEngine| {
+            let mut pairs = Vec::new();
+            e.scan(&[], &[0xff; 16], &mut |k, v| {
+                pairs.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+            pairs
+        };
+        let other = ShardStore::open(open("other"), None).unwrap();
+        other.begin_restore().unwrap();
+        other.restore_chunk(image(meta.engine())).unwrap();
+        let err = other.finish_restore().unwrap_err();
+        assert!(err.to_string().contains("the metadata store"), "{err}");
+    }
+    let err = MetaStore::open(open("shard"), None).err().unwrap();
+    assert!(err.to_string().contains("holds a data shard"), "{err}");
+    let err = ShardStore::open(open("meta"), None).err().unwrap();
+    assert!(err.to_string().contains("holds the metadata store"), "{err}");
 }

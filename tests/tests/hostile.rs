@@ -8,7 +8,7 @@ use hourcell_query::validate::{place_events, EventTime, RawEvent};
 use hourcell_raft::transport::Envelope;
 use hourcell_server::auth::verify_token;
 use hourcell_server::convert::{audit_from_proto, region_from_proto};
-use hourcell_storage::{codec, Command, MemEngine, SliceStore};
+use hourcell_storage::{codec, Command, MemEngine, MetaStore};
 use proptest::prelude::*;
 use prost::Message as _;
 
@@ -89,7 +89,7 @@ proptest! {
         lat2 in -90.0f64..=90.0, lng2 in -180.0f64..=180.0,
         from in -1_000_000i64..1_000_000, span in 0i64..12_000,
     ) {
-        let store = std::sync::Arc::new(SliceStore::open(MemEngine::new(), None).unwrap());
+        let store = std::sync::Arc::new(MetaStore::open(MemEngine::new(), None).unwrap());
         let q = hourcell_query::QueryEngine::new(store);
         for kind in [
             v1::region::Kind::Circle(v1::Circle { lat, lng, radius_m: r }),
@@ -108,7 +108,7 @@ proptest! {
         person in any::<u64>(), t in any::<i64>(), lat in any::<f64>(), lng in any::<f64>(),
         text in ".{0,40}", addr in ".{0,20}", source in ".{0,80}",
     ) {
-        let store = SliceStore::open(MemEngine::new(), None).unwrap();
+        let store = MetaStore::open(MemEngine::new(), None).unwrap();
         let raw = vec![
             RawEvent { person, time: EventTime::Unix(t), lat: Some(lat), lng: Some(lng), address: Some(addr.clone()), source: source.clone() },
             RawEvent { person, time: EventTime::Text(text), lat: None, lng: None, address: Some(addr), source },

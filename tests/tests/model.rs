@@ -7,14 +7,14 @@ use hourcell_query::validate::{check_addresses, check_registrations, place_event
 use hourcell_query::{QueryEngine, Region, ShardedSource, SliceReader};
 use hourcell_storage::cell::cell_at;
 use hourcell_storage::shard::Layout;
-use hourcell_storage::{Command, KvEngine, MemEngine, RocksConfig, RocksEngine, SliceStore};
+use hourcell_storage::{Command, KvEngine, MemEngine, MetaStore, RocksConfig, RocksEngine};
 use hourcell_tests::{World, CENTER, LEVEL};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn load<E: KvEngine>(engine: E, w: &World, seed: u64) -> Arc<SliceStore<E>> {
-    let s = Arc::new(SliceStore::open(engine, Some(LEVEL)).unwrap());
+fn load<E: KvEngine>(engine: E, w: &World, seed: u64) -> Arc<MetaStore<E>> {
+    let s = Arc::new(MetaStore::open(engine, Some(LEVEL)).unwrap());
     let (a, bad) = check_addresses(s.as_ref(), &w.addresses);
     assert!(bad.is_empty());
     s.apply(&Command::PutAddresses(a)).unwrap();
@@ -46,9 +46,9 @@ fn load_sharded(w: &World, seed: u64, layout: Layout) -> QueryEngine {
     use hourcell_storage::shard::ShardId;
     use hourcell_storage::ShardPart;
     use std::collections::HashMap;
-    type Store = SliceStore<MemEngine>;
-    let open = || Arc::new(SliceStore::open(MemEngine::new(), Some(LEVEL)).unwrap());
-    let meta: Arc<Store> = open();
+    type Store = hourcell_storage::ShardStore<MemEngine>;
+    let open = || Arc::new(Store::open(MemEngine::new(), Some(LEVEL)).unwrap());
+    let meta = Arc::new(MetaStore::open(MemEngine::new(), Some(LEVEL)).unwrap());
     // Cell shards per week, opened as the events reach a week.
     let weeks: Arc<std::sync::Mutex<HashMap<i64, Vec<Arc<Store>>>>> = Arc::default();
     let persons: Vec<Arc<Store>> = (0..layout.persons).map(|_| open()).collect();

@@ -23,8 +23,8 @@ use hourcell_raft::transport::Envelope;
 use hourcell_storage::audit::{decode_record, encode_record, AuditRecord};
 use hourcell_storage::catalog::{AddressKind, RegistrationKind};
 use hourcell_storage::{
-    codec, AddressRecord, AuditEntry, Command, KvEngine, MemEngine, RegistrationRecord,
-    ShardIngest, ShardPart, SliceEvent, SliceStore,
+    codec, AddressRecord, AuditEntry, Command, KvEngine, MemEngine, MetaStore, RegistrationRecord,
+    ShardIngest, ShardPart, SliceEvent,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -52,7 +52,7 @@ const DECODERS: &[(&str, fn(&[u8]) -> bool)] = &[
     ("read_op", |b| shard_read::decode::<ReadOp>(b).is_ok()),
     ("ingest_request", |b| match v1::IngestRequest::decode(b) {
         Ok(r) => {
-            let store = SliceStore::open(MemEngine::new(), None).unwrap();
+            let store = MetaStore::open(MemEngine::new(), None).unwrap();
             let raw: Vec<_> = r
                 .events
                 .into_iter()
@@ -123,7 +123,7 @@ fn raft_message(group: u64) -> Envelope {
 
 /// A small store with every kind of table filled, as a snapshot image.
 fn store_image() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let s = SliceStore::open(MemEngine::new(), None).unwrap();
+    let s = MetaStore::open(MemEngine::new(), None).unwrap();
     s.apply(&Command::PutAddresses(vec![address("H1"), address("H2")]))
         .unwrap();
     s.apply(&Command::PutRegistrations(vec![RegistrationRecord {
@@ -391,7 +391,7 @@ fn install(chunk: &[u8], edits: &[(usize, bool, Vec<Edit>)]) -> (usize, bool) {
         }
     }
     let n = pairs.len();
-    let s = SliceStore::open(MemEngine::new(), None).unwrap();
+    let s = MetaStore::open(MemEngine::new(), None).unwrap();
     s.begin_restore().unwrap();
     if s.restore_chunk(pairs).is_err() || s.finish_restore().is_err() {
         return (n, false);

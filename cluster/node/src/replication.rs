@@ -1,5 +1,5 @@
 //! The hourcell side of replication: every shard is a raft group of
-//! `hourcell-raft`, whose state machine is a [`SliceStore`] that applies
+//! `hourcell-raft`, whose state machine is a [`MetaStore`] that applies
 //! [`Command`]s ([`StoreMachine`]), and whose log lives in a storage engine
 //! adapted to the raft crate's [`LogEngine`] ([`KvLog`]).
 
@@ -9,7 +9,7 @@ use hourcell_raft::snapshot::Pairs;
 use hourcell_raft::{
     ApplyError, EngineError, LogBatch, LogEngine, MachineError, SnapshotView, StateMachine,
 };
-use hourcell_storage::{ApplyOutcome, Command, FrozenView, KvEngine, SliceStore, WriteBatch};
+use hourcell_storage::{ApplyOutcome, Command, FrozenView, KvEngine, Role, Store, WriteBatch};
 
 pub use hourcell_raft::transport::{self, Envelope, Inbox, Transport};
 pub use hourcell_raft::{
@@ -79,14 +79,15 @@ impl SnapshotView for FrozenImage {
     }
 }
 
-/// A shard's replica: applies committed commands to its [`SliceStore`].
-pub struct StoreMachine<E: KvEngine> {
-    pub store: Arc<SliceStore<E>>,
+/// A group's replica: applies committed commands to its [`Store`] (the
+/// metadata store, or a data shard's).
+pub struct StoreMachine<E: KvEngine, R: Role> {
+    pub store: Arc<Store<E, R>>,
     pub apply_latency: Arc<crate::metrics::Histogram>,
 }
 
-impl<E: KvEngine> StoreMachine<E> {
-    pub fn new(store: Arc<SliceStore<E>>) -> Self {
+impl<E: KvEngine, R: Role> StoreMachine<E, R> {
+    pub fn new(store: Arc<Store<E, R>>) -> Self {
         Self {
             store,
             apply_latency: Arc::default(),
@@ -98,7 +99,7 @@ fn machine_err(e: hourcell_storage::StorageError) -> MachineError {
     MachineError(e.to_string())
 }
 
-impl<E: KvEngine> StateMachine<ApplyOutcome> for StoreMachine<E> {
+impl<E: KvEngine, R: Role> StateMachine<ApplyOutcome> for StoreMachine<E, R> {
     fn apply(&self, index: u64, data: &[u8]) -> Result<ApplyOutcome, ApplyError> {
         let cmd = Command::decode(data)
             .map_err(|e| ApplyError::Fatal(format!("entry {index} does not decode: {e}")))?;

@@ -431,7 +431,7 @@ pub struct ShardSource {
 
 impl ShardSource {
     /// This node's replica, made safe to read, or `None` to read remotely.
-    fn local(&self) -> hourcell_query::Result<Option<Arc<Store>>> {
+    fn local(&self) -> hourcell_query::Result<Option<Arc<crate::types::ShardStore>>> {
         // Placed here but not started yet (the map moved a moment ago):
         // start it now rather than look for it elsewhere.
         let held = self.shards.get(self.id).or_else(|| {

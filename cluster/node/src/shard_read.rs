@@ -7,7 +7,7 @@ use hourcell_storage::{DaySet, PlaceEntry};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-use crate::types::Store;
+use crate::types::ShardStore;
 
 /// A read of one data shard, served by a node that holds a replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, QueryError> {
 }
 
 /// Runs a read on a replica held here (the serving side).
-pub fn serve_read(store: &Store, op: ReadOp) -> Result<Vec<u8>, QueryError> {
+pub fn serve_read(store: &ShardStore, op: ReadOp) -> Result<Vec<u8>, QueryError> {
     let s: &dyn SliceReader = store;
     Ok(match op {
         ReadOp::CellDays { day, lo, hi } => {

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hourcell_storage::shard::{Layout, ShardId};
-use hourcell_storage::{KvEngine, PrefixedEngine, RocksConfig, RocksEngine, ShardPart, SliceStore};
+use hourcell_storage::{KvEngine, PrefixedEngine, RocksConfig, RocksEngine, ShardPart};
 use parking_lot::RwLock;
 
 use crate::error::{NodeError, OpenError};
-use crate::types::Store;
+use crate::types::ShardStore;
 
 /// Raft group of person shard `i`: `PERSON_GROUP_BASE + i`. Group 1 is the
 /// metadata group.
@@ -37,9 +37,9 @@ pub struct Shards {
     pub layout: Layout,
     /// Person shard `i`: its raft group and store (an empty store if this
     /// node holds no replica).
-    persons: RwLock<Vec<(u64, Arc<Store>)>>,
+    persons: RwLock<Vec<(u64, Arc<ShardStore>)>>,
     /// Each hosted week's cell shards, by index: raft group and store.
-    weeks: RwLock<BTreeMap<i64, Vec<(u64, Arc<Store>)>>>,
+    weeks: RwLock<BTreeMap<i64, Vec<(u64, Arc<ShardStore>)>>>,
     /// The shard map version the hosted weeks follow.
     pub synced_version: RwLock<u64>,
     /// The groups this node holds a replica of (raft group running).
@@ -82,9 +82,9 @@ impl Shards {
         Ok(s)
     }
 
-    fn open_store(&self, group: u64) -> Result<(u64, Arc<Store>), OpenError> {
+    fn open_store(&self, group: u64) -> Result<(u64, Arc<ShardStore>), OpenError> {
         let e = PrefixedEngine::group(self.engine.clone(), group);
-        let store = SliceStore::open(e, Some(self.level))?;
+        let store = hourcell_storage::ShardStore::open(e, Some(self.level))?;
         // The node's budget is split over a week's shards of each kind
         // (they fill together), so holding costs about the same memory
         // sharded or not.
@@ -123,11 +123,11 @@ impl Shards {
 
     /// Opens (creating if new) the stores of week `week`'s cell shards and
     /// hosts them. Returns them; the caller starts their raft groups.
-    pub fn open_week(&self, week: i64) -> Result<Vec<(u64, Arc<Store>)>, OpenError> {
+    pub fn open_week(&self, week: i64) -> Result<Vec<(u64, Arc<ShardStore>)>, OpenError> {
         if let Some(v) = self.weeks.read().get(&week) {
             return Ok(v.clone());
         }
-        let v: Vec<(u64, Arc<Store>)> = (0..self.layout.cells as usize)
+        let v: Vec<(u64, Arc<ShardStore>)> = (0..self.layout.cells as usize)
             .map(|i| self.open_store(cell_group(week, i)))
             .collect::<Result<_, OpenError>>()?;
         self.weeks.write().insert(week, v.clone());
@@ -159,12 +159,12 @@ impl Shards {
 
     /// Week `week`'s cell shards by index, held here or not (empty if the
     /// week is not open).
-    pub fn week_slots(&self, week: i64) -> Vec<(u64, Arc<Store>)> {
+    pub fn week_slots(&self, week: i64) -> Vec<(u64, Arc<ShardStore>)> {
         self.weeks.read().get(&week).cloned().unwrap_or_default()
     }
 
     /// Week `week`'s cell shards this node holds a replica of.
-    pub fn week(&self, week: i64) -> Vec<(u64, Arc<Store>)> {
+    pub fn week(&self, week: i64) -> Vec<(u64, Arc<ShardStore>)> {
         let mut v = self.week_slots(week);
         let hosted = self.hosted.read();
         v.retain(|(g, _)| hosted.contains(g));
@@ -172,7 +172,7 @@ impl Shards {
     }
 
     /// The person shards this node holds a replica of.
-    pub fn persons(&self) -> Vec<(u64, Arc<Store>)> {
+    pub fn persons(&self) -> Vec<(u64, Arc<ShardStore>)> {
         let mut v = self.persons.read().clone();
         let hosted = self.hosted.read();
         v.retain(|(g, _)| hosted.contains(g));
@@ -181,7 +181,7 @@ impl Shards {
 
     /// Every data shard this node holds a replica of: (group, store),
     /// person shards first.
-    pub fn all(&self) -> Vec<(u64, Arc<Store>)> {
+    pub fn all(&self) -> Vec<(u64, Arc<ShardStore>)> {
         let mut v = self.persons.read().clone();
         for w in self.weeks.read().values() {
             v.extend(w.iter().cloned());
@@ -192,7 +192,7 @@ impl Shards {
     }
 
     /// The group and store of one shard, held here or not.
-    pub fn slot(&self, id: ShardId) -> Option<(u64, Arc<Store>)> {
+    pub fn slot(&self, id: ShardId) -> Option<(u64, Arc<ShardStore>)> {
         match id.part {
             ShardPart::Persons => self.persons.read().get(id.index).cloned(),
             ShardPart::Cells => self.weeks.read().get(&id.week)?.get(id.index).cloned(),
@@ -200,7 +200,7 @@ impl Shards {
     }
 
     /// The group and store of one shard, if this node holds a replica.
-    pub fn get(&self, id: ShardId) -> Option<(u64, Arc<Store>)> {
+    pub fn get(&self, id: ShardId) -> Option<(u64, Arc<ShardStore>)> {
         self.slot(id).filter(|(g, _)| self.hosts(*g))
     }
 

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
-use hourcell_storage::{RocksEngine, SliceStore};
+use hourcell_storage::{MetaStore, PrefixedEngine, RocksEngine};
 
-/// A store on RocksDB: the whole of its engine (a single node's, or a
-/// sharded cluster's metadata group) or one data shard's part of the
-/// node's shared shard engine.
-pub type Store = SliceStore<hourcell_storage::PrefixedEngine<RocksEngine>>;
+/// The node's own store on RocksDB, the whole of its engine: a single
+/// node's, or a sharded cluster's metadata group's.
+pub type Store = MetaStore<PrefixedEngine<RocksEngine>>;
+
+/// A data shard's store: its part of the node's shared shard engine.
+pub type ShardStore = hourcell_storage::ShardStore<PrefixedEngine<RocksEngine>>;
 
 /// A source of "now" in unix seconds; tests inject a fixed clock.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;

@@ -1,6 +1,6 @@
 //! What the raft layer needs from a key-value engine, and what it streams
 //! in a snapshot. The node adapts its storage engine to these traits; the
-//! raft crate never sees a `SliceStore`.
+//! raft crate never sees a `MetaStore`.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use roaring::RoaringBitmap;
 
-use super::{IdHash, SliceStore, State, MAX_PERSONS, NO_PERSON};
+use super::{IdHash, Meta, Role, State, Store, MAX_PERSONS, NO_PERSON};
 use crate::catalog::{AddressRecord, RegistrationRecord};
 use crate::cell;
 use crate::command::ApplyOutcome;
@@ -13,7 +13,9 @@ use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::kv::{KvEngine, WriteBatch};
 
-impl<E: KvEngine> SliceStore<E> {
+/// The catalog's commands: only the metadata store takes them (a data
+/// shard learns its entries from the ingest parts it applies).
+impl<E: KvEngine> Store<E, Meta> {
     pub(super) fn apply_addresses(&self, addrs: &[AddressRecord]) -> Result<ApplyOutcome> {
         let mut st = self.state.write();
         let mut batch = WriteBatch::default();
@@ -104,7 +106,9 @@ impl<E: KvEngine> SliceStore<E> {
             ..Default::default()
         })
     }
+}
 
+impl<E: KvEngine, R: Role> Store<E, R> {
     pub(super) fn assign_person(
         st: &mut State,
         batch: &mut WriteBatch,
@@ -215,10 +219,10 @@ impl<E: KvEngine> SliceStore<E> {
             .is_some_and(|v| !v.is_empty())
     }
 
-    pub fn with_addresses<R>(
+    pub fn with_addresses<T>(
         &self,
-        f: impl FnOnce(&HashMap<String, AddressRecord, IdHash>) -> R,
-    ) -> R {
+        f: impl FnOnce(&HashMap<String, AddressRecord, IdHash>) -> T,
+    ) -> T {
         f(&self.state.read_recursive().addresses)
     }
 
@@ -232,23 +236,23 @@ impl<E: KvEngine> SliceStore<E> {
 
     /// Runs `f` over the registry and the address table, under one read
     /// lock and without copying them.
-    pub fn with_registry<R>(
+    pub fn with_registry<T>(
         &self,
         f: impl FnOnce(
             &HashMap<u64, RegistrationRecord, IdHash>,
             &HashMap<String, AddressRecord, IdHash>,
             &HashMap<u64, u32, IdHash>,
-        ) -> R,
-    ) -> R {
+        ) -> T,
+    ) -> T {
         let st = self.state.read_recursive();
         f(&st.registrations, &st.addresses, &st.ext_to_int)
     }
 
     /// Runs `f` over the registry without copying it.
-    pub fn with_registrations<R>(
+    pub fn with_registrations<T>(
         &self,
-        f: impl FnOnce(&HashMap<u64, RegistrationRecord, IdHash>) -> R,
-    ) -> R {
+        f: impl FnOnce(&HashMap<u64, RegistrationRecord, IdHash>) -> T,
+    ) -> T {
         f(&self.state.read_recursive().registrations)
     }
 
@@ -261,7 +265,7 @@ impl<E: KvEngine> SliceStore<E> {
     pub fn external_id(&self, id: u32) -> Option<u64> {
         let st = self.state.read_recursive();
         let ext = st.int_to_ext.get(id as usize).copied()?;
-        (ext != NO_PERSON && (!st.partial || st.ext_to_int.get(&ext) == Some(&id))).then_some(ext)
+        (ext != NO_PERSON && (!R::SHARD || st.ext_to_int.get(&ext) == Some(&id))).then_some(ext)
     }
 
     /// External ids of internal ids, ascending.
@@ -282,7 +286,7 @@ impl<E: KvEngine> SliceStore<E> {
             let st = self.state.read_recursive();
             out.extend(ids.filter_map(|id| {
                 let ext = st.int_to_ext.get(id as usize).copied()?;
-                (ext != NO_PERSON && (!st.partial || st.ext_to_int.get(&ext) == Some(&id)))
+                (ext != NO_PERSON && (!R::SHARD || st.ext_to_int.get(&ext) == Some(&id)))
                     .then_some(ext)
             }));
         }

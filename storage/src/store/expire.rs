@@ -1,30 +1,54 @@
 //! Retention: removing every hour before a cut-off.
 
-use super::SliceStore;
+use super::{Meta, Role, Shard, Store};
 use crate::command::ApplyOutcome;
 use crate::error::Result;
 use crate::keys;
 use crate::kv::{KvEngine, TryScan, WriteBatch};
 
-impl<E: KvEngine> SliceStore<E> {
-    /// Removes every hour before `cutoff_hour`. Time-major slices go by
-    /// range deletes up to the cut-off day; the boundary day's masks are
-    /// trimmed; the person index is trimmed person by person (one seek
-    /// each). Then the ranges are compacted so the disk space comes back.
+impl<E: KvEngine> Store<E, Meta> {
+    /// Retention on the metadata store: tasks and their history, the
+    /// parameters of audit records, and (on an unsharded node) the hours
+    /// and the persons no longer seen; a removal of hours is audited.
     pub(super) fn apply_expire(
         &self,
         cutoff_hour: i64,
         audit: &crate::audit::AuditEntry,
     ) -> Result<ApplyOutcome> {
-        use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
         let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
-        // The metadata store's tasks, and the parameters of its audit
-        // records, go with the hours (a data shard has neither).
-        let partial = self.state.read_recursive().partial;
-        if !partial {
-            self.expire_tasks(cutoff_hour * 3600)?;
-            self.redact_audit(cutoff_hour * 3600)?;
+        self.expire_tasks(cutoff_hour * 3600)?;
+        self.redact_audit(cutoff_hour * 3600)?;
+        let Some((mut b, removed)) = self.expire_hours(cutoff_hour)? else {
+            return Ok(ApplyOutcome::default());
+        };
+        self.chain_audit(&mut b, std::slice::from_ref(audit));
+        self.finish_expire(b, cutoff_hour, removed)
+    }
+}
+
+impl<E: KvEngine> Store<E, Shard> {
+    /// Retention on a data shard: its hours only. It keeps no audit chain
+    /// of its own: the node records the removal once in the metadata
+    /// group's log, so that there is one chain and `audit list` shows all
+    /// of it.
+    pub(super) fn apply_shard_expire(&self, cutoff_hour: i64) -> Result<ApplyOutcome> {
+        let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
+        match self.expire_hours(cutoff_hour)? {
+            Some((b, removed)) => self.finish_expire(b, cutoff_hour, removed),
+            None => Ok(ApplyOutcome::default()),
         }
+    }
+}
+
+impl<E: KvEngine, R: Role> Store<E, R> {
+    /// The removal of every hour before `cutoff_hour`, as a batch to
+    /// write, and the person-days it removes; `None` when nothing is that
+    /// old. Time-major slices go by range deletes up to the cut-off day;
+    /// the boundary day's masks are trimmed; the person index is trimmed
+    /// person by person (one seek each).
+    fn expire_hours(&self, cutoff_hour: i64) -> Result<Option<(WriteBatch, u64)>> {
+        use crate::codec::{decode_day_set, encode_day_set, FULL_DAY};
+        let partial = R::SHARD;
         // Every hour with an event has an hourly bitmap (in a person shard)
         // or a cell slice of its day (in a cell shard): if the first one is
         // not before the cut-off, there is nothing to remove (the usual
@@ -50,7 +74,7 @@ impl<E: KvEngine> SliceStore<E> {
             },
         )?;
         if first_hour.is_none_or(|f| f >= cutoff_hour) {
-            return Ok(ApplyOutcome::default());
+            return Ok(None);
         }
         let day = cutoff_hour.div_euclid(24);
         let h = cutoff_hour.rem_euclid(24) as u32;
@@ -129,13 +153,14 @@ impl<E: KvEngine> SliceStore<E> {
                 Self::forget_person(&mut st, &mut b, id);
             }
         }
-        // A data shard keeps no audit chain of its own: the node records
-        // the removal once in the metadata group's log, so that there is
-        // one chain and `audit list` shows all of it.
-        if !partial {
-            self.chain_audit(&mut b, std::slice::from_ref(audit));
-        }
+        Ok(Some((b, removed)))
+    }
+
+    /// Writes an expiry's batch, then compacts the removed ranges so the
+    /// disk space comes back.
+    fn finish_expire(&self, b: WriteBatch, cutoff_hour: i64, removed: u64) -> Result<ApplyOutcome> {
         self.commit(b)?;
+        let day = cutoff_hour.div_euclid(24);
         // Give the space back: the time-major slices only over the removed
         // range; the person-major index (spread over every person) only
         // when whole person-days went, which is once a day.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use roaring::RoaringBitmap;
 
-use super::{SliceStore, META_APPLIED};
+use super::{Role, Store, META_APPLIED};
 use crate::cell;
 use crate::codec::{self, DaySet, RawPlace};
 use crate::command::ApplyOutcome;
@@ -81,7 +81,7 @@ impl Slices {
 ///
 /// Nothing is lost on a crash: a replicated command is durable in the raft
 /// log before it applies, and the store's applied index (written with each
-/// flush, see [`SliceStore::durable_applied`]) moves only when the held
+/// flush, see [`Store::durable_applied`]) moves only when the held
 /// writes reach the engine, so a restart replays the commands after it.
 /// Replaying is safe because slice merges are set unions and the puts held
 /// here (new ids, sources, addresses) are the same on every replay.
@@ -93,7 +93,7 @@ impl Slices {
 /// the store writes whatever rows are still logged.
 ///
 /// Reads flush first, so they see every applied command; so do every
-/// other command and [`SliceStore::sync_applied`], before the raft log
+/// other command and [`Store::sync_applied`], before the raft log
 /// lets go of entries.
 #[derive(Default)]
 pub(super) struct Deferred {
@@ -178,7 +178,7 @@ pub(super) fn slices_of(
     s
 }
 
-impl<E: KvEngine> SliceStore<E> {
+impl<E: KvEngine, R: Role> Store<E, R> {
     /// Writes the slices of `events` events with `batch`: at once, or held
     /// in [`Deferred`]. A replicated command applying unsynced is held as
     /// it is (the raft log has it); an unreplicated plain ingest (`log`:
@@ -211,7 +211,7 @@ impl<E: KvEngine> SliceStore<E> {
                     }
                     None => {
                         // New ids and the rows, synced: what a restart
-                        // replays (see [`SliceStore::replay_held`]).
+                        // replays (see [`Store::replay_held`]).
                         let rows = log.as_deref().unwrap_or_default();
                         batch.put(keys::held(d.log_seq), encode_rows(rows));
                         self.engine.write(batch, true)?;

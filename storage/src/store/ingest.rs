@@ -2,18 +2,22 @@
 //! written or held (see `held`).
 
 use super::held::{slices_of, Row, Slices};
-use super::{SliceStore, META_SHARD, NO_PERSON};
+use super::{Meta, Role, Shard, Store, NO_PERSON};
 use crate::cell;
 use crate::command::{ApplyOutcome, SliceEvent};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::kv::{KvEngine, WriteBatch};
 
-impl<E: KvEngine> SliceStore<E> {
+impl<E: KvEngine> Store<E, Meta> {
+    /// An unsharded node's ingest: ids assigned as needed, every slice
+    /// written.
     pub(super) fn apply_ingest(&self, events: &[SliceEvent]) -> Result<ApplyOutcome> {
         self.apply_ingest_into(events, None, WriteBatch::default())
     }
+}
 
+impl<E: KvEngine, R: Role> Store<E, R> {
     /// Writes the slices of `events` into `batch` and commits it. With
     /// `part` (a data shard), only that part's slices, and every id must
     /// already be known; without, ids are assigned as needed and every
@@ -93,7 +97,9 @@ impl<E: KvEngine> SliceStore<E> {
         out.new_persons = new_persons;
         Ok(out)
     }
+}
 
+impl<E: KvEngine> Store<E, Shard> {
     /// A data shard's part of an ingest batch: learns the ids and
     /// addresses it carries, then writes the part's slices.
     pub(super) fn apply_shard_ingest(
@@ -106,9 +112,6 @@ impl<E: KvEngine> SliceStore<E> {
         let mut batch = WriteBatch::default();
         {
             let mut st = self.state.write();
-            // Marks the store as a data shard, whose tables may have holes.
-            batch.put(keys::meta(META_SHARD), vec![1]);
-            st.partial = true;
             for &(ext, id) in &part.persons {
                 match st.ext_to_int.get(&ext) {
                     Some(&have) if have == id => {}
@@ -166,9 +169,7 @@ impl<E: KvEngine> SliceStore<E> {
     /// A cell shard's part: cell and address slices of resolved events.
     fn apply_cell_events(&self, events: &[(u32, i64, u64, u32)]) -> Result<ApplyOutcome> {
         check_hours(events.iter().map(|e| e.1))?;
-        let mut batch = WriteBatch::default();
-        batch.put(keys::meta(META_SHARD), vec![1]);
-        self.state.write().partial = true;
+        let batch = WriteBatch::default();
         let mut slices = Slices::default();
         slices.cells.reserve(events.len());
         for &(id, hour, cell, addr) in events {

@@ -1,9 +1,10 @@
-//! The metadata group's tables: tasks and their change log, the audit log
-//! and the shard map (their commands and their reads).
+//! The metadata store's own tables: tasks and their change log, the audit
+//! log and the shard map (their commands and their reads). A data shard
+//! has none of them.
 
 use std::collections::HashMap;
 
-use super::{SliceStore, State, META_AUDIT_REDACTED, META_MAP_VERSION, META_PERSON_PLACEMENT};
+use super::{Meta, State, Store, META_AUDIT_REDACTED, META_MAP_VERSION, META_PERSON_PLACEMENT};
 use crate::command::{ApplyOutcome, ShardPart};
 use crate::error::{Result, StorageError};
 use crate::keys;
@@ -12,8 +13,18 @@ use crate::tasks::{
     self, Outcome, SubjectState, TaskChange, TaskDraft, TaskRecord, TaskState, TaskUpdate,
 };
 
-impl<E: KvEngine> SliceStore<E> {
+impl<E: KvEngine> Store<E, Meta> {
     // ------------------------------------------------------------- audit
+
+    pub(super) fn apply_audit(&self, entries: &[crate::audit::AuditEntry]) -> Result<ApplyOutcome> {
+        let mut b = WriteBatch::default();
+        self.chain_audit(&mut b, entries);
+        self.commit(b)?;
+        Ok(ApplyOutcome {
+            applied: entries.len() as u64,
+            ..ApplyOutcome::default()
+        })
+    }
 
     /// Appends audit records to `b`, chained after the last one. The state
     /// moves on at once: callers write `b` before anything else is applied
@@ -483,7 +494,7 @@ mod tests {
         use crate::tasks::{TaskDraft, TaskKind};
         let mem = Arc::new(crate::mem::MemEngine::new());
         let s =
-            super::SliceStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap();
+            crate::MetaStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap();
         let draft = |person: u64| TaskDraft {
             kind: TaskKind::RegisterNewcomer,
             person,
@@ -541,9 +552,8 @@ mod tests {
     #[test]
     fn the_shard_map_records_placement_and_moves_and_survives_a_reopen() {
         let mem = Arc::new(crate::mem::MemEngine::new());
-        let open = || {
-            super::SliceStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap()
-        };
+        let open =
+            || crate::MetaStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap();
         let s = open();
         let cells = vec![vec![1, 2, 3], vec![2, 3, 4]];
         s.apply(&Command::CreatePartitions {

@@ -1,11 +1,13 @@
-//! [`SliceStore`]: one shard's population slices over a [`KvEngine`].
+//! [`Store`]: population slices and the tables around them over a
+//! [`KvEngine`], as a [`MetaStore`] or a [`ShardStore`] (see `role`).
 //!
 //! The type is spread over this module's files, one concern each: this one
-//! holds the struct, open and recovery, restore and the apply dispatch;
-//! `meta` the tasks, audit log and shard map; `catalog` the id dictionary,
-//! sources, addresses and registry; `ingest` the ingest commands; `held`
-//! the ingest slices held in memory before they are written; `expire`
-//! retention; `read` the slice reads.
+//! holds the struct, open and recovery, restore and the apply entry points;
+//! `role` the two roles and the commands each applies; `meta` the tasks,
+//! audit log and shard map (metadata store only); `catalog` the id
+//! dictionary, sources, addresses and registry; `ingest` the ingest
+//! commands; `held` the ingest slices held in memory before they are
+//! written; `expire` retention; `read` the slice reads.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,9 +25,11 @@ mod held;
 mod ingest;
 mod meta;
 mod read;
+mod role;
 
 use held::Deferred;
 pub use held::DEFAULT_DEFER_EVENTS;
+pub use role::{Meta, MetaStore, Role, Shard, ShardStore};
 
 /// One place a person was during an hour, as returned by where-was.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,8 +41,8 @@ pub struct PlaceEntry {
 
 /// One place entry of the person index with ids instead of strings, for
 /// bulk readers (the rule layer): the hour, the slice cell, the address id
-/// (0 = none; see [`SliceStore::address_code`]) and the source id (see
-/// [`SliceStore::source_labels`]).
+/// (0 = none; see [`Store::address_code`]) and the source id (see
+/// [`Store::source_labels`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PlaceIds {
     pub hour: i64,
@@ -98,10 +102,9 @@ pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 #[derive(Default)]
 struct State {
     ext_to_int: HashMap<u64, u32, IdHash>,
-    int_to_ext: Vec<u64>,
-    /// A data shard: `int_to_ext` has holes (filled with [`NO_PERSON`]),
+    /// In a data shard `int_to_ext` has holes (filled with [`NO_PERSON`]),
     /// so an entry counts only if `ext_to_int` maps it back to its id.
-    partial: bool,
+    int_to_ext: Vec<u64>,
     addresses: HashMap<String, AddressRecord, IdHash>,
     /// Index `id - 1` holds the code of address `id` (0 means "none").
     address_codes: Vec<String>,
@@ -123,17 +126,18 @@ struct State {
     map: crate::shard::ShardMap,
 }
 
-/// Population slices of one shard.
+/// A store in role `R` (see `role`): [`MetaStore`] or [`ShardStore`].
 ///
 /// Readers take the state lock with `read_recursive`: a query may call back
 /// into the store while it holds a read guard (no-activity-since walks the
 /// registry and looks up ids), and a plain fair read would deadlock behind a
 /// queued writer.
 ///
-/// Writes go through [`SliceStore::apply`] only, one command at a time (a
+/// Writes go through [`Store::apply`] only, one command at a time (a
 /// mutex serialises them, which is also what makes id assignment follow the
 /// command order). Reads run concurrently with writes.
-pub struct SliceStore<E: KvEngine> {
+pub struct Store<E: KvEngine, R: Role> {
+    role: std::marker::PhantomData<R>,
     engine: E,
     level: u8,
     apply_lock: Mutex<()>,
@@ -142,7 +146,7 @@ pub struct SliceStore<E: KvEngine> {
     /// served from a half-written store.
     restoring: std::sync::atomic::AtomicBool,
     /// While a replicated command applies: its log index (recorded with
-    /// its writes) and whether to sync them. See [`SliceStore::apply_at`].
+    /// its writes) and whether to sync them. See [`Store::apply_at`].
     tag: Mutex<Option<(u64, bool)>>,
     /// Slices of ingest commands not yet written to the engine (see
     /// [`Deferred`]); `has_deferred` says whether it holds anything,
@@ -172,21 +176,20 @@ const META_RESTORING: &str = "restoring";
 const META_APPLIED: &str = "raft_applied";
 /// Internal ids are u32; keep the top value free as a sentinel.
 const MAX_PERSONS: u64 = u32::MAX as u64;
-/// Present in a data shard of a sharded cluster: its dictionary and
-/// address table hold only the entries its events use, so they have holes.
+/// Present in a data shard ([`Shard`]), written when it is created.
 const META_SHARD: &str = "data_shard";
-/// Changes made to the shard map (see [`SliceStore::shard_map`]).
+/// Changes made to the shard map (see [`Store::shard_map`]).
 const META_MAP_VERSION: &str = "shard_map_version";
 /// The person shards' replica sets (see [`crate::shard::ShardMap`]).
 const META_PERSON_PLACEMENT: &str = "person_placement";
-/// Fills a hole in a data shard's id dictionary (see [`State::partial`]),
+/// Fills a hole in a data shard's id dictionary (see [`State::int_to_ext`]),
 /// and marks an id whose person retention forgot.
 const NO_PERSON: u64 = 0;
 /// Audit records up to this sequence number are redacted or newer than
-/// every cut-off so far (see [`SliceStore::redact_audit`]).
+/// every cut-off so far (see [`Store::redact_audit`]).
 const META_AUDIT_REDACTED: &str = "audit_redacted";
 
-impl<E: KvEngine> SliceStore<E> {
+impl<E: KvEngine, R: Role> Store<E, R> {
     /// Opens a store. A new store records `level` as its slice level; an
     /// existing one keeps the level it was created with, and asking for a
     /// different one is an error rather than a silent re-interpretation.
@@ -213,6 +216,14 @@ impl<E: KvEngine> SliceStore<E> {
                         format.and_then(|f| f.first().copied()).unwrap_or(1)
                     )));
                 }
+                let shard = engine.get(&keys::meta(META_SHARD))?.is_some();
+                if shard != R::SHARD {
+                    return Err(StorageError::Invalid(format!(
+                        "this data directory holds {}, not {}",
+                        if shard { Shard::NAME } else { Meta::NAME },
+                        R::NAME
+                    )));
+                }
                 if let Some(w) = want {
                     if w != have {
                         return Err(StorageError::Invalid(format!(
@@ -232,11 +243,15 @@ impl<E: KvEngine> SliceStore<E> {
                 let mut b = WriteBatch::default();
                 b.put(keys::meta(META_LEVEL), vec![l]);
                 b.put(keys::meta(META_FORMAT), vec![FORMAT]);
+                if R::SHARD {
+                    b.put(keys::meta(META_SHARD), vec![1]);
+                }
                 engine.write(b, true)?;
                 l
             }
         };
         let store = Self {
+            role: std::marker::PhantomData,
             engine,
             level,
             apply_lock: Mutex::new(()),
@@ -255,8 +270,7 @@ impl<E: KvEngine> SliceStore<E> {
 
     fn load(&self) -> Result<()> {
         let mut st = State::default();
-        let shard = self.engine.get(&keys::meta(META_SHARD))?.is_some();
-        st.partial = shard;
+        let shard = R::SHARD;
         let start = [keys::DICT_INT];
         self.engine
             .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
@@ -399,7 +413,7 @@ impl<E: KvEngine> SliceStore<E> {
 
     /// Starts replacing the whole store with a snapshot's contents: clears
     /// every key and marks the store as restoring (durably, so a crash
-    /// before [`SliceStore::finish_restore`] is detected at open).
+    /// before [`Store::finish_restore`] is detected at open).
     pub fn begin_restore(&self) -> Result<()> {
         let _guard = self.apply_lock.lock();
         // Held writes are of commands the snapshot already contains.
@@ -435,11 +449,17 @@ impl<E: KvEngine> SliceStore<E> {
         let _guard = self.apply_lock.lock();
         let level = self.engine.get(&keys::meta(META_LEVEL))?;
         let format = self.engine.get(&keys::meta(META_FORMAT))?;
-        if format.as_deref() != Some(&[FORMAT][..]) || level.as_deref() != Some(&[self.level][..]) {
+        let shard = self.engine.get(&keys::meta(META_SHARD))?.is_some();
+        if format.as_deref() != Some(&[FORMAT][..])
+            || level.as_deref() != Some(&[self.level][..])
+            || shard != R::SHARD
+        {
             return Err(StorageError::Invalid(format!(
-                "snapshot has format {format:?} and slice level {level:?}; this replica needs \
-                 format {FORMAT} and level {}",
-                self.level
+                "snapshot has format {format:?}, slice level {level:?} and is {}; this replica \
+                 needs format {FORMAT}, level {} and is {}",
+                if shard { Shard::NAME } else { Meta::NAME },
+                self.level,
+                R::NAME
             )));
         }
         let mut b = WriteBatch::default();
@@ -472,7 +492,7 @@ impl<E: KvEngine> SliceStore<E> {
     /// in the same write batch. With `sync = false` the write is not synced:
     /// the raft log already holds the command durably, and after a power
     /// loss the store comes back to a consistent prefix (its WAL is
-    /// sequential) whose [`SliceStore::durable_applied`] says where to
+    /// sequential) whose [`Store::durable_applied`] says where to
     /// replay the log from.
     pub fn apply_at(&self, cmd: &Command, index: u64, sync: bool) -> Result<ApplyOutcome> {
         let _guard = self.apply_lock.lock();
@@ -519,33 +539,7 @@ impl<E: KvEngine> SliceStore<E> {
         if !matches!(cmd, Command::Ingest(_) | Command::IngestShard(_)) {
             self.flush()?;
         }
-        match cmd {
-            Command::Ingest(events) => self.apply_ingest(events),
-            Command::PutAddresses(addrs) => self.apply_addresses(addrs),
-            Command::PutRegistrations(regs) => self.apply_registrations(regs),
-            Command::RaiseTasks {
-                at,
-                evaluation,
-                suppress_secs,
-                tasks,
-            } => self.apply_raise_tasks(*at, evaluation, *suppress_secs, tasks),
-            Command::UpdateTask(u) => self.apply_update_task(u),
-            Command::Audit(entries) => {
-                let mut b = WriteBatch::default();
-                self.chain_audit(&mut b, entries);
-                self.commit(b)?;
-                Ok(ApplyOutcome {
-                    applied: entries.len() as u64,
-                    ..ApplyOutcome::default()
-                })
-            }
-            Command::Expire { cutoff_hour, audit } => self.apply_expire(*cutoff_hour, audit),
-            Command::AssignIds { persons, sources } => self.apply_assign_ids(persons, sources),
-            Command::IngestShard(part) => self.apply_shard_ingest(part),
-            Command::CreatePartitions { weeks } => self.apply_create_partitions(weeks),
-            Command::DropPartitions { weeks } => self.apply_drop_partitions(weeks),
-            Command::PlaceShards { shards } => self.apply_place_shards(shards),
-        }
+        R::apply(self, cmd)
     }
 
     fn get_bincode<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {

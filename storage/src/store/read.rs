@@ -3,14 +3,14 @@
 
 use roaring::RoaringBitmap;
 
-use super::{PlaceEntry, PlaceIds, SliceStore, State, StoreStats};
+use super::{PlaceEntry, PlaceIds, Role, State, Store, StoreStats};
 use crate::cell;
 use crate::codec::{self, DaySet, RawPlace};
 use crate::error::Result;
 use crate::keys;
 use crate::kv::{KvEngine, TryScan};
 
-impl<E: KvEngine> SliceStore<E> {
+impl<E: KvEngine, R: Role> Store<E, R> {
     /// Visits every non-empty cell slice of UTC day `day` whose cell id lies
     /// in `[lo, hi]`, with its day set.
     pub fn cell_days(

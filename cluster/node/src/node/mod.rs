@@ -15,13 +15,14 @@ use std::sync::Arc;
 use hourcell_query::validate::{self, RawAddress, RawEvent, RawRegistration, Rejection};
 use hourcell_query::{QueryEngine, RuleConfig};
 use hourcell_storage::{
-    ApplyOutcome, Command, Outcome, RocksConfig, RocksEngine, SliceStore, TaskRecord, TaskState,
+    ApplyOutcome, Command, MetaStore, Outcome, RocksConfig, RocksEngine, TaskRecord, TaskState,
     TaskUpdate,
 };
 
 use crate::config::NodeConfig;
 use crate::error::{NodeError, OpenError};
 use crate::network::{Introduction, Network};
+use hourcell_raft::StateMachine;
 
 mod barrier;
 mod ingest;
@@ -112,7 +113,7 @@ impl Node {
         let db = cfg.data_dir.join("db");
         let engine =
             RocksEngine::open(&db, &rc).map_err(|source| OpenError::Engine { path: db, source })?;
-        let store = Arc::new(SliceStore::open(
+        let store = Arc::new(MetaStore::open(
             hourcell_storage::PrefixedEngine::whole(Arc::new(engine)),
             Some(cfg.slice_level),
         )?);
@@ -158,7 +159,13 @@ impl Node {
                 } else {
                     c.peers.iter().map(|p| p.id).collect()
                 };
-                let mut groups = vec![(DATA_GROUP, store.clone(), voters)];
+                let machine = |st| -> Arc<dyn StateMachine<ApplyOutcome>> {
+                    Arc::new(crate::replication::StoreMachine {
+                        store: st,
+                        apply_latency: metrics.apply_latency.clone(),
+                    })
+                };
+                let mut groups = vec![(DATA_GROUP, machine(store.clone()), voters)];
                 if let Some(sh) = &shards {
                     // The data shards the map places here.
                     let map = store.shard_map();
@@ -172,10 +179,17 @@ impl Node {
                         };
                         let start = start_voters(&map, id, &replicas, c.node_id, &founding, c.join);
                         sh.host(g);
-                        groups.push((g, st, start));
+                        groups.push((
+                            g,
+                            Arc::new(crate::replication::StoreMachine {
+                                store: st,
+                                apply_latency: metrics.apply_latency.clone(),
+                            }) as Arc<dyn StateMachine<ApplyOutcome>>,
+                            start,
+                        ));
                     }
                 }
-                Some(start_replication(cfg, c, groups, &metrics, network)?)
+                Some(start_replication(cfg, c, groups, network)?)
             }
         };
         if let Some(sh) = &shards {
@@ -333,8 +347,8 @@ impl Node {
     /// Postings (cell and address slices) and person-index places over
     /// every store of this node.
     pub fn count_postings(&self) -> Result<(u64, u64), NodeError> {
-        let mut total = (0, 0);
-        for s in self.stores() {
+        let mut total = self.store.count_postings()?;
+        for (_, s) in self.shards.iter().flat_map(|sh| sh.all()) {
             let (a, b) = s.count_postings()?;
             total.0 += a;
             total.1 += b;
@@ -346,7 +360,8 @@ impl Node {
     pub fn compact(&self) -> Result<(u64, u64), NodeError> {
         use hourcell_storage::KvEngine;
         // Held ingest slices first (stats flushes them too; say so here).
-        for s in self.stores() {
+        self.store.flush()?;
+        for (_, s) in self.shards.iter().flat_map(|sh| sh.all()) {
             s.flush()?;
         }
         let before = self.stats()?.disk_bytes;
@@ -355,15 +370,6 @@ impl Node {
             sh.compact()?;
         }
         Ok((before, self.stats()?.disk_bytes))
-    }
-
-    /// Every store this node holds: the metadata (or only) store first.
-    pub fn stores(&self) -> Vec<Arc<Store>> {
-        let mut v = vec![self.store.clone()];
-        if let Some(sh) = &self.shards {
-            v.extend(sh.all().into_iter().map(|(_, s)| s));
-        }
-        v
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -259,7 +259,11 @@ impl Node {
 
     /// Checks that this node holds `group` for a request routed by shard
     /// map `version`, catching up first if the sender knew a newer map.
-    pub(super) fn check_routed(&self, version: u64, group: u64) -> Result<Arc<Store>, NodeError> {
+    pub(super) fn check_routed(
+        &self,
+        version: u64,
+        group: u64,
+    ) -> Result<Arc<crate::types::ShardStore>, NodeError> {
         let Some(sh) = &self.shards else {
             return Err(NodeError::Invalid("this node is not sharded".into()));
         };

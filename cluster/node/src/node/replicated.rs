@@ -440,11 +440,10 @@ pub(crate) fn start_voters(
 pub(super) fn start_replication(
     cfg: &NodeConfig,
     c: &crate::config::ClusterConfig,
-    groups: Vec<(u64, Arc<Store>, Vec<u64>)>,
-    metrics: &crate::metrics::Metrics,
+    groups: Vec<(u64, Arc<dyn StateMachine<ApplyOutcome>>, Vec<u64>)>,
     network: &dyn Network,
 ) -> Result<Replication, OpenError> {
-    use crate::replication::{RaftNode, RaftTiming, StoreMachine};
+    use crate::replication::{RaftNode, RaftTiming};
     let raft_dir = cfg.data_dir.join("raft");
     let engine = RocksEngine::open(
         &raft_dir,
@@ -493,23 +492,15 @@ pub(super) fn start_replication(
     // (compact_after: the default 1,000 entries of up to 100,000 events.)
     let (mut raft, handle) = RaftNode::new(c.node_id, timing, transport);
     let ids: Vec<u64> = groups.iter().map(|g| g.0).collect();
-    for (g, store, voters) in groups {
-        raft.add_group(
-            g,
-            engine.clone(),
-            &voters,
-            Arc::new(StoreMachine {
-                store,
-                apply_latency: metrics.apply_latency.clone(),
-            }),
-        )
-        .map_err(|e| OpenError::Raft {
-            group: g,
-            source: hourcell_raft::RaftError::Group {
+    for (g, machine, voters) in groups {
+        raft.add_group(g, engine.clone(), &voters, machine)
+            .map_err(|e| OpenError::Raft {
                 group: g,
-                why: e.to_string(),
-            },
-        })?;
+                source: hourcell_raft::RaftError::Group {
+                    group: g,
+                    why: e.to_string(),
+                },
+            })?;
     }
     let inbox = handle.inbox();
     let thread = raft.spawn();
