@@ -779,9 +779,8 @@ fn multi_range_scans_on_every_engine() {
 #[test]
 fn stores_keep_their_roles() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |sub: &str| {
-        RocksEngine::open(&dir.path().join(sub), &RocksConfig::default()).unwrap()
-    };
+    let open =
+        |sub: &str| RocksEngine::open(&dir.path().join(sub), &RocksConfig::default()).unwrap();
     let part = ShardIngest {
         part: ShardPart::Persons,
         persons: vec![(7, 0)],
@@ -831,5 +830,8 @@ fn stores_keep_their_roles() {
     let err = MetaStore::open(open("shard"), None).err().unwrap();
     assert!(err.to_string().contains("holds a data shard"), "{err}");
     let err = ShardStore::open(open("meta"), None).err().unwrap();
-    assert!(err.to_string().contains("holds the metadata store"), "{err}");
+    assert!(
+        err.to_string().contains("holds the metadata store"),
+        "{err}"
+    );
 }

@@ -498,10 +498,29 @@ async fn person_queries_are_audited_once_with_their_purpose_and_small_counts_sup
             ),
         ]
     );
+    // The parameters name persons and places: withheld from a plain
+    // listing, released to an auditor who states why (and audited).
+    assert!(records[0].withheld && records[0].parameters.is_empty());
+    let auditor = token("auditor-9", &[Role::Auditor], T0 + 10 * 86_400);
+    let full = v1::audit_client::AuditClient::new(h.channel.clone())
+        .list(req(
+            v1::ListAuditRequest {
+                after_seq: 0,
+                limit: 3,
+                parameters: true,
+                purpose: "review".into(),
+                case_ref: "AUD-3".into(),
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
     assert!(
-        records[0].parameters.contains("Circle"),
+        full[0].parameters.contains("Circle"),
         "{}",
-        records[0].parameters
+        full[0].parameters
     );
     let stored: Vec<_> = records
         .iter()
@@ -561,17 +580,23 @@ async fn person_queries_are_audited_once_with_their_purpose_and_small_counts_sup
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let records = loop {
         let r = audit(&h).await;
-        if r.len() >= 4 || std::time::Instant::now() > deadline {
+        if r.len() >= 5 || std::time::Instant::now() > deadline {
             break r;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    assert_eq!(records.len(), 4, "{records:?}");
+    // The three queries, the auditor's listing of their parameters, the
+    // analyst's occupancy.
+    assert_eq!(records.len(), 5, "{records:?}");
     assert_eq!(
         (records[3].principal.as_str(), records[3].rpc.as_str()),
+        ("auditor-9", "Audit.List")
+    );
+    assert_eq!(
+        (records[4].principal.as_str(), records[4].rpc.as_str()),
         ("analyst-2", "Query.Occupancy")
     );
-    assert_eq!(records[3].persons_returned, 0);
+    assert_eq!(records[4].persons_returned, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

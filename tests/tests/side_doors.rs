@@ -78,6 +78,9 @@ fn names_persons(msg: &str, messages: &Messages, seen: &mut BTreeSet<String>) ->
         fields.iter().any(|(name, repeated, ty)| {
             name == "person"
                 || (name == "persons" && *repeated)
+                // An audit record's parameters: the person of a where-was,
+                // the place of a who-was-at.
+                || name == "parameters"
                 || ty
                     .as_deref()
                     .is_some_and(|t| names_persons(t, messages, seen))
@@ -305,6 +308,24 @@ async fn call_person_level(
             // The first change is enough: it was audited before it left.
             s.message().await.map(|m| usize::from(m.is_some()))
         }
+        // With the parameters: the records that still carry them.
+        Rpc::AuditList => v1::audit_client::AuditClient::new(c)
+            .list(req(
+                v1::ListAuditRequest {
+                    after_seq: 0,
+                    limit: 1_000,
+                    parameters: true,
+                    purpose,
+                    case_ref,
+                },
+                t,
+            ))
+            .await
+            .map(|r| {
+                let r = r.into_inner().records;
+                assert!(r.iter().all(|x| !x.withheld));
+                r.iter().filter(|x| !x.parameters.is_empty()).count()
+            }),
         other => panic!("{other:?} is not person-level"),
     }
 }
@@ -872,4 +893,68 @@ async fn connections_past_the_cap_are_closed_unread() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// The audit log names persons in its records' parameters: an auditor
+/// listing it without a purpose and case gets every record but no
+/// parameters (the chain still verifies by their hashes); with them, the
+/// parameters, and the listing is audited first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_parameters_leave_only_through_the_gate() {
+    let h = start_with(90, 0, |_| {}).await;
+    seed_tasks(&h).await;
+    let inv = token("investigator-1", &[Role::Investigator], EXP);
+    call_person_level(&h, Rpc::WhereWas, &inv, "checking", "C-9")
+        .await
+        .unwrap();
+    let plain = audit(&h).await;
+    let asked = plain.iter().find(|r| r.rpc == "Query.WhereWas").unwrap();
+    assert!(asked.withheld && asked.parameters.is_empty(), "{asked:?}");
+    assert!(plain.iter().all(|r| r.parameters.is_empty()));
+    let stored: Vec<_> = plain
+        .iter()
+        .map(|r| hourcell_server::convert::audit_from_proto(r).unwrap())
+        .collect();
+    assert_eq!(
+        hourcell_storage::audit::verify_chain(&stored),
+        Ok(plain.len() as u64)
+    );
+    let auditor = token("auditor-2", &[Role::Auditor], EXP);
+    let n = call_person_level(&h, Rpc::AuditList, &auditor, "review", "AUD-1")
+        .await
+        .unwrap();
+    assert!(n > 0);
+    let after = audit(&h).await;
+    let last = after.last().unwrap();
+    assert_eq!(
+        (
+            last.rpc.as_str(),
+            last.principal.as_str(),
+            last.case_ref.as_str()
+        ),
+        ("Audit.List", "auditor-2", "AUD-1")
+    );
+    // And the parameters, once released, are the ones recorded.
+    let full = v1::audit_client::AuditClient::new(h.channel.clone())
+        .list(req(
+            v1::ListAuditRequest {
+                after_seq: 0,
+                limit: 1_000,
+                parameters: true,
+                purpose: "review".into(),
+                case_ref: "AUD-1".into(),
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let asked = full.iter().find(|r| r.rpc == "Query.WhereWas").unwrap();
+    assert!(asked.parameters.contains("21"), "{asked:?}");
+    let stored: Vec<_> = full
+        .iter()
+        .map(|r| hourcell_server::convert::audit_from_proto(r).unwrap())
+        .collect();
+    assert!(hourcell_storage::audit::verify_chain(&stored).is_ok());
 }

@@ -125,6 +125,13 @@ pub struct AuditVerifyArgs {
 pub struct AuditListArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Show each record's parameters too. They name persons, so this
+    /// needs a purpose and a case, and the listing is itself audited.
+    #[arg(long, requires = "case_ref")]
+    pub purpose: Option<String>,
+    /// The case the listing belongs to (with --purpose).
+    #[arg(long = "case", requires = "purpose")]
+    pub case_ref: Option<String>,
     #[arg(long, default_value = DEFAULT_SERVER)]
     pub server: String,
 }

@@ -10,13 +10,23 @@ use crate::client::{channel, status_error, Ch};
 
 /// Shown in place of parameters that retention removed.
 const REDACTED: &str = "(redacted: past retention)";
+/// Shown in place of parameters not asked for.
+const WITHHELD: &str = "(withheld: ask with --purpose and --case)";
+
+/// Why the caller wants the records' parameters (which name persons):
+/// both empty leaves them out.
+#[derive(Default)]
+struct Why {
+    purpose: String,
+    case_ref: String,
+}
 
 fn audit_client(ch: Ch) -> v1::audit_client::AuditClient<Ch> {
     v1::audit_client::AuditClient::new(ch).max_decoding_message_size(64 << 20)
 }
 
-/// Every record, page by page.
-async fn all_records(server: &str) -> Result<Vec<v1::AuditRecord>> {
+/// Every record, page by page; with the parameters if `why` says why.
+async fn all_records(server: &str, why: &Why) -> Result<Vec<v1::AuditRecord>> {
     let mut c = audit_client(channel(server).await?);
     let mut out: Vec<v1::AuditRecord> = Vec::new();
     loop {
@@ -25,6 +35,9 @@ async fn all_records(server: &str) -> Result<Vec<v1::AuditRecord>> {
             .list(v1::ListAuditRequest {
                 after_seq: after,
                 limit: 1_000,
+                parameters: !(why.purpose.is_empty() && why.case_ref.is_empty()),
+                purpose: why.purpose.clone(),
+                case_ref: why.case_ref.clone(),
             })
             .await
             .map_err(status_error)?
@@ -40,7 +53,11 @@ async fn all_records(server: &str) -> Result<Vec<v1::AuditRecord>> {
 pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
     match cmd {
         AuditCommand::List(a) => {
-            let records = all_records(&a.server).await?;
+            let why = Why {
+                purpose: a.purpose.unwrap_or_default(),
+                case_ref: a.case_ref.unwrap_or_default(),
+            };
+            let records = all_records(&a.server, &why).await?;
             let rows: Vec<Vec<String>> = records
                 .iter()
                 .map(|r| {
@@ -55,6 +72,8 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                         r.outcome.clone(),
                         if r.redacted {
                             REDACTED.to_string()
+                        } else if r.withheld {
+                            WITHHELD.to_string()
                         } else {
                             r.parameters.clone()
                         },
@@ -85,6 +104,7 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                                 "rpc": r.rpc,
                                 "parameters": r.parameters,
                                 "redacted": r.redacted,
+                                "withheld": r.withheld,
                                 "purpose": r.purpose,
                                 "case": r.case_ref,
                                 "persons_returned": r.persons_returned,
@@ -152,7 +172,7 @@ async fn verified_records(
     server: &str,
     checkpoints: &[hourcell_storage::audit::Checkpoint],
 ) -> Result<Vec<hourcell_storage::audit::AuditRecord>> {
-    let records = all_records(server).await?;
+    let records = all_records(server, &Why::default()).await?;
     let stored = records
         .iter()
         .map(hourcell_server::convert::audit_from_proto)

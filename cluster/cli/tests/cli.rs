@@ -672,6 +672,37 @@ fn audit_verify_catches_edited_deleted_and_reordered_records() {
         ok(&["audit", "verify", "--expect", &checkpoint, "--server", &s])
             .contains("checkpoint(s) match")
     );
+    // The records' parameters name persons: withheld unless the auditor
+    // states a purpose and a case, and then the listing is audited too.
+    let v = json(&ok(&["audit", "list", "--format", "json", "--server", &s]));
+    let r = &v.as_array().unwrap()[0];
+    assert_eq!(
+        (r["parameters"].as_str(), r["withheld"].as_bool()),
+        (Some(""), Some(true))
+    );
+    let out = hourcell(&["audit", "list", "--purpose", "review", "--server", &s]);
+    assert!(!out.status.success(), "--purpose without --case");
+    let v = json(&ok(&[
+        "audit",
+        "list",
+        "--format",
+        "json",
+        "--purpose",
+        "review",
+        "--case",
+        "AUD-1",
+        "--server",
+        &s,
+    ]));
+    let r = &v.as_array().unwrap()[0];
+    assert!(r["parameters"].as_str().unwrap().contains("person"), "{r}");
+    let v = json(&ok(&["audit", "list", "--format", "json", "--server", &s]));
+    let last = v.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["rpc"].as_str(), last["case"].as_str()),
+        (Some("Audit.List"), Some("AUD-1"))
+    );
+    assert!(ok(&["audit", "verify", "--server", &s]).contains("hash chain intact"));
 }
 
 #[test]

@@ -138,7 +138,8 @@ impl Rpc {
 
     /// Answers that name persons: they pass [`crate::release::Release`]
     /// (a purpose and a case reference, an audit record committed before
-    /// the answer is returned).
+    /// the answer is returned). Audit.List names persons only in the
+    /// records' parameters, and passes the gate when it is asked for them.
     pub fn person_level(self) -> bool {
         matches!(
             self,
@@ -150,6 +151,7 @@ impl Rpc {
                 | Rpc::TasksGet
                 | Rpc::TasksUpdate
                 | Rpc::TasksWatch
+                | Rpc::AuditList
         )
     }
 }
@@ -572,14 +574,17 @@ mod tests {
     }
 
     #[test]
-    fn every_rpc_names_roles_and_person_level_ones_only_investigators_and_field_staff() {
+    fn every_rpc_names_roles_and_person_level_ones_only_investigators_field_staff_and_auditors() {
         for rpc in Rpc::ALL {
             assert!(!rpc.roles().is_empty(), "{rpc:?}");
             if rpc.person_level() {
+                // Auditors only for the audit log's parameters.
                 assert!(
-                    rpc.roles()
-                        .iter()
-                        .all(|r| matches!(r, Role::Investigator | Role::Fieldwork)),
+                    rpc.roles().iter().all(|r| match r {
+                        Role::Investigator | Role::Fieldwork => true,
+                        Role::Auditor => rpc == Rpc::AuditList,
+                        _ => false,
+                    }),
                     "{rpc:?}"
                 );
             }

@@ -131,6 +131,7 @@ pub fn audit_to_proto(r: hourcell_storage::AuditRecord) -> v1::AuditRecord {
         outcome: r.entry.outcome,
         parameters_hash: r.parameters_hash.to_vec(),
         redacted: r.redacted,
+        withheld: false,
         prev_hash: r.prev_hash.to_vec(),
         hash: r.hash.to_vec(),
     }
@@ -166,7 +167,8 @@ pub fn audit_from_proto(
             outcome: r.outcome.clone(),
         },
         parameters_hash: h(&r.parameters_hash, "parameters_hash")?,
-        redacted: r.redacted,
+        // Withheld parameters verify as redacted ones do: by their hash.
+        redacted: r.redacted || r.withheld,
         prev_hash: h(&r.prev_hash, "prev_hash")?,
         hash: h(&r.hash, "hash")?,
     })

@@ -562,25 +562,51 @@ impl v1::audit_server::Audit for Services {
         &self,
         req: Request<v1::ListAuditRequest>,
     ) -> Result<Response<v1::ListAuditResponse>, Status> {
-        let _p = principal(&req)?;
+        let p = principal(&req)?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => 1_000,
             n => (n as usize).min(1_000),
         };
+        // The parameters name persons: released only through the gate.
+        let release = match r.parameters {
+            false => None,
+            true => Some(Release::check(
+                &p,
+                Rpc::AuditList,
+                Why {
+                    purpose: &r.purpose,
+                    case_ref: &r.case_ref,
+                    task: None,
+                },
+                serde_json::json!({ "after_seq": r.after_seq, "limit": limit }),
+            )?),
+        };
         let node = self.node.clone();
         let (records, total) = blocking(move || {
             node.read_barrier()?;
-            Ok((
-                node.store().audit_records(r.after_seq, limit)?,
-                node.store().audit_len(),
-            ))
+            // The total as read, before this listing's own record: a
+            // client paging to the end must not chase the records its
+            // own pages add.
+            let total = node.store().audit_len();
+            let records = node.store().audit_records(r.after_seq, limit)?;
+            if let Some(release) = &release {
+                let named = records.iter().filter(|r| !r.entry.parameters.is_empty());
+                release.commit(&node, named.count() as u64)?;
+            }
+            Ok((records, total))
         })
         .await?;
-        Ok(Response::new(v1::ListAuditResponse {
-            records: records.into_iter().map(audit_to_proto).collect(),
-            total,
-        }))
+        let mut records: Vec<v1::AuditRecord> = records.into_iter().map(audit_to_proto).collect();
+        if !r.parameters {
+            for rec in &mut records {
+                if !rec.parameters.is_empty() {
+                    rec.parameters.clear();
+                    rec.withheld = true;
+                }
+            }
+        }
+        Ok(Response::new(v1::ListAuditResponse { records, total }))
     }
 }
 

@@ -110,6 +110,7 @@ pub async fn audit(h: &Harness) -> Vec<v1::AuditRecord> {
             v1::ListAuditRequest {
                 after_seq: 0,
                 limit: 1_000,
+                ..Default::default()
             },
             &t,
         ))
