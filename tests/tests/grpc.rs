@@ -384,6 +384,47 @@ async fn health_and_reflection_are_served() {
         r.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    // Reflection, as v1 and as v1alpha, lists the public services and
+    // never the node-to-node ones.
+    let want = [
+        "grpc.health.v1.Health",
+        "hourcell.v1.Admin",
+        "hourcell.v1.Audit",
+        "hourcell.v1.Ingest",
+        "hourcell.v1.Query",
+        "hourcell.v1.Registry",
+        "hourcell.v1.Tasks",
+    ];
+    // The two versions are distinct generated types of the same shape.
+    macro_rules! services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::{
+                server_reflection_client::ServerReflectionClient as C,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut s = C::new(h.channel.clone())
+                .server_reflection_info(tokio_stream::iter([req]))
+                .await
+                .unwrap()
+                .into_inner();
+            let Some(MessageResponse::ListServicesResponse(l)) =
+                s.message().await.unwrap().unwrap().message_response
+            else {
+                panic!("not a list of services")
+            };
+            let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names.retain(|n| !n.starts_with("grpc.reflection"));
+            names
+        }};
+    }
+    assert_eq!(services!(v1), want, "v1");
+    assert_eq!(services!(v1alpha), want, "v1alpha");
 }
 
 /// Tasks through the API: run twice (no duplicates), list with pages, get,

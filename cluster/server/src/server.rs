@@ -152,10 +152,16 @@ pub async fn serve(
             }
         });
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection lists the public API only (the internal services' package
+    // is not registered), as v1 and as v1alpha: Python's grpcio-reflection,
+    // Postman and older grpcurl ask only v1alpha.
+    let reflect = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflect().build_v1()?;
+    let reflection_alpha = reflect().build_v1alpha()?;
     let raft_svc = node.replication().map(|r| {
         internal::raft_server::RaftServer::new(crate::raft_service::RaftService {
             inbox: r.inbox.clone(),
@@ -187,6 +193,7 @@ pub async fn serve(
         .add_optional_service(shard_svc)
         .add_service(health_svc)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(
             v1::ingest_server::IngestServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
