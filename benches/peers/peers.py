@@ -405,7 +405,8 @@ def cmd_hourcell(a):
         extra = [] if args[0] == "occupancy" else ["--purpose", PURPOSE, "--case", CASE]
         out = subprocess.run([hc, "query", *args, *extra, "--as-of", iso(as_of), "--format", "json", "--server", server],
                              check=True, capture_output=True, text=True).stdout
-        return json.loads(out)
+        # person ids are strings in the CLI's JSON (proto3 JSON mapping)
+        return json.loads(out, object_hook=lambda o: {k: ([int(p) for p in v] if k == "persons" and v and isinstance(v[0], str) else int(v) if k == "person" else v) for k, v in o.items()})
 
     bad = []
     for i in range(min(a.cli_checks, len(P["circle"]))):

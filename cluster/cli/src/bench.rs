@@ -471,6 +471,46 @@ async fn run_queries(
     Ok(all)
 }
 
+/// Evaluates the rules once as of `at`, then times `runs` Tasks.List
+/// calls for the first page of 100 tasks: a person-level answer through
+/// the release gate, audited before it is sent.
+async fn run_tasks_list(ch: &Channel, at: i64, runs: usize) -> Result<QueryStats> {
+    let mut c = v1::tasks_client::TasksClient::new(ch.clone());
+    let r = c
+        .run(v1::RunTasksRequest { at: Some(at) })
+        .await
+        .map_err(client::status_error)
+        .context("Tasks.Run")?
+        .into_inner();
+    println!(
+        "rules as of {}: {} tasks called for, {} new, in {:.2} s",
+        format_time(r.at),
+        r.proposed,
+        r.created,
+        r.seconds
+    );
+    let mut stats = QueryStats::new("tasks list (first page of 100)", "tasks");
+    for i in 0..runs {
+        let req = v1::ListTasksRequest {
+            page_size: 100,
+            purpose: "benchmark".into(),
+            case_ref: format!("BENCH-{i}"),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let page = c
+            .list(req)
+            .await
+            .map_err(client::status_error)
+            .context("Tasks.List")?
+            .into_inner();
+        stats.durations.push(t0.elapsed());
+        stats.result_total += page.tasks.len() as u64;
+    }
+    println!("{}", stats.line());
+    Ok(stats)
+}
+
 /// The node's status; `count_postings` scans every posting (seconds on a
 /// big node), so it is only asked for in the final report.
 async fn status(ch: &Channel, count_postings: bool) -> Result<v1::StatusResponse> {
@@ -533,7 +573,11 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             args.queries,
             format_time(town.end_unix())
         );
-        run_queries(&ch, &town, args.seed, args.queries, &args.only).await?
+        let mut stats = run_queries(&ch, &town, args.seed, args.queries, &args.only).await?;
+        if selected("tasks", &args.only) {
+            stats.push(run_tasks_list(&ch, town.end_unix(), args.queries).await?);
+        }
+        stats
     } else {
         Vec::new()
     };

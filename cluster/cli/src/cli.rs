@@ -383,7 +383,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub skip_load: bool,
     /// Run only these query kinds (comma-separated: occupancy, who-was-at,
-    /// where-was, no-activity-since), e.g. to profile one of them alone.
+    /// where-was, no-activity-since, tasks), e.g. to profile one of them
+    /// alone. `tasks` evaluates the rules once, then lists the first page
+    /// of tasks.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Do not compact and count postings after the queries (a profile of

@@ -28,7 +28,8 @@ pub fn task_json(t: &v1::Task, detail: bool) -> Value {
     let mut v = json!({
         "id": t.id,
         "kind": t.kind,
-        "person": t.person,
+        // A string, as everywhere in the CLI's JSON (see client::render).
+        "person": t.person.to_string(),
         "address": t.address,
         "area": t.area,
         "score": t.score,
@@ -423,6 +424,7 @@ mod tests {
         for k in ["id", "kind", "person", "address", "area", "score", "state"] {
             assert!(t.get(k).is_some(), "missing {k}");
         }
+        assert_eq!(t["person"], task().person.to_string(), "ids are strings");
         assert_eq!(t["score"].as_f64(), Some(0.857));
         assert!(v["tasks"][1]["score"].is_null());
         assert_eq!(t["last_seen"], "2026-11-27T23:00:00Z");

@@ -1,11 +1,26 @@
 //! Query answers as a table, CSV or JSON.
+//!
+//! In JSON, person ids are strings, as in the proto3 JSON mapping of a
+//! 64-bit integer: JavaScript (and jq before 1.7) parse numbers as
+//! doubles and silently round ids past 2^53.
 
 use super::*;
+
+/// A person id as a JSON string.
+fn id_string<S: serde::Serializer>(id: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+/// Person ids as JSON strings.
+fn id_strings<S: serde::Serializer>(ids: &&[u64], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(ids.iter().map(u64::to_string))
+}
 
 #[derive(Serialize)]
 pub(crate) struct WhoWasAtJson<'a> {
     from: String,
     to: String,
+    #[serde(serialize_with = "id_strings")]
     persons: &'a [u64],
 }
 
@@ -19,6 +34,7 @@ pub(crate) struct HourPlacesJson<'a> {
 
 #[derive(Serialize)]
 pub(crate) struct WhereWasJson<'a> {
+    #[serde(serialize_with = "id_string")]
     person: u64,
     hours: Vec<HourPlacesJson<'a>>,
 }
@@ -53,6 +69,7 @@ pub(crate) fn count_text(v: u64, suppressed: bool, k: u64) -> String {
 
 #[derive(Serialize)]
 pub(crate) struct InactiveJson {
+    #[serde(serialize_with = "id_string")]
     person: u64,
     last_seen: Option<String>,
 }

@@ -227,7 +227,7 @@ fn json_shapes() {
     });
     assert_eq!(
         to_json(&out, false).unwrap(),
-        r#"{"from":"2026-11-01T00:00:00Z","to":"2026-11-02T00:00:00Z","persons":[3,18000000000000000000]}"#
+        r#"{"from":"2026-11-01T00:00:00Z","to":"2026-11-02T00:00:00Z","persons":["3","18000000000000000000"]}"#
     );
     let out = QueryOutput::WhereWas(v1::WhereWasResponse {
         staleness_ms: 0,
@@ -242,7 +242,7 @@ fn json_shapes() {
     });
     assert_eq!(
         to_json(&out, false).unwrap(),
-        r#"{"person":9,"hours":[{"hour":"1970-01-01T01:00:00Z","cells":["c1"],"addresses":[],"sources":["utility","access"]}]}"#
+        r#"{"person":"9","hours":[{"hour":"1970-01-01T01:00:00Z","cells":["c1"],"addresses":[],"sources":["utility","access"]}]}"#
     );
     let out = QueryOutput::Occupancy(v1::OccupancyResponse {
         staleness_ms: 0,
@@ -284,7 +284,7 @@ fn json_shapes() {
     });
     assert_eq!(
         to_json(&out, false).unwrap(),
-        r#"{"since":"1970-01-01T02:00:00Z","persons":[{"person":1,"last_seen":"1970-01-01T01:00:00Z"},{"person":2,"last_seen":null}]}"#
+        r#"{"since":"1970-01-01T02:00:00Z","persons":[{"person":"1","last_seen":"1970-01-01T01:00:00Z"},{"person":"2","last_seen":null}]}"#
     );
     assert_eq!(
         to_csv(&out).unwrap(),
