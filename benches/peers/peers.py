@@ -329,7 +329,7 @@ def grpc_stubs(gen_dir):
 def hourcell_queries(pb, q, as_of):
     """The comparison's five queries as calls on a QueryStub `q`."""
     def win(f, t):
-        return pb.Window(**{"from": f, "to": t, "as_of": as_of})
+        return pb.Window(start=f, end=t, as_of=as_of)
 
     def who_circle(x):
         reg = pb.Region(circle=pb.Circle(lat=x["lat"], lng=x["lng"], radius_m=x["r"]))

@@ -64,8 +64,8 @@ async fn start() -> Harness {
 
 fn window(from: i64, to: i64) -> Option<v1::Window> {
     Some(v1::Window {
-        from,
-        to,
+        start: from,
+        end: to,
         as_of: None,
     })
 }
@@ -220,7 +220,7 @@ async fn ingest_validates_per_event_and_is_idempotent() {
         vec![0, 1, 1, 0]
     );
     let w = after.window.unwrap();
-    assert_eq!((w.from, w.to, w.as_of), (T0, T0 + 4 * 3600, NOW));
+    assert_eq!((w.start, w.end, w.as_of), (T0, T0 + 4 * 3600, NOW));
 
     // who-was-at streams ascending ids; the window is in the first message.
     let mut s = q
@@ -241,7 +241,7 @@ async fn ingest_validates_per_event_and_is_idempotent() {
         .unwrap()
         .into_inner();
     let first = s.next().await.unwrap().unwrap();
-    assert_eq!(first.window.unwrap().from, T0);
+    assert_eq!(first.window.unwrap().start, T0);
     assert_eq!(first.persons, vec![10, 20]);
 
     let ww = q

@@ -53,8 +53,8 @@ fn area_a1() -> Option<v1::Region> {
 
 fn window(from: i64, to: i64) -> Option<v1::Window> {
     Some(v1::Window {
-        from,
-        to,
+        start: from,
+        end: to,
         as_of: Some(to),
     })
 }

@@ -181,8 +181,8 @@ async fn call_person_level(
     let c = h.channel.clone();
     let (purpose, case_ref) = (purpose.to_string(), case.to_string());
     let window = Some(v1::Window {
-        from: T0,
-        to: NOW,
+        start: T0,
+        end: NOW,
         as_of: Some(NOW),
     });
     match rpc {
@@ -632,8 +632,8 @@ async fn bounded_stale_reads_accept_at_most_a_minute() {
                             })),
                         }),
                         window: Some(v1::Window {
-                            from: T0,
-                            to: NOW,
+                            start: T0,
+                            end: NOW,
                             as_of: Some(NOW),
                         }),
                         max_staleness_ms: Some(ms),
@@ -709,7 +709,11 @@ async fn occupancy(
         .occupancy(req(
             v1::OccupancyRequest {
                 region,
-                window: Some(v1::Window { from, to, as_of }),
+                window: Some(v1::Window {
+                    start: from,
+                    end: to,
+                    as_of,
+                }),
                 max_staleness_ms: None,
             },
             t,

@@ -326,8 +326,8 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
         let d = rng.gen_range(0..days);
         let from = start + d * DAY;
         v1::Window {
-            from,
-            to: from + DAY,
+            start: from,
+            end: from + DAY,
             as_of,
         }
     };
@@ -394,8 +394,8 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
                     max_staleness_ms: None,
                     person,
                     window: Some(v1::Window {
-                        from,
-                        to: from + span * DAY,
+                        start: from,
+                        end: from + span * DAY,
                         as_of,
                     }),
                 })
@@ -705,15 +705,15 @@ mod tests {
                 let (as_of, from, to) = match r {
                     QueryRequest::Occupancy(r) => {
                         let w = r.window.unwrap();
-                        (w.as_of, w.from, w.to)
+                        (w.as_of, w.start, w.end)
                     }
                     QueryRequest::WhoWasAt(r) => {
                         let w = r.window.unwrap();
-                        (w.as_of, w.from, w.to)
+                        (w.as_of, w.start, w.end)
                     }
                     QueryRequest::WhereWas(r) => {
                         let w = r.window.unwrap();
-                        (w.as_of, w.from, w.to)
+                        (w.as_of, w.start, w.end)
                     }
                     QueryRequest::NoActivitySince(r) => (r.as_of, r.since, end),
                 };

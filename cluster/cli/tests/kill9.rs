@@ -133,8 +133,8 @@ async fn acknowledged_events_survive_kill_9() {
                 })),
             }),
             window: Some(v1::Window {
-                from: t - 3600,
-                to: t + 10 * 3600,
+                start: t - 3600,
+                end: t + 10 * 3600,
                 as_of: None,
             }),
         })

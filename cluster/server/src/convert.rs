@@ -59,14 +59,14 @@ pub fn optional_region(
 }
 
 pub fn window_from_proto(w: Option<v1::Window>, now: i64) -> Result<(i64, i64, i64), Status> {
-    let w = w.ok_or_else(|| invalid("window", "", "a window (from, to) is required"))?;
-    Ok((w.from, w.to, w.as_of.unwrap_or(now)))
+    let w = w.ok_or_else(|| invalid("window", "", "a window (start, end) is required"))?;
+    Ok((w.start, w.end, w.as_of.unwrap_or(now)))
 }
 
 pub fn effective(w: &Window) -> v1::EffectiveWindow {
     v1::EffectiveWindow {
-        from: w.from_secs(),
-        to: w.to_secs(),
+        start: w.from_secs(),
+        end: w.to_secs(),
         as_of: w.as_of,
     }
 }

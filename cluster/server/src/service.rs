@@ -426,12 +426,12 @@ fn published_unit(
         _ => return Err(invalid("region", "", why)),
     };
     let w = window.ok_or_else(|| invalid("window", "", why))?;
-    let whole_day = w.from.rem_euclid(86_400) == 0 && w.to - w.from == 86_400;
-    let ended = w.to <= now && w.as_of.is_none_or(|a| a >= w.to);
+    let whole_day = w.start.rem_euclid(86_400) == 0 && w.end - w.start == 86_400;
+    let ended = w.end <= now && w.as_of.is_none_or(|a| a >= w.end);
     if !whole_day || !ended {
-        return Err(invalid("window", format!("{}..{}", w.from, w.to), why));
+        return Err(invalid("window", format!("{}..{}", w.start, w.end), why));
     }
-    Ok((area, hourcell_query::time::format_time(w.from)))
+    Ok((area, hourcell_query::time::format_time(w.start)))
 }
 
 #[tonic::async_trait]

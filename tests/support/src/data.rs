@@ -68,8 +68,8 @@ pub fn circle_region() -> Option<v1::Region> {
 
 pub fn two_days() -> Option<v1::Window> {
     Some(v1::Window {
-        from: T0,
-        to: T0 + 48 * 3600,
+        start: T0,
+        end: T0 + 48 * 3600,
         as_of: Some(T0 + 48 * 3600),
     })
 }

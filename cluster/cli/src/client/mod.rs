@@ -219,7 +219,11 @@ pub(crate) fn window(a: &QueryArgs, now: i64) -> Result<v1::Window> {
     let from = flag_time("--from", from)?;
     let as_of = opt_time("--as-of", a.as_of.as_deref())?;
     let to = opt_time("--to", a.to.as_deref())?.or(as_of).unwrap_or(now);
-    Ok(v1::Window { from, to, as_of })
+    Ok(v1::Window {
+        start: from,
+        end: to,
+        as_of,
+    })
 }
 
 /// Fails naming the first flag that was given but does not apply.
@@ -404,7 +408,7 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
             while let Some(m) = stream.message().await.map_err(status_error)? {
                 if first {
                     out.window = m.window.unwrap_or(v1::EffectiveWindow {
-                        from: since,
+                        start: since,
                         ..Default::default()
                     });
                     first = false;

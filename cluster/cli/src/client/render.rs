@@ -94,8 +94,8 @@ pub fn to_json(out: &QueryOutput, pretty: bool) -> Result<String> {
     match out {
         QueryOutput::WhoWasAt(r) => json_string(
             &WhoWasAtJson {
-                from: format_time(r.window.from),
-                to: format_time(r.window.to),
+                from: format_time(r.window.start),
+                to: format_time(r.window.end),
                 persons: &r.persons,
             },
             pretty,
@@ -120,8 +120,8 @@ pub fn to_json(out: &QueryOutput, pretty: bool) -> Result<String> {
             let w = r.window.unwrap_or_default();
             json_string(
                 &OccupancyJson {
-                    from: format_time(w.from),
-                    to: format_time(w.to),
+                    from: format_time(w.start),
+                    to: format_time(w.end),
                     distinct: (!r.distinct_suppressed).then_some(r.distinct),
                     suppressed: r.distinct_suppressed,
                     hours: r
@@ -139,7 +139,7 @@ pub fn to_json(out: &QueryOutput, pretty: bool) -> Result<String> {
         }
         QueryOutput::NoActivitySince(r) => json_string(
             &NoActivityJson {
-                since: format_time(r.window.from),
+                since: format_time(r.window.start),
                 persons: r
                     .persons
                     .iter()
@@ -261,7 +261,7 @@ pub fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub(crate) fn window_text(w: &v1::EffectiveWindow) -> String {
-    format!("window {} .. {}", format_time(w.from), format_time(w.to))
+    format!("window {} .. {}", format_time(w.start), format_time(w.end))
 }
 
 pub fn to_table(out: &QueryOutput) -> String {
@@ -297,7 +297,7 @@ pub fn to_table(out: &QueryOutput) -> String {
                 "registered person",
                 "registered persons"
             ),
-            format_time(r.window.from),
+            format_time(r.window.start),
             format_time(r.window.as_of)
         ),
     };

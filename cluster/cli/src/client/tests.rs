@@ -150,8 +150,8 @@ fn who_was_at_request() {
     assert_eq!(
         r.window,
         Some(v1::Window {
-            from: 1_793_491_200,
-            to: 1_793_600_000,
+            start: 1_793_491_200,
+            end: 1_793_600_000,
             as_of: None
         })
     );
@@ -163,8 +163,8 @@ fn who_was_at_request() {
     assert_eq!(
         r.window,
         Some(v1::Window {
-            from: 1_793_491_200,
-            to: 1_793_500_000,
+            start: 1_793_491_200,
+            end: 1_793_500_000,
             as_of: Some(1_793_500_000)
         })
     );
@@ -213,8 +213,8 @@ fn where_was_and_no_activity_requests() {
 
 fn ew(from: i64, to: i64) -> v1::EffectiveWindow {
     v1::EffectiveWindow {
-        from,
-        to,
+        start: from,
+        end: to,
         as_of: to,
     }
 }
