@@ -358,6 +358,12 @@ async fn bad_queries_are_invalid_argument_naming_field_and_value() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("region"));
+    // The field also travels as a google.rpc.BadRequest violation.
+    use tonic_types::StatusExt;
+    let bad = e.get_details_bad_request().expect("BadRequest details");
+    assert_eq!(bad.field_violations.len(), 1);
+    assert_eq!(bad.field_violations[0].field, "region");
+    assert!(bad.field_violations[0].description.contains("required"));
 }
 
 #[tokio::test]

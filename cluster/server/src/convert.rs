@@ -9,8 +9,16 @@ use hourcell_query::{Region, Window};
 use hourcell_storage::cell;
 use tonic::Status;
 
+/// INVALID_ARGUMENT naming the field, in the message and as a
+/// google.rpc.BadRequest field violation (tonic-types), so that clients
+/// can point at the field without parsing text.
 pub fn invalid(field: &str, value: impl std::fmt::Debug, why: &str) -> Status {
-    Status::invalid_argument(format!("invalid {field} {value:?}: {why}"))
+    use tonic_types::{ErrorDetails, StatusExt};
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!("invalid {field} {value:?}: {why}"),
+        ErrorDetails::with_bad_request_violation(field, why),
+    )
 }
 
 pub fn region_from_proto(r: Option<v1::Region>, field: &'static str) -> Result<Region, Status> {
