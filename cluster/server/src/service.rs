@@ -7,7 +7,7 @@ use futures::Stream;
 use hourcell_node::node::Node;
 use hourcell_node::NodeError;
 use hourcell_proto::v1;
-use hourcell_query::validate::{RawAddress, RawEvent, RawRegistration};
+use hourcell_query::validate::RawEvent;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Principal, Rpc};
@@ -36,6 +36,21 @@ pub struct Services {
 }
 
 impl Services {
+    /// A registry write: `put` validates and proposes `raw` off the async
+    /// runtime; the answer counts what was accepted and lists the rest.
+    async fn put<T: Send + Sync + 'static>(
+        &self,
+        raw: Vec<T>,
+        put: fn(&Node, &[T]) -> Result<(u64, Vec<hourcell_query::validate::Rejection>), NodeError>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
+        let node = self.node.clone();
+        let (accepted, bad) = blocking(move || put(&node, &raw)).await?;
+        Ok(Response::new(v1::PutResponse {
+            accepted,
+            rejected: rejections(bad),
+        }))
+    }
+
     /// The threshold below which `p` sees counts suppressed (0: none).
     fn suppression(&self, p: &Principal) -> u64 {
         if p.has(crate::auth::Role::Investigator) {
@@ -70,18 +85,9 @@ impl v1::registry_server::Registry for Services {
         req: Request<v1::PutAddressesRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
         let _p = principal(&req)?;
-        let raw: Vec<RawAddress> = req
-            .into_inner()
-            .addresses
-            .into_iter()
-            .map(raw_address)
-            .collect();
-        let node = self.node.clone();
-        let (accepted, bad) = blocking(move || node.put_addresses(&raw)).await?;
-        Ok(Response::new(v1::PutResponse {
-            accepted,
-            rejected: rejections(bad),
-        }))
+        let raw = req.into_inner().addresses.into_iter().map(raw_address);
+        self.put(raw.collect(), |node, raw| node.put_addresses(raw))
+            .await
     }
 
     async fn put_registrations(
@@ -89,18 +95,13 @@ impl v1::registry_server::Registry for Services {
         req: Request<v1::PutRegistrationsRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
         let _p = principal(&req)?;
-        let raw: Vec<RawRegistration> = req
+        let raw = req
             .into_inner()
             .registrations
             .into_iter()
-            .map(raw_registration)
-            .collect();
-        let node = self.node.clone();
-        let (accepted, bad) = blocking(move || node.put_registrations(&raw)).await?;
-        Ok(Response::new(v1::PutResponse {
-            accepted,
-            rejected: rejections(bad),
-        }))
+            .map(raw_registration);
+        self.put(raw.collect(), |node, raw| node.put_registrations(raw))
+            .await
     }
 
     async fn get_address(
