@@ -13,7 +13,7 @@ use crate::time::{format_time, hour_ceil, hour_floor, Window};
 
 /// The window's hours grouped by UTC day: `(day, mask)` with bit `h` set
 /// for hour `day * 24 + h` inside the window, days ascending.
-fn day_masks(w: &Window) -> Vec<(i64, u32)> {
+pub(crate) fn day_masks(w: &Window) -> Vec<(i64, u32)> {
     let mut out: Vec<(i64, u32)> = Vec::new();
     for h in w.hours() {
         let (day, bit) = (h.div_euclid(24), 1u32 << h.rem_euclid(24));

@@ -19,6 +19,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod grid;
 pub mod region;
 pub mod rules;
 pub mod sharded;
@@ -31,6 +32,7 @@ pub use engine::{
     WhereWasAnswer, WhoWasAtAnswer,
 };
 pub use error::{QueryError, Result};
+pub use grid::{GridAnswer, GridCount, DEFAULT_GRID_LEVEL};
 pub use region::Region;
 pub use rules::{Evaluation, Nights, RuleConfig};
 pub use sharded::{CellShards, ShardedSource};

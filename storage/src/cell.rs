@@ -32,6 +32,21 @@ pub fn token(cell: u64) -> String {
     CellID(cell).to_token()
 }
 
+/// The cell's centre, (lat, lng) in degrees.
+pub fn center(cell: u64) -> (f64, f64) {
+    let c = LatLng::from(CellID(cell));
+    (c.lat.deg(), c.lng.deg())
+}
+
+/// The cell's four corners, (lat, lng) in degrees, counter-clockwise.
+pub fn corners(cell: u64) -> [(f64, f64); 4] {
+    let c = s2::cell::Cell::from(CellID(cell));
+    [0, 1, 2, 3].map(|k| {
+        let v = LatLng::from(c.vertex(k));
+        (v.lat.deg(), v.lng.deg())
+    })
+}
+
 pub fn level(cell: u64) -> u8 {
     CellID(cell).level() as u8
 }

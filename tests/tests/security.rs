@@ -151,6 +151,19 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
             ))
             .await
             .map(|_| ()),
+        Rpc::OccupancyGrid => Q::new(c)
+            .occupancy_grid(req(
+                v1::OccupancyGridRequest {
+                    region: circle(),
+                    window: w,
+                    level: 14,
+                    hourly: false,
+                    max_staleness_ms: None,
+                },
+                t,
+            ))
+            .await
+            .map(|_| ()),
         Rpc::NoActivitySince => Q::new(c)
             .no_activity_since(req(
                 v1::NoActivitySinceRequest {

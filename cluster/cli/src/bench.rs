@@ -25,6 +25,8 @@ const DAY: i64 = 86_400;
 const REGISTRY_BATCH: usize = 5_000;
 /// Radius of the who-was-at circle.
 const CIRCLE_M: f64 = 1_000.0;
+/// Side of the grid's square.
+const GRID_SIDE_M: f64 = 10_000.0;
 
 /// Index of the `per_mille`‰ percentile in a sorted sample of `n`:
 /// `ceil(p·n) - 1` (so p99 of 200 runs is the 198th value).
@@ -424,6 +426,34 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
         QueryStats::new("no-activity-since (all, 7 days)", "persons"),
         reqs,
     ));
+    // The heat map: a 10 km square around the town's centre, one day,
+    // per hour, at level 14.
+    let (dlat, dlng) = (
+        GRID_SIDE_M / 2.0 / 111_195.0,
+        GRID_SIDE_M / 2.0 / (111_195.0 * cfg.center_lat.to_radians().cos()),
+    );
+    let reqs = (0..runs)
+        .map(|_| {
+            QueryRequest::Grid(v1::OccupancyGridRequest {
+                region: Some(v1::Region {
+                    kind: Some(v1::region::Kind::Rect(v1::Rect {
+                        lat_lo: cfg.center_lat - dlat,
+                        lng_lo: cfg.center_lng - dlng,
+                        lat_hi: cfg.center_lat + dlat,
+                        lng_hi: cfg.center_lng + dlng,
+                    })),
+                }),
+                window: Some(day_window(&mut rng)),
+                level: 14,
+                hourly: true,
+                max_staleness_ms: None,
+            })
+        })
+        .collect();
+    out.push((
+        QueryStats::new("grid (10 km square, 24 h, level 14, hourly)", "cells"),
+        reqs,
+    ));
     out
 }
 
@@ -694,7 +724,7 @@ mod tests {
         });
         let a = bench_requests(&town, 5, 4);
         let b = bench_requests(&town, 5, 4);
-        assert_eq!(a.len(), 4);
+        assert_eq!(a.len(), 5);
         for ((sa, ra), (_, rb)) in a.iter().zip(&b) {
             assert_eq!(ra, rb, "{}", sa.name);
             assert_eq!(ra.len(), 4);
@@ -716,6 +746,10 @@ mod tests {
                         (w.as_of, w.start, w.end)
                     }
                     QueryRequest::NoActivitySince(r) => (r.as_of, r.since, end),
+                    QueryRequest::Grid(r) => {
+                        let w = r.window.unwrap();
+                        (w.as_of, w.start, w.end)
+                    }
                 };
                 assert_eq!(as_of, Some(end));
                 assert!(from >= town.config().start_unix && to <= end && from < to);

@@ -298,6 +298,8 @@ pub enum QueryKind {
     WhereWas,
     Occupancy,
     NoActivitySince,
+    /// The population heat map: distinct persons per S2 cell of --level.
+    Grid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -306,6 +308,13 @@ pub enum Format {
     Table,
     Csv,
     Json,
+    /// A GeoJSON FeatureCollection of cell polygons (query grid only).
+    Geojson,
+}
+
+/// The error for `--format geojson` outside `query grid`.
+pub fn geojson_only() -> anyhow::Error {
+    anyhow::anyhow!("--format geojson is only for `hourcell query grid`")
 }
 
 #[derive(Debug, Args)]
@@ -346,6 +355,13 @@ pub struct QueryArgs {
     /// no-activity-since: only activity inside this rectangle counts.
     #[arg(long, allow_hyphen_values = true)]
     pub local_rect: Option<String>,
+    /// grid: the S2 level of its cells, 1 to the slice level (default 14,
+    /// cells of about 600 m; analysts are served level 14 only).
+    #[arg(long)]
+    pub level: Option<u8>,
+    /// grid: one count per cell and hour (else one per cell for the window).
+    #[arg(long)]
+    pub hourly: bool,
     /// Why a person-level query (who-was-at, where-was,
     /// no-activity-since) is asked; written to the audit log.
     #[arg(long)]
@@ -383,7 +399,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub skip_load: bool,
     /// Run only these query kinds (comma-separated: occupancy, who-was-at,
-    /// where-was, no-activity-since, tasks), e.g. to profile one of them
+    /// where-was, no-activity-since, grid, tasks), e.g. to profile one of them
     /// alone. `tasks` evaluates the rules once, then lists the first page
     /// of tasks.
     #[arg(long, value_delimiter = ',')]

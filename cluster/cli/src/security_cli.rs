@@ -92,6 +92,7 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                 "parameters",
             ];
             let text = match a.format {
+                Format::Geojson => return Err(crate::cli::geojson_only()),
                 Format::Json => {
                     let v: Vec<serde_json::Value> = records
                         .iter()

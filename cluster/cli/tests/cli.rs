@@ -254,6 +254,51 @@ fn gen_import_and_query_through_the_cli() {
     let distinct = v["distinct"].as_u64().unwrap();
     assert!(distinct >= max_hour && distinct as usize == ids.len());
 
+    // The grid over the same circle and window, as GeoJSON: closed cell
+    // polygons around their cells, whole cells counted, so that together
+    // they hold at least everyone in the circle.
+    let g = json(&ok(&[
+        "query", "grid", "--circle", &circle, "--level", "14", "--from", from, "--to", to,
+        "--as-of", as_of, "--format", "geojson", "--server", s,
+    ]));
+    assert_eq!(g["type"], "FeatureCollection");
+    let features = g["features"].as_array().unwrap();
+    assert!(!features.is_empty());
+    let mut sum = 0;
+    for f in features {
+        assert_eq!(f["geometry"]["type"], "Polygon");
+        let ring = f["geometry"]["coordinates"][0].as_array().unwrap();
+        assert_eq!((ring.len(), &ring[0]), (5, &ring[4]), "an open ring");
+        let token = f["properties"]["cell"].as_str().unwrap();
+        let id = hourcell_storage::cell::parse_token(token).unwrap();
+        assert_eq!(hourcell_storage::cell::level(id), 14);
+        let (lat, lng) = hourcell_storage::cell::center(id);
+        let (lngs, lats): (Vec<f64>, Vec<f64>) = ring
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+            .unzip();
+        let within = |x: f64, v: &[f64]| {
+            v.iter().cloned().fold(f64::MAX, f64::min) < x
+                && x < v.iter().cloned().fold(f64::MIN, f64::max)
+        };
+        assert!(within(lat, &lats) && within(lng, &lngs), "{token}");
+        sum += f["properties"]["distinct"].as_u64().unwrap();
+    }
+    assert!(sum >= distinct, "{sum} < {distinct}");
+    // A region of addresses has no cells to draw.
+    let out = hourcell(&[
+        "query",
+        "grid",
+        "--addresses",
+        a[0],
+        "--from",
+        from,
+        "--server",
+        s,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--addresses"));
+
     let v = json(&ok(&[
         "query",
         "no-activity-since",

@@ -54,6 +54,7 @@ pub enum Rpc {
     WhoWasAt,
     WhereWas,
     Occupancy,
+    OccupancyGrid,
     NoActivitySince,
     Status,
     Compact,
@@ -69,7 +70,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 20] = [
+    pub const ALL: [Rpc; 21] = [
         Rpc::Ingest,
         Rpc::PutAddresses,
         Rpc::PutRegistrations,
@@ -78,6 +79,7 @@ impl Rpc {
         Rpc::WhoWasAt,
         Rpc::WhereWas,
         Rpc::Occupancy,
+        Rpc::OccupancyGrid,
         Rpc::NoActivitySince,
         Rpc::Status,
         Rpc::Compact,
@@ -102,6 +104,7 @@ impl Rpc {
             Rpc::WhoWasAt => "Query.WhoWasAt",
             Rpc::WhereWas => "Query.WhereWas",
             Rpc::Occupancy => "Query.Occupancy",
+            Rpc::OccupancyGrid => "Query.OccupancyGrid",
             Rpc::NoActivitySince => "Query.NoActivitySince",
             Rpc::Status => "Admin.Status",
             Rpc::Compact => "Admin.Compact",
@@ -127,7 +130,7 @@ impl Rpc {
             // A registration ties a person to an address: person-level.
             Rpc::GetRegistration => &[Investigator, Fieldwork],
             Rpc::WhoWasAt | Rpc::WhereWas | Rpc::NoActivitySince => &[Investigator],
-            Rpc::Occupancy => &[Analyst, Investigator],
+            Rpc::Occupancy | Rpc::OccupancyGrid => &[Analyst, Investigator],
             Rpc::Status => &[Operator],
             Rpc::Compact | Rpc::AddNode | Rpc::RemoveNode | Rpc::Expire => &[Operator],
             Rpc::TasksRun => &[Fieldwork, Operator],

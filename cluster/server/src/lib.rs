@@ -12,11 +12,13 @@
 //! May import: `hourcell-node`, `hourcell-query`, `hourcell-storage`,
 //! `hourcell-proto`, tonic. Must not import the CLI or the town generator.
 
+pub mod answer;
 pub mod auth;
 pub mod channel;
 pub mod convert;
 pub mod error;
 pub mod gate;
+pub mod grid;
 pub mod join;
 pub mod limit;
 pub mod metrics_http;

@@ -10,24 +10,14 @@ use hourcell_proto::v1;
 use hourcell_query::validate::RawEvent;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Auth, Principal, Rpc};
+use crate::answer::{blocking, log_aggregate, suppression, whole_past_day};
+use crate::auth::{Auth, Rpc};
 use crate::convert::*;
 use crate::gate::principal;
 use crate::release::{Release, Why};
-use crate::status::to_status;
 
 /// Persons per streamed message.
 const STREAM_CHUNK: usize = 16_384;
-
-/// Runs blocking store work off the async runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
-        .map_err(to_status)
-}
 
 #[derive(Clone)]
 pub struct Services {
@@ -49,15 +39,6 @@ impl Services {
             accepted,
             rejected: rejections(bad),
         }))
-    }
-
-    /// The threshold below which `p` sees counts suppressed (0: none).
-    fn suppression(&self, p: &Principal) -> u64 {
-        if p.has(crate::auth::Role::Investigator) {
-            0
-        } else {
-            self.auth.suppress_below
-        }
     }
 }
 
@@ -278,7 +259,7 @@ impl v1::query_server::Query for Services {
         // Small counts are suppressed, not shown, unless the caller may see
         // persons anyway; such a caller asks only for published units, so
         // that two answers cannot be differenced into a small count.
-        let k = self.suppression(&p);
+        let k = suppression(&self.auth, &p);
         let unit = if k > 0 {
             Some(published_unit(
                 r.region.as_ref(),
@@ -298,22 +279,12 @@ impl v1::query_server::Query for Services {
         })
         .await?;
         if let Some((area, day)) = unit {
-            // Aggregate queries are logged too; the answer need not wait.
-            let entry = hourcell_storage::AuditEntry {
-                time: self.node.now(),
-                principal: p.name.clone(),
-                roles: p.role_names(),
-                rpc: Rpc::Occupancy.name().into(),
-                parameters: serde_json::json!({ "area": area, "day": day }).to_string(),
-                outcome: "ok (aggregate, counts below k suppressed)".into(),
-                ..Default::default()
-            };
-            let node = self.node.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = node.audit(vec![entry]) {
-                    tracing::warn!(error = %e, "could not log an aggregate query");
-                }
-            });
+            log_aggregate(
+                &self.node,
+                &p,
+                Rpc::Occupancy,
+                serde_json::json!({ "area": area, "day": day }),
+            );
         }
         let shown = |c: u64| if c < k { (0, true) } else { (c, false) };
         let (distinct, distinct_suppressed) = shown(ans.distinct);
@@ -336,6 +307,17 @@ impl v1::query_server::Query for Services {
                 })
                 .collect(),
         }))
+    }
+
+    async fn occupancy_grid(
+        &self,
+        req: Request<v1::OccupancyGridRequest>,
+    ) -> Result<Response<v1::OccupancyGridResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        crate::grid::occupancy_grid(&self.node, &self.auth, &p, r)
+            .await
+            .map(Response::new)
     }
 
     async fn no_activity_since(
@@ -426,13 +408,7 @@ fn published_unit(
         Some(v1::region::Kind::Area(a)) => a.clone(),
         _ => return Err(invalid("region", "", why)),
     };
-    let w = window.ok_or_else(|| invalid("window", "", why))?;
-    let whole_day = w.start.rem_euclid(86_400) == 0 && w.end - w.start == 86_400;
-    let ended = w.end <= now && w.as_of.is_none_or(|a| a >= w.end);
-    if !whole_day || !ended {
-        return Err(invalid("window", format!("{}..{}", w.start, w.end), why));
-    }
-    Ok((area, hourcell_query::time::format_time(w.start)))
+    Ok((area, whole_past_day(window, now, why)?))
 }
 
 #[tonic::async_trait]

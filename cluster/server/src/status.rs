@@ -15,8 +15,13 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::UnknownRole { .. } => Status::invalid_argument(e.to_string()),
         NodeError::Refused(m) => Status::failed_precondition(m),
         NodeError::Unavailable(m) => Status::unavailable(m),
-        NodeError::Query(QueryError::InvalidArgument { .. }) => {
-            Status::invalid_argument(e.to_string())
+        NodeError::Query(QueryError::InvalidArgument {
+            field, ref reason, ..
+        }) => {
+            // The field also travels as a google.rpc.BadRequest violation.
+            use tonic_types::{ErrorDetails, StatusExt};
+            let details = ErrorDetails::with_bad_request_violation(field, reason.clone());
+            Status::with_error_details(tonic::Code::InvalidArgument, e.to_string(), details)
         }
         NodeError::Query(QueryError::NotFound { .. }) => Status::not_found(e.to_string()),
         NodeError::Query(QueryError::Unavailable(m)) => Status::unavailable(m),

@@ -188,6 +188,7 @@ pub fn kind_name(k: QueryKind) -> &'static str {
         QueryKind::WhereWas => "where-was",
         QueryKind::Occupancy => "occupancy",
         QueryKind::NoActivitySince => "no-activity-since",
+        QueryKind::Grid => "grid",
     }
 }
 
@@ -198,6 +199,7 @@ pub enum QueryRequest {
     WhereWas(v1::WhereWasRequest),
     Occupancy(v1::OccupancyRequest),
     NoActivitySince(v1::NoActivitySinceRequest),
+    Grid(v1::OccupancyGridRequest),
 }
 
 pub(crate) fn flag_time(flag: &'static str, v: &str) -> Result<i64> {
@@ -260,6 +262,8 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                     ("--person", a.person.is_some()),
                     ("--since", a.since.is_some()),
                     ("--local-rect", a.local_rect.is_some()),
+                    ("--level", a.level.is_some()),
+                    ("--hourly", a.hourly),
                 ],
             )?;
             let region = region_from_flags(&flags)?
@@ -282,10 +286,34 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                 })
             }
         }
+        QueryKind::Grid => {
+            reject_flags(
+                a.kind,
+                &[
+                    ("--person", a.person.is_some()),
+                    ("--since", a.since.is_some()),
+                    ("--local-rect", a.local_rect.is_some()),
+                    ("--addresses", a.addresses.is_some()),
+                    ("--area", a.area.is_some()),
+                ],
+            )?;
+            let region = region_from_flags(&flags)?.ok_or_else(|| {
+                anyhow!("grid needs a region: one of --rect, --circle or --cells")
+            })?;
+            QueryRequest::Grid(v1::OccupancyGridRequest {
+                region: Some(region),
+                window: Some(window(a, now)?),
+                level: a.level.map_or(0, u32::from),
+                hourly: a.hourly,
+                max_staleness_ms: None,
+            })
+        }
         QueryKind::WhereWas => {
             let mut bad: Vec<(&str, bool)> = flags.given().into_iter().map(|n| (n, true)).collect();
             bad.push(("--since", a.since.is_some()));
             bad.push(("--local-rect", a.local_rect.is_some()));
+            bad.push(("--level", a.level.is_some()));
+            bad.push(("--hourly", a.hourly));
             reject_flags(a.kind, &bad)?;
             let person = a
                 .person
@@ -306,6 +334,8 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                     ("--from", a.from.is_some()),
                     ("--to", a.to.is_some()),
                     ("--person", a.person.is_some()),
+                    ("--level", a.level.is_some()),
+                    ("--hourly", a.hourly),
                 ],
             )?;
             let since = a.since.as_deref().ok_or_else(|| {
@@ -357,6 +387,7 @@ pub enum QueryOutput {
     WhereWas(v1::WhereWasResponse),
     Occupancy(v1::OccupancyResponse),
     NoActivitySince(NoActivityResult),
+    Grid(v1::OccupancyGridResponse),
 }
 
 impl QueryOutput {
@@ -368,6 +399,7 @@ impl QueryOutput {
             QueryOutput::WhereWas(r) => r.hours.len() as u64,
             QueryOutput::Occupancy(r) => r.distinct,
             QueryOutput::NoActivitySince(r) => r.persons.len() as u64,
+            QueryOutput::Grid(r) => r.cells.len() as u64,
         }
     }
 }
@@ -396,6 +428,12 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
         QueryRequest::Occupancy(r) => {
             QueryOutput::Occupancy(c.occupancy(r).await.map_err(status_error)?.into_inner())
         }
+        QueryRequest::Grid(r) => QueryOutput::Grid(
+            c.occupancy_grid(r)
+                .await
+                .map_err(status_error)?
+                .into_inner(),
+        ),
         QueryRequest::NoActivitySince(r) => {
             let since = r.since;
             let mut stream = c
@@ -420,6 +458,7 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
     })
 }
 
+mod grid;
 mod import;
 mod render;
 mod status;

@@ -92,6 +92,7 @@ pub(crate) fn json_string<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
 /// in the documented order.
 pub fn to_json(out: &QueryOutput, pretty: bool) -> Result<String> {
     match out {
+        QueryOutput::Grid(r) => super::grid::to_json(r, pretty),
         QueryOutput::WhoWasAt(r) => json_string(
             &WhoWasAtJson {
                 from: format_time(r.window.start),
@@ -162,6 +163,7 @@ pub(crate) fn rows(
     missing: &str,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
     match out {
+        QueryOutput::Grid(r) => super::grid::rows(r, missing),
         QueryOutput::WhoWasAt(r) => (
             vec!["person"],
             r.persons.iter().map(|p| vec![p.to_string()]).collect(),
@@ -267,6 +269,7 @@ pub(crate) fn window_text(w: &v1::EffectiveWindow) -> String {
 pub fn to_table(out: &QueryOutput) -> String {
     let (header, rows) = rows(out, ",", "-");
     let summary = match out {
+        QueryOutput::Grid(r) => super::grid::summary(r),
         QueryOutput::WhoWasAt(r) => format!(
             "{}, {}",
             plural(r.persons.len() as u64, "person", "persons"),
@@ -317,6 +320,10 @@ pub fn render(out: &QueryOutput, format: Format) -> Result<String> {
             s.push('\n');
             s
         }
+        Format::Geojson => match out {
+            QueryOutput::Grid(r) => super::grid::to_geojson(r)?,
+            _ => return Err(crate::cli::geojson_only()),
+        },
     })
 }
 

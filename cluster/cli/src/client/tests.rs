@@ -14,6 +14,8 @@ fn args(kind: QueryKind) -> QueryArgs {
         since: None,
         as_of: None,
         local_rect: None,
+        level: None,
+        hourly: false,
         purpose: Some("generated test".into()),
         case: Some("T-1".into()),
         format: Format::Table,
@@ -483,4 +485,63 @@ fn status_lines() {
     assert!(s.contains("disk_bytes       2048 (2.0 KiB)\n"), "{s}");
     assert!(s.contains("first_hour       2026-11-01T00:00:00Z\n"), "{s}");
     assert!(s.contains("last_hour        -\n"), "{s}");
+}
+
+#[test]
+fn grid_requests_and_geojson() {
+    let mut a = args(QueryKind::Grid);
+    a.circle = Some("30.27,120.15,900".into());
+    a.from = Some("1793491200".into());
+    a.to = Some("1793577600".into());
+    a.level = Some(13);
+    a.hourly = true;
+    let QueryRequest::Grid(r) = build_request(&a, 1_793_600_000).unwrap() else {
+        panic!()
+    };
+    assert_eq!((r.level, r.hourly), (13, true));
+    a.area = Some("A1".into());
+    assert!(err(build_request(&a, 5)).contains("--area"));
+    let cell = hourcell_storage::cell::cell_at(30.27, 120.15, 13);
+    let (lat, lng) = hourcell_storage::cell::center(cell);
+    let out = QueryOutput::Grid(v1::OccupancyGridResponse {
+        window: Some(ew(0, 7200)),
+        level: 13,
+        cells: vec![
+            v1::GridCell {
+                token: hourcell_storage::cell::token(cell),
+                hour: Some(3600),
+                distinct: 7,
+                suppressed: false,
+                lat,
+                lng,
+            },
+            v1::GridCell {
+                token: hourcell_storage::cell::token(cell),
+                hour: Some(0),
+                distinct: 0,
+                suppressed: true,
+                lat,
+                lng,
+            },
+        ],
+        suppressed_below: 5,
+        staleness_ms: 0,
+    });
+    let g: serde_json::Value =
+        serde_json::from_str(&render(&out, Format::Geojson).unwrap()).unwrap();
+    assert_eq!(g["type"], "FeatureCollection");
+    let f = &g["features"][0];
+    let ring = f["geometry"]["coordinates"][0].as_array().unwrap();
+    assert_eq!(ring.len(), 5);
+    assert_eq!(ring[0], ring[4]);
+    assert_eq!(f["properties"]["distinct"], 7);
+    assert_eq!(f["properties"]["hour"], "1970-01-01T01:00:00Z");
+    let s = &g["features"][1]["properties"];
+    assert!(s["distinct"].is_null() && s["suppressed"] == true);
+    let table = render(&out, Format::Table).unwrap();
+    assert!(table.contains("<5"), "{table}");
+    assert!(table.contains("counts below 5 suppressed"), "{table}");
+    // GeoJSON is the grid's alone.
+    let occ = QueryOutput::WhoWasAt(WhoWasAtResult::default());
+    assert!(render(&occ, Format::Geojson).is_err());
 }
