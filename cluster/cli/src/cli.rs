@@ -23,6 +23,49 @@ and prints queries to try."
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub credentials: Credentials,
+}
+
+/// How client commands authenticate. Each flag may come from its
+/// environment variable instead (shown in --help), so that scripts set
+/// them once.
+#[derive(Debug, Args, Default)]
+pub struct Credentials {
+    /// A bearer token (see `hourcell token issue`).
+    #[arg(long, global = true, env = "HOURCELL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, global = true, env = "HOURCELL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the server's; enables TLS.
+    #[arg(long, global = true, env = "HOURCELL_CA")]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "HOURCELL_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This client's private key (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "HOURCELL_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// Hands the flags to the client channel, which reads them from the
+    /// environment (where each flag may already have come from). Called
+    /// once in `main`, before any thread starts.
+    pub fn export(&self) {
+        let set = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                std::env::set_var(name, v);
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        set("HOURCELL_TOKEN", self.token.clone());
+        set("HOURCELL_TOKEN_FILE", path(&self.token_file));
+        set("HOURCELL_CA", path(&self.ca));
+        set("HOURCELL_CERT", path(&self.cert));
+        set("HOURCELL_KEY", path(&self.key));
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +160,8 @@ pub struct AuditVerifyArgs {
     /// repeat for several.
     #[arg(long = "expect")]
     pub expect: Vec<String>,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -132,7 +176,8 @@ pub struct AuditListArgs {
     /// The case the listing belongs to (with --purpose).
     #[arg(long = "case", requires = "purpose")]
     pub case_ref: Option<String>,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -282,13 +327,15 @@ pub struct ImportArgs {
     /// always sent one at a time, in file order).
     #[arg(long, default_value_t = 3)]
     pub in_flight: usize,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
 #[derive(Debug, Args)]
 pub struct ServerArg {
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -371,13 +418,15 @@ pub struct QueryArgs {
     pub case: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
     /// Persons in the generated town.
     #[arg(long, default_value_t = 20_000)]
@@ -449,7 +498,8 @@ pub struct TasksRunArgs {
     pub at: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -471,7 +521,8 @@ pub struct TasksListArgs {
     pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -482,7 +533,8 @@ pub struct TaskIdArgs {
     pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -499,7 +551,8 @@ pub struct TaskChangeArgs {
     pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -520,7 +573,8 @@ pub struct TaskResolveArgs {
     pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -536,7 +590,8 @@ pub struct TasksWatchArgs {
     pub why: WhyArgs,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -568,7 +623,8 @@ pub struct AddNodeArgs {
     /// If the id is already a member, remove it first (its data was lost).
     #[arg(long)]
     pub replace: bool,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -576,7 +632,8 @@ pub struct AddNodeArgs {
 pub struct RemoveNodeArgs {
     #[arg(long)]
     pub id: u64,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }
 
@@ -584,6 +641,7 @@ pub struct RemoveNodeArgs {
 pub struct ClusterStatusArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[arg(long, default_value = DEFAULT_SERVER)]
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 }

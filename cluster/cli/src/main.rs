@@ -18,6 +18,7 @@ fn init_logging(default: &str) {
 
 fn main() {
     let cli = Cli::parse();
+    cli.credentials.export();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -821,3 +821,55 @@ fn node_refuses_plaintext_unless_insecure_is_explicit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback"), "{err}");
 }
+
+/// Every client flag may come from its environment variable instead, and
+/// `--help` says which.
+#[test]
+fn client_flags_come_from_the_environment_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _node = start_node(dir.path(), port);
+    let s = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hourcell"));
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // HOURCELL_SERVER instead of --server.
+    let out = run(&["status"], &[("HOURCELL_SERVER", &s)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A token is sent, by flag or variable: this node takes none, and says so.
+    for (args, env) in [
+        (
+            vec!["status", "--server", &s, "--token", "not-a-token"],
+            vec![],
+        ),
+        (
+            vec!["status", "--server", &s],
+            vec![("HOURCELL_TOKEN", "not-a-token")],
+        ),
+    ] {
+        let out = run(&args, &env);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("does not accept bearer tokens"), "{err}");
+    }
+    let help = ok(&["query", "--help"]);
+    for v in [
+        "HOURCELL_SERVER",
+        "HOURCELL_TOKEN",
+        "HOURCELL_CA",
+        "HOURCELL_CERT",
+        "HOURCELL_KEY",
+    ] {
+        assert!(help.contains(v), "{v} missing from --help");
+    }
+    assert!(!help.contains("not-a-token"), "token values are not shown");
+}
