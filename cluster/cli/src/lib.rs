@@ -12,5 +12,6 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod dev;
+pub mod exit;
 pub mod security_cli;
 pub mod tasks_cli;

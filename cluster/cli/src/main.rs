@@ -104,6 +104,6 @@ fn main() {
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(hourcell_cli::exit::code_of(&e));
     }
 }

@@ -179,8 +179,12 @@ async fn verified_records(
         .map(hourcell_server::convert::audit_from_proto)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!(e))?;
-    hourcell_storage::audit::verify_anchored(&stored, checkpoints)
-        .map_err(|e| anyhow!("audit log does NOT verify: {e}"))?;
+    hourcell_storage::audit::verify_anchored(&stored, checkpoints).map_err(|e| {
+        crate::exit::Failure::new(
+            crate::exit::VERIFY_FAILED,
+            format!("audit log does NOT verify: {e}"),
+        )
+    })?;
     Ok(stored)
 }
 

@@ -678,6 +678,11 @@ fn audit_verify_catches_edited_deleted_and_reordered_records() {
         let out = hourcell(&["audit", "verify", "--server", &s]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: verify passed");
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{what}: the verification exit code"
+        );
         assert!(err.contains(bad), "{what}: {err}");
         drop(node);
         write(vec![(2, Some(r2.clone())), (3, Some(r3.clone()))]);
@@ -711,6 +716,11 @@ fn audit_verify_catches_edited_deleted_and_reordered_records() {
         let out = hourcell(&["audit", "verify", "--expect", &checkpoint, "--server", &s]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: verify --expect passed");
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{what}: the verification exit code"
+        );
         assert!(err.contains(bad), "{what}: {err}");
         drop(node);
         write(vec![(2, Some(r2.clone())), (3, Some(r3.clone()))]);
@@ -872,4 +882,46 @@ fn client_flags_come_from_the_environment_too() {
         assert!(help.contains(v), "{v} missing from --help");
     }
     assert!(!help.contains("not-a-token"), "token values are not shown");
+}
+
+/// Scripts can tell a typo, a down server, a refusal and a bad request
+/// apart by the exit code (README, "Exit codes"; verification failures, 6,
+/// in `audit_verify_catches_edited_deleted_and_reordered_records`).
+#[test]
+fn exit_codes_tell_usage_unavailable_denied_and_invalid_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _node = start_node(dir.path(), port);
+    let s = format!("http://127.0.0.1:{port}");
+    let code = |args: &[&str]| hourcell(args).status.code();
+    assert_eq!(code(&["status", "--server", &s]), Some(0));
+    assert_eq!(code(&["status", "--no-such-flag"]), Some(2), "usage");
+    assert_eq!(
+        code(&["query", "where-was", "--circle", "1,2,3", "--server", &s]),
+        Some(2),
+        "flags that do not apply"
+    );
+    let down = format!("http://127.0.0.1:{}", free_port());
+    assert_eq!(code(&["status", "--server", &down]), Some(3), "unavailable");
+    assert_eq!(
+        code(&["status", "--server", &s, "--token", "not-a-token"]),
+        Some(4),
+        "denied"
+    );
+    assert_eq!(
+        code(&[
+            "query",
+            "occupancy",
+            "--area",
+            "NO-SUCH-AREA",
+            "--from",
+            "2026-11-01T00:00:00Z",
+            "--to",
+            "2026-11-02T00:00:00Z",
+            "--server",
+            &s,
+        ]),
+        Some(5),
+        "invalid"
+    );
 }

@@ -38,11 +38,12 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
     } else {
         s.message().to_string()
     };
+    let code = crate::exit::of_status(s.code());
     match s.code() {
         tonic::Code::ResourceExhausted | tonic::Code::OutOfRange if msg.contains("message") => {
-            anyhow!("{msg} (try a smaller --batch)")
+            crate::exit::Failure::new(code, format!("{msg} (try a smaller --batch)"))
         }
-        _ => anyhow!("{msg}"),
+        _ => crate::exit::Failure::new(code, msg),
     }
 }
 

@@ -337,7 +337,8 @@ pub fn print_stdout(s: &str) -> Result<()> {
 }
 
 pub async fn run_query(args: QueryArgs) -> Result<()> {
-    let req = build_request(&args, hourcell_query::time::now())?;
+    let req = build_request(&args, hourcell_query::time::now())
+        .map_err(|e| crate::exit::Failure::new(crate::exit::USAGE, format!("{e:#}")))?;
     let ch = channel(&args.server).await?;
     let out = execute(ch, req).await?;
     print_stdout(&render(&out, args.format)?)
