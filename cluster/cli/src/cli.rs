@@ -112,6 +112,13 @@ pub enum Command {
     /// applies it every hour; `apply` does it now (operator role).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Print a shell completion script: `hourcell completions bash >
+    /// /etc/bash_completion.d/hourcell` (also zsh, fish, elvish,
+    /// powershell).
+    Completions(CompletionsArgs),
+    /// Write man pages for hourcell and every subcommand (hourcell.1,
+    /// hourcell-query.1, ...) into a directory.
+    Man(ManArgs),
     /// TLS certificates for trying hourcell out and for tests (local, no
     /// role). Clients use HOURCELL_CA, HOURCELL_CERT and HOURCELL_KEY.
     #[command(subcommand)]
@@ -337,6 +344,19 @@ pub struct ServerArg {
     /// The node to ask (host:port, or https://host:port with TLS).
     #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write into (created if missing).
+    #[arg(long, default_value = "man")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

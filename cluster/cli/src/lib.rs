@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod dev;
+pub mod docs;
 pub mod exit;
 pub mod security_cli;
 pub mod tasks_cli;

@@ -96,6 +96,14 @@ fn main() {
             }
             Command::Token(a) => security_cli::run_token(a),
             Command::Certs(a) => security_cli::run_certs(a),
+            Command::Completions(a) => {
+                client::print_stdout(&hourcell_cli::docs::completions(a.shell))
+            }
+            Command::Man(a) => {
+                let pages = hourcell_cli::docs::write_man(&a.out)?;
+                println!("wrote {pages} man pages to {}", a.out.display());
+                Ok(())
+            }
             Command::Retention(a) => {
                 init_logging("warn");
                 security_cli::run_retention(a).await
