@@ -158,7 +158,7 @@ pub enum AuditCommand {
     /// Verifies the log and prints its head as SEQ:HASH. Keep it outside
     /// the cluster (a ticket, a notebook, another system) and pass it to
     /// `audit verify --expect` later.
-    Checkpoint(ServerArg),
+    Checkpoint(ServerFormatArgs),
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +167,9 @@ pub struct AuditVerifyArgs {
     /// repeat for several.
     #[arg(long = "expect")]
     pub expect: Vec<String>,
+    /// text (table) or json.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
     /// The node to ask (host:port, or https://host:port with TLS).
     #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
@@ -222,7 +225,7 @@ pub struct IssueArgs {
 #[derive(Debug, Subcommand)]
 pub enum RetentionCommand {
     /// Remove every hour older than the limit now, on every replica.
-    Apply(ServerArg),
+    Apply(ServerFormatArgs),
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +347,17 @@ pub struct ServerArg {
     /// The node to ask (host:port, or https://host:port with TLS).
     #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+}
+
+/// A node to ask and how to print its answer.
+#[derive(Debug, Args)]
+pub struct ServerFormatArgs {
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// text (table) or json.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

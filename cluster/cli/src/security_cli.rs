@@ -140,6 +140,15 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| anyhow!("invalid --expect: {}", e.why))?;
             let stored = verified_records(&a.server, &checkpoints).await?;
+            if a.format == Format::Json {
+                let v = serde_json::json!({
+                    "verified": true,
+                    "records": stored.len(),
+                    "head": stored.last().map(|r| hourcell_storage::audit::hex(&r.hash)),
+                    "checkpoints_matched": checkpoints.len(),
+                });
+                return crate::client::print_stdout(&format!("{v}\n"));
+            }
             crate::client::print_stdout(&format!(
                 "audit log verified: {} records, hash chain intact{}{}\n",
                 stored.len(),
@@ -163,7 +172,18 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                 seq: head.seq,
                 hash: head.hash,
             };
-            crate::client::print_stdout(&format!("{c}\n"))
+            let text = match a.format {
+                Format::Json => format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "seq": c.seq,
+                        "hash": hourcell_storage::audit::hex(&c.hash),
+                        "checkpoint": c.to_string(),
+                    })
+                ),
+                _ => format!("{c}\n"),
+            };
+            crate::client::print_stdout(&text)
         }
     }
 }
@@ -245,6 +265,13 @@ pub async fn run_retention(cmd: RetentionCommand) -> Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if a.format == Format::Json {
+                let v = serde_json::json!({
+                    "cutoff": format_time(r.cutoff),
+                    "person_days_removed": r.person_days_removed,
+                });
+                return crate::client::print_stdout(&format!("{v}\n"));
+            }
             crate::client::print_stdout(&format!(
                 "removed every hour before {} on every replica ({} person-days); recorded in the audit log\n",
                 format_time(r.cutoff),

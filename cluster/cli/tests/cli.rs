@@ -627,6 +627,23 @@ fn audit_verify_catches_edited_deleted_and_reordered_records() {
         .collect();
     assert_eq!(cases, ["C-1", "C-2", "C-3"]);
     assert!(ok(&["audit", "verify", "--server", &s]).contains("3 records, hash chain intact"));
+    let v = json(&ok(&[
+        "audit", "verify", "--format", "json", "--server", &s,
+    ]));
+    assert_eq!(
+        (v["verified"].as_bool(), v["records"].as_u64()),
+        (Some(true), Some(3))
+    );
+    let v = json(&ok(&[
+        "audit",
+        "checkpoint",
+        "--format",
+        "json",
+        "--server",
+        &s,
+    ]));
+    assert_eq!(v["seq"].as_u64(), Some(3));
+    assert!(v["checkpoint"].as_str().unwrap().starts_with("3:"));
     // A checkpoint kept outside the cluster.
     let checkpoint = ok(&["audit", "checkpoint", "--server", &s])
         .trim()
@@ -895,6 +912,18 @@ fn exit_codes_tell_usage_unavailable_denied_and_invalid_apart() {
     let s = format!("http://127.0.0.1:{port}");
     let code = |args: &[&str]| hourcell(args).status.code();
     assert_eq!(code(&["status", "--server", &s]), Some(0));
+    let v = json(&ok(&[
+        "retention",
+        "apply",
+        "--format",
+        "json",
+        "--server",
+        &s,
+    ]));
+    assert!(
+        v["cutoff"].is_string() && v["person_days_removed"].is_u64(),
+        "{v}"
+    );
     assert_eq!(code(&["status", "--no-such-flag"]), Some(2), "usage");
     assert_eq!(
         code(&["query", "where-was", "--circle", "1,2,3", "--server", &s]),
