@@ -542,11 +542,11 @@ pub struct TasksListArgs {
     /// Only tasks in this area.
     #[arg(long)]
     pub area: Option<String>,
-    /// REGISTER_NEWCOMER, RESIDENCE_MISMATCH or VERIFY_DEPARTURE.
-    #[arg(long)]
+    /// The rule that raised the task.
+    #[arg(long, ignore_case = true, value_parser = ["REGISTER_NEWCOMER", "RESIDENCE_MISMATCH", "VERIFY_DEPARTURE"])]
     pub kind: Option<String>,
-    /// open, in_progress or resolved.
-    #[arg(long)]
+    /// Where the task stands.
+    #[arg(long, value_parser = ["open", "in_progress", "resolved"])]
     pub state: Option<String>,
     /// Tasks fetched per request.
     #[arg(long, default_value_t = 500)]
@@ -593,9 +593,9 @@ pub struct TaskChangeArgs {
 #[derive(Debug, Args)]
 pub struct TaskResolveArgs {
     pub id: u64,
-    /// confirmed, rejected or not_found. A rejected task is not raised
-    /// again for the same person, address and kind for 30 days.
-    #[arg(long)]
+    /// What the visit found. A rejected task is not raised again for the
+    /// same person, address and kind for 30 days.
+    #[arg(long, value_parser = ["confirmed", "rejected", "not_found"])]
     pub outcome: String,
     /// On whose behalf (a staff handle); the task history records the
     /// authenticated caller, and this after it.

@@ -925,6 +925,11 @@ fn exit_codes_tell_usage_unavailable_denied_and_invalid_apart() {
         "{v}"
     );
     assert_eq!(code(&["status", "--no-such-flag"]), Some(2), "usage");
+    // Kinds, states and outcomes are checked, and the allowed ones named.
+    let out = hourcell(&["tasks", "list", "--state", "closed", "--server", &s]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open, in_progress, resolved"), "{err}");
     assert_eq!(
         code(&["query", "where-was", "--circle", "1,2,3", "--server", &s]),
         Some(2),
