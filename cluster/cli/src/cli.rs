@@ -337,6 +337,10 @@ pub struct ImportArgs {
     /// always sent one at a time, in file order).
     #[arg(long, default_value_t = 3)]
     pub in_flight: usize,
+    /// The summary as text (table) or json (accepted, rejected and the
+    /// first rejected rows with their line, field and reason).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
     /// The node to ask (host:port, or https://host:port with TLS).
     #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,

@@ -162,6 +162,25 @@ fn gen_import_and_query_through_the_cli() {
         ]);
         assert!(out.to_lowercase().contains("accepted"), "{out}");
     }
+    // The summary as JSON: the addresses again (a re-put is accepted).
+    let addresses = town.join("addresses.csv");
+    let v = json(&ok(&[
+        "import",
+        "--kind",
+        "addresses",
+        addresses.to_str().unwrap(),
+        "--format",
+        "json",
+        "--server",
+        s,
+    ]));
+    let rows = std::fs::read_to_string(&addresses).unwrap().lines().count() as u64 - 1;
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(rows), Some(0)),
+        "{v}"
+    );
+    assert!(v["first_rejections"].as_array().unwrap().is_empty());
     let events = std::fs::read_to_string(town.join("events.csv")).unwrap();
     let first: Vec<&str> = events.lines().nth(1).unwrap().split(',').collect();
     let person = first[0];

@@ -225,6 +225,22 @@ impl ImportReport {
         &self.first
     }
 
+    /// The report as one JSON object (the first rejections only).
+    pub fn json(&mut self, file: &str) -> serde_json::Value {
+        let (accepted, rejected) = (self.accepted, self.rejected);
+        let rows: Vec<serde_json::Value> = self
+            .first()
+            .iter()
+            .map(|r| serde_json::json!({ "line": r.line, "field": r.field, "reason": r.reason }))
+            .collect();
+        serde_json::json!({
+            "file": file,
+            "accepted": accepted,
+            "rejected": rejected,
+            "first_rejections": rows,
+        })
+    }
+
     pub fn summary(&mut self) -> String {
         let mut s = format!("accepted {}, rejected {}\n", self.accepted, self.rejected);
         let total = self.rejected;
@@ -409,6 +425,7 @@ pub async fn run_import(args: ImportArgs) -> Result<()> {
 
     let path: &Path = &args.file;
     let shown = path.display().to_string();
+    let format = args.format;
     let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut rdr = csv::ReaderBuilder::new()
@@ -488,5 +505,8 @@ pub async fn run_import(args: ImportArgs) -> Result<()> {
         Err(e) => return Err(anyhow!("the CSV reader failed: {e}")),
     }
     bar.finish_and_clear();
+    if format == Format::Json {
+        return print_stdout(&format!("{}\n", report.json(&shown)));
+    }
     print_stdout(&format!("{shown}: {}", report.summary()))
 }
