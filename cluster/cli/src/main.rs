@@ -8,12 +8,19 @@ use hourcell_server::server;
 use hourcell_town as town;
 
 fn init_logging(default: &str) {
+    init_logging_as(default, config::LogFormat::Text);
+}
+
+fn init_logging_as(default: &str, format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => log.init(),
+        config::LogFormat::Json => log.json().init(),
+    }
 }
 
 fn main() {
@@ -40,7 +47,7 @@ fn main() {
                         ),
                     }
                 }
-                init_logging(&cfg.log);
+                init_logging_as(&cfg.log, cfg.log_format);
                 Ok(server::run(cfg).await?)
             }
             Command::Gen(a) => {

@@ -978,3 +978,89 @@ fn exit_codes_tell_usage_unavailable_denied_and_invalid_apart() {
         "invalid"
     );
 }
+
+/// `log_format = "json"`: one JSON object per line, and one access line per
+/// RPC naming who called what, its status and latency, never the person
+/// asked about.
+#[test]
+fn access_lines_are_json_and_name_no_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"info\"\nlog_format = \"json\"\n{TEST_SECURITY}",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("node.log");
+    let node = Killed(
+        Command::new(env!("CARGO_BIN_EXE_hourcell"))
+            .args(["node", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let s = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !hourcell(&["status", "--server", &s]).status.success() {
+        assert!(Instant::now() < deadline, "node did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&[
+        "query",
+        "where-was",
+        "--person",
+        "4242424242",
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--to",
+        "2026-11-02T00:00:00Z",
+        "--purpose",
+        "generated check",
+        "--case",
+        "L-1",
+        "--server",
+        &s,
+    ]);
+    let bad = hourcell(&[
+        "query",
+        "occupancy",
+        "--area",
+        "NOPE",
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--to",
+        "2026-11-02T00:00:00Z",
+        "--server",
+        &s,
+    ]);
+    assert!(!bad.status.success());
+    drop(node);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(json).collect();
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "hourcell::access")
+        .collect();
+    let find = |rpc: &str| {
+        access
+            .iter()
+            .find(|l| l["fields"]["rpc"] == rpc)
+            .unwrap_or_else(|| panic!("no access line for {rpc}: {text}"))
+    };
+    let w = find("Query.WhereWas");
+    assert_eq!(w["fields"]["status"], "Ok");
+    assert_eq!(w["fields"]["principal"], "anonymous");
+    assert!(w["fields"]["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        find("Query.Occupancy")["fields"]["status"],
+        "InvalidArgument"
+    );
+    assert!(find("Admin.Status")["fields"]["status"] == "Ok");
+    assert!(!text.contains("4242424242"), "a person id in the log");
+}

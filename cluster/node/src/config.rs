@@ -44,6 +44,10 @@ pub struct NodeConfig {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "hourcell=debug".
     #[serde(default = "default_log")]
     pub log: String,
+    /// "text" (the default) or "json": one JSON object per line, for log
+    /// shippers.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// The rule layer (field-staff tasks).
     #[serde(default)]
     pub rules: RulesConfig,
@@ -400,6 +404,15 @@ fn default_max_batch() -> usize {
 fn default_hold_events() -> usize {
     hourcell_storage::store::DEFAULT_DEFER_EVENTS
 }
+/// How the node writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 fn default_log() -> String {
     "info".into()
 }
@@ -416,6 +429,7 @@ impl NodeConfig {
             max_batch: default_max_batch(),
             hold_events: default_hold_events(),
             log: default_log(),
+            log_format: LogFormat::Text,
             rules: RulesConfig::default(),
             cluster: None,
             security: SecurityConfig::default(),

@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hourcell_node::node::Node;
@@ -236,13 +237,39 @@ where
                         ))
                         .into_http());
                     };
+                    let (principal, started) = (p.name.clone(), std::time::Instant::now());
                     req.extensions_mut().insert(p);
-                    inner.call(req).await
+                    let resp = inner.call(req).await;
+                    if let Ok(r) = &resp {
+                        access_log(&principal, rpc, r, started.elapsed());
+                    }
+                    resp
                 }
                 Err(status) => Ok(status.into_http()),
             }
         })
     }
+}
+
+/// One line per answered client RPC: who, what, the status of the
+/// response head and how long the service took to produce it. Never a
+/// request's parameters (they name persons); those are in the audit log.
+/// A status sent later in a stream's trailers is not seen here.
+fn access_log<B>(principal: &str, rpc: Option<Rpc>, resp: &http::Response<B>, took: Duration) {
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from);
+    tracing::info!(
+        target: "hourcell::access",
+        principal,
+        rpc = rpc.map_or("unknown", |r| r.name()),
+        status = ?status,
+        latency_ms = took.as_secs_f64() * 1e3,
+        "access"
+    );
 }
 
 #[cfg(test)]
