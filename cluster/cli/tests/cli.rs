@@ -2,70 +2,23 @@
 //! into a node, and every query's JSON shape through the CLI.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
+use hourcell_test_support::cli::{self, json, Killed};
 use hourcell_test_support::procs::free_port;
 
+const BIN: &str = env!("CARGO_BIN_EXE_hourcell");
+
 fn hourcell(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hourcell"))
-        .args(args)
-        .output()
-        .expect("run hourcell")
+    cli::run(BIN, args)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = hourcell(args);
-    assert!(
-        out.status.success(),
-        "hourcell {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    cli::ok(BIN, args)
 }
 
 fn start_node(dir: &Path, port: u16) -> Killed {
-    let cfg = dir.join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"warn\"\n{TEST_SECURITY}",
-            dir.join("data")
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hourcell"))
-        .args(["node", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !hourcell(&["status", "--server", &server]).status.success() {
-        assert!(Instant::now() < deadline, "node did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Killed(child)
-}
-
-/// Plaintext on loopback, every role for requests without credentials, and
-/// a retention limit that generated towns of any date stay inside.
-const TEST_SECURITY: &str =
-    "\n[security]\ninsecure = true\nanonymous_roles = [\"all\"]\nretention_days = 36500\n";
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+    cli::start_node(BIN, dir, port)
 }
 
 #[test]
@@ -866,201 +819,4 @@ fn node_refuses_plaintext_unless_insecure_is_explicit() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback"), "{err}");
-}
-
-/// Every client flag may come from its environment variable instead, and
-/// `--help` says which.
-#[test]
-fn client_flags_come_from_the_environment_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _node = start_node(dir.path(), port);
-    let s = format!("http://127.0.0.1:{port}");
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_hourcell"));
-        c.args(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    };
-    // HOURCELL_SERVER instead of --server.
-    let out = run(&["status"], &[("HOURCELL_SERVER", &s)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A token is sent, by flag or variable: this node takes none, and says so.
-    for (args, env) in [
-        (
-            vec!["status", "--server", &s, "--token", "not-a-token"],
-            vec![],
-        ),
-        (
-            vec!["status", "--server", &s],
-            vec![("HOURCELL_TOKEN", "not-a-token")],
-        ),
-    ] {
-        let out = run(&args, &env);
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("does not accept bearer tokens"), "{err}");
-    }
-    let help = ok(&["query", "--help"]);
-    for v in [
-        "HOURCELL_SERVER",
-        "HOURCELL_TOKEN",
-        "HOURCELL_CA",
-        "HOURCELL_CERT",
-        "HOURCELL_KEY",
-    ] {
-        assert!(help.contains(v), "{v} missing from --help");
-    }
-    assert!(!help.contains("not-a-token"), "token values are not shown");
-}
-
-/// Scripts can tell a typo, a down server, a refusal and a bad request
-/// apart by the exit code (README, "Exit codes"; verification failures, 6,
-/// in `audit_verify_catches_edited_deleted_and_reordered_records`).
-#[test]
-fn exit_codes_tell_usage_unavailable_denied_and_invalid_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _node = start_node(dir.path(), port);
-    let s = format!("http://127.0.0.1:{port}");
-    let code = |args: &[&str]| hourcell(args).status.code();
-    assert_eq!(code(&["status", "--server", &s]), Some(0));
-    let v = json(&ok(&[
-        "retention",
-        "apply",
-        "--format",
-        "json",
-        "--server",
-        &s,
-    ]));
-    assert!(
-        v["cutoff"].is_string() && v["person_days_removed"].is_u64(),
-        "{v}"
-    );
-    assert_eq!(code(&["status", "--no-such-flag"]), Some(2), "usage");
-    // Kinds, states and outcomes are checked, and the allowed ones named.
-    let out = hourcell(&["tasks", "list", "--state", "closed", "--server", &s]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("open, in_progress, resolved"), "{err}");
-    assert_eq!(
-        code(&["query", "where-was", "--circle", "1,2,3", "--server", &s]),
-        Some(2),
-        "flags that do not apply"
-    );
-    let down = format!("http://127.0.0.1:{}", free_port());
-    assert_eq!(code(&["status", "--server", &down]), Some(3), "unavailable");
-    assert_eq!(
-        code(&["status", "--server", &s, "--token", "not-a-token"]),
-        Some(4),
-        "denied"
-    );
-    assert_eq!(
-        code(&[
-            "query",
-            "occupancy",
-            "--area",
-            "NO-SUCH-AREA",
-            "--from",
-            "2026-11-01T00:00:00Z",
-            "--to",
-            "2026-11-02T00:00:00Z",
-            "--server",
-            &s,
-        ]),
-        Some(5),
-        "invalid"
-    );
-}
-
-/// `log_format = "json"`: one JSON object per line, and one access line per
-/// RPC naming who called what, its status and latency, never the person
-/// asked about.
-#[test]
-fn access_lines_are_json_and_name_no_person() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = dir.path().join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nblock_cache_mb = 16\nlog = \"info\"\nlog_format = \"json\"\n{TEST_SECURITY}",
-            dir.path().join("data")
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("node.log");
-    let node = Killed(
-        Command::new(env!("CARGO_BIN_EXE_hourcell"))
-            .args(["node", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let s = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !hourcell(&["status", "--server", &s]).status.success() {
-        assert!(Instant::now() < deadline, "node did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ok(&[
-        "query",
-        "where-was",
-        "--person",
-        "4242424242",
-        "--from",
-        "2026-11-01T00:00:00Z",
-        "--to",
-        "2026-11-02T00:00:00Z",
-        "--purpose",
-        "generated check",
-        "--case",
-        "L-1",
-        "--server",
-        &s,
-    ]);
-    let bad = hourcell(&[
-        "query",
-        "occupancy",
-        "--area",
-        "NOPE",
-        "--from",
-        "2026-11-01T00:00:00Z",
-        "--to",
-        "2026-11-02T00:00:00Z",
-        "--server",
-        &s,
-    ]);
-    assert!(!bad.status.success());
-    drop(node);
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(json).collect();
-    let access: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l["target"] == "hourcell::access")
-        .collect();
-    let find = |rpc: &str| {
-        access
-            .iter()
-            .find(|l| l["fields"]["rpc"] == rpc)
-            .unwrap_or_else(|| panic!("no access line for {rpc}: {text}"))
-    };
-    let w = find("Query.WhereWas");
-    assert_eq!(w["fields"]["status"], "Ok");
-    assert_eq!(w["fields"]["principal"], "anonymous");
-    assert!(w["fields"]["latency_ms"].as_f64().unwrap() >= 0.0);
-    assert_eq!(
-        find("Query.Occupancy")["fields"]["status"],
-        "InvalidArgument"
-    );
-    assert!(find("Admin.Status")["fields"]["status"] == "Ok");
-    assert!(!text.contains("4242424242"), "a person id in the log");
 }
