@@ -87,7 +87,7 @@ pub enum Command {
     /// no-activity-since: investigator, with --purpose and --case, audited.
     Query(QueryArgs),
     /// Show a node's status (role: operator).
-    Status(ServerArg),
+    Status(ServerFormatArgs),
     /// The replicated cluster: nodes, the raft leader, replica health and
     /// lag; add and remove nodes (role: operator).
     #[command(subcommand)]

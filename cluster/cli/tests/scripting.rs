@@ -37,12 +37,18 @@ fn client_flags_come_from_the_environment_too() {
         }
         c.output().unwrap()
     };
-    // HOURCELL_SERVER instead of --server.
-    let out = run(&["status"], &[("HOURCELL_SERVER", &s)]);
+    // HOURCELL_SERVER instead of --server; the status as JSON.
+    let out = run(&["status", "--format", "json"], &[("HOURCELL_SERVER", &s)]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let st = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(st["slice_level"].as_u64(), Some(16), "{st}");
+    assert!(
+        st["persons"].is_u64() && st["audit_head"]["seq"].is_u64(),
+        "{st}"
     );
     // A token is sent, by flag or variable: this node takes none, and says so.
     for (args, env) in [

@@ -20,7 +20,7 @@ use hourcell_proto::v1;
 use hourcell_query::time::{format_time, parse_time};
 use serde::Serialize;
 
-use crate::cli::{Format, ImportArgs, ImportKind, QueryArgs, QueryKind, ServerArg};
+use crate::cli::{Format, ImportArgs, ImportKind, QueryArgs, QueryKind, ServerFormatArgs};
 
 /// How many rejections an import lists at the end.
 pub(crate) const SHOW_REJECTIONS: usize = 10;

@@ -424,13 +424,51 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-pub async fn run_status(args: ServerArg) -> Result<()> {
+/// A node's status as one JSON object (times RFC 3339, null when unknown).
+pub fn status_json(server: &str, s: &v1::StatusResponse) -> serde_json::Value {
+    let time = |t: Option<i64>| t.map(format_time);
+    serde_json::json!({
+        "server": normalize_server(server),
+        "version": s.version,
+        "data_dir": s.data_dir,
+        "slice_level": s.slice_level,
+        "persons": s.persons,
+        "addresses": s.addresses,
+        "registrations": s.registrations,
+        "events_accepted": s.events_accepted,
+        "postings": s.postings,
+        "disk_bytes": s.disk_bytes,
+        "first_hour": time(s.first_hour),
+        "last_hour": time(s.last_hour),
+        "raft": s.raft.as_ref().map(|r| serde_json::json!({
+            "node_id": r.node_id,
+            "group": r.group,
+            "leader": r.leader,
+            "is_leader": r.is_leader,
+            "term": r.term,
+            "commit": r.commit,
+            "applied": r.applied,
+            "voters": r.voters,
+        })),
+        "shards": s.shards.len(),
+        "shard_map_version": s.shard_map_version,
+        "audit_head": {
+            "seq": s.audit_head_seq,
+            "hash": hourcell_storage::audit::hex(&s.audit_head_hash),
+        },
+    })
+}
+
+pub async fn run_status(args: ServerFormatArgs) -> Result<()> {
     let ch = channel(&args.server).await?;
     let st = admin_client(ch)
         .status(v1::StatusRequest::default())
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.format == Format::Json {
+        return print_stdout(&format!("{}\n", status_json(&args.server, &st)));
+    }
     print_stdout(&format!(
         "{:<16} {}\n{}",
         "server",
