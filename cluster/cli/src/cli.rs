@@ -395,11 +395,14 @@ pub enum Format {
     Json,
     /// A GeoJSON FeatureCollection of cell polygons (query grid only).
     Geojson,
+    /// A PNG heat map written to --out; with --hourly, one frame per hour
+    /// into the directory --out (query grid only).
+    Png,
 }
 
-/// The error for `--format geojson` outside `query grid`.
-pub fn geojson_only() -> anyhow::Error {
-    anyhow::anyhow!("--format geojson is only for `hourcell query grid`")
+/// The error for the grid's formats elsewhere.
+pub fn grid_only() -> anyhow::Error {
+    anyhow::anyhow!("--format geojson and png are only for `hourcell query grid`")
 }
 
 #[derive(Debug, Args)]
@@ -447,6 +450,10 @@ pub struct QueryArgs {
     /// grid: one count per cell and hour (else one per cell for the window).
     #[arg(long)]
     pub hourly: bool,
+    /// grid with --format png: the file to write, or with --hourly the
+    /// directory for one frame per hour.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Why a person-level query (who-was-at, where-was,
     /// no-activity-since) is asked; written to the audit log.
     #[arg(long)]

@@ -92,7 +92,7 @@ pub async fn run_audit(cmd: AuditCommand) -> Result<()> {
                 "parameters",
             ];
             let text = match a.format {
-                Format::Geojson => return Err(crate::cli::geojson_only()),
+                Format::Geojson | Format::Png => return Err(crate::cli::grid_only()),
                 Format::Json => {
                     let v: Vec<serde_json::Value> = records
                         .iter()

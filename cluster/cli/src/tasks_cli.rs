@@ -96,7 +96,7 @@ fn list_row(t: &v1::Task) -> Vec<String> {
 
 pub fn render_list(tasks: &[v1::Task], format: Format) -> Result<String> {
     Ok(match format {
-        Format::Geojson => return Err(crate::cli::geojson_only()),
+        Format::Geojson | Format::Png => return Err(crate::cli::grid_only()),
         Format::Json => {
             let v =
                 json!({ "tasks": tasks.iter().map(|t| task_json(t, false)).collect::<Vec<_>>() });
@@ -125,7 +125,7 @@ pub fn render_list(tasks: &[v1::Task], format: Format) -> Result<String> {
 
 pub fn render_task(t: &v1::Task, format: Format) -> Result<String> {
     Ok(match format {
-        Format::Geojson => return Err(crate::cli::geojson_only()),
+        Format::Geojson | Format::Png => return Err(crate::cli::grid_only()),
         Format::Json => format!("{}\n", serde_json::to_string_pretty(&task_json(t, true))?),
         Format::Csv => render_list(std::slice::from_ref(t), Format::Csv)?,
         Format::Table => {
@@ -208,7 +208,7 @@ pub fn render_task(t: &v1::Task, format: Format) -> Result<String> {
 fn render_change(c: &v1::TaskChange, format: Format) -> Result<String> {
     let t = c.task.clone().unwrap_or_default();
     Ok(match format {
-        Format::Geojson => return Err(crate::cli::geojson_only()),
+        Format::Geojson | Format::Png => return Err(crate::cli::grid_only()),
         Format::Json => {
             let v = json!({ "seq": c.seq, "task": task_json(&t, false) });
             format!("{}\n", serde_json::to_string(&v)?)
@@ -239,7 +239,7 @@ fn render_change(c: &v1::TaskChange, format: Format) -> Result<String> {
 
 pub fn render_run(r: &v1::RunTasksResponse, format: Format) -> Result<String> {
     Ok(match format {
-        Format::Geojson => return Err(crate::cli::geojson_only()),
+        Format::Geojson | Format::Png => return Err(crate::cli::grid_only()),
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&json!({

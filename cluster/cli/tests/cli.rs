@@ -257,6 +257,33 @@ fn gen_import_and_query_through_the_cli() {
         sum += f["properties"]["distinct"].as_u64().unwrap();
     }
     assert!(sum >= distinct, "{sum} < {distinct}");
+    // PNG frames, one per hour with someone in it; --out is required.
+    let frames = dir.path().join("frames");
+    ok(&[
+        "query",
+        "grid",
+        "--circle",
+        &circle,
+        "--hourly",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--as-of",
+        as_of,
+        "--format",
+        "png",
+        "--out",
+        frames.to_str().unwrap(),
+        "--server",
+        s,
+    ]);
+    let n = std::fs::read_dir(&frames).unwrap().count();
+    assert!((1..=48).contains(&n), "{n} frames");
+    let out = hourcell(&[
+        "query", "grid", "--circle", &circle, "--from", from, "--format", "png", "--server", s,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "--format png without --out");
     // A region of addresses has no cells to draw.
     let out = hourcell(&[
         "query",

@@ -461,6 +461,7 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
 
 mod grid;
 mod import;
+mod png;
 mod render;
 mod status;
 #[cfg(test)]

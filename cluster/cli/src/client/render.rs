@@ -322,8 +322,10 @@ pub fn render(out: &QueryOutput, format: Format) -> Result<String> {
         }
         Format::Geojson => match out {
             QueryOutput::Grid(r) => super::grid::to_geojson(r)?,
-            _ => return Err(crate::cli::geojson_only()),
+            _ => return Err(crate::cli::grid_only()),
         },
+        // Files, not text: see `run_query`.
+        Format::Png => return Err(crate::cli::grid_only()),
     })
 }
 
@@ -339,7 +341,23 @@ pub fn print_stdout(s: &str) -> Result<()> {
 pub async fn run_query(args: QueryArgs) -> Result<()> {
     let req = build_request(&args, hourcell_query::time::now())
         .map_err(|e| crate::exit::Failure::new(crate::exit::USAGE, format!("{e:#}")))?;
+    if args.format == Format::Png && (args.kind != QueryKind::Grid || args.out.is_none()) {
+        return Err(crate::exit::Failure::new(
+            crate::exit::USAGE,
+            "--format png is for `query grid` and needs --out FILE (a directory with --hourly)",
+        ));
+    }
     let ch = channel(&args.server).await?;
     let out = execute(ch, req).await?;
+    if let (QueryOutput::Grid(r), Some(path)) = (&out, &args.out) {
+        if args.format == Format::Png {
+            let files = super::png::write_png(r, path)?;
+            return print_stdout(&format!(
+                "wrote {} PNG file(s) to {}\n",
+                files.len(),
+                path.display()
+            ));
+        }
+    }
     print_stdout(&render(&out, args.format)?)
 }

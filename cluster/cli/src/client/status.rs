@@ -162,7 +162,7 @@ pub fn render_cluster(rows: &[ClusterRow], format: Format) -> Result<String> {
         })
         .collect();
     Ok(match format {
-        Format::Geojson => return Err(crate::cli::geojson_only()),
+        Format::Geojson | Format::Png => return Err(crate::cli::grid_only()),
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&serde_json::json!({ "nodes": rows }))?
@@ -306,7 +306,7 @@ pub fn render_shards(rows: &[ShardRow], format: Format) -> Result<String> {
         })
         .collect();
     Ok(match format {
-        Format::Geojson => return Err(crate::cli::geojson_only()),
+        Format::Geojson | Format::Png => return Err(crate::cli::grid_only()),
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&serde_json::json!({ "shards": rows }))?

@@ -16,6 +16,7 @@ fn args(kind: QueryKind) -> QueryArgs {
         local_rect: None,
         level: None,
         hourly: false,
+        out: None,
         purpose: Some("generated test".into()),
         case: Some("T-1".into()),
         format: Format::Table,
@@ -544,4 +545,57 @@ fn grid_requests_and_geojson() {
     // GeoJSON is the grid's alone.
     let occ = QueryOutput::WhoWasAt(WhoWasAtResult::default());
     assert!(render(&occ, Format::Geojson).is_err());
+}
+
+#[test]
+fn grid_png_frames_have_a_legend_colours_and_one_file_per_hour() {
+    let cell = |lat: f64, lng: f64| hourcell_storage::cell::cell_at(lat, lng, 13);
+    let gc = |c: u64, hour: i64, distinct: u64, suppressed: bool| {
+        let (lat, lng) = hourcell_storage::cell::center(c);
+        v1::GridCell {
+            token: hourcell_storage::cell::token(c),
+            hour: Some(hour),
+            distinct,
+            suppressed,
+            lat,
+            lng,
+        }
+    };
+    let (a, b) = (cell(30.27, 120.15), cell(30.30, 120.19));
+    let r = v1::OccupancyGridResponse {
+        window: Some(ew(0, 7200)),
+        level: 13,
+        cells: vec![
+            gc(a, 0, 40, false),
+            gc(b, 0, 0, true),
+            gc(a, 3600, 7, false),
+        ],
+        suppressed_below: 5,
+        staleness_ms: 0,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let files = super::png::write_png(&r, &dir.path().join("frames")).unwrap();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let img = image::open(&files[0]).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (1000, 860));
+    let count = |want: [u8; 3]| img.pixels().filter(|p| p.0 == want).count();
+    // The busiest cell in the top colour of the scale, the suppressed one
+    // in grey, and the legend's bar: both colours also in the legend.
+    assert!(
+        count([254, 232, 37]) > 500,
+        "no cell at the top of the scale"
+    );
+    assert!(count([200, 200, 200]) > 500, "no suppressed cell");
+    let purple = img
+        .pixels()
+        .filter(|p| p.0[0] < 80 && p.0[1] < 30 && p.0[2] > 70)
+        .count();
+    assert!(purple > 10, "no bottom of the colour bar");
+    if let Some(keep) = std::env::var_os("HOURCELL_KEEP_PNG") {
+        std::fs::copy(&files[0], keep).unwrap();
+    }
+    assert!(
+        img.pixels().filter(|p| p.0 == [0, 0, 0]).count() > 50,
+        "no text or scale bar"
+    );
 }
