@@ -21,27 +21,42 @@ const FONTS: &[&str] = &[
 /// Suppressed cells: drawn, but not coloured by a count.
 const SUPPRESSED: RGBColor = RGBColor(200, 200, 200);
 
-fn ensure_font() -> Result<()> {
-    static FONT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+/// Why no font could be loaded for the labels.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FontError {
+    #[error(
+        "PNG output needs a TrueType font for its labels: install fonts-dejavu-core, or set \
+         HOURCELL_FONT to a .ttf file"
+    )]
+    Missing,
+    #[error("cannot read the font {path}: {why}")]
+    Unreadable { path: String, why: String },
+    #[error("{path} is not a font plotters can read")]
+    NotAFont { path: String },
+}
+
+/// Registers the labels' font once per process (the outcome is kept, so
+/// a missing font is reported the same way every time).
+fn ensure_font() -> std::result::Result<(), FontError> {
+    static FONT: std::sync::OnceLock<std::result::Result<(), FontError>> =
+        std::sync::OnceLock::new();
     FONT.get_or_init(|| {
         let path = std::env::var("HOURCELL_FONT")
             .ok()
             .into_iter()
             .chain(FONTS.iter().map(|s| s.to_string()))
             .find(|p| Path::new(p).exists())
-            .ok_or_else(|| {
-                "PNG output needs a TrueType font for its labels: install fonts-dejavu-core, \
-                 or set HOURCELL_FONT to a .ttf file"
-                    .to_string()
-            })?;
-        let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+            .ok_or(FontError::Missing)?;
+        let bytes = std::fs::read(&path).map_err(|e| FontError::Unreadable {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
         // Registered once per process, for the life of the process.
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{path} is not a font plotters can read"))
+            .map_err(|_| FontError::NotAFont { path })
     })
     .clone()
-    .map_err(|e| anyhow!(e))
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
