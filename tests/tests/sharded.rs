@@ -97,6 +97,11 @@ fn answers(node: &Node, town: &Town) -> Vec<String> {
                 "{:?}",
                 q.occupancy(&region, day, day + 86_400, end)
             ));
+            // The grid reads cell slices through the same fan-out.
+            out.push(format!(
+                "{:?}",
+                q.occupancy_grid(&region, day, day + 86_400, end, 14, true)
+            ));
         }
     }
     for p in town.persons().iter().step_by(23) {
@@ -159,7 +164,8 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
     .await
     .unwrap();
     assert_same(&a, &b, "after loading");
-    // Non-trivial answers: persons found, tasks raised.
+    // Non-trivial answers: persons found, grid cells counted, tasks raised.
+    assert!(a.iter().any(|x| x.contains("GridCount")));
     assert!(a
         .iter()
         .any(|x| x.contains("persons: [") && !x.contains("persons: []")));
