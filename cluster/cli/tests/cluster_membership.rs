@@ -189,19 +189,28 @@ fn join_body(sharded: bool) {
 /// where-was for `person` over [`two_days`] through `port`: the hours with
 /// places.
 async fn hours_of(port: u16, person: u64) -> Option<usize> {
-    let ch = patient(port).await?;
-    let r = v1::query_client::QueryClient::new(ch)
-        .where_was(v1::WhereWasRequest {
-            person,
-            window: two_days(),
-            purpose: "generated test".into(),
-            case_ref: "T-1".into(),
-            max_staleness_ms: None,
-        })
-        .await
-        .ok()?
-        .into_inner();
-    Some(r.hours.len())
+    // A read refused as UNAVAILABLE (its barrier not applied in time on a
+    // loaded machine) is asked again, up to three times.
+    for _ in 0..3 {
+        let ch = patient(port).await?;
+        let r = v1::query_client::QueryClient::new(ch)
+            .where_was(v1::WhereWasRequest {
+                person,
+                window: two_days(),
+                purpose: "generated test".into(),
+                case_ref: "T-1".into(),
+                max_staleness_ms: None,
+            })
+            .await;
+        match r {
+            Ok(r) => return Some(r.into_inner().hours.len()),
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Five nodes, three replicas per shard: each shard's raft group lives on

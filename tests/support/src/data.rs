@@ -91,20 +91,38 @@ pub async fn persons_on(port: u16) -> Vec<u64> {
 
 /// who-was-at through `port`, optionally accepting a bounded-stale
 /// follower read; returns the persons and the staleness the node reported.
+/// A read refused as UNAVAILABLE (a barrier not applied in time on a
+/// loaded machine; the status says to retry) is asked again, up to three
+/// times; callers still check the answer.
 pub async fn persons_on_stale(port: u16, max_staleness_ms: Option<u32>) -> (Vec<u64>, u64) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match try_persons_on(port, max_staleness_ms).await {
+            Err(e) if e.code() == tonic::Code::Unavailable && tries < 3 => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
+async fn try_persons_on(
+    port: u16,
+    max_staleness_ms: Option<u32>,
+) -> Result<(Vec<u64>, u64), tonic::Status> {
     let ch = patient(port).await.expect("node reachable");
     let mut s = v1::query_client::QueryClient::new(ch)
         .who_was_at(who_request(max_staleness_ms))
-        .await
-        .unwrap()
+        .await?
         .into_inner();
     let mut out = Vec::new();
     let mut stale = 0;
-    while let Some(m) = s.message().await.unwrap() {
+    while let Some(m) = s.message().await? {
         stale = stale.max(m.staleness_ms);
         out.extend(m.persons);
     }
-    (out, stale)
+    Ok((out, stale))
 }
 
 /// What the writer sent and what was acknowledged.
