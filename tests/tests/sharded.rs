@@ -19,11 +19,7 @@ fn config(dir: &std::path::Path, shards: Option<(u32, u32)>, retention_days: u32
     cfg.security.retention_days = retention_days;
     cfg.rules.hourly = false;
     if let Some((c, p)) = shards {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = hourcell_test_support::procs::free_port();
         cfg.security.cluster_secret = Some(hourcell_node::config::Secret(
             "sharded-test-cluster-secret-0123456789".into(),
         ));

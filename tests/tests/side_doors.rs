@@ -463,11 +463,7 @@ async fn the_rules_run_only_as_of_times_the_data_covers() {
 
 /// A one-node sharded cluster whose nodes show each other `SECRET`.
 async fn start_cluster() -> Harness {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = hourcell_test_support::procs::free_port();
     let h = start_with(90, 0, |cfg| {
         cfg.security.cluster_secret = Some(Secret(SECRET.into()));
         cfg.cluster = Some(ClusterConfig {

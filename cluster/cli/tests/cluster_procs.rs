@@ -46,7 +46,7 @@ async fn three_processes_replicate_and_survive_leader_kill() {
     // by a read through any other node (ReadIndex, no waiting).
     for (k, (w, r)) in [(0usize, 1usize), (1, 2), (2, 0)].into_iter().enumerate() {
         let base = 3_000 + k as u64 * 100;
-        assert!(ingest(ports[w], events(base, 5, 1)).await);
+        ingest_within(ports[w], events(base, 5, 1), Duration::from_secs(30)).await;
         acked.extend(base..base + 5);
         let seen = persons_on(ports[r]).await;
         assert!(
@@ -109,7 +109,12 @@ async fn three_processes_replicate_and_survive_leader_kill() {
         resumed < Duration::from_secs(3),
         "writes resumed after {resumed:?}"
     );
-    assert!(ingest(ports[rest[1]], events(6_000, 20, 3)).await);
+    ingest_within(
+        ports[rest[1]],
+        events(6_000, 20, 3),
+        Duration::from_secs(30),
+    )
+    .await;
     acked.extend(6_000..6_020);
 
     // A lone survivor cannot serve: its health turns NOT_SERVING within a
@@ -221,7 +226,12 @@ async fn failover_benchmark() {
     let mut times = Vec::new();
     for t in 0..trials {
         let l = leader(ports, &all, Duration::from_secs(20)).await;
-        assert!(ingest(ports[l], events(100_000 + t as u64 * 10, 5, 4)).await);
+        ingest_within(
+            ports[l],
+            events(100_000 + t as u64 * 10, 5, 4),
+            Duration::from_secs(30),
+        )
+        .await;
         procs[l].kill();
         let killed = Instant::now();
         let other = all.iter().copied().find(|&i| i != l).unwrap();

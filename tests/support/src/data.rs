@@ -46,13 +46,47 @@ pub fn events(first: u64, n: u64, hour: i64) -> Vec<v1::Event> {
 
 /// Ingests through `port`; true once acknowledged.
 pub async fn ingest(port: u16, evs: Vec<v1::Event>) -> bool {
+    try_ingest(port, evs)
+        .await
+        .is_ok_and(|accepted| accepted > 0)
+}
+
+/// Ingests `evs` through `port` until it is acknowledged, asking again
+/// (batches are idempotent) while the node answers that it cannot commit
+/// now (a leader just elected or changing, a peer still starting), for
+/// up to `within`; panics with the last refusal after that.
+pub async fn ingest_within(port: u16, evs: Vec<v1::Event>, within: std::time::Duration) {
+    let end = std::time::Instant::now() + within;
+    loop {
+        let r = try_ingest(port, evs.clone()).await;
+        let retry = match &r {
+            Ok(n) if *n > 0 => return,
+            Ok(_) => false,
+            Err(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+            ),
+        };
+        assert!(
+            retry && std::time::Instant::now() < end,
+            "ingest through :{port} not acknowledged: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Ingests `evs` through `port`: the count accepted, or why not (for a
+/// failing test's message).
+pub async fn try_ingest(port: u16, evs: Vec<v1::Event>) -> Result<u64, tonic::Status> {
     let Some(ch) = connect(port).await else {
-        return false;
+        return Err(tonic::Status::unavailable(format!(
+            "no connection to :{port}"
+        )));
     };
     v1::ingest_client::IngestClient::new(ch)
         .ingest(v1::IngestRequest { events: evs })
         .await
-        .is_ok_and(|r| r.into_inner().accepted > 0)
+        .map(|r| r.into_inner().accepted)
 }
 
 /// The circle and two days every test writes into.

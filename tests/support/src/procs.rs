@@ -36,11 +36,40 @@ pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
 
+/// First and one-past-last port handed out: below Linux's ephemeral range
+/// (32768–60999 by default). A port taken from that range and bound by a
+/// node process only a second later can meanwhile become the local port
+/// of some outgoing connection (the tests open hundreds), and the node
+/// then fails to start with "address in use"; ports below it are never
+/// chosen by the kernel.
+const PORTS: (u16, u16) = (20_000, 32_000);
+
+/// `n` ports free on 127.0.0.1, never handed out twice in this process:
+/// taken in turn from [`PORTS`], starting at a place chosen by the process
+/// id and the clock (test binaries running at once start apart), each
+/// checked by binding it.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.1 - PORTS.0);
+    if NEXT.load(Ordering::SeqCst) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let start = std::process::id().wrapping_mul(7919).wrapping_add(nanos) % span;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..span {
+        if out.len() == n {
+            return out;
+        }
+        let port = PORTS.0 + (NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    panic!("fewer than {n} free ports in {PORTS:?}");
 }
 
 pub fn spawn(bin: &str, cfg: &Path) -> Proc {
