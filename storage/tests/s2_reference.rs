@@ -5,8 +5,16 @@ use std::path::PathBuf;
 
 use hourcell_storage::cell::{cell_at, parse_token, token};
 
+/// This crate's directory as cargo gives it to the running test (a test
+/// binary reused from a checkout at another path still reads this one's
+/// files); the directory it was built in otherwise.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn reference_file() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/s2_cells.csv");
+    let p = manifest_dir().join("../../shared/testdata/s2_cells.csv");
     assert!(
         p.exists(),
         "reference file {} is missing: the shared/ folder must sit beside the checkout",

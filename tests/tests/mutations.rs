@@ -15,7 +15,7 @@
 //! node's image key by key and then loads it, so its mutants are images
 //! with edited keys and values, installed and then read.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hourcell_node::shard_read::{self, ReadOp};
 use hourcell_proto::{internal, v1};
@@ -30,8 +30,16 @@ use proptest::prelude::*;
 use prost::Message as _;
 use roaring::RoaringBitmap;
 
+/// This crate's directory as cargo gives it to the running test (a test
+/// binary reused from a checkout at another path still reads this one's
+/// files); the directory it was built in otherwise.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
+    manifest_dir().join("corpus")
 }
 
 /// Every decoder under test: its corpus folder and a function that
