@@ -81,6 +81,16 @@ pub enum Command {
     DropPartitions {
         weeks: Vec<i64>,
     },
+    /// Sharded clusters, metadata group: [`Command::AssignIds`] that also
+    /// records, for each person, the latest week of the batch it is in
+    /// (raising the last week the person was seen in), before the batch's
+    /// parts reach the shards. Retention then forgets a person whose last
+    /// week lies wholly before its cut-off. Listed are the persons without
+    /// an id or whose recorded week is older.
+    AssignIdsSeen {
+        persons: Vec<(u64, i64)>,
+        sources: Vec<String>,
+    },
 }
 
 pub use crate::shard::ShardPart;
@@ -124,6 +134,7 @@ impl Command {
             Command::CreatePartitions { .. } => "CreatePartitions",
             Command::PlaceShards { .. } => "PlaceShards",
             Command::DropPartitions { .. } => "DropPartitions",
+            Command::AssignIdsSeen { .. } => "AssignIdsSeen",
         }
     }
 

@@ -36,6 +36,10 @@ pub const META: u8 = 0x01;
 pub const DICT_EXT: u8 = 0x02;
 pub const DICT_INT: u8 = 0x03;
 pub const ADDRESS: u8 = 0x04;
+/// Sharded clusters, metadata group: the last week each internal id was
+/// seen in (an i64, big-endian), so that retention can forget a person
+/// whose every hour is gone without asking the shards.
+pub const LAST_SEEN: u8 = 0x05;
 pub const REGISTRATION: u8 = 0x06;
 pub const SOURCE: u8 = 0x07;
 /// An unreplicated store's log of ingest batches whose slices are held in
@@ -62,7 +66,7 @@ pub fn well_formed(k: &[u8]) -> bool {
     };
     match prefix {
         META | ADDRESS | TASK_SUBJECT => true,
-        DICT_INT | HOUR_SLICE | PARTITION => rest.len() == 4,
+        DICT_INT | LAST_SEEN | HOUR_SLICE | PARTITION => rest.len() == 4,
         SOURCE => rest.len() == 2,
         DICT_EXT | REGISTRATION | HELD | PERSON | ADDRESS_DAY | TASK | TASK_CHANGE | AUDIT => {
             rest.len() == 8
@@ -119,6 +123,12 @@ pub fn dict_ext(person: u64) -> Vec<u8> {
 
 pub fn dict_int(id: u32) -> Vec<u8> {
     let mut k = vec![DICT_INT];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn last_seen(id: u32) -> Vec<u8> {
+    let mut k = vec![LAST_SEEN];
     k.extend_from_slice(&id.to_be_bytes());
     k
 }

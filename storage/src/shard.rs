@@ -235,7 +235,6 @@ pub enum ShardPart {
 /// Something a shard may or may not hold yet.
 #[derive(Debug, Clone, Copy)]
 pub enum Known<'a> {
-    Person(u64),
     Source(&'a str),
     Address(&'a str),
 }

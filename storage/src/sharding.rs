@@ -13,23 +13,43 @@ use crate::store::MetaStore;
 use crate::{Result, StorageError};
 
 impl Layout {
-    /// Ids the metadata store must assign before `events` can be split:
-    /// persons and source labels it has not seen, in first-seen order.
-    pub fn missing_ids<E: KvEngine>(
+    /// What the metadata store must record before `events` can be split
+    /// ([`crate::Command::AssignIdsSeen`]): each person without an id, or
+    /// whose recorded last week is older than the latest week they have in
+    /// `events`, with that week; and the source labels without an id. In
+    /// first-seen order.
+    pub fn ids_to_record<E: KvEngine>(
         meta: &MetaStore<E>,
         events: &[SliceEvent],
-    ) -> (Vec<u64>, Vec<String>) {
-        let mut persons = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+    ) -> (Vec<(u64, i64)>, Vec<String>) {
+        let mut latest: HashMap<u64, i64> = HashMap::new();
+        let mut order = Vec::new();
         let mut sources: Vec<String> = Vec::new();
         for e in events {
-            if seen.insert(e.person) && meta.internal_id(e.person).is_none() {
-                persons.push(e.person);
+            let w = week_of_hour(e.hour);
+            match latest.entry(e.person) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if *o.get() < w {
+                        o.insert(w);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(w);
+                    order.push(e.person);
+                }
             }
             if !sources.contains(&e.source) && meta.source_id(&e.source).is_none() {
                 sources.push(e.source.clone());
             }
         }
+        let persons = order
+            .into_iter()
+            .filter_map(|p| {
+                let w = latest[&p];
+                let recorded = meta.internal_id(p).and_then(|id| meta.last_seen_week(id));
+                recorded.is_none_or(|r| r < w).then_some((p, w))
+            })
+            .collect();
         (persons, sources)
     }
 
@@ -129,7 +149,10 @@ impl Layout {
                 let part = shard.part;
                 let p = parts.entry(shard).or_default();
                 let cmd = p.cmd.get_or_insert_with(|| new_part(part));
-                if p.persons.insert(e.person) && !knows(shard, Known::Person(e.person)) {
+                // Every person's entry, known there or not: a person shard
+                // forgets the persons retention removed, and a part
+                // proposed just before it did must let it learn them again.
+                if p.persons.insert(e.person) {
                     cmd.persons.push((e.person, id));
                 }
                 if p.sources.insert(src) && !knows(shard, Known::Source(&e.source)) {

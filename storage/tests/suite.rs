@@ -835,3 +835,104 @@ fn stores_keep_their_roles() {
         "{err}"
     );
 }
+
+/// Retention's dictionary rules in a sharded cluster. The metadata store
+/// records each person's last week and forgets those whose last week lies
+/// wholly before the cut-off (not a registered one); a person shard
+/// forgets a person whose every hour it removed, and learns them again
+/// from the next part naming them, under the newer id if the metadata
+/// store gave a new one (a part proposed before the forgetting, naming
+/// the older id, changes nothing). Both survive a reopen.
+#[test]
+fn sharded_retention_forgets_by_week_and_by_hour() {
+    use hourcell_storage::shard::{week_of_hour, week_start_hour};
+    let dir = tempfile::tempdir().unwrap();
+    let open =
+        |sub: &str| RocksEngine::open(&dir.path().join(sub), &RocksConfig::default()).unwrap();
+    let (old_h, new_h) = (480_000i64, 480_000 + 24 * 14);
+    let expire = |cut: i64| Command::Expire {
+        cutoff_hour: cut,
+        audit: audit_entry(2),
+    };
+    let cut = week_start_hour(week_of_hour(old_h) + 1);
+    {
+        let meta = MetaStore::open(open("meta"), None).unwrap();
+        meta.apply(&Command::PutRegistrations(vec![RegistrationRecord {
+            person: 3,
+            address: "H1".into(),
+            kind: RegistrationKind::Permanent,
+            valid_from: 0,
+            valid_until: None,
+        }]))
+        .unwrap();
+        meta.apply(&Command::AssignIdsSeen {
+            persons: vec![(1, week_of_hour(old_h)), (2, week_of_hour(old_h)), (3, 0)],
+            sources: vec!["utility".into()],
+        })
+        .unwrap();
+        // Person 2 is seen again later; a stale, older week changes nothing.
+        for w in [week_of_hour(new_h), week_of_hour(old_h)] {
+            meta.apply(&Command::AssignIdsSeen {
+                persons: vec![(2, w)],
+                sources: vec![],
+            })
+            .unwrap();
+        }
+        // Ids 0, 1, 2: persons 1, 2, 3.
+        assert_eq!(meta.last_seen_week(0), Some(week_of_hour(old_h)));
+        assert_eq!(meta.last_seen_week(1), Some(week_of_hour(new_h)));
+        // A cut-off an hour short of the week's end forgets nobody.
+        meta.apply(&expire(cut - 1)).unwrap();
+        assert!(meta.internal_id(1).is_some());
+        meta.apply(&expire(cut)).unwrap();
+        assert_eq!(meta.internal_id(1), None, "last seen before the cut-off");
+        assert_eq!(meta.internal_id(2), Some(1), "seen since");
+        assert_eq!(meta.internal_id(3), Some(2), "registered");
+        // Seen again: a new id, never the old one.
+        meta.apply(&Command::AssignIdsSeen {
+            persons: vec![(1, week_of_hour(new_h))],
+            sources: vec![],
+        })
+        .unwrap();
+        assert_eq!(meta.internal_id(1), Some(3));
+    }
+    let meta = MetaStore::open(open("meta"), None).unwrap();
+    assert_eq!(meta.internal_id(1), Some(3));
+    assert_eq!(meta.last_seen_week(3), Some(week_of_hour(new_h)));
+    assert_eq!(meta.last_seen_week(0), None);
+
+    let part = |person: u64, id: u32, hour: i64| {
+        Command::IngestShard(ShardIngest {
+            part: ShardPart::Persons,
+            persons: vec![(person, id)],
+            sources: vec![(0, "utility".into())],
+            addresses: vec![],
+            events: vec![],
+            cell_events: vec![],
+            person_events: vec![(id, hour, 0, 0, 0)],
+        })
+    };
+    {
+        let shard = ShardStore::open(open("shard"), None).unwrap();
+        shard.apply(&part(1, 0, old_h)).unwrap();
+        shard.apply(&part(2, 1, old_h)).unwrap();
+        shard.apply(&part(2, 1, new_h)).unwrap();
+        shard.apply(&expire(old_h + 1)).unwrap();
+        assert_eq!(shard.internal_id(1), None, "every hour removed");
+        assert_eq!(shard.internal_id(2), Some(1), "a later hour stays");
+        // A part proposed before the shard forgot person 1 names them
+        // again: learnt again.
+        shard.apply(&part(1, 0, new_h)).unwrap();
+        assert_eq!(shard.internal_id(1), Some(0));
+        // The metadata group gave person 1 a new id: the newer one wins,
+        // and a late part with the older id does not take it back.
+        shard.apply(&part(1, 3, new_h + 1)).unwrap();
+        shard.apply(&part(1, 0, new_h + 2)).unwrap();
+        assert_eq!(shard.internal_id(1), Some(3));
+        assert_eq!(shard.external_id(0), None);
+    }
+    let shard = ShardStore::open(open("shard"), None).unwrap();
+    assert_eq!(shard.internal_id(1), Some(3));
+    assert_eq!(shard.external_id(0), None);
+    assert_eq!(shard.internal_id(2), Some(1));
+}

@@ -63,9 +63,9 @@ fn load_sharded(w: &World, seed: u64, layout: Layout) -> QueryEngine {
         let n = rng.gen_range(1..=60).min(w.events.len() - i);
         let (ok, bad) = place_events(meta.as_ref(), &w.events[i..i + n], now);
         assert!(bad.is_empty(), "{bad:?}");
-        let (ps, ss) = Layout::missing_ids(meta.as_ref(), &ok);
+        let (ps, ss) = Layout::ids_to_record(meta.as_ref(), &ok);
         if !ps.is_empty() || !ss.is_empty() {
-            meta.apply(&Command::AssignIds {
+            meta.apply(&Command::AssignIdsSeen {
                 persons: ps,
                 sources: ss,
             })

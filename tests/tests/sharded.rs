@@ -209,7 +209,25 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
 
     // Tasks raised, and a person-level query audited, three days before
     // the town's end: both go with the hours below, sharded or not.
+    // Besides the town, a visitor seen only on its first day, a Sunday:
+    // the last day of a week that retention removes whole.
     let early = town().end_unix() - 3 * 86_400;
+    let visitor = 4_242_424_242u64;
+    for n in [&plain, &sharded] {
+        let seen = [hourcell_query::validate::RawEvent {
+            person: visitor,
+            time: hourcell_query::validate::EventTime::Unix(town().config().start_unix + 12 * 3600),
+            lat: None,
+            lng: None,
+            address: Some(town().addresses()[1].code.clone()),
+            source: "access".into(),
+        }];
+        let (n, seen) = (n.clone(), seen.to_vec());
+        let took = tokio::task::spawn_blocking(move || n.ingest(&seen).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(took.0, 1, "{:?}", took.1);
+    }
     for n in [&plain, &sharded] {
         let raised = n.run_tasks(Some(early)).unwrap();
         assert!(raised.created > 0, "the rules raised no task as of {early}");
@@ -249,6 +267,28 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
         2,
         "the town spans two weeks: {weeks_before:?}"
     );
+    // Each person's last hour and whether they are registered, before
+    // retention (the unsharded node's answer, which the sharded one
+    // agreed with above).
+    let (p, s, t) = (plain.clone(), sharded.clone(), town());
+    let last_hour: Vec<(u64, Option<i64>, bool, Option<u32>)> =
+        tokio::task::spawn_blocking(move || {
+            let (start, end) = (t.config().start_unix, t.end_unix());
+            let registered: std::collections::HashSet<u64> =
+                t.registry().iter().map(|r| r.person).collect();
+            t.persons()
+                .into_iter()
+                .chain([visitor])
+                .map(|person| {
+                    let w = p.query().where_was(person, start, end, end).unwrap();
+                    let last = w.hours.iter().map(|h| h.hour).max();
+                    let id = s.store().internal_id(person);
+                    (person, last, registered.contains(&person), id)
+                })
+                .collect()
+        })
+        .await
+        .unwrap();
     let (p, s) = (plain.clone(), sharded.clone());
     let (a, b, cut_p, cut_s) = tokio::task::spawn_blocking(move || {
         let cut_p = p.expire(town_end, "test").unwrap();
@@ -277,9 +317,56 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
         assert!(sharded.replication().unwrap().handle.status(g).is_none());
     }
     assert!(sharded.store().shard_map_version() > version_before);
-    // An unsharded node forgets the persons whose every hour went; a
-    // sharded one does not yet (docs/SECURITY.md): the answers agree but
-    // for that count.
+    // An unsharded node forgets the persons whose every hour went and who
+    // hold no registration. A sharded one forgets them in each person
+    // shard by the hour, and in the metadata group (the dictionary queries
+    // answer with) by the last week recorded for them: those whose last
+    // week lies wholly before the cut-off. The answers agree but for the
+    // count of persons.
+    let sh = sharded.shards().unwrap();
+    let person_shards: Vec<_> = (0..sh.layout.persons as usize)
+        .map(|index| {
+            let id = hourcell_storage::shard::ShardId {
+                part: hourcell_storage::ShardPart::Persons,
+                week: 0,
+                index,
+            };
+            sh.slot(id).unwrap().1
+        })
+        .collect();
+    let cut = cut_s.0;
+    let (mut by_hour, mut by_week) = (0, 0);
+    for &(person, last, registered, _) in &last_hour {
+        let Some(last) = last else { continue };
+        let gone = last < cut;
+        let week_gone = hourcell_storage::shard::week_start_hour(
+            hourcell_storage::shard::week_of_hour(last) + 1,
+        ) <= cut;
+        by_hour += usize::from(gone && !registered);
+        by_week += usize::from(week_gone && !registered);
+        assert_eq!(
+            plain.store().internal_id(person).is_none(),
+            gone && !registered,
+            "unsharded: person {person}, last hour {last}, cut-off {cut}"
+        );
+        assert_eq!(
+            sharded.store().internal_id(person).is_none(),
+            week_gone && !registered,
+            "sharded metadata: person {person}, last hour {last}, cut-off {cut}"
+        );
+        let holders = person_shards
+            .iter()
+            .filter(|s| s.internal_id(person).is_some())
+            .count();
+        assert!(
+            holders == usize::from(!gone),
+            "person shards: person {person}, last hour {last}, cut-off {cut}"
+        );
+    }
+    assert!(
+        by_week > 0 && by_hour > by_week,
+        "forgotten by hour {by_hour}, by week {by_week}: the town should have both kinds"
+    );
     let persons = |v: &[String]| -> Vec<String> {
         v.iter()
             .map(|x| match x.strip_prefix("persons ") {
@@ -293,6 +380,41 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
         plain.stats().unwrap().persons < sharded.stats().unwrap().persons,
         "the unsharded node forgot nobody"
     );
+    // A forgotten person seen again gets a new id, and where-was finds
+    // the new hour through the person shard that forgot them.
+    let (back, old_id) = last_hour
+        .iter()
+        .find(|(p, last, _, _)| last.is_some() && sharded.store().internal_id(*p).is_none())
+        .map(|&(p, _, _, id)| (p, id.unwrap()))
+        .unwrap();
+    let at = (town_end / 3600 - 1) * 3600;
+    let s = sharded.clone();
+    let a0 = town().addresses()[0].clone();
+    let hours = tokio::task::spawn_blocking(move || {
+        let (n, bad) = s
+            .ingest(&[hourcell_query::validate::RawEvent {
+                person: back,
+                time: hourcell_query::validate::EventTime::Unix(at),
+                lat: None,
+                lng: None,
+                address: Some(a0.code.clone()),
+                source: "utility".into(),
+            }])
+            .unwrap();
+        assert_eq!((n, bad.len()), (1, 0), "{bad:?}");
+        s.query()
+            .where_was(back, at, at + 3600, at + 3600)
+            .unwrap()
+            .hours
+    })
+    .await
+    .unwrap();
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    let new_id = sharded.store().internal_id(back).unwrap();
+    assert!(new_id > old_id, "{old_id} -> {new_id}");
+    assert!(person_shards
+        .iter()
+        .any(|s| s.internal_id(back) == Some(new_id)));
     let st = sharded.stats().unwrap();
     assert!(
         st.first_hour.unwrap() >= cut_s.0,
@@ -357,6 +479,7 @@ async fn a_sharded_node_answers_as_an_unsharded_one() {
             .unwrap();
         assert_eq!(records, 0, "a data shard chained an audit record");
     }
+    drop(person_shards);
     sharded.shutdown();
     drop(sharded);
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use roaring::RoaringBitmap;
 
-use super::{IdHash, Meta, Role, State, Store, MAX_PERSONS, NO_PERSON};
+use super::{IdHash, Meta, Role, State, Store, MAX_PERSONS, NEVER_SEEN, NO_PERSON};
 use crate::catalog::{AddressRecord, RegistrationRecord};
 use crate::cell;
 use crate::command::ApplyOutcome;
@@ -105,6 +105,96 @@ impl<E: KvEngine> Store<E, Meta> {
             new_persons,
             ..Default::default()
         })
+    }
+}
+
+impl<E: KvEngine> Store<E, Meta> {
+    /// [`Store::apply_assign_ids`], and each person's last week seen raised
+    /// to the one listed.
+    pub(super) fn apply_assign_ids_seen(
+        &self,
+        persons: &[(u64, i64)],
+        sources: &[String],
+    ) -> Result<ApplyOutcome> {
+        let mut batch = WriteBatch::default();
+        let mut new_persons = 0;
+        {
+            let mut st = self.state.write();
+            let weeks = crate::shard::week_of_hour(keys::MIN_HOUR)
+                ..=crate::shard::week_of_hour(keys::MAX_HOUR);
+            for &(p, week) in persons {
+                let week = week.clamp(*weeks.start(), *weeks.end());
+                let id = match st.ext_to_int.get(&p) {
+                    Some(&id) => id,
+                    None => {
+                        new_persons += 1;
+                        Self::assign_person(&mut st, &mut batch, p)?
+                    }
+                };
+                let i = id as usize;
+                if st.last_seen.len() <= i {
+                    st.last_seen.resize(i + 1, NEVER_SEEN);
+                }
+                if st.last_seen[i] < week {
+                    st.last_seen[i] = week;
+                    batch.put(keys::last_seen(id), week.to_be_bytes().to_vec());
+                }
+            }
+            for label in sources {
+                if !st.source_ids.contains_key(label) {
+                    Self::assign_source(&mut st, &mut batch, label)?;
+                }
+            }
+        }
+        self.commit(batch)?;
+        Ok(ApplyOutcome {
+            applied: persons.len() as u64,
+            new_persons,
+            ..Default::default()
+        })
+    }
+
+    /// The last week person `id` was seen in, if recorded (sharded
+    /// clusters' metadata store).
+    pub fn last_seen_week(&self, id: u32) -> Option<i64> {
+        let st = self.state.read_recursive();
+        st.last_seen
+            .get(id as usize)
+            .copied()
+            .filter(|w| *w != NEVER_SEEN)
+    }
+
+    /// Retention in a sharded cluster's metadata store: forgets every
+    /// person whose last recorded week ends at or before `cutoff_hour` and
+    /// who holds no registration (the shards removed all their hours; a
+    /// batch naming them again records a later week first). Returns how
+    /// many were forgotten.
+    pub(super) fn forget_unseen(&self, cutoff_hour: i64) -> Result<u64> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        {
+            let mut st = self.state.write();
+            let old: Vec<u32> = st
+                .last_seen
+                .iter()
+                .enumerate()
+                .filter(|(_, &w)| {
+                    w != NEVER_SEEN && crate::shard::week_start_hour(w + 1) <= cutoff_hour
+                })
+                .map(|(id, _)| id as u32)
+                .collect();
+            for id in old {
+                if Self::forget_person(&mut st, &mut batch, id) {
+                    st.last_seen[id as usize] = NEVER_SEEN;
+                    batch.delete(keys::last_seen(id));
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.commit(batch)?;
+        }
+        Ok(n)
     }
 }
 
@@ -299,12 +389,10 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         self.state.read_recursive().source_ids.get(label).copied()
     }
 
-    /// Whether this store already holds dictionary entry, source label or
-    /// address `k` (a data shard's tables hold only what its events used).
+    /// Whether this store already holds source label or address `k` (a data shard's tables hold only what its events used).
     pub fn knows(&self, k: crate::shard::Known<'_>) -> bool {
         let st = self.state.read_recursive();
         match k {
-            crate::shard::Known::Person(p) => st.ext_to_int.contains_key(&p),
             crate::shard::Known::Source(l) => st.source_ids.contains_key(l),
             crate::shard::Known::Address(c) => st.addresses.contains_key(c),
         }

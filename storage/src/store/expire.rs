@@ -8,8 +8,9 @@ use crate::kv::{KvEngine, TryScan, WriteBatch};
 
 impl<E: KvEngine> Store<E, Meta> {
     /// Retention on the metadata store: tasks and their history, the
-    /// parameters of audit records, and (on an unsharded node) the hours
-    /// and the persons no longer seen; a removal of hours is audited.
+    /// parameters of audit records, the persons no longer seen (in a
+    /// sharded cluster by the last week recorded for them), and on an
+    /// unsharded node the hours; a removal of hours is audited.
     pub(super) fn apply_expire(
         &self,
         cutoff_hour: i64,
@@ -18,6 +19,7 @@ impl<E: KvEngine> Store<E, Meta> {
         let cutoff_hour = cutoff_hour.clamp(keys::MIN_HOUR, keys::MAX_HOUR);
         self.expire_tasks(cutoff_hour * 3600)?;
         self.redact_audit(cutoff_hour * 3600)?;
+        self.forget_unseen(cutoff_hour)?;
         let Some((mut b, removed)) = self.expire_hours(cutoff_hour)? else {
             return Ok(ApplyOutcome::default());
         };
@@ -105,10 +107,12 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         }
         b.delete_range(vec![keys::HOUR_SLICE], keys::hour_slice(cutoff_hour));
         // A person whose every hour is gone, and who holds no
-        // registration, leaves the dictionary too. Only where the
-        // dictionary and the person index are one store: a data shard's
-        // partial dictionary is what later log entries of its group rely
-        // on, and the metadata group holds no person index.
+        // registration, leaves the dictionary too: here, where the
+        // dictionary and the person index are one store (an unsharded
+        // node, or a person shard, whose ingest parts carry every entry
+        // they use, so a forgotten one is learnt again). A cell shard keeps
+        // no dictionary; a sharded metadata store forgets by the weeks it
+        // recorded (`forget_unseen`).
         let mut forgotten = Vec::new();
         let persons = self.state.read_recursive().int_to_ext.len() as u32;
         for id in 0..persons {
@@ -143,7 +147,16 @@ impl<E: KvEngine, R: Role> Store<E, R> {
                 }
                 Ok(true)
             })?;
-            if gone && !kept && !partial {
+            if gone && !kept && partial {
+                // A shard scanned only up to the cut-off day: any later?
+                let to = keys::prefix_end(&keys::person_day(id, keys::MIN_HOUR)[..5]);
+                self.engine
+                    .scan(&keys::person_day(id, day + 1), &to, &mut |_, _| {
+                        kept = true;
+                        false
+                    })?;
+            }
+            if gone && !kept {
                 forgotten.push(id);
             }
         }

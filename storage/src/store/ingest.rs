@@ -113,14 +113,19 @@ impl<E: KvEngine> Store<E, Shard> {
         {
             let mut st = self.state.write();
             for &(ext, id) in &part.persons {
-                match st.ext_to_int.get(&ext) {
-                    Some(&have) if have == id => {}
-                    Some(&have) => {
-                        return Err(StorageError::Invalid(format!(
-                            "person {ext} has id {have} in this shard but the command says {id}"
-                        )))
-                    }
-                    None => {
+                match st.ext_to_int.get(&ext).copied() {
+                    // Known, or a part proposed before the metadata group
+                    // forgot this person and gave them a new id (ids only
+                    // grow): the newer id stays.
+                    Some(have) if have >= id => {}
+                    have => {
+                        // A newer id: the old one's entry goes (its hours,
+                        // all before the cut-off that forgot it, go with
+                        // the next expiry).
+                        if let Some(old) = have {
+                            st.int_to_ext[old as usize] = NO_PERSON;
+                            batch.put(keys::dict_int(old), NO_PERSON.to_be_bytes().to_vec());
+                        }
                         if st.int_to_ext.len() <= id as usize {
                             st.int_to_ext.resize(id as usize + 1, NO_PERSON);
                         }

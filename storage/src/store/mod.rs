@@ -105,6 +105,9 @@ struct State {
     /// In a data shard `int_to_ext` has holes (filled with [`NO_PERSON`]),
     /// so an entry counts only if `ext_to_int` maps it back to its id.
     int_to_ext: Vec<u64>,
+    /// Sharded clusters, metadata group: id → the last week it was seen in
+    /// ([`NEVER_SEEN`] when not recorded). See [`keys::LAST_SEEN`].
+    last_seen: Vec<i64>,
     addresses: HashMap<String, AddressRecord, IdHash>,
     /// Index `id - 1` holds the code of address `id` (0 means "none").
     address_codes: Vec<String>,
@@ -185,6 +188,11 @@ const META_PERSON_PLACEMENT: &str = "person_placement";
 /// Fills a hole in a data shard's id dictionary (see [`State::int_to_ext`]),
 /// and marks an id whose person retention forgot.
 const NO_PERSON: u64 = 0;
+
+/// The `last_seen` week of an id with none recorded (assigned before weeks
+/// were recorded, or in an unsharded store): retention never forgets it
+/// by week.
+const NEVER_SEEN: i64 = i64::MIN;
 /// Audit records up to this sequence number are redacted or newer than
 /// every cut-off so far (see [`Store::redact_audit`]).
 const META_AUDIT_REDACTED: &str = "audit_redacted";
@@ -290,6 +298,23 @@ impl<E: KvEngine, R: Role> Store<E, R> {
                 if ext != NO_PERSON {
                     st.ext_to_int.insert(ext, id);
                 }
+                Ok(true)
+            })?;
+        let start = [keys::LAST_SEEN];
+        self.engine
+            .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
+                let (Some(id), Ok(w)) = (
+                    k.get(1..5)
+                        .filter(|_| k.len() == 5)
+                        .map(|b| u32::from_be_bytes(b.try_into().unwrap())),
+                    <[u8; 8]>::try_from(v),
+                ) else {
+                    return Err(StorageError::corrupt(k, "bad last-seen entry"));
+                };
+                if st.last_seen.len() <= id as usize {
+                    st.last_seen.resize(id as usize + 1, NEVER_SEEN);
+                }
+                st.last_seen[id as usize] = i64::from_be_bytes(w);
                 Ok(true)
             })?;
         let start = [keys::ADDRESS];

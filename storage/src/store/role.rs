@@ -70,6 +70,9 @@ impl Role for Meta {
             Command::Audit(entries) => s.apply_audit(entries),
             Command::Expire { cutoff_hour, audit } => s.apply_expire(*cutoff_hour, audit),
             Command::AssignIds { persons, sources } => s.apply_assign_ids(persons, sources),
+            Command::AssignIdsSeen { persons, sources } => {
+                s.apply_assign_ids_seen(persons, sources)
+            }
             Command::CreatePartitions { weeks } => s.apply_create_partitions(weeks),
             Command::DropPartitions { weeks } => s.apply_drop_partitions(weeks),
             Command::PlaceShards { shards } => s.apply_place_shards(shards),

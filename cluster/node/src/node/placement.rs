@@ -4,9 +4,10 @@
 use super::*;
 
 impl Node {
-    /// Ingest in a sharded cluster: the weeks' partitions and the ids
-    /// from the metadata group first (only for weeks, persons and labels it
-    /// has not seen), then one part per shard the events touch, all
+    /// Ingest in a sharded cluster: the weeks' partitions, the ids and the
+    /// persons' latest weeks from the metadata group first (only for weeks,
+    /// persons and labels it has not seen, or persons seen only earlier),
+    /// then one part per shard the events touch, all
     /// proposed at once (here for the shards this node holds, through
     /// their nodes for the others).
     pub(super) fn ingest_sharded(
@@ -16,9 +17,10 @@ impl Node {
     ) -> Result<(), NodeError> {
         let weeks = hourcell_storage::shard::Layout::weeks(&events);
         self.ensure_weeks(&weeks)?;
-        let (persons, sources) = hourcell_storage::shard::Layout::missing_ids(&self.store, &events);
+        let (persons, sources) =
+            hourcell_storage::shard::Layout::ids_to_record(&self.store, &events);
         if !persons.is_empty() || !sources.is_empty() {
-            self.propose(&Command::AssignIds { persons, sources })?;
+            self.propose(&Command::AssignIdsSeen { persons, sources })?;
         }
         // A shard held elsewhere is sent every dictionary entry its part
         // needs (learning one twice is harmless).
