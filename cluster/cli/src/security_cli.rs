@@ -272,6 +272,13 @@ pub async fn run_retention(cmd: RetentionCommand) -> Result<()> {
                 });
                 return crate::client::print_stdout(&format!("{v}\n"));
             }
+            if r.person_days_removed == 0 {
+                // Nothing was that old: nothing removed, nothing audited.
+                return crate::client::print_stdout(&format!(
+                    "nothing is older than {}: nothing to remove\n",
+                    format_time(r.cutoff)
+                ));
+            }
             crate::client::print_stdout(&format!(
                 "removed every hour before {} on every replica ({} person-days); recorded in the audit log\n",
                 format_time(r.cutoff),

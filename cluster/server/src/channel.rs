@@ -25,6 +25,12 @@ pub fn normalize_server(server: &str) -> String {
     }
 }
 
+/// The URL a client at this environment's TLS settings connects to, for
+/// messages and status output: `https://` when `HOURCELL_CA` is set.
+pub fn shown_server(server: &str) -> String {
+    server_url(server, ClientTls::from_env().enabled()).unwrap_or_else(|_| normalize_server(server))
+}
+
 /// A connection that sends the caller's credentials with every request.
 pub type Ch = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 

@@ -27,7 +27,7 @@ pub(crate) const SHOW_REJECTIONS: usize = 10;
 
 pub use hourcell_server::channel::{
     admin_client, channel, channel_as, channel_with, ingest_client, normalize_server, query_client,
-    registry_client, server_url, Ch, Credentials, MAX_MESSAGE_BYTES,
+    registry_client, server_url, shown_server, Ch, Credentials, MAX_MESSAGE_BYTES,
 };
 
 /// A gRPC status as a plain user-facing error: the server's message

@@ -339,7 +339,7 @@ pub async fn run_cluster(cmd: crate::cli::ClusterCommand) -> Result<()> {
             let (first, _) = raft_status_of(&a.server).await.ok_or_else(|| {
                 anyhow!(
                     "{} is unreachable or is a single node without [cluster]",
-                    normalize_server(&a.server)
+                    shown_server(&a.server)
                 )
             })?;
             let mut st = Vec::new();
@@ -428,7 +428,7 @@ pub fn human_bytes(b: u64) -> String {
 pub fn status_json(server: &str, s: &v1::StatusResponse) -> serde_json::Value {
     let time = |t: Option<i64>| t.map(format_time);
     serde_json::json!({
-        "server": normalize_server(server),
+        "server": shown_server(server),
         "version": s.version,
         "data_dir": s.data_dir,
         "slice_level": s.slice_level,
@@ -472,7 +472,7 @@ pub async fn run_status(args: ServerFormatArgs) -> Result<()> {
     print_stdout(&format!(
         "{:<16} {}\n{}",
         "server",
-        normalize_server(&args.server),
+        shown_server(&args.server),
         format_status(&st)
     ))
 }
