@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use hourcell_query::polygon::{MultiPolygon, Polygon, Vertex};
 use hourcell_query::validate::{check_addresses, check_registrations, place_events, RawEvent};
 use hourcell_query::{QueryEngine, Region};
 use hourcell_storage::cell::cell_at;
@@ -117,6 +118,34 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("who-was-at 1 km circle 24h", |b| {
         b.iter(|| q.who_was_at(&circle, end - 86_400, end, end).unwrap())
+    });
+    // A district as drawn on a map: 1,000 corners round the same point,
+    // its radius wandering between about 0.75 and 1.05 km, with a 200 m
+    // hole.
+    let ring = |n: usize, r: &dyn Fn(f64) -> f64| {
+        let mut ring: Vec<Vertex> = (0..n)
+            .map(|i| {
+                let a = i as f64 / n as f64 * std::f64::consts::TAU;
+                let d = r(a) / 111_000.0;
+                Vertex {
+                    lat: home.lat + d * a.sin(),
+                    lng: home.lng + d * a.cos() / home.lat.to_radians().cos(),
+                }
+            })
+            .collect();
+        ring.push(ring[0]);
+        ring
+    };
+    let outer = ring(1_000, &|a| {
+        900.0 + 110.0 * (3.0 * a).sin() + 40.0 * (17.0 * a).cos() + 5.0 * (301.0 * a).sin()
+    });
+    let district = Region::Polygon(MultiPolygon {
+        polygons: vec![Polygon {
+            rings: vec![outer, ring(8, &|_| 200.0)],
+        }],
+    });
+    c.bench_function("who-was-at 1,000-vertex polygon 24h", |b| {
+        b.iter(|| q.who_was_at(&district, end - 86_400, end, end).unwrap())
     });
     c.bench_function("where-was 3 days", |b| {
         b.iter(|| q.where_was(person, cfg.start_unix, end, end).unwrap())

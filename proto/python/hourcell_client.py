@@ -71,9 +71,22 @@ def connect(server="127.0.0.1:7420", token=None, ca=None):
     return ch
 
 
-def region(pb, circle=None, rect=None, area=None, addresses=None):
+def region(pb, circle=None, rect=None, area=None, addresses=None, polygon=None):
     """A Region: circle=(lat, lng, metres), rect=(lat1, lng1, lat2, lng2),
-    area="A007" or addresses=["H1", ...]."""
+    area="A007", addresses=["H1", ...] or polygon= a GeoJSON Polygon or
+    MultiPolygon geometry as a dict (positions [lng, lat], holes allowed)."""
+    if polygon:
+        kind = polygon.get("type")
+        if kind == "Polygon":
+            polys = [polygon["coordinates"]]
+        elif kind == "MultiPolygon":
+            polys = polygon["coordinates"]
+        else:
+            raise ValueError("polygon must be a GeoJSON Polygon or MultiPolygon geometry")
+        return pb.Region(multipolygon=pb.MultiPolygon(polygons=[
+            pb.Polygon(rings=[pb.Ring(points=[pb.LatLng(lat=p[1], lng=p[0]) for p in ring])
+                              for ring in rings])
+            for rings in polys]))
     if circle:
         lat, lng, r = circle
         return pb.Region(circle=pb.Circle(lat=lat, lng=lng, radius_m=r))
@@ -84,7 +97,7 @@ def region(pb, circle=None, rect=None, area=None, addresses=None):
         return pb.Region(area=area)
     if addresses:
         return pb.Region(addresses=pb.AddressList(codes=list(addresses)))
-    raise ValueError("a region needs circle, rect, area or addresses")
+    raise ValueError("a region needs circle, rect, area, addresses or polygon")
 
 
 def who_was_at(channel, start, end, purpose, case, as_of=None, **where):

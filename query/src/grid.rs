@@ -38,7 +38,7 @@ pub struct GridAnswer {
 
 impl QueryEngine {
     /// Distinct persons per cell of `level` meeting `region` (a rect,
-    /// circle or cell list), per hour if `hourly`, else over the window.
+    /// circle, cell list or polygon), per hour if `hourly`, else over the window.
     pub fn occupancy_grid(
         &self,
         region: &Region,
@@ -65,7 +65,7 @@ impl QueryEngine {
             QueryError::invalid(
                 "region",
                 "",
-                "a grid needs a rect, a circle or cell tokens (not addresses or an area)",
+                "a grid needs a rect, a circle, cell tokens or a polygon (not addresses or an area)",
             )
         })?;
         let up = |c: u64| CellID(c).parent(u64::from(level)).0;

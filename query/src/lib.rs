@@ -9,7 +9,7 @@
 //! - [`QueryEngine`]: who-was-at, where-was, occupancy and
 //!   no-activity-since with exact, documented semantics.
 //! - [`Region`], [`Window`]: the inputs, validated with errors that name the
-//!   field and the value.
+//!   field and the value; polygon regions' geometry is in [`polygon`].
 //! - [`rules`]: the should-register and verify-departure rules that turn
 //!   slices into task drafts for field staff.
 //! - [`validate`]: turns raw events, addresses and registrations into store
@@ -20,6 +20,7 @@
 pub mod engine;
 pub mod error;
 pub mod grid;
+pub mod polygon;
 pub mod region;
 pub mod rules;
 pub mod sharded;

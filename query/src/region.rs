@@ -5,6 +5,20 @@
 //! cell-id ranges (an S2 covering at levels up to the slice level), scanned
 //! per hour; each cell found is then tested exactly, so the covering's
 //! looseness never leaks into answers.
+//!
+//! A polygon region (a GeoJSON Polygon or MultiPolygon, holes included;
+//! [`crate::polygon`]) follows the same rule with a planar reading of
+//! "intersects": the polygon is a planar area in (lng, lat) degrees (RFC
+//! 7946 draws its edges as straight lines there), and a cell is the
+//! quadrilateral of its 4 vertices, also joined by straight lines in
+//! (lng, lat). A cell matches when the two closed areas share a point: a
+//! vertex of either lies inside the other, or edges cross or touch. Holes
+//! must lie inside their outer ring (one that does not is refused), a
+//! polygon may not span more than 180 degrees of longitude (split one that
+//! crosses the antimeridian into a MultiPolygon), and rings may not meet.
+//! The scan is planned from the polygon's bounding box (an S2 Rect, widened
+//! by two cell diameters so that no matching cell is left out), then each
+//! cell is tested exactly.
 
 use std::collections::HashMap;
 
@@ -20,6 +34,7 @@ use s2::region::{Region as _, RegionCoverer};
 use s2::s1::angle::{Angle, Rad};
 
 use crate::error::{QueryError, Result};
+use crate::polygon::{MultiPolygon, Prepared};
 
 /// Mean Earth radius used for circle radii, in metres.
 pub const EARTH_RADIUS_M: f64 = 6_371_010.0;
@@ -47,6 +62,9 @@ pub enum Region {
     Cells(Vec<u64>),
     Addresses(Vec<String>),
     Area(String),
+    /// A GeoJSON Polygon or MultiPolygon (planar in lng/lat; see the
+    /// module doc).
+    Polygon(MultiPolygon),
 }
 
 impl Region {
@@ -120,13 +138,14 @@ impl Region {
                 }
                 Ok(())
             }
+            Region::Polygon(p) => p.validate(field),
         }
     }
 
     pub fn is_spatial(&self) -> bool {
         matches!(
             self,
-            Region::Rect { .. } | Region::Circle { .. } | Region::Cells(_)
+            Region::Rect { .. } | Region::Circle { .. } | Region::Cells(_) | Region::Polygon(_)
         )
     }
 }
@@ -135,6 +154,7 @@ enum Shape {
     Rect(Rect),
     Cap(Cap),
     Cells,
+    Polygon(Box<Prepared>),
 }
 
 /// A spatial region planned for one slice level: the cell ranges to scan
@@ -192,7 +212,7 @@ fn merge_ranges(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 }
 
 impl SpatialPlan {
-    /// Plans a spatial region (rect, circle or cells) for `level`.
+    /// Plans a spatial region (rect, circle, cells or polygon) for `level`.
     pub fn new(region: &Region, level: u8) -> Option<Self> {
         let coverer = RegionCoverer {
             min_level: 0,
@@ -235,6 +255,16 @@ impl SpatialPlan {
                     .collect();
                 (Shape::Cells, cov)
             }
+            Region::Polygon(mp) => {
+                let p = Prepared::new(mp);
+                let cov = coverer
+                    .covering(&p.covering_rect(level))
+                    .0
+                    .into_iter()
+                    .map(|c| c.0)
+                    .collect();
+                (Shape::Polygon(Box::new(p)), cov)
+            }
             _ => return None,
         };
         let ranges = merge_ranges(covering.into_iter().map(cell::range).collect());
@@ -266,6 +296,11 @@ impl SpatialPlan {
                 .lock()
                 .entry(slice_cell)
                 .or_insert_with(|| c.intersects_cell(&Cell::from(CellID(slice_cell)))),
+            Shape::Polygon(p) => *self
+                .memo
+                .lock()
+                .entry(slice_cell)
+                .or_insert_with(|| p.intersects_cell(slice_cell)),
         }
     }
 }

@@ -157,6 +157,7 @@ impl World {
             }),
             Region::Addresses(codes) => addr.is_some_and(|a| codes.iter().any(|c| c == a)),
             Region::Area(area) => addr.is_some_and(|a| self.address(a).area == *area),
+            Region::Polygon(mp) => naive_polygon_meets_cell(mp, cell),
         }
     }
 
@@ -238,4 +239,62 @@ impl World {
         out.sort();
         out
     }
+}
+
+/// The planar meaning of "a cell meets a polygon region", by brute force
+/// over every edge: the cell's quadrilateral (its vertices in lng/lat, no
+/// cell here straddles the antimeridian) and the polygon share a point.
+pub fn naive_polygon_meets_cell(mp: &hourcell_query::polygon::MultiPolygon, cell: u64) -> bool {
+    type P = (f64, f64);
+    let quad: Vec<P> = Cell::from(CellID(cell))
+        .vertices()
+        .iter()
+        .map(|v| {
+            let ll = LatLng::from(v);
+            (ll.lng.deg(), ll.lat.deg())
+        })
+        .collect();
+    let cross = |a: P, b: P, c: P| (b.0 - a.0) * (c.1 - a.1) - (b.1 - a.1) * (c.0 - a.0);
+    let on = |a: P, b: P, c: P| {
+        cross(a, b, c) == 0.0
+            && a.0.min(b.0) <= c.0
+            && c.0 <= a.0.max(b.0)
+            && a.1.min(b.1) <= c.1
+            && c.1 <= a.1.max(b.1)
+    };
+    let meet = |a: P, b: P, c: P, d: P| {
+        let (d1, d2, d3, d4) = (
+            cross(c, d, a),
+            cross(c, d, b),
+            cross(a, b, c),
+            cross(a, b, d),
+        );
+        (d1 * d2 < 0.0 && d3 * d4 < 0.0) || on(c, d, a) || on(c, d, b) || on(a, b, c) || on(a, b, d)
+    };
+    let inside = |edges: &[(P, P)], p: P| {
+        edges
+            .iter()
+            .filter(|(a, b)| {
+                (a.1 > p.1) != (b.1 > p.1) && p.0 < a.0 + (p.1 - a.1) * (b.0 - a.0) / (b.1 - a.1)
+            })
+            .count()
+            % 2
+            == 1
+    };
+    let quad_edges: Vec<(P, P)> = (0..4).map(|i| (quad[i], quad[(i + 1) % 4])).collect();
+    mp.polygons.iter().any(|poly| {
+        let edges: Vec<(P, P)> = poly
+            .rings
+            .iter()
+            .flat_map(|r| {
+                r.windows(2)
+                    .map(|w| ((w[0].lng, w[0].lat), (w[1].lng, w[1].lat)))
+            })
+            .collect();
+        inside(&edges, quad[0])
+            || edges.iter().any(|&(a, _)| inside(&quad_edges, a))
+            || edges
+                .iter()
+                .any(|&(a, b)| quad_edges.iter().any(|&(c, d)| meet(a, b, c, d)))
+    })
 }

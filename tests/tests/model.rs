@@ -108,7 +108,7 @@ fn load_sharded(w: &World, seed: u64, layout: Layout) -> QueryEngine {
 }
 
 fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {
-    match rng.gen_range(0..5) {
+    match rng.gen_range(0..6) {
         0 => {
             let (a, b) = (rng.gen_range(-0.03..0.03), rng.gen_range(-0.03..0.03));
             let (c, d) = (rng.gen_range(-0.03..0.03), rng.gen_range(-0.03..0.03));
@@ -151,11 +151,43 @@ fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {
                     .collect(),
             )
         }
-        _ => Region::Area(
+        4 => Region::Area(
             w.addresses[rng.gen_range(0..w.addresses.len())]
                 .area
                 .clone(),
         ),
+        _ => {
+            // A star-shaped polygon (so simple), sometimes with a hole.
+            use hourcell_query::polygon::{MultiPolygon, Polygon, Vertex};
+            let c = (
+                CENTER.0 + rng.gen_range(-0.01..0.01),
+                CENTER.1 + rng.gen_range(-0.01..0.01),
+            );
+            let r = rng.gen_range(0.002..0.03);
+            let star = |rng: &mut ChaCha8Rng, n: usize, lo: f64, hi: f64| {
+                let mut ring: Vec<Vertex> = (0..n)
+                    .map(|i| {
+                        let a =
+                            (i as f64 + rng.gen_range(0.0..0.8)) / n as f64 * std::f64::consts::TAU;
+                        let d = rng.gen_range(lo..hi);
+                        Vertex {
+                            lat: c.0 + d * a.sin(),
+                            lng: c.1 + d * a.cos(),
+                        }
+                    })
+                    .collect();
+                ring.push(ring[0]);
+                ring
+            };
+            let n = rng.gen_range(8..40);
+            let mut rings = vec![star(rng, n, 0.3 * r, r)];
+            if rng.gen_bool(0.5) {
+                rings.push(star(rng, 8, 0.05 * r, 0.18 * r));
+            }
+            Region::Polygon(MultiPolygon {
+                polygons: vec![Polygon { rings }],
+            })
+        }
     }
 }
 

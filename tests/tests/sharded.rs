@@ -61,6 +61,36 @@ fn wait_ready(node: &Node) {
     }
 }
 
+/// A polygon with a hole around a point: a jagged outer ring of 24
+/// corners and a small square hole at its centre.
+fn polygon_around(lat: f64, lng: f64, k: usize) -> Region {
+    use hourcell_query::polygon::{MultiPolygon, Polygon, Vertex};
+    let mut outer: Vec<Vertex> = (0..24)
+        .map(|i| {
+            let a = i as f64 / 24.0 * std::f64::consts::TAU;
+            let r = if (i + k) % 3 == 0 { 0.003 } else { 0.006 };
+            Vertex {
+                lat: lat + r * a.sin(),
+                lng: lng + r * a.cos(),
+            }
+        })
+        .collect();
+    outer.push(outer[0]);
+    let d = 0.0008;
+    let hole = [(-d, -d), (-d, d), (d, d), (d, -d), (-d, -d)]
+        .iter()
+        .map(|&(x, y)| Vertex {
+            lat: lat + y,
+            lng: lng + x,
+        })
+        .collect();
+    Region::Polygon(MultiPolygon {
+        polygons: vec![Polygon {
+            rings: vec![outer, hole],
+        }],
+    })
+}
+
 /// Every answer both nodes give, as text, for one comparison.
 fn answers(node: &Node, town: &Town) -> Vec<String> {
     let q = node.query();
@@ -84,11 +114,12 @@ fn answers(node: &Node, town: &Town) -> Vec<String> {
             },
             Region::Addresses(vec![a.code.clone()]),
             Region::Area(a.area.clone()),
+            polygon_around(a.lat, a.lng, k),
         ] {
-            out.push(format!(
-                "{:?}",
-                q.who_was_at(&region, day, day + 86_400, end)
-            ));
+            let who = q.who_was_at(&region, day, day + 86_400, end);
+            // An error would compare equal too: make sure it is an answer.
+            assert!(who.is_ok(), "{who:?}");
+            out.push(format!("{who:?}"));
             out.push(format!(
                 "{:?}",
                 q.occupancy(&region, day, day + 86_400, end)
@@ -104,10 +135,13 @@ fn answers(node: &Node, town: &Town) -> Vec<String> {
         out.push(format!("{:?}", q.where_was(*p, start, end, end)));
     }
     let area = Region::Area(addrs[0].area.clone());
+    let poly = polygon_around(addrs[0].lat, addrs[0].lng, 1);
     for (since, scope, local) in [
         (end - 3 * 86_400, None, None),
         (end - 86_400, Some(&area), None),
         (end - 2 * 86_400, None, Some(&area)),
+        (end - 86_400, Some(&poly), None),
+        (end - 2 * 86_400, None, Some(&poly)),
     ] {
         out.push(format!(
             "{:?}",

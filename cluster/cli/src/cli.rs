@@ -425,6 +425,13 @@ pub struct QueryArgs {
     /// An area code: all addresses in it.
     #[arg(long)]
     pub area: Option<String>,
+    /// A GeoJSON Polygon or MultiPolygon (holes allowed), or a Feature or
+    /// one-feature FeatureCollection holding one: a file, `-` for stdin,
+    /// or inline JSON starting with `{`. Positions are [lng, lat]; a cell
+    /// counts when its quadrilateral meets the polygon. At most 10,000
+    /// positions; split a polygon crossing the antimeridian at ±180.
+    #[arg(long, allow_hyphen_values = true)]
+    pub polygon: Option<String>,
     /// Person id (where-was).
     #[arg(long)]
     pub person: Option<u64>,

@@ -226,6 +226,81 @@ fn gen_import_and_query_through_the_cli() {
     let distinct = v["distinct"].as_u64().unwrap();
     assert!(distinct >= max_hour && distinct as usize == ids.len());
 
+    // --polygon from a file and inline: a GeoJSON rectangle around the
+    // first address answers as --rect over the same box.
+    let (lat, lng): (f64, f64) = (a[1].parse().unwrap(), a[2].parse().unwrap());
+    let (s_, w_, n_, e_) = (lat - 0.01, lng - 0.012, lat + 0.008, lng + 0.01);
+    let rect = format!("{s_},{w_},{n_},{e_}");
+    let geometry = format!(
+        r#"{{"type":"Polygon","coordinates":[[[{w_},{s_}],[{e_},{s_}],[{e_},{n_}],[{w_},{n_}],[{w_},{s_}]]]}}"#
+    );
+    let feature = format!(
+        r#"{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{}},"geometry":{geometry}}}]}}"#
+    );
+    let file = dir.path().join("district.geojson");
+    std::fs::write(&file, &feature).unwrap();
+    let who = |flag: &str, value: &str| {
+        json(&ok(&[
+            "query",
+            "who-was-at",
+            "--purpose",
+            "generated test",
+            "--case",
+            "T-1",
+            flag,
+            value,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--as-of",
+            as_of,
+            "--format",
+            "json",
+            "--server",
+            s,
+        ]))["persons"]
+            .clone()
+    };
+    let by_rect = who("--rect", &rect);
+    assert!(!by_rect.as_array().unwrap().is_empty());
+    assert_eq!(who("--polygon", file.to_str().unwrap()), by_rect);
+    assert_eq!(who("--polygon", &geometry), by_rect);
+    let occ = |flag: &str, value: &str| {
+        json(&ok(&[
+            "query",
+            "occupancy",
+            flag,
+            value,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--as-of",
+            as_of,
+            "--format",
+            "json",
+            "--server",
+            s,
+        ]))["distinct"]
+            .clone()
+    };
+    assert_eq!(occ("--polygon", &geometry), occ("--rect", &rect));
+    // A bad polygon: the server's reason, non-zero exit.
+    let out = hourcell(&[
+        "query",
+        "occupancy",
+        "--polygon",
+        r#"{"type":"Polygon","coordinates":[[[120,30],[120.1,30],[120,30]]]}"#,
+        "--from",
+        from,
+        "--server",
+        s,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 4"), "{err}");
+
     // The grid over the same circle and window, as GeoJSON: closed cell
     // polygons around their cells, whole cells counted, so that together
     // they hold at least everyone in the circle.

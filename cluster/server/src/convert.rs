@@ -4,6 +4,7 @@
 
 use hourcell_node::types::ShardMembers;
 use hourcell_proto::v1;
+use hourcell_query::polygon::{MultiPolygon, Polygon, Vertex};
 use hourcell_query::validate::{EventTime, RawAddress, RawEvent, RawRegistration, Rejection};
 use hourcell_query::{Region, Window};
 use hourcell_storage::cell;
@@ -26,7 +27,7 @@ pub fn region_from_proto(r: Option<v1::Region>, field: &'static str) -> Result<R
         invalid(
             field,
             "",
-            "a region is required (rect, circle, cells, addresses or area)",
+            "a region is required (rect, circle, cells, addresses, area or multipolygon)",
         )
     })?;
     Ok(match kind {
@@ -53,7 +54,66 @@ pub fn region_from_proto(r: Option<v1::Region>, field: &'static str) -> Result<R
         }
         v1::region::Kind::Addresses(a) => Region::Addresses(a.codes),
         v1::region::Kind::Area(a) => Region::Area(a),
+        v1::region::Kind::Multipolygon(m) => Region::Polygon(multipolygon_from_proto(m)),
     })
+}
+
+/// The polygons as given; the query crate validates them (rings closed,
+/// simple, in range, at most 10,000 positions).
+pub fn multipolygon_from_proto(m: v1::MultiPolygon) -> MultiPolygon {
+    MultiPolygon {
+        polygons: m
+            .polygons
+            .into_iter()
+            .map(|p| Polygon {
+                rings: p
+                    .rings
+                    .into_iter()
+                    .map(|r| {
+                        r.points
+                            .into_iter()
+                            .map(|v| Vertex {
+                                lat: v.lat,
+                                lng: v.lng,
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A request's region as recorded in the audit log: the message as is
+/// (`Debug`), except that a polygon is shown by its counts, its bounding
+/// box and a SHA-256 of its positions (so that a copy kept by the analyst
+/// can be matched), never by its up to 10,000 positions.
+pub fn region_for_audit(r: Option<&v1::Region>) -> String {
+    use sha2::Digest as _;
+    match r.and_then(|r| r.kind.as_ref()) {
+        Some(v1::region::Kind::Multipolygon(m)) => {
+            // Counts before contents, so that no two shapes hash alike.
+            let mut h = sha2::Sha256::new();
+            h.update((m.polygons.len() as u64).to_le_bytes());
+            for p in &m.polygons {
+                h.update((p.rings.len() as u64).to_le_bytes());
+                for r in &p.rings {
+                    h.update((r.points.len() as u64).to_le_bytes());
+                    for v in &r.points {
+                        h.update(v.lat.to_le_bytes());
+                        h.update(v.lng.to_le_bytes());
+                    }
+                }
+            }
+            let digest = h.finalize();
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "MultiPolygon {{ {}, sha256: {hex} }}",
+                multipolygon_from_proto(m.clone()).summary()
+            )
+        }
+        _ => format!("{r:?}"),
+    }
 }
 
 pub fn optional_region(

@@ -156,7 +156,7 @@ impl v1::query_server::Query for Services {
         let p = principal(&req)?;
         let r = req.into_inner();
         let params = serde_json::json!({
-            "region": format!("{:?}", r.region),
+            "region": region_for_audit(r.region.as_ref()),
             "window": format!("{:?}", r.window),
         });
         let release = Release::check(
@@ -329,8 +329,8 @@ impl v1::query_server::Query for Services {
         let params = serde_json::json!({
             "since": r.since,
             "as_of": r.as_of,
-            "scope": format!("{:?}", r.scope),
-            "local": format!("{:?}", r.local),
+            "scope": region_for_audit(r.scope.as_ref()),
+            "local": region_for_audit(r.local.as_ref()),
         });
         let release = Release::check(
             &p,

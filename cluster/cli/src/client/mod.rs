@@ -57,6 +57,8 @@ pub struct RegionFlags<'a> {
     pub cells: Option<&'a str>,
     pub addresses: Option<&'a str>,
     pub area: Option<&'a str>,
+    /// A GeoJSON file, `-` (stdin) or inline JSON.
+    pub polygon: Option<&'a str>,
 }
 
 impl<'a> RegionFlags<'a> {
@@ -67,6 +69,7 @@ impl<'a> RegionFlags<'a> {
             cells: a.cells.as_deref(),
             addresses: a.addresses.as_deref(),
             area: a.area.as_deref(),
+            polygon: a.polygon.as_deref(),
         }
     }
 
@@ -78,6 +81,7 @@ impl<'a> RegionFlags<'a> {
             ("--cells", self.cells.is_some()),
             ("--addresses", self.addresses.is_some()),
             ("--area", self.area.is_some()),
+            ("--polygon", self.polygon.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, g)| g.then_some(n))
@@ -86,7 +90,7 @@ impl<'a> RegionFlags<'a> {
 }
 
 pub(crate) const REGION_HELP: &str = "--rect LAT1,LNG1,LAT2,LNG2, --circle LAT,LNG,METRES, \
---cells T1,T2, --addresses C1,C2 or --area CODE";
+--cells T1,T2, --addresses C1,C2, --area CODE or --polygon GEOJSON";
 
 /// Parses exactly `names.len()` comma-separated finite numbers.
 pub(crate) fn parse_numbers(flag: &str, value: &str, names: &[&str]) -> Result<Vec<f64>> {
@@ -175,6 +179,8 @@ pub fn region_from_flags(f: &RegionFlags) -> Result<Option<v1::Region>> {
             bail!("invalid --area {v:?}: expected an area code");
         }
         Kind::Area(a.to_string())
+    } else if let Some(v) = f.polygon {
+        Kind::Multipolygon(geojson::read_polygon("--polygon", v)?)
     } else {
         return Ok(None);
     };
@@ -299,7 +305,7 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                 ],
             )?;
             let region = region_from_flags(&flags)?.ok_or_else(|| {
-                anyhow!("grid needs a region: one of --rect, --circle or --cells")
+                anyhow!("grid needs a region: one of --rect, --circle, --cells or --polygon")
             })?;
             QueryRequest::Grid(v1::OccupancyGridRequest {
                 region: Some(region),
@@ -459,6 +465,7 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
     })
 }
 
+pub mod geojson;
 mod grid;
 mod import;
 mod png;

@@ -8,6 +8,7 @@ fn args(kind: QueryKind) -> QueryArgs {
         cells: None,
         addresses: None,
         area: None,
+        polygon: None,
         person: None,
         from: None,
         to: None,
