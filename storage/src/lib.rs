@@ -44,7 +44,7 @@ pub use error::{Result, StorageError};
 pub use kv::{FrozenView, KvEngine, TryScan, WriteBatch};
 pub use mem::MemEngine;
 pub use prefixed::PrefixedEngine;
-pub use rocks::{RocksConfig, RocksEngine};
+pub use rocks::{EngineFigures, RocksConfig, RocksEngine};
 pub use store::{
     Meta, MetaStore, PlaceEntry, PlaceIds, Role, Shard, ShardStore, Store, StoreStats,
 };

@@ -53,7 +53,36 @@ fn merge_op(key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Op
     }
 }
 
+/// RocksDB's own figures for an operator: size, compaction debt and
+/// whether writes are being slowed or stopped now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineFigures {
+    /// Every SST file, live or awaiting deletion (`rocksdb.total-sst-files-size`).
+    pub sst_bytes: u64,
+    pub memtable_bytes: u64,
+    /// Bytes compaction must rewrite to settle the LSM tree.
+    pub pending_compaction_bytes: u64,
+    pub running_compactions: u64,
+    /// Writes are stopped (a write stall), until compaction catches up.
+    pub write_stopped: bool,
+    /// Bytes per second writes are slowed to; 0 when they are not.
+    pub delayed_write_rate: u64,
+}
+
 impl RocksEngine {
+    /// The engine's figures, read now from RocksDB's properties.
+    pub fn figures(&self) -> EngineFigures {
+        let p = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        EngineFigures {
+            sst_bytes: p("rocksdb.total-sst-files-size"),
+            memtable_bytes: p("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: p("rocksdb.estimate-pending-compaction-bytes"),
+            running_compactions: p("rocksdb.num-running-compactions"),
+            write_stopped: p("rocksdb.is-write-stopped") != 0,
+            delayed_write_rate: p("rocksdb.actual-delayed-write-rate"),
+        }
+    }
+
     pub fn open(path: &Path, cfg: &RocksConfig) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);

@@ -226,16 +226,23 @@ async fn load_demo(
     Ok((l, secs, run))
 }
 
-/// Serves `/metrics` on the gRPC port + 1000 if that port is free.
-async fn serve_metrics(node: &Arc<Node>, grpc: std::net::SocketAddr) {
+/// Serves `/metrics` on the gRPC port + 1000 if that port is free; the
+/// gate's metrics to count into.
+async fn serve_metrics(
+    node: &Arc<Node>,
+    grpc: std::net::SocketAddr,
+) -> Arc<hourcell_server::metrics::ServerMetrics> {
     let mut m = grpc;
     m.set_port(grpc.port().wrapping_add(1000));
     match tokio::net::TcpListener::bind(m).await {
         Ok(l) => {
             println!("node metrics: http://{m}/metrics");
-            tokio::spawn(hourcell_server::metrics_http::serve(node.clone(), l));
+            hourcell_server::metrics::start(node.clone(), l)
         }
-        Err(e) => println!("(not serving /metrics on {m}: {e})"),
+        Err(e) => {
+            println!("(not serving /metrics on {m}: {e})");
+            Arc::default()
+        }
     }
 }
 
@@ -340,16 +347,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (addr, listener) = hourcell_server::server::bind(args.listen).await?;
-    serve_metrics(&node, addr).await;
+    let metrics = serve_metrics(&node, addr).await;
     println!();
     println!(
         "hourcell dev node serving gRPC on {addr} (plaintext, loopback only, all roles for the local user; not for production). Ctrl-C to stop."
     );
-    hourcell_server::serve(
+    hourcell_server::server::serve_with_metrics(
         node,
         cfg.security.clone(),
         listener,
         hourcell_server::server::shutdown_signal(),
+        metrics,
     )
     .await?;
     Ok(())
@@ -368,17 +376,18 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for (node, addr, listener) in started {
-        serve_metrics(&node, addr).await;
+        let metrics = serve_metrics(&node, addr).await;
         let mut rx = stop_tx.subscribe();
         servers.push((
             addr,
-            tokio::spawn(hourcell_server::serve(
+            tokio::spawn(hourcell_server::server::serve_with_metrics(
                 node,
                 security.clone(),
                 listener,
                 async move {
                     let _ = rx.recv().await;
                 },
+                metrics,
             )),
         ));
     }

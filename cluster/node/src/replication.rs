@@ -83,14 +83,14 @@ impl SnapshotView for FrozenImage {
 /// metadata store, or a data shard's).
 pub struct StoreMachine<E: KvEngine, R: Role> {
     pub store: Arc<Store<E, R>>,
-    pub apply_latency: Arc<crate::metrics::Histogram>,
+    pub apply_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl<E: KvEngine, R: Role> StoreMachine<E, R> {
     pub fn new(store: Arc<Store<E, R>>) -> Self {
         Self {
             store,
-            apply_latency: Arc::default(),
+            apply_latency: crate::metrics::latency_histogram(),
         }
     }
 }
@@ -107,7 +107,7 @@ impl<E: KvEngine, R: Role> StateMachine<ApplyOutcome> for StoreMachine<E, R> {
         // Not synced: the raft log is the durable copy (see
         // `StateMachine::durable_applied`).
         let r = self.store.apply_at(&cmd, index, false);
-        self.apply_latency.observe(t0.elapsed());
+        self.apply_latency.observe(t0.elapsed().as_secs_f64());
         r.map_err(|e| {
             if e.is_fatal() {
                 ApplyError::Fatal(e.to_string())

@@ -16,7 +16,6 @@
 //! same node, whose applied state only moves forward.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -219,7 +218,7 @@ impl Router {
             .map_err(|e| QueryError::Unavailable(e.to_string()))?;
         let op_bytes = op.encode();
         let m = node.metrics();
-        m.routed_reads.fetch_add(1, Ordering::Relaxed);
+        m.routed_reads.inc();
         let deadline = Instant::now() + self.timeout;
         let mut last_err = String::new();
         let mut refreshed = false;
@@ -247,7 +246,7 @@ impl Router {
                         return Ok(reply);
                     }
                     Err(PeerError::StaleMap(s)) => {
-                        m.stale_map_refusals.fetch_add(1, Ordering::Relaxed);
+                        m.stale_map_refusals.inc();
                         last_err = format!("node {n}: {s}");
                         stale = true;
                     }
@@ -257,7 +256,7 @@ impl Router {
                         )));
                     }
                     Err(PeerError::Failed(s)) => {
-                        m.routed_failures.fetch_add(1, Ordering::Relaxed);
+                        m.routed_failures.inc();
                         self.peers.forget(n);
                         last_err = format!("node {n}: {s}");
                     }
@@ -292,8 +291,7 @@ impl Router {
         }
         let node = self.node()?;
         let m = node.metrics();
-        m.routed_parts
-            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        m.routed_parts.inc_by(parts.len() as u64);
         let deadline = Instant::now() + self.timeout;
         let mut pending = parts;
         // Each pending part's place in `out`, and how many times it was
@@ -351,10 +349,10 @@ impl Router {
                     }
                     Err(e) => {
                         if let PeerError::StaleMap(_) = e {
-                            m.stale_map_refusals.fetch_add(1, Ordering::Relaxed);
+                            m.stale_map_refusals.inc();
                             stale = true;
                         } else {
-                            m.routed_failures.fetch_add(1, Ordering::Relaxed);
+                            m.routed_failures.inc();
                             self.peers.forget(n);
                         }
                         last_err = format!("node {n}: {e}");

@@ -111,6 +111,11 @@ impl Shards {
         !any
     }
 
+    /// The shared engine's RocksDB figures.
+    pub fn engine_figures(&self) -> hourcell_storage::EngineFigures {
+        self.engine.figures()
+    }
+
     /// The shared engine's size on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.engine.disk_bytes()

@@ -25,6 +25,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 
 use crate::auth::{allowed, Auth, Principal, Rpc, NODE_SECRET_HEADER};
+use crate::metrics::{Limit, Refusal, ServerMetrics};
 
 /// The caller admitted by the gate, for a service to act as.
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
@@ -39,11 +40,16 @@ pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
 pub struct Gate {
     auth: Arc<Auth>,
     node: Arc<Node>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl Gate {
-    pub fn new(auth: Arc<Auth>, node: Arc<Node>) -> Self {
-        Gate { auth, node }
+    pub fn new(auth: Arc<Auth>, node: Arc<Node>, metrics: Arc<ServerMetrics>) -> Self {
+        Gate {
+            auth,
+            node,
+            metrics,
+        }
     }
 }
 
@@ -55,6 +61,7 @@ impl<S> tower::Layer<S> for Gate {
             inner,
             auth: self.auth.clone(),
             node: self.node.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -64,6 +71,7 @@ pub struct Gated<S> {
     inner: S,
     auth: Arc<Auth>,
     node: Arc<Node>,
+    metrics: Arc<ServerMetrics>,
 }
 
 /// What the gate decides for a request path.
@@ -113,6 +121,7 @@ fn peer<B>(req: &http::Request<B>) -> (Option<String>, Option<SocketAddr>) {
 async fn admit(
     auth: &Auth,
     node: &Arc<Node>,
+    metrics: &ServerMetrics,
     rpc: Option<Rpc>,
     header: Option<&str>,
     cn: Option<&str>,
@@ -127,6 +136,7 @@ async fn admit(
             // audit log.
             let from = addr.map_or("unknown".to_string(), |a| a.ip().to_string());
             if !auth.limiter.allow(&format!("unauthenticated@{from}")) {
+                metrics.limited(Limit::bad_credentials);
                 return Err(Status::resource_exhausted(
                     "rate limit: too many requests with bad credentials from this address",
                 ));
@@ -140,11 +150,12 @@ async fn admit(
             )
         }
         Ok(p) if !auth.limiter.allow(&p.name) => {
+            metrics.limited(Limit::principal);
             return Err(Status::resource_exhausted(format!(
                 "rate limit: {} may make {} requests per second",
                 p.name,
                 auth.limiter.rate()
-            )))
+            )));
         }
         Ok(p) => match rpc {
             Some(rpc) if allowed(&p, rpc) => return Ok(p),
@@ -164,6 +175,11 @@ async fn admit(
             }
         },
     };
+    metrics.refused(if status.code() == tonic::Code::Unauthenticated {
+        Refusal::unauthenticated
+    } else {
+        Refusal::permission_denied
+    });
     let entry = hourcell_storage::AuditEntry {
         time: now,
         principal: principal.name.clone(),
@@ -210,6 +226,7 @@ where
                         Box::pin(inner.call(req))
                     }
                     Err(why) => {
+                        self.metrics.refused(Refusal::internal);
                         // Not audited: a flood of these must cost nothing.
                         tracing::debug!(?addr, why = why.message(), "refused an internal call");
                         let refusal = why.into_http();
@@ -220,16 +237,27 @@ where
             Route::Client(rpc) => Some(rpc),
             Route::Unknown => None,
         };
-        let (auth, node) = (self.auth.clone(), self.node.clone());
+        let (auth, node, metrics) = (self.auth.clone(), self.node.clone(), self.metrics.clone());
         Box::pin(async move {
             let header = req
                 .headers()
                 .get("authorization")
                 .map(|v| v.to_str().unwrap_or("<not ascii>").to_string());
             let (cn, addr) = peer(&req);
-            match admit(&auth, &node, rpc, header.as_deref(), cn.as_deref(), addr).await {
+            let admitted = admit(
+                &auth,
+                &node,
+                &metrics,
+                rpc,
+                header.as_deref(),
+                cn.as_deref(),
+                addr,
+            )
+            .await;
+            match admitted {
                 Ok(p) => {
                     let Some(_slot) = auth.in_flight.enter(&p.name) else {
+                        metrics.limited(Limit::in_flight);
                         return Ok(Status::resource_exhausted(format!(
                             "{} has {} requests in flight already",
                             p.name,
@@ -241,7 +269,9 @@ where
                     req.extensions_mut().insert(p);
                     let resp = inner.call(req).await;
                     if let Ok(r) = &resp {
-                        access_log(&principal, rpc, r, started.elapsed());
+                        let (code, took) = (status_of(r), started.elapsed());
+                        metrics.answered(rpc, code, took);
+                        access_log(&principal, rpc, code, took);
                     }
                     resp
                 }
@@ -251,17 +281,21 @@ where
     }
 }
 
+/// The gRPC status of a response as its head carries it (OK when it is
+/// sent later, in a stream's trailers).
+fn status_of<B>(resp: &http::Response<B>) -> tonic::Code {
+    resp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from)
+}
+
 /// One line per answered client RPC: who, what, the status of the
 /// response head and how long the service took to produce it. Never a
 /// request's parameters (they name persons); those are in the audit log.
 /// A status sent later in a stream's trailers is not seen here.
-fn access_log<B>(principal: &str, rpc: Option<Rpc>, resp: &http::Response<B>, took: Duration) {
-    let status = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from);
+fn access_log(principal: &str, rpc: Option<Rpc>, status: tonic::Code, took: Duration) {
     tracing::info!(
         target: "hourcell::access",
         principal,

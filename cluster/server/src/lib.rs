@@ -5,7 +5,7 @@
 //! audited refusals) and its rules ([`auth`]: tokens, the RPC table), TLS ([`tls`]),
 //! the internal Raft and Shard services and the node's gRPC [`network`],
 //! joining a cluster ([`join`]), the `/metrics` endpoint
-//! ([`metrics_http`]), client connections ([`channel`], shared with the
+//! ([`metrics`]), client connections ([`channel`], shared with the
 //! CLI), conversions between proto and domain types ([`convert`]) and the
 //! one place where errors become gRPC statuses ([`status`]).
 //!
@@ -21,7 +21,7 @@ pub mod gate;
 pub mod grid;
 pub mod join;
 pub mod limit;
-pub mod metrics_http;
+pub mod metrics;
 pub mod network;
 pub mod raft_service;
 pub mod release;

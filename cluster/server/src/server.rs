@@ -64,6 +64,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with_metrics(node, security, listener, shutdown, Arc::default()).await
+}
+
+/// [`serve`], the gate counting every RPC and refusal into `metrics`
+/// (those [`crate::metrics::start`] exports).
+pub async fn serve_with_metrics(
+    node: Arc<Node>,
+    security: SecurityConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    metrics: Arc<crate::metrics::ServerMetrics>,
+) -> Result<(), ServerError> {
     let auth = Arc::new(Auth::from_config(&security)?);
     let tls = security.tls.clone();
     let svc = Services {
@@ -188,7 +200,7 @@ pub async fn serve(
         .max_concurrent_streams(Some(256))
         // Every client RPC is authenticated, rate-limited, role-checked
         // and (when refused) audited here, before any service sees it.
-        .layer(crate::gate::Gate::new(auth, node.clone()))
+        .layer(crate::gate::Gate::new(auth, node.clone(), metrics))
         .add_optional_service(raft_svc)
         .add_optional_service(shard_svc)
         .add_service(health_svc)
@@ -405,17 +417,21 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     }
     let node = open_node(&cfg, hourcell_node::node::system_clock())?;
     let (addr, listener) = bind(cfg.listen).await?;
-    if let Some(m) = cfg.metrics_listen {
-        let (maddr, ml) = bind(m).await?;
-        tracing::info!(%maddr, "serving /metrics");
-        tokio::spawn(crate::metrics_http::serve(node.clone(), ml));
-    }
+    let metrics = match cfg.metrics_listen {
+        Some(m) => {
+            let (maddr, ml) = bind(m).await?;
+            tracing::info!(%maddr, "serving /metrics and /health");
+            crate::metrics::start(node.clone(), ml)
+        }
+        None => Arc::default(),
+    };
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), slice_level = node.store().slice_level(), "hourcell node serving");
-    let r = serve(
+    let r = serve_with_metrics(
         node.clone(),
         cfg.security.clone(),
         listener,
         shutdown_signal(),
+        metrics,
     )
     .await;
     node.shutdown();

@@ -325,6 +325,19 @@ impl Node {
         self.shards.as_deref()
     }
 
+    /// RocksDB's figures for each database of this node: the metadata
+    /// store's, the data shards' shared one and the raft log's.
+    pub fn engine_figures(&self) -> Vec<(&'static str, hourcell_storage::EngineFigures)> {
+        let mut out = vec![("meta", self.store.engine().inner().figures())];
+        if let Some(sh) = &self.shards {
+            out.push(("shards", sh.engine_figures()));
+        }
+        if let Some(r) = &self.replication {
+            out.push(("raft", r.raft_engine.0.figures()));
+        }
+        out
+    }
+
     /// Counts over every store of this node: persons, addresses and
     /// registrations from the metadata store, disk summed, hours spanned.
     pub fn stats(&self) -> Result<hourcell_storage::StoreStats, NodeError> {
@@ -392,14 +405,15 @@ impl Node {
     /// synced. A storage error marks the node failed.
     pub fn propose(&self, cmd: &Command) -> Result<ApplyOutcome, NodeError> {
         let t0 = std::time::Instant::now();
-        self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
+        self.metrics.proposals.inc();
         let r = self.propose_inner(cmd);
         match &r {
-            Ok(_) => self.metrics.commit_latency.observe(t0.elapsed()),
+            Ok(_) => self
+                .metrics
+                .commit_latency
+                .observe(t0.elapsed().as_secs_f64()),
             Err(_) => {
-                self.metrics
-                    .proposal_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.proposal_failures.inc();
             }
         }
         r
@@ -431,7 +445,9 @@ impl Node {
         }
         let t0 = std::time::Instant::now();
         let r = self.store.apply(cmd);
-        self.metrics.apply_latency.observe(t0.elapsed());
+        self.metrics
+            .apply_latency
+            .observe(t0.elapsed().as_secs_f64());
         r.map_err(|e| {
             if e.is_fatal() {
                 tracing::error!(error = %e, "storage failure: node stops serving");

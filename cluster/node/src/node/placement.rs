@@ -109,17 +109,17 @@ impl Node {
         };
         let t0 = std::time::Instant::now();
         let n = parts.len() as u64;
-        self.metrics.proposals.fetch_add(n, Ordering::Relaxed);
+        self.metrics.proposals.inc_by(n);
         let items = parts.into_iter().map(|(g, c)| (g, c.encode())).collect();
         match r.propose_all(items) {
             Ok(out) => {
-                self.metrics.commit_latency.observe(t0.elapsed());
+                self.metrics
+                    .commit_latency
+                    .observe(t0.elapsed().as_secs_f64());
                 Ok(out)
             }
             Err(e) => {
-                self.metrics
-                    .proposal_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.proposal_failures.inc();
                 Err(match e {
                     ProposeError::Apply(why) => NodeError::Invalid(why),
                     ProposeError::Stopped(why) => {
