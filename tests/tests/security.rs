@@ -206,6 +206,21 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
             .expire(req(v1::ExpireRequest {}, t))
             .await
             .map(|_| ()),
+        Rpc::Backup => {
+            let mut s = A::new(c)
+                .backup(req(
+                    v1::BackupRequest {
+                        group: 1,
+                        purpose: "matrix".into(),
+                        case_ref: "M-1".into(),
+                    },
+                    t,
+                ))
+                .await?
+                .into_inner();
+            while s.message().await?.is_some() {}
+            Ok(())
+        }
         Rpc::TasksRun => T::new(c)
             .run(req(
                 v1::RunTasksRequest {

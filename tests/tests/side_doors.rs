@@ -81,6 +81,8 @@ fn names_persons(msg: &str, messages: &Messages, seen: &mut BTreeSet<String>) ->
                 // An audit record's parameters: the person of a where-was,
                 // the place of a who-was-at.
                 || name == "parameters"
+                // A store's image (a backup): everyone's data.
+                || name == "image"
                 || ty
                     .as_deref()
                     .is_some_and(|t| names_persons(t, messages, seen))
@@ -109,7 +111,12 @@ fn every_rpc_whose_answer_names_a_person_is_person_level() {
     for rpc in Rpc::ALL {
         assert_eq!(rpc.person_level(), bearing.contains(rpc.name()), "{rpc:?}");
     }
-    for known in ["Query.WhereWas", "Registry.GetRegistration", "Tasks.Watch"] {
+    for known in [
+        "Query.WhereWas",
+        "Registry.GetRegistration",
+        "Tasks.Watch",
+        "Admin.Backup",
+    ] {
         assert!(bearing.contains(known), "{known}");
     }
 }
@@ -326,6 +333,25 @@ async fn call_person_level(
                 assert!(r.iter().all(|x| !x.withheld));
                 r.iter().filter(|x| !x.parameters.is_empty()).count()
             }),
+        Rpc::Backup => {
+            let mut s = v1::admin_client::AdminClient::new(c)
+                .backup(req(
+                    v1::BackupRequest {
+                        group: 1,
+                        purpose,
+                        case_ref,
+                    },
+                    t,
+                ))
+                .await?
+                .into_inner();
+            // The persons the image holds, as its first chunk says.
+            let mut persons = 0;
+            while let Some(chunk) = s.message().await? {
+                persons = persons.max(chunk.persons as usize);
+            }
+            Ok(persons)
+        }
         other => panic!("{other:?} is not person-level"),
     }
 }

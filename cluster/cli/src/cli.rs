@@ -112,6 +112,12 @@ pub enum Command {
     /// applies it every hour; `apply` does it now (operator role).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Backups (operator role): `create` streams a consistent image of the
+    /// cluster into a new directory (every person's data: needs --purpose
+    /// and --case, and is audited); `verify` checks one; `restore` seeds a
+    /// new node's data directory from one.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Print a shell completion script: `hourcell completions bash >
     /// /etc/bash_completion.d/hourcell` (also zsh, fish, elvish,
     /// powershell).
@@ -226,6 +232,63 @@ pub struct IssueArgs {
 pub enum RetentionCommand {
     /// Remove every hour older than the limit now, on every replica.
     Apply(ServerFormatArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a consistent backup of a running unsharded cluster into a new
+    /// directory: the metadata group's store at a raft index that covers
+    /// every write acknowledged before it began, with a manifest and
+    /// SHA-256 checksums. Sharded clusters are not supported yet.
+    Create(BackupCreateArgs),
+    /// Check a backup: sizes, checksums, pair counts, key shapes and
+    /// order, and the audit chain. Exit code 6 when it fails.
+    Verify(BackupVerifyArgs),
+    /// Seed a new node's empty data directory (from its config) with a
+    /// backup. Restore every node of the new cluster (any number of nodes,
+    /// as its config lists them) from the same backup, then start them all
+    /// without --join. Local: reads the backup and writes the data
+    /// directory, needs no server.
+    Restore(BackupRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupCreateArgs {
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// A new (or empty) directory to write the backup into.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Why the backup is taken (recorded in the audit log).
+    #[arg(long)]
+    pub purpose: String,
+    /// A case or change reference (recorded in the audit log).
+    #[arg(long = "case")]
+    pub case_ref: String,
+    /// text (table) or json.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupVerifyArgs {
+    /// The backup directory.
+    pub dir: PathBuf,
+    /// text (table) or json.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupRestoreArgs {
+    /// The backup directory.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The new node's config (`hourcell node --config`); its data_dir must
+    /// be empty or missing.
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]

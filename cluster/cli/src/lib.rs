@@ -8,6 +8,7 @@
 //! `hourcell-node` (config), `hourcell-town`, `hourcell-proto`,
 //! `hourcell-query`, `hourcell-storage`. Nothing imports this crate.
 
+pub mod backup_cli;
 pub mod bench;
 pub mod cli;
 pub mod client;

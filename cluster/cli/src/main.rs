@@ -115,6 +115,10 @@ fn main() {
                 init_logging("warn");
                 security_cli::run_retention(a).await
             }
+            Command::Backup(a) => {
+                init_logging("warn");
+                hourcell_cli::backup_cli::run_backup(a).await
+            }
         }
     });
     if let Err(e) = result {

@@ -263,6 +263,27 @@ impl<E: LogEngine> RaftLogStore<E> {
         Ok(())
     }
 
+    /// Starts group `group`, with no state yet in `engine`, as if a
+    /// snapshot at `index` (at least [`INIT_INDEX`]) with `voters` had been
+    /// applied: its state machine was restored from a backup taken at that
+    /// index. Every replica of the new group must be seeded alike.
+    pub fn seed(engine: Arc<E>, group: u64, index: u64, voters: &[u64]) -> raft::Result<()> {
+        if engine
+            .get(&meta_key(CONF_STATE, group))
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(store_err("the group already has raft state"));
+        }
+        let store = Self::open(engine, group, &[])?;
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index.max(INIT_INDEX);
+        meta.term = INIT_TERM;
+        meta.mut_conf_state().set_voters(voters.to_vec());
+        store.apply_snapshot(&snap)
+    }
+
     pub fn group(&self) -> u64 {
         self.group
     }

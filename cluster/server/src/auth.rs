@@ -67,10 +67,11 @@ pub enum Rpc {
     TasksUpdate,
     TasksWatch,
     AuditList,
+    Backup,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 21] = [
+    pub const ALL: [Rpc; 22] = [
         Rpc::Ingest,
         Rpc::PutAddresses,
         Rpc::PutRegistrations,
@@ -92,6 +93,7 @@ impl Rpc {
         Rpc::TasksUpdate,
         Rpc::TasksWatch,
         Rpc::AuditList,
+        Rpc::Backup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +119,7 @@ impl Rpc {
             Rpc::TasksUpdate => "Tasks.Update",
             Rpc::TasksWatch => "Tasks.Watch",
             Rpc::AuditList => "Audit.List",
+            Rpc::Backup => "Admin.Backup",
         }
     }
 
@@ -136,6 +139,9 @@ impl Rpc {
             Rpc::TasksRun => &[Fieldwork, Operator],
             Rpc::TasksList | Rpc::TasksGet | Rpc::TasksUpdate | Rpc::TasksWatch => &[Fieldwork],
             Rpc::AuditList => &[Auditor],
+            // Every person's data: operators, with a purpose and a case,
+            // audited (see `backup.rs`).
+            Rpc::Backup => &[Operator],
         }
     }
 
@@ -155,6 +161,7 @@ impl Rpc {
                 | Rpc::TasksUpdate
                 | Rpc::TasksWatch
                 | Rpc::AuditList
+                | Rpc::Backup
         )
     }
 }
@@ -577,7 +584,8 @@ mod tests {
     }
 
     #[test]
-    fn every_rpc_names_roles_and_person_level_ones_only_investigators_field_staff_and_auditors() {
+    fn every_rpc_names_roles_and_person_level_ones_only_investigators_field_staff_auditors_and_backups(
+    ) {
         for rpc in Rpc::ALL {
             assert!(!rpc.roles().is_empty(), "{rpc:?}");
             if rpc.person_level() {
@@ -586,6 +594,8 @@ mod tests {
                     rpc.roles().iter().all(|r| match r {
                         Role::Investigator | Role::Fieldwork => true,
                         Role::Auditor => rpc == Rpc::AuditList,
+                        // A backup: every person's data, to an operator.
+                        Role::Operator => rpc == Rpc::Backup,
                         _ => false,
                     }),
                     "{rpc:?}"

@@ -14,6 +14,7 @@
 
 pub mod answer;
 pub mod auth;
+pub mod backup;
 pub mod channel;
 pub mod convert;
 pub mod error;

@@ -487,6 +487,17 @@ impl v1::admin_server::Admin for Services {
         }))
     }
 
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        req: Request<v1::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let p = principal(&req)?;
+        let s = crate::backup::backup(self.node.clone(), &p, req.into_inner()).await?;
+        Ok(Response::new(s))
+    }
+
     async fn expire(
         &self,
         req: Request<v1::ExpireRequest>,

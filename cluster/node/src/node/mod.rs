@@ -24,6 +24,7 @@ use crate::error::{NodeError, OpenError};
 use crate::network::{Introduction, Network};
 use hourcell_raft::StateMachine;
 
+pub mod backup;
 mod barrier;
 mod ingest;
 mod placement;

@@ -266,6 +266,27 @@ impl Replication {
 /// unsharded); a later start with another layout is refused.
 pub(super) const LAYOUT_KEY: &[u8] = &[0x06];
 
+/// Seeds raft group `group` in the empty raft log of `cfg`'s data
+/// directory at `index` with `voters` (a restore; see `backup.rs`).
+pub(super) fn seed_raft_log(
+    cfg: &NodeConfig,
+    group: u64,
+    index: u64,
+    voters: &[u64],
+) -> Result<(), super::backup::RestoreError> {
+    use super::backup::RestoreError;
+    let raft_dir = cfg.data_dir.join("raft");
+    let engine = RocksEngine::open(&raft_dir, &RocksConfig::default()).map_err(|source| {
+        OpenError::Engine {
+            path: raft_dir.clone(),
+            source,
+        }
+    })?;
+    let log = Arc::new(crate::replication::KvLog(Arc::new(engine)));
+    crate::replication::log_store::RaftLogStore::seed(log, group, index, voters)
+        .map_err(|e| RestoreError::Raft { why: e.to_string() })
+}
+
 pub(super) fn check_layout(
     engine: &RocksEngine,
     want: Option<hourcell_storage::shard::Layout>,

@@ -1,0 +1,394 @@
+//! `hourcell backup create | verify | restore`.
+//!
+//! A backup is a directory: `manifest.json` and one image file per raft
+//! group (`group-1.img`: the metadata store, and on an unsharded cluster
+//! every slice). An image file is a sequence of frames, each a 4-byte
+//! big-endian length and a bincode `Vec<(key, value)>`, keys ascending
+//! across the file. The manifest records each image's raft index, pair
+//! count, size and SHA-256. `create` writes into `DIR.partial` and renames
+//! it to `DIR` only when every image is complete, so a directory named as
+//! the backup is a whole one.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use hourcell_proto::v1;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cli::{BackupCommand, BackupCreateArgs, BackupRestoreArgs, BackupVerifyArgs, Format};
+use crate::client::{admin_client, channel, print_stdout};
+use crate::exit::{Failure, VERIFY_FAILED};
+
+/// The manifest's format version.
+const FORMAT: u32 = 1;
+
+/// Largest frame accepted when reading an image (a frame is about 1 MiB).
+const MAX_FRAME: usize = 256 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    /// When the backup was taken (RFC 3339).
+    pub created: String,
+    pub hourcell_version: String,
+    /// The node it was taken through.
+    pub server: String,
+    pub groups: Vec<GroupEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupEntry {
+    pub group: u64,
+    /// "meta" or "shard".
+    pub role: String,
+    /// The raft index the image is at: every write acknowledged before
+    /// the backup began is in it.
+    pub applied_index: u64,
+    pub persons: u64,
+    pub file: String,
+    pub pairs: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Why a backup directory is not a whole, intact backup.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} exists and is not empty: back up into a new directory")]
+    Exists { path: PathBuf },
+    #[error("bad manifest {path}: {why}")]
+    Manifest { path: PathBuf, why: String },
+    #[error("{file}: {why}")]
+    Image { file: String, why: String },
+    #[error(
+        "the cluster is sharded: backups of sharded clusters are not implemented yet \
+         (see docs/OPERATIONS.md, \"Backup and restore\")"
+    )]
+    Sharded,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
+    match cmd {
+        BackupCommand::Create(a) => create(a).await,
+        BackupCommand::Verify(a) => verify_cmd(a),
+        BackupCommand::Restore(a) => restore(a),
+    }
+}
+
+async fn create(a: BackupCreateArgs) -> Result<()> {
+    if std::fs::read_dir(&a.to).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(BackupError::Exists { path: a.to.clone() }.into());
+    }
+    let ch = channel(&a.server).await?;
+    let mut admin = admin_client(ch);
+    let st = admin
+        .status(v1::StatusRequest::default())
+        .await
+        .map_err(crate::client::status_error)?
+        .into_inner();
+    if !st.shards.is_empty() || st.shard_map_version > 0 {
+        return Err(BackupError::Sharded.into());
+    }
+    let partial = a.to.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+    let mut stream = admin
+        .backup(v1::BackupRequest {
+            group: 1,
+            purpose: a.purpose.clone(),
+            case_ref: a.case_ref.clone(),
+        })
+        .await
+        .map_err(crate::client::status_error)?
+        .into_inner();
+    let file = "group-1.img".to_string();
+    let path = partial.join(&file);
+    let mut out = BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
+    let mut hash = Sha256::new();
+    let (mut pairs, mut bytes) = (0u64, 0u64);
+    let mut head: Option<v1::BackupChunk> = None;
+    while let Some(c) = stream
+        .message()
+        .await
+        .map_err(crate::client::status_error)?
+    {
+        let decoded = decode_frame(&file, &c.image)?;
+        pairs += decoded.len() as u64;
+        let len = u32::try_from(c.image.len()).context("a chunk over 4 GiB")?;
+        for part in [&len.to_be_bytes()[..], &c.image[..]] {
+            out.write_all(part).map_err(io(&path))?;
+            hash.update(part);
+            bytes += part.len() as u64;
+        }
+        if head.is_none() {
+            head = Some(v1::BackupChunk {
+                image: Vec::new(),
+                ..c
+            });
+        }
+    }
+    out.flush().map_err(io(&path))?;
+    out.get_ref().sync_all().map_err(io(&path))?;
+    let head = head.ok_or_else(|| BackupError::Image {
+        file: file.clone(),
+        why: "the node sent no image".into(),
+    })?;
+    let manifest = Manifest {
+        format: FORMAT,
+        created: hourcell_query::time::format_time(hourcell_query::time::now()),
+        hourcell_version: env!("CARGO_PKG_VERSION").into(),
+        server: crate::client::shown_server(&a.server),
+        groups: vec![GroupEntry {
+            group: head.group,
+            role: match v1::StoreRole::try_from(head.role) {
+                Ok(v1::StoreRole::Shard) => "shard",
+                _ => "meta",
+            }
+            .into(),
+            applied_index: head.applied_index,
+            persons: head.persons,
+            file,
+            pairs,
+            bytes,
+            sha256: hex(&hash.finalize()),
+        }],
+    };
+    let mpath = partial.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest)?;
+    std::fs::write(&mpath, format!("{text}\n")).map_err(io(&mpath))?;
+    if a.to.exists() {
+        std::fs::remove_dir(&a.to).map_err(io(&a.to))?;
+    }
+    std::fs::rename(&partial, &a.to).map_err(io(&a.to))?;
+    let g = &manifest.groups[0];
+    if a.format == Format::Json {
+        let v = serde_json::json!({ "dir": a.to, "manifest": manifest });
+        return print_stdout(&format!("{v}\n"));
+    }
+    print_stdout(&format!(
+        "backup of group {} at raft index {} ({} persons, {} pairs, {} bytes) written to {}\n",
+        g.group,
+        g.applied_index,
+        g.persons,
+        g.pairs,
+        g.bytes,
+        a.to.display()
+    ))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn decode_frame(file: &str, b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackupError> {
+    bincode::serde::decode_from_slice::<Vec<(Vec<u8>, Vec<u8>)>, _>(
+        b,
+        bincode::config::standard().with_limit::<MAX_FRAME>(),
+    )
+    .map(|(v, _)| v)
+    .map_err(|e| BackupError::Image {
+        file: file.into(),
+        why: format!("a frame does not decode: {e}"),
+    })
+}
+
+/// Reads an image file frame by frame.
+struct Frames {
+    file: String,
+    r: BufReader<std::fs::File>,
+}
+
+impl Frames {
+    fn open(dir: &Path, file: &str) -> Result<Self, BackupError> {
+        let path = dir.join(file);
+        Ok(Frames {
+            file: file.into(),
+            r: BufReader::new(std::fs::File::open(&path).map_err(io(&path))?),
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, BackupError> {
+        let mut len = [0u8; 4];
+        match self.r.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(source) => {
+                return Err(BackupError::Io {
+                    path: self.file.clone().into(),
+                    source,
+                })
+            }
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_FRAME {
+            return Err(BackupError::Image {
+                file: self.file.clone(),
+                why: format!("a frame of {n} bytes (at most {MAX_FRAME})"),
+            });
+        }
+        let mut b = vec![0u8; n];
+        self.r.read_exact(&mut b).map_err(|e| BackupError::Image {
+            file: self.file.clone(),
+            why: format!("truncated: {e}"),
+        })?;
+        decode_frame(&self.file, &b).map(Some)
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| BackupError::Manifest {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    if m.format != FORMAT {
+        return Err(BackupError::Manifest {
+            path,
+            why: format!("format {} (this hourcell reads {FORMAT})", m.format),
+        });
+    }
+    Ok(m)
+}
+
+/// What `verify` found in a whole, intact backup.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub groups: usize,
+    pub pairs: u64,
+    pub audit_records: u64,
+}
+
+/// Checks every image against the manifest (size, SHA-256, pair count,
+/// key shapes and order) and the metadata image's audit chain.
+pub fn verify(dir: &Path) -> Result<(Manifest, Verified), BackupError> {
+    let m = read_manifest(dir)?;
+    let mut total = 0;
+    let mut audit_records = 0;
+    for g in &m.groups {
+        let bad = |why: String| BackupError::Image {
+            file: g.file.clone(),
+            why,
+        };
+        let path = dir.join(&g.file);
+        let mut raw = BufReader::new(std::fs::File::open(&path).map_err(io(&path))?);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut bytes = 0u64;
+        loop {
+            let n = raw.read(&mut buf).map_err(io(&path))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        if bytes != g.bytes {
+            return Err(bad(format!("{bytes} bytes, the manifest says {}", g.bytes)));
+        }
+        let sum = hex(&hash.finalize());
+        if sum != g.sha256 {
+            return Err(bad(format!(
+                "SHA-256 {sum}, the manifest says {}",
+                g.sha256
+            )));
+        }
+        let mut frames = Frames::open(dir, &g.file)?;
+        let (mut pairs, mut last): (u64, Option<Vec<u8>>) = (0, None);
+        let mut records = Vec::new();
+        while let Some(chunk) = frames.next()? {
+            for (k, v) in chunk {
+                if !hourcell_storage::keys::well_formed(&k) {
+                    return Err(bad(format!("a key of unknown shape {k:02x?}")));
+                }
+                if last.as_ref().is_some_and(|l| *l >= k) {
+                    return Err(bad("keys out of order".into()));
+                }
+                if k.first() == Some(&hourcell_storage::keys::AUDIT) {
+                    let (r, _): (hourcell_storage::AuditRecord, _) =
+                        bincode::serde::decode_from_slice(&v, bincode::config::standard())
+                            .map_err(|e| bad(format!("an audit record does not decode: {e}")))?;
+                    records.push(r);
+                }
+                last = Some(k);
+                pairs += 1;
+            }
+        }
+        if pairs != g.pairs {
+            return Err(bad(format!("{pairs} pairs, the manifest says {}", g.pairs)));
+        }
+        audit_records += hourcell_storage::audit::verify_chain(&records)
+            .map_err(|e| bad(format!("the audit chain does not verify: {e}")))?;
+        total += pairs;
+    }
+    let v = Verified {
+        groups: m.groups.len(),
+        pairs: total,
+        audit_records,
+    };
+    Ok((m, v))
+}
+
+fn verify_cmd(a: BackupVerifyArgs) -> Result<()> {
+    let (m, v) = verify(&a.dir).map_err(|e| Failure::new(VERIFY_FAILED, e.to_string()))?;
+    if a.format == Format::Json {
+        let j = serde_json::json!({ "ok": true, "verified": v, "manifest": m });
+        return print_stdout(&format!("{j}\n"));
+    }
+    print_stdout(&format!(
+        "backup verified: {} group(s), {} pairs, {} audit records (chain intact), taken {} at raft index {}\n",
+        v.groups,
+        v.pairs,
+        v.audit_records,
+        m.created,
+        m.groups.first().map_or(0, |g| g.applied_index)
+    ))
+}
+
+fn restore(a: BackupRestoreArgs) -> Result<()> {
+    let (m, v) = verify(&a.from).map_err(|e| Failure::new(VERIFY_FAILED, e.to_string()))?;
+    let [g] = m.groups.as_slice() else {
+        return Err(BackupError::Sharded.into());
+    };
+    if g.role != "meta" {
+        return Err(BackupError::Sharded.into());
+    }
+    let cfg = hourcell_node::config::NodeConfig::load(&a.config)?;
+    let mut frames = Frames::open(&a.from, &g.file)?;
+    hourcell_node::node::backup::restore_data_dir(&cfg, g.applied_index, &mut || {
+        frames
+            .next()
+            .map_err(|e| hourcell_node::node::backup::RestoreError::Source { why: e.to_string() })
+    })?;
+    let next = match &cfg.cluster {
+        Some(c) if c.peers.len() > 1 => format!(
+            "restore every other node of the new cluster ({} peers in the config) from the same \
+             backup, then start them all without --join",
+            c.peers.len()
+        ),
+        _ => "start the node".into(),
+    };
+    print_stdout(&format!(
+        "restored {} pairs ({} audit records) at raft index {} into {}; {next}\n",
+        v.pairs,
+        v.audit_records,
+        g.applied_index,
+        cfg.data_dir.display()
+    ))
+}
