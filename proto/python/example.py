@@ -1,4 +1,5 @@
-"""Who was at a place, and how many people were there hour by hour.
+"""Who was at a place, how many people were there hour by hour, and the
+heat map around it.
 
     python3 proto/python/example.py --server 127.0.0.1:7420 \
         --addresses H1 --start 1793491200 --end 1793577600 \
@@ -26,6 +27,7 @@ def main():
     p.add_argument("--as-of", type=int)
     p.add_argument("--purpose", required=True)
     p.add_argument("--case", required=True)
+    p.add_argument("--grid-circle", help="LAT,LNG,METRES: also print the heat map of this circle")
     a = p.parse_args()
     ch = hc.connect(a.server, token=a.token)
     where = {"addresses": a.addresses.split(",")}
@@ -39,6 +41,14 @@ def main():
     busy = df[df["distinct"].fillna(0) > 0]
     print("occupancy: %d hours, %d with someone, peak %s" % (len(df), len(busy), df["distinct"].max()))
     print(busy.to_string(index=False))
+    if a.grid_circle:
+        # The heat map of a circle (the grid takes no address list), per
+        # hour, as a DataFrame.
+        lat, lng, m = (float(x) for x in a.grid_circle.split(","))
+        grid = hc.grid_frame(ch, a.start, a.end, level=14, hourly=True, as_of=a.as_of,
+                             circle=(lat, lng, m))
+        print("grid: %d cell-hours, %d cells, peak %s"
+              % (len(grid), grid["cell"].nunique(), grid["distinct"].max()))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ into a cache folder, so nothing generated is committed. Helpers:
 - who_was_at(...): the person ids in a region over a window, with the purpose
   and case every person-level query states (both are audited first);
 - occupancy_frame(...): distinct persons per hour as a pandas DataFrame.
+- grid_frame(...): the occupancy grid (heat map) as a pandas DataFrame.
 
 Person ids are 64-bit integers; Python keeps them exact (JavaScript would not).
 """
@@ -127,5 +128,28 @@ def occupancy_frame(channel, start, end, as_of=None, **where):
              "distinct": None if h.suppressed else h.distinct,
              "suppressed": h.suppressed} for h in r.hours]
     df = pd.DataFrame(rows, columns=["hour", "distinct", "suppressed"])
+    df["distinct"] = df["distinct"].astype("Int64")
+    return df
+
+
+def grid_frame(channel, start, end, level=14, hourly=False, as_of=None, **where):
+    """The population heat map as a pandas DataFrame: one row per S2 cell
+    of `level` (and per hour with `hourly`) with at least one person;
+    columns cell (token), hour (UTC, missing without `hourly`), distinct
+    (missing when suppressed), suppressed, lat, lng (the cell's centre).
+    Analysts ask for level 14 over one whole past UTC day."""
+    import pandas as pd
+    _, pb, rpc = stubs()
+    q = rpc.QueryStub(channel)
+    r = q.OccupancyGrid(pb.OccupancyGridRequest(
+        region=region(pb, **where),
+        window=pb.Window(start=start, end=end, as_of=as_of),
+        level=level, hourly=hourly))
+    rows = [{"cell": c.token,
+             "hour": pd.Timestamp(c.hour, unit="s", tz="UTC") if c.HasField("hour") else pd.NaT,
+             "distinct": None if c.suppressed else c.distinct,
+             "suppressed": c.suppressed,
+             "lat": c.lat, "lng": c.lng} for c in r.cells]
+    df = pd.DataFrame(rows, columns=["cell", "hour", "distinct", "suppressed", "lat", "lng"])
     df["distinct"] = df["distinct"].astype("Int64")
     return df

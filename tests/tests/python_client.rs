@@ -65,6 +65,7 @@ async fn the_python_client_asks_with_a_purpose_and_reads_a_dataframe() {
                 .args(["--server", &server, "--token", &inv, "--addresses", "H1"])
                 .args(["--start", &start, "--end", &end])
                 .args(["--purpose", "generated check", "--case", "PY-1"])
+                .args(["--grid-circle", "30.2741,120.1551,100"])
                 .env("HOURCELL_PY_STUBS", stubs)
                 .output()
                 .unwrap()
@@ -85,6 +86,11 @@ async fn the_python_client_asks_with_a_purpose_and_reads_a_dataframe() {
     // Hours 0, 1, 2 of the day hold 2, 2 and 3 persons.
     assert!(
         stdout.contains("occupancy: 24 hours, 3 with someone, peak 3"),
+        "{stdout}"
+    );
+    // The grid as a DataFrame: the three hours in the address's cell.
+    assert!(
+        stdout.contains("grid: 3 cell-hours, 1 cells, peak 3"),
         "{stdout}"
     );
     // The query was audited with the purpose and case the client stated.
