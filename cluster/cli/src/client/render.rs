@@ -338,19 +338,37 @@ pub fn print_stdout(s: &str) -> Result<()> {
     }
 }
 
+/// Writes an answer to `--out` (a file, or stdout for `-` or none).
+pub(crate) fn write_out(bytes: &[u8], out: Option<&Path>) -> Result<()> {
+    match out {
+        Some(p) if p != Path::new("-") => {
+            std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display()))
+        }
+        _ => {
+            let mut so = std::io::stdout().lock();
+            match so.write_all(bytes).and_then(|_| so.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.context("writing to stdout"),
+            }
+        }
+    }
+}
+
 pub async fn run_query(args: QueryArgs) -> Result<()> {
-    let req = build_request(&args, hourcell_query::time::now())
+    let q = args.kind;
+    let req = build_request(&q, hourcell_query::time::now())
         .map_err(|e| crate::exit::Failure::new(crate::exit::USAGE, format!("{e:#}")))?;
-    if args.format == Format::Png && (args.kind != QueryKind::Grid || args.out.is_none()) {
+    let (output, server) = q.output();
+    if output.format == Format::Png && (q.kind() != QueryKind::Grid || output.out.is_none()) {
         return Err(crate::exit::Failure::new(
             crate::exit::USAGE,
             "--format png is for `query grid` and needs --out FILE (a directory with --hourly)",
         ));
     }
-    let ch = channel(&args.server).await?;
+    let ch = channel(&server.server).await?;
     let out = execute(ch, req).await?;
-    if let (QueryOutput::Grid(r), Some(path)) = (&out, &args.out) {
-        if args.format == Format::Png {
+    if let (QueryOutput::Grid(r), Some(path)) = (&out, &output.out) {
+        if output.format == Format::Png {
             let files = super::png::write_png(r, path)?;
             return print_stdout(&format!(
                 "wrote {} PNG file(s) to {}\n",
@@ -359,5 +377,8 @@ pub async fn run_query(args: QueryArgs) -> Result<()> {
             ));
         }
     }
-    print_stdout(&render(&out, args.format)?)
+    write_out(
+        render(&out, output.format)?.as_bytes(),
+        output.out.as_deref(),
+    )
 }
