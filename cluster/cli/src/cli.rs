@@ -401,6 +401,34 @@ pub enum Format {
     Png,
 }
 
+/// How a query's answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum QueryFormat {
+    #[default]
+    Table,
+    Csv,
+    Json,
+    /// A GeoJSON FeatureCollection of cell polygons (grid only).
+    Geojson,
+    /// A PNG heat map written to --out; with --hourly, one frame per hour
+    /// into the directory --out (grid only).
+    Png,
+    /// An Apache Parquet file (snappy): one row per person, hour or cell,
+    /// typed columns (docs/FORMATS.md). Binary: to --out FILE, or stdout
+    /// when it is not a terminal.
+    Parquet,
+    /// An Arrow IPC stream with the columns of --format parquet. Binary,
+    /// as parquet.
+    Arrow,
+}
+
+impl QueryFormat {
+    /// Bytes, not text: never written to a terminal.
+    pub fn is_binary(self) -> bool {
+        matches!(self, QueryFormat::Parquet | QueryFormat::Arrow)
+    }
+}
+
 /// The error for the grid's formats elsewhere.
 pub fn grid_only() -> anyhow::Error {
     anyhow::anyhow!("--format geojson and png are only for `hourcell query grid`")
@@ -515,11 +543,12 @@ pub struct WindowArgs {
 /// How the answer is written.
 #[derive(Debug, Clone, Default, Args)]
 pub struct OutputArgs {
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+    pub format: QueryFormat,
     /// Write the answer to this file instead of stdout (`-`: stdout).
     /// With --format png: the PNG file, or with --hourly the directory for
-    /// one frame per hour.
+    /// one frame per hour. Parquet and Arrow are never written to a
+    /// terminal.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

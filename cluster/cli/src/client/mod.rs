@@ -11,7 +11,7 @@
 //! value, server errors carry the gRPC status message plainly.
 
 use std::fs::File;
-use std::io::{BufReader, Write as _};
+use std::io::{BufReader, IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use hourcell_query::time::{format_time, parse_time};
 use serde::Serialize;
 
 use crate::cli::{
-    CellRegionArgs, Format, ImportArgs, ImportKind, QueryArgs, QueryCommand, QueryKind, RegionArgs,
-    ServerFormatArgs, WhyArgs, WindowArgs,
+    CellRegionArgs, Format, ImportArgs, ImportKind, QueryArgs, QueryCommand, QueryFormat,
+    QueryKind, RegionArgs, ServerFormatArgs, WhyArgs, WindowArgs,
 };
 
 /// How many rejections an import lists at the end.
@@ -437,6 +437,7 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
     })
 }
 
+pub mod columnar;
 pub mod geojson;
 mod grid;
 mod import;

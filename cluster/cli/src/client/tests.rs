@@ -289,7 +289,7 @@ fn json_shapes() {
         to_json(&out, false).unwrap(),
         r#"{"from":"1970-01-01T00:00:00Z","to":"1970-01-01T02:00:00Z","distinct":6,"hours":[{"hour":"1970-01-01T00:00:00Z","distinct":6},{"hour":"1970-01-01T01:00:00Z","distinct":null,"suppressed":true}]}"#
     );
-    let csv = render(&out, Format::Csv).unwrap();
+    let csv = render(&out, QueryFormat::Csv).unwrap();
     assert!(csv.contains("1970-01-01T01:00:00Z,<5"), "{csv}");
     let out = QueryOutput::NoActivitySince(NoActivityResult {
         window: ew(7200, 10800),
@@ -554,7 +554,7 @@ fn grid_requests_and_geojson() {
         staleness_ms: 0,
     });
     let g: serde_json::Value =
-        serde_json::from_str(&render(&out, Format::Geojson).unwrap()).unwrap();
+        serde_json::from_str(&render(&out, QueryFormat::Geojson).unwrap()).unwrap();
     assert_eq!(g["type"], "FeatureCollection");
     let f = &g["features"][0];
     let ring = f["geometry"]["coordinates"][0].as_array().unwrap();
@@ -564,12 +564,12 @@ fn grid_requests_and_geojson() {
     assert_eq!(f["properties"]["hour"], "1970-01-01T01:00:00Z");
     let s = &g["features"][1]["properties"];
     assert!(s["distinct"].is_null() && s["suppressed"] == true);
-    let table = render(&out, Format::Table).unwrap();
+    let table = render(&out, QueryFormat::Table).unwrap();
     assert!(table.contains("<5"), "{table}");
     assert!(table.contains("counts below 5 suppressed"), "{table}");
     // GeoJSON is the grid's alone.
     let occ = QueryOutput::WhoWasAt(WhoWasAtResult::default());
-    assert!(render(&occ, Format::Geojson).is_err());
+    assert!(render(&occ, QueryFormat::Geojson).is_err());
 }
 
 #[test]
