@@ -82,8 +82,9 @@ pub enum Command {
     /// Import addresses, registrations or events from CSV into a node
     /// (role: ingest).
     Import(ImportArgs),
-    /// Run a query against a node. occupancy: analyst or investigator
-    /// (analysts see counts below 5 suppressed); who-was-at, where-was,
+    /// Run a query against a node: `hourcell query KIND --help` lists each
+    /// kind's flags. occupancy and grid: analyst or investigator (analysts
+    /// see counts below 5 suppressed); who-was-at, where-was,
     /// no-activity-since: investigator, with --purpose and --case, audited.
     Query(QueryArgs),
     /// Show a node's status (role: operator).
@@ -440,13 +441,13 @@ pub struct ManArgs {
     pub out: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// The query kinds, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryKind {
     WhoWasAt,
     WhereWas,
     Occupancy,
     NoActivitySince,
-    /// The population heat map: distinct persons per S2 cell of --level.
     Grid,
 }
 
@@ -463,16 +464,93 @@ pub enum Format {
     Png,
 }
 
+/// How a query's answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum QueryFormat {
+    #[default]
+    Table,
+    Csv,
+    Json,
+    /// A GeoJSON FeatureCollection of cell polygons (grid only).
+    Geojson,
+    /// A PNG heat map written to --out; with --hourly, one frame per hour
+    /// into the directory --out (grid only).
+    Png,
+    /// An Apache Parquet file (snappy): one row per person, hour or cell,
+    /// typed columns (docs/FORMATS.md). Binary: to --out FILE, or stdout
+    /// when it is not a terminal.
+    Parquet,
+    /// An Arrow IPC stream with the columns of --format parquet. Binary,
+    /// as parquet.
+    Arrow,
+}
+
+impl QueryFormat {
+    /// Bytes, not text: never written to a terminal.
+    pub fn is_binary(self) -> bool {
+        matches!(self, QueryFormat::Parquet | QueryFormat::Arrow)
+    }
+}
+
 /// The error for the grid's formats elsewhere.
 pub fn grid_only() -> anyhow::Error {
     anyhow::anyhow!("--format geojson and png are only for `hourcell query grid`")
 }
 
+/// `hourcell query KIND`: one subcommand per kind, so that each `--help`
+/// lists only the flags that kind takes.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// Which query to run.
-    #[arg(value_enum)]
-    pub kind: QueryKind,
+    #[command(subcommand)]
+    pub kind: QueryCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// The persons seen in a region during a window (investigator; needs
+    /// --purpose and --case, audited).
+    WhoWasAt(WhoWasAtArgs),
+    /// Where one person was, hour by hour: cells, addresses and sources
+    /// (investigator; needs --purpose and --case, audited).
+    WhereWas(WhereWasArgs),
+    /// Distinct persons in a region per hour and over the window (analyst
+    /// or investigator; analysts see counts below 5 suppressed).
+    Occupancy(OccupancyArgs),
+    /// Registered persons with no activity since a time, optionally only
+    /// those registered in a region (investigator; needs --purpose and
+    /// --case, audited).
+    NoActivitySince(NoActivityArgs),
+    /// The population heat map: distinct persons per S2 cell of --level
+    /// (and hour, with --hourly).
+    Grid(GridArgs),
+}
+
+impl QueryCommand {
+    pub fn kind(&self) -> QueryKind {
+        match self {
+            QueryCommand::WhoWasAt(_) => QueryKind::WhoWasAt,
+            QueryCommand::WhereWas(_) => QueryKind::WhereWas,
+            QueryCommand::Occupancy(_) => QueryKind::Occupancy,
+            QueryCommand::NoActivitySince(_) => QueryKind::NoActivitySince,
+            QueryCommand::Grid(_) => QueryKind::Grid,
+        }
+    }
+
+    /// Where and how the answer goes, and which node is asked.
+    pub fn output(&self) -> (&OutputArgs, &ServerArg) {
+        match self {
+            QueryCommand::WhoWasAt(a) => (&a.output, &a.server),
+            QueryCommand::WhereWas(a) => (&a.output, &a.server),
+            QueryCommand::Occupancy(a) => (&a.output, &a.server),
+            QueryCommand::NoActivitySince(a) => (&a.output, &a.server),
+            QueryCommand::Grid(a) => (&a.output, &a.server),
+        }
+    }
+}
+
+/// Regions made of cells: what the grid takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CellRegionArgs {
     /// Rectangle LAT1,LNG1,LAT2,LNG2 (degrees).
     #[arg(long, allow_hyphen_values = true)]
     pub rect: Option<String>,
@@ -482,12 +560,6 @@ pub struct QueryArgs {
     /// S2 cell tokens, comma separated, any level.
     #[arg(long)]
     pub cells: Option<String>,
-    /// Address codes, comma separated.
-    #[arg(long)]
-    pub addresses: Option<String>,
-    /// An area code: all addresses in it.
-    #[arg(long)]
-    pub area: Option<String>,
     /// A GeoJSON Polygon or MultiPolygon (holes allowed), or a Feature or
     /// one-feature FeatureCollection holding one: a file, `-` for stdin,
     /// or inline JSON starting with `{`. Positions are [lng, lat]; a cell
@@ -495,47 +567,135 @@ pub struct QueryArgs {
     /// positions; split a polygon crossing the antimeridian at ±180.
     #[arg(long, allow_hyphen_values = true)]
     pub polygon: Option<String>,
-    /// Person id (where-was).
+}
+
+/// Every kind of region: cells, or addresses.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegionArgs {
+    #[command(flatten)]
+    pub cells: CellRegionArgs,
+    /// Address codes, comma separated.
     #[arg(long)]
-    pub person: Option<u64>,
+    pub addresses: Option<String>,
+    /// An area code: all addresses in it.
+    #[arg(long)]
+    pub area: Option<String>,
+}
+
+/// `--as-of`, which every kind takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AsOfArg {
+    /// Answer as of this time (default now): later hours are not seen.
+    #[arg(long)]
+    pub as_of: Option<String>,
+}
+
+/// The hours asked about.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WindowArgs {
     /// Window start, RFC 3339 or unix seconds (widened to the hour).
     #[arg(long)]
     pub from: Option<String>,
     /// Window end, exclusive (widened to the hour). Default: as-of.
     #[arg(long)]
     pub to: Option<String>,
-    /// no-activity-since: the time from which no activity is sought.
+    #[command(flatten)]
+    pub as_of: AsOfArg,
+}
+
+/// How the answer is written.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OutputArgs {
+    #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+    pub format: QueryFormat,
+    /// Write the answer to this file instead of stdout (`-`: stdout).
+    /// With --format png: the PNG file, or with --hourly the directory for
+    /// one frame per hour. Parquet and Arrow are never written to a
+    /// terminal.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WhoWasAtArgs {
+    #[command(flatten)]
+    pub region: RegionArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub why: WhyArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+pub struct WhereWasArgs {
+    /// The person's id.
+    #[arg(long)]
+    pub person: u64,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub why: WhyArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+pub struct OccupancyArgs {
+    #[command(flatten)]
+    pub region: RegionArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+pub struct NoActivityArgs {
+    /// The time from which no activity is sought (RFC 3339 or unix
+    /// seconds).
     #[arg(long)]
     pub since: Option<String>,
-    /// Answer as of this time (default now): later hours are not seen.
-    #[arg(long)]
-    pub as_of: Option<String>,
-    /// no-activity-since: only activity inside this rectangle counts.
+    #[command(flatten)]
+    pub as_of: AsOfArg,
+    // A region (optional): only persons registered in it.
+    #[command(flatten)]
+    pub scope: RegionArgs,
+    /// Only activity inside this rectangle LAT1,LNG1,LAT2,LNG2 counts.
     #[arg(long, allow_hyphen_values = true)]
     pub local_rect: Option<String>,
-    /// grid: the S2 level of its cells, 1 to the slice level (default 14,
+    #[command(flatten)]
+    pub why: WhyArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+pub struct GridArgs {
+    #[command(flatten)]
+    pub region: CellRegionArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// The S2 level of the grid's cells, 1 to the slice level (default 14,
     /// cells of about 600 m; analysts are served level 14 only).
     #[arg(long)]
     pub level: Option<u8>,
-    /// grid: one count per cell and hour (else one per cell for the window).
+    /// One count per cell and hour (else one per cell for the window).
     #[arg(long)]
     pub hourly: bool,
-    /// grid with --format png: the file to write, or with --hourly the
-    /// directory for one frame per hour.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Why a person-level query (who-was-at, where-was,
-    /// no-activity-since) is asked; written to the audit log.
-    #[arg(long)]
-    pub purpose: Option<String>,
-    /// The case a person-level query belongs to; written to the audit log.
-    #[arg(long = "case")]
-    pub case: Option<String>,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// The node to ask (host:port, or https://host:port with TLS).
-    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub server: ServerArg,
 }
 
 #[derive(Debug, Args)]
@@ -593,9 +753,9 @@ pub enum TasksCommand {
     Watch(TasksWatchArgs),
 }
 
-/// Why person-level task data is asked for: written to the audit log
-/// before the answer is sent. Field staff working one task (show, start,
-/// resolve) may leave out --case: the task is the case.
+/// Why person-level data is asked for: written to the audit log before the
+/// answer is sent. Person-level queries need both; field staff working one
+/// task (show, start, resolve) may leave out --case: the task is the case.
 #[derive(Debug, Clone, Default, Args)]
 pub struct WhyArgs {
     /// Why the data is needed (e.g. "field visit").

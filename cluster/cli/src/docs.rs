@@ -57,11 +57,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = write_man(dir.path()).unwrap();
         assert!(n > 15, "{n} pages");
-        let query = std::fs::read_to_string(dir.path().join("hourcell-query.1")).unwrap();
+        assert!(dir.path().join("hourcell-query.1").exists());
+        // Each query kind has its page, with its own flags only.
+        let who = std::fs::read_to_string(dir.path().join("hourcell-query-who-was-at.1")).unwrap();
         assert!(
-            query.contains("HOURCELL_SERVER"),
+            who.contains("HOURCELL_SERVER"),
             "the env variables are documented"
         );
+        let flag = |page: &str, f: &str| page.contains(&format!("\\-\\-{f}"));
+        assert!(flag(&who, "rect") && !flag(&who, "level") && !flag(&who, "person"));
+        let grid = std::fs::read_to_string(dir.path().join("hourcell-query-grid.1")).unwrap();
+        assert!(flag(&grid, "level") && !flag(&grid, "purpose"));
         assert!(dir.path().join("hourcell-audit-verify.1").exists());
     }
 }

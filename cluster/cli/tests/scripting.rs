@@ -66,7 +66,7 @@ fn client_flags_come_from_the_environment_too() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("does not accept bearer tokens"), "{err}");
     }
-    let help = ok(&["query", "--help"]);
+    let help = ok(&["query", "occupancy", "--help"]);
     for v in [
         "HOURCELL_SERVER",
         "HOURCELL_TOKEN",
@@ -77,6 +77,44 @@ fn client_flags_come_from_the_environment_too() {
         assert!(help.contains(v), "{v} missing from --help");
     }
     assert!(!help.contains("not-a-token"), "token values are not shown");
+}
+
+/// Each query kind is a subcommand whose `--help` lists its own flags only,
+/// besides the shared ones (server, credentials, output).
+#[test]
+fn each_query_kind_helps_with_its_own_flags() {
+    let kinds = ok(&["query", "--help"]);
+    for k in [
+        "who-was-at",
+        "where-was",
+        "occupancy",
+        "no-activity-since",
+        "grid",
+    ] {
+        assert!(kinds.contains(k), "{k} missing from `query --help`");
+        let help = ok(&["query", k, "--help"]);
+        for shared in ["--server", "--format", "--out", "HOURCELL_TOKEN"] {
+            assert!(help.contains(shared), "{shared} missing from {k} --help");
+        }
+    }
+    let where_was = ok(&["query", "where-was", "--help"]);
+    assert!(where_was.contains("--person") && where_was.contains("--purpose"));
+    for other in ["--rect", "--circle", "--area", "--level", "--since"] {
+        assert!(!where_was.contains(other), "{other} in where-was --help");
+    }
+    let who = ok(&["query", "who-was-at", "--help"]);
+    assert!(who.contains("--rect") && who.contains("--polygon") && who.contains("--case"));
+    assert!(!who.contains("--person") && !who.contains("--level"));
+    let grid = ok(&["query", "grid", "--help"]);
+    assert!(grid.contains("--level") && grid.contains("--hourly"));
+    assert!(!grid.contains("--area") && !grid.contains("--purpose"));
+    let nas = ok(&["query", "no-activity-since", "--help"]);
+    assert!(nas.contains("--since") && nas.contains("--local-rect") && nas.contains("--as-of"));
+    assert!(!nas.contains("--from"));
+    // A kind that is not one: usage, naming the kinds.
+    let out = hourcell(&["query", "who-is-where"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("who-was-at"));
 }
 
 /// Scripts can tell a typo, a down server, a refusal and a bad request

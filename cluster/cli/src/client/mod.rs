@@ -11,7 +11,7 @@
 //! value, server errors carry the gRPC status message plainly.
 
 use std::fs::File;
-use std::io::{BufReader, Write as _};
+use std::io::{BufReader, IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,7 +20,10 @@ use hourcell_proto::v1;
 use hourcell_query::time::{format_time, parse_time};
 use serde::Serialize;
 
-use crate::cli::{Format, ImportArgs, ImportKind, QueryArgs, QueryKind, ServerFormatArgs};
+use crate::cli::{
+    CellRegionArgs, Format, ImportArgs, ImportKind, QueryArgs, QueryCommand, QueryFormat,
+    QueryKind, RegionArgs, ServerFormatArgs, WhyArgs, WindowArgs,
+};
 
 /// How many rejections an import lists at the end.
 pub(crate) const SHOW_REJECTIONS: usize = 10;
@@ -62,14 +65,22 @@ pub struct RegionFlags<'a> {
 }
 
 impl<'a> RegionFlags<'a> {
-    pub fn of(a: &'a QueryArgs) -> Self {
+    /// Regions of cells only (the grid's).
+    pub fn of_cells(a: &'a CellRegionArgs) -> Self {
         RegionFlags {
             rect: a.rect.as_deref(),
             circle: a.circle.as_deref(),
             cells: a.cells.as_deref(),
+            polygon: a.polygon.as_deref(),
+            ..Default::default()
+        }
+    }
+
+    pub fn of(a: &'a RegionArgs) -> Self {
+        RegionFlags {
             addresses: a.addresses.as_deref(),
             area: a.area.as_deref(),
-            polygon: a.polygon.as_deref(),
+            ..Self::of_cells(&a.cells)
         }
     }
 
@@ -219,14 +230,14 @@ pub(crate) fn opt_time(flag: &'static str, v: Option<&str>) -> Result<Option<i64
 
 /// `--from` (required), `--to` (default `--as-of`, else now), `--as-of`
 /// (passed through; absent means the server's now).
-pub(crate) fn window(a: &QueryArgs, now: i64) -> Result<v1::Window> {
-    let kind = kind_name(a.kind);
+pub(crate) fn window(kind: QueryKind, a: &WindowArgs, now: i64) -> Result<v1::Window> {
+    let kind = kind_name(kind);
     let from = a
         .from
         .as_deref()
         .ok_or_else(|| anyhow!("{kind} needs --from (RFC 3339 or unix seconds)"))?;
     let from = flag_time("--from", from)?;
-    let as_of = opt_time("--as-of", a.as_of.as_deref())?;
+    let as_of = opt_time("--as-of", a.as_of.as_of.as_deref())?;
     let to = opt_time("--to", a.to.as_deref())?.or(as_of).unwrap_or(now);
     Ok(v1::Window {
         start: from,
@@ -235,16 +246,8 @@ pub(crate) fn window(a: &QueryArgs, now: i64) -> Result<v1::Window> {
     })
 }
 
-/// Fails naming the first flag that was given but does not apply.
-pub(crate) fn reject_flags(kind: QueryKind, flags: &[(&str, bool)]) -> Result<()> {
-    if let Some((name, _)) = flags.iter().find(|(_, given)| *given) {
-        bail!("{name} does not apply to {}", kind_name(kind));
-    }
-    Ok(())
-}
-
 /// `--purpose` and `--case`, which person-level queries need.
-pub(crate) fn purpose_flags(a: &QueryArgs) -> Result<(String, String)> {
+pub(crate) fn purpose_flags(kind: QueryKind, a: &WhyArgs) -> Result<(String, String)> {
     match (a.purpose.as_deref(), a.case.as_deref()) {
         (Some(p), Some(c)) if !p.trim().is_empty() && !c.trim().is_empty() => {
             Ok((p.to_string(), c.to_string()))
@@ -252,105 +255,74 @@ pub(crate) fn purpose_flags(a: &QueryArgs) -> Result<(String, String)> {
         _ => Err(anyhow!(
             "{} returns persons, so it needs --purpose TEXT and --case REF (both are written \
              to the audit log before any result is returned)",
-            kind_name(a.kind)
+            kind_name(kind)
         )),
     }
 }
 
+/// The region a kind cannot do without.
+fn needed_region(kind: QueryKind, flags: &RegionFlags) -> Result<v1::Region> {
+    region_from_flags(flags)?
+        .ok_or_else(|| anyhow!("{} needs a region: one of {REGION_HELP}", kind_name(kind)))
+}
+
 /// Turns the command line into a request; `now` is the default `--to`.
-pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
-    let flags = RegionFlags::of(a);
-    let kind = kind_name(a.kind);
-    Ok(match a.kind {
-        QueryKind::WhoWasAt | QueryKind::Occupancy => {
-            reject_flags(
-                a.kind,
-                &[
-                    ("--person", a.person.is_some()),
-                    ("--since", a.since.is_some()),
-                    ("--local-rect", a.local_rect.is_some()),
-                    ("--level", a.level.is_some()),
-                    ("--hourly", a.hourly),
-                ],
-            )?;
-            let region = region_from_flags(&flags)?
-                .ok_or_else(|| anyhow!("{kind} needs a region: one of {REGION_HELP}"))?;
-            let window = window(a, now)?;
-            if a.kind == QueryKind::WhoWasAt {
-                let (purpose, case_ref) = purpose_flags(a)?;
-                QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
-                    purpose,
-                    case_ref,
-                    max_staleness_ms: None,
-                    region: Some(region),
-                    window: Some(window),
-                })
-            } else {
-                QueryRequest::Occupancy(v1::OccupancyRequest {
-                    max_staleness_ms: None,
-                    region: Some(region),
-                    window: Some(window),
-                })
-            }
+/// Each kind's flags are its own (clap refuses the others), so only
+/// values and combinations are checked here.
+pub fn build_request(q: &QueryCommand, now: i64) -> Result<QueryRequest> {
+    let kind = q.kind();
+    Ok(match q {
+        QueryCommand::WhoWasAt(a) => {
+            let region = needed_region(kind, &RegionFlags::of(&a.region))?;
+            let window = window(kind, &a.window, now)?;
+            let (purpose, case_ref) = purpose_flags(kind, &a.why)?;
+            QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
+                purpose,
+                case_ref,
+                max_staleness_ms: None,
+                region: Some(region),
+                window: Some(window),
+            })
         }
-        QueryKind::Grid => {
-            reject_flags(
-                a.kind,
-                &[
-                    ("--person", a.person.is_some()),
-                    ("--since", a.since.is_some()),
-                    ("--local-rect", a.local_rect.is_some()),
-                    ("--addresses", a.addresses.is_some()),
-                    ("--area", a.area.is_some()),
-                ],
-            )?;
-            let region = region_from_flags(&flags)?.ok_or_else(|| {
-                anyhow!("grid needs a region: one of --rect, --circle, --cells or --polygon")
-            })?;
+        QueryCommand::Occupancy(a) => {
+            let region = needed_region(kind, &RegionFlags::of(&a.region))?;
+            QueryRequest::Occupancy(v1::OccupancyRequest {
+                max_staleness_ms: None,
+                region: Some(region),
+                window: Some(window(kind, &a.window, now)?),
+            })
+        }
+        QueryCommand::Grid(a) => {
+            let region =
+                region_from_flags(&RegionFlags::of_cells(&a.region))?.ok_or_else(|| {
+                    anyhow!("grid needs a region: one of --rect, --circle, --cells or --polygon")
+                })?;
             QueryRequest::Grid(v1::OccupancyGridRequest {
                 region: Some(region),
-                window: Some(window(a, now)?),
+                window: Some(window(kind, &a.window, now)?),
                 level: a.level.map_or(0, u32::from),
                 hourly: a.hourly,
                 max_staleness_ms: None,
             })
         }
-        QueryKind::WhereWas => {
-            let mut bad: Vec<(&str, bool)> = flags.given().into_iter().map(|n| (n, true)).collect();
-            bad.push(("--since", a.since.is_some()));
-            bad.push(("--local-rect", a.local_rect.is_some()));
-            bad.push(("--level", a.level.is_some()));
-            bad.push(("--hourly", a.hourly));
-            reject_flags(a.kind, &bad)?;
-            let person = a
-                .person
-                .ok_or_else(|| anyhow!("where-was needs --person (a person id)"))?;
-            let (purpose, case_ref) = purpose_flags(a)?;
+        QueryCommand::WhereWas(a) => {
+            let (purpose, case_ref) = purpose_flags(kind, &a.why)?;
+            let window = window(kind, &a.window, now)?;
             QueryRequest::WhereWas(v1::WhereWasRequest {
                 purpose,
                 case_ref,
                 max_staleness_ms: None,
-                person,
-                window: Some(window(a, now)?),
+                person: a.person,
+                window: Some(window),
             })
         }
-        QueryKind::NoActivitySince => {
-            reject_flags(
-                a.kind,
-                &[
-                    ("--from", a.from.is_some()),
-                    ("--to", a.to.is_some()),
-                    ("--person", a.person.is_some()),
-                    ("--level", a.level.is_some()),
-                    ("--hourly", a.hourly),
-                ],
-            )?;
+        QueryCommand::NoActivitySince(a) => {
             let since = a.since.as_deref().ok_or_else(|| {
                 anyhow!("no-activity-since needs --since (RFC 3339 or unix seconds)")
             })?;
             let since = flag_time("--since", since)?;
-            let as_of = opt_time("--as-of", a.as_of.as_deref())?;
-            let scope = region_from_flags(&flags)?;
+            let as_of = opt_time("--as-of", a.as_of.as_of.as_deref())?;
+            let scope = region_from_flags(&RegionFlags::of(&a.scope))?;
             let local = a
                 .local_rect
                 .as_deref()
@@ -359,7 +331,7 @@ pub fn build_request(a: &QueryArgs, now: i64) -> Result<QueryRequest> {
                 .map(|r| v1::Region {
                     kind: Some(v1::region::Kind::Rect(r)),
                 });
-            let (purpose, case_ref) = purpose_flags(a)?;
+            let (purpose, case_ref) = purpose_flags(kind, &a.why)?;
             QueryRequest::NoActivitySince(v1::NoActivitySinceRequest {
                 purpose,
                 case_ref,
@@ -465,6 +437,7 @@ pub async fn execute(ch: Ch, req: QueryRequest) -> Result<QueryOutput> {
     })
 }
 
+pub mod columnar;
 pub mod geojson;
 mod grid;
 mod import;

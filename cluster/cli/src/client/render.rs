@@ -311,21 +311,35 @@ pub fn to_table(out: &QueryOutput) -> String {
     }
 }
 
-pub fn render(out: &QueryOutput, format: Format) -> Result<String> {
+/// An answer as text; the binary formats are [`encode`]'s.
+pub fn render(out: &QueryOutput, format: QueryFormat) -> Result<String> {
     Ok(match format {
-        Format::Table => to_table(out),
-        Format::Csv => to_csv(out)?,
-        Format::Json => {
+        QueryFormat::Table => to_table(out),
+        QueryFormat::Csv => to_csv(out)?,
+        QueryFormat::Json => {
             let mut s = to_json(out, true)?;
             s.push('\n');
             s
         }
-        Format::Geojson => match out {
+        QueryFormat::Geojson => match out {
             QueryOutput::Grid(r) => super::grid::to_geojson(r)?,
             _ => return Err(crate::cli::grid_only()),
         },
         // Files, not text: see `run_query`.
-        Format::Png => return Err(crate::cli::grid_only()),
+        QueryFormat::Png => return Err(crate::cli::grid_only()),
+        QueryFormat::Parquet | QueryFormat::Arrow => {
+            bail!("--format {format:?} is binary, not text")
+        }
+    })
+}
+
+/// An answer as the bytes of `format`: Parquet, an Arrow IPC stream, or
+/// the text of the others.
+pub fn encode(out: &QueryOutput, format: QueryFormat) -> Result<Vec<u8>> {
+    Ok(match format {
+        QueryFormat::Parquet => super::columnar::to_parquet(out)?,
+        QueryFormat::Arrow => super::columnar::to_arrow_ipc(out)?,
+        text => render(out, text)?.into_bytes(),
     })
 }
 
@@ -338,19 +352,49 @@ pub fn print_stdout(s: &str) -> Result<()> {
     }
 }
 
+/// Writes an answer to `--out` (a file, or stdout for `-` or none).
+pub(crate) fn write_out(bytes: &[u8], out: Option<&Path>) -> Result<()> {
+    match out {
+        Some(p) if p != Path::new("-") => {
+            std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display()))
+        }
+        _ => {
+            let mut so = std::io::stdout().lock();
+            match so.write_all(bytes).and_then(|_| so.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.context("writing to stdout"),
+            }
+        }
+    }
+}
+
 pub async fn run_query(args: QueryArgs) -> Result<()> {
-    let req = build_request(&args, hourcell_query::time::now())
+    let q = args.kind;
+    let req = build_request(&q, hourcell_query::time::now())
         .map_err(|e| crate::exit::Failure::new(crate::exit::USAGE, format!("{e:#}")))?;
-    if args.format == Format::Png && (args.kind != QueryKind::Grid || args.out.is_none()) {
+    let (output, server) = q.output();
+    let to_stdout = output.out.as_deref().is_none_or(|p| p == Path::new("-"));
+    // Checked before asking: a person-level query is audited even if its
+    // answer then cannot be written.
+    if output.format.is_binary() && to_stdout && std::io::stdout().is_terminal() {
+        return Err(crate::exit::Failure::new(
+            crate::exit::USAGE,
+            format!(
+                "--format {} is binary: give --out FILE, or redirect stdout to a file or pipe",
+                format!("{:?}", output.format).to_lowercase()
+            ),
+        ));
+    }
+    if output.format == QueryFormat::Png && (q.kind() != QueryKind::Grid || output.out.is_none()) {
         return Err(crate::exit::Failure::new(
             crate::exit::USAGE,
             "--format png is for `query grid` and needs --out FILE (a directory with --hourly)",
         ));
     }
-    let ch = channel(&args.server).await?;
+    let ch = channel(&server.server).await?;
     let out = execute(ch, req).await?;
-    if let (QueryOutput::Grid(r), Some(path)) = (&out, &args.out) {
-        if args.format == Format::Png {
+    if let (QueryOutput::Grid(r), Some(path)) = (&out, &output.out) {
+        if output.format == QueryFormat::Png {
             let files = super::png::write_png(r, path)?;
             return print_stdout(&format!(
                 "wrote {} PNG file(s) to {}\n",
@@ -359,5 +403,5 @@ pub async fn run_query(args: QueryArgs) -> Result<()> {
             ));
         }
     }
-    print_stdout(&render(&out, args.format)?)
+    write_out(&encode(&out, output.format)?, output.out.as_deref())
 }

@@ -1,28 +1,23 @@
 use super::*;
 
-fn args(kind: QueryKind) -> QueryArgs {
-    QueryArgs {
-        kind,
-        rect: None,
-        circle: None,
-        cells: None,
-        addresses: None,
-        area: None,
-        polygon: None,
-        person: None,
-        from: None,
-        to: None,
-        since: None,
-        as_of: None,
-        local_rect: None,
-        level: None,
-        hourly: false,
-        out: None,
-        purpose: Some("generated test".into()),
-        case: Some("T-1".into()),
-        format: Format::Table,
-        server: crate::cli::DEFAULT_SERVER.to_string(),
+/// `hourcell query ARGS...` as parsed by clap.
+fn parse(args: &[&str]) -> std::result::Result<QueryCommand, clap::Error> {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Q {
+        #[command(subcommand)]
+        q: QueryCommand,
     }
+    Q::try_parse_from(std::iter::once("query").chain(args.iter().copied())).map(|q| q.q)
+}
+
+/// A request from `hourcell query KIND ARGS... --purpose .. --case ..`.
+fn request(args: &[&str], now: i64) -> Result<QueryRequest> {
+    let mut all = args.to_vec();
+    if args[0] != "occupancy" && args[0] != "grid" {
+        all.extend(["--purpose", "generated test", "--case", "T-1"]);
+    }
+    build_request(&parse(&all).map_err(|e| anyhow!("{e}"))?, now)
 }
 
 fn err<T: std::fmt::Debug>(r: Result<T>) -> String {
@@ -140,15 +135,18 @@ fn exactly_one_region_flag() {
 
 #[test]
 fn who_was_at_request() {
-    let mut a = args(QueryKind::WhoWasAt);
-    let e = err(build_request(&a, 100));
+    let e = err(request(&["who-was-at"], 100));
     assert!(e.contains("region"), "{e}");
-    a.circle = Some("30,120,500".into());
-    let e = err(build_request(&a, 100));
+    let e = err(request(&["who-was-at", "--circle", "30,120,500"], 100));
     assert!(e.contains("--from"), "{e}");
-    a.from = Some("2026-11-01T00:00:00Z".into());
-    let r = build_request(&a, 1_793_600_000).unwrap();
-    let QueryRequest::WhoWasAt(r) = r else {
+    let base = [
+        "who-was-at",
+        "--circle",
+        "30,120,500",
+        "--from",
+        "2026-11-01T00:00:00Z",
+    ];
+    let QueryRequest::WhoWasAt(r) = request(&base, 1_793_600_000).unwrap() else {
         panic!("not who-was-at")
     };
     assert_eq!(
@@ -160,8 +158,12 @@ fn who_was_at_request() {
         })
     );
     // --to defaults to --as-of.
-    a.as_of = Some("1793500000".into());
-    let QueryRequest::WhoWasAt(r) = build_request(&a, 5).unwrap() else {
+    let with = |extra: &[&'static str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    let QueryRequest::WhoWasAt(r) = request(&with(&["--as-of", "1793500000"]), 5).unwrap() else {
         panic!()
     };
     assert_eq!(
@@ -172,33 +174,47 @@ fn who_was_at_request() {
             as_of: Some(1_793_500_000)
         })
     );
-    a.to = Some("yesterday".into());
-    let e = err(build_request(&a, 5));
+    let e = err(request(&with(&["--to", "yesterday"]), 5));
     assert!(e.contains("--to") && e.contains("yesterday"), "{e}");
-    a.to = None;
-    a.person = Some(3);
-    assert!(err(build_request(&a, 5)).contains("--person"));
+    // Flags of other kinds are not this kind's: clap refuses them.
+    let e = parse(&with(&["--person", "3"])).unwrap_err().to_string();
+    assert!(e.contains("--person"), "{e}");
+    // Without a purpose and a case, nothing is asked.
+    let e = err(build_request(&parse(&base).unwrap(), 5));
+    assert!(e.contains("--purpose") && e.contains("--case"), "{e}");
 }
 
 #[test]
 fn where_was_and_no_activity_requests() {
-    let mut a = args(QueryKind::WhereWas);
-    a.from = Some("0".into());
-    assert!(err(build_request(&a, 10)).contains("--person"));
-    a.person = Some(42);
-    let QueryRequest::WhereWas(r) = build_request(&a, 10).unwrap() else {
+    let e = parse(&["where-was", "--from", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--person"), "{e}");
+    let QueryRequest::WhereWas(r) =
+        request(&["where-was", "--from", "0", "--person", "42"], 10).unwrap()
+    else {
         panic!()
     };
     assert_eq!(r.person, 42);
-    a.area = Some("A1".into());
-    assert!(err(build_request(&a, 10)).contains("--area"));
+    let e = parse(&["where-was", "--person", "42", "--area", "A1"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--area"), "{e}");
 
-    let mut a = args(QueryKind::NoActivitySince);
-    assert!(err(build_request(&a, 10)).contains("--since"));
-    a.since = Some("2026-11-01T00:00:00Z".into());
-    a.local_rect = Some("30.3,120.1,30.2,120.2".into());
-    a.addresses = Some("H1,H2".into());
-    let QueryRequest::NoActivitySince(r) = build_request(&a, 10).unwrap() else {
+    assert!(err(request(&["no-activity-since"], 10)).contains("--since"));
+    let QueryRequest::NoActivitySince(r) = request(
+        &[
+            "no-activity-since",
+            "--since",
+            "2026-11-01T00:00:00Z",
+            "--local-rect",
+            "30.3,120.1,30.2,120.2",
+            "--addresses",
+            "H1,H2",
+        ],
+        10,
+    )
+    .unwrap() else {
         panic!()
     };
     assert_eq!(r.since, 1_793_491_200);
@@ -211,8 +227,10 @@ fn where_was_and_no_activity_requests() {
         panic!()
     };
     assert_eq!((l.lat_lo, l.lat_hi), (30.2, 30.3));
-    a.from = Some("0".into());
-    assert!(err(build_request(&a, 10)).contains("--from"));
+    let e = parse(&["no-activity-since", "--since", "0", "--from", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--from"), "{e}");
 }
 
 fn ew(from: i64, to: i64) -> v1::EffectiveWindow {
@@ -271,7 +289,7 @@ fn json_shapes() {
         to_json(&out, false).unwrap(),
         r#"{"from":"1970-01-01T00:00:00Z","to":"1970-01-01T02:00:00Z","distinct":6,"hours":[{"hour":"1970-01-01T00:00:00Z","distinct":6},{"hour":"1970-01-01T01:00:00Z","distinct":null,"suppressed":true}]}"#
     );
-    let csv = render(&out, Format::Csv).unwrap();
+    let csv = render(&out, QueryFormat::Csv).unwrap();
     assert!(csv.contains("1970-01-01T01:00:00Z,<5"), "{csv}");
     let out = QueryOutput::NoActivitySince(NoActivityResult {
         window: ew(7200, 10800),
@@ -491,18 +509,24 @@ fn status_lines() {
 
 #[test]
 fn grid_requests_and_geojson() {
-    let mut a = args(QueryKind::Grid);
-    a.circle = Some("30.27,120.15,900".into());
-    a.from = Some("1793491200".into());
-    a.to = Some("1793577600".into());
-    a.level = Some(13);
-    a.hourly = true;
-    let QueryRequest::Grid(r) = build_request(&a, 1_793_600_000).unwrap() else {
+    let grid = [
+        "grid",
+        "--circle",
+        "30.27,120.15,900",
+        "--from",
+        "1793491200",
+        "--to",
+        "1793577600",
+        "--level",
+        "13",
+        "--hourly",
+    ];
+    let QueryRequest::Grid(r) = request(&grid, 1_793_600_000).unwrap() else {
         panic!()
     };
     assert_eq!((r.level, r.hourly), (13, true));
-    a.area = Some("A1".into());
-    assert!(err(build_request(&a, 5)).contains("--area"));
+    let e = parse(&["grid", "--area", "A1"]).unwrap_err().to_string();
+    assert!(e.contains("--area"), "{e}");
     let cell = hourcell_storage::cell::cell_at(30.27, 120.15, 13);
     let (lat, lng) = hourcell_storage::cell::center(cell);
     let out = QueryOutput::Grid(v1::OccupancyGridResponse {
@@ -530,7 +554,7 @@ fn grid_requests_and_geojson() {
         staleness_ms: 0,
     });
     let g: serde_json::Value =
-        serde_json::from_str(&render(&out, Format::Geojson).unwrap()).unwrap();
+        serde_json::from_str(&render(&out, QueryFormat::Geojson).unwrap()).unwrap();
     assert_eq!(g["type"], "FeatureCollection");
     let f = &g["features"][0];
     let ring = f["geometry"]["coordinates"][0].as_array().unwrap();
@@ -540,12 +564,12 @@ fn grid_requests_and_geojson() {
     assert_eq!(f["properties"]["hour"], "1970-01-01T01:00:00Z");
     let s = &g["features"][1]["properties"];
     assert!(s["distinct"].is_null() && s["suppressed"] == true);
-    let table = render(&out, Format::Table).unwrap();
+    let table = render(&out, QueryFormat::Table).unwrap();
     assert!(table.contains("<5"), "{table}");
     assert!(table.contains("counts below 5 suppressed"), "{table}");
     // GeoJSON is the grid's alone.
     let occ = QueryOutput::WhoWasAt(WhoWasAtResult::default());
-    assert!(render(&occ, Format::Geojson).is_err());
+    assert!(render(&occ, QueryFormat::Geojson).is_err());
 }
 
 #[test]
