@@ -79,8 +79,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Generate a deterministic synthetic town as CSV files.
     Gen(GenArgs),
-    /// Import addresses, registrations or events from CSV into a node
-    /// (role: ingest).
+    /// Import addresses, registrations or events from CSV, gzip'd CSV or
+    /// Parquet into a node (role: ingest).
     Import(ImportArgs),
     /// Run a query against a node: `hourcell query KIND --help` lists each
     /// kind's flags. occupancy and grid: analyst or investigator (analysts
@@ -392,7 +392,9 @@ pub struct ImportArgs {
     /// What the file holds.
     #[arg(long, value_enum)]
     pub kind: ImportKind,
-    /// CSV file with a header row (as written by `hourcell gen`).
+    /// The rows: CSV with a header row (as written by `hourcell gen`),
+    /// gzip'd CSV, or Parquet with the same column names (docs/FORMATS.md);
+    /// told apart by their first bytes. `-` reads stdin.
     pub file: PathBuf,
     /// Rows per request.
     #[arg(long, default_value_t = 5000)]
@@ -401,8 +403,15 @@ pub struct ImportArgs {
     /// always sent one at a time, in file order).
     #[arg(long, default_value_t = 3)]
     pub in_flight: usize,
+    /// How long to keep sending a batch again (and to wait for the node
+    /// at the start) while the way to the node fails (unavailable, timed
+    /// out, connection reset), with backoff from 0.2 s doubling to 5 s.
+    /// Batches are idempotent, so a batch sent twice is stored once.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub retry_for: u64,
     /// The summary as text (table) or json (accepted, rejected and the
-    /// first rejected rows with their line, field and reason).
+    /// first rejected rows with their line, or Parquet row, field and
+    /// reason).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// The node to ask (host:port, or https://host:port with TLS).

@@ -259,3 +259,34 @@ fn parquet_and_arrow_answers_equal_the_json_rows() {
         }
     }
 }
+
+/// Binary answers are not written to a terminal: refused as usage (exit
+/// 2) before any node is asked. The terminal is util-linux's `script`;
+/// without it the test says so and passes.
+#[test]
+fn binary_formats_refuse_a_terminal() {
+    let has_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_script {
+        eprintln!("skipped: no `script` to give the command a terminal");
+        return;
+    }
+    // No node listens here: the refusal must come first.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    for format in ["parquet", "arrow"] {
+        let cmd =
+            format!("{BIN} query occupancy --area A1 --from 0 --format {format} --server {down}");
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains("is binary") && text.contains("--out"),
+            "{text}"
+        );
+    }
+}

@@ -1,21 +1,19 @@
-//! `hourcell import`: CSV rows to ingest and registry requests, batched
-//! and sent with a bounded number in flight.
+//! `hourcell import`: CSV (plain or gzip'd) or Parquet rows to ingest and
+//! registry requests, batched and sent with a bounded number in flight. A
+//! batch that meets a transport failure (the node down, restarting, or a
+//! connection cut) is sent again with backoff instead of ending the import:
+//! every batch is idempotent on the node (ingest is a set union; a re-put
+//! address or registration keeps the same row).
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::import_rows::*;
+use super::import_source::Source;
 
 use super::*;
-
-/// A row that could not be parsed locally.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowError {
-    pub field: String,
-    pub reason: String,
-}
-
-pub(crate) fn row_err(field: &str, reason: impl Into<String>) -> RowError {
-    RowError {
-        field: field.to_string(),
-        reason: reason.into(),
-    }
-}
 
 /// Column positions, by header name.
 #[derive(Debug, Clone)]
@@ -55,22 +53,6 @@ impl Columns {
     }
 }
 
-pub(crate) fn required_columns(kind: ImportKind) -> &'static [&'static str] {
-    match kind {
-        ImportKind::Events => &["person", "time"],
-        ImportKind::Addresses => &["code", "lat", "lng", "kind"],
-        ImportKind::Registry => &["person", "address", "kind", "valid_from"],
-    }
-}
-
-pub(crate) fn all_columns(kind: ImportKind) -> &'static str {
-    match kind {
-        ImportKind::Events => "person,time,lat,lng,address,source",
-        ImportKind::Addresses => "code,lat,lng,kind,area,label",
-        ImportKind::Registry => "person,address,kind,valid_from,valid_until",
-    }
-}
-
 pub(crate) fn need<'r>(
     cols: &Columns,
     rec: &'r csv::StringRecord,
@@ -88,25 +70,6 @@ pub(crate) fn person_field(cols: &Columns, rec: &csv::StringRecord) -> Result<u6
     let v = need(cols, rec, "person")?;
     v.parse::<u64>()
         .map_err(|_| row_err("person", format!("{v:?} is not an unsigned integer")))
-}
-
-pub(crate) fn float_field(name: &str, v: &str) -> Result<f64, RowError> {
-    match v.parse::<f64>() {
-        Ok(x) if x.is_finite() => Ok(x),
-        _ => Err(row_err(name, format!("{v:?} is not a number"))),
-    }
-}
-
-pub(crate) fn time_field(name: &'static str, v: &str) -> Result<i64, RowError> {
-    parse_time(name, v).map_err(|_| row_err(name, format!("{v:?} is not RFC 3339 or unix seconds")))
-}
-
-/// One parsed row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Item {
-    Event(v1::Event),
-    Address(v1::Address),
-    Registration(v1::Registration),
 }
 
 pub fn parse_row(
@@ -170,13 +133,32 @@ pub fn parse_row(
     }
 }
 
-/// One rejected row: file line (1-based, the header is line 1), field and
-/// reason.
+/// One rejected row: CSV file line (1-based, the header is line 1) or
+/// Parquet row (1-based), field and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedRow {
     pub line: Option<u64>,
     pub field: String,
     pub reason: String,
+}
+
+/// What a rejection's number counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A CSV file line (the header is line 1).
+    #[default]
+    Line,
+    /// A Parquet row (the first is row 1).
+    Row,
+}
+
+impl Unit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Line => "line",
+            Unit::Row => "row",
+        }
+    }
 }
 
 /// Running totals of an import; keeps only the first rejections by line.
@@ -185,6 +167,9 @@ pub struct ImportReport {
     pub accepted: u64,
     pub rejected: u64,
     pub(crate) first: Vec<RejectedRow>,
+    pub unit: Unit,
+    /// Batches sent again after a transport failure.
+    pub retries: u64,
 }
 
 impl ImportReport {
@@ -227,27 +212,44 @@ impl ImportReport {
 
     /// The report as one JSON object (the first rejections only).
     pub fn json(&mut self, file: &str) -> serde_json::Value {
-        let (accepted, rejected) = (self.accepted, self.rejected);
+        let (accepted, rejected, unit) = (self.accepted, self.rejected, self.unit.name());
         let rows: Vec<serde_json::Value> = self
             .first()
             .iter()
-            .map(|r| serde_json::json!({ "line": r.line, "field": r.field, "reason": r.reason }))
+            .map(|r| {
+                let mut o = serde_json::json!({ "field": r.field, "reason": r.reason });
+                o[unit] = serde_json::json!(r.line);
+                o
+            })
             .collect();
         serde_json::json!({
             "file": file,
             "accepted": accepted,
             "rejected": rejected,
+            "retries": self.retries,
             "first_rejections": rows,
         })
     }
 
     pub fn summary(&mut self) -> String {
-        let mut s = format!("accepted {}, rejected {}\n", self.accepted, self.rejected);
+        let mut s = format!("accepted {}, rejected {}", self.accepted, self.rejected);
+        if self.retries > 0 {
+            s.push_str(&format!(
+                " ({} after a transport failure)",
+                plural(self.retries, "batch sent again", "batches sent again")
+            ));
+        }
+        s.push('\n');
         let total = self.rejected;
         let shown = self.first().to_vec();
         for r in &shown {
             let line = r.line.map_or_else(|| "?".to_string(), |l| l.to_string());
-            s.push_str(&format!("  line {line}: {}: {}\n", r.field, r.reason));
+            s.push_str(&format!(
+                "  {} {line}: {}: {}\n",
+                self.unit.name(),
+                r.field,
+                r.reason
+            ));
         }
         if total > shown.len() as u64 {
             s.push_str(&format!("  ... and {} more\n", total - shown.len() as u64));
@@ -256,92 +258,201 @@ impl ImportReport {
     }
 }
 
-/// The rows of one request and their file lines.
-pub(crate) struct Batch {
-    lines: Vec<u64>,
-    items: Vec<Item>,
+/// One request, kept so that it can be sent again.
+enum Request {
+    Ingest(v1::IngestRequest),
+    Addresses(v1::PutAddressesRequest),
+    Registrations(v1::PutRegistrationsRequest),
 }
 
+fn request(items: Vec<Item>) -> Request {
+    let mut events = Vec::new();
+    let mut addresses = Vec::new();
+    let mut registrations = Vec::new();
+    for i in items {
+        match i {
+            Item::Event(e) => events.push(e),
+            Item::Address(a) => addresses.push(a),
+            Item::Registration(r) => registrations.push(r),
+        }
+    }
+    if !addresses.is_empty() {
+        Request::Addresses(v1::PutAddressesRequest { addresses })
+    } else if !registrations.is_empty() {
+        Request::Registrations(v1::PutRegistrationsRequest { registrations })
+    } else {
+        Request::Ingest(v1::IngestRequest { events })
+    }
+}
+
+async fn send_once(
+    ch: &Ch,
+    req: &Request,
+) -> std::result::Result<(u64, Vec<v1::Rejection>), tonic::Status> {
+    Ok(match req {
+        Request::Ingest(r) => {
+            let r = ingest_client(ch.clone())
+                .ingest(r.clone())
+                .await?
+                .into_inner();
+            (r.accepted, r.rejected)
+        }
+        Request::Addresses(r) => {
+            let r = registry_client(ch.clone())
+                .put_addresses(r.clone())
+                .await?
+                .into_inner();
+            (r.accepted, r.rejected)
+        }
+        Request::Registrations(r) => {
+            let r = registry_client(ch.clone())
+                .put_registrations(r.clone())
+                .await?
+                .into_inner();
+            (r.accepted, r.rejected)
+        }
+    })
+}
+
+/// A failure of the way to the node rather than of the request: sending
+/// the same batch again later may succeed.
+pub(crate) fn transient(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    match s.code() {
+        // The import never cancels its own requests: a cancelled one had
+        // its connection dropped under it ("operation was canceled").
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
+        Code::Unknown | Code::Internal => {
+            let m = s.message().to_ascii_lowercase();
+            [
+                "transport",
+                "connection",
+                "reset",
+                "broken pipe",
+                "h2 protocol",
+                "stream closed",
+            ]
+            .iter()
+            .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
+}
+
+/// Exponential backoff: 0.2 s doubling to 5 s between tries, for at most
+/// `budget` from the first failure.
+pub(crate) struct Backoff {
+    next: Duration,
+    until: Instant,
+}
+
+impl Backoff {
+    pub(crate) const FIRST: Duration = Duration::from_millis(200);
+    pub(crate) const MAX: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new(budget: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST,
+            until: Instant::now() + budget,
+        }
+    }
+
+    /// How long to wait before the next try, or `None` when the budget
+    /// is spent.
+    pub(crate) fn delay(&mut self) -> Option<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let d = self.next.min(left);
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(d)
+    }
+}
+
+/// Sends a batch, again after transport failures until `retry_for` is
+/// spent; returns the answer and how many times it was sent again.
 pub(crate) async fn send_batch(
     ch: &Ch,
-    kind: ImportKind,
     batch: Batch,
-) -> Result<(u64, Vec<u64>, Vec<v1::Rejection>)> {
+    retry_for: Duration,
+    bar: &indicatif::ProgressBar,
+    unit: Unit,
+) -> Result<(u64, Vec<u64>, Vec<v1::Rejection>, u64)> {
     let Batch { lines, items } = batch;
-    let resp = match kind {
-        ImportKind::Events => {
-            let events = items
-                .into_iter()
-                .filter_map(|i| match i {
-                    Item::Event(e) => Some(e),
-                    _ => None,
-                })
-                .collect();
-            let r = ingest_client(ch.clone())
-                .ingest(v1::IngestRequest { events })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            (r.accepted, r.rejected)
+    let req = request(items);
+    let mut backoff = Backoff::new(retry_for);
+    let mut retries = 0;
+    loop {
+        match send_once(ch, &req).await {
+            Ok((accepted, rejected)) => return Ok((accepted, lines, rejected, retries)),
+            Err(s) if transient(&s) => match backoff.delay() {
+                Some(d) => {
+                    retries += 1;
+                    bar.suspend(|| {
+                        eprintln!(
+                            "the batch at {} {} failed ({}: {}); sending it again in {:.1} s",
+                            unit.name(),
+                            lines.first().copied().unwrap_or(0),
+                            s.code().description(),
+                            s.message(),
+                            d.as_secs_f64()
+                        )
+                    });
+                    tokio::time::sleep(d).await;
+                }
+                None => {
+                    return Err(status_error(s).context(format!(
+                        "still failing after {} s of retries",
+                        retry_for.as_secs()
+                    )))
+                }
+            },
+            Err(s) => return Err(status_error(s)),
         }
-        ImportKind::Addresses => {
-            let addresses = items
-                .into_iter()
-                .filter_map(|i| match i {
-                    Item::Address(a) => Some(a),
-                    _ => None,
-                })
-                .collect();
-            let r = registry_client(ch.clone())
-                .put_addresses(v1::PutAddressesRequest { addresses })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            (r.accepted, r.rejected)
-        }
-        ImportKind::Registry => {
-            let registrations = items
-                .into_iter()
-                .filter_map(|i| match i {
-                    Item::Registration(r) => Some(r),
-                    _ => None,
-                })
-                .collect();
-            let r = registry_client(ch.clone())
-                .put_registrations(v1::PutRegistrationsRequest { registrations })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            (r.accepted, r.rejected)
-        }
-    };
-    Ok((resp.0, lines, resp.1))
+    }
 }
 
-pub(crate) fn import_bar(bytes: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(bytes);
+/// Connects, waiting with backoff for a node that is not up yet.
+async fn connect(server: &str, retry_for: Duration) -> Result<Ch> {
+    let mut backoff = Backoff::new(retry_for);
+    loop {
+        match channel(server).await {
+            Ok(ch) => return Ok(ch),
+            Err(e @ hourcell_server::error::ClientError::Unreachable { .. }) => {
+                match backoff.delay() {
+                    Some(d) => {
+                        eprintln!("{e}; trying again in {:.1} s", d.as_secs_f64());
+                        tokio::time::sleep(d).await;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub(crate) fn import_bar(len: u64, unit: Unit) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let template = match unit {
+        Unit::Line => "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+        Unit::Row => "{bar:40} {human_pos}/{human_len} rows ({per_sec}, eta {eta}) {msg}",
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     bar
-}
-
-/// What the CSV reader hands to the sender: a full batch (with the byte
-/// offset after it, for the progress bar) or a row it could not parse.
-pub(crate) enum Parsed {
-    Batch(Batch, u64),
-    Rejected(Option<u64>, String, String),
 }
 
 /// Reads and parses the CSV on a thread of its own and hands full batches
 /// to `tx`, so that parsing the next batch overlaps the sending of the
 /// previous ones. Stops early (without an error) when the receiver is gone.
 pub(crate) fn read_batches(
-    mut rdr: csv::Reader<BufReader<File>>,
+    mut rdr: csv::Reader<Box<dyn Read + Send>>,
+    read: Arc<AtomicU64>,
     kind: ImportKind,
     cols: Columns,
     batch_size: usize,
@@ -396,7 +507,7 @@ pub(crate) fn read_batches(
         if batch.items.len() >= batch_size || (!more && !batch.items.is_empty()) {
             let full = std::mem::replace(&mut batch, new_batch());
             if tx
-                .blocking_send(Parsed::Batch(full, rdr.position().byte()))
+                .blocking_send(Parsed::Batch(full, read.load(Ordering::Relaxed)))
                 .is_err()
             {
                 return Ok(());
@@ -420,33 +531,81 @@ pub(crate) fn in_flight(kind: ImportKind, asked: usize) -> usize {
     }
 }
 
+/// The reader thread of an import.
+type Reader = tokio::task::JoinHandle<Result<()>>;
+
+fn spawn_parquet(
+    opened: std::result::Result<
+        (u64, super::import_parquet::ParquetRows),
+        super::import_parquet::ParquetImportError,
+    >,
+    shown: &str,
+    tx: tokio::sync::mpsc::Sender<Parsed>,
+) -> Result<(u64, Unit, Reader)> {
+    let (n, rows) = opened.with_context(|| shown.to_string())?;
+    let reader =
+        tokio::task::spawn_blocking(move || Ok(super::import_parquet::read_batches(rows, tx)?));
+    Ok((n, Unit::Row, reader))
+}
+
+/// Opens the input and starts reading it into `tx`; returns the progress
+/// bar's length and unit, and the reading thread.
+fn start_reading(
+    args: &ImportArgs,
+    shown: &str,
+    tx: tokio::sync::mpsc::Sender<Parsed>,
+) -> Result<(u64, Unit, Reader)> {
+    let kind = args.kind;
+    let batch_size = args.batch.max(1);
+    match super::import_source::open(&args.file)? {
+        Source::ParquetFile(f) => {
+            spawn_parquet(super::import_parquet::open(kind, f, batch_size), shown, tx)
+        }
+        Source::ParquetBytes(b) => {
+            spawn_parquet(super::import_parquet::open(kind, b, batch_size), shown, tx)
+        }
+        Source::Csv { reader, read, size } => {
+            let mut rdr = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(reader);
+            let header = rdr
+                .headers()
+                .with_context(|| format!("cannot read the header row of {shown}"))?
+                .clone();
+            let cols = Columns::new(kind, &header).with_context(|| shown.to_string())?;
+            let reader = tokio::task::spawn_blocking(move || {
+                read_batches(rdr, read, kind, cols, batch_size, tx)
+            });
+            Ok((size.unwrap_or(0), Unit::Line, reader))
+        }
+    }
+}
+
 pub async fn run_import(args: ImportArgs) -> Result<()> {
     use futures::stream::{FuturesUnordered, StreamExt as _};
 
-    let path: &Path = &args.file;
-    let shown = path.display().to_string();
+    let shown = if args.file == Path::new("-") {
+        "stdin".to_string()
+    } else {
+        args.file.display().to_string()
+    };
     let format = args.format;
-    let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 20, file));
-    let header = rdr
-        .headers()
-        .with_context(|| format!("cannot read the header row of {shown}"))?
-        .clone();
-    let cols = Columns::new(args.kind, &header).with_context(|| shown.clone())?;
-    let ch = channel(&args.server).await?;
-    let batch_size = args.batch.max(1);
+    let retry_for = Duration::from_secs(args.retry_for);
     let window = in_flight(args.kind, args.in_flight);
-
-    let bar = import_bar(size);
-    let mut report = ImportReport::default();
     // One parsed batch waits beside those in flight.
     let (tx, mut rx) = tokio::sync::mpsc::channel(window + 1);
-    let kind = args.kind;
-    let reader = tokio::task::spawn_blocking(move || read_batches(rdr, kind, cols, batch_size, tx));
+    let (len, unit, reader) = start_reading(&args, &shown, tx)?;
+    let ch = connect(&args.server, retry_for).await?;
+
+    let bar = import_bar(len, unit);
+    if len == 0 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut report = ImportReport {
+        unit,
+        ..Default::default()
+    };
     let mut sending = FuturesUnordered::new();
     let mut eof = false;
     loop {
@@ -458,9 +617,9 @@ pub async fn run_import(args: ImportArgs) -> Result<()> {
             msg = rx.recv(), if room => match msg {
                 Some(Parsed::Batch(batch, pos)) => {
                     let first_line = batch.lines.first().copied().unwrap_or(0);
-                    let ch = &ch;
+                    let (ch, bar) = (&ch, &bar);
                     sending.push(async move {
-                        (send_batch(ch, kind, batch).await, first_line, pos)
+                        (send_batch(ch, batch, retry_for, bar, unit).await, first_line, pos)
                     });
                 }
                 Some(Parsed::Rejected(line, field, reason)) => report.reject(line, field, reason),
@@ -468,8 +627,9 @@ pub async fn run_import(args: ImportArgs) -> Result<()> {
             },
             Some((res, first_line, pos)) = sending.next(), if !sending.is_empty() => {
                 match res {
-                    Ok((accepted, lines, rejected)) => {
+                    Ok((accepted, lines, rejected, retries)) => {
                         report.accepted += accepted;
+                        report.retries += retries;
                         report.server_rejections(&lines, rejected);
                     }
                     Err(e) => {
@@ -481,7 +641,8 @@ pub async fn run_import(args: ImportArgs) -> Result<()> {
                             ""
                         };
                         return Err(e.context(format!(
-                            "import of {shown} stopped at the batch starting at line {first_line}{others}"
+                            "import of {shown} stopped at the batch starting at {} {first_line}{others}",
+                            unit.name()
                         )));
                     }
                 }
@@ -500,9 +661,9 @@ pub async fn run_import(args: ImportArgs) -> Result<()> {
         Ok(Err(e)) => {
             bar.abandon();
             eprint!("{}", report.summary());
-            return Err(anyhow!("reading {shown}: {e}"));
+            return Err(anyhow!("reading {shown}: {e:#}"));
         }
-        Err(e) => return Err(anyhow!("the CSV reader failed: {e}")),
+        Err(e) => return Err(anyhow!("the {} reader failed: {e}", unit.name())),
     }
     bar.finish_and_clear();
     if format == Format::Json {

@@ -10,8 +10,7 @@
 //! to the user as is (`error: {e:#}`): flag errors name the flag and the
 //! value, server errors carry the gRPC status message plainly.
 
-use std::fs::File;
-use std::io::{BufReader, IsTerminal as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
@@ -441,6 +440,9 @@ pub mod columnar;
 pub mod geojson;
 mod grid;
 mod import;
+mod import_parquet;
+mod import_rows;
+mod import_source;
 mod png;
 mod render;
 mod status;
@@ -448,5 +450,8 @@ mod status;
 mod tests;
 
 pub use import::*;
+#[cfg(test)]
+use import_rows::row_err;
+pub use import_rows::{Item, RowError};
 pub use render::*;
 pub use status::*;
