@@ -678,8 +678,13 @@ pub struct NoActivityArgs {
     #[command(flatten)]
     pub scope: RegionArgs,
     /// Only activity inside this rectangle LAT1,LNG1,LAT2,LNG2 counts.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "local_polygon")]
     pub local_rect: Option<String>,
+    /// Only activity inside this GeoJSON Polygon or MultiPolygon counts
+    /// (a file, `-` for stdin, or inline JSON starting with `{`; as
+    /// --polygon).
+    #[arg(long)]
+    pub local_polygon: Option<String>,
     #[command(flatten)]
     pub why: WhyArgs,
     #[command(flatten)]

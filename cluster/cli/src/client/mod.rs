@@ -322,14 +322,15 @@ pub fn build_request(q: &QueryCommand, now: i64) -> Result<QueryRequest> {
             let since = flag_time("--since", since)?;
             let as_of = opt_time("--as-of", a.as_of.as_of.as_deref())?;
             let scope = region_from_flags(&RegionFlags::of(&a.scope))?;
-            let local = a
-                .local_rect
-                .as_deref()
-                .map(|v| parse_rect("--local-rect", v))
-                .transpose()?
-                .map(|r| v1::Region {
-                    kind: Some(v1::region::Kind::Rect(r)),
-                });
+            let local = match (a.local_rect.as_deref(), a.local_polygon.as_deref()) {
+                (Some(v), _) => Some(v1::region::Kind::Rect(parse_rect("--local-rect", v)?)),
+                (None, Some(v)) => Some(v1::region::Kind::Multipolygon(geojson::read_polygon(
+                    "--local-polygon",
+                    v,
+                )?)),
+                (None, None) => None,
+            }
+            .map(|k| v1::Region { kind: Some(k) });
             let (purpose, case_ref) = purpose_flags(kind, &a.why)?;
             QueryRequest::NoActivitySince(v1::NoActivitySinceRequest {
                 purpose,

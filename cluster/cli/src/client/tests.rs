@@ -227,6 +227,35 @@ fn where_was_and_no_activity_requests() {
         panic!()
     };
     assert_eq!((l.lat_lo, l.lat_hi), (30.2, 30.3));
+    // The local region as a polygon, inline; not together with a rectangle.
+    let square = r#"{"type":"Polygon","coordinates":[[[120.1,30.2],[120.2,30.2],[120.2,30.3],[120.1,30.3],[120.1,30.2]]]}"#;
+    let QueryRequest::NoActivitySince(r) = request(
+        &[
+            "no-activity-since",
+            "--since",
+            "2026-11-01T00:00:00Z",
+            "--local-polygon",
+            square,
+        ],
+        10,
+    )
+    .unwrap() else {
+        panic!()
+    };
+    let Some(v1::region::Kind::Multipolygon(m)) = r.local.and_then(|s| s.kind) else {
+        panic!()
+    };
+    assert_eq!(m.polygons[0].rings[0].points.len(), 5);
+    assert!(parse(&[
+        "no-activity-since",
+        "--since",
+        "0",
+        "--local-rect",
+        "30.3,120.1,30.2,120.2",
+        "--local-polygon",
+        square
+    ])
+    .is_err());
     let e = parse(&["no-activity-since", "--since", "0", "--from", "0"])
         .unwrap_err()
         .to_string();
