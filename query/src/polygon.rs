@@ -551,10 +551,21 @@ pub fn cell_quad(cell: u64) -> [Vertex; 4] {
     })
 }
 
+/// Why a polygon's rings are not a simple polygon with holes.
+#[derive(Debug, thiserror::Error)]
+enum NotSimple {
+    #[error("self-intersecting: {0} meets {1}")]
+    Crossing(String, String),
+    #[error("ring {0} is a hole that is not inside the outer ring")]
+    HoleOutside(usize),
+    #[error("ring {0} is a hole inside another hole (ring {1})")]
+    NestedHole(usize, usize),
+}
+
 /// Refuses rings that meet themselves or each other (other than
 /// consecutive edges at their shared vertex), holes outside the outer
 /// ring, and nested holes.
-fn check_simple(poly: &Polygon) -> std::result::Result<(), String> {
+fn check_simple(poly: &Polygon) -> std::result::Result<(), NotSimple> {
     let prep = Prepared::from_polygons(std::iter::once(poly));
     let edges = &prep.edges;
     for k in 0..prep.bands.count() {
@@ -578,11 +589,7 @@ fn check_simple(poly: &Polygon) -> std::result::Result<(), String> {
                             e.a.1
                         )
                     };
-                    return Err(format!(
-                        "self-intersecting: {} meets {}",
-                        where_(e),
-                        where_(f)
-                    ));
+                    return Err(NotSimple::Crossing(where_(e), where_(f)));
                 }
             }
         }
@@ -595,18 +602,11 @@ fn check_simple(poly: &Polygon) -> std::result::Result<(), String> {
         .collect();
     for (h, hole) in holes.iter().enumerate() {
         if !in_ring(&outer, hole[0]) {
-            return Err(format!(
-                "ring {} is a hole that is not inside the outer ring",
-                h + 2
-            ));
+            return Err(NotSimple::HoleOutside(h + 2));
         }
         for (g, other) in holes.iter().enumerate() {
             if g != h && in_ring(other, hole[0]) {
-                return Err(format!(
-                    "ring {} is a hole inside another hole (ring {})",
-                    h + 2,
-                    g + 2
-                ));
+                return Err(NotSimple::NestedHole(h + 2, g + 2));
             }
         }
     }

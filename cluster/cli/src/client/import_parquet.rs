@@ -274,6 +274,13 @@ struct Row<'a> {
     i: usize,
 }
 
+/// A time cell: unix seconds, or text that is neither RFC 3339 nor unix
+/// seconds (kept to show in the row's rejection).
+enum TimeValue {
+    Unix(i64),
+    Unparsed(String),
+}
+
 impl<'a> Row<'a> {
     fn get(&self, name: &str) -> Val<'a> {
         match self.cols.get(name) {
@@ -313,25 +320,28 @@ impl<'a> Row<'a> {
 
     /// Unix seconds, or the text when it does not parse (events send it
     /// on, so that the node rejects it with its usual message).
-    fn time(&self, name: &'static str) -> Result<Option<Result<i64, String>>, RowError> {
+    fn time(&self, name: &'static str) -> Result<Option<TimeValue>, RowError> {
         Ok(match self.get(name) {
             Val::Null => None,
-            Val::Time(s) => Some(Ok(s)),
+            Val::Time(s) => Some(TimeValue::Unix(s)),
             Val::Int(v) => {
-                Some(Ok(i64::try_from(v).map_err(|_| {
+                Some(TimeValue::Unix(i64::try_from(v).map_err(|_| {
                     row_err(name, format!("{v} is out of range"))
                 })?))
             }
             Val::Text(s) if s.trim().is_empty() => None,
-            Val::Text(s) => Some(parse_time(name, s.trim()).map_err(|_| s.trim().to_string())),
+            Val::Text(s) => Some(match parse_time(name, s.trim()) {
+                Ok(t) => TimeValue::Unix(t),
+                Err(_) => TimeValue::Unparsed(s.trim().to_string()),
+            }),
             _ => None,
         })
     }
 
     fn need_time(&self, name: &'static str) -> Result<i64, RowError> {
         match self.time(name)? {
-            Some(Ok(s)) => Ok(s),
-            Some(Err(t)) => Err(row_err(
+            Some(TimeValue::Unix(s)) => Ok(s),
+            Some(TimeValue::Unparsed(t)) => Err(row_err(
                 name,
                 format!("{t:?} is not RFC 3339 or unix seconds"),
             )),
@@ -377,8 +387,8 @@ fn parse(kind: ImportKind, row: &Row) -> Result<Item, RowError> {
         ImportKind::Events => {
             let person = row.person()?;
             let time = match row.time("time")? {
-                Some(Ok(s)) => v1::event::Time::UnixSeconds(s),
-                Some(Err(text)) => v1::event::Time::Rfc3339(text),
+                Some(TimeValue::Unix(s)) => v1::event::Time::UnixSeconds(s),
+                Some(TimeValue::Unparsed(text)) => v1::event::Time::Rfc3339(text),
                 None => return Err(row_err("time", "missing")),
             };
             let (lat, lng) = row.position()?;
@@ -410,8 +420,8 @@ fn parse(kind: ImportKind, row: &Row) -> Result<Item, RowError> {
             let person = row.person()?;
             let valid_until = match row.time("valid_until")? {
                 None => None,
-                Some(Ok(s)) => Some(s),
-                Some(Err(t)) => {
+                Some(TimeValue::Unix(s)) => Some(s),
+                Some(TimeValue::Unparsed(t)) => {
                     return Err(row_err(
                         "valid_until",
                         format!("{t:?} is not RFC 3339 or unix seconds"),
