@@ -127,44 +127,16 @@ fn every_rpc_whose_answer_names_a_person_is_person_level() {
 /// persons 20 and 21 at H1: the rules raise two tasks.
 async fn seed_tasks(h: &Harness) {
     let ingest = token("ingest-1", &[Role::Ingest], EXP);
+    let seed = hourcell_test_support::data::task_seed();
     let mut reg = v1::registry_client::RegistryClient::new(h.channel.clone());
-    reg.put_addresses(req(
-        v1::PutAddressesRequest {
-            addresses: vec![
-                addr("H1", 30.2741, 120.1551, "A1"),
-                addr("H2", 30.2800, 120.1600, "A2"),
-            ],
-        },
-        &ingest,
-    ))
-    .await
-    .unwrap();
-    reg.put_registrations(req(
-        v1::PutRegistrationsRequest {
-            registrations: vec![v1::Registration {
-                person: 20,
-                address: "H2".into(),
-                kind: "permanent".into(),
-                valid_from: T0 - 86_400,
-                valid_until: None,
-            }],
-        },
-        &ingest,
-    ))
-    .await
-    .unwrap();
-    let mut events = Vec::new();
-    for d in 0..3 {
-        for p in [20, 21] {
-            events.push(ev(p, T0 + d * 86_400 + 14 * 3600, "H1", "rental"));
-            events.push(ev(p, T0 + d * 86_400 + 15 * 3600, "H1", "utility"));
-            if d < 2 {
-                events.push(ev(p, T0 + d * 86_400 + 16 * 3600, "H1", "service"));
-            }
-        }
-    }
+    reg.put_addresses(req(seed.addresses, &ingest))
+        .await
+        .unwrap();
+    reg.put_registrations(req(seed.registrations, &ingest))
+        .await
+        .unwrap();
     v1::ingest_client::IngestClient::new(h.channel.clone())
-        .ingest(req(v1::IngestRequest { events }, &ingest))
+        .ingest(req(seed.events, &ingest))
         .await
         .unwrap();
     let op = token("operator-1", &[Role::Operator], EXP);

@@ -17,41 +17,14 @@ use hourcell_test_support::procs::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hourcell");
 
-/// Addresses H1 and H2, person 20 registered at H2, and three nights of
-/// persons 20 and 21 at H1 (the rules raise a task for each).
+/// [`task_seed`] through `port`, then the rules as of three days later.
 async fn seed_tasks(port: u16) {
     let ch = patient(port).await.unwrap();
+    let seed = task_seed();
     let mut reg = v1::registry_client::RegistryClient::new(ch.clone());
-    reg.put_addresses(v1::PutAddressesRequest {
-        addresses: vec![
-            addr("H1", 30.2741, 120.1551, "A1"),
-            addr("H2", 30.2800, 120.1600, "A2"),
-        ],
-    })
-    .await
-    .unwrap();
-    reg.put_registrations(v1::PutRegistrationsRequest {
-        registrations: vec![v1::Registration {
-            person: 20,
-            address: "H2".into(),
-            kind: "permanent".into(),
-            valid_from: T0 - 86_400,
-            valid_until: None,
-        }],
-    })
-    .await
-    .unwrap();
-    let mut evs = Vec::new();
-    for d in 0..3 {
-        for p in [20, 21] {
-            evs.push(ev(p, T0 + d * 86_400 + 14 * 3600, "H1", "rental"));
-            evs.push(ev(p, T0 + d * 86_400 + 15 * 3600, "H1", "utility"));
-            if d < 2 {
-                evs.push(ev(p, T0 + d * 86_400 + 16 * 3600, "H1", "service"));
-            }
-        }
-    }
-    ingest_within(port, evs, Duration::from_secs(30)).await;
+    reg.put_addresses(seed.addresses).await.unwrap();
+    reg.put_registrations(seed.registrations).await.unwrap();
+    ingest_within(port, seed.events.events, Duration::from_secs(30)).await;
     let r = v1::tasks_client::TasksClient::new(ch)
         .run(v1::RunTasksRequest {
             at: Some(T0 + 3 * 86_400),

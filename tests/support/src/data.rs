@@ -166,3 +166,43 @@ pub struct Ledger {
     pub acked: std::collections::BTreeSet<u64>,
     pub failures: u64,
 }
+
+/// The registry and events from which the rules raise two tasks:
+/// addresses H1 and H2, person 20 registered at H2, and nights of persons
+/// 20 and 21 at H1 from three sources (local night hours, UTC+8).
+pub struct TaskSeed {
+    pub addresses: v1::PutAddressesRequest,
+    pub registrations: v1::PutRegistrationsRequest,
+    pub events: v1::IngestRequest,
+}
+
+pub fn task_seed() -> TaskSeed {
+    let mut events = Vec::new();
+    for d in 0..3 {
+        for p in [20, 21] {
+            events.push(ev(p, T0 + d * 86_400 + 14 * 3600, "H1", "rental"));
+            events.push(ev(p, T0 + d * 86_400 + 15 * 3600, "H1", "utility"));
+            if d < 2 {
+                events.push(ev(p, T0 + d * 86_400 + 16 * 3600, "H1", "service"));
+            }
+        }
+    }
+    TaskSeed {
+        addresses: v1::PutAddressesRequest {
+            addresses: vec![
+                addr("H1", 30.2741, 120.1551, "A1"),
+                addr("H2", 30.2800, 120.1600, "A2"),
+            ],
+        },
+        registrations: v1::PutRegistrationsRequest {
+            registrations: vec![v1::Registration {
+                person: 20,
+                address: "H2".into(),
+                kind: "permanent".into(),
+                valid_from: T0 - 86_400,
+                valid_until: None,
+            }],
+        },
+        events: v1::IngestRequest { events },
+    }
+}
