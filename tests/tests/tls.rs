@@ -23,20 +23,22 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-async fn connect(port: u16, ca: &Path, id: Option<(&Path, &Path)>) -> Result<Channel, String> {
+async fn connect(
+    port: u16,
+    ca: &Path,
+    id: Option<(&Path, &Path)>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)));
     if let Some((c, k)) = id {
         tls = tls.identity(Identity::from_pem(read(c), read(k)));
     }
     Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
+        .tls_config(tls)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| format!("{e:?}"))
 }
 
 async fn status(ch: Channel) -> Result<v1::StatusResponse, tonic::Status> {
