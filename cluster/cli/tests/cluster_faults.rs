@@ -350,6 +350,13 @@ fn the_shared_body_over_real_processes() {
     bodies::acknowledged_writes_survive_failures(&mut c);
 }
 
+impl Drop for ProcCluster {
+    /// The nodes' side of a failing test, for CI's output.
+    fn drop(&mut self) {
+        let _ = LogsOnFailure(&self.linked.cfgs);
+    }
+}
+
 impl ProcCluster {
     /// Three linked processes, sharded as `(cells, persons)` if given.
     fn start(shards: Option<(u32, u32)>) -> ProcCluster {
