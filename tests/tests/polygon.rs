@@ -3,67 +3,31 @@
 //! the persons seen only inside it, each bad polygon is INVALID_ARGUMENT
 //! naming the problem, and the audit log records a polygon compactly.
 
-use std::sync::Arc;
-
-use hourcell_node::config::NodeConfig;
 use hourcell_proto::v1;
 use hourcell_proto::v1::audit_client::AuditClient;
 use hourcell_proto::v1::ingest_client::IngestClient;
 use hourcell_proto::v1::query_client::QueryClient;
-use hourcell_server::server;
+use hourcell_test_support::secure::{start_with, Harness};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
 /// 2026-11-01T00:00:00Z
-const T0: i64 = 1_793_491_200;
-const NOW: i64 = T0 + 3 * 86_400;
+const T0: i64 = hourcell_test_support::secure::T0;
 
 /// The rectangle (lat_lo, lng_lo, lat_hi, lng_hi) and the hole.
 const RECT: (f64, f64, f64, f64) = (30.20, 120.10, 30.30, 120.20);
 const HOLE: (f64, f64, f64, f64) = (30.24, 120.14, 30.26, 120.16);
 
-struct Harness {
-    channel: Channel,
-    _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
+/// A node on 127.0.0.1 serving every role to anonymous callers, its clock
+/// three days after T0 (the shared harness, without tokens).
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = NodeConfig::new(dir.path().join("node"));
-    cfg.block_cache_mb = 16;
-    cfg.security.insecure = true;
-    cfg.security.anonymous_roles = vec!["all".into()];
-    let node = hourcell_server::open_node(&cfg, Arc::new(|| NOW)).unwrap();
-    let (addr, listener) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(
-        node,
-        cfg.security.clone(),
-        listener,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Harness {
-        channel,
-        _dir: dir,
-        stop: Some(tx),
-    }
+    start_with(90, 0, |cfg| {
+        cfg.security.token_key_file = None;
+        cfg.security.insecure = true;
+        cfg.security.anonymous_roles = vec!["all".into()];
+    })
+    .await
 }
 
 fn at(person: u64, hour: i64, lat: f64, lng: f64) -> v1::Event {
