@@ -91,6 +91,28 @@ pub enum Command {
         persons: Vec<(u64, i64)>,
         sources: Vec<String>,
     },
+    /// Sharded clusters, metadata group: [`Command::CreatePartitions`]
+    /// whose weeks start with the cell shard splits of the week they
+    /// follow (one replica set per shard, the split children after the
+    /// original shards, and the splits as [`crate::shard::CellSplit`]s).
+    CreateSplitPartitions {
+        weeks: Vec<(i64, Vec<Vec<u64>>, Vec<crate::shard::CellSplit>)>,
+    },
+    /// Sharded clusters, metadata group: splits cell shard `parent` of
+    /// week `week` and of every later week in the map: a new shard (the
+    /// next index of each week) on `replicas` takes over the half of the
+    /// parent's cells whose next split bit is set. Writes follow the new
+    /// map; what the parent already holds stays there and is read with
+    /// the rest of the week.
+    SplitShard {
+        week: i64,
+        parent: usize,
+        /// The week's shard count the split was asked of: a week with
+        /// another count (split already, by a repeat of this command) is
+        /// left as it is.
+        shards: usize,
+        replicas: Vec<u64>,
+    },
 }
 
 pub use crate::shard::ShardPart;
@@ -135,6 +157,8 @@ impl Command {
             Command::PlaceShards { .. } => "PlaceShards",
             Command::DropPartitions { .. } => "DropPartitions",
             Command::AssignIdsSeen { .. } => "AssignIdsSeen",
+            Command::CreateSplitPartitions { .. } => "CreateSplitPartitions",
+            Command::SplitShard { .. } => "SplitShard",
         }
     }
 

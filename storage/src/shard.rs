@@ -76,6 +76,77 @@ pub struct ShardMap {
     /// metadata group records them (nodes then place person shards on the
     /// configured peers, see [`ShardMap::default_persons`]).
     pub persons: Vec<Vec<u64>>,
+    /// Each week's cell shard splits, in the order they were made (see
+    /// [`CellSplit`]); a week without splits has no entry.
+    pub splits: BTreeMap<i64, Vec<CellSplit>>,
+}
+
+/// One split of a week's cell shard: of the cells that reach shard
+/// `parent` at split depth `depth`, those whose split bit `depth` is set
+/// (see [`split_bit`]) go to the new shard `child` from then on. The cells
+/// of one placement-level cell stay together, so a split falls on a cell
+/// id boundary. Shards form a binary trie over the split bits: a parent
+/// splits at depths `d, d+1, ...` (where `d` is 0 for an original shard
+/// and one past its own split for a child), so `(parent, depth)` names at
+/// most one split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellSplit {
+    pub parent: usize,
+    pub depth: u8,
+    pub child: usize,
+}
+
+/// Splits deeper than this are refused (a shard's cells have 32 bits of
+/// split hash).
+pub const MAX_SPLIT_DEPTH: u8 = 31;
+
+/// The placement-level cell of slice cell `cell` (face and position down
+/// to [`PLACEMENT_LEVEL`]).
+fn placement_top(cell: u64) -> u64 {
+    cell >> (64 - 3 - 2 * PLACEMENT_LEVEL)
+}
+
+/// Split bit `depth` of slice cell `cell`: from a hash independent of the
+/// one that places the cell among the original shards, so every split
+/// halves a shard's cells (and its load) about evenly.
+pub fn split_bit(cell: u64, depth: u8) -> bool {
+    // splitmix64's finaliser over the placement-level cell.
+    let mut z = placement_top(cell).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> (63 - u32::from(depth))) & 1 == 1
+}
+
+/// The depth at which cell shard `shard` splits next, given its week's
+/// `splits`.
+pub fn next_split_depth(splits: &[CellSplit], shard: usize) -> u8 {
+    let born = splits
+        .iter()
+        .find(|s| s.child == shard)
+        .map_or(0, |s| s.depth + 1);
+    let own = splits.iter().filter(|s| s.parent == shard).count() as u8;
+    born + own
+}
+
+/// The cell shard that owns slice cell `cell` in a week with `splits`:
+/// its original shard (see [`Layout::cell_shard`]), then down the splits.
+pub fn route_cell(layout: Layout, splits: &[CellSplit], cell: u64) -> usize {
+    let mut shard = layout.cell_shard(cell);
+    if splits.is_empty() {
+        return shard;
+    }
+    let mut depth = 0u8;
+    while let Some(s) = splits
+        .iter()
+        .find(|s| s.parent == shard && s.depth == depth)
+    {
+        if split_bit(cell, depth) {
+            shard = s.child;
+        }
+        depth += 1;
+    }
+    shard
 }
 
 impl ShardMap {
@@ -125,6 +196,17 @@ impl ShardMap {
             }
         }
         out
+    }
+
+    /// The cell shard that owns slice cell `cell` in week `week`.
+    pub fn cell_shard(&self, layout: Layout, week: i64, cell: u64) -> usize {
+        let splits = self.splits.get(&week).map_or(&[][..], |v| v.as_slice());
+        route_cell(layout, splits, cell)
+    }
+
+    /// The number of cell shards of week `week` (0 if it is not in the map).
+    pub fn week_shards(&self, week: i64) -> usize {
+        self.weeks.get(&week).map_or(0, |w| w.len())
     }
 
     /// Replicas per node in the map.
@@ -251,11 +333,10 @@ impl Layout {
         Ok(Self { cells, persons })
     }
 
-    /// The cell shard that owns slice cell `cell`.
+    /// The original cell shard of slice cell `cell` (before any split; see
+    /// [`route_cell`]).
     pub fn cell_shard(&self, cell: u64) -> usize {
-        // Face (3 bits) and position down to PLACEMENT_LEVEL (2 bits a level).
-        let top = cell >> (64 - 3 - 2 * PLACEMENT_LEVEL);
-        let h = top.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = placement_top(cell).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         ((h >> 32) % u64::from(self.cells)) as usize
     }
 
@@ -330,6 +411,64 @@ mod tests {
             vec![vec![1, 2, 3], vec![2, 3, 4], vec![3, 4, 1], vec![4, 1, 2]]
         );
         assert_eq!(ShardMap::default_persons(l, &[9], 3), vec![vec![9]; 4]);
+    }
+
+    #[test]
+    fn splits_halve_a_shards_cells_and_leave_the_others_alone() {
+        let l = Layout::new(4, 1).unwrap();
+        // Level-15 cells spread over the sphere (the lowest bit marks a
+        // leaf; 13 + 2 * 15 = 43 bits below the placement-level cell).
+        let cells: Vec<u64> = (0..20_000u64)
+            .map(|i| (i.wrapping_mul(0x2545_f491_4f6c_dd1d) & !((1 << 30) - 1)) | (1 << 29))
+            .collect();
+        let mut splits = vec![CellSplit {
+            parent: 1,
+            depth: next_split_depth(&[], 1),
+            child: 4,
+        }];
+        let count = |splits: &[CellSplit], s: usize| {
+            cells
+                .iter()
+                .filter(|c| route_cell(l, splits, **c) == s)
+                .count()
+        };
+        let before: Vec<usize> = (0..4).map(|s| count(&[], s)).collect();
+        let (kept, moved) = (count(&splits, 1), count(&splits, 4));
+        assert_eq!(kept + moved, before[1]);
+        assert!(
+            moved * 10 > before[1] * 4 && kept * 10 > before[1] * 4,
+            "{kept}/{moved}"
+        );
+        for s in [0, 2, 3] {
+            assert_eq!(count(&splits, s), before[s]);
+            for c in &cells {
+                if l.cell_shard(*c) == s {
+                    assert_eq!(route_cell(l, &splits, *c), s);
+                }
+            }
+        }
+        // The parent splits again at the next depth, the child at its own.
+        assert_eq!(next_split_depth(&splits, 1), 1);
+        assert_eq!(next_split_depth(&splits, 4), 1);
+        splits.push(CellSplit {
+            parent: 1,
+            depth: 1,
+            child: 5,
+        });
+        splits.push(CellSplit {
+            parent: 4,
+            depth: 1,
+            child: 6,
+        });
+        assert_eq!(next_split_depth(&splits, 1), 2);
+        assert_eq!(next_split_depth(&splits, 6), 2);
+        let quarters: Vec<usize> = [1, 5, 4, 6].iter().map(|s| count(&splits, *s)).collect();
+        assert_eq!(quarters.iter().sum::<usize>(), before[1]);
+        assert!(quarters.iter().all(|q| q * 8 > before[1]), "{quarters:?}");
+        // Cells of one placement-level cell stay together.
+        let c = cells[7];
+        let sibling = c ^ (1 << 30) ^ (1 << 29) ^ (1 << 28);
+        assert_eq!(route_cell(l, &splits, c), route_cell(l, &splits, sibling));
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl Layout {
     }
 
     /// Splits placed events into one command per shard they touch, with
-    /// the ids from `meta` (which must already have assigned them). A shard
+    /// the ids from `meta` (which must already have assigned them) and its
+    /// map's cell shard splits. A shard
     /// is `(part, week, index)`; the week is 0 for person shards. A
     /// dictionary entry, label or address is carried unless `knows(shard,
     /// what)` says that shard already holds it: a replica that holds it
@@ -87,6 +88,7 @@ impl Layout {
         let mut addr_cache: HashMap<String, Addr> = HashMap::new();
         let shift = crate::cell::compact_shift(meta.slice_level());
         let labels = meta.source_labels();
+        let splits = meta.cell_splits();
         let mut ids: HashMap<u64, u32> = HashMap::new();
         for e in events {
             let id = match ids.get(&e.person) {
@@ -116,10 +118,12 @@ impl Layout {
                 },
                 None => None,
             };
+            let week = week_of_hour(e.hour);
+            let week_splits = splits.get(&week).map_or(&[][..], |v| v.as_slice());
             let cells = ShardId {
                 part: ShardPart::Cells,
-                week: week_of_hour(e.hour),
-                index: self.cell_shard(e.cell),
+                week,
+                index: crate::shard::route_cell(*self, week_splits, e.cell),
             };
             let persons = ShardId {
                 part: ShardPart::Persons,

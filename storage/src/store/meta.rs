@@ -9,6 +9,7 @@ use crate::command::{ApplyOutcome, ShardPart};
 use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::kv::{KvEngine, TryScan, WriteBatch};
+use crate::shard::CellSplit;
 use crate::tasks::{
     self, Outcome, SubjectState, TaskChange, TaskDraft, TaskRecord, TaskState, TaskUpdate,
 };
@@ -382,19 +383,113 @@ impl<E: KvEngine> Store<E, Meta> {
 
     pub(super) fn apply_create_partitions(
         &self,
-        weeks: &[(i64, Vec<Vec<u64>>)],
+        weeks: &[(i64, Vec<Vec<u64>>, Vec<CellSplit>)],
     ) -> Result<ApplyOutcome> {
         let mut b = WriteBatch::default();
         let mut st = self.state.write();
         let mut changed = 0;
-        for (w, cells) in weeks {
+        for (w, cells, splits) in weeks {
             Self::check_week(*w)?;
+            Self::check_splits(cells.len(), splits)?;
             if !st.map.weeks.contains_key(w) {
-                Self::put_bincode(&mut b, keys::partition(*w), &(cells, cells));
                 st.map.weeks.insert(*w, cells.clone());
                 st.map.founders.insert(*w, cells.clone());
+                if !splits.is_empty() {
+                    st.map.splits.insert(*w, splits.clone());
+                }
+                Self::put_partition(&mut b, &st.map, *w);
                 changed += 1;
             }
+        }
+        self.commit_map_change(st, b, changed)
+    }
+
+    /// Refuses splits that do not describe a trie over `shards` shards:
+    /// each child one of the shards after the originals, born once, of a
+    /// parent that exists before it, at the parent's next depth.
+    fn check_splits(shards: usize, splits: &[CellSplit]) -> Result<()> {
+        let originals = shards.checked_sub(splits.len()).filter(|n| *n > 0);
+        let Some(originals) = originals else {
+            return Err(StorageError::Invalid(format!(
+                "{} splits of {shards} cell shards",
+                splits.len()
+            )));
+        };
+        for (i, s) in splits.iter().enumerate() {
+            let ok = s.child == originals + i
+                && s.parent < s.child
+                && s.depth <= crate::shard::MAX_SPLIT_DEPTH
+                && s.depth == crate::shard::next_split_depth(&splits[..i], s.parent);
+            if !ok {
+                return Err(StorageError::Invalid(format!("bad cell shard split {s:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes week `w`'s partition record: founders, replica sets, splits.
+    fn put_partition(b: &mut WriteBatch, map: &crate::shard::ShardMap, w: i64) {
+        let founders = map.founders.get(&w).cloned().unwrap_or_default();
+        let cells = map.weeks.get(&w).cloned().unwrap_or_default();
+        let splits = map.splits.get(&w).cloned().unwrap_or_default();
+        Self::put_bincode(b, keys::partition(w), &(founders, cells, splits));
+    }
+
+    pub(super) fn apply_split_shard(
+        &self,
+        week: i64,
+        parent: usize,
+        shards: usize,
+        replicas: &[u64],
+    ) -> Result<ApplyOutcome> {
+        Self::check_week(week)?;
+        let mut b = WriteBatch::default();
+        let mut st = self.state.write();
+        if !st.map.weeks.contains_key(&week) {
+            return Err(StorageError::Invalid(format!(
+                "week {week} has no cell shards to split"
+            )));
+        }
+        if st.map.week_shards(week) != shards {
+            // Already split (a repeated proposal), or asked of another map.
+            return self.commit_map_change(st, b, 0);
+        }
+        let mut plan = Vec::new();
+        for (&w, cells) in st.map.weeks.range(week..) {
+            let n = cells.len();
+            let splits = st.map.splits.get(&w).map_or(&[][..], |v| v.as_slice());
+            let depth = crate::shard::next_split_depth(splits, parent);
+            if parent >= n {
+                return Err(StorageError::Invalid(format!(
+                    "week {w} has no cell shard {parent} (it has {n})"
+                )));
+            }
+            if n >= crate::shard::MAX_SHARDS as usize || depth > crate::shard::MAX_SPLIT_DEPTH {
+                return Err(StorageError::Invalid(format!(
+                    "cell shard {parent} of week {w} cannot split again \
+                     ({n} shards, split depth {depth})"
+                )));
+            }
+            let child = n;
+            plan.push((
+                w,
+                CellSplit {
+                    parent,
+                    depth,
+                    child,
+                },
+            ));
+        }
+        let changed = plan.len() as u64;
+        for (w, split) in plan {
+            st.map.weeks.entry(w).or_default().push(replicas.to_vec());
+            st.map
+                .founders
+                .entry(w)
+                .or_default()
+                .push(replicas.to_vec());
+            st.map.splits.entry(w).or_default().push(split);
+            Self::put_partition(&mut b, &st.map, w);
         }
         self.commit_map_change(st, b, changed)
     }
@@ -406,6 +501,7 @@ impl<E: KvEngine> Store<E, Meta> {
         for &w in weeks {
             Self::check_week(w)?;
             st.map.founders.remove(&w);
+            st.map.splits.remove(&w);
             if st.map.weeks.remove(&w).is_some() {
                 b.delete(keys::partition(w));
                 changed += 1;
@@ -447,9 +543,7 @@ impl<E: KvEngine> Store<E, Meta> {
                 changed += 1;
             }
             if id.part == ShardPart::Cells {
-                let cells = st.map.weeks[&id.week].clone();
-                let founders = st.map.founders.get(&id.week).cloned().unwrap_or_default();
-                Self::put_bincode(&mut b, keys::partition(id.week), &(founders, cells));
+                Self::put_partition(&mut b, &st.map, id.week);
             }
         }
         if persons_changed {
@@ -473,6 +567,16 @@ impl<E: KvEngine> Store<E, Meta> {
     pub fn shard_replicas(&self, id: crate::shard::ShardId) -> (u64, Vec<u64>) {
         let st = self.state.read_recursive();
         (st.map.version, st.map.replicas(id).to_vec())
+    }
+
+    /// Each week's cell shard splits (cheaper than the whole map).
+    pub fn cell_splits(&self) -> std::collections::BTreeMap<i64, Vec<CellSplit>> {
+        self.state.read_recursive().map.splits.clone()
+    }
+
+    /// The number of cell shards of week `week` (0 if it is not in the map).
+    pub fn week_shards(&self, week: i64) -> usize {
+        self.state.read_recursive().map.week_shards(week)
     }
 
     /// The shard map's version (cheaper than the whole map).
@@ -600,5 +704,78 @@ mod tests {
         let m = s.shard_map();
         assert!(m.weeks.is_empty() && m.founders.is_empty());
         assert!(m.version > v);
+    }
+
+    #[test]
+    fn a_split_adds_a_shard_to_its_week_and_the_later_ones_once() {
+        use crate::shard::CellSplit;
+        let mem = Arc::new(crate::mem::MemEngine::new());
+        let open =
+            || crate::MetaStore::open(crate::PrefixedEngine::whole(mem.clone()), Some(16)).unwrap();
+        let s = open();
+        s.apply(&Command::CreatePartitions {
+            weeks: vec![
+                (6, vec![vec![1]; 2]),
+                (7, vec![vec![1]; 2]),
+                (8, vec![vec![1]; 2]),
+            ],
+        })
+        .unwrap();
+        let split = |week, parent, shards| Command::SplitShard {
+            week,
+            parent,
+            shards,
+            replicas: vec![2, 3],
+        };
+        s.apply(&split(7, 1, 2)).unwrap();
+        let v = s.shard_map_version();
+        // A repeat (the week has 3 shards now) changes nothing.
+        s.apply(&split(7, 1, 2)).unwrap();
+        assert_eq!(s.shard_map_version(), v);
+        // The child splits too, at its own next depth.
+        s.apply(&split(8, 2, 3)).unwrap();
+        for bad in [split(5, 0, 0), split(7, 9, 3)] {
+            assert!(s.apply(&bad).is_err(), "{bad:?}");
+        }
+        drop(s);
+        let s = open();
+        let m = s.shard_map();
+        let first = CellSplit {
+            parent: 1,
+            depth: 0,
+            child: 2,
+        };
+        assert!(!m.splits.contains_key(&6));
+        assert_eq!(m.splits[&7], vec![first]);
+        assert_eq!(
+            m.splits[&8],
+            vec![
+                first,
+                CellSplit {
+                    parent: 2,
+                    depth: 1,
+                    child: 3
+                }
+            ]
+        );
+        assert_eq!(m.weeks[&8], vec![vec![1], vec![1], vec![2, 3], vec![2, 3]]);
+        assert_eq!(m.founders[&8][3], vec![2, 3]);
+        // A new week can start with its predecessor's splits; splits that
+        // do not describe its shards are refused.
+        let with = |week, shards, splits| Command::CreateSplitPartitions {
+            weeks: vec![(week, vec![vec![1]; shards], splits)],
+        };
+        s.apply(&with(9, 4, m.splits[&8].clone())).unwrap();
+        assert_eq!(s.shard_map().splits[&9], m.splits[&8]);
+        assert!(s.apply(&with(10, 3, m.splits[&8].clone())).is_err());
+        let skip = CellSplit {
+            parent: 1,
+            depth: 1,
+            child: 2,
+        };
+        assert!(s.apply(&with(10, 3, vec![skip])).is_err());
+        s.apply(&Command::DropPartitions { weeks: vec![8] })
+            .unwrap();
+        assert!(!s.shard_map().splits.contains_key(&8));
     }
 }

@@ -363,16 +363,29 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         let start = [keys::PARTITION];
         self.engine
             .try_scan(&start, &keys::prefix_end(&start), &mut |k, v| {
-                let ((founders, cells), _) = bincode::serde::decode_from_slice::<
-                    (Vec<Vec<u64>>, Vec<Vec<u64>>),
-                    _,
-                >(v, crate::bincode_limits())
-                .map_err(|e| StorageError::corrupt(k, e))?;
+                // (founders, cells, splits); before splits, (founders, cells).
+                type Partition = (Vec<Vec<u64>>, Vec<Vec<u64>>, Vec<crate::shard::CellSplit>);
+                let limits = crate::bincode_limits();
+                let (founders, cells, splits) =
+                    match bincode::serde::decode_from_slice::<Partition, _>(v, limits) {
+                        Ok((p, _)) => p,
+                        Err(_) => {
+                            let ((f, c), _) = bincode::serde::decode_from_slice::<
+                                (Vec<Vec<u64>>, Vec<Vec<u64>>),
+                                _,
+                            >(v, limits)
+                            .map_err(|e| StorageError::corrupt(k, e))?;
+                            (f, c, Vec::new())
+                        }
+                    };
                 if k.len() != 5 {
                     return Err(StorageError::corrupt(k, "bad partition key"));
                 }
                 let w = keys::hour_from(&k[1..5]);
                 st.map.founders.insert(w, founders);
+                if !splits.is_empty() {
+                    st.map.splits.insert(w, splits);
+                }
                 st.map.weeks.insert(w, cells);
                 Ok(true)
             })?;

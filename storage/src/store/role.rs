@@ -73,7 +73,20 @@ impl Role for Meta {
             Command::AssignIdsSeen { persons, sources } => {
                 s.apply_assign_ids_seen(persons, sources)
             }
-            Command::CreatePartitions { weeks } => s.apply_create_partitions(weeks),
+            Command::CreatePartitions { weeks } => {
+                let weeks: Vec<_> = weeks
+                    .iter()
+                    .map(|(w, c)| (*w, c.clone(), Vec::new()))
+                    .collect();
+                s.apply_create_partitions(&weeks)
+            }
+            Command::CreateSplitPartitions { weeks } => s.apply_create_partitions(weeks),
+            Command::SplitShard {
+                week,
+                parent,
+                shards,
+                replicas,
+            } => s.apply_split_shard(*week, *parent, *shards, replicas),
             Command::DropPartitions { weeks } => s.apply_drop_partitions(weeks),
             Command::PlaceShards { shards } => s.apply_place_shards(shards),
             Command::IngestShard(_) => Err(wrong_role(cmd, Self::NAME)),
