@@ -83,6 +83,15 @@ impl RocksEngine {
         }
     }
 
+    /// Approximate bytes the SST files hold of keys in `start..end`.
+    pub fn approximate_size(&self, start: &[u8], end: &[u8]) -> u64 {
+        self.db
+            .get_approximate_sizes(&[rocksdb::Range::new(start, end)])
+            .first()
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn open(path: &Path, cfg: &RocksConfig) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);

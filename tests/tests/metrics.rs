@@ -73,6 +73,7 @@ async fn metrics_cover_rpcs_sources_refusals_and_what_the_dashboard_and_alerts_u
         cell_shards: 0,
         person_shards: 0,
         replicas: 3,
+        ..Default::default()
     });
     let clock = T0 + 3 * 86_400;
     let node = hourcell_server::open_node(&cfg, Arc::new(move || clock)).unwrap();

@@ -202,6 +202,10 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
             .remove_node(req(v1::RemoveNodeRequest { id: 7 }, t))
             .await
             .map(|_| ()),
+        Rpc::SplitShard => A::new(c)
+            .split_shard(req(v1::SplitShardRequest { group: 7 }, t))
+            .await
+            .map(|_| ()),
         Rpc::Expire => A::new(c)
             .expire(req(v1::ExpireRequest {}, t))
             .await

@@ -34,6 +34,7 @@ fn config(dir: &std::path::Path, shards: Option<(u32, u32)>, retention_days: u32
             cell_shards: c,
             person_shards: p,
             replicas: 3,
+            ..Default::default()
         });
     }
     cfg

@@ -475,6 +475,7 @@ async fn start_cluster() -> Harness {
             cell_shards: 2,
             person_shards: 2,
             replicas: 1,
+            ..Default::default()
         });
     })
     .await;

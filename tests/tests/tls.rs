@@ -241,6 +241,7 @@ async fn shard_routing_accepts_only_node_certificates() {
         cell_shards: 2,
         person_shards: 1,
         replicas: 3,
+        ..Default::default()
     });
     cfg.validate().unwrap();
     let node = hourcell_server::open_node(&cfg, Arc::new(|| T0)).unwrap();

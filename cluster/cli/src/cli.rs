@@ -899,6 +899,25 @@ pub enum ClusterCommand {
     /// Remove a node from the cluster (a leader hands over first). To
     /// replace a dead node: remove it, then add the new one.
     RemoveNode(RemoveNodeArgs),
+    /// Split a cell shard of a sharded cluster now (shards also split on
+    /// their own past `split_events_per_hour` or `split_grown_bytes`): a
+    /// new shard on the least loaded nodes takes over the later writes of
+    /// half of its cells, in its week and every later week. Reads and
+    /// writes go on meanwhile; nothing is copied.
+    Split(SplitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// The cell shard's raft group, as `hourcell cluster status` lists it
+    /// (the GROUP column of its shard table).
+    #[arg(long = "shard", value_name = "GROUP")]
+    pub group: u64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// The node to ask (host:port, or https://host:port with TLS).
+    #[arg(long, env = "HOURCELL_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
 }
 
 #[derive(Debug, Args)]

@@ -180,6 +180,7 @@ async fn start_cluster(
             cell_shards: args.shards.map_or(0, |s| s.0),
             person_shards: args.shards.map_or(0, |s| s.1),
             replicas: 3,
+            ..Default::default()
         });
         let (addr, listener) = hourcell_server::server::bind(*a).await?;
         let node = hourcell_server::open_node(&cfg, system_clock())?;

@@ -235,10 +235,48 @@ pub struct ClusterConfig {
     /// every node). The same on every node; 3 by default.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
+    /// Sharded clusters: a cell shard of the current week (or a later one)
+    /// splits on its own once its leader has applied more than this many
+    /// events an hour, measured over 30 s (0: never on its write rate).
+    #[serde(default = "default_split_events_per_hour")]
+    pub split_events_per_hour: u64,
+    /// Sharded clusters: a cell shard of the current week (or a later one)
+    /// splits on its own once it has grown by more than this many bytes
+    /// on disk since it was created or last split (0: never on its size).
+    /// A split leaves what a shard holds in place and sends later writes
+    /// of half its cells to the new shard, so growth, not size, is what
+    /// a split relieves.
+    #[serde(default = "default_split_grown_bytes")]
+    pub split_grown_bytes: u64,
 }
 
 fn default_replicas() -> u32 {
     3
+}
+
+/// Node 1 alone, unsharded, with the defaults a config file gets.
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            peers: Vec::new(),
+            tick_ms: default_tick_ms(),
+            join: false,
+            cell_shards: 0,
+            person_shards: 0,
+            replicas: default_replicas(),
+            split_events_per_hour: default_split_events_per_hour(),
+            split_grown_bytes: default_split_grown_bytes(),
+        }
+    }
+}
+
+fn default_split_events_per_hour() -> u64 {
+    3_600_000
+}
+
+fn default_split_grown_bytes() -> u64 {
+    8 << 30
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

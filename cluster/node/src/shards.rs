@@ -126,17 +126,33 @@ impl Shards {
         self.engine.compact()
     }
 
-    /// Opens (creating if new) the stores of week `week`'s cell shards and
-    /// hosts them. Returns them; the caller starts their raft groups.
-    pub fn open_week(&self, week: i64) -> Result<Vec<(u64, Arc<ShardStore>)>, OpenError> {
-        if let Some(v) = self.weeks.read().get(&week) {
-            return Ok(v.clone());
+    /// Opens (creating if new) the stores of week `week`'s first `n` cell
+    /// shards (more after a split) and lists the week's shards. The caller
+    /// starts the raft groups of those placed here.
+    pub fn open_week(&self, week: i64, n: usize) -> Result<Vec<(u64, Arc<ShardStore>)>, OpenError> {
+        let have = self.week_slots(week).len();
+        if have >= n {
+            return Ok(self.week_slots(week));
         }
-        let v: Vec<(u64, Arc<ShardStore>)> = (0..self.layout.cells as usize)
+        let more: Vec<(u64, Arc<ShardStore>)> = (have..n)
             .map(|i| self.open_store(cell_group(week, i)))
             .collect::<Result<_, OpenError>>()?;
-        self.weeks.write().insert(week, v.clone());
-        Ok(v)
+        let mut weeks = self.weeks.write();
+        let v = weeks.entry(week).or_default();
+        // Another caller may have opened some meanwhile (the same groups).
+        for (g, store) in more {
+            if !v.iter().any(|(x, _)| *x == g) {
+                v.push((g, store));
+            }
+        }
+        Ok(v.clone())
+    }
+
+    /// Approximate bytes on disk of group `g`'s data.
+    pub fn group_bytes(&self, g: u64) -> u64 {
+        let p = hourcell_storage::prefixed::group_prefix(g);
+        self.engine
+            .approximate_size(&p, &hourcell_storage::keys::prefix_end(&p))
     }
 
     /// Stops hosting week `week` and deletes its shards' data from the

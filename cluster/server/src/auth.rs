@@ -68,10 +68,11 @@ pub enum Rpc {
     TasksWatch,
     AuditList,
     Backup,
+    SplitShard,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 22] = [
+    pub const ALL: [Rpc; 23] = [
         Rpc::Ingest,
         Rpc::PutAddresses,
         Rpc::PutRegistrations,
@@ -94,6 +95,7 @@ impl Rpc {
         Rpc::TasksWatch,
         Rpc::AuditList,
         Rpc::Backup,
+        Rpc::SplitShard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +122,7 @@ impl Rpc {
             Rpc::TasksWatch => "Tasks.Watch",
             Rpc::AuditList => "Audit.List",
             Rpc::Backup => "Admin.Backup",
+            Rpc::SplitShard => "Admin.SplitShard",
         }
     }
 
@@ -135,7 +138,9 @@ impl Rpc {
             Rpc::WhoWasAt | Rpc::WhereWas | Rpc::NoActivitySince => &[Investigator],
             Rpc::Occupancy | Rpc::OccupancyGrid => &[Analyst, Investigator],
             Rpc::Status => &[Operator],
-            Rpc::Compact | Rpc::AddNode | Rpc::RemoveNode | Rpc::Expire => &[Operator],
+            Rpc::Compact | Rpc::AddNode | Rpc::RemoveNode | Rpc::Expire | Rpc::SplitShard => {
+                &[Operator]
+            }
             Rpc::TasksRun => &[Fieldwork, Operator],
             Rpc::TasksList | Rpc::TasksGet | Rpc::TasksUpdate | Rpc::TasksWatch => &[Fieldwork],
             Rpc::AuditList => &[Auditor],

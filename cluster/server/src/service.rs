@@ -527,6 +527,27 @@ impl v1::admin_server::Admin for Services {
         Ok(Response::new(m))
     }
 
+    async fn split_shard(
+        &self,
+        req: Request<v1::SplitShardRequest>,
+    ) -> Result<Response<v1::SplitShardResponse>, Status> {
+        let _p = principal(&req)?;
+        let group = req.into_inner().group;
+        let node = self.node.clone();
+        let r = blocking(move || {
+            let split = node.split_shard_group(group)?;
+            let g = hourcell_node::shards::group_of(split.child);
+            Ok(v1::SplitShardResponse {
+                group: g,
+                shard: node.describe_group(g),
+                replicas: split.replicas,
+                map_version: split.version,
+            })
+        })
+        .await?;
+        Ok(Response::new(r))
+    }
+
     async fn remove_node(
         &self,
         req: Request<v1::RemoveNodeRequest>,

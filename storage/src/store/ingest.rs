@@ -102,6 +102,13 @@ impl<E: KvEngine, R: Role> Store<E, R> {
 impl<E: KvEngine> Store<E, Shard> {
     /// A data shard's part of an ingest batch: learns the ids and
     /// addresses it carries, then writes the part's slices.
+    /// Cell events applied since the store was opened (see
+    /// `apply_cell_events`): a cell shard's write rate.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn apply_shard_ingest(
         &self,
         part: &crate::command::ShardIngest,
@@ -174,6 +181,8 @@ impl<E: KvEngine> Store<E, Shard> {
     /// A cell shard's part: cell and address slices of resolved events.
     fn apply_cell_events(&self, events: &[(u32, i64, u64, u32)]) -> Result<ApplyOutcome> {
         check_hours(events.iter().map(|e| e.1))?;
+        self.events_applied
+            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let batch = WriteBatch::default();
         let mut slices = Slices::default();
         slices.cells.reserve(events.len());

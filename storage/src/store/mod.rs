@@ -163,6 +163,8 @@ pub struct Store<E: KvEngine, R: Role> {
     /// so the store refuses everything until the node restarts and replays
     /// its raft log.
     broken: std::sync::atomic::AtomicBool,
+    /// Events applied since the store was opened (a shard's write rate).
+    events_applied: std::sync::atomic::AtomicU64,
 }
 
 const META_LEVEL: &str = "slice_level";
@@ -270,6 +272,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
             has_deferred: std::sync::atomic::AtomicBool::new(false),
             defer_events: std::sync::atomic::AtomicUsize::new(DEFAULT_DEFER_EVENTS),
             broken: std::sync::atomic::AtomicBool::new(false),
+            events_applied: std::sync::atomic::AtomicU64::new(0),
         };
         store.load()?;
         store.replay_held()?;

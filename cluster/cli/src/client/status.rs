@@ -388,6 +388,39 @@ pub async fn run_cluster(cmd: crate::cli::ClusterCommand) -> Result<()> {
                 .into_inner();
             print_stdout(&format!("node {} removed\n{}", a.id, membership_line(&r)))
         }
+        crate::cli::ClusterCommand::Split(a) => {
+            let r = admin_client(channel(&a.server).await?)
+                .split_shard(v1::SplitShardRequest { group: a.group })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let out = if matches!(a.format, Format::Json) {
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "split": a.group,
+                        "group": r.group,
+                        "shard": r.shard,
+                        "replicas": r.replicas,
+                        "map_version": r.map_version,
+                    }))?
+                )
+            } else {
+                format!(
+                    "shard group {} split: new shard group {} ({}) on nodes {}, shard map version {}\n",
+                    a.group,
+                    r.group,
+                    r.shard,
+                    r.replicas
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    r.map_version
+                )
+            };
+            print_stdout(&out)
+        }
     }
 }
 

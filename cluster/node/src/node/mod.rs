@@ -30,6 +30,8 @@ mod ingest;
 mod placement;
 mod replicated;
 mod retention;
+mod split;
+pub use split::Split;
 mod tasks;
 
 use ingest::IngestGroup;
@@ -79,6 +81,11 @@ pub struct Node {
     /// Consecutive keeper rounds in which this node, leading a data group,
     /// could not read the shard map linearizably.
     map_read_failures: parking_lot::Mutex<u32>,
+    /// Cell shards this node leads: what a split decision compares with
+    /// (see `split_chores`).
+    split_samples: parking_lot::Mutex<std::collections::HashMap<u64, split::SplitSample>>,
+    /// When cell shards split on their own (see `ClusterConfig`).
+    split_at: split::SplitThresholds,
 }
 
 /// What one rule run did.
@@ -144,8 +151,8 @@ impl Node {
                 )?;
                 // The weeks this replica's shard map holds; the keeper
                 // follows later changes.
-                for w in store.shard_map().weeks.keys() {
-                    sh.open_week(*w)?;
+                for (w, cells) in &store.shard_map().weeks {
+                    sh.open_week(*w, cells.len())?;
                 }
                 Some(Arc::new(sh))
             }
@@ -250,7 +257,7 @@ impl Node {
                         // failure shows when a store is read.
                         let groups: Vec<u64> = sh2.week(w).iter().map(|(g, _)| *g).collect();
                         let _ = g.ensure_all(&groups);
-                        (0..sh2.layout.cells as usize)
+                        (0..meta.week_shards(w))
                             .map(|index| {
                                 source(ShardId {
                                     part: ShardPart::Cells,
@@ -275,6 +282,11 @@ impl Node {
             joining: cfg.cluster.as_ref().is_some_and(|c| c.join),
             last_rebalance: parking_lot::Mutex::new(None),
             map_read_failures: parking_lot::Mutex::new(0),
+            split_samples: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            split_at: cfg
+                .cluster
+                .as_ref()
+                .map_or_else(split::SplitThresholds::default, split::SplitThresholds::of),
             shards,
             shard_sync: parking_lot::Mutex::new(()),
             gate,

@@ -353,21 +353,33 @@ impl Node {
             let (voters, _) = r
                 .meta_members()
                 .ok_or_else(|| NodeError::Unavailable("metadata group is not running".into()))?;
-            let mut load = self.store.shard_map().load();
+            let map = self.store.shard_map();
+            let mut load = map.load();
+            // A new week starts with the splits of the week before it.
             let weeks = missing
                 .into_iter()
                 .map(|w| {
-                    let cells = (0..sh.layout.cells)
+                    let splits = map
+                        .weeks
+                        .range(..w)
+                        .next_back()
+                        .and_then(|(prev, _)| map.splits.get(prev).cloned())
+                        .unwrap_or_default();
+                    let n = sh.layout.cells as usize + splits.len();
+                    let cells = (0..n)
                         .map(|_| {
                             hourcell_storage::shard::place(&voters, &mut load, self.replicas, &[])
                         })
                         .collect();
-                    (w, cells)
+                    (w, cells, splits)
                 })
                 .collect();
-            self.propose(&Command::CreatePartitions { weeks })?;
+            self.propose(&Command::CreateSplitPartitions { weeks })?;
         }
-        if weeks.iter().any(|w| sh.week_slots(*w).is_empty()) {
+        if weeks
+            .iter()
+            .any(|w| sh.week_slots(*w).len() < self.store.week_shards(*w))
+        {
             self.sync_shards()?;
         }
         Ok(())
@@ -398,9 +410,10 @@ impl Node {
         }
         let timeout = std::time::Duration::from_secs(10);
         let fail = |e: String| NodeError::Unavailable(e);
-        for week in map.weeks.keys() {
-            if sh.week_slots(*week).is_empty() {
-                sh.open_week(*week).map_err(|e| fail(e.to_string()))?;
+        for (week, cells) in &map.weeks {
+            if sh.week_slots(*week).len() < cells.len() {
+                sh.open_week(*week, cells.len())
+                    .map_err(|e| fail(e.to_string()))?;
             }
         }
         for (id, replicas) in placed_shards(&map, &self.founding) {
@@ -497,6 +510,7 @@ impl Node {
         if led.is_empty() {
             return Ok(());
         }
+        self.split_chores(sh, &led, now)?;
         // A leader acts on the current shard map only: a linearizable read
         // of the metadata group first. A node that keeps failing it (one
         // removed from the cluster, which no longer hears the metadata
