@@ -235,13 +235,12 @@ pub struct ClusterConfig {
     /// every node). The same on every node; 3 by default.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
-    /// Sharded clusters: a cell shard of the current week (or a later one)
-    /// splits on its own once its leader has applied more than this many
-    /// events an hour, measured over 30 s (0: never on its write rate).
+    /// Sharded clusters: a cell shard splits on its own once its leader has applied more than this many
+    /// events an hour, measured over 30 s (0: never on its write rate). A
+    /// node splits at most one shard on its own every 30 s.
     #[serde(default = "default_split_events_per_hour")]
     pub split_events_per_hour: u64,
-    /// Sharded clusters: a cell shard of the current week (or a later one)
-    /// splits on its own once it has grown by more than this many bytes
+    /// Sharded clusters: a cell shard splits on its own once it has grown by more than this many bytes
     /// on disk since it was created or last split (0: never on its size).
     /// A split leaves what a shard holds in place and sends later writes
     /// of half its cells to the new shard, so growth, not size, is what

@@ -84,6 +84,8 @@ pub struct Node {
     /// Cell shards this node leads: what a split decision compares with
     /// (see `split_chores`).
     split_samples: parking_lot::Mutex<std::collections::HashMap<u64, split::SplitSample>>,
+    /// When this node last split a cell shard on its own.
+    last_auto_split: parking_lot::Mutex<Option<std::time::Instant>>,
     /// When cell shards split on their own (see `ClusterConfig`).
     split_at: split::SplitThresholds,
 }
@@ -283,6 +285,7 @@ impl Node {
             last_rebalance: parking_lot::Mutex::new(None),
             map_read_failures: parking_lot::Mutex::new(0),
             split_samples: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            last_auto_split: parking_lot::Mutex::new(None),
             split_at: cfg
                 .cluster
                 .as_ref()

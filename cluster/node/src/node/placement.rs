@@ -510,7 +510,7 @@ impl Node {
         if led.is_empty() {
             return Ok(());
         }
-        self.split_chores(sh, &led, now)?;
+        self.split_chores(sh, &led)?;
         // A leader acts on the current shard map only: a linearizable read
         // of the metadata group first. A node that keeps failing it (one
         // removed from the cluster, which no longer hears the metadata

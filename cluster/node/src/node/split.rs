@@ -152,21 +152,28 @@ impl Node {
             .map_or_else(|| "meta".into(), |sh| sh.describe(group))
     }
 
-    /// On each cell shard of the current or a later week that this node
-    /// leads: split it if its write rate or its growth since this node
-    /// began leading it (or last split it) passes a threshold. At most one
-    /// split a round.
+    /// On each cell shard this node leads: split it if its write rate or
+    /// its growth since this node began leading it (or last split it)
+    /// passes a threshold (a week written to no more, such as a past one,
+    /// never does). At most one split a round.
     pub(super) fn split_chores(
         &self,
         sh: &Shards,
         led: &[(u64, crate::replication::GroupStatus)],
-        now: i64,
     ) -> Result<(), NodeError> {
         let at = self.split_at;
         if at.events_per_hour == 0 && at.grown_bytes == 0 {
             return Ok(());
         }
-        let this_week = hourcell_storage::shard::week_of_hour(now.div_euclid(3600));
+        // One split on its own per window from this node: the load moves
+        // and is measured again before another.
+        if self
+            .last_auto_split
+            .lock()
+            .is_some_and(|t| t.elapsed() < RATE_WINDOW)
+        {
+            return Ok(());
+        }
         let mut hot = None;
         {
             let mut samples = self.split_samples.lock();
@@ -176,7 +183,7 @@ impl Node {
                 let Some(id) = sh.shard_of(*g) else {
                     continue;
                 };
-                if id.part != hourcell_storage::ShardPart::Cells || id.week < this_week {
+                if id.part != hourcell_storage::ShardPart::Cells {
                     continue;
                 }
                 let Some((_, store)) = sh.get(id) else {
@@ -194,16 +201,19 @@ impl Node {
                     hot = Some((id, format!("grew by {grown} bytes")));
                     break;
                 }
+                // Over the window's allowance already: the window's rate
+                // passes the threshold whatever comes next.
+                let allowance = at.events_per_hour as f64 * RATE_WINDOW.as_secs_f64() / 3600.0;
                 let took = t.duration_since(s.at);
+                let events = applied.saturating_sub(s.applied);
+                if at.events_per_hour > 0 && events as f64 > allowance {
+                    let rate = events as f64 * 3600.0 / took.max(RATE_WINDOW).as_secs_f64();
+                    hot = Some((id, format!("at least {rate:.0} events an hour")));
+                    break;
+                }
                 if took >= RATE_WINDOW {
-                    let rate =
-                        applied.saturating_sub(s.applied) as f64 * 3600.0 / took.as_secs_f64();
                     s.applied = applied;
                     s.at = t;
-                    if at.events_per_hour > 0 && rate > at.events_per_hour as f64 {
-                        hot = Some((id, format!("{rate:.0} events an hour")));
-                        break;
-                    }
                 }
             }
         }
@@ -211,6 +221,7 @@ impl Node {
             return Ok(());
         };
         tracing::info!(shard = %sh.describe(group_of_cell(id)), why, "cell shard passed a split threshold");
+        *self.last_auto_split.lock() = Some(Instant::now());
         match self.split_shard(id.week, id.index) {
             Ok(_) => {
                 let g = group_of_cell(id);
