@@ -324,7 +324,8 @@ fn a_forced_split_under_ingest_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let w = rt.spawn(writer(ports.clone(), check.clone(), stop.clone()));
     let r = rt.spawn(reader(ports.clone(), check.clone(), stop.clone()));
-    wait_acked(&check, 800);
+    // Past the start (elections, first weeks), so the figures show the split.
+    wait_acked(&check, 4_000);
 
     // Cell shard 0 of the Monday's week.
     let v = status_json(BIN, ports[0]);
