@@ -295,13 +295,22 @@ async fn hourly_retention(node: Arc<Node>) {
 
 /// Keeps a sharded node's weeks in line with the shard map, creates weeks
 /// ahead of ingest and keeps shard membership in line with the cluster's
-/// (see [`Node::shard_chores`]), twice a second.
+/// (see [`Node::shard_chores`]), twice a second; follows a change of the
+/// shard map (a split, a new week, a move) within 50 ms.
 async fn shard_keeper(node: Arc<Node>) {
     let mut last_error = String::new();
+    let mut tick = 0u64;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tick += 1;
         let n = node.clone();
-        let r = tokio::task::spawn_blocking(move || n.shard_chores(n.now())).await;
+        let r = if tick % 10 == 0 {
+            tokio::task::spawn_blocking(move || n.shard_chores(n.now())).await
+        } else if node.shard_map_moved() {
+            tokio::task::spawn_blocking(move || n.sync_shards()).await
+        } else {
+            continue;
+        };
         let e = match r {
             Ok(Ok(())) => String::new(),
             Ok(Err(e)) => e.to_string(),

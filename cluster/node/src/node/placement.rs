@@ -423,6 +423,7 @@ impl Node {
             let hosted = sh.hosts(g);
             if replicas.contains(&me) && !hosted {
                 let start = start_voters(&map, id, &replicas, me, &self.founding, self.joining);
+                let first_founder = start.first() == Some(&me);
                 r.handle
                     .add_group(
                         g,
@@ -435,9 +436,21 @@ impl Node {
                     )
                     .map_err(|e| fail(e.to_string()))?;
                 sh.host(g);
-                let mut gs = r.groups.write();
-                if !gs.contains(&g) {
-                    gs.push(g);
+                {
+                    let mut gs = r.groups.write();
+                    if !gs.contains(&g) {
+                        gs.push(g);
+                    }
+                }
+                // A brand-new shard (a new week's, a split's): its first
+                // founder stands for election at once instead of after an
+                // election timeout, during which its writes would wait.
+                let fresh = r
+                    .handle
+                    .status(g)
+                    .is_some_and(|s| s.commit == 0 && s.leader == 0);
+                if fresh && first_founder {
+                    r.handle.campaign(g);
                 }
                 tracing::info!(group = g, shard = %sh.describe(g), "holding a replica of a shard");
             } else if !replicas.contains(&me) && hosted {
@@ -475,6 +488,14 @@ impl Node {
         }
         *sh.synced_version.write() = map.version;
         Ok(())
+    }
+
+    /// Whether the shard map moved on since this node last followed it
+    /// (cheap: the keeper asks often, and follows at once).
+    pub fn shard_map_moved(&self) -> bool {
+        self.shards
+            .as_ref()
+            .is_some_and(|sh| *sh.synced_version.read() != self.store.shard_map_version())
     }
 
     /// Cluster chores of a sharded cluster, run every half second: follow
