@@ -67,11 +67,6 @@ pub enum BackupError {
     Manifest { path: PathBuf, why: String },
     #[error("{file}: {why}")]
     Image { file: String, why: String },
-    #[error(
-        "the cluster is sharded: backups of sharded clusters are not implemented yet \
-         (see docs/OPERATIONS.md, \"Backup and restore\")"
-    )]
-    Sharded,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
@@ -93,32 +88,119 @@ async fn create(a: BackupCreateArgs) -> Result<()> {
     if std::fs::read_dir(&a.to).is_ok_and(|mut d| d.next().is_some()) {
         return Err(BackupError::Exists { path: a.to.clone() }.into());
     }
-    let ch = channel(&a.server).await?;
-    let mut admin = admin_client(ch);
-    let st = admin
+    let st = admin_client(channel(&a.server).await?)
         .status(v1::StatusRequest::default())
         .await
         .map_err(crate::client::status_error)?
         .into_inner();
-    if !st.shards.is_empty() || st.shard_map_version > 0 {
-        return Err(BackupError::Sharded.into());
-    }
     let partial = a.to.with_extension("partial");
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
     }
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
-    let mut stream = admin
+    let mut groups = Vec::new();
+    if !st.shards.is_empty() || st.shard_map_version > 0 {
+        // Every data shard first, each from a node that holds it (its
+        // leader when known), then the metadata store: every id a shard
+        // image uses was assigned before the metadata image was taken.
+        for (group, holders) in shard_holders(&a.server).await? {
+            let mut last = None;
+            for server in &holders {
+                match fetch_image(server, group, &a, &partial).await {
+                    Ok(g) => {
+                        last = None;
+                        groups.push(g);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(e) = last {
+                return Err(e.context(format!("backing up shard group {group}")));
+            }
+        }
+    }
+    groups.push(fetch_image(&a.server, 1, &a, &partial).await?);
+    let manifest = Manifest {
+        format: FORMAT,
+        created: hourcell_query::time::format_time(hourcell_query::time::now()),
+        hourcell_version: env!("CARGO_PKG_VERSION").into(),
+        server: crate::client::shown_server(&a.server),
+        groups,
+    };
+    let mpath = partial.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest)?;
+    std::fs::write(&mpath, format!("{text}\n")).map_err(io(&mpath))?;
+    if a.to.exists() {
+        std::fs::remove_dir(&a.to).map_err(io(&a.to))?;
+    }
+    std::fs::rename(&partial, &a.to).map_err(io(&a.to))?;
+    if a.format == Format::Json {
+        let v = serde_json::json!({ "dir": a.to, "manifest": manifest });
+        return print_stdout(&format!("{v}\n"));
+    }
+    let meta = manifest.groups.last().expect("the metadata image");
+    let shards = manifest.groups.len() - 1;
+    let (pairs, bytes) = manifest
+        .groups
+        .iter()
+        .fold((0, 0), |(p, b), g| (p + g.pairs, b + g.bytes));
+    print_stdout(&format!(
+        "backup of group 1 at raft index {}{} ({} persons, {} pairs, {} bytes) written to {}\n",
+        meta.applied_index,
+        if shards > 0 {
+            format!(" and {shards} data shards")
+        } else {
+            String::new()
+        },
+        meta.persons,
+        pairs,
+        bytes,
+        a.to.display()
+    ))
+}
+
+/// Each data shard's raft group and the nodes (addresses) that hold it,
+/// its leader first, from every node's status.
+async fn shard_holders(server: &str) -> Result<std::collections::BTreeMap<u64, Vec<String>>> {
+    let (first, _) = crate::client::raft_status_of(server)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("{} is unreachable", crate::client::shown_server(server)))?;
+    let mut holders: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for p in &first.peers {
+        let Some((_, shards)) = crate::client::raft_status_of(&p.addr).await else {
+            continue;
+        };
+        for sh in shards {
+            let h = holders.entry(sh.group).or_default();
+            if sh.leader == p.id {
+                h.insert(0, p.addr.clone());
+            } else {
+                h.push(p.addr.clone());
+            }
+        }
+    }
+    Ok(holders)
+}
+
+/// Streams group `group`'s image from `server` into `dir`.
+async fn fetch_image(
+    server: &str,
+    group: u64,
+    a: &BackupCreateArgs,
+    dir: &Path,
+) -> Result<GroupEntry> {
+    let mut stream = admin_client(channel(server).await?)
         .backup(v1::BackupRequest {
-            group: 1,
+            group,
             purpose: a.purpose.clone(),
             case_ref: a.case_ref.clone(),
         })
         .await
         .map_err(crate::client::status_error)?
         .into_inner();
-    let file = "group-1.img".to_string();
-    let path = partial.join(&file);
+    let file = format!("group-{group}.img");
+    let path = dir.join(&file);
     let mut out = BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
     let mut hash = Sha256::new();
     let (mut pairs, mut bytes) = (0u64, 0u64);
@@ -149,47 +231,20 @@ async fn create(a: BackupCreateArgs) -> Result<()> {
         file: file.clone(),
         why: "the node sent no image".into(),
     })?;
-    let manifest = Manifest {
-        format: FORMAT,
-        created: hourcell_query::time::format_time(hourcell_query::time::now()),
-        hourcell_version: env!("CARGO_PKG_VERSION").into(),
-        server: crate::client::shown_server(&a.server),
-        groups: vec![GroupEntry {
-            group: head.group,
-            role: match v1::StoreRole::try_from(head.role) {
-                Ok(v1::StoreRole::Shard) => "shard",
-                _ => "meta",
-            }
-            .into(),
-            applied_index: head.applied_index,
-            persons: head.persons,
-            file,
-            pairs,
-            bytes,
-            sha256: hex(&hash.finalize()),
-        }],
-    };
-    let mpath = partial.join("manifest.json");
-    let text = serde_json::to_string_pretty(&manifest)?;
-    std::fs::write(&mpath, format!("{text}\n")).map_err(io(&mpath))?;
-    if a.to.exists() {
-        std::fs::remove_dir(&a.to).map_err(io(&a.to))?;
-    }
-    std::fs::rename(&partial, &a.to).map_err(io(&a.to))?;
-    let g = &manifest.groups[0];
-    if a.format == Format::Json {
-        let v = serde_json::json!({ "dir": a.to, "manifest": manifest });
-        return print_stdout(&format!("{v}\n"));
-    }
-    print_stdout(&format!(
-        "backup of group {} at raft index {} ({} persons, {} pairs, {} bytes) written to {}\n",
-        g.group,
-        g.applied_index,
-        g.persons,
-        g.pairs,
-        g.bytes,
-        a.to.display()
-    ))
+    Ok(GroupEntry {
+        group: head.group,
+        role: match v1::StoreRole::try_from(head.role) {
+            Ok(v1::StoreRole::Shard) => "shard",
+            _ => "meta",
+        }
+        .into(),
+        applied_index: head.applied_index,
+        persons: head.persons,
+        file,
+        pairs,
+        bytes,
+        sha256: hex(&hash.finalize()),
+    })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -361,21 +416,79 @@ fn verify_cmd(a: BackupVerifyArgs) -> Result<()> {
     ))
 }
 
+/// A backup's shard images, read from its directory.
+struct ShardFiles<'a> {
+    dir: &'a Path,
+    groups: Vec<&'a GroupEntry>,
+}
+
+impl hourcell_node::node::backup::ShardImages for ShardFiles<'_> {
+    fn groups(&self) -> Vec<(u64, u64)> {
+        self.groups
+            .iter()
+            .map(|g| (g.group, g.applied_index))
+            .collect()
+    }
+
+    fn read(
+        &mut self,
+        group: u64,
+        put: &mut dyn FnMut(
+            hourcell_node::node::backup::Pairs,
+        ) -> Result<(), hourcell_node::node::backup::RestoreError>,
+    ) -> Result<(), hourcell_node::node::backup::RestoreError> {
+        let source = |e: BackupError| hourcell_node::node::backup::RestoreError::Source {
+            why: e.to_string(),
+        };
+        let g = self
+            .groups
+            .iter()
+            .find(|g| g.group == group)
+            .ok_or_else(|| hourcell_node::node::backup::RestoreError::Source {
+                why: format!("no image of group {group}"),
+            })?;
+        let mut frames = Frames::open(self.dir, &g.file).map_err(source)?;
+        while let Some(pairs) = frames.next().map_err(source)? {
+            put(pairs)?;
+        }
+        Ok(())
+    }
+}
+
 fn restore(a: BackupRestoreArgs) -> Result<()> {
     let (m, v) = verify(&a.from).map_err(|e| Failure::new(VERIFY_FAILED, e.to_string()))?;
-    let [g] = m.groups.as_slice() else {
-        return Err(BackupError::Sharded.into());
+    let (metas, shards): (Vec<&GroupEntry>, Vec<&GroupEntry>) =
+        m.groups.iter().partition(|g| g.role == "meta");
+    let [g] = metas.as_slice() else {
+        return Err(BackupError::Manifest {
+            path: a.from.join("manifest.json"),
+            why: format!("{} metadata images (one expected)", metas.len()),
+        }
+        .into());
     };
-    if g.role != "meta" {
-        return Err(BackupError::Sharded.into());
-    }
     let cfg = hourcell_node::config::NodeConfig::load(&a.config)?;
     let mut frames = Frames::open(&a.from, &g.file)?;
-    hourcell_node::node::backup::restore_data_dir(&cfg, g.applied_index, &mut || {
-        frames
-            .next()
-            .map_err(|e| hourcell_node::node::backup::RestoreError::Source { why: e.to_string() })
-    })?;
+    let mut files = ShardFiles {
+        dir: &a.from,
+        groups: shards.clone(),
+    };
+    let images: Option<&mut dyn hourcell_node::node::backup::ShardImages> = if shards.is_empty() {
+        None
+    } else {
+        Some(&mut files)
+    };
+    hourcell_node::node::backup::restore_data_dir(
+        &cfg,
+        g.applied_index,
+        &mut || {
+            frames
+                .next()
+                .map_err(|e| hourcell_node::node::backup::RestoreError::Source {
+                    why: e.to_string(),
+                })
+        },
+        images,
+    )?;
     let next = match &cfg.cluster {
         Some(c) if c.peers.len() > 1 => format!(
             "restore every other node of the new cluster ({} peers in the config) from the same \

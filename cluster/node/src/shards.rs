@@ -33,6 +33,26 @@ pub fn group_of(id: ShardId) -> u64 {
     }
 }
 
+/// The data shard behind raft group `g` ([`group_of`] inverted), if `g` is
+/// one.
+pub fn shard_of_group(g: u64) -> Option<ShardId> {
+    if g >= CELL_GROUP_BASE {
+        let rest = g - CELL_GROUP_BASE;
+        return Some(ShardId {
+            part: ShardPart::Cells,
+            week: (rest >> 8) as i64 - (1 << 24),
+            index: (rest & 0xff) as usize,
+        });
+    }
+    (PERSON_GROUP_BASE..PERSON_GROUP_BASE + u64::from(hourcell_storage::shard::MAX_SHARDS))
+        .contains(&g)
+        .then(|| ShardId {
+            part: ShardPart::Persons,
+            week: 0,
+            index: (g - PERSON_GROUP_BASE) as usize,
+        })
+}
+
 pub struct Shards {
     pub layout: Layout,
     /// Person shard `i`: its raft group and store (an empty store if this

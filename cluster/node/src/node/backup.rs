@@ -33,12 +33,21 @@ pub enum RestoreError {
     #[error("{path} already holds data: restore only into an empty data directory")]
     NotEmpty { path: PathBuf },
     #[error(
-        "this backup is of a sharded cluster; restoring one is not implemented yet \
-         (restore an unsharded backup, or see docs/OPERATIONS.md)"
+        "this backup is of a sharded cluster: restore it into a cluster whose [cluster] \
+         has the same person_shards ({persons}) and cell_shards"
     )]
-    Sharded,
+    Sharded { persons: usize },
     #[error("the config has a sharded [cluster] (cell_shards/person_shards); restore an unsharded backup into an unsharded cluster")]
     ShardedConfig,
+    #[error(
+        "the backup's shards do not fit the config's layout (cell_shards = {cells}, \
+         person_shards = {persons}): {why}"
+    )]
+    Layout {
+        cells: u32,
+        persons: u32,
+        why: String,
+    },
     #[error(transparent)]
     Open(#[from] OpenError),
     #[error(transparent)]
@@ -111,22 +120,55 @@ impl Node {
     }
 }
 
+/// A sharded backup's data shards, for [`restore_data_dir`].
+pub trait ShardImages {
+    /// Each shard's raft group and the raft index its image is at.
+    fn groups(&self) -> Vec<(u64, u64)>;
+    /// Passes group `group`'s image to `put`, a chunk of pairs at a time.
+    fn read(
+        &mut self,
+        group: u64,
+        put: &mut dyn FnMut(Pairs) -> Result<(), RestoreError>,
+    ) -> Result<(), RestoreError>;
+}
+
+/// Key-value pairs of an image, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Seeds the empty data directory of `cfg` with a metadata-store image
 /// (`next_chunk` yields its key-value pairs, then `None`) taken at raft
-/// index `applied_index`. With `[cluster]`, the node's raft log starts as
-/// if a snapshot at that index had been applied, with the config's peers
-/// as voters; every member of the new cluster must be seeded the same way
-/// and started without `--join`.
+/// index `applied_index`, and for a sharded backup (`shards`) with the data
+/// shards the new cluster places on this node. With `[cluster]`, each
+/// group's raft log starts as if a snapshot at its index had been applied,
+/// with the new cluster's voters; every member of the new cluster must be
+/// seeded from the same backup and started without `--join`.
+///
+/// Shards are placed on the config's peers the same way on every node (the
+/// least loaded first, in group order), and the restored shard map says
+/// so: the old cluster's node ids need not exist in the new one.
 pub fn restore_data_dir(
     cfg: &NodeConfig,
     applied_index: u64,
-    next_chunk: &mut dyn FnMut() -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, RestoreError>,
+    next_chunk: &mut dyn FnMut() -> Result<Option<Pairs>, RestoreError>,
+    shards: Option<&mut dyn ShardImages>,
 ) -> Result<(), RestoreError> {
-    if let Some(c) = &cfg.cluster {
-        if c.layout()?.is_some() {
-            return Err(RestoreError::ShardedConfig);
+    let layout = match &cfg.cluster {
+        Some(c) => c.layout()?,
+        None => None,
+    };
+    let placement = match (layout, &shards) {
+        (Some(_), None) => return Err(RestoreError::ShardedConfig),
+        (None, Some(s)) => {
+            let persons = s
+                .groups()
+                .iter()
+                .filter(|(g, _)| *g < crate::shards::CELL_GROUP_BASE)
+                .count();
+            return Err(RestoreError::Sharded { persons });
         }
-    }
+        (None, None) => Vec::new(),
+        (Some(layout), Some(s)) => place_restored(cfg, layout, &s.groups())?,
+    };
     if std::fs::read_dir(&cfg.data_dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(RestoreError::NotEmpty {
             path: cfg.data_dir.clone(),
@@ -148,10 +190,90 @@ pub fn restore_data_dir(
         store.restore_chunk(pairs)?;
     }
     store.finish_restore()?;
+    if !placement.is_empty() {
+        // The same change on every node of the new cluster: its map names
+        // the new members.
+        let shards = placement
+            .iter()
+            .map(|(id, _, _, r)| (*id, r.clone()))
+            .collect();
+        store.apply(&Command::PlaceShards { shards })?;
+    }
     drop(store);
-    if let Some(c) = &cfg.cluster {
-        let voters: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
-        replicated::seed_raft_log(cfg, DATA_GROUP, applied_index, &voters)?;
+    let Some(c) = &cfg.cluster else {
+        return Ok(());
+    };
+    let voters: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
+    replicated::seed_raft_log(cfg, DATA_GROUP, applied_index, &voters)?;
+    let (Some(shards), false) = (shards, placement.is_empty()) else {
+        return Ok(());
+    };
+    let dir = cfg.data_dir.join("shards");
+    let engine = Arc::new(
+        RocksEngine::open(&dir, &RocksConfig::default())
+            .map_err(|source| OpenError::Engine { path: dir, source })?,
+    );
+    for (_, group, index, replicas) in &placement {
+        if !replicas.contains(&c.node_id) {
+            continue;
+        }
+        let store = hourcell_storage::ShardStore::open(
+            hourcell_storage::PrefixedEngine::group(engine.clone(), *group),
+            Some(cfg.slice_level),
+        )?;
+        store.begin_restore()?;
+        shards.read(*group, &mut |pairs| {
+            store.restore_chunk(pairs).map_err(RestoreError::from)
+        })?;
+        store.finish_restore()?;
+        replicated::seed_raft_log(cfg, *group, *index, replicas)?;
     }
     Ok(())
+}
+
+/// Where the new cluster of `cfg` holds each shard of a backup: `(shard,
+/// group, raft index, replicas)`, in group order, the same on every node.
+fn place_restored(
+    cfg: &NodeConfig,
+    layout: hourcell_storage::shard::Layout,
+    groups: &[(u64, u64)],
+) -> Result<Vec<(hourcell_storage::shard::ShardId, u64, u64, Vec<u64>)>, RestoreError> {
+    let bad = |why: String| RestoreError::Layout {
+        cells: layout.cells,
+        persons: layout.persons,
+        why,
+    };
+    let Some(c) = &cfg.cluster else {
+        return Err(RestoreError::ShardedConfig);
+    };
+    let mut voters: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
+    voters.sort_unstable();
+    let mut sorted = groups.to_vec();
+    sorted.sort_unstable();
+    let mut load = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    let mut persons = 0;
+    let mut weeks: std::collections::BTreeMap<i64, usize> = Default::default();
+    for (g, index) in sorted {
+        let id = crate::shards::shard_of_group(g)
+            .ok_or_else(|| bad(format!("group {g} is not a data shard")))?;
+        match id.part {
+            hourcell_storage::ShardPart::Persons => {
+                if id.index >= layout.persons as usize {
+                    return Err(bad(format!("it has person shard {}", id.index)));
+                }
+                persons += 1;
+            }
+            hourcell_storage::ShardPart::Cells => *weeks.entry(id.week).or_default() += 1,
+        }
+        let replicas = hourcell_storage::shard::place(&voters, &mut load, c.replicas as usize, &[]);
+        out.push((id, g, index, replicas));
+    }
+    if persons != layout.persons as usize {
+        return Err(bad(format!("it has {persons} person shards")));
+    }
+    if let Some((w, n)) = weeks.iter().find(|(_, n)| **n < layout.cells as usize) {
+        return Err(bad(format!("week {w} has {n} cell shards")));
+    }
+    Ok(out)
 }
