@@ -476,3 +476,33 @@ impl ReadGate {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_names_its_shard_back() {
+        for id in [
+            ShardId {
+                part: ShardPart::Persons,
+                week: 0,
+                index: 3,
+            },
+            ShardId {
+                part: ShardPart::Cells,
+                week: 2921,
+                index: 255,
+            },
+            ShardId {
+                part: ShardPart::Cells,
+                week: -5,
+                index: 0,
+            },
+        ] {
+            assert_eq!(shard_of_group(group_of(id)), Some(id));
+        }
+        assert_eq!(shard_of_group(1), None);
+        assert_eq!(shard_of_group(PERSON_GROUP_BASE + 256), None);
+    }
+}
