@@ -279,15 +279,7 @@ fn backup_body(sharded: bool) {
     if sharded {
         // Each restored shard runs on the three of the four new nodes
         // that the restored map names, with nothing left to move.
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = hourcell_test_support::status::status_json(BIN, ports2[3]);
-            if hourcell_test_support::status::placed_and_settled(&v, &[], 10) {
-                break;
-            }
-            assert!(Instant::now() < end, "restored shards never settled: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        hourcell_test_support::status::wait_settled(BIN, ports2[3], &[], 10, "restored");
     }
     let server2 = format!("127.0.0.1:{}", ports2[0]);
     let v = json(&ok(

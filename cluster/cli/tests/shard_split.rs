@@ -397,18 +397,7 @@ fn a_forced_split_under_ingest_loses_nothing() {
 
     // The new shard is held by three nodes, as the map says, and took
     // writes: its log grew well past its first entries.
-    let end = Instant::now() + Duration::from_secs(30);
-    let v = loop {
-        let v = status_json(BIN, ports[0]);
-        if placed_and_settled(&v, &[], 8) {
-            break v;
-        }
-        assert!(
-            Instant::now() < end,
-            "shards never settled after the split: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let v = wait_settled(BIN, ports[0], &[], 8, "after the split");
     let row = v["shards"]
         .as_array()
         .unwrap()

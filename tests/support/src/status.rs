@@ -46,3 +46,27 @@ pub fn placed_and_settled(v: &serde_json::Value, absent: &[u64], min_shards: usi
                 && sh["max_lag"] == 0
         })
 }
+
+/// Asks `hourcell cluster status` through `port` until
+/// [`placed_and_settled`] holds (within 30 s; panics naming `what`
+/// otherwise) and returns that status.
+pub fn wait_settled(
+    bin: &str,
+    port: u16,
+    absent: &[u64],
+    min_shards: usize,
+    what: &str,
+) -> serde_json::Value {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = status_json(bin, port);
+        if placed_and_settled(&v, absent, min_shards) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{what}: shards never settled: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
