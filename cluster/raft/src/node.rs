@@ -130,6 +130,10 @@ fn take_stale<T>(waiting: &mut HashMap<u64, (u64, u64, T)>, terms: &HashMap<u64,
         .collect()
 }
 
+/// How long a read barrier waits for its read index before it is sent
+/// again (see `RaftNode::resend_reads`).
+const READ_RESEND: Duration = Duration::from_millis(300);
+
 /// Drives the raft groups of one node.
 pub struct RaftNode<E: LogEngine, O> {
     id: u64,
@@ -143,6 +147,9 @@ pub struct RaftNode<E: LogEngine, O> {
     pending: HashMap<u64, (u64, u64, SyncSender<Result<O, ProposeError>>)>,
     /// Read barriers sent to the leader: sequence → (group, term, reply).
     reads: HashMap<u64, (u64, u64, SyncSender<Result<(), ProposeError>>)>,
+    /// When each read barrier in `reads` was last sent (see
+    /// [`READ_RESEND`]).
+    read_sent: HashMap<u64, Instant>,
     /// Read barriers with a known read index, waiting for apply.
     reads_ready: Vec<(u64, u64, SyncSender<Result<(), ProposeError>>)>,
     snapshots: Arc<Snapshots>,
@@ -200,6 +207,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 .map_or(1, |d| d.as_nanos() as u64),
             pending: HashMap::new(),
             reads: HashMap::new(),
+            read_sent: HashMap::new(),
             reads_ready: Vec::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             log_engine: None,
@@ -319,6 +327,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 }
                 last_tick = Instant::now();
                 ticks += 1;
+                self.resend_reads(now);
                 if ticks % 20 == 0 {
                     self.maintain();
                 }
@@ -408,6 +417,33 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
         }
         for reply in take_stale(&mut self.reads, &terms) {
             let _ = reply.send(Err(ProposeError::Dropped));
+        }
+    }
+
+    /// Sends again the read barriers that got no read index within
+    /// [`READ_RESEND`]: raft-rs drops a read request without a word when
+    /// the leader has not yet committed an entry of its term (one just
+    /// elected) or when the message is lost, and the caller would wait out
+    /// its whole timeout. The leader ignores a request it already holds,
+    /// and a second answer finds no waiter.
+    fn resend_reads(&mut self, now: Instant) {
+        if self.reads.is_empty() {
+            self.read_sent.clear();
+            return;
+        }
+        let reads = &self.reads;
+        self.read_sent.retain(|seq, _| reads.contains_key(seq));
+        for (seq, (group, _, _)) in &self.reads {
+            let sent = self.read_sent.entry(*seq).or_insert(now);
+            if now.duration_since(*sent) < READ_RESEND {
+                continue;
+            }
+            if let Some(g) = self.groups.get_mut(group) {
+                if g.raw.raft.leader_id != raft::INVALID_ID {
+                    *sent = now;
+                    g.raw.read_index(seq.to_be_bytes().to_vec());
+                }
+            }
         }
     }
 
@@ -550,6 +586,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 let term = g.raw.raft.term;
                 g.raw.read_index(seq.to_be_bytes().to_vec());
                 self.reads.insert(seq, (group, term, reply));
+                self.read_sent.insert(seq, Instant::now());
             }
             Input::ConfChange { group, cc, reply } => {
                 self.wake(group);
