@@ -893,3 +893,42 @@ fn a_slow_snapshot_install_does_not_block_the_raft_loop() {
         assert!(has_person(&c.replicas[2].store, *p), "replica 3 misses {p}");
     }
 }
+
+/// Drops the first `n` read requests (MsgReadIndex) a follower forwards.
+struct DropReads(AtomicU64);
+
+impl hourcell_raft::transport::Filter for DropReads {
+    fn allow(&self, env: &hourcell_raft::transport::Envelope) -> bool {
+        if env.msg.get_msg_type() != hourcell_raft::MessageType::MsgReadIndex {
+            return true;
+        }
+        self.0
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |left| left.checked_sub(1),
+            )
+            .is_err()
+    }
+}
+
+/// A read request lost on its way to the leader (raft-rs also drops one
+/// without a word while a new leader has committed nothing of its term) is
+/// sent again: the read barrier completes in well under its timeout.
+#[test]
+fn a_lost_read_request_is_sent_again() {
+    let c = Cluster::new();
+    let leader = c.leader(&VOTERS, Duration::from_secs(5));
+    assert!(c.propose(leader, &addresses(), Duration::from_secs(5)));
+    let follower = *VOTERS.iter().find(|v| **v != leader).unwrap();
+    c.net.add_filter(Box::new(DropReads(AtomicU64::new(2))));
+    let t0 = Instant::now();
+    c.handle(follower)
+        .read_index(GROUP, Duration::from_secs(5))
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the read barrier took {took:?}"
+    );
+}
