@@ -5,7 +5,8 @@
 //! single node they apply directly, in a cluster they are appended to the
 //! group's raft log and the call returns once they are applied. The
 //! concerns live in submodules: `replicated` (raft groups, membership),
-//! `placement` (shards, routing, rebalancing), `ingest` (group commit),
+//! `placement` (shards, routing, rebalancing), `group` (group commit of
+//! ingest batches and audit records), `ingest`,
 //! `barrier` (read freshness), `tasks`, `retention`.
 
 use std::path::{Path, PathBuf};
@@ -26,13 +27,14 @@ use hourcell_raft::StateMachine;
 
 pub mod backup;
 mod barrier;
+mod group;
 mod ingest;
 mod placement;
 mod replicated;
 mod retention;
 mod tasks;
 
-use ingest::IngestGroup;
+use group::GroupCommit;
 use replicated::start_replication;
 pub use replicated::Replication;
 pub(crate) use replicated::{founding_persons, placed_shards, start_voters};
@@ -63,7 +65,9 @@ pub struct Node {
     retention_days: u32,
     /// One shard-map sync at a time.
     shard_sync: parking_lot::Mutex<()>,
-    ingest_group: IngestGroup,
+    ingest_group: GroupCommit<hourcell_storage::SliceEvent>,
+    /// Audit records of concurrent requests, committed together.
+    audit_group: GroupCommit<hourcell_storage::AuditEntry>,
     /// Per-shard read barriers of a sharded node's queries.
     gate: Option<Arc<crate::shards::ReadGate>>,
     /// Sends reads and writes of shards held elsewhere to their nodes.
@@ -291,7 +295,8 @@ impl Node {
             clock,
             max_batch: cfg.max_batch,
             events_accepted: AtomicU64::new(0),
-            ingest_group: IngestGroup::default(),
+            ingest_group: GroupCommit::default(),
+            audit_group: GroupCommit::default(),
             failed: AtomicBool::new(false),
         });
         if let Some(r) = &router {
