@@ -265,7 +265,8 @@ impl Node {
                             .collect()
                     }),
                     persons,
-                ))
+                )
+                .with_fanout(Arc::new(crate::shards::QueryFanout)))
             }
             _ => store.clone(),
         };
