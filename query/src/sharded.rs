@@ -130,7 +130,7 @@ impl ShardedSource {
     ) -> Result<()> {
         let (remote, local): (Vec<&Arc<dyn SliceReader>>, Vec<_>) =
             shards.iter().partition(|s| s.remote());
-        if remote.len() + local.len() <= 1 || remote.is_empty() {
+        if shards.len() <= 1 || remote.is_empty() {
             // Nothing to overlap: read in turn on this thread.
             for s in shards {
                 if s.remote() {
@@ -435,7 +435,11 @@ mod tests {
             f(1, [self.cell as u32].into_iter().collect());
             Ok(())
         }
-        fn hour_slices_rev(&self, _: i64, _: &mut dyn FnMut(i64, RoaringBitmap) -> bool) -> Result<()> {
+        fn hour_slices_rev(
+            &self,
+            _: i64,
+            _: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
+        ) -> Result<()> {
             Ok(())
         }
         fn person_hours(&self, _: u64, _: i64, _: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
@@ -489,16 +493,25 @@ mod tests {
         })
         .unwrap();
         got.sort_unstable();
-        assert_eq!(got, vec![(1, vec![(1, 1)]), (3, vec![(3, 1)]), (4, vec![(4, 1)])]);
+        assert_eq!(
+            got,
+            vec![(1, vec![(1, 1)]), (3, vec![(3, 1)]), (4, vec![(4, 1)])]
+        );
         assert_eq!(
             s.address_day(0, 7).unwrap(),
             Some(vec![(1, 1), (2, 1), (3, 1), (4, 1)])
         );
         let mut hours = Vec::new();
-        s.hour_slices(0, 2, &mut |h, b| hours.push((h, b.iter().collect::<Vec<_>>())))
-            .unwrap();
+        s.hour_slices(0, 2, &mut |h, b| {
+            hours.push((h, b.iter().collect::<Vec<_>>()))
+        })
+        .unwrap();
         assert_eq!(hours, vec![(1, vec![1, 2])]);
         // Read in turn, each would have waited out its timeout alone.
-        assert_eq!(state.0.lock().unwrap().1, CELLS as usize, "reads overlapped");
+        assert_eq!(
+            state.0.lock().unwrap().1,
+            CELLS as usize,
+            "reads overlapped"
+        );
     }
 }

@@ -511,11 +511,7 @@ async fn run_concurrent(
     Ok((stats, t0.elapsed()))
 }
 
-async fn run_queries(
-    ch: &Channel,
-    town: &Town,
-    args: &BenchArgs,
-) -> Result<Vec<QueryStats>> {
+async fn run_queries(ch: &Channel, town: &Town, args: &BenchArgs) -> Result<Vec<QueryStats>> {
     let (seed, runs, only) = (args.seed, args.queries, &args.only);
     let mut all = Vec::new();
     for (mut stats, reqs) in bench_requests(town, seed, runs) {

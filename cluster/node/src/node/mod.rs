@@ -243,30 +243,32 @@ impl Node {
                     })
                     .collect();
                 let (sh2, g, meta) = (sh.clone(), gate.clone(), store.clone());
-                Arc::new(hourcell_query::ShardedSource::new(
-                    sh.layout,
-                    store.clone(),
-                    Arc::new(move |w| {
-                        if !meta.shard_map_has_week(w) {
-                            return Vec::new();
-                        }
-                        // One round for the week's shards held here; a
-                        // failure shows when a store is read.
-                        let groups: Vec<u64> = sh2.week(w).iter().map(|(g, _)| *g).collect();
-                        let _ = g.ensure_all(&groups);
-                        (0..sh2.layout.cells as usize)
-                            .map(|index| {
-                                source(ShardId {
-                                    part: ShardPart::Cells,
-                                    week: w,
-                                    index,
+                Arc::new(
+                    hourcell_query::ShardedSource::new(
+                        sh.layout,
+                        store.clone(),
+                        Arc::new(move |w| {
+                            if !meta.shard_map_has_week(w) {
+                                return Vec::new();
+                            }
+                            // One round for the week's shards held here; a
+                            // failure shows when a store is read.
+                            let groups: Vec<u64> = sh2.week(w).iter().map(|(g, _)| *g).collect();
+                            let _ = g.ensure_all(&groups);
+                            (0..sh2.layout.cells as usize)
+                                .map(|index| {
+                                    source(ShardId {
+                                        part: ShardPart::Cells,
+                                        week: w,
+                                        index,
+                                    })
                                 })
-                            })
-                            .collect()
-                    }),
-                    persons,
+                                .collect()
+                        }),
+                        persons,
+                    )
+                    .with_fanout(Arc::new(crate::shards::QueryFanout)),
                 )
-                .with_fanout(Arc::new(crate::shards::QueryFanout)))
             }
             _ => store.clone(),
         };
