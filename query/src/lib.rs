@@ -6,6 +6,8 @@
 //!   ([`SliceSource`]); a cluster reads slices by fanning out to shards
 //!   over the metadata store's catalog, so this crate never needs the
 //!   network to be tested.
+//! - [`ShardedSource`]: that fan-out, reading the shards held on other
+//!   nodes at the same time through a [`Fanout`] the node supplies.
 //! - [`QueryEngine`]: who-was-at, where-was, occupancy and
 //!   no-activity-since with exact, documented semantics.
 //! - [`Region`], [`Window`]: the inputs, validated with errors that name the
@@ -36,6 +38,6 @@ pub use error::{QueryError, Result};
 pub use grid::{GridAnswer, GridCount, DEFAULT_GRID_LEVEL};
 pub use region::Region;
 pub use rules::{Evaluation, Nights, RuleConfig};
-pub use sharded::{CellShards, ShardedSource};
-pub use source::{Catalog, SliceReader, SliceSource};
+pub use sharded::{CellShards, Fanout, ScopedThreads, ShardedSource};
+pub use source::{Catalog, HourStep, SliceReader, SliceSource};
 pub use time::Window;

@@ -12,6 +12,14 @@
 //! - The person index and the all-persons hour slices: the person shard
 //!   `id % persons`. Hour slices of different person shards hold disjoint
 //!   persons and are unioned per hour.
+//!
+//! Shards held on other nodes ([`SliceReader::remote`]) are read at the
+//! same time, through a [`Fanout`], while the shards held here are read
+//! on the calling thread: a query waits for about one round trip per day
+//! rather than one per remote shard and day. Their answers are handed to
+//! the caller's callbacks on the calling thread once all have arrived, so
+//! the callbacks need not be `Send`; every merge here is a set union, so
+//! answers do not depend on the order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,15 +34,54 @@ use crate::source::{Catalog, SliceReader};
 /// The cell shards of a week (none if the week has no partition).
 pub type CellShards = Arc<dyn Fn(i64) -> Vec<Arc<dyn SliceReader>> + Send + Sync>;
 
+/// Runs the reads of shards held on other nodes at the same time.
+///
+/// Contract: `run` runs every task to its end, each possibly on a thread
+/// of its own, and `here` on the calling thread meanwhile, and returns
+/// only when all have finished; a panic in a task reaches the caller. The
+/// node's implementation carries the calling thread's per-query read state
+/// into the tasks and back.
+pub trait Fanout: Send + Sync {
+    fn run<'a>(&self, tasks: Vec<Box<dyn FnOnce() + Send + 'a>>, here: &mut dyn FnMut());
+}
+
+/// A [`Fanout`] on scoped threads, with no per-query state to carry.
+pub struct ScopedThreads;
+
+impl Fanout for ScopedThreads {
+    fn run<'a>(&self, tasks: Vec<Box<dyn FnOnce() + Send + 'a>>, here: &mut dyn FnMut()) {
+        std::thread::scope(|s| {
+            let running: Vec<_> = tasks.into_iter().map(|t| s.spawn(t)).collect();
+            here();
+            for r in running {
+                if let Err(panic) = r.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        });
+    }
+}
+
 pub struct ShardedSource {
     layout: Layout,
     meta: Arc<dyn Catalog>,
     cells: CellShards,
     persons: Vec<Arc<dyn SliceReader>>,
+    fanout: Arc<dyn Fanout>,
 }
 
-/// Hours read per step when walking the hour slices backwards.
+/// Hours read per step when walking the hour slices backwards: the first
+/// step, doubling up to the last (a walk that goes on is likely to go far,
+/// and each step costs a round trip to a remote shard).
 const REV_STEP_HOURS: i64 = 24;
+const REV_STEP_MAX_HOURS: i64 = 7 * 24;
+
+/// One shard's part in [`ShardedSource::each_shard`]: a shard to read on
+/// this thread, or what a remote shard's read gathered.
+enum Part<'s, T> {
+    Here(&'s dyn SliceReader),
+    Got(T),
+}
 
 impl ShardedSource {
     /// `cells(week)` gives the cell shards of a week; `persons[i]` must be
@@ -55,12 +102,84 @@ impl ShardedSource {
             meta,
             cells,
             persons,
+            fanout: Arc::new(ScopedThreads),
         }
+    }
+
+    /// Runs the reads of remote shards through `fanout` (default:
+    /// [`ScopedThreads`]).
+    pub fn with_fanout(mut self, fanout: Arc<dyn Fanout>) -> Self {
+        self.fanout = fanout;
+        self
     }
 
     fn person_store(&self, id: u32) -> &Arc<dyn SliceReader> {
         &self.persons[self.layout.person_shard(id)]
     }
+
+    /// Reads every shard of `shards`: each remote one through `fetch`, all
+    /// at the same time, while `visit` gets [`Part::Here`] for each local
+    /// one on this thread; then `visit` gets [`Part::Got`] with each
+    /// remote answer, in shard order. The first error is returned (after
+    /// every read has finished).
+    fn each_shard<T: Send>(
+        &self,
+        shards: &[Arc<dyn SliceReader>],
+        fetch: &(dyn Fn(&dyn SliceReader) -> Result<T> + Sync),
+        visit: &mut dyn FnMut(Part<'_, T>) -> Result<()>,
+    ) -> Result<()> {
+        let (remote, local): (Vec<&Arc<dyn SliceReader>>, Vec<_>) =
+            shards.iter().partition(|s| s.remote());
+        if shards.len() <= 1 || remote.is_empty() {
+            // Nothing to overlap: read in turn on this thread.
+            for s in shards {
+                if s.remote() {
+                    visit(Part::Got(fetch(s.as_ref())?))?;
+                } else {
+                    visit(Part::Here(s.as_ref()))?;
+                }
+            }
+            return Ok(());
+        }
+        let mut answers: Vec<Option<Result<T>>> = remote.iter().map(|_| None).collect();
+        let tasks: Vec<Box<dyn FnOnce() + Send + '_>> = remote
+            .iter()
+            .zip(answers.iter_mut())
+            .map(|(s, slot)| {
+                Box::new(move || *slot = Some(fetch(s.as_ref()))) as Box<dyn FnOnce() + Send + '_>
+            })
+            .collect();
+        let mut here = Ok(());
+        self.fanout.run(tasks, &mut || {
+            for s in &local {
+                if let Err(e) = visit(Part::Here(s.as_ref())) {
+                    here = Err(e);
+                    return;
+                }
+            }
+        });
+        here?;
+        for a in answers {
+            let got = a.unwrap_or_else(|| {
+                Err(crate::QueryError::Unavailable(
+                    "a shard read did not run".into(),
+                ))
+            })?;
+            visit(Part::Got(got))?;
+        }
+        Ok(())
+    }
+}
+
+/// Cell slices as gathered from a remote shard.
+type Cells = Vec<(u64, Vec<(u32, u32)>)>;
+
+fn gather_cells(
+    read: impl FnOnce(&mut dyn FnMut(u64, &[(u32, u32)])) -> Result<()>,
+) -> Result<Cells> {
+    let mut out = Vec::new();
+    read(&mut |c, set| out.push((c, set.to_vec())))?;
+    Ok(out)
 }
 
 impl SliceReader for ShardedSource {
@@ -71,10 +190,20 @@ impl SliceReader for ShardedSource {
         hi: u64,
         f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        for s in (self.cells)(week_of_day(day)) {
-            s.cell_days(day, lo, hi, f)?;
-        }
-        Ok(())
+        let shards = (self.cells)(week_of_day(day));
+        self.each_shard(
+            &shards,
+            &|s| gather_cells(|g| s.cell_days(day, lo, hi, g)),
+            &mut |part| match part {
+                Part::Here(s) => s.cell_days(day, lo, hi, f),
+                Part::Got(cells) => {
+                    for (c, set) in cells {
+                        f(c, &set);
+                    }
+                    Ok(())
+                }
+            },
+        )
     }
 
     fn cell_days_in(
@@ -84,17 +213,36 @@ impl SliceReader for ShardedSource {
         keep: &mut dyn FnMut(u64) -> bool,
         f: &mut dyn FnMut(u64, &[(u32, u32)]),
     ) -> Result<()> {
-        for s in (self.cells)(week_of_day(day)) {
-            s.cell_days_in(day, ranges, keep, f)?;
-        }
-        Ok(())
+        let shards = (self.cells)(week_of_day(day));
+        self.each_shard(
+            &shards,
+            // A remote shard sends every cell of the ranges; `keep` is
+            // asked here.
+            &|s| gather_cells(|g| s.cell_days_in(day, ranges, &mut |_| true, g)),
+            &mut |part| match part {
+                Part::Here(s) => s.cell_days_in(day, ranges, keep, f),
+                Part::Got(cells) => {
+                    for (c, set) in cells {
+                        if keep(c) {
+                            f(c, &set);
+                        }
+                    }
+                    Ok(())
+                }
+            },
+        )
     }
 
     fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
         let mut found: Option<DaySet> = None;
         let mut merged = false;
-        for s in (self.cells)(week_of_day(day)) {
-            if let Some(set) = s.address_day(day, address_id)? {
+        let shards = (self.cells)(week_of_day(day));
+        self.each_shard(&shards, &|s| s.address_day(day, address_id), &mut |part| {
+            let got = match part {
+                Part::Here(s) => s.address_day(day, address_id)?,
+                Part::Got(got) => got,
+            };
+            if let Some(set) = got {
                 match &mut found {
                     None => found = Some(set),
                     Some(acc) => {
@@ -103,7 +251,8 @@ impl SliceReader for ShardedSource {
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
         if merged {
             if let Some(acc) = &mut found {
                 acc.sort_unstable();
@@ -118,9 +267,27 @@ impl SliceReader for ShardedSource {
             return self.persons[0].hour_slices(from, to, f);
         }
         let mut by_hour: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
-        for s in &self.persons {
-            s.hour_slices(from, to, &mut |h, b| *by_hour.entry(h).or_default() |= b)?;
-        }
+        self.each_shard(
+            &self.persons,
+            &|s| {
+                let mut got = Vec::new();
+                s.hour_slices(from, to, &mut |h, b| got.push((h, b)))?;
+                Ok(got)
+            },
+            &mut |part| {
+                match part {
+                    Part::Here(s) => {
+                        s.hour_slices(from, to, &mut |h, b| *by_hour.entry(h).or_default() |= b)?
+                    }
+                    Part::Got(got) => {
+                        for (h, b) in got {
+                            *by_hour.entry(h).or_default() |= b;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
         for (h, b) in by_hour {
             f(h, b);
         }
@@ -135,23 +302,30 @@ impl SliceReader for ShardedSource {
         if self.persons.len() == 1 {
             return self.persons[0].hour_slices_rev(before, f);
         }
-        // A day at a time from every person shard, latest hour first, until
-        // `f` has had enough or no shard holds anything earlier.
+        // A step at a time from every person shard at once, latest hour
+        // first, until `f` has had enough or no shard holds anything
+        // earlier.
         let mut upto = before;
+        let mut step = REV_STEP_HOURS;
         loop {
-            let from = upto - REV_STEP_HOURS;
+            let from = upto - step;
             let mut by_hour: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
             let mut earlier = false;
-            for s in &self.persons {
-                s.hour_slices_rev(upto, &mut |h, b| {
-                    if h < from {
-                        earlier = true;
-                        return false;
+            self.each_shard(
+                &self.persons,
+                &|s| s.hour_slices_step(upto, from),
+                &mut |part| {
+                    let (got, more) = match part {
+                        Part::Here(s) => s.hour_slices_step(upto, from)?,
+                        Part::Got(got) => got,
+                    };
+                    earlier |= more;
+                    for (h, b) in got {
+                        *by_hour.entry(h).or_default() |= b;
                     }
-                    *by_hour.entry(h).or_default() |= b;
-                    true
-                })?;
-            }
+                    Ok(())
+                },
+            )?;
             for (h, b) in by_hour.into_iter().rev() {
                 if !f(h, b) {
                     return Ok(());
@@ -161,6 +335,7 @@ impl SliceReader for ShardedSource {
                 return Ok(());
             }
             upto = from;
+            step = (step * 2).min(REV_STEP_MAX_HOURS);
         }
     }
 
@@ -190,5 +365,153 @@ impl SliceReader for ShardedSource {
             s.scan_person_days(from_day, to_day, f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hourcell_storage::{MemEngine, MetaStore};
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    /// A remote shard whose reads wait (up to 10 s) until `want` reads are
+    /// in flight at once, then answer one cell or hour: read one after
+    /// another, they would each wait the whole timeout.
+    struct Rendezvous {
+        cell: u64,
+        want: usize,
+        state: Arc<(Mutex<(usize, usize)>, Condvar)>,
+    }
+
+    impl Rendezvous {
+        fn meet(&self) {
+            let (m, cv) = &*self.state;
+            let mut g = m.lock().unwrap();
+            g.0 += 1;
+            g.1 = g.1.max(g.0);
+            cv.notify_all();
+            let (mut g, _) = cv
+                .wait_timeout_while(g, Duration::from_secs(10), |g| g.1 < self.want)
+                .unwrap();
+            g.0 -= 1;
+        }
+    }
+
+    impl SliceReader for Rendezvous {
+        fn remote(&self) -> bool {
+            true
+        }
+        fn cell_days(
+            &self,
+            _: i64,
+            _: u64,
+            _: u64,
+            f: &mut dyn FnMut(u64, &[(u32, u32)]),
+        ) -> Result<()> {
+            self.meet();
+            f(self.cell, &[(self.cell as u32, 1)]);
+            Ok(())
+        }
+        fn cell_days_in(
+            &self,
+            day: i64,
+            _: &[(u64, u64)],
+            keep: &mut dyn FnMut(u64) -> bool,
+            f: &mut dyn FnMut(u64, &[(u32, u32)]),
+        ) -> Result<()> {
+            self.cell_days(day, 0, 0, &mut |c, s| {
+                if keep(c) {
+                    f(c, s)
+                }
+            })
+        }
+        fn address_day(&self, _: i64, _: u32) -> Result<Option<DaySet>> {
+            self.meet();
+            Ok(Some(vec![(self.cell as u32, 1)]))
+        }
+        fn hour_slices(&self, _: i64, _: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()> {
+            self.meet();
+            f(1, [self.cell as u32].into_iter().collect());
+            Ok(())
+        }
+        fn hour_slices_rev(
+            &self,
+            _: i64,
+            _: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn person_hours(&self, _: u64, _: i64, _: i64) -> Result<Vec<(i64, Vec<PlaceEntry>)>> {
+            Ok(Vec::new())
+        }
+        fn last_active_before(
+            &self,
+            _: u32,
+            _: i64,
+            _: &mut dyn FnMut(&[PlaceEntry]) -> bool,
+        ) -> Result<Option<i64>> {
+            Ok(None)
+        }
+        fn scan_person_days(
+            &self,
+            _: i64,
+            _: i64,
+            _: &mut dyn FnMut(u32, &[PlaceIds]) -> Result<()>,
+        ) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn remote_shards_are_read_at_the_same_time_and_merged_alike() {
+        const CELLS: u32 = 4;
+        let state = Arc::new((Mutex::new((0, 0)), Condvar::new()));
+        let shards = |n: u32, state: &Arc<(Mutex<(usize, usize)>, Condvar)>| {
+            (0..n)
+                .map(|i| {
+                    Arc::new(Rendezvous {
+                        cell: u64::from(i) + 1,
+                        want: n as usize,
+                        state: state.clone(),
+                    }) as Arc<dyn SliceReader>
+                })
+                .collect::<Vec<_>>()
+        };
+        let cells: Vec<Arc<dyn SliceReader>> = shards(CELLS, &state);
+        let meta = Arc::new(MetaStore::open(MemEngine::new(), Some(16)).unwrap());
+        let persons = shards(2, &Arc::new((Mutex::new((0, 0)), Condvar::new())));
+        let s = ShardedSource::new(
+            Layout::new(CELLS, 2).unwrap(),
+            meta,
+            Arc::new(move |_| cells.clone()),
+            persons,
+        );
+        let mut got = Vec::new();
+        s.cell_days_in(0, &[(0, u64::MAX)], &mut |c| c != 2, &mut |c, set| {
+            got.push((c, set.to_vec()))
+        })
+        .unwrap();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec![(1, vec![(1, 1)]), (3, vec![(3, 1)]), (4, vec![(4, 1)])]
+        );
+        assert_eq!(
+            s.address_day(0, 7).unwrap(),
+            Some(vec![(1, 1), (2, 1), (3, 1), (4, 1)])
+        );
+        let mut hours = Vec::new();
+        s.hour_slices(0, 2, &mut |h, b| {
+            hours.push((h, b.iter().collect::<Vec<_>>()))
+        })
+        .unwrap();
+        assert_eq!(hours, vec![(1, vec![1, 2])]);
+        // Read in turn, each would have waited out its timeout alone.
+        assert_eq!(
+            state.0.lock().unwrap().1,
+            CELLS as usize,
+            "reads overlapped"
+        );
     }
 }

@@ -60,7 +60,36 @@ pub trait SliceReader: Send + Sync {
         to_day: i64,
         f: &mut dyn FnMut(u32, &[PlaceIds]) -> Result<()>,
     ) -> Result<()>;
+
+    /// Whether a read costs a round trip to another node (a shard held
+    /// elsewhere): [`crate::ShardedSource`] runs such reads of several
+    /// shards at the same time rather than one after another.
+    fn remote(&self) -> bool {
+        false
+    }
+
+    /// One step of a walk backwards: the all-persons slices of the hours
+    /// in `[from, before)`, latest first, and whether any hour before
+    /// `from` holds one. A reader on another node answers it in one round
+    /// trip.
+    fn hour_slices_step(&self, before: i64, from: i64) -> Result<HourStep> {
+        let mut got = Vec::new();
+        let mut earlier = false;
+        self.hour_slices_rev(before, &mut |h, b| {
+            if h < from {
+                earlier = true;
+                return false;
+            }
+            got.push((h, b));
+            true
+        })?;
+        Ok((got, earlier))
+    }
 }
+
+/// What [`SliceReader::hour_slices_step`] returns: `(hour, slice)` latest
+/// first, and whether earlier hours hold any.
+pub type HourStep = (Vec<(i64, RoaringBitmap)>, bool);
 
 /// The metadata a query resolves names with: the person-id dictionary,
 /// source labels, addresses, areas and the registry. In a sharded cluster

@@ -94,17 +94,104 @@ fn load_sharded(w: &World, seed: u64, layout: Layout) -> QueryEngine {
         }
         i += n;
     }
-    let dyns = |v: Vec<Arc<Store>>| v.into_iter().map(|s| s as Arc<dyn SliceReader>).collect();
+    // Some shards (by the seed's bits) pose as held on another node, so
+    // that `ShardedSource` reads them at the same time as the others.
+    let dyns = move |v: Vec<Arc<Store>>, bits: u64| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s as Arc<dyn SliceReader>;
+                if (bits >> (i % 32)) & 1 == 1 {
+                    Arc::new(Remote(s)) as Arc<dyn SliceReader>
+                } else {
+                    s
+                }
+            })
+            .collect()
+    };
     let cells: hourcell_query::CellShards = Arc::new(move |wk| {
         weeks
             .lock()
             .unwrap()
             .get(&wk)
-            .map(|v| dyns(v.clone()))
+            .map(|v| dyns(v.clone(), seed))
             .unwrap_or_default()
     });
-    let sharded = ShardedSource::new(layout, meta.clone(), cells, dyns(persons));
+    let sharded = ShardedSource::new(layout, meta.clone(), cells, dyns(persons, seed >> 32));
     QueryEngine::with_parts(meta, Arc::new(sharded))
+}
+
+/// A shard that says it is held on another node: the same reads.
+struct Remote(Arc<dyn SliceReader>);
+
+impl SliceReader for Remote {
+    fn remote(&self) -> bool {
+        true
+    }
+    fn cell_days(
+        &self,
+        day: i64,
+        lo: u64,
+        hi: u64,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> hourcell_query::Result<()> {
+        SliceReader::cell_days(self.0.as_ref(), day, lo, hi, f)
+    }
+    fn cell_days_in(
+        &self,
+        day: i64,
+        ranges: &[(u64, u64)],
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(u64, &[(u32, u32)]),
+    ) -> hourcell_query::Result<()> {
+        SliceReader::cell_days_in(self.0.as_ref(), day, ranges, keep, f)
+    }
+    fn address_day(
+        &self,
+        day: i64,
+        address_id: u32,
+    ) -> hourcell_query::Result<Option<hourcell_storage::DaySet>> {
+        SliceReader::address_day(self.0.as_ref(), day, address_id)
+    }
+    fn hour_slices(
+        &self,
+        from: i64,
+        to: i64,
+        f: &mut dyn FnMut(i64, roaring::RoaringBitmap),
+    ) -> hourcell_query::Result<()> {
+        SliceReader::hour_slices(self.0.as_ref(), from, to, f)
+    }
+    fn hour_slices_rev(
+        &self,
+        before: i64,
+        f: &mut dyn FnMut(i64, roaring::RoaringBitmap) -> bool,
+    ) -> hourcell_query::Result<()> {
+        SliceReader::hour_slices_rev(self.0.as_ref(), before, f)
+    }
+    fn person_hours(
+        &self,
+        person: u64,
+        from: i64,
+        to: i64,
+    ) -> hourcell_query::Result<Vec<(i64, Vec<hourcell_storage::PlaceEntry>)>> {
+        SliceReader::person_hours(self.0.as_ref(), person, from, to)
+    }
+    fn last_active_before(
+        &self,
+        id: u32,
+        before: i64,
+        keep: &mut dyn FnMut(&[hourcell_storage::PlaceEntry]) -> bool,
+    ) -> hourcell_query::Result<Option<i64>> {
+        SliceReader::last_active_before(self.0.as_ref(), id, before, keep)
+    }
+    fn scan_person_days(
+        &self,
+        from_day: i64,
+        to_day: i64,
+        f: &mut dyn FnMut(u32, &[hourcell_storage::PlaceIds]) -> hourcell_query::Result<()>,
+    ) -> hourcell_query::Result<()> {
+        SliceReader::scan_person_days(self.0.as_ref(), from_day, to_day, f)
+    }
 }
 
 fn random_region(rng: &mut ChaCha8Rng, w: &World) -> Region {

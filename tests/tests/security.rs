@@ -631,6 +631,98 @@ async fn person_queries_are_audited_once_with_their_purpose_and_small_counts_sup
     assert_eq!(records[4].persons_returned, 0);
 }
 
+/// Group commit of audit records: 32 clients ask person-level questions
+/// at once, each on its own connection. Each answer must find its own
+/// record (by its case) already in the store when it arrives, the chain
+/// must verify, and fewer audit commands than queries were written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_person_queries_share_audit_commits_and_each_waits_for_its_record() {
+    const CLIENTS: usize = 32;
+    let h = start(90).await;
+    seed(&h).await;
+    let inv = token("inspector-9", &[Role::Investigator], T0 + 10 * 86_400);
+    let commits_before = h.node.metrics().audit_commits.get();
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let ch = Channel::from_shared(format!("http://{}", h.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (go, node, inv) = (go.clone(), h.node.clone(), inv.clone());
+        tasks.spawn(async move {
+            let case = format!("GROUP-{i}");
+            let mut q = v1::query_client::QueryClient::new(ch);
+            go.wait().await;
+            let persons = if i % 2 == 0 {
+                let r = q
+                    .where_was(req(
+                        v1::WhereWasRequest {
+                            person: 1,
+                            window: window(T0, T0 + 86_400),
+                            purpose: "group commit".into(),
+                            case_ref: case.clone(),
+                            max_staleness_ms: None,
+                        },
+                        &inv,
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.person, 1);
+                u64::from(!r.hours.is_empty())
+            } else {
+                let mut s = q
+                    .who_was_at(req(
+                        v1::WhoWasAtRequest {
+                            region: circle(),
+                            window: window(T0, T0 + 86_400),
+                            purpose: "group commit".into(),
+                            case_ref: case.clone(),
+                            max_staleness_ms: None,
+                        },
+                        &inv,
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                // The first message is the answer's first byte.
+                let first = s.message().await.unwrap().unwrap();
+                assert_eq!(first.persons, (1..=7).collect::<Vec<u64>>());
+                7
+            };
+            // The answer is here: its record must be committed already.
+            let records = node.store().audit_records(0, 10_000).unwrap();
+            let mine: Vec<_> = records
+                .iter()
+                .filter(|r| r.entry.case_ref == case)
+                .collect();
+            assert_eq!(mine.len(), 1, "{case}: its record is not in the log yet");
+            assert_eq!(mine[0].entry.persons_returned, persons);
+            assert_eq!(mine[0].entry.principal, "inspector-9");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let stored = h.node.store().audit_records(0, 10_000).unwrap();
+    assert_eq!(stored.len(), CLIENTS);
+    assert_eq!(
+        hourcell_storage::audit::verify_chain(&stored),
+        Ok(CLIENTS as u64)
+    );
+    let mut cases: Vec<&str> = stored.iter().map(|r| r.entry.case_ref.as_str()).collect();
+    cases.sort_unstable();
+    cases.dedup();
+    assert_eq!(cases.len(), CLIENTS, "one record per query");
+    let commits = h.node.metrics().audit_commits.get() - commits_before;
+    assert!(
+        commits < CLIENTS as u64,
+        "{commits} audit commits for {CLIENTS} concurrent queries: none were shared"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_old_hours_and_gives_the_disk_back() {
     let h = start(2).await;

@@ -466,16 +466,73 @@ fn selected(name: &str, only: &[String]) -> bool {
             .any(|k| name.split(' ').next() == Some(k.trim()))
 }
 
-async fn run_queries(
-    ch: &Channel,
-    town: &Town,
-    seed: u64,
-    runs: usize,
-    only: &[String],
-) -> Result<Vec<QueryStats>> {
+/// Runs `reqs` through `clients` concurrent clients, each on its own
+/// connection taking the next request in turn; returns the stats and the
+/// wall time from the first request to the last answer.
+async fn run_concurrent(
+    server: &str,
+    mut stats: QueryStats,
+    reqs: Vec<QueryRequest>,
+    clients: usize,
+) -> Result<(QueryStats, Duration)> {
+    let clients = clients.max(1);
+    let mut channels = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        channels.push(client::channel(server).await?);
+    }
+    let reqs = Arc::new(reqs);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ch in channels {
+        let (reqs, next) = (reqs.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut got: Vec<(Duration, u64)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(req) = reqs.get(i) else {
+                    return Ok::<_, anyhow::Error>(got);
+                };
+                let t = Instant::now();
+                let out = client::execute(ch.clone(), req.clone()).await?;
+                got.push((t.elapsed(), out.size()));
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let got = r
+            .map_err(|e| anyhow!("client task failed: {e}"))?
+            .with_context(|| format!("{} failed", stats.name))?;
+        for (d, n) in got {
+            stats.durations.push(d);
+            stats.result_total += n;
+        }
+    }
+    Ok((stats, t0.elapsed()))
+}
+
+async fn run_queries(ch: &Channel, town: &Town, args: &BenchArgs) -> Result<Vec<QueryStats>> {
+    let (seed, runs, only) = (args.seed, args.queries, &args.only);
     let mut all = Vec::new();
     for (mut stats, reqs) in bench_requests(town, seed, runs) {
         if !selected(stats.name, only) {
+            continue;
+        }
+        if !args.clients.is_empty() {
+            for &c in &args.clients {
+                let fresh = QueryStats::new(stats.name, stats.unit);
+                let (done, wall) = run_concurrent(&args.server, fresh, reqs.clone(), c).await?;
+                let (p50, p99, _) = done.summary();
+                println!(
+                    "{:<34} clients {:>3}  runs {:>5}  {:>8.1} queries/s  p50 {:>9.3} ms  p99 {:>9.3} ms",
+                    done.name,
+                    c,
+                    done.durations.len(),
+                    done.durations.len() as f64 / wall.as_secs_f64().max(1e-9),
+                    ms(p50),
+                    ms(p99)
+                );
+            }
             continue;
         }
         let bar = indicatif::ProgressBar::new(reqs.len() as u64);
@@ -603,8 +660,8 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             args.queries,
             format_time(town.end_unix())
         );
-        let mut stats = run_queries(&ch, &town, args.seed, args.queries, &args.only).await?;
-        if selected("tasks", &args.only) {
+        let mut stats = run_queries(&ch, &town, &args).await?;
+        if selected("tasks", &args.only) && args.clients.is_empty() {
             stats.push(run_tasks_list(&ch, town.end_unix(), args.queries).await?);
         }
         stats

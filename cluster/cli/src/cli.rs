@@ -746,6 +746,12 @@ pub struct BenchArgs {
     /// the queries then holds nothing else).
     #[arg(long)]
     pub no_compact: bool,
+    /// Concurrent clients, e.g. `1,8,32`: each query kind then runs once
+    /// per figure, its --queries requests shared by that many clients
+    /// (each on its own connection), and prints queries per second with
+    /// p50/p99. Without it the queries run one after another.
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Vec<usize>,
 }
 
 /// `hourcell tasks ...`

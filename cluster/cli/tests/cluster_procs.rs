@@ -409,3 +409,68 @@ async fn three_tls_nodes_replicate_over_mutual_tls() {
         "{v}"
     );
 }
+
+/// Routed read latency: the same generated town loaded into one sharded
+/// node and into three sharded nodes with each shard on `replicas` of them
+/// (1 by default: every shard on one node, so two thirds of the shard
+/// reads of a query cross to another node), then who-was-at, occupancy
+/// and no-activity-since p50/p99 through node 1 from `hourcell bench`
+/// (`HOURCELL_SHARD_BENCH_*` change the sizes, the kinds, the replicas and
+/// the binary). A benchmark, not run by default:
+/// `HOURCELL_SHARD_BENCH_PERSONS=5000 cargo test --workspace --all-targets -- --ignored routed_read_latency --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+async fn routed_read_latency() {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let persons = env("HOURCELL_SHARD_BENCH_PERSONS", "5000");
+    let days = env("HOURCELL_SHARD_BENCH_DAYS", "7");
+    let queries = env("HOURCELL_SHARD_BENCH_QUERIES", "300");
+    let replicas: u32 = env("HOURCELL_SHARD_BENCH_REPLICAS", "1").parse().unwrap();
+    let only = env(
+        "HOURCELL_SHARD_BENCH_ONLY",
+        "who-was-at,occupancy,no-activity-since",
+    );
+    // Another build of hourcell (an A/B run against an older commit).
+    let bin = env("HOURCELL_SHARD_BENCH_BIN", BIN);
+    let bin = bin.as_str();
+    for nodes in [1usize, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let all_ports = free_ports(nodes * 2);
+        let (ports, metrics) = all_ports.split_at(nodes);
+        let cfgs: Vec<_> = (1..=nodes)
+            .map(|i| {
+                let c = write_config(dir.path(), i, ports, metrics[i - 1]);
+                shard_as(&c, 4, 2);
+                let text = std::fs::read_to_string(&c).unwrap();
+                let r = replicas.min(nodes as u32);
+                std::fs::write(&c, format!("{text}replicas = {r}\n")).unwrap();
+                c
+            })
+            .collect();
+        let _logs = LogsOnFailure(&cfgs);
+        let _procs: Vec<Proc> = cfgs.iter().map(|c| spawn(bin, c)).collect();
+        let all: Vec<usize> = (0..nodes).collect();
+        leader(ports, &all, Duration::from_secs(30)).await;
+        let server = format!("127.0.0.1:{}", ports[0]);
+        let bench = |extra: &[&str]| {
+            let out = Command::new(bin)
+                .args(["bench", "--server", &server, "--persons", &persons])
+                .args(["--days", &days, "--no-compact"])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        println!("=== {nodes} sharded node(s), 4 cell and 2 person shards, replicas {replicas}");
+        println!("{}", bench(&["--queries", "0"]));
+        let only = ["--skip-load", "--only", &only];
+        // One untimed pass, then the measured one.
+        bench(&[&only[..], &["--queries", "50"]].concat());
+        println!("{}", bench(&[&only[..], &["--queries", &queries]].concat()));
+    }
+}

@@ -99,6 +99,9 @@ pub struct Metrics {
     /// Routed requests refused because this node's shard map was stale
     /// (it refreshed the map and routed again).
     pub stale_map_refusals: Counter,
+    /// Commands that committed audit records (each one synced write or
+    /// raft round, holding the records of every request that waited).
+    pub audit_commits: Counter,
     pub sources: SourceHealth,
 }
 
@@ -113,6 +116,7 @@ impl Default for Metrics {
             routed_parts: Counter::default(),
             routed_failures: Counter::default(),
             stale_map_refusals: Counter::default(),
+            audit_commits: Counter::default(),
             sources: SourceHealth::default(),
         }
     }
@@ -164,6 +168,11 @@ impl Metrics {
                 "stale_map_refusals",
                 "Routed requests refused as routed by a stale shard map (the map was refreshed)",
                 &self.stale_map_refusals,
+            ),
+            (
+                "audit_commits",
+                "Commands that committed audit records, each holding the records of every request waiting for one (hourcell_audit_records counts the records)",
+                &self.audit_commits,
             ),
         ] {
             r.register(name, help, c.clone());

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use hourcell_query::{QueryError, SliceReader};
+use hourcell_query::{HourStep, QueryError, SliceReader};
 use hourcell_storage::shard::ShardId;
 use hourcell_storage::{ApplyOutcome, DaySet, PlaceEntry, PlaceIds};
 use parking_lot::Mutex;
@@ -451,12 +451,29 @@ impl ShardSource {
         }
     }
 
-    fn remote<T: for<'de> Deserialize<'de>>(&self, op: ReadOp) -> hourcell_query::Result<T> {
+    fn read_remote<T: for<'de> Deserialize<'de>>(&self, op: ReadOp) -> hourcell_query::Result<T> {
         decode(&self.router.read(self.id, self.group, &op)?)
     }
 }
 
 impl SliceReader for ShardSource {
+    fn remote(&self) -> bool {
+        self.shards.get(self.id).is_none()
+    }
+
+    fn hour_slices_step(&self, before: i64, from: i64) -> hourcell_query::Result<HourStep> {
+        if let Some(s) = self.local()? {
+            return SliceReader::hour_slices_step(s.as_ref(), before, from);
+        }
+        let (got, earlier): (WireSlices, bool) =
+            self.read_remote(ReadOp::HourSlicesRev { before, from })?;
+        let got = got
+            .into_iter()
+            .map(|(h, b)| Ok((h, bitmap_from(&b)?)))
+            .collect::<hourcell_query::Result<Vec<_>>>()?;
+        Ok((got, earlier))
+    }
+
     fn cell_days(
         &self,
         day: i64,
@@ -467,7 +484,7 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::cell_days(s.as_ref(), day, lo, hi, f);
         }
-        let got: Vec<(u64, DaySet)> = self.remote(ReadOp::CellDays { day, lo, hi })?;
+        let got: Vec<(u64, DaySet)> = self.read_remote(ReadOp::CellDays { day, lo, hi })?;
         for (c, set) in got {
             f(c, &set);
         }
@@ -484,7 +501,7 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::cell_days_in(s.as_ref(), day, ranges, keep, f);
         }
-        let got: Vec<(u64, DaySet)> = self.remote(ReadOp::CellDaysIn {
+        let got: Vec<(u64, DaySet)> = self.read_remote(ReadOp::CellDaysIn {
             day,
             ranges: ranges.to_vec(),
         })?;
@@ -500,7 +517,7 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::address_day(s.as_ref(), day, address_id);
         }
-        self.remote(ReadOp::AddressDay { day, address_id })
+        self.read_remote(ReadOp::AddressDay { day, address_id })
     }
 
     fn hour_slices(
@@ -512,7 +529,7 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::hour_slices(s.as_ref(), from, to, f);
         }
-        let got: WireSlices = self.remote(ReadOp::HourSlices { from, to })?;
+        let got: WireSlices = self.read_remote(ReadOp::HourSlices { from, to })?;
         for (h, b) in got {
             f(h, bitmap_from(&b)?);
         }
@@ -534,7 +551,7 @@ impl SliceReader for ShardSource {
         loop {
             let from = upto - 24;
             let (got, earlier): (WireSlices, bool) =
-                self.remote(ReadOp::HourSlicesRev { before: upto, from })?;
+                self.read_remote(ReadOp::HourSlicesRev { before: upto, from })?;
             for (h, b) in got {
                 if !f(h, bitmap_from(&b)?) {
                     return Ok(());
@@ -556,7 +573,7 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::person_hours(s.as_ref(), person, from, to);
         }
-        let got: WireHours = self.remote(ReadOp::PersonHours { person, from, to })?;
+        let got: WireHours = self.read_remote(ReadOp::PersonHours { person, from, to })?;
         Ok(got.into_iter().map(|(h, e)| (h, from_wire(e))).collect())
     }
 
@@ -571,7 +588,7 @@ impl SliceReader for ShardSource {
         }
         let mut upto = before;
         loop {
-            let (got, more): (WireHours, bool) = self.remote(ReadOp::PersonHoursRev {
+            let (got, more): (WireHours, bool) = self.read_remote(ReadOp::PersonHoursRev {
                 id,
                 before: upto,
                 limit: REV_PERSON_HOURS,
@@ -598,7 +615,7 @@ impl SliceReader for ShardSource {
             return SliceReader::scan_person_days(s.as_ref(), from_day, to_day, f);
         }
         let got: Vec<(u32, Vec<(i64, u64, u32, u16)>)> =
-            self.remote(ReadOp::ScanPersonDays { from_day, to_day })?;
+            self.read_remote(ReadOp::ScanPersonDays { from_day, to_day })?;
         for (id, places) in got {
             let places: Vec<PlaceIds> = places
                 .into_iter()

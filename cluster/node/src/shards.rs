@@ -477,6 +477,69 @@ impl ReadGate {
     }
 }
 
+/// The read state of the query running on a thread (see [`ReadGate`]),
+/// to carry into the threads that read its remote shards.
+#[derive(Clone)]
+struct QueryState {
+    started: Option<std::time::Instant>,
+    scope: bool,
+    barriers: std::collections::HashMap<u64, u64>,
+}
+
+impl QueryState {
+    fn current() -> Self {
+        QueryState {
+            started: READ_STARTED.with(|c| c.get()),
+            scope: QUERY_SCOPE.with(|c| c.get()),
+            barriers: REMOTE_BARRIERS.with(|m| m.borrow().clone()),
+        }
+    }
+
+    fn enter(self) {
+        READ_STARTED.with(|c| c.set(self.started));
+        QUERY_SCOPE.with(|c| c.set(self.scope));
+        REMOTE_BARRIERS.with(|m| *m.borrow_mut() = self.barriers);
+    }
+}
+
+/// Runs the reads of a query's remote shards on scoped threads, each
+/// inside the calling thread's query: the same start (so a local replica
+/// read there takes its ReadIndex as the query would) and the remote
+/// barriers already taken. The barriers the threads take are handed back
+/// to the calling thread, so the query's later reads of those shards go
+/// to the same nodes without another ReadIndex.
+pub struct QueryFanout;
+
+impl hourcell_query::Fanout for QueryFanout {
+    fn run<'a>(&self, tasks: Vec<Box<dyn FnOnce() + Send + 'a>>, here: &mut dyn FnMut()) {
+        let state = QueryState::current();
+        let taken = parking_lot::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let running: Vec<_> = tasks
+                .into_iter()
+                .map(|task| {
+                    let (state, taken) = (state.clone(), &taken);
+                    s.spawn(move || {
+                        state.enter();
+                        task();
+                        let mine = REMOTE_BARRIERS.with(|m| std::mem::take(&mut *m.borrow_mut()));
+                        taken.lock().extend(mine);
+                    })
+                })
+                .collect();
+            here();
+            for r in running {
+                if let Err(panic) = r.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        });
+        if state.scope {
+            REMOTE_BARRIERS.with(|m| m.borrow_mut().extend(taken.into_inner()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

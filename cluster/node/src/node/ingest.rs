@@ -1,66 +1,6 @@
-//! Writes: ingest with group commit, addresses and registrations.
+//! Writes: ingest (with group commit), addresses and registrations.
 
 use super::*;
-
-/// Group commit of ingest batches. Requests validate their events in
-/// parallel, then queue them; whichever request finds no apply running
-/// takes everything queued (up to `max_batch` events) and proposes it as one
-/// `Ingest` command, and every request returns once the command holding its
-/// events is durable. Consecutive batches share many slice keys (a quarter
-/// of the address-day keys and a tenth of the person-day keys of two
-/// 20,000-event batches of the generated town), so one command writes fewer
-/// merge operands into the memtable than two, and syncs once.
-#[derive(Default)]
-pub(super) struct IngestGroup {
-    state: std::sync::Mutex<GroupState>,
-    applied: std::sync::Condvar,
-}
-
-#[derive(Default)]
-pub(super) struct GroupState {
-    next_ticket: u64,
-    queue: std::collections::VecDeque<(u64, Vec<hourcell_storage::SliceEvent>)>,
-    applying: bool,
-    /// Outcome per ticket whose events were proposed, until its request
-    /// collects it: `Ok` or the error, as a copy for the requests that did
-    /// not propose.
-    done: std::collections::HashMap<u64, Result<(), NodeError>>,
-}
-
-/// Ends a group whose proposal panicked: every request in it gets an
-/// error, and the next waiting request proposes.
-pub(super) struct GroupGuard<'a> {
-    group: &'a IngestGroup,
-    tickets: Option<Vec<u64>>,
-}
-
-impl Drop for GroupGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(tickets) = self.tickets.take() {
-            let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.applying = false;
-            for t in tickets {
-                st.done.insert(
-                    t,
-                    Err(NodeError::Unavailable(
-                        "the write failed on this node; retry it".into(),
-                    )),
-                );
-            }
-            self.group.applied.notify_all();
-        }
-    }
-}
-
-/// A copy of an error for the other requests of a failed group: the same
-/// kind where it is only a message, otherwise unavailable with its text.
-pub(super) fn shared_error(e: &NodeError) -> NodeError {
-    match e {
-        NodeError::Invalid(m) => NodeError::Invalid(m.clone()),
-        NodeError::Refused(m) => NodeError::Refused(m.clone()),
-        other => NodeError::Unavailable(other.to_string()),
-    }
-}
 
 impl Node {
     pub(super) fn check_batch(&self, n: usize, what: &str) -> Result<(), NodeError> {
@@ -105,72 +45,21 @@ impl Node {
     }
 
     /// Proposes `events`, possibly in one command with other requests'
-    /// events (see [`IngestGroup`]); returns once they are durable.
+    /// events (see [`super::group`]); returns once they are durable.
     pub(super) fn ingest_grouped(
         &self,
         events: Vec<hourcell_storage::SliceEvent>,
     ) -> Result<(), NodeError> {
-        let g = &self.ingest_group;
-        let mut st = g.state.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.queue.push_back((ticket, events));
-        loop {
-            if let Some(r) = st.done.remove(&ticket) {
-                return r;
-            }
-            if st.applying {
-                st = g.applied.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            // Take the queue in order, at least one batch, at most
-            // max_batch events in all.
-            st.applying = true;
-            let mut tickets = Vec::new();
-            let mut all: Vec<hourcell_storage::SliceEvent> = Vec::new();
-            while let Some((_, ev)) = st.queue.front() {
-                if !all.is_empty() && all.len() + ev.len() > self.max_batch {
-                    break;
-                }
-                let (t, ev) = st.queue.pop_front().expect("front exists");
-                tickets.push(t);
-                if all.is_empty() {
-                    all = ev;
-                } else {
-                    all.extend(ev);
-                }
-            }
-            drop(st);
-            // Should the proposal panic, the group's requests get an error
-            // and the next one in line proposes.
-            let mut guard = GroupGuard {
-                group: g,
-                tickets: Some(tickets.clone()),
-            };
-            let r = match &self.shards {
+        // Consecutive batches share many slice keys (a quarter of the
+        // address-day keys and a tenth of the person-day keys of two
+        // 20,000-event batches of the generated town), so one command
+        // writes fewer merge operands into the memtable than two, and
+        // syncs once.
+        self.ingest_group
+            .submit(events, self.max_batch, &mut |all| match &self.shards {
                 Some(sh) => self.ingest_sharded(sh, all),
                 None => self.propose(&Command::Ingest(all)).map(|_| ()),
-            };
-            guard.tickets = None;
-            st = g.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.applying = false;
-            for t in tickets {
-                let copy = match &r {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(shared_error(e)),
-                };
-                st.done.insert(t, copy);
-            }
-            if let Err(e) = r {
-                // If our own events were in this group, hand back the
-                // original error rather than the copy.
-                if st.done.remove(&ticket).is_some() {
-                    g.applied.notify_all();
-                    return Err(e);
-                }
-            }
-            g.applied.notify_all();
-        }
+            })
     }
 
     pub fn put_addresses(&self, raw: &[RawAddress]) -> Result<(u64, Vec<Rejection>), NodeError> {

@@ -5,7 +5,8 @@
 //! single node they apply directly, in a cluster they are appended to the
 //! group's raft log and the call returns once they are applied. The
 //! concerns live in submodules: `replicated` (raft groups, membership),
-//! `placement` (shards, routing, rebalancing), `ingest` (group commit),
+//! `placement` (shards, routing, rebalancing), `group` (group commit of
+//! ingest batches and audit records), `ingest`,
 //! `barrier` (read freshness), `tasks`, `retention`.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use hourcell_raft::StateMachine;
 
 pub mod backup;
 mod barrier;
+mod group;
 mod ingest;
 mod placement;
 mod replicated;
@@ -34,7 +36,7 @@ mod split;
 pub use split::Split;
 mod tasks;
 
-use ingest::IngestGroup;
+use group::GroupCommit;
 use replicated::start_replication;
 pub use replicated::Replication;
 pub(crate) use replicated::{founding_persons, placed_shards, start_voters};
@@ -65,7 +67,9 @@ pub struct Node {
     retention_days: u32,
     /// One shard-map sync at a time.
     shard_sync: parking_lot::Mutex<()>,
-    ingest_group: IngestGroup,
+    ingest_group: GroupCommit<hourcell_storage::SliceEvent>,
+    /// Audit records of concurrent requests, committed together.
+    audit_group: GroupCommit<hourcell_storage::AuditEntry>,
     /// Per-shard read barriers of a sharded node's queries.
     gate: Option<Arc<crate::shards::ReadGate>>,
     /// Sends reads and writes of shards held elsewhere to their nodes.
@@ -248,29 +252,32 @@ impl Node {
                     })
                     .collect();
                 let (sh2, g, meta) = (sh.clone(), gate.clone(), store.clone());
-                Arc::new(hourcell_query::ShardedSource::new(
-                    sh.layout,
-                    store.clone(),
-                    Arc::new(move |w| {
-                        if !meta.shard_map_has_week(w) {
-                            return Vec::new();
-                        }
-                        // One round for the week's shards held here; a
-                        // failure shows when a store is read.
-                        let groups: Vec<u64> = sh2.week(w).iter().map(|(g, _)| *g).collect();
-                        let _ = g.ensure_all(&groups);
-                        (0..meta.week_shards(w))
-                            .map(|index| {
-                                source(ShardId {
-                                    part: ShardPart::Cells,
-                                    week: w,
-                                    index,
+                Arc::new(
+                    hourcell_query::ShardedSource::new(
+                        sh.layout,
+                        store.clone(),
+                        Arc::new(move |w| {
+                            if !meta.shard_map_has_week(w) {
+                                return Vec::new();
+                            }
+                            // One round for the week's shards held here; a
+                            // failure shows when a store is read.
+                            let groups: Vec<u64> = sh2.week(w).iter().map(|(g, _)| *g).collect();
+                            let _ = g.ensure_all(&groups);
+                            (0..meta.week_shards(w))
+                                .map(|index| {
+                                    source(ShardId {
+                                        part: ShardPart::Cells,
+                                        week: w,
+                                        index,
+                                    })
                                 })
-                            })
-                            .collect()
-                    }),
-                    persons,
-                ))
+                                .collect()
+                        }),
+                        persons,
+                    )
+                    .with_fanout(Arc::new(crate::shards::QueryFanout)),
+                )
             }
             _ => store.clone(),
         };
@@ -306,7 +313,8 @@ impl Node {
             clock,
             max_batch: cfg.max_batch,
             events_accepted: AtomicU64::new(0),
-            ingest_group: IngestGroup::default(),
+            ingest_group: GroupCommit::default(),
+            audit_group: GroupCommit::default(),
             failed: AtomicBool::new(false),
         });
         if let Some(r) = &router {

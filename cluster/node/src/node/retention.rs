@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Most audit records in one command: a group of a few kilobytes each
+/// stays far below a raft entry's size.
+const MAX_AUDIT_GROUP: usize = 256;
+
 impl Node {
     /// The first hour the retention limit keeps at `now`.
     pub fn retained_from(&self, now: i64) -> i64 {
@@ -21,9 +25,17 @@ impl Node {
 
     /// Commits audit records through the log (on every replica) and
     /// returns once they are applied here. A person-level answer is only
-    /// sent after this succeeds.
+    /// sent after this succeeds. Records of concurrent calls share one
+    /// command (one synced write, or one raft round), chained in the
+    /// order they arrived; each call still returns only once its own
+    /// records are committed.
     pub fn audit(&self, entries: Vec<hourcell_storage::AuditEntry>) -> Result<(), NodeError> {
-        self.propose(&Command::Audit(entries)).map(|_| ())
+        self.audit_group
+            .submit(entries, MAX_AUDIT_GROUP, &mut |all| {
+                self.propose(&Command::Audit(all))?;
+                self.metrics.audit_commits.inc();
+                Ok(())
+            })
     }
 
     /// Applies the retention limit as of `now`: every replica removes the
