@@ -217,6 +217,7 @@ async fn call(ch: &Channel, rpc: Rpc, t: &str) -> Result<(), Status> {
                         group: 1,
                         purpose: "matrix".into(),
                         case_ref: "M-1".into(),
+                        unchanged_since: 0,
                     },
                     t,
                 ))

@@ -312,6 +312,7 @@ async fn call_person_level(
                         group: 1,
                         purpose,
                         case_ref,
+                        unchanged_since: 0,
                     },
                     t,
                 ))

@@ -51,6 +51,10 @@ pub struct GroupEntry {
     pub pairs: u64,
     pub bytes: u64,
     pub sha256: String,
+    /// Taken over from the `--base` backup (the group applied no write
+    /// since): the file is that backup's, linked or copied.
+    #[serde(default)]
+    pub reused: bool,
 }
 
 /// Why a backup directory is not a whole, intact backup.
@@ -93,6 +97,16 @@ async fn create(a: BackupCreateArgs) -> Result<()> {
         .await
         .map_err(crate::client::status_error)?
         .into_inner();
+    // An incremental backup builds on a whole, intact earlier one.
+    let base = match &a.base {
+        Some(dir) => Some((
+            dir.clone(),
+            verify(dir)
+                .map_err(|e| Failure::new(VERIFY_FAILED, format!("the --base backup: {e}")))?
+                .0,
+        )),
+        None => None,
+    };
     let partial = a.to.with_extension("partial");
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
@@ -106,7 +120,7 @@ async fn create(a: BackupCreateArgs) -> Result<()> {
         for (group, holders) in shard_holders(&a.server).await? {
             let mut last = None;
             for server in &holders {
-                match fetch_image(server, group, &a, &partial).await {
+                match fetch_image(server, group, &a, &partial, base.as_ref()).await {
                     Ok(g) => {
                         last = None;
                         groups.push(g);
@@ -120,7 +134,7 @@ async fn create(a: BackupCreateArgs) -> Result<()> {
             }
         }
     }
-    groups.push(fetch_image(&a.server, 1, &a, &partial).await?);
+    groups.push(fetch_image(&a.server, 1, &a, &partial, base.as_ref()).await?);
     let manifest = Manifest {
         format: FORMAT,
         created: hourcell_query::time::format_time(hourcell_query::time::now()),
@@ -183,38 +197,85 @@ async fn shard_holders(server: &str) -> Result<std::collections::BTreeMap<u64, V
     Ok(holders)
 }
 
-/// Streams group `group`'s image from `server` into `dir`.
+/// Streams group `group`'s image from `server` into `dir`, or with a
+/// `base` backup whose image of the group is still current, takes that
+/// image over.
 async fn fetch_image(
     server: &str,
     group: u64,
     a: &BackupCreateArgs,
     dir: &Path,
+    base: Option<&(PathBuf, Manifest)>,
 ) -> Result<GroupEntry> {
+    let earlier = base.and_then(|(d, m)| {
+        m.groups
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| (d.as_path(), g))
+    });
     let mut stream = admin_client(channel(server).await?)
         .backup(v1::BackupRequest {
             group,
             purpose: a.purpose.clone(),
             case_ref: a.case_ref.clone(),
+            unchanged_since: earlier.map_or(0, |(_, g)| g.applied_index),
         })
         .await
         .map_err(crate::client::status_error)?
         .into_inner();
     let file = format!("group-{group}.img");
     let path = dir.join(&file);
-    let mut out = BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
+    if let Some((from, g)) = earlier {
+        let first = stream
+            .message()
+            .await
+            .map_err(crate::client::status_error)?;
+        if first.as_ref().is_some_and(|c| c.unchanged) {
+            let src = from.join(&g.file);
+            if std::fs::hard_link(&src, &path).is_err() {
+                std::fs::copy(&src, &path).map_err(io(&path))?;
+            }
+            return Ok(GroupEntry {
+                file,
+                reused: true,
+                ..g.clone()
+            });
+        }
+        return write_image(file, &path, first, &mut stream).await;
+    }
+    write_image(file, &path, None, &mut stream).await
+}
+
+/// Writes an image's chunks (`first`, if already read, then the rest of
+/// `stream`) to `path`.
+async fn write_image(
+    file: String,
+    path: &Path,
+    first: Option<v1::BackupChunk>,
+    stream: &mut tonic::Streaming<v1::BackupChunk>,
+) -> Result<GroupEntry> {
+    let mut pending = first;
+    let mut out = BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
     let mut hash = Sha256::new();
     let (mut pairs, mut bytes) = (0u64, 0u64);
     let mut head: Option<v1::BackupChunk> = None;
-    while let Some(c) = stream
-        .message()
-        .await
-        .map_err(crate::client::status_error)?
-    {
+    loop {
+        let c = match pending.take() {
+            Some(c) => c,
+            None => match stream
+                .message()
+                .await
+                .map_err(crate::client::status_error)?
+            {
+                Some(c) => c,
+                None => break,
+            },
+        };
         let decoded = decode_frame(&file, &c.image)?;
         pairs += decoded.len() as u64;
         let len = u32::try_from(c.image.len()).context("a chunk over 4 GiB")?;
         for part in [&len.to_be_bytes()[..], &c.image[..]] {
-            out.write_all(part).map_err(io(&path))?;
+            out.write_all(part).map_err(io(path))?;
             hash.update(part);
             bytes += part.len() as u64;
         }
@@ -225,8 +286,8 @@ async fn fetch_image(
             });
         }
     }
-    out.flush().map_err(io(&path))?;
-    out.get_ref().sync_all().map_err(io(&path))?;
+    out.flush().map_err(io(path))?;
+    out.get_ref().sync_all().map_err(io(path))?;
     let head = head.ok_or_else(|| BackupError::Image {
         file: file.clone(),
         why: "the node sent no image".into(),
@@ -244,6 +305,7 @@ async fn fetch_image(
         pairs,
         bytes,
         sha256: hex(&hash.finalize()),
+        reused: false,
     })
 }
 

@@ -267,6 +267,13 @@ pub struct BackupCreateArgs {
     /// A case or change reference (recorded in the audit log).
     #[arg(long = "case")]
     pub case_ref: String,
+    /// An earlier backup of the same cluster to build on (incremental): a
+    /// group whose store applied no write since that backup's image is not
+    /// sent again; its image file is hard-linked (or copied) from there, so
+    /// the new directory is still a whole backup on its own. Past weeks'
+    /// cell shards change no more, so most of a sharded cluster is reused.
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
     /// text (table) or json.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,

@@ -45,16 +45,26 @@ pub async fn backup(
     })
     .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::BackupChunk, Status>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut first = Some(v1::BackupChunk {
+    if r.unchanged_since > 0 && image.applied_index == r.unchanged_since {
+        let head = v1::BackupChunk {
             group: image.group,
-            role: match image.role {
-                ImageRole::Meta => v1::StoreRole::Meta,
-                ImageRole::Shard => v1::StoreRole::Shard,
-            } as i32,
+            role: role(image.role) as i32,
             applied_index: image.applied_index,
             persons: image.persons,
             image: Vec::new(),
+            unchanged: true,
+        };
+        let _ = tx.send(Ok(head)).await;
+        return Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut first = Some(v1::BackupChunk {
+            group: image.group,
+            role: role(image.role) as i32,
+            applied_index: image.applied_index,
+            persons: image.persons,
+            image: Vec::new(),
+            unchanged: false,
         });
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut bytes = 0;
@@ -88,4 +98,11 @@ pub async fn backup(
         }
     });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+fn role(r: ImageRole) -> v1::StoreRole {
+    match r {
+        ImageRole::Meta => v1::StoreRole::Meta,
+        ImageRole::Shard => v1::StoreRole::Shard,
+    }
 }
