@@ -926,6 +926,7 @@ pub struct SplitArgs {
     /// (the GROUP column of its shard table).
     #[arg(long = "shard", value_name = "GROUP")]
     pub group: u64,
+    /// text (table) or json.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// The node to ask (host:port, or https://host:port with TLS).
