@@ -219,16 +219,7 @@ fn backup_body(sharded: bool) {
         "{audit}"
     );
 
-    let verified = json(&ok(
-        BIN,
-        &[
-            "backup",
-            "verify",
-            backup.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-    ));
+    let verified = verify_json(&backup);
     assert_eq!(verified["ok"], true, "{verified}");
     assert!(verified["verified"]["audit_records"].as_u64().unwrap() > 0);
     drop(procs);
@@ -353,16 +344,7 @@ fn incremental(server: &str, dir: &std::path::Path) {
     assert_eq!(reused, with_data, "{second:?}");
     let meta = second.last().unwrap();
     assert_eq!(meta["reused"], false, "{meta}");
-    let v = json(&ok(
-        BIN,
-        &[
-            "backup",
-            "verify",
-            inc.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-    ));
+    let v = verify_json(&inc);
     assert_eq!(v["ok"], true, "{v}");
     // A --base that is no whole backup is refused before anything is sent.
     let bad = run(
@@ -383,6 +365,20 @@ fn incremental(server: &str, dir: &std::path::Path) {
         ],
     );
     assert_eq!(bad.status.code(), Some(6), "{bad:?}");
+}
+
+/// `hourcell backup verify DIR --format json`, which must succeed.
+fn verify_json(dir: &std::path::Path) -> serde_json::Value {
+    json(&ok(
+        BIN,
+        &[
+            "backup",
+            "verify",
+            dir.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    ))
 }
 
 /// who-was-at over the test circle in hour 20 (where the writer writes).

@@ -57,6 +57,17 @@ pub(crate) struct SplitSample {
     base_bytes: u64,
 }
 
+impl SplitSample {
+    /// A fresh sample of group `g`: `applied` events, its size now.
+    fn now(sh: &Shards, g: u64, applied: u64) -> Self {
+        SplitSample {
+            applied,
+            at: Instant::now(),
+            base_bytes: sh.group_bytes(g),
+        }
+    }
+}
+
 impl Node {
     /// Splits cell shard `index` of week `week` (the week's Monday's
     /// `week_of_day` number) and of every later week in the map: a new
@@ -64,11 +75,7 @@ impl Node {
     /// later writes.
     pub fn split_shard(&self, week: i64, index: usize) -> Result<Split, NodeError> {
         let (Some(_), Some(r)) = (&self.shards, &self.replication) else {
-            return Err(NodeError::Invalid(
-                "this cluster is not sharded: only the cell shards of a sharded \
-                 cluster ([cluster] cell_shards > 0) split"
-                    .into(),
-            ));
+            return Err(not_sharded());
         };
         // Decide on the current map.
         self.refresh_map()?;
@@ -126,7 +133,7 @@ impl Node {
     /// [`Node::split_shard`] of the cell shard behind raft group `group`.
     pub fn split_shard_group(&self, group: u64) -> Result<Split, NodeError> {
         let Some(sh) = &self.shards else {
-            return self.split_shard(0, 0);
+            return Err(not_sharded());
         };
         if sh.shard_of(group).is_none() {
             // Perhaps a week this node has not opened yet.
@@ -190,17 +197,14 @@ impl Node {
                     continue;
                 };
                 let applied = store.events_applied();
-                let bytes = sh.group_bytes(*g);
-                let s = samples.entry(*g).or_insert(SplitSample {
-                    applied,
-                    at: t,
-                    base_bytes: bytes,
-                });
-                let grown = bytes.saturating_sub(s.base_bytes);
-                if at.grown_bytes > 0 && grown > at.grown_bytes {
-                    hot = Some((id, format!("grew by {grown} bytes")));
-                    break;
-                }
+                let s = match samples.entry(*g) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        // First sight: the baseline to measure against.
+                        v.insert(SplitSample::now(sh, *g, applied));
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                };
                 // Over the window's allowance already: the window's rate
                 // passes the threshold whatever comes next.
                 let allowance = at.events_per_hour as f64 * RATE_WINDOW.as_secs_f64() / 3600.0;
@@ -212,6 +216,13 @@ impl Node {
                     break;
                 }
                 if took >= RATE_WINDOW {
+                    // Growth once a window: a group's size comes from
+                    // RocksDB's index blocks, not free every half second.
+                    let grown = sh.group_bytes(*g).saturating_sub(s.base_bytes);
+                    if at.grown_bytes > 0 && grown > at.grown_bytes {
+                        hot = Some((id, format!("grew by {grown} bytes")));
+                        break;
+                    }
                     s.applied = applied;
                     s.at = t;
                 }
@@ -220,20 +231,15 @@ impl Node {
         let Some((id, why)) = hot else {
             return Ok(());
         };
-        tracing::info!(shard = %sh.describe(group_of_cell(id)), why, "cell shard passed a split threshold");
+        tracing::info!(shard = %sh.describe(crate::shards::group_of(id)), why, "cell shard passed a split threshold");
         *self.last_auto_split.lock() = Some(Instant::now());
         match self.split_shard(id.week, id.index) {
             Ok(_) => {
-                let g = group_of_cell(id);
-                let bytes = sh.group_bytes(g);
-                self.split_samples.lock().insert(
-                    g,
-                    SplitSample {
-                        applied: sh.get(id).map_or(0, |(_, s)| s.events_applied()),
-                        at: Instant::now(),
-                        base_bytes: bytes,
-                    },
-                );
+                let g = crate::shards::group_of(id);
+                let applied = sh.get(id).map_or(0, |(_, s)| s.events_applied());
+                self.split_samples
+                    .lock()
+                    .insert(g, SplitSample::now(sh, g, applied));
                 Ok(())
             }
             // Another node's split or a move got there first: the next
@@ -247,16 +253,20 @@ impl Node {
     }
 }
 
+fn not_sharded() -> NodeError {
+    NodeError::Invalid(
+        "this cluster is not sharded: only the cell shards of a sharded \
+         cluster ([cluster] cell_shards > 0) split"
+            .into(),
+    )
+}
+
 fn cell(week: i64, index: usize) -> ShardId {
     ShardId {
         part: hourcell_storage::ShardPart::Cells,
         week,
         index,
     }
-}
-
-fn group_of_cell(id: ShardId) -> u64 {
-    crate::shards::group_of(id)
 }
 
 /// A week as its Monday's date.
