@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::bench_mixed::PacedIngest;
 use crate::cli::BenchArgs;
 use crate::client::{self, QueryRequest};
 use hourcell_town::{GenEvent, Town, TownConfig};
@@ -126,7 +127,7 @@ pub fn utc_midnight(t: i64) -> i64 {
     t.div_euclid(DAY) * DAY
 }
 
-fn event_to_proto(e: GenEvent) -> v1::Event {
+pub(crate) fn event_to_proto(e: GenEvent) -> v1::Event {
     v1::Event {
         person: e.person,
         time: Some(v1::event::Time::UnixSeconds(e.time)),
@@ -660,7 +661,20 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             args.queries,
             format_time(town.end_unix())
         );
+        let writer = args.ingest_during.map(|rate| {
+            println!("ingesting the town's events again at {rate:.0} events/s while the queries run");
+            PacedIngest::start(&ch, town.clone(), rate, args.batch, args.concurrency)
+        });
         let mut stats = run_queries(&ch, &town, &args).await?;
+        if let Some(w) = writer {
+            let done = w.stop().await?;
+            println!(
+                "ingest during the queries: {} events in {:.1} s ({:.0} events/s)",
+                done.events,
+                done.seconds,
+                done.rate()
+            );
+        }
         if selected("tasks", &args.only) && args.clients.is_empty() {
             stats.push(run_tasks_list(&ch, town.end_unix(), args.queries).await?);
         }

@@ -759,6 +759,23 @@ pub struct BenchArgs {
     /// p50/p99. Without it the queries run one after another.
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<usize>,
+    /// Events per second to ingest while the queries run (the town's own
+    /// events sent again, so the answers do not change): query latency
+    /// under ingest. Use about half the rate the load reached.
+    #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = positive_rate)]
+    pub ingest_during: Option<f64>,
+}
+
+/// A `--ingest-during` rate that is not a positive number.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a positive number of events per second")]
+pub struct RateArgError(String);
+
+fn positive_rate(s: &str) -> Result<f64, RateArgError> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(RateArgError(s.to_string())),
+    }
 }
 
 /// `hourcell tasks ...`

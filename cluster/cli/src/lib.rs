@@ -10,6 +10,7 @@
 
 pub mod backup_cli;
 pub mod bench;
+pub mod bench_mixed;
 pub mod cli;
 pub mod client;
 pub mod dev;

@@ -922,3 +922,60 @@ fn node_refuses_plaintext_unless_insecure_is_explicit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback"), "{err}");
 }
+
+/// The `name → mean result` of each query line `hourcell bench` printed.
+fn bench_results(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let (name, _) = l.split_once(" runs ")?;
+            let (_, mean) = l.split_once("mean result ")?;
+            Some((name.trim().to_string(), mean.trim().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn bench_queries_while_it_ingests_and_the_answers_stay_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _node = start_node(dir.path(), port);
+    let server = format!("http://127.0.0.1:{port}");
+    let base = [
+        "bench",
+        "--server",
+        server.as_str(),
+        "--persons",
+        "300",
+        "--days",
+        "2",
+        "--queries",
+        "30",
+        "--no-compact",
+        "--only",
+        "occupancy,who-was-at,where-was",
+    ];
+    let settled = ok(&base);
+    let before = bench_results(&settled);
+    assert_eq!(before.len(), 3, "{settled}");
+
+    let mixed = ok(&[&base[..], &["--skip-load", "--ingest-during", "50000"]].concat());
+    let line = mixed
+        .lines()
+        .find(|l| l.starts_with("ingest during the queries: "))
+        .unwrap_or_else(|| panic!("no ingest line: {mixed}"));
+    let events: u64 = line["ingest during the queries: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(events >= 1_000, "the writer sent too little: {line}");
+    // The writer sends the town's own events again: slices are unions, so
+    // every answer is what it was without the writer.
+    assert_eq!(bench_results(&mixed), before, "{mixed}");
+
+    let bad = hourcell(&["bench", "--ingest-during", "0"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("not a positive number"), "{err}");
+}

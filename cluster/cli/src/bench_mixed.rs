@@ -1,0 +1,167 @@
+//! `hourcell bench --ingest-during RATE`: the queries run while a writer
+//! ingests at a steady rate, so their latency is measured the way a
+//! real-time population store is used: queried while it ingests.
+//!
+//! The writer sends the town's own events again, day after day from the
+//! first, in order. Slices are set unions, so the answers stay exactly
+//! those of the settled run (the queries' `as_of` is the town's end), while
+//! the node does all the work of ingest: resolving rows, merge operands,
+//! held slices, flushes and compactions over the same keys the queries read.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use hourcell_proto::v1;
+use hourcell_town::Town;
+
+use crate::bench::event_to_proto;
+use crate::client::{self, Ch as Channel};
+
+/// What the writer did while the queries ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IngestDone {
+    pub events: u64,
+    pub seconds: f64,
+}
+
+impl IngestDone {
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// A writer running in the background until [`PacedIngest::stop`].
+pub struct PacedIngest {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    started: Instant,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// When the `n`th event (counted from 0) may be sent at `rate` events per
+/// second: the writer keeps this schedule, so it neither bursts after a
+/// slow request nor drifts below the rate while the node keeps up.
+pub fn due(n: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(n as f64 / rate.max(1e-9))
+}
+
+impl PacedIngest {
+    /// Starts sending `town`'s events at `rate` events per second in
+    /// requests of `batch`, at most `in_flight` at a time.
+    pub fn start(ch: &Channel, town: Arc<Town>, rate: f64, batch: usize, in_flight: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let task = tokio::spawn(run(
+            ch.clone(),
+            town,
+            rate,
+            batch.max(1),
+            in_flight.max(1),
+            stop.clone(),
+            sent.clone(),
+            started,
+        ));
+        PacedIngest {
+            stop,
+            sent,
+            started,
+            task,
+        }
+    }
+
+    /// Stops the writer after the requests in flight and reports what it
+    /// sent; an ingest error is an error here.
+    pub async fn stop(self) -> Result<IngestDone> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task
+            .await
+            .map_err(|e| anyhow!("ingest writer failed: {e}"))??;
+        Ok(IngestDone {
+            events: self.sent.load(Ordering::SeqCst),
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    ch: Channel,
+    town: Arc<Town>,
+    rate: f64,
+    batch: usize,
+    in_flight: usize,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    started: Instant,
+) -> Result<()> {
+    let days = town.config().days.max(1);
+    let ingest = client::ingest_client(ch);
+    let mut inflight: tokio::task::JoinSet<Result<usize>> = tokio::task::JoinSet::new();
+    let mut scheduled = 0u64;
+    let mut day = 0u32;
+    'outer: while !stop.load(Ordering::SeqCst) {
+        let t = town.clone();
+        let d = day % days;
+        let events = tokio::task::spawn_blocking(move || t.events_for_day(d))
+            .await
+            .map_err(|e| anyhow!("event generator failed: {e}"))?;
+        day += 1;
+        let mut it = events.into_iter().map(event_to_proto).peekable();
+        while it.peek().is_some() {
+            if stop.load(Ordering::SeqCst) {
+                break 'outer;
+            }
+            let wait = due(scheduled, rate).saturating_sub(started.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            while inflight.len() >= in_flight {
+                if let Some(r) = inflight.join_next().await {
+                    let n = r.map_err(|e| anyhow!("ingest task failed: {e}"))??;
+                    sent.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            }
+            let chunk: Vec<v1::Event> = it.by_ref().take(batch).collect();
+            scheduled += chunk.len() as u64;
+            let mut c = ingest.clone();
+            inflight.spawn(async move {
+                let n = chunk.len();
+                c.ingest(v1::IngestRequest { events: chunk })
+                    .await
+                    .map_err(client::status_error)
+                    .context("ingesting events during the queries")?;
+                Ok(n)
+            });
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        let n = r.map_err(|e| anyhow!("ingest task failed: {e}"))??;
+        sent.fetch_add(n as u64, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_spreads_events_over_time_at_the_rate() {
+        assert_eq!(due(0, 1000.0), Duration::ZERO);
+        assert_eq!(due(20_000, 100_000.0), Duration::from_millis(200));
+        assert_eq!(due(150_000, 150_000.0), Duration::from_secs(1));
+        assert!(due(10, 0.0) > Duration::from_secs(3600), "a zero rate never sends");
+    }
+
+    #[test]
+    fn done_reports_its_rate() {
+        let d = IngestDone {
+            events: 300_000,
+            seconds: 2.0,
+        };
+        assert_eq!(d.rate(), 150_000.0);
+    }
+}
