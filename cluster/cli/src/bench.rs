@@ -662,7 +662,9 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             format_time(town.end_unix())
         );
         let writer = args.ingest_during.map(|rate| {
-            println!("ingesting the town's events again at {rate:.0} events/s while the queries run");
+            println!(
+                "ingesting the town's events again at {rate:.0} events/s while the queries run"
+            );
             PacedIngest::start(&ch, town.clone(), rate, args.batch, args.concurrency)
         });
         let mut stats = run_queries(&ch, &town, &args).await?;

@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(due(0, 1000.0), Duration::ZERO);
         assert_eq!(due(20_000, 100_000.0), Duration::from_millis(200));
         assert_eq!(due(150_000, 150_000.0), Duration::from_secs(1));
-        assert!(due(10, 0.0) > Duration::from_secs(3600), "a zero rate never sends");
+        assert!(
+            due(10, 0.0) > Duration::from_secs(3600),
+            "a zero rate never sends"
+        );
     }
 
     #[test]
