@@ -25,11 +25,14 @@ pub(super) struct Slices {
     addrs: Vec<(i64, u32, u32, u32)>,
     pub(super) hours: BTreeMap<i64, RoaringBitmap>,
     pub(super) places: Vec<(u32, i64, RawPlace)>,
+    /// The first and last hour of any row here.
+    span: Option<(i64, i64)>,
 }
 
 impl Slices {
     /// A cell (and address, if any) day-set row of person `id` in `hour`.
     pub(super) fn add_cell(&mut self, id: u32, hour: i64, cell: u64, addr: u32) {
+        self.cover(hour);
         let day = hour.div_euclid(24);
         let bit = 1u32 << hour.rem_euclid(24);
         self.cells.push((day, cell, id, bit));
@@ -41,12 +44,24 @@ impl Slices {
     /// An hour-slice member and a person-index place (`compact`: the cell
     /// shifted, or 0 for the address's cell).
     pub(super) fn add_place(&mut self, id: u32, hour: i64, compact: u64, addr: u32, src: u16) {
+        self.cover(hour);
         self.hours.entry(hour).or_default().insert(id);
         let place = (hour.rem_euclid(24) as u8, compact, addr, src);
         self.places.push((id, hour.div_euclid(24), place));
     }
 
+    fn cover(&mut self, hour: i64) {
+        self.span = Some(match self.span {
+            Some((a, b)) => (a.min(hour), b.max(hour)),
+            None => (hour, hour),
+        });
+    }
+
     fn append(&mut self, mut other: Slices) {
+        if let Some((a, b)) = other.span {
+            self.cover(a);
+            self.cover(b);
+        }
         self.cells.append(&mut other.cells);
         self.addrs.append(&mut other.addrs);
         self.places.append(&mut other.places);
@@ -106,6 +121,48 @@ pub(super) struct Deferred {
     logged: bool,
     log_seq: u64,
     events: usize,
+}
+
+/// The hours that held rows cover, readable without the [`Deferred`]
+/// lock (a flush holds that lock while it writes): a read whose window
+/// misses them needs no flush. Set before `has_deferred` when rows are
+/// held, widened only while they are, and emptied only after the flush
+/// that wrote them, so a reader that sees rows held sees their hours, and
+/// one that sees the span emptied finds its rows in the engine.
+pub(super) struct HeldSpan {
+    first: std::sync::atomic::AtomicI64,
+    last: std::sync::atomic::AtomicI64,
+}
+
+impl Default for HeldSpan {
+    fn default() -> Self {
+        HeldSpan {
+            first: std::sync::atomic::AtomicI64::new(i64::MAX),
+            last: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+impl HeldSpan {
+    fn widen(&self, (first, last): (i64, i64)) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.first.fetch_min(first, SeqCst);
+        self.last.fetch_max(last, SeqCst);
+    }
+
+    fn clear(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.first.store(i64::MAX, SeqCst);
+        self.last.store(i64::MIN, SeqCst);
+    }
+
+    /// Whether held rows may fall in the hours `[from, to)`.
+    fn meets(&self, from: i64, to: i64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let first = self.first.load(SeqCst);
+        let last = self.last.load(SeqCst);
+        first <= last && first < to && from <= last
+    }
 }
 
 /// One resolved event: internal id, hour, slice cell, address id (0:
@@ -219,10 +276,13 @@ impl<E: KvEngine, R: Role> Store<E, R> {
                         d.logged = true;
                     }
                 }
+                if let Some(span) = slices.span {
+                    self.held_span.widen(span);
+                }
                 d.slices.append(slices);
                 d.events += events as usize;
                 self.has_deferred
-                    .store(true, std::sync::atomic::Ordering::Release);
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 d.events >= limit
             };
             if full {
@@ -325,7 +385,8 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         if r.is_err() {
             self.broken.store(true, Ordering::Release);
         }
-        self.has_deferred.store(false, Ordering::Release);
+        self.held_span.clear();
+        self.has_deferred.store(false, Ordering::SeqCst);
         tracing::debug!(events, merges, elapsed = ?t0.elapsed(), "wrote held ingest slices");
         r
     }
@@ -350,14 +411,29 @@ impl<E: KvEngine, R: Role> Store<E, R> {
 
     /// Forgets what [`Deferred`] holds (the caller holds the apply lock).
     pub(super) fn drop_held(&self) {
-        *self.deferred.lock() = Deferred::default();
+        let mut d = self.deferred.lock();
+        *d = Deferred::default();
+        self.held_span.clear();
         self.has_deferred
-            .store(false, std::sync::atomic::Ordering::Release);
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The engine, with every applied command's writes in it.
     pub(super) fn settled(&self) -> Result<&E> {
         self.flush()?;
+        Ok(&self.engine)
+    }
+
+    /// The engine, with every applied command's writes to the hours
+    /// `[from, to)` in it: held rows are written first only when some fall
+    /// in those hours. A store that ingests the present hours is then read
+    /// for past windows without paying for the write of what it holds.
+    pub(super) fn settled_for(&self, from: i64, to: i64) -> Result<&E> {
+        if self.has_deferred.load(std::sync::atomic::Ordering::SeqCst)
+            && self.held_span.meets(from, to)
+        {
+            self.flush()?;
+        }
         Ok(&self.engine)
     }
 }

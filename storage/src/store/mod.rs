@@ -27,8 +27,8 @@ mod meta;
 mod read;
 mod role;
 
-use held::Deferred;
 pub use held::DEFAULT_DEFER_EVENTS;
+use held::{Deferred, HeldSpan};
 pub use role::{Meta, MetaStore, Role, Shard, ShardStore};
 
 /// One place a person was during an hour, as returned by where-was.
@@ -156,6 +156,8 @@ pub struct Store<E: KvEngine, R: Role> {
     /// so that reads check without taking the lock.
     deferred: Mutex<Deferred>,
     has_deferred: std::sync::atomic::AtomicBool,
+    /// The hours held rows cover (see [`HeldSpan`]).
+    held_span: HeldSpan,
     /// Events held in [`Deferred`] before they are written (0: none are
     /// held, every command writes its own batch).
     defer_events: std::sync::atomic::AtomicUsize,
@@ -270,6 +272,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
             tag: Mutex::new(None),
             deferred: Mutex::new(Deferred::default()),
             has_deferred: std::sync::atomic::AtomicBool::new(false),
+            held_span: HeldSpan::default(),
             defer_events: std::sync::atomic::AtomicUsize::new(DEFAULT_DEFER_EVENTS),
             broken: std::sync::atomic::AtomicBool::new(false),
             events_applied: std::sync::atomic::AtomicU64::new(0),

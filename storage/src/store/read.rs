@@ -43,20 +43,21 @@ impl<E: KvEngine, R: Role> Store<E, R> {
             })
             .collect();
         let mut set = DaySet::new();
-        self.settled()?.try_scan_ranges(&keys, &mut |k, v| {
-            let c = u64::from_be_bytes(k[5..13].try_into().unwrap());
-            if keep(c) {
-                codec::decode_day_set_into(k, v, &mut set)?;
-                f(c, &set);
-            }
-            Ok(true)
-        })
+        self.settled_for(day * 24, day * 24 + 24)?
+            .try_scan_ranges(&keys, &mut |k, v| {
+                let c = u64::from_be_bytes(k[5..13].try_into().unwrap());
+                if keep(c) {
+                    codec::decode_day_set_into(k, v, &mut set)?;
+                    f(c, &set);
+                }
+                Ok(true)
+            })
     }
 
     /// The day set of one address on UTC day `day`, if anyone was there.
     pub fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
         let k = keys::address_day(day, address_id);
-        match self.settled()?.get(&k)? {
+        match self.settled_for(day * 24, day * 24 + 24)?.get(&k)? {
             Some(v) => Ok(Some(codec::decode_day_set(&k, &v)?)),
             None => Ok(None),
         }
@@ -69,7 +70,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         before: i64,
         f: &mut dyn FnMut(i64, RoaringBitmap) -> bool,
     ) -> Result<()> {
-        self.settled()?.try_scan_rev(
+        self.settled_for(i64::MIN, before)?.try_scan_rev(
             &keys::hour_slice(keys::MIN_HOUR),
             &keys::hour_slice(before),
             &mut |k, v| Ok(f(keys::hour_from(&k[1..5]), codec::decode_bitmap(k, v)?)),
@@ -87,7 +88,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         if from >= to {
             return Ok(());
         }
-        self.settled()?.try_scan(
+        self.settled_for(from, to)?.try_scan(
             &keys::hour_slice(from),
             &keys::hour_slice(to),
             &mut |k, v| {
@@ -141,7 +142,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
             return Ok(Vec::new());
         }
         let mut raw = Vec::new();
-        self.settled()?.try_scan(
+        self.settled_for(from, to)?.try_scan(
             &keys::person_day(id, from.div_euclid(24)),
             &keys::person_day(id, (to - 1).div_euclid(24) + 1),
             &mut |k, v| {
@@ -179,7 +180,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         let mut current: Option<u32> = None;
         let mut places: Vec<PlaceIds> = Vec::new();
         let start = [keys::PERSON];
-        self.settled()?
+        self.settled_for(from_day.saturating_mul(24), to_day.saturating_mul(24))?
             .try_scan::<Er>(&start, &keys::prefix_end(&start), &mut |k, v| {
                 let id = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
                 let day = keys::hour_from(&k[5..9]);
@@ -252,7 +253,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
             return Ok(());
         }
         let st = self.state.read_recursive();
-        self.settled()?.try_scan_rev(
+        self.settled_for(floor, before)?.try_scan_rev(
             &keys::person_day(id, floor.div_euclid(24)),
             &keys::person_day(id, (before - 1).div_euclid(24) + 1),
             &mut |k, v| {
