@@ -663,9 +663,17 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
         );
         let writer = args.ingest_during.map(|rate| {
             println!(
-                "ingesting the town's events again at {rate:.0} events/s while the queries run"
+                "ingesting {:?} hours at {rate:.0} events/s while the queries run",
+                args.ingest_hours
             );
-            PacedIngest::start(&ch, town.clone(), rate, args.batch, args.concurrency)
+            PacedIngest::start(
+                &ch,
+                town.clone(),
+                args.ingest_hours,
+                rate,
+                args.batch,
+                args.concurrency,
+            )
         });
         let mut stats = run_queries(&ch, &town, &args).await?;
         if let Some(w) = writer {

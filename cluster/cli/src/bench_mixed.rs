@@ -2,11 +2,17 @@
 //! ingests at a steady rate, so their latency is measured the way a
 //! real-time population store is used: queried while it ingests.
 //!
-//! The writer sends the town's own events again, day after day from the
-//! first, in order. Slices are set unions, so the answers stay exactly
-//! those of the settled run (the queries' `as_of` is the town's end), while
+//! What the writer sends ([`IngestHours`]):
+//! - `present`: the town's last day moved one day on, to today, up to
+//!   now, sent again and again: a store ingesting the present while it is
+//!   asked about the past (the queries' windows end at the town's end);
+//! - `past`: the town's own events again, day after day from the first:
+//!   every query's hours are being written while it reads them.
+//!
+//! Either way the answers stay exactly those of the settled run (slices
+//! are set unions and the queries pass the town's end as `as_of`), while
 //! the node does all the work of ingest: resolving rows, merge operands,
-//! held slices, flushes and compactions over the same keys the queries read.
+//! held slices, flushes and compactions.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +24,20 @@ use hourcell_town::Town;
 
 use crate::bench::event_to_proto;
 use crate::client::{self, Ch as Channel};
+
+const DAY: i64 = 86_400;
+/// How far past now the present's events may go (the node accepts up to
+/// an hour ahead).
+const AHEAD: i64 = 3_000;
+
+/// Which hours the writer of `--ingest-during` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngestHours {
+    /// Today up to now: the town's last day moved one day on.
+    Present,
+    /// The town's own days again, from the first.
+    Past,
+}
 
 /// What the writer did while the queries ran.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,13 +70,21 @@ pub fn due(n: u64, rate: f64) -> Duration {
 impl PacedIngest {
     /// Starts sending `town`'s events at `rate` events per second in
     /// requests of `batch`, at most `in_flight` at a time.
-    pub fn start(ch: &Channel, town: Arc<Town>, rate: f64, batch: usize, in_flight: usize) -> Self {
+    pub fn start(
+        ch: &Channel,
+        town: Arc<Town>,
+        hours: IngestHours,
+        rate: f64,
+        batch: usize,
+        in_flight: usize,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let task = tokio::spawn(run(
             ch.clone(),
             town,
+            hours,
             rate,
             batch.max(1),
             in_flight.max(1),
@@ -90,6 +118,7 @@ impl PacedIngest {
 async fn run(
     ch: Channel,
     town: Arc<Town>,
+    hours: IngestHours,
     rate: f64,
     batch: usize,
     in_flight: usize,
@@ -104,11 +133,22 @@ async fn run(
     let mut day = 0u32;
     'outer: while !stop.load(Ordering::SeqCst) {
         let t = town.clone();
-        let d = day % days;
-        let events = tokio::task::spawn_blocking(move || t.events_for_day(d))
+        let d = match hours {
+            IngestHours::Past => day % days,
+            IngestHours::Present => days - 1,
+        };
+        let mut events = tokio::task::spawn_blocking(move || t.events_for_day(d))
             .await
             .map_err(|e| anyhow!("event generator failed: {e}"))?;
         day += 1;
+        if hours == IngestHours::Present {
+            events = present(events, hourcell_query::time::now());
+            if events.is_empty() {
+                // Just past midnight with a quiet town: nothing to send yet.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
         let mut it = events.into_iter().map(event_to_proto).peekable();
         while it.peek().is_some() {
             if stop.load(Ordering::SeqCst) {
@@ -144,9 +184,41 @@ async fn run(
     Ok(())
 }
 
+/// A day's events moved one day on, keeping those before `now` (and up to
+/// [`AHEAD`] after it).
+pub fn present(events: Vec<hourcell_town::GenEvent>, now: i64) -> Vec<hourcell_town::GenEvent> {
+    events
+        .into_iter()
+        .filter_map(|mut e| {
+            e.time += DAY;
+            (e.time < now + AHEAD).then_some(e)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_present_is_the_last_day_moved_on_up_to_now() {
+        let cfg = hourcell_town::TownConfig {
+            seed: 5,
+            persons: 200,
+            days: 2,
+            start_unix: 1_700_006_400 - 2 * DAY,
+            ..hourcell_town::TownConfig::default()
+        };
+        let town = Town::new(cfg);
+        let end = town.end_unix();
+        let last = town.events_for_day(1);
+        let now = end + 12 * 3600;
+        let p = present(last.clone(), now);
+        assert!(!p.is_empty() && p.len() < last.len());
+        assert!(p.iter().all(|e| e.time >= end && e.time < now + AHEAD));
+        let kept = last.iter().filter(|e| e.time + DAY < now + AHEAD).count();
+        assert_eq!(p.len(), kept);
+    }
 
     #[test]
     fn the_schedule_spreads_events_over_time_at_the_rate() {

@@ -759,11 +759,17 @@ pub struct BenchArgs {
     /// p50/p99. Without it the queries run one after another.
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<usize>,
-    /// Events per second to ingest while the queries run (the town's own
-    /// events sent again, so the answers do not change): query latency
-    /// under ingest. Use about half the rate the load reached.
+    /// Events per second to ingest while the queries run: query latency
+    /// under ingest. Use about half the rate the load reached. The answers
+    /// do not change (see --ingest-hours).
     #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = positive_rate)]
     pub ingest_during: Option<f64>,
+    /// What --ingest-during sends: `present` (the town's last day moved to
+    /// today, up to now: the past is queried while the present is
+    /// ingested) or `past` (the town's own days again: the hours every
+    /// query reads are being written).
+    #[arg(long, value_enum, default_value = "present")]
+    pub ingest_hours: crate::bench_mixed::IngestHours,
 }
 
 /// A `--ingest-during` rate that is not a positive number.

@@ -958,20 +958,29 @@ fn bench_queries_while_it_ingests_and_the_answers_stay_the_same() {
     let before = bench_results(&settled);
     assert_eq!(before.len(), 3, "{settled}");
 
-    let mixed = ok(&[&base[..], &["--skip-load", "--ingest-during", "50000"]].concat());
-    let line = mixed
-        .lines()
-        .find(|l| l.starts_with("ingest during the queries: "))
-        .unwrap_or_else(|| panic!("no ingest line: {mixed}"));
-    let events: u64 = line["ingest during the queries: ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(events >= 1_000, "the writer sent too little: {line}");
-    // The writer sends the town's own events again: slices are unions, so
-    // every answer is what it was without the writer.
+    let sent = |out: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("ingest during the queries: "))
+            .unwrap_or_else(|| panic!("no ingest line: {out}"));
+        line["ingest during the queries: ".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // The town's own days again: slices are unions, so every answer is
+    // what it was without the writer.
+    let past = [&base[..], &["--skip-load", "--ingest-during", "50000"]].concat();
+    let mixed = ok(&[&past[..], &["--ingest-hours", "past"]].concat());
+    assert!(sent(&mixed) >= 1_000, "the writer sent too little: {mixed}");
+    assert_eq!(bench_results(&mixed), before, "{mixed}");
+    // Today up to now: after the town's end, outside every query's window
+    // (how much there is depends on the time of day).
+    let mixed = ok(&past);
+    assert!(mixed.contains("ingesting Present hours"), "{mixed}");
+    sent(&mixed);
     assert_eq!(bench_results(&mixed), before, "{mixed}");
 
     let bad = hourcell(&["bench", "--ingest-during", "0"]);
