@@ -397,3 +397,49 @@ fn reads_of_other_hours_leave_held_ingest_held_and_reads_of_its_hours_write_it()
         assert_eq!(d.durable_applied().unwrap(), Some(7), "{what}");
     }
 }
+
+fn audit() -> Command {
+    Command::Audit(vec![AuditEntry {
+        time: 1_700_000_000,
+        principal: "analyst-1".into(),
+        rpc: "Query.WhereWas".into(),
+        purpose: "test".into(),
+        outcome: "ok".into(),
+        ..Default::default()
+    }])
+}
+
+#[test]
+fn an_unreplicated_audit_record_does_not_wait_for_held_ingest() {
+    let r = reference();
+    let cmds = commands();
+    let s = open(1 << 20);
+    for (_, c) in &cmds {
+        s.apply(c).unwrap();
+    }
+    let logged = held_log_keys(s.engine());
+    assert_eq!(logged, 5);
+    // The record of a person-level answer is written on its own (synced,
+    // like every unreplicated write); the held batches stay held.
+    s.apply(&audit()).unwrap();
+    assert_eq!(held_log_keys(s.engine()), logged);
+    assert!(!raw(s.engine()).iter().any(|(k, _)| k[0] == keys::PERSON));
+    assert_eq!(s.audit_records(0, 10).unwrap().len(), 1);
+    // A crash now loses neither: the logged rows are written at open.
+    let reopened = MetaStore::open(copy(s.engine()), None).unwrap();
+    assert_eq!(answers(&reopened), answers(&r));
+    assert_eq!(
+        reopened.audit_records(0, 10).unwrap(),
+        s.audit_records(0, 10).unwrap()
+    );
+    assert_eq!(answers(&s), answers(&r));
+
+    // A replicated store writes held ingest first: the record's raft index
+    // must not pass the held commands'.
+    let d = open(1 << 20);
+    apply(&d, &cmds);
+    assert_eq!(d.durable_applied().unwrap(), Some(1));
+    d.apply_at(&audit(), 7, false).unwrap();
+    assert_eq!(d.durable_applied().unwrap(), Some(7));
+    assert!(raw(d.engine()).iter().any(|(k, _)| k[0] == keys::PERSON));
+}

@@ -579,8 +579,13 @@ impl<E: KvEngine, R: Role> Store<E, R> {
     fn apply_locked(&self, cmd: &Command) -> Result<ApplyOutcome> {
         // Held ingest writes go first: every other command's writes carry
         // its raft index, which must not pass theirs, and some (expiry,
-        // tasks) read slices.
-        if !matches!(cmd, Command::Ingest(_) | Command::IngestShard(_)) {
+        // tasks) read slices. Audit records read no slices, and an
+        // unreplicated store has no index to keep in order (its held rows
+        // are logged durably on their own): there the record of a
+        // person-level answer does not wait for the write of a million
+        // held events.
+        let independent = matches!(cmd, Command::Audit(_)) && self.tag.lock().is_none();
+        if !independent && !matches!(cmd, Command::Ingest(_) | Command::IngestShard(_)) {
             self.flush()?;
         }
         R::apply(self, cmd)
