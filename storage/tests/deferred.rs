@@ -443,3 +443,20 @@ fn an_unreplicated_audit_record_does_not_wait_for_held_ingest() {
     assert_eq!(d.durable_applied().unwrap(), Some(7));
     assert!(raw(d.engine()).iter().any(|(k, _)| k[0] == keys::PERSON));
 }
+
+#[test]
+fn held_ingest_is_written_once_ingest_has_been_idle() {
+    let r = reference();
+    let d = open(1 << 20);
+    apply(&d, &commands());
+    assert_eq!(d.durable_applied().unwrap(), Some(1));
+    // Ingest held just now is not idle for an hour.
+    assert!(!d.flush_idle(std::time::Duration::from_secs(3600)).unwrap());
+    assert_eq!(d.durable_applied().unwrap(), Some(1));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(d.flush_idle(std::time::Duration::from_millis(10)).unwrap());
+    assert_eq!(d.durable_applied().unwrap(), Some(6));
+    assert_eq!(raw(d.engine()), raw(r.engine()));
+    // Nothing held: nothing to write.
+    assert!(!d.flush_idle(std::time::Duration::ZERO).unwrap());
+}

@@ -102,6 +102,7 @@ pub async fn serve_with_metrics(
         tokio::spawn(hourly_rules(node.clone()));
     }
     tokio::spawn(hourly_retention(node.clone()));
+    tokio::spawn(idle_flush(node.clone()));
     if node.shards().is_some() {
         tokio::spawn(shard_keeper(node.clone()));
     }
@@ -290,6 +291,24 @@ async fn hourly_retention(node: Arc<Node>) {
             Ok(())
         })
         .await;
+    }
+}
+
+/// Writes held ingest once ingest has paused for a second, checked twice a
+/// second: the end of a bulk load is not paid for by the first query.
+async fn idle_flush(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !node.healthy() {
+            return;
+        }
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || n.flush_idle(Duration::from_secs(1))).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(stores)) => tracing::debug!(stores, "wrote held ingest after a pause"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "writing held ingest after a pause"),
+            Err(e) => tracing::warn!(error = %e, "idle flush task failed"),
+        }
     }
 }
 

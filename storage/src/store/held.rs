@@ -121,6 +121,8 @@ pub(super) struct Deferred {
     logged: bool,
     log_seq: u64,
     events: usize,
+    /// When the last rows were held.
+    last: Option<std::time::Instant>,
 }
 
 /// The hours that held rows cover, readable without the [`Deferred`]
@@ -281,6 +283,7 @@ impl<E: KvEngine, R: Role> Store<E, R> {
                 }
                 d.slices.append(slices);
                 d.events += events as usize;
+                d.last = Some(std::time::Instant::now());
                 self.has_deferred
                     .store(true, std::sync::atomic::Ordering::SeqCst);
                 d.events >= limit
@@ -389,6 +392,24 @@ impl<E: KvEngine, R: Role> Store<E, R> {
         self.has_deferred.store(false, Ordering::SeqCst);
         tracing::debug!(events, merges, elapsed = ?t0.elapsed(), "wrote held ingest slices");
         r
+    }
+
+    /// Writes what is held if nothing was held for `idle`: when ingest
+    /// pauses (a bulk load has ended), the next read does not pay for the
+    /// write. Returns whether it wrote.
+    pub fn flush_idle(&self, idle: std::time::Duration) -> Result<bool> {
+        if !self.has_deferred.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let quiet = match self.deferred.try_lock() {
+            Some(d) => d.last.is_some_and(|t| t.elapsed() >= idle),
+            // A flush or an apply holds it: not idle.
+            None => false,
+        };
+        if quiet {
+            self.flush()?;
+        }
+        Ok(quiet)
     }
 
     /// Sets how many events' slices a store holds before writing

@@ -393,6 +393,17 @@ impl Node {
         Ok(total)
     }
 
+    /// Writes the held ingest of every store in which nothing was held for
+    /// `idle` (see `Store::flush_idle`): once a load pauses, the first
+    /// query does not pay for that write. Returns the stores written.
+    pub fn flush_idle(&self, idle: std::time::Duration) -> Result<usize, NodeError> {
+        let mut n = usize::from(self.store.flush_idle(idle)?);
+        for (_, s) in self.shards.iter().flat_map(|sh| sh.all()) {
+            n += usize::from(s.flush_idle(idle)?);
+        }
+        Ok(n)
+    }
+
     /// Compacts every store; returns the disk bytes before and after.
     pub fn compact(&self) -> Result<(u64, u64), NodeError> {
         use hourcell_storage::KvEngine;
