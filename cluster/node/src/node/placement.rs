@@ -316,11 +316,15 @@ impl Node {
                 .replication
                 .as_ref()
                 .ok_or_else(|| NodeError::Invalid("sharding needs [cluster]".into()))?;
+            let t0 = std::time::Instant::now();
             r.read_index_all(&[group]).map_err(|e| {
                 NodeError::Unavailable(format!(
                     "cannot serve a linearizable read of shard group {group}: {e}"
                 ))
             })?;
+            self.metrics
+                .routed_barrier
+                .observe(t0.elapsed().as_secs_f64());
         }
         if store.is_restoring() {
             return Err(NodeError::Unavailable(
