@@ -493,7 +493,11 @@ async fn routed_read_latency() {
                         || l.starts_with("hourcell_routed_barrier_seconds_")
                         || l.starts_with("hourcell_raft_is_leader{group=\"1\"}")
                 })
-                .filter(|l| !l.contains("_bucket{") || l.contains("le=\"0.001\"") || l.contains("le=\"0.005\""))
+                .filter(|l| {
+                    !l.contains("_bucket{")
+                        || l.contains("le=\"0.001\"")
+                        || l.contains("le=\"0.005\"")
+                })
                 .collect();
             println!("node {}: {}", i + 1, lines.join("; "));
         }

@@ -151,9 +151,15 @@ mod tests {
         l.revoke(3);
         assert!(!l.valid(3, t0));
         l.renew(3, t0 + Duration::from_millis(10), D);
-        assert!(!l.valid(3, t0 + Duration::from_millis(20)), "renewed in a revoked term");
+        assert!(
+            !l.valid(3, t0 + Duration::from_millis(20)),
+            "renewed in a revoked term"
+        );
         l.renew(4, t0, D);
-        assert!(l.valid(4, t0 + Duration::from_millis(1)), "a later term may lease again");
+        assert!(
+            l.valid(4, t0 + Duration::from_millis(1)),
+            "a later term may lease again"
+        );
 
         let mut l = Lease::default();
         l.renew(5, t0, D);
@@ -161,7 +167,10 @@ mod tests {
         l.fence(change);
         assert!(!l.valid(5, change));
         l.renew(5, t0 + Duration::from_millis(40), D);
-        assert!(!l.valid(5, change), "a read issued before the change renewed it");
+        assert!(
+            !l.valid(5, change),
+            "a read issued before the change renewed it"
+        );
         l.renew(5, change, D);
         assert!(l.valid(5, change + Duration::from_millis(1)));
     }

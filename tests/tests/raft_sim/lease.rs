@@ -43,7 +43,8 @@ fn an_isolated_leader_serves_reads_only_until_its_lease_ends() {
     let old = settled_leader(&c);
     // A read just before the cut renews the lease from its own start.
     assert!(read(&c, old, Duration::from_secs(1)));
-    c.net.add_filter(Box::new(Isolate([old].into_iter().collect())));
+    c.net
+        .add_filter(Box::new(Isolate([old].into_iter().collect())));
     let cut = Instant::now();
 
     // No heartbeat can reach anyone now, so only the lease answers.
@@ -88,7 +89,10 @@ fn an_isolated_leader_serves_reads_only_until_its_lease_ends() {
     c.net.clear_filters();
     let end = Instant::now() + Duration::from_secs(10);
     while !read(&c, old, Duration::from_millis(500)) {
-        assert!(Instant::now() < end, "no read on the old leader after healing");
+        assert!(
+            Instant::now() < end,
+            "no read on the old leader after healing"
+        );
     }
     assert!(has_person(&c.replica(old).store, 904));
 }
@@ -138,7 +142,10 @@ fn a_leader_that_hands_over_stops_serving_from_its_lease() {
     c.net.clear_filters();
     let end = Instant::now() + Duration::from_secs(10);
     while !read(&c, old, Duration::from_millis(500)) {
-        assert!(Instant::now() < end, "no read on the old leader after healing");
+        assert!(
+            Instant::now() < end,
+            "no read on the old leader after healing"
+        );
     }
     assert!(has_person(&c.replica(old).store, 704));
 }
@@ -152,7 +159,8 @@ fn a_restarted_voter_grants_no_vote_within_an_election_timeout() {
     let others: Vec<u64> = VOTERS.iter().copied().filter(|v| *v != old).collect();
     let (restarted, candidate) = (others[0], others[1]);
     // The leader goes silent; one follower restarts and forgets it.
-    c.net.add_filter(Box::new(Isolate([old].into_iter().collect())));
+    c.net
+        .add_filter(Box::new(Isolate([old].into_iter().collect())));
     let i = c.replicas.iter().position(|r| r.id == restarted).unwrap();
     c.replicas[i].stop(&c.net);
     let net = c.net.clone();

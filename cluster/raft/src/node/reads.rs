@@ -81,9 +81,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
         }
         let now = Instant::now();
         g.lease.last_read = Some(now);
-        g.lease
-            .valid(r.term, now)
-            .then_some(r.raft_log.committed)
+        g.lease.valid(r.term, now).then_some(r.raft_log.committed)
     }
 
     /// Answers a follower's forwarded read request from the lease (as
@@ -190,10 +188,9 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                     .last_read
                     .is_some_and(|t| now.duration_since(t) < duration)
                 || g.lease.remaining(r.term, now) > duration / 2
-                || g
-                    .lease
-                    .renewing
-                    .is_some_and(|(_, t, term)| term == r.term && now.duration_since(t) < READ_RESEND)
+                || g.lease.renewing.is_some_and(|(_, t, term)| {
+                    term == r.term && now.duration_since(t) < READ_RESEND
+                })
             {
                 continue;
             }
