@@ -18,6 +18,9 @@ use hourcell_storage::{
     AddressKind, AddressRecord, Command, KvEngine, MemEngine, MetaStore, SliceEvent,
 };
 
+#[path = "raft_sim/lease.rs"]
+mod lease;
+
 const GROUP: u64 = 1;
 const VOTERS: [u64; 3] = [1, 2, 3];
 
@@ -29,6 +32,7 @@ fn timing() -> RaftTiming {
         compact_after: 8,
         max_lag: 40,
         idle_after: Duration::from_secs(30),
+        read_lease: true,
     }
 }
 

@@ -411,12 +411,14 @@ async fn three_tls_nodes_replicate_over_mutual_tls() {
 }
 
 /// Routed read latency: the same generated town loaded into one sharded
-/// node and into three sharded nodes with each shard on `replicas` of them
-/// (1 by default: every shard on one node, so two thirds of the shard
-/// reads of a query cross to another node), then who-was-at, occupancy
-/// and no-activity-since p50/p99 through node 1 from `hourcell bench`
-/// (`HOURCELL_SHARD_BENCH_*` change the sizes, the kinds, the replicas and
-/// the binary). A benchmark, not run by default:
+/// node, then into three and five sharded nodes with each shard on
+/// `replicas` of them (1 by default: every shard on one node, so most of
+/// the shard reads of a query cross to another node), then who-was-at,
+/// occupancy and no-activity-since p50/p99 through node 1 from `hourcell
+/// bench`, and each node's read-barrier figures from `/metrics`
+/// (`HOURCELL_SHARD_BENCH_*` change the sizes, the kinds, the node
+/// counts, the replicas, the binary, and `_LEASE=off` turns leader leases
+/// off). A benchmark, not run by default:
 /// `HOURCELL_SHARD_BENCH_PERSONS=5000 cargo test --workspace --all-targets -- --ignored routed_read_latency --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --ignored --nocapture"]
@@ -433,7 +435,11 @@ async fn routed_read_latency() {
     // Another build of hourcell (an A/B run against an older commit).
     let bin = env("HOURCELL_SHARD_BENCH_BIN", BIN);
     let bin = bin.as_str();
-    for nodes in [1usize, 3] {
+    let counts: Vec<usize> = env("HOURCELL_SHARD_BENCH_NODES", "1,3,5")
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    for nodes in counts {
         let dir = tempfile::tempdir().unwrap();
         let all_ports = free_ports(nodes * 2);
         let (ports, metrics) = all_ports.split_at(nodes);
@@ -443,7 +449,12 @@ async fn routed_read_latency() {
                 shard_as(&c, 4, 2);
                 let text = std::fs::read_to_string(&c).unwrap();
                 let r = replicas.min(nodes as u32);
-                std::fs::write(&c, format!("{text}replicas = {r}\n")).unwrap();
+                // `off` measures the read barriers without leader leases.
+                let lease = match env("HOURCELL_SHARD_BENCH_LEASE", "").as_str() {
+                    "off" => "read_lease = false\n",
+                    _ => "",
+                };
+                std::fs::write(&c, format!("{text}replicas = {r}\n{lease}")).unwrap();
                 c
             })
             .collect();
@@ -472,5 +483,23 @@ async fn routed_read_latency() {
         // One untimed pass, then the measured one.
         bench(&[&only[..], &["--queries", "50"]].concat());
         println!("{}", bench(&[&only[..], &["--queries", &queries]].concat()));
+        // Where the read barriers' time went (absent from an older build).
+        for (i, m) in metrics.iter().enumerate() {
+            let body = http_get(*m, "/metrics");
+            let lines: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("hourcell_query_barrier_seconds_")
+                        || l.starts_with("hourcell_routed_barrier_seconds_")
+                        || l.starts_with("hourcell_raft_is_leader{group=\"1\"}")
+                })
+                .filter(|l| {
+                    !l.contains("_bucket{")
+                        || l.contains("le=\"0.001\"")
+                        || l.contains("le=\"0.005\"")
+                })
+                .collect();
+            println!("node {}: {}", i + 1, lines.join("; "));
+        }
     }
 }

@@ -213,6 +213,14 @@ pub struct ClusterConfig {
     /// at the default 100 ms).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// Whether a raft leader answers linearizable reads from its lease
+    /// (true, the default) instead of a heartbeat round to a quorum per
+    /// read. Safe while the nodes' monotonic clocks run at rates within a
+    /// few percent of each other and no host is suspended (a suspended
+    /// host's monotonic clock stops); turn it off where hosts may be
+    /// suspended (see docs/ARCHITECTURE.md, "Reads").
+    #[serde(default = "default_read_lease")]
+    pub read_lease: bool,
     /// Join a running cluster instead of starting a new one: the node
     /// starts empty, asks the peers to add it (replacing its old
     /// membership if it had one) and catches up from a snapshot. For a new
@@ -261,6 +269,7 @@ impl Default for ClusterConfig {
             node_id: 1,
             peers: Vec::new(),
             tick_ms: default_tick_ms(),
+            read_lease: default_read_lease(),
             join: false,
             cell_shards: 0,
             person_shards: 0,
@@ -289,6 +298,10 @@ pub struct PeerConfig {
 
 fn default_tick_ms() -> u64 {
     100
+}
+
+fn default_read_lease() -> bool {
+    true
 }
 
 impl ClusterConfig {

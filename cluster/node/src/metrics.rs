@@ -102,6 +102,11 @@ pub struct Metrics {
     /// Commands that committed audit records (each one synced write or
     /// raft round, holding the records of every request that waited).
     pub audit_commits: Counter,
+    /// Sharded: the first-round read barrier of a linearizable query (a
+    /// ReadIndex on the metadata group and the shards it will read).
+    pub query_barrier: Histogram,
+    /// Sharded: the read barrier taken when serving a read routed here.
+    pub routed_barrier: Histogram,
     pub sources: SourceHealth,
 }
 
@@ -117,6 +122,8 @@ impl Default for Metrics {
             routed_failures: Counter::default(),
             stale_map_refusals: Counter::default(),
             audit_commits: Counter::default(),
+            query_barrier: latency_histogram(),
+            routed_barrier: latency_histogram(),
             sources: SourceHealth::default(),
         }
     }
@@ -147,6 +154,18 @@ impl Metrics {
             "Time to apply one command to the store",
             Unit::Seconds,
             self.apply_latency.clone(),
+        );
+        r.register_with_unit(
+            "query_barrier",
+            "Sharded: the first read barrier of a linearizable query (metadata group and the shards it reads)",
+            Unit::Seconds,
+            self.query_barrier.clone(),
+        );
+        r.register_with_unit(
+            "routed_barrier",
+            "Sharded: the read barrier taken before serving a read routed here",
+            Unit::Seconds,
+            self.routed_barrier.clone(),
         );
         for (name, help, c) in [
             (

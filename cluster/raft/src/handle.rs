@@ -102,6 +102,9 @@ pub struct RaftTiming {
     /// A group quiet this long ticks only every [`IDLE_TICK_EVERY`]th
     /// round (see [`Group::active`]).
     pub idle_after: Duration,
+    /// Whether a leader answers read barriers from its lease (see
+    /// [`crate::lease`]); off, every read barrier takes a heartbeat round.
+    pub read_lease: bool,
 }
 
 impl Default for RaftTiming {
@@ -113,6 +116,7 @@ impl Default for RaftTiming {
             compact_after: 1_000,
             max_lag: 10_000,
             idle_after: Duration::from_secs(30),
+            read_lease: true,
         }
     }
 }
@@ -253,8 +257,9 @@ impl<O: Outcome> RaftHandle<O> {
     }
 
     /// Waits until this replica may serve a linearizable read of `group`:
-    /// the leader confirms its leadership with a quorum (ReadIndex, not a
-    /// lease) and this replica applies up to the read index.
+    /// the leader confirms its leadership with a quorum (ReadIndex), or
+    /// answers from its lease (see [`crate::lease`]), and this replica
+    /// applies up to the read index.
     pub fn read_index(&self, group: u64, timeout: Duration) -> Result<(), ProposeError> {
         self.ask(|reply| Input::ReadIndex { group, reply }, timeout)
     }

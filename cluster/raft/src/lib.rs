@@ -13,6 +13,8 @@
 //! - [`transport`]: the [`transport::Transport`] trait, envelopes (group +
 //!   raft message, carried as bytes on the wire) and the in-process
 //!   [`transport::SimNetwork`] with fault filters for tests.
+//! - [`lease`]: leader leases, which let a leader answer read barriers
+//!   without a heartbeat round, and why that stays linearizable.
 //! - [`node::StateMachine`]: the contract a replicated state machine
 //!   meets (deterministic, idempotent apply).
 //!
@@ -25,6 +27,7 @@
 pub mod engine;
 pub mod error;
 pub mod handle;
+pub mod lease;
 pub mod log_store;
 pub mod machine;
 pub mod node;

@@ -19,10 +19,13 @@ use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage as _};
 use crate::engine::{LogBatch, LogEngine};
 use crate::error::{ApplyError, ProposeError, RaftError, SnapshotError};
 pub use crate::handle::{GroupStatus, Input, RaftHandle, RaftTiming};
+use crate::lease::Lease;
 use crate::log_store::{store_peer_address, RaftLogStore};
 pub use crate::machine::{Outcome, StateMachine};
 use crate::snapshot::Snapshots;
 use crate::transport::{Envelope, Transport};
+
+mod reads;
 
 /// Wraps a raft-rs or protobuf error of `group`'s log as fatal.
 fn group_err<T: std::fmt::Display>(group: u64) -> impl Fn(T) -> RaftError {
@@ -55,6 +58,22 @@ struct Group<E: LogEngine, O> {
     raw: RawNode<RaftLogStore<E>>,
     store: RaftLogStore<E>,
     sm: Arc<dyn StateMachine<O>>,
+    /// This replica's leader lease (see [`crate::lease`]).
+    lease: Lease,
+    /// A replica restarted in an elected term grants no vote before this
+    /// instant (see [`RaftNode::add_group`]).
+    votes_held_until: Option<Instant>,
+}
+
+/// A read barrier waiting for its read index.
+struct ReadWaiter {
+    reply: SyncSender<Result<(), ProposeError>>,
+    /// When it was first asked for (a resend keeps it): a quorum's answer
+    /// renews this leader's lease from then.
+    issued: Instant,
+    /// Whether this replica led the group when it asked: only then is the
+    /// read state its own quorum's confirmation.
+    as_leader: bool,
 }
 
 /// A quiet group ticks once in this many rounds: its heartbeats and its
@@ -131,7 +150,7 @@ fn take_stale<T>(waiting: &mut HashMap<u64, (u64, u64, T)>, terms: &HashMap<u64,
 }
 
 /// How long a read barrier waits for its read index before it is sent
-/// again (see `RaftNode::resend_reads`).
+/// again (see `RaftNode::resend_reads` in `node/reads.rs`).
 const READ_RESEND: Duration = Duration::from_millis(300);
 
 /// Drives the raft groups of one node.
@@ -145,8 +164,8 @@ pub struct RaftNode<E: LogEngine, O> {
     /// Proposals waiting for their entry to be applied here: sequence →
     /// (group, term when proposed, reply).
     pending: HashMap<u64, (u64, u64, SyncSender<Result<O, ProposeError>>)>,
-    /// Read barriers sent to the leader: sequence → (group, term, reply).
-    reads: HashMap<u64, (u64, u64, SyncSender<Result<(), ProposeError>>)>,
+    /// Read barriers sent to the leader: sequence → (group, term, waiter).
+    reads: HashMap<u64, (u64, u64, ReadWaiter)>,
     /// When each read barrier in `reads` was last sent (see
     /// [`READ_RESEND`]).
     read_sent: HashMap<u64, Instant>,
@@ -263,6 +282,13 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
             }
         }
         let cfg = config(self.id, store.applied(), &self.timing);
+        // A replica that was in an elected term before it stopped may have
+        // confirmed a leader's lease just before: it forgot whom it heard
+        // from, so it refuses votes for a whole election timeout, by which
+        // time that lease has run out (see `crate::lease`).
+        let elected_before = store.hard_state().term > crate::log_store::INIT_TERM;
+        let votes_held_until = elected_before
+            .then(|| Instant::now() + self.timing.tick * self.timing.election_tick as u32);
         let raw = RawNode::new(&cfg, store.clone(), &self.logger)?;
         self.groups.insert(
             group,
@@ -273,6 +299,8 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 raw,
                 store,
                 sm,
+                lease: Lease::default(),
+                votes_held_until,
             },
         );
         Ok(())
@@ -328,6 +356,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 last_tick = Instant::now();
                 ticks += 1;
                 self.resend_reads(now);
+                self.renew_leases(now);
                 if ticks % 20 == 0 {
                     self.maintain();
                 }
@@ -415,64 +444,17 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
         for reply in take_stale(&mut self.pending, &terms) {
             let _ = reply.send(Err(ProposeError::Dropped));
         }
-        for reply in take_stale(&mut self.reads, &terms) {
-            let _ = reply.send(Err(ProposeError::Dropped));
+        for w in take_stale(&mut self.reads, &terms) {
+            let _ = w.reply.send(Err(ProposeError::Dropped));
         }
-    }
-
-    /// Sends again the read barriers that got no read index within
-    /// [`READ_RESEND`]: raft-rs drops a read request without a word when
-    /// the leader has not yet committed an entry of its term (one just
-    /// elected) or when the message is lost, and the caller would wait out
-    /// its whole timeout. The leader ignores a request it already holds,
-    /// and a second answer finds no waiter.
-    fn resend_reads(&mut self, now: Instant) {
-        if self.reads.is_empty() {
-            self.read_sent.clear();
-            return;
-        }
-        let reads = &self.reads;
-        self.read_sent.retain(|seq, _| reads.contains_key(seq));
-        for (seq, (group, _, _)) in &self.reads {
-            let sent = self.read_sent.entry(*seq).or_insert(now);
-            if now.duration_since(*sent) < READ_RESEND {
-                continue;
-            }
-            if let Some(g) = self.groups.get_mut(group) {
-                if g.raw.raft.leader_id != raft::INVALID_ID {
-                    *sent = now;
-                    g.raw.read_index(seq.to_be_bytes().to_vec());
-                }
-            }
-        }
-    }
-
-    /// Answers the read barriers whose index this replica has applied.
-    fn release_reads(&mut self) {
-        if self.reads_ready.is_empty() {
-            return;
-        }
-        let applied: HashMap<u64, u64> = self
-            .groups
-            .iter()
-            .map(|(id, g)| (*id, g.store.applied()))
-            .collect();
-        self.reads_ready.retain(|(g, index, reply)| {
-            if applied.get(g).is_some_and(|a| a >= index) {
-                let _ = reply.send(Ok(()));
-                false
-            } else {
-                true
-            }
-        });
     }
 
     fn fail(&mut self, why: &dyn std::fmt::Display) {
         for (_, (_, _, reply)) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Stopped(why.to_string())));
         }
-        for (_, (_, _, reply)) in self.reads.drain() {
-            let _ = reply.send(Err(ProposeError::Stopped(why.to_string())));
+        for (_, (_, _, w)) in self.reads.drain() {
+            let _ = w.reply.send(Err(ProposeError::Stopped(why.to_string())));
         }
         for (_, _, reply) in self.reads_ready.drain(..) {
             let _ = reply.send(Err(ProposeError::Stopped(why.to_string())));
@@ -493,6 +475,9 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 if env.msg.get_msg_type() == MessageType::MsgSnapshot && !self.snapshot_ready(&env)
                 {
                     // Being fetched on another thread; stepped when done.
+                    return true;
+                }
+                if self.vote_held(&env) || self.answer_read_from_lease(&env) {
                     return true;
                 }
                 if let Some(g) = self.groups.get_mut(&env.group) {
@@ -581,12 +566,26 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                     let _ = reply.send(Err(ProposeError::Dropped));
                     return true;
                 }
+                if let Some(index) = self.lease_read_index(group) {
+                    self.reads_ready.push((group, index, reply));
+                    return true;
+                }
+                let Some(g) = self.groups.get_mut(&group) else {
+                    return true;
+                };
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let term = g.raw.raft.term;
+                let now = Instant::now();
+                let as_leader = g.raw.raft.state == StateRole::Leader;
                 g.raw.read_index(seq.to_be_bytes().to_vec());
-                self.reads.insert(seq, (group, term, reply));
-                self.read_sent.insert(seq, Instant::now());
+                let w = ReadWaiter {
+                    reply,
+                    issued: now,
+                    as_leader,
+                };
+                self.reads.insert(seq, (group, term, w));
+                self.read_sent.insert(seq, now);
             }
             Input::ConfChange { group, cc, reply } => {
                 self.wake(group);
@@ -685,16 +684,13 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
         true
     }
 
-    /// Before raft sees a snapshot message, pulls the image it stands for
-    /// from the sender into the state machine, if raft is going to adopt it
-    /// (it names this replica as a member and is ahead of what is
-    /// committed here, and the log does not already hold its last entry).
-    /// A failed fetch is retried a few times; if it still fails, the error
-    /// stops the node, because the state machine was already cleared.
     /// Whether a MsgSnapshot can be stepped now: true if it needs no data
-    /// (stale, or this replica has the entries) or its data is installed;
-    /// otherwise starts fetching it on another thread (once) and returns
-    /// false.
+    /// (stale, this replica not a member of it, or the log already holds
+    /// its last entry) or its data is installed; otherwise starts pulling
+    /// the image from the sender into the state machine on another thread
+    /// (once) and returns false. A failed fetch is retried a few times; if
+    /// it still fails, the error stops the node, because the state machine
+    /// was already cleared.
     fn snapshot_ready(&mut self, env: &Envelope) -> bool {
         let Some(g) = self.groups.get(&env.group) else {
             return true;
@@ -776,6 +772,16 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
             .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
             .map(|m| m.to)
             .collect();
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow)
+        {
+            // The transferee may now be elected inside the voters' lease.
+            if let Some(g) = self.groups.get_mut(&group) {
+                let term = g.raw.raft.term;
+                g.lease.revoke(term);
+            }
+        }
         self.transport.send(
             msgs.into_iter()
                 .map(|msg| Envelope { group, msg })
@@ -788,16 +794,6 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
         }
     }
 
-    /// Handles one group's `Ready` in the order raft-rs's `five_mem_node`
-    /// example gives: send messages, apply the snapshot, apply committed
-    /// entries, append entries, persist the hard state, send persisted
-    /// messages, advance, then the light ready (commit index, messages,
-    /// committed entries) and advance_apply.
-    /// Handles the Ready of every group in `ids` in three steps, so that
-    /// all of them share one synced log write: take each Ready (send the
-    /// leader's messages, adopt a snapshot, apply what is committed) and
-    /// stage its new entries and hard state; write the staged batch once;
-    /// then send what waited for durability and advance each group.
     /// Handles the `Ready` of every group in `ids`, in raft-rs's
     /// `examples/five_mem_node` order: send messages, apply the snapshot,
     /// apply committed entries, append entries and persist the hard state
@@ -821,9 +817,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
             for rs in ready.take_read_states() {
                 if rs.request_ctx.len() == 8 {
                     let seq = u64::from_be_bytes(rs.request_ctx[..8].try_into().unwrap());
-                    if let Some((group, _, reply)) = self.reads.remove(&seq) {
-                        self.reads_ready.push((group, rs.index, reply));
-                    }
+                    self.read_confirmed(gid, seq, rs.index);
                 }
             }
             let msgs = ready.take_messages();
@@ -908,6 +902,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                     }
                     // An invalid change is refused the same way on every
                     // replica; the membership stays as it was.
+                    g.lease.fence(Instant::now());
                     match g.raw.apply_conf_change(&cc) {
                         Ok(cs) => {
                             g.store.set_conf_state(cs).map_err(group_err(gid))?;
@@ -919,6 +914,7 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
                     cc.merge_from_bytes(&e.data).map_err(group_err(gid))?;
+                    g.lease.fence(Instant::now());
                     match g.raw.apply_conf_change(&cc) {
                         Ok(cs) => {
                             g.store.set_conf_state(cs).map_err(group_err(gid))?;

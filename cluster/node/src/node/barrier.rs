@@ -151,6 +151,9 @@ impl Node {
         r.read_index_all(&first).map_err(|e| {
             NodeError::Unavailable(format!("cannot serve a linearizable read: {e}"))
         })?;
+        self.metrics
+            .query_barrier
+            .observe(started.elapsed().as_secs_f64());
         gate.record(&first[1..], started);
         self.check_restoring()?;
         if self.store.shard_map_version() != *sh.synced_version.read() {

@@ -316,11 +316,15 @@ impl Node {
                 .replication
                 .as_ref()
                 .ok_or_else(|| NodeError::Invalid("sharding needs [cluster]".into()))?;
+            let t0 = std::time::Instant::now();
             r.read_index_all(&[group]).map_err(|e| {
                 NodeError::Unavailable(format!(
                     "cannot serve a linearizable read of shard group {group}: {e}"
                 ))
             })?;
+            self.metrics
+                .routed_barrier
+                .observe(t0.elapsed().as_secs_f64());
         }
         if store.is_restoring() {
             return Err(NodeError::Unavailable(
@@ -454,12 +458,23 @@ impl Node {
                 }
                 tracing::info!(group = g, shard = %sh.describe(g), "holding a replica of a shard");
             } else if !replicas.contains(&me) && hosted {
-                // Moved away: let go once this replica is out of the group
+                // Moved away: let go once this replica is out of the group,
                 // or every replica the map names votes (the leader then
-                // removes this one).
+                // removes this one) and the group keeps a quorum without
+                // it. In a group of two (a shard of one replica being
+                // moved) the new replica cannot commit the removal alone:
+                // stay until removed, or until the new leader, which stops
+                // talking to a removed replica that may never hear of its
+                // removal, has been silent for two seconds.
                 let done = r.handle.status(g).is_none_or(|s| {
+                    let others = s.voters.iter().filter(|v| **v != me).count();
+                    let quorum_without_me = others > s.voters.len() / 2;
+                    let left_behind = s.leader != me
+                        && replicas.contains(&s.leader)
+                        && s.leader_contact_ms.is_some_and(|ms| ms > 2_000);
                     (!s.voters.contains(&me) && !s.learners.contains(&me))
-                        || replicas.iter().all(|n| s.voters.contains(n))
+                        || (replicas.iter().all(|n| s.voters.contains(n))
+                            && (quorum_without_me || left_behind))
                 });
                 if done {
                     r.handle

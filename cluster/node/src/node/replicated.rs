@@ -508,6 +508,7 @@ pub(super) fn start_replication(
     let transport = network.raft_transport(c.node_id, &peers);
     let timing = RaftTiming {
         tick: std::time::Duration::from_millis(c.tick_ms),
+        read_lease: c.read_lease,
         ..RaftTiming::default()
     };
     // (compact_after: the default 1,000 entries of up to 100,000 events.)
