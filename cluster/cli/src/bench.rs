@@ -469,7 +469,7 @@ fn selected(name: &str, only: &[String]) -> bool {
 /// Runs `reqs` through `clients` concurrent clients, each on its own
 /// connection taking the next request in turn; returns the stats and the
 /// wall time from the first request to the last answer.
-async fn run_concurrent(
+pub(crate) async fn run_concurrent(
     server: &str,
     mut stats: QueryStats,
     reqs: Vec<QueryRequest>,
@@ -610,6 +610,10 @@ async fn status(ch: &Channel, count_postings: bool) -> Result<v1::StatusResponse
 }
 
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
+    if let Some(path) = args.params.clone() {
+        crate::bench_params::run_params(&args, &path).await?;
+        return Ok(());
+    }
     let ch = client::channel(&args.server).await?;
     let mut start = utc_midnight(hourcell_query::time::now()) - i64::from(args.days) * DAY;
     if args.skip_load {
