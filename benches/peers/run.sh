@@ -3,7 +3,8 @@
 # generated town (issues 6 and 19). Usage: benches/peers/run.sh [--quick]
 #   [--persons N] [--days N] [--seed S] [--queries N] [--heavy N]
 #   [--clients 1,8,32] [--work DIR] [--hourcell BIN] [--venv DIR]
-#   [--append FILE] [--summary FILE] [--no-sedona] [--keep] [--force]
+#   [--append FILE] [--summary FILE] [--no-sedona] [--keep] [--keep-town]
+#   [--force]
 # Prints a markdown section; with --append FILE also appends it there.
 # Needs root on Debian 12 (apt-get), network to Debian and PyPI.
 set -euo pipefail
@@ -30,6 +31,9 @@ PG_PORT="${PEERS_PG_PORT:-55432}"
 HC_PORT="${PEERS_HC_PORT:-57420}"
 BATCH="${PEERS_BATCH:-20000}"
 KEEP=0
+# Keep the town, the peers' rows and the parameters (not the systems' data)
+# to rerun one system's phase on them later.
+KEEP_TOWN=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,7 +52,8 @@ while [ $# -gt 0 ]; do
     --venv) VENV="$2"; shift ;;
     --append) APPEND="$2"; shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    --keep-town) KEEP_TOWN=1 ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -72,19 +77,22 @@ cleanup() {
   if [ -n "$HC_PID" ] && kill -0 "$HC_PID" 2>/dev/null; then kill "$HC_PID"; wait "$HC_PID" 2>/dev/null; fi
   if [ "$PG_STARTED" = 1 ]; then runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1; fi
   if [ "$KEEP" = 0 ]; then
-    rm -rf "$PGDATA" "$WORK/pglog" "$HC_DATA" "$WORK/duck.db" "$WORK/duck.db.wal" "$WORK/prep" "$WORK/town"
-    if [ "$CLEAN_WORK" = 1 ]; then rm -rf "$WORK"; fi
+    rm -rf "$PGDATA" "$WORK/pglog" "$HC_DATA" "$WORK/duck.db" "$WORK/duck.db.wal"
+    if [ "$KEEP_TOWN" = 0 ]; then
+      rm -rf "$WORK/prep" "$WORK/town"
+      if [ "$CLEAN_WORK" = 1 ]; then rm -rf "$WORK"; fi
+    fi
   fi
 }
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- disk
-# Bytes per event, measured at 100k persons x 14 days (9.2M events): the
-# town's events.csv ~75, the peers' rows ~110, PostgreSQL's table and
-# indexes ~250 (WAL is recycled), DuckDB ~20, hourcell ~5 (after
+# Bytes per event at the peak, measured at 5k and 100k persons x 14 days: the
+# town's events.csv ~75, the peers' rows ~115, PostgreSQL's table and
+# indexes ~260 and its WAL ~300 (max_wal_size 16GB: not yet recycled), DuckDB ~20, hourcell ~5 (after
 # compaction; ~3x that before). Persons x days x 6.6 events.
 EVENTS_EST=$((PERSONS * DAYS * 66 / 10))
-NEED_GIB=$(( (EVENTS_EST * 470 + (1 << 30) - 1) / (1 << 30) ))
+NEED_GIB=$(( (EVENTS_EST * 750 + (1 << 30) - 1) / (1 << 30) ))
 AVAIL_GIB=$(( $(df -Pk "$WORK" | awk 'NR==2 {print $4}') / 1048576 ))
 log "disk: about ${NEED_GIB} GiB needed for ~${EVENTS_EST} events; ${AVAIL_GIB} GiB free, ${RESERVE_GIB} GiB to stay free"
 if [ $((AVAIL_GIB - NEED_GIB)) -lt "$RESERVE_GIB" ] && [ "$FORCE" = 0 ]; then

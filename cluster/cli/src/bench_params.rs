@@ -345,9 +345,10 @@ pub async fn run_params(args: &BenchArgs, path: &Path) -> Result<ParamsReport> {
             let n = requests_at(set.requests.len(), args.queries, c);
             let reqs = cycled(&set.requests, n);
             let fresh = QueryStats::new(set.kind, "");
-            let (done, wall) = crate::bench::run_concurrent(&args.server, fresh, reqs, c)
-                .await
-                .with_context(|| format!("{} at {c} clients", set.name))?;
+            let (done, wall) =
+                crate::bench::run_concurrent(&args.server, fresh, reqs, c, set.requests.first())
+                    .await
+                    .with_context(|| format!("{} at {c} clients", set.name))?;
             let f = Figure::of(c, &done, wall);
             println!(
                 "{:<12} {:<18} clients {:>3}  runs {:>5}  {:>8.1} queries/s  p50 {:>9.3} ms  p99 {:>9.3} ms  mean answer {:.1}",
