@@ -620,10 +620,6 @@ async fn status(ch: &Channel, count_postings: bool) -> Result<v1::StatusResponse
 }
 
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
-    if let Some(path) = args.params.clone() {
-        crate::bench_params::run_params(&args, &path).await?;
-        return Ok(());
-    }
     let ch = client::channel(&args.server).await?;
     let mut start = utc_midnight(hourcell_query::time::now()) - i64::from(args.days) * DAY;
     if args.skip_load {

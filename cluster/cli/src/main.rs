@@ -106,7 +106,12 @@ fn main() {
             }
             Command::Bench(a) => {
                 init_logging("warn");
-                bench::run_bench(a).await
+                match a.params.clone() {
+                    Some(path) => hourcell_cli::bench_params::run_params(&a, &path)
+                        .await
+                        .map(|_| ()),
+                    None => bench::run_bench(a).await,
+                }
             }
             Command::Audit(a) => {
                 init_logging("warn");
