@@ -469,17 +469,26 @@ fn selected(name: &str, only: &[String]) -> bool {
 
 /// Runs `reqs` through `clients` concurrent clients, each on its own
 /// connection taking the next request in turn; returns the stats and the
-/// wall time from the first request to the last answer.
-async fn run_concurrent(
+/// wall time from the first request to the last answer. With `warm`, each
+/// connection first sends that request untimed, so no figure holds a
+/// connection's setup.
+pub(crate) async fn run_concurrent(
     server: &str,
     mut stats: QueryStats,
     reqs: Vec<QueryRequest>,
     clients: usize,
+    warm: Option<&QueryRequest>,
 ) -> Result<(QueryStats, Duration)> {
     let clients = clients.max(1);
     let mut channels = Vec::with_capacity(clients);
     for _ in 0..clients {
-        channels.push(client::channel(server).await?);
+        let ch = client::channel(server).await?;
+        if let Some(req) = warm {
+            client::execute(ch.clone(), req.clone())
+                .await
+                .with_context(|| format!("{} (warm-up) failed", stats.name))?;
+        }
+        channels.push(ch);
     }
     let reqs = Arc::new(reqs);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -522,7 +531,8 @@ async fn run_queries(ch: &Channel, town: &Town, args: &BenchArgs) -> Result<Vec<
         if !args.clients.is_empty() {
             for &c in &args.clients {
                 let fresh = QueryStats::new(stats.name, stats.unit);
-                let (done, wall) = run_concurrent(&args.server, fresh, reqs.clone(), c).await?;
+                let (done, wall) =
+                    run_concurrent(&args.server, fresh, reqs.clone(), c, None).await?;
                 let (p50, p99, _) = done.summary();
                 println!(
                     "{:<34} clients {:>3}  runs {:>5}  {:>8.1} queries/s  p50 {:>9.3} ms  p99 {:>9.3} ms",

@@ -385,6 +385,11 @@ pub struct GenArgs {
     /// Output directory (created if missing).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write the peer comparison's event rows (benches/peers) into
+    /// this directory: one CSV per day with each event's resolved point,
+    /// UTC hour and level-16 slice cell, and prep.json.
+    #[arg(long)]
+    pub peers: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -759,6 +764,7 @@ pub struct BenchArgs {
     /// p50/p99. Without it the queries run one after another.
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<usize>,
+<<<<<<< HEAD
     /// Events per second to ingest while the queries run: query latency
     /// under ingest. Use about half the rate the load reached. The answers
     /// do not change (see --ingest-hours).
@@ -782,6 +788,26 @@ fn positive_rate(s: &str) -> Result<f64, RateArgError> {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err(RateArgError(s.to_string())),
     }
+=======
+    /// Instead of generating and loading a town, send the parameter sets
+    /// of this file (written by `benches/peers/peers.py params`) to the
+    /// running node: one untimed pass, then at each --clients figure
+    /// at least --queries requests per set (the set repeated; at least
+    /// once, and two per client above one). --only then names sets of
+    /// the file.
+    #[arg(long)]
+    pub params: Option<PathBuf>,
+    /// With --params: also write the figures (p50/p99/max ms, queries/s,
+    /// mean answer size per set and client count) as JSON to this file.
+    #[arg(long, requires = "params")]
+    pub json_out: Option<PathBuf>,
+    /// With --params: why person-level queries are asked (audited).
+    #[arg(long, default_value = "load benchmark on a generated town")]
+    pub purpose: String,
+    /// With --params: the case person-level queries are asked for.
+    #[arg(long, default_value = "BENCH")]
+    pub case: String,
+>>>>>>> cf3535ae36540eeeec94323114fc7c3e82faaf88
 }
 
 /// `hourcell tasks ...`

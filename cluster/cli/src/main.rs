@@ -64,6 +64,17 @@ fn main() {
                     ..town::TownConfig::default()
                 });
                 let n = t.write_csv(&a.out, true)?;
+                if let Some(dir) = &a.peers {
+                    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let p = hourcell_cli::gen_peers::write_peer_rows(&t, dir, workers)?;
+                    println!(
+                        "wrote {} peer rows in {} files to {} in {:.1} s",
+                        p.events,
+                        p.parts.len(),
+                        dir.display(),
+                        p.seconds
+                    );
+                }
                 println!(
                     "wrote {} addresses, {} registrations, {n} events and truth for {} persons to {}",
                     t.addresses().len(),
@@ -95,7 +106,12 @@ fn main() {
             }
             Command::Bench(a) => {
                 init_logging("warn");
-                bench::run_bench(a).await
+                match a.params.clone() {
+                    Some(path) => hourcell_cli::bench_params::run_params(&a, &path)
+                        .await
+                        .map(|_| ()),
+                    None => bench::run_bench(a).await,
+                }
             }
             Command::Audit(a) => {
                 init_logging("warn");
