@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::bench_mixed::PacedIngest;
+use crate::bench_mixed::{event_to_proto, PacedIngest};
 use crate::cli::BenchArgs;
 use crate::client::{self, QueryRequest};
 use hourcell_town::{GenEvent, Town, TownConfig};
@@ -125,17 +125,6 @@ pub fn markdown_table(stats: &[QueryStats]) -> String {
 /// UTC midnight of the day containing `t`.
 pub fn utc_midnight(t: i64) -> i64 {
     t.div_euclid(DAY) * DAY
-}
-
-pub(crate) fn event_to_proto(e: GenEvent) -> v1::Event {
-    v1::Event {
-        person: e.person,
-        time: Some(v1::event::Time::UnixSeconds(e.time)),
-        lat: e.lat,
-        lng: e.lng,
-        address: e.address.unwrap_or_default(),
-        source: e.source.to_string(),
-    }
 }
 
 fn first_rejection(r: &[v1::Rejection]) -> String {

@@ -22,7 +22,6 @@ use anyhow::{anyhow, Context as _, Result};
 use hourcell_proto::v1;
 use hourcell_town::Town;
 
-use crate::bench::event_to_proto;
 use crate::client::{self, Ch as Channel};
 
 const DAY: i64 = 86_400;
@@ -37,6 +36,18 @@ pub enum IngestHours {
     Present,
     /// The town's own days again, from the first.
     Past,
+}
+
+/// A generated event as the ingest API takes it.
+pub fn event_to_proto(e: hourcell_town::GenEvent) -> v1::Event {
+    v1::Event {
+        person: e.person,
+        time: Some(v1::event::Time::UnixSeconds(e.time)),
+        lat: e.lat,
+        lng: e.lng,
+        address: e.address.unwrap_or_default(),
+        source: e.source.to_string(),
+    }
 }
 
 /// What the writer did while the queries ran.

@@ -764,7 +764,6 @@ pub struct BenchArgs {
     /// p50/p99. Without it the queries run one after another.
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<usize>,
-<<<<<<< HEAD
     /// Events per second to ingest while the queries run: query latency
     /// under ingest. Use about half the rate the load reached. The answers
     /// do not change (see --ingest-hours).
@@ -776,19 +775,6 @@ pub struct BenchArgs {
     /// query reads are being written).
     #[arg(long, value_enum, default_value = "present")]
     pub ingest_hours: crate::bench_mixed::IngestHours,
-}
-
-/// A `--ingest-during` rate that is not a positive number.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a positive number of events per second")]
-pub struct RateArgError(String);
-
-fn positive_rate(s: &str) -> Result<f64, RateArgError> {
-    match s.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
-        _ => Err(RateArgError(s.to_string())),
-    }
-=======
     /// Instead of generating and loading a town, send the parameter sets
     /// of this file (written by `benches/peers/peers.py params`) to the
     /// running node: one untimed pass, then at each --clients figure
@@ -807,7 +793,18 @@ fn positive_rate(s: &str) -> Result<f64, RateArgError> {
     /// With --params: the case person-level queries are asked for.
     #[arg(long, default_value = "BENCH")]
     pub case: String,
->>>>>>> cf3535ae36540eeeec94323114fc7c3e82faaf88
+}
+
+/// A `--ingest-during` rate that is not a positive number.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a positive number of events per second")]
+pub struct RateArgError(String);
+
+fn positive_rate(s: &str) -> Result<f64, RateArgError> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(RateArgError(s.to_string())),
+    }
 }
 
 /// `hourcell tasks ...`
