@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::bench_mixed::{event_to_proto, PacedIngest};
 use crate::cli::BenchArgs;
 use crate::client::{self, QueryRequest};
-use hourcell_town::{GenEvent, Town, TownConfig};
+use hourcell_town::{Town, TownConfig};
 
 const DAY: i64 = 86_400;
 /// Addresses and registrations per request.
