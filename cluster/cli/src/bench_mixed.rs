@@ -22,21 +22,13 @@ use anyhow::{anyhow, Context as _, Result};
 use hourcell_proto::v1;
 use hourcell_town::Town;
 
+pub use crate::bench_args::IngestHours;
 use crate::client::{self, Ch as Channel};
 
 const DAY: i64 = 86_400;
 /// How far past now the present's events may go (the node accepts up to
 /// an hour ahead).
 const AHEAD: i64 = 3_000;
-
-/// Which hours the writer of `--ingest-during` sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum IngestHours {
-    /// Today up to now: the town's last day moved one day on.
-    Present,
-    /// The town's own days again, from the first.
-    Past,
-}
 
 /// A generated event as the ingest API takes it.
 pub fn event_to_proto(e: hourcell_town::GenEvent) -> v1::Event {

@@ -11,10 +11,12 @@
 
 pub mod backup_cli;
 pub mod bench;
+pub mod bench_args;
 pub mod bench_mixed;
 pub mod bench_params;
 pub mod cli;
 pub mod client;
+pub mod defaults;
 pub mod dev;
 pub mod docs;
 pub mod exit;
