@@ -21,25 +21,10 @@ done
 S="http://127.0.0.1:$PORT"; T="$WORK/town"; D="$WORK/node"; PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; true' EXIT
 "$BIN" gen --seed 1 --persons "$P" --days "$DAYS" --out "$T" >/dev/null
-mkdir -p "$D"
-cat > "$D/node.toml" <<TOML
-data_dir = "$D/data"
-listen = "127.0.0.1:$PORT"
-block_cache_mb = 64
-log = "warn"
-
-[rules]
-hourly = false
-
-[security]
-insecure = true
-anonymous_roles = ["all"]
-requests_per_sec = 0
-TOML
+. "$(dirname "$0")/node_env.sh"
+write_node_toml 64
 restart() {
-  if [ -n "$PID" ]; then kill "$PID"; while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done; fi
-  "$BIN" node --config "$D/node.toml" >>"$D/node.log" 2>&1 & PID=$!
-  for _ in $(seq 300); do "$BIN" status --server "$S" >/dev/null 2>&1 && break; sleep 0.2; done
+  restart_node
   sleep 5
   printf '%-40s %8s kB\n' "$1" "$(awk '/VmRSS/{print $2}' "/proc/$PID/status")"
 }

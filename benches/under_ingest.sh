@@ -23,33 +23,14 @@ done
 [ -n "$WORK" ] || WORK="$(mktemp -d /var/tmp/hourcell-ingest.XXXXXX)"
 S="http://127.0.0.1:$PORT"; D="$WORK/node"; PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; true' EXIT
-mkdir -p "$D"
-cat > "$D/node.toml" <<TOML
-data_dir = "$D/data"
-listen = "127.0.0.1:$PORT"
-block_cache_mb = 1024
-log = "warn"
-
-[rules]
-hourly = false
-
-[security]
-insecure = true
-anonymous_roles = ["all"]
-requests_per_sec = 0
-retention_days = 36500
-TOML
-start() {
-  if [ -n "$PID" ]; then kill "$PID"; while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done; fi
-  "$BIN" node --config "$D/node.toml" >>"$D/node.log" 2>&1 & PID=$!
-  for _ in $(seq 300); do "$BIN" status --server "$S" >/dev/null 2>&1 && break; sleep 0.2; done
-}
+. "$(dirname "$0")/node_env.sh"
+write_node_toml 1024
 Q=(--server "$S" --persons "$P" --days "$DAYS" --skip-load --no-compact --only occupancy,who-was-at,where-was)
 pass() {
   echo "== $1 [$(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)]"
   "$BIN" bench "${Q[@]}" --queries "$N" "${@:2}" | grep -E "runs +[0-9]|ingest during"
 }
-start
+restart_node
 echo "== load"
 loaded="$("$BIN" bench --server "$S" --persons "$P" --days "$DAYS" --queries 0 --no-compact | grep "^events:")"
 echo "$loaded"
@@ -57,7 +38,7 @@ echo "$loaded"
 pass "right after the load"; pass "again"
 echo "== Admin.Compact"; "$BIN" bench --server "$S" --persons "$P" --days "$DAYS" --skip-load --queries 0 | grep compaction
 pass "right after compaction"; pass "again"
-start
+restart_node
 pass "after a restart"; pass "again"
 pass "ingesting the present at $RATE" --ingest-during "$RATE"
 pass "settled"

@@ -91,9 +91,20 @@ fn copy(e: &MemEngine) -> MemEngine {
 
 /// What every read path answers, for comparing stores.
 fn answers(s: &MetaStore<MemEngine>) -> String {
+    answers_before(s, 10_000)
+}
+
+/// What every read path answers about the hours before `end` (and the
+/// days 20..=22 for the day reads).
+fn answers_before(s: &MetaStore<MemEngine>, end: i64) -> String {
     let mut out = String::new();
-    s.hour_slices(0, 10_000, &mut |h, b| {
+    s.hour_slices(0, end, &mut |h, b| {
         out += &format!("hour {h}: {:?}\n", s.external_ids(&b));
+    })
+    .unwrap();
+    s.hour_slices_rev(end, &mut |h, b| {
+        out += &format!("back {h}: {:?}\n", s.external_ids(&b));
+        true
     })
     .unwrap();
     for day in 20..23 {
@@ -107,7 +118,12 @@ fn answers(s: &MetaStore<MemEngine>) -> String {
     }
     for p in 1_000..1_100 {
         if let Some(id) = s.internal_id(p) {
-            out += &format!("person {p}: {:?}\n", s.person_hours(id, 0, 10_000).unwrap());
+            out += &format!("person {p}: {:?}\n", s.person_hours(id, 0, end).unwrap());
+            s.person_hours_rev(id, 0, end, &mut |h, e| {
+                out += &format!("person back {p} {h}: {e:?}\n");
+                true
+            })
+            .unwrap();
         }
     }
     out
@@ -276,36 +292,7 @@ fn synced_and_unheld_applies_write_at_once() {
 
 /// What the reads of hours before 720 (days 20..=22) answer.
 fn past_answers(s: &MetaStore<MemEngine>) -> String {
-    let mut out = String::new();
-    s.hour_slices(0, 720, &mut |h, b| {
-        out += &format!("hour {h}: {:?}\n", s.external_ids(&b));
-    })
-    .unwrap();
-    s.hour_slices_rev(720, &mut |h, b| {
-        out += &format!("back {h}: {:?}\n", s.external_ids(&b));
-        true
-    })
-    .unwrap();
-    for day in 20..23 {
-        s.cell_days(day, 0, u64::MAX, &mut |c, set| {
-            out += &format!("cell {day} {c}: {set:?}\n");
-        })
-        .unwrap();
-        for a in 1..=3 {
-            out += &format!("address {day} {a}: {:?}\n", s.address_day(day, a).unwrap());
-        }
-    }
-    for p in 1_000..1_100 {
-        if let Some(id) = s.internal_id(p) {
-            out += &format!("person {p}: {:?}\n", s.person_hours(id, 0, 720).unwrap());
-            s.person_hours_rev(id, 0, 720, &mut |h, e| {
-                out += &format!("person back {p} {h}: {e:?}\n");
-                true
-            })
-            .unwrap();
-        }
-    }
-    out
+    answers_before(s, 720)
 }
 
 /// A batch of the present hours (720..750: days 30 and 31), at raft index 7.
