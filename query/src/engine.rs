@@ -1,9 +1,10 @@
 //! The four queries, planned over a [`Catalog`] and a [`SliceReader`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hourcell_storage::cell;
+use hourcell_storage::store::IdHash;
 use roaring::RoaringBitmap;
 
 use crate::error::{QueryError, Result};
@@ -345,31 +346,35 @@ impl QueryEngine {
         let w = Window::new(from, to, as_of)?;
         let r = self.resolve(region, "region")?;
         let n = (w.to_hour - w.from_hour).max(0) as usize;
-        let mut per_hour: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut counts = vec![0u64; n];
         let mut all = Vec::new();
+        // A day's hours of each person, OR-ed over the region's cells, then
+        // counted once per person and hour: no per-hour id lists to sort.
+        // A map, not a table indexed by id: ids run to the whole province's
+        // count, a region's persons are a few of them.
+        let mut masks: HashMap<u32, u32, IdHash> = HashMap::default();
         for (day, mask) in day_masks(&w) {
             self.for_each_day_entry(&r, day, &mut |id, m| {
-                let mut x = m & mask;
+                let x = m & mask;
                 if x != 0 {
-                    all.push(id);
-                }
-                while x != 0 {
-                    let h = day * 24 + x.trailing_zeros() as i64;
-                    per_hour[(h - w.from_hour) as usize].push(id);
-                    x &= x - 1;
+                    *masks.entry(id).or_insert(0) |= x;
                 }
             })?;
+            let first = day * 24 - w.from_hour;
+            for (id, mut x) in masks.drain() {
+                all.push(id);
+                while x != 0 {
+                    counts[(first + i64::from(x.trailing_zeros())) as usize] += 1;
+                    x &= x - 1;
+                }
+            }
         }
-        let hours = per_hour
+        let hours = counts
             .into_iter()
             .enumerate()
-            .map(|(i, mut ids)| {
-                ids.sort_unstable();
-                ids.dedup();
-                HourCount {
-                    hour: w.from_hour + i as i64,
-                    distinct: ids.len() as u64,
-                }
+            .map(|(i, distinct)| HourCount {
+                hour: w.from_hour + i as i64,
+                distinct,
             })
             .collect();
         let all = Self::to_bitmap(all);
