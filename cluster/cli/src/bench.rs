@@ -660,20 +660,26 @@ pub async fn run_bench(args: BenchArgs) -> Result<()> {
             args.queries,
             format_time(town.end_unix())
         );
-        let writer = args.ingest_during.map(|rate| {
-            println!(
-                "ingesting {:?} hours at {rate:.0} events/s while the queries run",
-                args.ingest_hours
-            );
-            PacedIngest::start(
-                &ch,
-                town.clone(),
-                args.ingest_hours,
-                rate,
-                args.batch,
-                args.concurrency,
-            )
-        });
+        let writer = match args.ingest_during {
+            Some(rate) => {
+                println!(
+                    "ingesting {:?} hours at {rate:.0} events/s while the queries run",
+                    args.ingest_hours
+                );
+                Some(
+                    PacedIngest::start(
+                        &ch,
+                        town.clone(),
+                        args.ingest_hours,
+                        rate,
+                        args.batch,
+                        args.concurrency,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
         let mut stats = run_queries(&ch, &town, &args).await?;
         if let Some(w) = writer {
             let done = w.stop().await?;

@@ -72,35 +72,58 @@ pub fn due(n: u64, rate: f64) -> Duration {
 
 impl PacedIngest {
     /// Starts sending `town`'s events at `rate` events per second in
-    /// requests of `batch`, at most `in_flight` at a time.
-    pub fn start(
+    /// requests of `batch`, at most `in_flight` at a time. The present's
+    /// requests are built before it returns, so that generating them is
+    /// not measured with the queries; the past is generated a day at a
+    /// time as it is sent (all of it would not fit in memory).
+    pub async fn start(
         ch: &Channel,
         town: Arc<Town>,
         hours: IngestHours,
         rate: f64,
         batch: usize,
         in_flight: usize,
-    ) -> Self {
+    ) -> Result<Self> {
+        let batch = batch.max(1);
+        let prepared = match hours {
+            IngestHours::Past => None,
+            IngestHours::Present => {
+                let t = town.clone();
+                let now = hourcell_query::time::now();
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        let day = t.config().days.max(1) - 1;
+                        requests(present(t.events_for_day(day), now), batch)
+                    })
+                    .await
+                    .map_err(|e| anyhow!("event generator failed: {e}"))?,
+                )
+            }
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let task = tokio::spawn(run(
-            ch.clone(),
+            Writer {
+                ingest: client::ingest_client(ch.clone()),
+                rate,
+                in_flight: in_flight.max(1),
+                stop: stop.clone(),
+                sent: sent.clone(),
+                started,
+                inflight: tokio::task::JoinSet::new(),
+                scheduled: 0,
+            },
             town,
-            hours,
-            rate,
-            batch.max(1),
-            in_flight.max(1),
-            stop.clone(),
-            sent.clone(),
-            started,
+            prepared,
+            batch,
         ));
-        PacedIngest {
+        Ok(PacedIngest {
             stop,
             sent,
             started,
             task,
-        }
+        })
     }
 
     /// Stops the writer after the requests in flight and reports what it
@@ -117,72 +140,100 @@ impl PacedIngest {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    ch: Channel,
-    town: Arc<Town>,
-    hours: IngestHours,
+/// `events` as ingest requests of `batch` events.
+fn requests(events: Vec<hourcell_town::GenEvent>, batch: usize) -> Vec<Vec<v1::Event>> {
+    let mut out = Vec::with_capacity(events.len().div_ceil(batch));
+    let mut it = events.into_iter().map(event_to_proto).peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(batch).collect());
+    }
+    out
+}
+
+/// The sending side of a [`PacedIngest`].
+struct Writer {
+    ingest: v1::ingest_client::IngestClient<Channel>,
     rate: f64,
-    batch: usize,
     in_flight: usize,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     started: Instant,
+    inflight: tokio::task::JoinSet<Result<usize>>,
+    scheduled: u64,
+}
+
+impl Writer {
+    /// Sends one request when the schedule allows; false once stopped.
+    async fn send(&mut self, events: Vec<v1::Event>) -> Result<bool> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let wait = due(self.scheduled, self.rate).saturating_sub(self.started.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        while self.inflight.len() >= self.in_flight {
+            self.settle_one().await?;
+        }
+        self.scheduled += events.len() as u64;
+        let mut c = self.ingest.clone();
+        self.inflight.spawn(async move {
+            let n = events.len();
+            c.ingest(v1::IngestRequest { events })
+                .await
+                .map_err(client::status_error)
+                .context("ingesting events during the queries")?;
+            Ok(n)
+        });
+        Ok(true)
+    }
+
+    async fn settle_one(&mut self) -> Result<()> {
+        if let Some(r) = self.inflight.join_next().await {
+            let n = r.map_err(|e| anyhow!("ingest task failed: {e}"))??;
+            self.sent.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+async fn run(
+    mut w: Writer,
+    town: Arc<Town>,
+    prepared: Option<Vec<Vec<v1::Event>>>,
+    batch: usize,
 ) -> Result<()> {
     let days = town.config().days.max(1);
-    let ingest = client::ingest_client(ch);
-    let mut inflight: tokio::task::JoinSet<Result<usize>> = tokio::task::JoinSet::new();
-    let mut scheduled = 0u64;
     let mut day = 0u32;
-    'outer: while !stop.load(Ordering::SeqCst) {
-        let t = town.clone();
-        let d = match hours {
-            IngestHours::Past => day % days,
-            IngestHours::Present => days - 1,
-        };
-        let mut events = tokio::task::spawn_blocking(move || t.events_for_day(d))
-            .await
-            .map_err(|e| anyhow!("event generator failed: {e}"))?;
-        day += 1;
-        if hours == IngestHours::Present {
-            events = present(events, hourcell_query::time::now());
-            if events.is_empty() {
-                // Just past midnight with a quiet town: nothing to send yet.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
-        let mut it = events.into_iter().map(event_to_proto).peekable();
-        while it.peek().is_some() {
-            if stop.load(Ordering::SeqCst) {
-                break 'outer;
-            }
-            let wait = due(scheduled, rate).saturating_sub(started.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            while inflight.len() >= in_flight {
-                if let Some(r) = inflight.join_next().await {
-                    let n = r.map_err(|e| anyhow!("ingest task failed: {e}"))??;
-                    sent.fetch_add(n as u64, Ordering::SeqCst);
+    'outer: while !w.stop.load(Ordering::SeqCst) {
+        match &prepared {
+            // Just past midnight with a quiet town: nothing to send.
+            Some(p) if p.is_empty() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some(p) => {
+                for r in p {
+                    if !w.send(r.clone()).await? {
+                        break 'outer;
+                    }
                 }
             }
-            let chunk: Vec<v1::Event> = it.by_ref().take(batch).collect();
-            scheduled += chunk.len() as u64;
-            let mut c = ingest.clone();
-            inflight.spawn(async move {
-                let n = chunk.len();
-                c.ingest(v1::IngestRequest { events: chunk })
-                    .await
-                    .map_err(client::status_error)
-                    .context("ingesting events during the queries")?;
-                Ok(n)
-            });
+            None => {
+                let t = town.clone();
+                let d = day % days;
+                day += 1;
+                let reqs =
+                    tokio::task::spawn_blocking(move || requests(t.events_for_day(d), batch))
+                        .await
+                        .map_err(|e| anyhow!("event generator failed: {e}"))?;
+                for r in reqs {
+                    if !w.send(r).await? {
+                        break 'outer;
+                    }
+                }
+            }
         }
     }
-    while let Some(r) = inflight.join_next().await {
-        let n = r.map_err(|e| anyhow!("ingest task failed: {e}"))??;
-        sent.fetch_add(n as u64, Ordering::SeqCst);
+    while !w.inflight.is_empty() {
+        w.settle_one().await?;
     }
     Ok(())
 }
