@@ -23,6 +23,20 @@ fn read(c: &Cluster, via: u64, timeout: Duration) -> bool {
     c.handle(via).read_index(GROUP, timeout).is_ok()
 }
 
+/// Heals the network; the old leader then follows the new one, reads
+/// through it again and holds `person`'s write.
+fn heal_and_read(c: &Cluster, old: u64, person: u64) {
+    c.net.clear_filters();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !read(c, old, Duration::from_millis(500)) {
+        assert!(
+            Instant::now() < end,
+            "no read on the old leader after healing"
+        );
+    }
+    assert!(has_person(&c.replica(old).store, person));
+}
+
 /// The leader, once it has committed an entry of its term (before that it
 /// can serve no read at all), with its lease warmed by a read.
 fn settled_leader(c: &Cluster) -> u64 {
@@ -86,15 +100,7 @@ fn an_isolated_leader_serves_reads_only_until_its_lease_ends() {
     }
 
     // Healed, it follows the new leader and reads through it again.
-    c.net.clear_filters();
-    let end = Instant::now() + Duration::from_secs(10);
-    while !read(&c, old, Duration::from_millis(500)) {
-        assert!(
-            Instant::now() < end,
-            "no read on the old leader after healing"
-        );
-    }
-    assert!(has_person(&c.replica(old).store, 904));
+    heal_and_read(&c, old, 904);
 }
 
 /// Drops every message to `leader` once it has sent `MsgTimeoutNow`: it
@@ -139,15 +145,7 @@ fn a_leader_that_hands_over_stops_serving_from_its_lease() {
     );
     assert!(!ok, "a leader that hears nobody completed a read barrier");
 
-    c.net.clear_filters();
-    let end = Instant::now() + Duration::from_secs(10);
-    while !read(&c, old, Duration::from_millis(500)) {
-        assert!(
-            Instant::now() < end,
-            "no read on the old leader after healing"
-        );
-    }
-    assert!(has_person(&c.replica(old).store, 704));
+    heal_and_read(&c, old, 704);
 }
 
 #[test]
