@@ -988,3 +988,47 @@ fn bench_queries_while_it_ingests_and_the_answers_stay_the_same() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("not a positive number"), "{err}");
 }
+
+/// Ingest held in memory is written once ingest pauses, without waiting
+/// for a read to write it.
+#[test]
+fn a_node_writes_held_ingest_once_ingest_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let town = dir.path().join("town");
+    ok(&[
+        "gen",
+        "--persons",
+        "200",
+        "--days",
+        "1",
+        "--out",
+        town.to_str().unwrap(),
+    ]);
+    let port = free_port();
+    let log = dir.path().join("node.log");
+    let _node = cli::start_node_with(BIN, dir.path(), port, "log = \"debug\"", Some(&log));
+    let s = format!("http://127.0.0.1:{port}");
+    for (kind, file) in [("addresses", "addresses.csv"), ("events", "events.csv")] {
+        ok(&[
+            "import",
+            "--kind",
+            kind,
+            town.join(file).to_str().unwrap(),
+            "--server",
+            &s,
+        ]);
+    }
+    let written = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("wrote held ingest after a pause")
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !written() {
+        assert!(
+            std::time::Instant::now() < end,
+            "held ingest not written within 10 s of the last batch"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
