@@ -1,13 +1,13 @@
 //! The four queries, planned over a [`Catalog`] and a [`SliceReader`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use hourcell_storage::cell;
-use hourcell_storage::store::IdHash;
 use roaring::RoaringBitmap;
 
 use crate::error::{QueryError, Result};
+use crate::masks::MaskMerger;
 use crate::region::{Region, SpatialPlan};
 use crate::source::{Catalog, SliceReader, SliceSource};
 use crate::time::{format_time, hour_ceil, hour_floor, Window};
@@ -142,15 +142,17 @@ impl QueryEngine {
         }
     }
 
-    /// Calls `f(id, hour mask)` for each entry of the day sets of `day`
-    /// that match the region: the cell slices of every covering range whose
-    /// cell intersects the region, or the listed addresses' slices. An id
-    /// may come more than once (several cells or addresses).
-    fn for_each_day_entry(
+    /// Calls `f(entries)` with the (id, hour mask) entries of each day set
+    /// of `day` that matches the region: the cell slices of every covering
+    /// range whose cell intersects the region, or the listed addresses'
+    /// slices. An id may come more than once (several cells or
+    /// addresses). Whole sets rather than one call per entry: the callers'
+    /// loops then run inline.
+    fn for_each_day_set(
         &self,
         r: &Resolved,
         day: i64,
-        f: &mut dyn FnMut(u32, u32),
+        f: &mut dyn FnMut(&[(u32, u32)]),
     ) -> Result<()> {
         match r {
             Resolved::Spatial(plan) => {
@@ -158,19 +160,13 @@ impl QueryEngine {
                     day,
                     &plan.ranges,
                     &mut |c| plan.matches(c),
-                    &mut |_, set| {
-                        for &(id, m) in set {
-                            f(id, m);
-                        }
-                    },
+                    &mut |_, set| f(set),
                 )?;
             }
             Resolved::Addresses(ids) => {
                 for &id in ids {
                     if let Some(set) = self.slices.address_day(day, id)? {
-                        for &(pid, m) in &set {
-                            f(pid, m);
-                        }
+                        f(&set);
                     }
                 }
             }
@@ -199,10 +195,8 @@ impl QueryEngine {
         // rather than regrow a dozen times.
         let mut ids = Vec::with_capacity(4096);
         for (day, mask) in day_masks(w) {
-            self.for_each_day_entry(r, day, &mut |id, m| {
-                if m & mask != 0 {
-                    ids.push(id);
-                }
+            self.for_each_day_set(r, day, &mut |set| {
+                ids.extend(set.iter().filter(|e| e.1 & mask != 0).map(|e| e.0));
             })?;
         }
         Ok(ids)
@@ -350,22 +344,27 @@ impl QueryEngine {
         let mut all = Vec::new();
         // A day's hours of each person, OR-ed over the region's cells, then
         // counted once per person and hour: no per-hour id lists to sort.
-        // A map, not a table indexed by id: ids run to the whole province's
-        // count, a region's persons are a few of them.
-        let mut masks: HashMap<u32, u32, IdHash> = HashMap::default();
+        let mut masks = MaskMerger::default();
         for (day, mask) in day_masks(&w) {
-            self.for_each_day_entry(&r, day, &mut |id, m| {
-                let x = m & mask;
-                if x != 0 {
-                    *masks.entry(id).or_insert(0) |= x;
+            self.for_each_day_set(&r, day, &mut |set| {
+                for &(id, m) in set {
+                    masks.push(id, m & mask);
                 }
             })?;
-            let first = day * 24 - w.from_hour;
-            for (id, mut x) in masks.drain() {
+            // Per hour of the day, one lane each: the compiler turns this
+            // into a few vector adds a person, with no chain of increments
+            // of the same counter through memory.
+            let mut day_counts = [0u32; 24];
+            masks.merge(&mut |id, x| {
                 all.push(id);
-                while x != 0 {
-                    counts[(first + i64::from(x.trailing_zeros())) as usize] += 1;
-                    x &= x - 1;
+                for (b, c) in day_counts.iter_mut().enumerate() {
+                    *c += (x >> b) & 1;
+                }
+            });
+            let first = day * 24 - w.from_hour;
+            for (b, &c) in day_counts.iter().enumerate() {
+                if mask & (1 << b) != 0 {
+                    counts[(first + b as i64) as usize] += u64::from(c);
                 }
             }
         }

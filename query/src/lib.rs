@@ -22,6 +22,7 @@
 pub mod engine;
 pub mod error;
 pub mod grid;
+mod masks;
 pub mod polygon;
 pub mod region;
 pub mod rules;
