@@ -127,8 +127,7 @@ impl SliceAnswer {
 /// through its own [`SliceReader`]). It runs on the thread of a
 /// [`crate::Fanout`] task, so it sees the query's per-thread read state.
 pub trait BatchReads: Send + Sync {
-    fn read_batch(&self, shards: &[ShardId], read: &SliceRead)
-        -> Vec<Option<Result<SliceAnswer>>>;
+    fn read_batch(&self, shards: &[ShardId], read: &SliceRead) -> Vec<Option<Result<SliceAnswer>>>;
 }
 
 #[cfg(test)]
@@ -191,7 +190,12 @@ mod tests {
             self.reads.fetch_add(1, Ordering::SeqCst);
             Ok((address_id == 7).then(|| vec![(self.k, 1)]))
         }
-        fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()> {
+        fn hour_slices(
+            &self,
+            from: i64,
+            to: i64,
+            f: &mut dyn FnMut(i64, RoaringBitmap),
+        ) -> Result<()> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             let h = i64::from(self.k);
             if (from..to).contains(&h) {
@@ -249,9 +253,7 @@ mod tests {
             self.batches.lock().unwrap().push(shards.to_vec());
             shards
                 .iter()
-                .map(|id| {
-                    (Some(*id) != self.skip).then(|| read.run(self.shards[id].as_ref()))
-                })
+                .map(|id| (Some(*id) != self.skip).then(|| read.run(self.shards[id].as_ref())))
                 .collect()
         }
     }
@@ -282,8 +284,10 @@ mod tests {
         out.push(format!("{:?}", s.address_day(0, 7).unwrap()));
         out.push(format!("{:?}", s.address_day(0, 8).unwrap()));
         let mut hours = Vec::new();
-        s.hour_slices(0, 100, &mut |h, b| hours.push((h, b.iter().collect::<Vec<_>>())))
-            .unwrap();
+        s.hour_slices(0, 100, &mut |h, b| {
+            hours.push((h, b.iter().collect::<Vec<_>>()))
+        })
+        .unwrap();
         out.push(format!("{hours:?}"));
         let mut rev = Vec::new();
         s.hour_slices_rev(1_000, &mut |h, b| {
@@ -343,7 +347,11 @@ mod tests {
         // The batch leaves cell shard 4 to be read alone.
         let skip = id(ShardPart::Cells, 4);
         let batch = Arc::new(Recording {
-            shards: cells.iter().chain(&persons).map(|s| (s.id, s.clone())).collect(),
+            shards: cells
+                .iter()
+                .chain(&persons)
+                .map(|s| (s.id, s.clone()))
+                .collect(),
             skip: Some(skip),
             batches: Mutex::new(Vec::new()),
         });
