@@ -7,7 +7,8 @@
 //!   over the metadata store's catalog, so this crate never needs the
 //!   network to be tested.
 //! - [`ShardedSource`]: that fan-out, reading the shards held on other
-//!   nodes at the same time through a [`Fanout`] the node supplies.
+//!   nodes at the same time through a [`Fanout`] the node supplies, with
+//!   one request per node through its [`BatchReads`] ([`batch`]).
 //! - [`QueryEngine`]: who-was-at, where-was, occupancy and
 //!   no-activity-since with exact, documented semantics.
 //! - [`Region`], [`Window`]: the inputs, validated with errors that name the
@@ -19,6 +20,7 @@
 //!
 //! Imports storage and proto; never cluster, tonic services or raft.
 
+pub mod batch;
 pub mod engine;
 pub mod error;
 pub mod grid;
@@ -31,6 +33,7 @@ pub mod source;
 pub mod time;
 pub mod validate;
 
+pub use batch::{BatchReads, SliceAnswer, SliceRead};
 pub use engine::{
     HourCount, HourPlaces, Inactive, NoActivityAnswer, OccupancyAnswer, QueryEngine,
     WhereWasAnswer, WhoWasAtAnswer,

@@ -15,19 +15,23 @@
 //!
 //! Shards held on other nodes ([`SliceReader::remote`]) are read at the
 //! same time, through a [`Fanout`], while the shards held here are read
-//! on the calling thread: a query waits for about one round trip per day
-//! rather than one per remote shard and day. Their answers are handed to
-//! the caller's callbacks on the calling thread once all have arrived, so
-//! the callbacks need not be `Send`; every merge here is a set union, so
+//! on the calling thread. With a [`BatchReads`], the remote shards that
+//! name their cluster shard are read together: one request to each node
+//! that holds some of them, the nodes at the same time, so a query waits
+//! for about one round trip per day and pays one request per node rather
+//! than one per remote shard. Their answers are handed to the caller's
+//! callbacks on the calling thread once all have arrived, so the
+//! callbacks need not be `Send`; every merge here is a set union, so
 //! answers do not depend on the order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hourcell_storage::shard::{week_of_day, Layout};
+use hourcell_storage::shard::{week_of_day, Layout, ShardId};
 use hourcell_storage::{DaySet, PlaceEntry, PlaceIds};
 use roaring::RoaringBitmap;
 
+use crate::batch::{BatchReads, SliceAnswer, SliceRead};
 use crate::error::Result;
 use crate::source::{Catalog, SliceReader};
 
@@ -68,6 +72,7 @@ pub struct ShardedSource {
     cells: CellShards,
     persons: Vec<Arc<dyn SliceReader>>,
     fanout: Arc<dyn Fanout>,
+    batch: Option<Arc<dyn BatchReads>>,
 }
 
 /// Hours read per step when walking the hour slices backwards: the first
@@ -103,6 +108,7 @@ impl ShardedSource {
             cells,
             persons,
             fanout: Arc::new(ScopedThreads),
+            batch: None,
         }
     }
 
@@ -113,23 +119,47 @@ impl ShardedSource {
         self
     }
 
+    /// Reads the remote shards that name their cluster shard through
+    /// `batch`, one request per node (default: each shard alone).
+    pub fn with_batches(mut self, batch: Arc<dyn BatchReads>) -> Self {
+        self.batch = Some(batch);
+        self
+    }
+
     fn person_store(&self, id: u32) -> &Arc<dyn SliceReader> {
         &self.persons[self.layout.person_shard(id)]
     }
 
-    /// Reads every shard of `shards`: each remote one through `fetch`, all
-    /// at the same time, while `visit` gets [`Part::Here`] for each local
-    /// one on this thread; then `visit` gets [`Part::Got`] with each
-    /// remote answer, in shard order. The first error is returned (after
-    /// every read has finished).
+    /// Reads `read` on every shard of `shards`: the remote ones all at the
+    /// same time (those that name their cluster shard together, through
+    /// the [`BatchReads`] if there is one; each other one alone), while
+    /// `visit` gets [`Part::Here`] for each local one on this thread; then
+    /// `visit` gets [`Part::Got`] with each remote answer, as `take`
+    /// unpacks it. The first error is returned (after every read has
+    /// finished).
     fn each_shard<T: Send>(
         &self,
         shards: &[Arc<dyn SliceReader>],
-        fetch: &(dyn Fn(&dyn SliceReader) -> Result<T> + Sync),
+        read: &SliceRead,
+        take: fn(SliceAnswer) -> Result<T>,
         visit: &mut dyn FnMut(Part<'_, T>) -> Result<()>,
     ) -> Result<()> {
+        let fetch = |s: &dyn SliceReader| read.run(s).and_then(take);
         let (remote, local): (Vec<&Arc<dyn SliceReader>>, Vec<_>) =
             shards.iter().partition(|s| s.remote());
+        let batch = self.batch.as_deref();
+        let batched: Vec<(ShardId, &Arc<dyn SliceReader>)> = match batch {
+            Some(_) => remote
+                .iter()
+                .filter_map(|s| s.shard().map(|id| (id, *s)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let alone: Vec<&Arc<dyn SliceReader>> = remote
+            .iter()
+            .copied()
+            .filter(|s| batch.is_none() || s.shard().is_none())
+            .collect();
         if shards.len() <= 1 || remote.is_empty() {
             // Nothing to overlap: read in turn on this thread.
             for s in shards {
@@ -141,14 +171,28 @@ impl ShardedSource {
             }
             return Ok(());
         }
-        let mut answers: Vec<Option<Result<T>>> = remote.iter().map(|_| None).collect();
-        let tasks: Vec<Box<dyn FnOnce() + Send + '_>> = remote
-            .iter()
-            .zip(answers.iter_mut())
-            .map(|(s, slot)| {
-                Box::new(move || *slot = Some(fetch(s.as_ref()))) as Box<dyn FnOnce() + Send + '_>
-            })
-            .collect();
+        let mut answers: Vec<Option<Result<T>>> = alone.iter().map(|_| None).collect();
+        let mut together: Vec<Result<T>> = Vec::new();
+        let mut tasks: Vec<Box<dyn FnOnce() + Send + '_>> = Vec::new();
+        if let (Some(batch), false) = (batch, batched.is_empty()) {
+            let (out, fetch, batched) = (&mut together, &fetch, &batched);
+            tasks.push(Box::new(move || {
+                let ids: Vec<ShardId> = batched.iter().map(|(id, _)| *id).collect();
+                let mut got = batch.read_batch(&ids, read).into_iter();
+                // A shard the batch left alone is read on its own.
+                *out = batched
+                    .iter()
+                    .map(|(_, s)| match got.next().flatten() {
+                        Some(r) => r.and_then(take),
+                        None => fetch(s.as_ref()),
+                    })
+                    .collect();
+            }));
+        }
+        for (s, slot) in alone.iter().zip(answers.iter_mut()) {
+            let fetch = &fetch;
+            tasks.push(Box::new(move || *slot = Some(fetch(s.as_ref()))));
+        }
         let mut here = Ok(());
         self.fanout.run(tasks, &mut || {
             for s in &local {
@@ -159,6 +203,14 @@ impl ShardedSource {
             }
         });
         here?;
+        if together.len() != batched.len() {
+            return Err(crate::QueryError::Unavailable(
+                "a batch of shard reads did not run".into(),
+            ));
+        }
+        for got in together {
+            visit(Part::Got(got?))?;
+        }
         for a in answers {
             let got = a.unwrap_or_else(|| {
                 Err(crate::QueryError::Unavailable(
@@ -169,17 +221,6 @@ impl ShardedSource {
         }
         Ok(())
     }
-}
-
-/// Cell slices as gathered from a remote shard.
-type Cells = Vec<(u64, Vec<(u32, u32)>)>;
-
-fn gather_cells(
-    read: impl FnOnce(&mut dyn FnMut(u64, &[(u32, u32)])) -> Result<()>,
-) -> Result<Cells> {
-    let mut out = Vec::new();
-    read(&mut |c, set| out.push((c, set.to_vec())))?;
-    Ok(out)
 }
 
 impl SliceReader for ShardedSource {
@@ -193,7 +234,8 @@ impl SliceReader for ShardedSource {
         let shards = (self.cells)(week_of_day(day));
         self.each_shard(
             &shards,
-            &|s| gather_cells(|g| s.cell_days(day, lo, hi, g)),
+            &SliceRead::CellDays { day, lo, hi },
+            SliceAnswer::cells,
             &mut |part| match part {
                 Part::Here(s) => s.cell_days(day, lo, hi, f),
                 Part::Got(cells) => {
@@ -218,7 +260,11 @@ impl SliceReader for ShardedSource {
             &shards,
             // A remote shard sends every cell of the ranges; `keep` is
             // asked here.
-            &|s| gather_cells(|g| s.cell_days_in(day, ranges, &mut |_| true, g)),
+            &SliceRead::CellDaysIn {
+                day,
+                ranges: ranges.to_vec(),
+            },
+            SliceAnswer::cells,
             &mut |part| match part {
                 Part::Here(s) => s.cell_days_in(day, ranges, keep, f),
                 Part::Got(cells) => {
@@ -237,22 +283,27 @@ impl SliceReader for ShardedSource {
         let mut found: Option<DaySet> = None;
         let mut merged = false;
         let shards = (self.cells)(week_of_day(day));
-        self.each_shard(&shards, &|s| s.address_day(day, address_id), &mut |part| {
-            let got = match part {
-                Part::Here(s) => s.address_day(day, address_id)?,
-                Part::Got(got) => got,
-            };
-            if let Some(set) = got {
-                match &mut found {
-                    None => found = Some(set),
-                    Some(acc) => {
-                        acc.extend(set);
-                        merged = true;
+        self.each_shard(
+            &shards,
+            &SliceRead::AddressDay { day, address_id },
+            SliceAnswer::day,
+            &mut |part| {
+                let got = match part {
+                    Part::Here(s) => s.address_day(day, address_id)?,
+                    Part::Got(got) => got,
+                };
+                if let Some(set) = got {
+                    match &mut found {
+                        None => found = Some(set),
+                        Some(acc) => {
+                            acc.extend(set);
+                            merged = true;
+                        }
                     }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         if merged {
             if let Some(acc) = &mut found {
                 acc.sort_unstable();
@@ -269,11 +320,8 @@ impl SliceReader for ShardedSource {
         let mut by_hour: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
         self.each_shard(
             &self.persons,
-            &|s| {
-                let mut got = Vec::new();
-                s.hour_slices(from, to, &mut |h, b| got.push((h, b)))?;
-                Ok(got)
-            },
+            &SliceRead::HourSlices { from, to },
+            SliceAnswer::hours,
             &mut |part| {
                 match part {
                     Part::Here(s) => {
@@ -313,7 +361,8 @@ impl SliceReader for ShardedSource {
             let mut earlier = false;
             self.each_shard(
                 &self.persons,
-                &|s| s.hour_slices_step(upto, from),
+                &SliceRead::HourSlicesStep { before: upto, from },
+                SliceAnswer::step,
                 &mut |part| {
                     let (got, more) = match part {
                         Part::Here(s) => s.hour_slices_step(upto, from)?,

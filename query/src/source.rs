@@ -2,6 +2,7 @@
 //! [`Catalog`]. A single node's store is both; the node's shard sources
 //! are readers that route, over the metadata store's catalog.
 
+use hourcell_storage::shard::ShardId;
 use hourcell_storage::{
     AddressRecord, DaySet, KvEngine, PlaceEntry, PlaceIds, RegistrationRecord, Role, Store,
 };
@@ -66,6 +67,13 @@ pub trait SliceReader: Send + Sync {
     /// shards at the same time rather than one after another.
     fn remote(&self) -> bool {
         false
+    }
+
+    /// The cluster shard this reader reads, if it is one: the remote reads
+    /// of shards that name theirs go through [`crate::BatchReads`], one
+    /// request per node that holds some.
+    fn shard(&self) -> Option<ShardId> {
+        None
     }
 
     /// One step of a walk backwards: the all-persons slices of the hours

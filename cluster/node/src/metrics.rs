@@ -91,6 +91,9 @@ pub struct Metrics {
     pub apply_latency: Histogram,
     /// Sharded: reads of shards held elsewhere, sent to their nodes.
     pub routed_reads: Counter,
+    /// Sharded: requests that carried those reads (the reads of the
+    /// shards a node holds go to it together, in one request).
+    pub routed_read_requests: Counter,
     /// Sharded: write parts for shards held elsewhere, sent to their nodes.
     pub routed_parts: Counter,
     /// Routed requests a node failed (unreachable, no leader, timeout);
@@ -118,6 +121,7 @@ impl Default for Metrics {
             commit_latency: latency_histogram(),
             apply_latency: latency_histogram(),
             routed_reads: Counter::default(),
+            routed_read_requests: Counter::default(),
             routed_parts: Counter::default(),
             routed_failures: Counter::default(),
             stale_map_refusals: Counter::default(),
@@ -172,6 +176,11 @@ impl Metrics {
                 "routed_reads",
                 "Reads of shards held elsewhere, routed to a node that holds them",
                 &self.routed_reads,
+            ),
+            (
+                "routed_read_requests",
+                "Requests that carried the routed reads: one per node a query step reads from, holding the reads of every shard it holds there",
+                &self.routed_read_requests,
             ),
             (
                 "routed_parts",

@@ -14,13 +14,17 @@
 //! in a linearizable query asks the serving node to take a ReadIndex on
 //! the shard first; later reads of the same shard in that query go to the
 //! same node, whose applied state only moves forward.
+//!
+//! The reads of a query's fan-out ([`RoutedBatch`]) travel together: the
+//! shards one node serves in one request ([`Router::read_many`]), each
+//! with its own barrier flag, the nodes at the same time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use hourcell_query::{HourStep, QueryError, SliceReader};
+use hourcell_query::{BatchReads, HourStep, QueryError, SliceAnswer, SliceRead, SliceReader};
 use hourcell_storage::shard::ShardId;
 use hourcell_storage::{ApplyOutcome, DaySet, PlaceEntry, PlaceIds};
 use parking_lot::Mutex;
@@ -29,7 +33,9 @@ use serde::Deserialize;
 
 use crate::error::NodeError;
 use crate::metrics::Metrics;
-use crate::shard_read::{bitmap_from, decode, from_wire, ReadOp, WireHours, WireSlices};
+use crate::shard_read::{
+    bitmap_from, decode, decode_answer, from_wire, ReadOp, WireHours, WireSlices,
+};
 use crate::shards::{ReadGate, Shards};
 use crate::types::{ShardMembers, Store};
 
@@ -48,15 +54,22 @@ pub enum PeerError {
     Failed(String),
 }
 
-/// A read of one shard on another node.
+/// Reads of shards on another node, the same op on each: one request.
 #[derive(Debug, Clone)]
 pub struct ShardRead {
     pub map_version: u64,
+    /// The shards to read, in order; one reply each.
+    pub parts: Vec<ReadPart>,
+    /// A bincode [`ReadOp`].
+    pub op: Vec<u8>,
+}
+
+/// One shard of a [`ShardRead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPart {
     pub group: u64,
     /// Take a ReadIndex on the shard before reading.
     pub barrier: bool,
-    /// A bincode [`ReadOp`].
-    pub op: Vec<u8>,
 }
 
 /// Commands for shards on another node: (group, encoded command).
@@ -69,13 +82,14 @@ pub struct ShardProposal {
 /// Calls to other nodes' shard service. The server crate implements it
 /// over gRPC; the router runs the futures on its runtime.
 pub trait PeerClient: Send + Sync + 'static {
-    /// Runs `req` on node `node` (at `addr`) and returns its reply bytes.
+    /// Runs `req` on node `node` (at `addr`) and returns its reply bytes,
+    /// one per part, in order.
     fn read(
         &self,
         node: u64,
         addr: String,
         req: ShardRead,
-    ) -> BoxFuture<'static, Result<Vec<u8>, PeerError>>;
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, PeerError>>;
 
     /// Proposes `req`'s commands there; one outcome per command, in order,
     /// once each is committed and applied.
@@ -213,67 +227,179 @@ impl Router {
         group: u64,
         op: &ReadOp,
     ) -> Result<Vec<u8>, QueryError> {
-        let node = self
-            .node()
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        self.read_many(&[(id, group)], op)
+            .pop()
+            .unwrap_or_else(|| Err(QueryError::Unavailable("a routed read did not run".into())))
+    }
+
+    /// Reads `op` on each of `shards` ((shard, raft group), none held
+    /// here) on nodes that hold them: the shards one node serves in one
+    /// request, the nodes at the same time. One result per shard, in
+    /// order. A shard whose node failed is read again on its next
+    /// replica, and after every replica failed (or one said this node's
+    /// map was stale) the map is refreshed and the shard routed again,
+    /// until the deadline; a node that refuses ends that shard's read.
+    /// Each part asks for a ReadIndex unless its node took one on the
+    /// shard earlier in the query running on this thread.
+    pub fn read_many(
+        self: &Arc<Self>,
+        shards: &[(ShardId, u64)],
+        op: &ReadOp,
+    ) -> Vec<Result<Vec<u8>, QueryError>> {
+        let mut out: Vec<Option<Result<Vec<u8>, QueryError>>> =
+            shards.iter().map(|_| None).collect();
+        let node = match self.node() {
+            Ok(n) => n,
+            Err(e) => {
+                return shards
+                    .iter()
+                    .map(|_| Err(QueryError::Unavailable(e.to_string())))
+                    .collect()
+            }
+        };
         let op_bytes = op.encode();
         let m = node.metrics();
-        m.routed_reads.inc();
+        m.routed_reads.inc_by(shards.len() as u64);
         let deadline = Instant::now() + self.timeout;
-        let mut last_err = String::new();
+        let mut pending: Vec<usize> = (0..shards.len()).collect();
+        // Per shard: which of its candidates to try next, and why its
+        // last try failed.
+        let mut tries = vec![0usize; shards.len()];
+        let mut last_err = vec![String::new(); shards.len()];
         let mut refreshed = false;
-        loop {
-            let (version, cands) = self.candidates(node.as_ref(), &node.peers(), id, group);
-            if cands.is_empty() {
-                last_err = format!("no reachable node holds shard group {group}");
+        while !pending.is_empty() {
+            let peers = node.peers();
+            let mut by_node: HashMap<u64, (String, u64, Vec<usize>)> = HashMap::new();
+            // Some shard has no node left to try before the map is read
+            // again.
+            let mut exhausted = false;
+            for &i in &pending {
+                let (id, group) = shards[i];
+                let (version, cands) = self.candidates(node.as_ref(), &peers, id, group);
+                if tries[i] >= cands.len() {
+                    exhausted = true;
+                    tries[i] = 0;
+                    if cands.is_empty() {
+                        last_err[i] = format!("no reachable node holds shard group {group}");
+                    }
+                    continue;
+                }
+                let (n, addr) = &cands[tries[i]];
+                by_node
+                    .entry(*n)
+                    .or_insert_with(|| (addr.clone(), version, Vec::new()))
+                    .2
+                    .push(i);
             }
-            let mut stale = false;
-            for (n, addr) in cands {
-                let barrier = ReadGate::remote_barrier_needed(group, n);
+            let mut calls = Vec::new();
+            let mut sent = Vec::new();
+            for (n, (addr, version, idx)) in by_node {
+                let parts: Vec<ReadPart> = idx
+                    .iter()
+                    .map(|&i| ReadPart {
+                        group: shards[i].1,
+                        barrier: ReadGate::remote_barrier_needed(shards[i].1, n),
+                    })
+                    .collect();
                 let req = ShardRead {
                     map_version: version,
-                    group,
-                    barrier,
+                    parts: parts.clone(),
                     op: op_bytes.clone(),
                 };
-                let r = self.run(self.peers.read(n, addr, req)).and_then(|r| r);
-                match r {
-                    Ok(reply) => {
-                        if barrier {
-                            ReadGate::remote_barrier_done(group, n);
-                        }
-                        self.preferred.lock().insert(group, n);
-                        return Ok(reply);
+                calls.push(self.peers.read(n, addr, req));
+                sent.push((n, idx, parts));
+            }
+            m.routed_read_requests.inc_by(calls.len() as u64);
+            let results: Vec<Result<Vec<Vec<u8>>, PeerError>> = if calls.is_empty() {
+                Vec::new()
+            } else {
+                self.run(futures::future::join_all(calls))
+                    .unwrap_or_else(|e| sent.iter().map(|_| Err(e.clone())).collect())
+            };
+            let mut stale = false;
+            for ((n, idx, parts), r) in sent.into_iter().zip(results) {
+                let r = r.and_then(|replies| {
+                    if replies.len() == idx.len() {
+                        Ok(replies)
+                    } else {
+                        Err(PeerError::Failed(format!(
+                            "{} replies to {} reads",
+                            replies.len(),
+                            idx.len()
+                        )))
                     }
-                    Err(PeerError::StaleMap(s)) => {
-                        m.stale_map_refusals.inc();
-                        last_err = format!("node {n}: {s}");
-                        stale = true;
+                });
+                match r {
+                    Ok(replies) => {
+                        let mut preferred = self.preferred.lock();
+                        for ((&i, part), reply) in idx.iter().zip(&parts).zip(replies) {
+                            if part.barrier {
+                                ReadGate::remote_barrier_done(part.group, n);
+                            }
+                            preferred.insert(part.group, n);
+                            out[i] = Some(Ok(reply));
+                        }
                     }
                     Err(PeerError::Refused(s)) => {
-                        return Err(QueryError::Unavailable(format!(
-                            "node {n} refused a read of shard group {group}: {s}"
-                        )));
+                        for &i in &idx {
+                            out[i] = Some(Err(QueryError::Unavailable(format!(
+                                "node {n} refused a read of shard group {}: {s}",
+                                shards[i].1
+                            ))));
+                        }
                     }
-                    Err(PeerError::Failed(s)) => {
-                        m.routed_failures.inc();
-                        self.peers.forget(n);
-                        last_err = format!("node {n}: {s}");
+                    Err(e) => {
+                        if let PeerError::StaleMap(_) = e {
+                            m.stale_map_refusals.inc();
+                            stale = true;
+                        } else {
+                            m.routed_failures.inc();
+                            self.peers.forget(n);
+                        }
+                        for &i in &idx {
+                            last_err[i] = format!("node {n}: {e}");
+                            tries[i] += 1;
+                        }
                     }
                 }
             }
+            pending.retain(|&i| out[i].is_none());
+            if pending.is_empty() {
+                break;
+            }
             if Instant::now() >= deadline {
-                return Err(QueryError::Unavailable(format!(
-                    "cannot read shard group {group} on any node that holds it: {last_err}"
-                )));
+                for &i in &pending {
+                    out[i] = Some(Err(QueryError::Unavailable(format!(
+                        "cannot read shard group {} on any node that holds it: {}",
+                        shards[i].1, last_err[i]
+                    ))));
+                }
+                break;
             }
-            if stale || !refreshed {
-                node.refresh_map()
-                    .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+            if stale || (exhausted && !refreshed) {
+                if let Err(e) = node.refresh_map() {
+                    for &i in &pending {
+                        out[i] = Some(Err(QueryError::Unavailable(e.to_string())));
+                    }
+                    break;
+                }
                 refreshed = true;
+                // Routed again by the new map, from its first choice.
+                for &i in &pending {
+                    tries[i] = 0;
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if exhausted || stale {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(QueryError::Unavailable("a routed read did not run".into()))
+                })
+            })
+            .collect()
     }
 
     /// Proposes `(shard, group, encoded command)` parts on nodes that hold
@@ -454,6 +580,48 @@ impl ShardSource {
     fn read_remote<T: for<'de> Deserialize<'de>>(&self, op: ReadOp) -> hourcell_query::Result<T> {
         decode(&self.router.read(self.id, self.group, &op)?)
     }
+
+    /// A read of the query's fan-out, of this shard alone.
+    fn read_slices(&self, read: &SliceRead) -> hourcell_query::Result<SliceAnswer> {
+        decode_answer(read, &self.router.read(self.id, self.group, &read.into())?)
+    }
+}
+
+/// The reads of a query's fan-out of the shards held on other nodes: the
+/// shards one node serves in one request ([`Router::read_many`]). A shard
+/// the map places here is left to its [`ShardSource`], which starts it and
+/// reads it here.
+pub struct RoutedBatch {
+    pub shards: Arc<Shards>,
+    pub router: Arc<Router>,
+}
+
+impl BatchReads for RoutedBatch {
+    fn read_batch(
+        &self,
+        ids: &[ShardId],
+        read: &SliceRead,
+    ) -> Vec<Option<hourcell_query::Result<SliceAnswer>>> {
+        let placed_here = |id: ShardId| {
+            self.shards.get(id).is_some()
+                || self
+                    .router
+                    .node()
+                    .is_ok_and(|n| n.shard_replicas(id).1.contains(&self.router.me))
+        };
+        let routed: Vec<usize> = (0..ids.len()).filter(|&i| !placed_here(ids[i])).collect();
+        let parts: Vec<(ShardId, u64)> = routed
+            .iter()
+            .map(|&i| (ids[i], crate::shards::group_of(ids[i])))
+            .collect();
+        let mut out: Vec<Option<hourcell_query::Result<SliceAnswer>>> =
+            ids.iter().map(|_| None).collect();
+        let replies = self.router.read_many(&parts, &ReadOp::from(read));
+        for (i, reply) in routed.into_iter().zip(replies) {
+            out[i] = Some(reply.and_then(|b| decode_answer(read, &b)));
+        }
+        out
+    }
 }
 
 impl SliceReader for ShardSource {
@@ -461,17 +629,16 @@ impl SliceReader for ShardSource {
         self.shards.get(self.id).is_none()
     }
 
+    fn shard(&self) -> Option<ShardId> {
+        Some(self.id)
+    }
+
     fn hour_slices_step(&self, before: i64, from: i64) -> hourcell_query::Result<HourStep> {
         if let Some(s) = self.local()? {
             return SliceReader::hour_slices_step(s.as_ref(), before, from);
         }
-        let (got, earlier): (WireSlices, bool) =
-            self.read_remote(ReadOp::HourSlicesRev { before, from })?;
-        let got = got
-            .into_iter()
-            .map(|(h, b)| Ok((h, bitmap_from(&b)?)))
-            .collect::<hourcell_query::Result<Vec<_>>>()?;
-        Ok((got, earlier))
+        self.read_slices(&SliceRead::HourSlicesStep { before, from })?
+            .step()
     }
 
     fn cell_days(
@@ -484,7 +651,9 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::cell_days(s.as_ref(), day, lo, hi, f);
         }
-        let got: Vec<(u64, DaySet)> = self.read_remote(ReadOp::CellDays { day, lo, hi })?;
+        let got = self
+            .read_slices(&SliceRead::CellDays { day, lo, hi })?
+            .cells()?;
         for (c, set) in got {
             f(c, &set);
         }
@@ -501,10 +670,12 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::cell_days_in(s.as_ref(), day, ranges, keep, f);
         }
-        let got: Vec<(u64, DaySet)> = self.read_remote(ReadOp::CellDaysIn {
-            day,
-            ranges: ranges.to_vec(),
-        })?;
+        let got = self
+            .read_slices(&SliceRead::CellDaysIn {
+                day,
+                ranges: ranges.to_vec(),
+            })?
+            .cells()?;
         for (c, set) in got {
             if keep(c) {
                 f(c, &set);
@@ -517,7 +688,8 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::address_day(s.as_ref(), day, address_id);
         }
-        self.read_remote(ReadOp::AddressDay { day, address_id })
+        self.read_slices(&SliceRead::AddressDay { day, address_id })?
+            .day()
     }
 
     fn hour_slices(
@@ -529,9 +701,11 @@ impl SliceReader for ShardSource {
         if let Some(s) = self.local()? {
             return SliceReader::hour_slices(s.as_ref(), from, to, f);
         }
-        let got: WireSlices = self.read_remote(ReadOp::HourSlices { from, to })?;
+        let got = self
+            .read_slices(&SliceRead::HourSlices { from, to })?
+            .hours()?;
         for (h, b) in got {
-            f(h, bitmap_from(&b)?);
+            f(h, b);
         }
         Ok(())
     }

@@ -1,8 +1,10 @@
-//! Reads of one data shard as they travel between nodes: [`ReadOp`] names
-//! the read, [`serve_read`] runs it on a replica held here, and the reply
-//! is bincode that the asking side's [`crate::route::ShardSource`] decodes.
+//! Reads of data shards as they travel between nodes: [`ReadOp`] names
+//! the read (one op for every shard of a request), [`serve_read`] runs it
+//! on a replica held here, and the reply is bincode that the asking side
+//! decodes ([`decode_answer`] for the reads of a query's fan-out, a
+//! [`SliceRead`] on the asking side).
 
-use hourcell_query::{QueryError, SliceReader};
+use hourcell_query::{QueryError, SliceAnswer, SliceRead, SliceReader};
 use hourcell_storage::{DaySet, PlaceEntry};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
@@ -54,10 +56,59 @@ pub enum ReadOp {
 }
 
 impl ReadOp {
-    /// The op as sent in `ShardReadRequest.op`.
+    /// The op as sent in `ShardReadRequest.op` (and `ShardReadManyRequest.op`).
     pub fn encode(&self) -> Vec<u8> {
         encode(self)
     }
+}
+
+impl From<&SliceRead> for ReadOp {
+    fn from(r: &SliceRead) -> Self {
+        match r {
+            SliceRead::CellDays { day, lo, hi } => ReadOp::CellDays {
+                day: *day,
+                lo: *lo,
+                hi: *hi,
+            },
+            SliceRead::CellDaysIn { day, ranges } => ReadOp::CellDaysIn {
+                day: *day,
+                ranges: ranges.clone(),
+            },
+            SliceRead::AddressDay { day, address_id } => ReadOp::AddressDay {
+                day: *day,
+                address_id: *address_id,
+            },
+            SliceRead::HourSlices { from, to } => ReadOp::HourSlices {
+                from: *from,
+                to: *to,
+            },
+            SliceRead::HourSlicesStep { before, from } => ReadOp::HourSlicesRev {
+                before: *before,
+                from: *from,
+            },
+        }
+    }
+}
+
+/// A replica's reply to `read` (sent as the [`ReadOp`] it converts to).
+pub fn decode_answer(read: &SliceRead, reply: &[u8]) -> Result<SliceAnswer, QueryError> {
+    Ok(match read {
+        SliceRead::CellDays { .. } | SliceRead::CellDaysIn { .. } => {
+            SliceAnswer::Cells(decode::<Vec<(u64, DaySet)>>(reply)?)
+        }
+        SliceRead::AddressDay { .. } => SliceAnswer::Day(decode(reply)?),
+        SliceRead::HourSlices { .. } => SliceAnswer::Hours(bitmaps(decode(reply)?)?),
+        SliceRead::HourSlicesStep { .. } => {
+            let (got, earlier): (WireSlices, bool) = decode(reply)?;
+            SliceAnswer::Step((bitmaps(got)?, earlier))
+        }
+    })
+}
+
+fn bitmaps(got: WireSlices) -> Result<Vec<(i64, RoaringBitmap)>, QueryError> {
+    got.into_iter()
+        .map(|(h, b)| Ok((h, bitmap_from(&b)?)))
+        .collect()
 }
 
 /// A place entry on the wire: cell, address code, source label.
@@ -105,17 +156,17 @@ pub fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, QueryError> {
 }
 
 /// Runs a read on a replica held here (the serving side).
-pub fn serve_read(store: &ShardStore, op: ReadOp) -> Result<Vec<u8>, QueryError> {
+pub fn serve_read(store: &ShardStore, op: &ReadOp) -> Result<Vec<u8>, QueryError> {
     let s: &dyn SliceReader = store;
-    Ok(match op {
+    Ok(match *op {
         ReadOp::CellDays { day, lo, hi } => {
             let mut out: Vec<(u64, DaySet)> = Vec::new();
             s.cell_days(day, lo, hi, &mut |c, set| out.push((c, set.to_vec())))?;
             encode(&out)
         }
-        ReadOp::CellDaysIn { day, ranges } => {
+        ReadOp::CellDaysIn { day, ref ranges } => {
             let mut out: Vec<(u64, DaySet)> = Vec::new();
-            s.cell_days_in(day, &ranges, &mut |_| true, &mut |c, set| {
+            s.cell_days_in(day, ranges, &mut |_| true, &mut |c, set| {
                 out.push((c, set.to_vec()))
             })?;
             encode(&out)

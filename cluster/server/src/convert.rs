@@ -2,8 +2,9 @@
 //! place: request fields are validated here (bad input names the field and
 //! value), replies are built here.
 
+use hourcell_node::route::ReadPart;
 use hourcell_node::types::ShardMembers;
-use hourcell_proto::v1;
+use hourcell_proto::{internal, v1};
 use hourcell_query::polygon::{MultiPolygon, Polygon, Vertex};
 use hourcell_query::validate::{EventTime, RawAddress, RawEvent, RawRegistration, Rejection};
 use hourcell_query::{Region, Window};
@@ -327,6 +328,26 @@ pub fn shard_members_from_proto(groups: Vec<v1::ShardStatus>) -> Vec<ShardMember
             disk_bytes: s.disk_bytes,
             replicas: s.replicas,
             map_version: s.map_version,
+        })
+        .collect()
+}
+
+pub fn read_parts_to_proto(parts: &[ReadPart]) -> Vec<internal::ShardReadPart> {
+    parts
+        .iter()
+        .map(|p| internal::ShardReadPart {
+            group: p.group,
+            barrier: p.barrier,
+        })
+        .collect()
+}
+
+pub fn read_parts_from_proto(parts: Vec<internal::ShardReadPart>) -> Vec<ReadPart> {
+    parts
+        .into_iter()
+        .map(|p| ReadPart {
+            group: p.group,
+            barrier: p.barrier,
         })
         .collect()
 }

@@ -18,7 +18,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::NodeIdentity;
 use crate::channel::{NodeChannel, PeerDialer};
-use crate::convert::{shard_members_from_proto, shard_members_to_proto};
+use crate::convert::{
+    read_parts_from_proto, read_parts_to_proto, shard_members_from_proto, shard_members_to_proto,
+};
 
 /// The receiving side of routed shard reads and writes. Only cluster
 /// nodes reach it (the gate admits them: [`crate::auth::NodeAuth`]).
@@ -97,6 +99,26 @@ impl internal::shard_server::Shard for ShardService {
             map_version,
         }))
     }
+
+    async fn read_many(
+        &self,
+        req: Request<internal::ShardReadManyRequest>,
+    ) -> Result<Response<internal::ShardReadManyResponse>, Status> {
+        self.check_peer(&req)?;
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let op: ReadOp = decode(&r.op).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let parts = read_parts_from_proto(r.parts);
+        let (replies, map_version) =
+            tokio::task::spawn_blocking(move || node.serve_read_many(r.map_version, &parts, &op))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(crate::status::to_status)?;
+        Ok(Response::new(internal::ShardReadManyResponse {
+            replies,
+            map_version,
+        }))
+    }
 }
 
 /// Routed calls to other nodes' Shard service over gRPC, one cached
@@ -164,20 +186,53 @@ impl PeerClient for GrpcPeers {
         node: u64,
         addr: String,
         req: ShardRead,
-    ) -> BoxFuture<'static, Result<Vec<u8>, PeerError>> {
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, PeerError>> {
         let client = self.client(node, &addr);
         Box::pin(async move {
             let mut c = client.await?;
-            let r = c
-                .read(internal::ShardReadRequest {
+            // One shard: the plain Read (which every node serves).
+            if let [part] = req.parts[..] {
+                let r = c
+                    .read(internal::ShardReadRequest {
+                        map_version: req.map_version,
+                        group: part.group,
+                        barrier: part.barrier,
+                        op: req.op,
+                    })
+                    .await
+                    .map_err(peer_error)?;
+                return Ok(vec![r.into_inner().reply]);
+            }
+            let many = c
+                .read_many(internal::ShardReadManyRequest {
                     map_version: req.map_version,
-                    group: req.group,
-                    barrier: req.barrier,
-                    op: req.op,
+                    parts: read_parts_to_proto(&req.parts),
+                    op: req.op.clone(),
                 })
-                .await
-                .map_err(peer_error)?;
-            Ok(r.into_inner().reply)
+                .await;
+            match many {
+                Ok(r) => Ok(r.into_inner().replies),
+                // A node from before ReadMany: one Read per shard, at the
+                // same time.
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    let reads = req.parts.iter().map(|p| {
+                        let mut c = c.clone();
+                        let r = internal::ShardReadRequest {
+                            map_version: req.map_version,
+                            group: p.group,
+                            barrier: p.barrier,
+                            op: req.op.clone(),
+                        };
+                        async move { c.read(r).await.map(|r| r.into_inner().reply) }
+                    });
+                    futures::future::join_all(reads)
+                        .await
+                        .into_iter()
+                        .map(|r| r.map_err(peer_error))
+                        .collect()
+                }
+                Err(s) => Err(peer_error(s)),
+            }
         })
     }
 

@@ -276,7 +276,11 @@ impl Node {
                         }),
                         persons,
                     )
-                    .with_fanout(Arc::new(crate::shards::QueryFanout)),
+                    .with_fanout(Arc::new(crate::shards::QueryFanout))
+                    .with_batches(Arc::new(crate::route::RoutedBatch {
+                        shards: sh.clone(),
+                        router: router.clone(),
+                    })),
                 )
             }
             _ => store.clone(),

@@ -310,29 +310,58 @@ impl Node {
         barrier: bool,
         op: crate::shard_read::ReadOp,
     ) -> Result<(Vec<u8>, u64), NodeError> {
-        let store = self.check_routed(version, group)?;
-        if barrier {
+        let part = crate::route::ReadPart { group, barrier };
+        let (mut replies, v) = self.serve_read_many(version, &[part], &op)?;
+        let reply = replies
+            .pop()
+            .ok_or_else(|| NodeError::Unavailable("a routed read did not run".into()))?;
+        Ok((reply, v))
+    }
+
+    /// Serves `op` on each group of `parts` routed here by another node
+    /// (every one must be held here), one reply per part, in order: one
+    /// round of ReadIndex first on the groups whose part asks for a
+    /// barrier.
+    pub fn serve_read_many(
+        &self,
+        version: u64,
+        parts: &[crate::route::ReadPart],
+        op: &crate::shard_read::ReadOp,
+    ) -> Result<(Vec<Vec<u8>>, u64), NodeError> {
+        let stores = parts
+            .iter()
+            .map(|p| self.check_routed(version, p.group))
+            .collect::<Result<Vec<_>, _>>()?;
+        let barriers: Vec<u64> = parts
+            .iter()
+            .filter(|p| p.barrier)
+            .map(|p| p.group)
+            .collect();
+        if !barriers.is_empty() {
             let r = self
                 .replication
                 .as_ref()
                 .ok_or_else(|| NodeError::Invalid("sharding needs [cluster]".into()))?;
             let t0 = std::time::Instant::now();
-            r.read_index_all(&[group]).map_err(|e| {
+            r.read_index_all(&barriers).map_err(|e| {
                 NodeError::Unavailable(format!(
-                    "cannot serve a linearizable read of shard group {group}: {e}"
+                    "cannot serve a linearizable read of shard groups {barriers:?}: {e}"
                 ))
             })?;
             self.metrics
                 .routed_barrier
                 .observe(t0.elapsed().as_secs_f64());
         }
-        if store.is_restoring() {
+        if stores.iter().any(|s| s.is_restoring()) {
             return Err(NodeError::Unavailable(
                 "this replica is installing a snapshot; retry, or ask another node".into(),
             ));
         }
-        let reply = crate::shard_read::serve_read(&store, op)?;
-        Ok((reply, self.store.shard_map_version()))
+        let replies = stores
+            .iter()
+            .map(|store| crate::shard_read::serve_read(store, op))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((replies, self.store.shard_map_version()))
     }
 
     /// Makes sure the shard map has `weeks` and this node hosts what the
