@@ -139,7 +139,7 @@ def cmd_report(a):
 
     w("### %s: %s persons × %d days, %s events" % (a.date, "{:,}".format(a.persons), P["days"], "{:,}".format(ev)))
     w("")
-    w("Machine: %s, **shared with another engineer's builds and benchmarks**. Command: `%s`. %s (%s build, repository at %s); "
+    w("Machine: %s (other work on it, if any, is said beside this table). Command: `%s`. %s (%s build, repository at %s); "
       "%s; PostGIS %s; DuckDB %s (Python, %s threads)%s. 1-minute load average before each system's queries: %s "
       "(the harness and the system under test share the cores)." % (
           a.machine, a.command, a.hc_version, a.hc_build, a.commit, pg["version"].split(" on ")[0], pg["postgis"],
