@@ -417,8 +417,8 @@ async fn three_tls_nodes_replicate_over_mutual_tls() {
 /// occupancy and no-activity-since p50/p99 through node 1 from `hourcell
 /// bench`, and each node's read-barrier figures from `/metrics`
 /// (`HOURCELL_SHARD_BENCH_*` change the sizes, the kinds, the node
-/// counts, the replicas, the binary, and `_LEASE=off` turns leader leases
-/// off). A benchmark, not run by default:
+/// counts, the shards (`_SHARDS=12x2`), the replicas, the binary, and
+/// `_LEASE=off` turns leader leases off). A benchmark, not run by default:
 /// `HOURCELL_SHARD_BENCH_PERSONS=5000 cargo test --workspace --all-targets -- --ignored routed_read_latency --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --ignored --nocapture"]
@@ -435,6 +435,13 @@ async fn routed_read_latency() {
     // Another build of hourcell (an A/B run against an older commit).
     let bin = env("HOURCELL_SHARD_BENCH_BIN", BIN);
     let bin = bin.as_str();
+    // Cell and person shards, e.g. `12x2` (more shards per node, so that
+    // a query's reads of one node's shards are batched).
+    let layout: Vec<u32> = env("HOURCELL_SHARD_BENCH_SHARDS", "4x2")
+        .split('x')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    let (cell_shards, person_shards) = (layout[0], layout[1]);
     let counts: Vec<usize> = env("HOURCELL_SHARD_BENCH_NODES", "1,3,5")
         .split(',')
         .map(|n| n.trim().parse().unwrap())
@@ -446,7 +453,7 @@ async fn routed_read_latency() {
         let cfgs: Vec<_> = (1..=nodes)
             .map(|i| {
                 let c = write_config(dir.path(), i, ports, metrics[i - 1]);
-                shard_as(&c, 4, 2);
+                shard_as(&c, cell_shards, person_shards);
                 let text = std::fs::read_to_string(&c).unwrap();
                 let r = replicas.min(nodes as u32);
                 // `off` measures the read barriers without leader leases.
@@ -477,7 +484,10 @@ async fn routed_read_latency() {
             );
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
-        println!("=== {nodes} sharded node(s), 4 cell and 2 person shards, replicas {replicas}");
+        println!(
+            "=== {nodes} sharded node(s), {cell_shards} cell and {person_shards} person shards, \
+             replicas {replicas}"
+        );
         println!("{}", bench(&["--queries", "0"]));
         let only = ["--skip-load", "--only", &only];
         // One untimed pass, then the measured one.
