@@ -500,6 +500,8 @@ async fn routed_read_latency() {
                 .lines()
                 .filter(|l| {
                     l.starts_with("hourcell_query_barrier_seconds_")
+                        || l.starts_with("hourcell_audit_wait_seconds_sum")
+                        || l.starts_with("hourcell_audit_wait_seconds_count")
                         || l.starts_with("hourcell_routed_barrier_seconds_")
                         || l.starts_with("hourcell_raft_is_leader{group=\"1\"}")
                 })

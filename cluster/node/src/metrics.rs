@@ -105,6 +105,10 @@ pub struct Metrics {
     /// Commands that committed audit records (each one synced write or
     /// raft round, holding the records of every request that waited).
     pub audit_commits: Counter,
+    /// How long a person-level answer waited for its audit records to be
+    /// committed (one synced write, or a raft round of the metadata group;
+    /// shared with concurrent answers).
+    pub audit_wait: Histogram,
     /// Sharded: the first-round read barrier of a linearizable query (a
     /// ReadIndex on the metadata group and the shards it will read).
     pub query_barrier: Histogram,
@@ -126,6 +130,7 @@ impl Default for Metrics {
             routed_failures: Counter::default(),
             stale_map_refusals: Counter::default(),
             audit_commits: Counter::default(),
+            audit_wait: latency_histogram(),
             query_barrier: latency_histogram(),
             routed_barrier: latency_histogram(),
             sources: SourceHealth::default(),
@@ -158,6 +163,12 @@ impl Metrics {
             "Time to apply one command to the store",
             Unit::Seconds,
             self.apply_latency.clone(),
+        );
+        r.register_with_unit(
+            "audit_wait",
+            "Time a person-level answer waited for its audit records to be committed",
+            Unit::Seconds,
+            self.audit_wait.clone(),
         );
         r.register_with_unit(
             "query_barrier",

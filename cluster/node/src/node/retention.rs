@@ -30,12 +30,16 @@ impl Node {
     /// order they arrived; each call still returns only once its own
     /// records are committed.
     pub fn audit(&self, entries: Vec<hourcell_storage::AuditEntry>) -> Result<(), NodeError> {
-        self.audit_group
+        let t0 = std::time::Instant::now();
+        let r = self
+            .audit_group
             .submit(entries, MAX_AUDIT_GROUP, &mut |all| {
                 self.propose(&Command::Audit(all))?;
                 self.metrics.audit_commits.inc();
                 Ok(())
-            })
+            });
+        self.metrics.audit_wait.observe(t0.elapsed().as_secs_f64());
+        r
     }
 
     /// Applies the retention limit as of `now`: every replica removes the
