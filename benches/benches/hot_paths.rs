@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot paths: placing events (S2 cell mapping),
-//! applying an ingest batch, the bitmap merge, and the four queries on a
-//! small generated town held in RocksDB.
+//! applying an ingest batch, the bitmap merge, and the four queries (and
+//! region occupancy) on a small generated town held in RocksDB.
 
 use std::sync::Arc;
 
@@ -118,6 +118,21 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("who-was-at 1 km circle 24h", |b| {
         b.iter(|| q.who_was_at(&circle, end - 86_400, end, end).unwrap())
+    });
+    // Region occupancy (distinct persons per hour and over the window):
+    // the per-day OR of each person's hours (query/src/masks.rs).
+    c.bench_function("occupancy 1 km circle 24h", |b| {
+        b.iter(|| q.occupancy(&circle, end - 86_400, end, end).unwrap())
+    });
+    let (dlat, dlng) = (1_000.0 / 111_000.0, 1_000.0 / 111_000.0 / home.lat.to_radians().cos());
+    let square = Region::Rect {
+        lat_lo: home.lat - dlat,
+        lng_lo: home.lng - dlng,
+        lat_hi: home.lat + dlat,
+        lng_hi: home.lng + dlng,
+    };
+    c.bench_function("occupancy 2 km square, all 3 days", |b| {
+        b.iter(|| q.occupancy(&square, cfg.start_unix, end, end).unwrap())
     });
     // A district as drawn on a map: 1,000 corners round the same point,
     // its radius wandering between about 0.75 and 1.05 km, with a 200 m
