@@ -124,7 +124,10 @@ fn benches(c: &mut Criterion) {
     c.bench_function("occupancy 1 km circle 24h", |b| {
         b.iter(|| q.occupancy(&circle, end - 86_400, end, end).unwrap())
     });
-    let (dlat, dlng) = (1_000.0 / 111_000.0, 1_000.0 / 111_000.0 / home.lat.to_radians().cos());
+    let (dlat, dlng) = (
+        1_000.0 / 111_000.0,
+        1_000.0 / 111_000.0 / home.lat.to_radians().cos(),
+    );
     let square = Region::Rect {
         lat_lo: home.lat - dlat,
         lng_lo: home.lng - dlng,

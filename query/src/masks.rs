@@ -168,7 +168,10 @@ mod tests {
         (0..n)
             .map(|_| {
                 let r = next();
-                ((r % u64::from(spread)) as u32, (next() as u32) & 0x00ff_ffff)
+                (
+                    (r % u64::from(spread)) as u32,
+                    (next() as u32) & 0x00ff_ffff,
+                )
             })
             .collect()
     }
@@ -187,7 +190,11 @@ mod tests {
             (9, 20_000, u32::MAX),
         ] {
             let p = ids(seed, n, spread);
-            assert_eq!(merged(&p), expected(&p), "seed {seed}, n {n}, spread {spread}");
+            assert_eq!(
+                merged(&p),
+                expected(&p),
+                "seed {seed}, n {n}, spread {spread}"
+            );
         }
     }
 

@@ -60,7 +60,10 @@ async fn many_shards_cost_per_event_and_routed_latency() {
     let queries = env("HOURCELL_CAPACITY_QUERIES", "300");
     let replicas: usize = env("HOURCELL_CAPACITY_REPLICAS", "3").parse().unwrap();
     for layout in env("HOURCELL_CAPACITY_LAYOUTS", "3x4x2,5x100x16").split(',') {
-        let p: Vec<u32> = layout.split('x').map(|n| n.trim().parse().unwrap()).collect();
+        let p: Vec<u32> = layout
+            .split('x')
+            .map(|n| n.trim().parse().unwrap())
+            .collect();
         let (nodes, cells, person_shards) = (p[0] as usize, p[1], p[2]);
         let dir = tempfile::tempdir().unwrap();
         let all_ports = free_ports(nodes * 2);
@@ -136,6 +139,9 @@ async fn many_shards_cost_per_event_and_routed_latency() {
         );
         let only = ["--skip-load", "--only", "who-was-at,occupancy"];
         bench(&[&only[..], &["--queries", "50"]].concat());
-        println!("{}", bench(&[&only[..], &["--queries", &queries]].concat()).trim_end());
+        println!(
+            "{}",
+            bench(&[&only[..], &["--queries", &queries]].concat()).trim_end()
+        );
     }
 }
