@@ -16,9 +16,9 @@
 //! shards a week × person shards), `_REPLICAS` (default 3), `_PERSONS`
 //! (default 20000), `_DAYS` (default 7), `_QUERIES` (default 300).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hourcell_test_support::cli::ok;
 use hourcell_test_support::config::*;
 use hourcell_test_support::grpc::*;
 use hourcell_test_support::procs::*;
@@ -85,18 +85,9 @@ async fn many_shards_cost_per_event_and_routed_latency() {
         leader(ports, &all, Duration::from_secs(60)).await;
         let server = format!("127.0.0.1:{}", ports[0]);
         let bench = |extra: &[&str]| {
-            let out = Command::new(bin)
-                .args(["bench", "--server", &server, "--persons", &persons])
-                .args(["--days", &days, "--no-compact"])
-                .args(extra)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            let base = ["bench", "--server", &server, "--persons", &persons];
+            let more = ["--days", &days, "--no-compact"];
+            ok(bin, &[&base[..], &more[..], extra].concat())
         };
         let total = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
         println!(

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hourcell_proto::v1;
+use hourcell_test_support::cli::ok;
 use hourcell_test_support::config::*;
 use hourcell_test_support::data::*;
 use hourcell_test_support::grpc::*;
@@ -471,18 +472,9 @@ async fn routed_read_latency() {
         leader(ports, &all, Duration::from_secs(30)).await;
         let server = format!("127.0.0.1:{}", ports[0]);
         let bench = |extra: &[&str]| {
-            let out = Command::new(bin)
-                .args(["bench", "--server", &server, "--persons", &persons])
-                .args(["--days", &days, "--no-compact"])
-                .args(extra)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            let base = ["bench", "--server", &server, "--persons", &persons];
+            let more = ["--days", &days, "--no-compact"];
+            ok(bin, &[&base[..], &more[..], extra].concat())
         };
         println!(
             "=== {nodes} sharded node(s), {cell_shards} cell and {person_shards} person shards, \
