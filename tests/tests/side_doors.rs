@@ -526,6 +526,23 @@ async fn probe_internal(
         ))
         .await
         .map(|_| ());
+    // The batched read a query's fan-out sends one node: day sets of
+    // person ids, like Read.
+    let read_many = shard
+        .read_many(creds(
+            internal::ShardReadManyRequest {
+                map_version: 0,
+                parts: vec![internal::ShardReadPart {
+                    group: 0,
+                    barrier: false,
+                }],
+                op: vec![0; 64],
+            },
+            secret,
+            bearer,
+        ))
+        .await
+        .map(|_| ());
     // A command that would wipe data if it were applied.
     let propose = shard
         .propose(creds(
@@ -566,6 +583,7 @@ async fn probe_internal(
         .map(|_| ());
     vec![
         ("Shard.Read", read),
+        ("Shard.ReadMany", read_many),
         ("Shard.Propose", propose),
         ("Shard.Members", members),
         ("Raft.Send", send),
@@ -602,7 +620,7 @@ async fn internal_services_answer_only_nodes() {
     let by: BTreeMap<_, _> = results.into_iter().collect();
     assert!(by["Shard.Members"].is_ok(), "{:?}", by["Shard.Members"]);
     assert!(by["Raft.Send"].is_ok(), "{:?}", by["Raft.Send"]);
-    for rpc in ["Shard.Read", "Shard.Propose"] {
+    for rpc in ["Shard.Read", "Shard.ReadMany", "Shard.Propose"] {
         if let Err(e) = &by[rpc] {
             assert_ne!(e.code(), Code::Unauthenticated, "{rpc}: {e:?}");
         }
