@@ -9,7 +9,7 @@ use hourcell_storage::DaySet;
 use roaring::RoaringBitmap;
 
 use crate::error::{QueryError, Result};
-use crate::source::{HourStep, SliceReader};
+use crate::source::{DayKeys, HourStep, SliceReader};
 
 /// One read, the same on every shard of a fan-out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +25,18 @@ pub enum SliceRead {
     HourSlices { from: i64, to: i64 },
     /// [`SliceReader::hour_slices_step`].
     HourSlicesStep { before: i64, from: i64 },
+    /// [`SliceReader::day_sets`], every cell of the ranges (the caller's
+    /// `keep` is asked where the answers are merged). Sent to the shards
+    /// of every week the days fall in; each answers for the days it holds.
+    DaySets { days: Vec<i64>, keys: DayKeys },
 }
 
 /// Cell slices as gathered from a shard: (cell, its day set).
 pub type Cells = Vec<(u64, DaySet)>;
+
+/// Day sets of several days as gathered from a shard: (day, cell or
+/// address id, its day set), days ascending.
+pub type DaySets = Vec<(i64, u64, DaySet)>;
 
 /// One shard's answer to a [`SliceRead`], by kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +49,8 @@ pub enum SliceAnswer {
     Hours(Vec<(i64, RoaringBitmap)>),
     /// To `HourSlicesStep`.
     Step(HourStep),
+    /// To `DaySets`.
+    DaySets(DaySets),
 }
 
 impl SliceRead {
@@ -70,6 +80,13 @@ impl SliceRead {
             SliceRead::HourSlicesStep { before, from } => {
                 SliceAnswer::Step(s.hour_slices_step(*before, *from)?)
             }
+            SliceRead::DaySets { days, keys } => {
+                let mut out = Vec::new();
+                s.day_sets(days, keys, &mut |_| true, &mut |d, k, set| {
+                    out.push((d, k, set.to_vec()))
+                })?;
+                SliceAnswer::DaySets(out)
+            }
         })
     }
 }
@@ -82,6 +99,7 @@ fn mismatch(want: &str, got: &SliceAnswer) -> QueryError {
             SliceAnswer::Day(_) => "an address day",
             SliceAnswer::Hours(_) => "hour slices",
             SliceAnswer::Step(_) => "a step of hour slices",
+            SliceAnswer::DaySets(_) => "day sets of several days",
         }
     ))
 }
@@ -105,6 +123,13 @@ impl SliceAnswer {
         match self {
             SliceAnswer::Hours(h) => Ok(h),
             other => Err(mismatch("hour slices", &other)),
+        }
+    }
+
+    pub fn day_sets(self) -> Result<DaySets> {
+        match self {
+            SliceAnswer::DaySets(d) => Ok(d),
+            other => Err(mismatch("day sets of several days", &other)),
         }
     }
 
@@ -149,6 +174,15 @@ mod tests {
         reads: AtomicUsize,
     }
 
+    impl Fixed {
+        /// Whether the day is of the shard's week (a cell shard holds no
+        /// other).
+        fn holds(&self, day: i64) -> bool {
+            self.id.part == ShardPart::Persons
+                || hourcell_storage::shard::week_of_day(day) == self.id.week
+        }
+    }
+
     impl SliceReader for Fixed {
         fn remote(&self) -> bool {
             self.remote
@@ -158,14 +192,14 @@ mod tests {
         }
         fn cell_days(
             &self,
-            _: i64,
+            day: i64,
             lo: u64,
             hi: u64,
             f: &mut dyn FnMut(u64, &[(u32, u32)]),
         ) -> Result<()> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             let c = u64::from(self.k);
-            if (lo..=hi).contains(&c) {
+            if (lo..=hi).contains(&c) && self.holds(day) {
                 f(c, &[(self.k, 1 << (self.k % 24))]);
             }
             Ok(())
@@ -186,9 +220,9 @@ mod tests {
             }
             Ok(())
         }
-        fn address_day(&self, _: i64, address_id: u32) -> Result<Option<DaySet>> {
+        fn address_day(&self, day: i64, address_id: u32) -> Result<Option<DaySet>> {
             self.reads.fetch_add(1, Ordering::SeqCst);
-            Ok((address_id == 7).then(|| vec![(self.k, 1)]))
+            Ok((address_id == 7 && self.holds(day)).then(|| vec![(self.k, 1)]))
         }
         fn hour_slices(
             &self,
@@ -237,10 +271,12 @@ mod tests {
     }
 
     /// Answers a batch from the shards themselves, recording each batch;
-    /// leaves `skip` alone.
+    /// leaves `skip` alone. With `old`, refuses reads of several days as a
+    /// node from before them does.
     struct Recording {
         shards: HashMap<ShardId, Arc<Fixed>>,
         skip: Option<ShardId>,
+        old: bool,
         batches: Mutex<Vec<Vec<ShardId>>>,
     }
 
@@ -251,6 +287,12 @@ mod tests {
             read: &SliceRead,
         ) -> Vec<Option<Result<SliceAnswer>>> {
             self.batches.lock().unwrap().push(shards.to_vec());
+            if self.old && matches!(read, SliceRead::DaySets { .. }) {
+                return shards
+                    .iter()
+                    .map(|_| Some(Err(QueryError::UnknownRead("unknown shard read op".into()))))
+                    .collect();
+            }
             shards
                 .iter()
                 .map(|id| (Some(*id) != self.skip).then(|| read.run(self.shards[id].as_ref())))
@@ -283,6 +325,22 @@ mod tests {
         out.push(format!("{cells:?}"));
         out.push(format!("{:?}", s.address_day(0, 7).unwrap()));
         out.push(format!("{:?}", s.address_day(0, 8).unwrap()));
+        // Three days of one week, in one read.
+        for keys in [
+            DayKeys::Cells(vec![(1, 3), (5, 100)]),
+            DayKeys::Addresses(vec![7, 8]),
+        ] {
+            let mut sets = Vec::new();
+            let mut last_day = i64::MIN;
+            s.day_sets(&[0, 1, 2], &keys, &mut |c| c != 2, &mut |d, k, set| {
+                assert!(d >= last_day, "days in order");
+                last_day = d;
+                sets.push((d, k, set.to_vec()))
+            })
+            .unwrap();
+            sets.sort_unstable();
+            out.push(format!("{sets:?}"));
+        }
         let mut hours = Vec::new();
         s.hour_slices(0, 100, &mut |h, b| {
             hours.push((h, b.iter().collect::<Vec<_>>()))
@@ -353,24 +411,87 @@ mod tests {
                 .map(|s| (s.id, s.clone()))
                 .collect(),
             skip: Some(skip),
+            old: false,
             batches: Mutex::new(Vec::new()),
         });
         let batched = answers(&source().with_batches(batch.clone()));
         assert_eq!(batched, alone, "the same answers, read in batches");
         // One batch per step (cell_days, cell_days_in, two address days,
-        // hour slices, and the walk back: one step reaches hour 0), each
-        // holding every remote shard and no local one.
+        // three days of cells and three of addresses, hour slices, and the
+        // walk back: one step reaches hour 0), each holding every remote
+        // shard and no local one.
         let got = batch.batches.lock().unwrap().clone();
-        let want: Vec<Vec<ShardId>> = [&remote_cells; 4]
+        let want: Vec<Vec<ShardId>> = [&remote_cells; 6]
             .into_iter()
             .chain([&remote_persons; 2])
             .cloned()
             .collect();
         // The walk back steps 24 hours, then 48, 96... down to hour 0.
-        assert_eq!(got[..6], want[..], "{got:?}");
-        assert!(got[6..].iter().all(|b| *b == remote_persons), "{got:?}");
+        assert_eq!(got[..8], want[..], "{got:?}");
+        assert!(got[8..].iter().all(|b| *b == remote_persons), "{got:?}");
         // The shard the batch left alone was read through its own reader,
         // as often as without a batch.
         assert_eq!(reads_of(4) - alone_reads, alone_reads);
+    }
+
+    #[test]
+    fn reads_of_several_days_fall_back_to_one_day_each_on_an_older_node() {
+        // Four cell shards in each of weeks 0 and 1.
+        let cells: Vec<Arc<Fixed>> = (0..8)
+            .map(|i| {
+                Arc::new(Fixed {
+                    id: ShardId {
+                        part: ShardPart::Cells,
+                        week: (i / 4) as i64,
+                        index: i % 4,
+                    },
+                    k: i as u32 + 1,
+                    remote: i % 4 != 0,
+                    reads: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let source = |old: bool| {
+            let meta = Arc::new(MetaStore::open(MemEngine::new(), Some(16)).unwrap());
+            let c: Vec<Arc<dyn SliceReader>> = cells
+                .iter()
+                .map(|s| s.clone() as Arc<dyn SliceReader>)
+                .collect();
+            let of_week = move |w: i64| c[w as usize * 4..w as usize * 4 + 4].to_vec();
+            let batch = Arc::new(Recording {
+                shards: cells.iter().map(|s| (s.id, s.clone())).collect(),
+                skip: None,
+                old,
+                batches: Mutex::new(Vec::new()),
+            });
+            let persons = vec![cells[0].clone() as Arc<dyn SliceReader>];
+            let s =
+                ShardedSource::new(Layout::new(4, 1).unwrap(), meta, Arc::new(of_week), persons)
+                    .with_batches(batch.clone());
+            (s, batch)
+        };
+        // A key's parts on several shards may come apart or merged: its
+        // entries per day are what must agree.
+        let read = |s: &ShardedSource, keys: &DayKeys| {
+            let mut out: std::collections::BTreeMap<(i64, u64), Vec<(u32, u32)>> =
+                Default::default();
+            s.day_sets(&[3, 4, 5], keys, &mut |c| c != 3, &mut |d, k, set| {
+                out.entry((d, k)).or_default().extend_from_slice(set)
+            })
+            .unwrap();
+            out.values_mut().for_each(|v| v.sort_unstable());
+            out
+        };
+        for keys in [DayKeys::Cells(vec![(0, 100)]), DayKeys::Addresses(vec![7])] {
+            let (new, new_batches) = source(false);
+            let (old, old_batches) = source(true);
+            let want = read(&new, &keys);
+            assert!(!want.is_empty());
+            assert_eq!(read(&old, &keys), want, "{keys:?}");
+            // Days 3 and 4 are of two weeks: the shards of both weeks in
+            // one batch; the older node then gets one batch a day.
+            assert_eq!(new_batches.batches.lock().unwrap().len(), 1);
+            assert_eq!(old_batches.batches.lock().unwrap().len(), 1 + 3);
+        }
     }
 }

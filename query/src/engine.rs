@@ -9,7 +9,7 @@ use roaring::RoaringBitmap;
 use crate::error::{QueryError, Result};
 use crate::masks::MaskMerger;
 use crate::region::{Region, SpatialPlan};
-use crate::source::{Catalog, SliceReader, SliceSource};
+use crate::source::{Catalog, DayKeys, SliceReader, SliceSource};
 use crate::time::{format_time, hour_ceil, hour_floor, Window};
 
 /// The window's hours grouped by UTC day: `(day, mask)` with bit `h` set
@@ -24,6 +24,42 @@ pub(crate) fn day_masks(w: &Window) -> Vec<(i64, u32)> {
         }
     }
     out
+}
+
+/// Counts the persons gathered in `masks` for `day` (its window hours
+/// `mask`) into `counts` (one per hour of `w`) and `all`, and empties it.
+fn count_day(
+    masks: &mut MaskMerger,
+    day: i64,
+    mask: u32,
+    w: &Window,
+    all: &mut Vec<u32>,
+    counts: &mut [u64],
+) {
+    // Per hour of the day, one lane each: the compiler turns this into a
+    // few vector adds a person, with no chain of increments of the same
+    // counter through memory.
+    let mut day_counts = [0u32; 24];
+    masks.merge(&mut |id, x| {
+        all.push(id);
+        for (b, c) in day_counts.iter_mut().enumerate() {
+            *c += (x >> b) & 1;
+        }
+    });
+    let first = day * 24 - w.from_hour;
+    for (b, &c) in day_counts.iter().enumerate() {
+        if mask & (1 << b) != 0 {
+            counts[(first + b as i64) as usize] += u64::from(c);
+        }
+    }
+}
+
+/// The hour mask of `day` in [`day_masks`]'s output (0 for a day not in
+/// it).
+pub(crate) fn mask_of(masks: &[(i64, u32)], day: i64) -> u32 {
+    masks
+        .binary_search_by_key(&day, |m| m.0)
+        .map_or(0, |i| masks[i].1)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,36 +178,34 @@ impl QueryEngine {
         }
     }
 
-    /// Calls `f(entries)` with the (id, hour mask) entries of each day set
-    /// of `day` that matches the region: the cell slices of every covering
-    /// range whose cell intersects the region, or the listed addresses'
-    /// slices. An id may come more than once (several cells or
+    /// Calls `f(day, entries)` with the (id, hour mask) entries of each
+    /// day set of `days` (ascending) that matches the region: the cell
+    /// slices of every covering range whose cell intersects the region, or
+    /// the listed addresses' slices; every set of a day before a later
+    /// day's. An id may come more than once in a day (several cells or
     /// addresses). Whole sets rather than one call per entry: the callers'
-    /// loops then run inline.
+    /// loops then run inline. All the days are one read, so a sharded
+    /// cluster asks each node once for the whole window.
     fn for_each_day_set(
         &self,
         r: &Resolved,
-        day: i64,
-        f: &mut dyn FnMut(&[(u32, u32)]),
+        days: &[i64],
+        f: &mut dyn FnMut(i64, &[(u32, u32)]),
     ) -> Result<()> {
         match r {
-            Resolved::Spatial(plan) => {
-                self.slices.cell_days_in(
-                    day,
-                    &plan.ranges,
-                    &mut |c| plan.matches(c),
-                    &mut |_, set| f(set),
-                )?;
-            }
-            Resolved::Addresses(ids) => {
-                for &id in ids {
-                    if let Some(set) = self.slices.address_day(day, id)? {
-                        f(&set);
-                    }
-                }
-            }
+            Resolved::Spatial(plan) => self.slices.day_sets(
+                days,
+                &DayKeys::Cells(plan.ranges.clone()),
+                &mut |c| plan.matches(c),
+                &mut |day, _, set| f(day, set),
+            ),
+            Resolved::Addresses(ids) => self.slices.day_sets(
+                days,
+                &DayKeys::Addresses(ids.clone()),
+                &mut |_| true,
+                &mut |day, _, set| f(day, set),
+            ),
         }
-        Ok(())
     }
 
     /// Ids are gathered into a vector and turned into one bitmap at the end:
@@ -194,11 +228,12 @@ impl QueryEngine {
         // A 1 km circle over a day gathers a few thousand: start there
         // rather than regrow a dozen times.
         let mut ids = Vec::with_capacity(4096);
-        for (day, mask) in day_masks(w) {
-            self.for_each_day_set(r, day, &mut |set| {
-                ids.extend(set.iter().filter(|e| e.1 & mask != 0).map(|e| e.0));
-            })?;
-        }
+        let masks = day_masks(w);
+        let days: Vec<i64> = masks.iter().map(|m| m.0).collect();
+        self.for_each_day_set(r, &days, &mut |day, set| {
+            let mask = mask_of(&masks, day);
+            ids.extend(set.iter().filter(|e| e.1 & mask != 0).map(|e| e.0));
+        })?;
         Ok(ids)
     }
 
@@ -345,28 +380,36 @@ impl QueryEngine {
         // A day's hours of each person, OR-ed over the region's cells, then
         // counted once per person and hour: no per-hour id lists to sort.
         let mut masks = MaskMerger::default();
-        for (day, mask) in day_masks(&w) {
-            self.for_each_day_set(&r, day, &mut |set| {
-                for &(id, m) in set {
-                    masks.push(id, m & mask);
+        let dm = day_masks(&w);
+        let days: Vec<i64> = dm.iter().map(|m| m.0).collect();
+        // The day being gathered and its hours; a day is counted when the
+        // next one starts (the reader hands them over in order).
+        let mut current: Option<(i64, u32)> = None;
+        let mut out_of_order = false;
+        self.for_each_day_set(&r, &days, &mut |day, set| {
+            let mask = match current {
+                Some((d, m)) if d == day => m,
+                _ => {
+                    if let Some((d, m)) = current {
+                        out_of_order |= day < d;
+                        count_day(&mut masks, d, m, &w, &mut all, &mut counts);
+                    }
+                    let m = mask_of(&dm, day);
+                    current = Some((day, m));
+                    m
                 }
-            })?;
-            // Per hour of the day, one lane each: the compiler turns this
-            // into a few vector adds a person, with no chain of increments
-            // of the same counter through memory.
-            let mut day_counts = [0u32; 24];
-            masks.merge(&mut |id, x| {
-                all.push(id);
-                for (b, c) in day_counts.iter_mut().enumerate() {
-                    *c += (x >> b) & 1;
-                }
-            });
-            let first = day * 24 - w.from_hour;
-            for (b, &c) in day_counts.iter().enumerate() {
-                if mask & (1 << b) != 0 {
-                    counts[(first + b as i64) as usize] += u64::from(c);
-                }
+            };
+            for &(id, m) in set {
+                masks.push(id, m & mask);
             }
+        })?;
+        if let Some((d, m)) = current {
+            count_day(&mut masks, d, m, &w, &mut all, &mut counts);
+        }
+        if out_of_order {
+            return Err(QueryError::Unavailable(
+                "a slice reader handed over the days of a window out of order".into(),
+            ));
         }
         let hours = counts
             .into_iter()

@@ -22,6 +22,10 @@ pub enum QueryError {
     /// barrier timed out); retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A node does not know a read this one asked of it (it runs an
+    /// older release): the asker falls back to reads every node serves.
+    #[error("{0}")]
+    UnknownRead(String),
 }
 
 impl QueryError {

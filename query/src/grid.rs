@@ -10,9 +10,10 @@ use std::collections::HashMap;
 
 use s2::cellid::CellID;
 
-use crate::engine::{day_masks, QueryEngine};
+use crate::engine::{day_masks, mask_of, QueryEngine};
 use crate::error::{QueryError, Result};
 use crate::region::{Region, SpatialPlan};
+use crate::source::DayKeys;
 use crate::time::Window;
 
 /// The grid level when the request names none (cells of about 600 m).
@@ -70,31 +71,32 @@ impl QueryEngine {
         })?;
         let up = |c: u64| CellID(c).parent(u64::from(level)).0;
         let mut ids: HashMap<(u64, Option<i64>), Vec<u32>> = HashMap::new();
-        for (day, mask) in day_masks(&w) {
-            self.slices().cell_days_in(
-                day,
-                &plan.ranges,
-                &mut |c| plan.matches(up(c)),
-                &mut |c, set| {
-                    let g = up(c);
-                    for &(id, m) in set {
-                        let mut x = m & mask;
-                        if x == 0 {
-                            continue;
-                        }
-                        if !hourly {
-                            ids.entry((g, None)).or_default().push(id);
-                            continue;
-                        }
-                        while x != 0 {
-                            let h = day * 24 + i64::from(x.trailing_zeros());
-                            ids.entry((g, Some(h))).or_default().push(id);
-                            x &= x - 1;
-                        }
+        let dm = day_masks(&w);
+        let days: Vec<i64> = dm.iter().map(|m| m.0).collect();
+        self.slices().day_sets(
+            &days,
+            &DayKeys::Cells(plan.ranges.clone()),
+            &mut |c| plan.matches(up(c)),
+            &mut |day, c, set| {
+                let mask = mask_of(&dm, day);
+                let g = up(c);
+                for &(id, m) in set {
+                    let mut x = m & mask;
+                    if x == 0 {
+                        continue;
                     }
-                },
-            )?;
-        }
+                    if !hourly {
+                        ids.entry((g, None)).or_default().push(id);
+                        continue;
+                    }
+                    while x != 0 {
+                        let h = day * 24 + i64::from(x.trailing_zeros());
+                        ids.entry((g, Some(h))).or_default().push(id);
+                        x &= x - 1;
+                    }
+                }
+            },
+        )?;
         let mut cells: Vec<GridCount> = ids
             .into_iter()
             .map(|((cell, hour), mut v)| {

@@ -43,5 +43,5 @@ pub use grid::{GridAnswer, GridCount, DEFAULT_GRID_LEVEL};
 pub use region::Region;
 pub use rules::{Evaluation, Nights, RuleConfig};
 pub use sharded::{CellShards, Fanout, ScopedThreads, ShardedSource};
-pub use source::{Catalog, HourStep, SliceReader, SliceSource};
+pub use source::{day_sets_by_day, Catalog, DayKeys, HourStep, SliceReader, SliceSource};
 pub use time::Window;

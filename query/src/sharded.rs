@@ -9,6 +9,10 @@
 //! - Address slices: an address's events are in the shard of each event's
 //!   slice cell, usually one; the day sets of the week's cell shards are
 //!   merged.
+//! - Several days at once ([`SliceReader::day_sets`]): one read of every
+//!   cell shard of every week the days fall in, so a week's query waits
+//!   for one round trip rather than one a day. A node too old to serve it
+//!   is read a day at a time.
 //! - The person index and the all-persons hour slices: the person shard
 //!   `id % persons`. Hour slices of different person shards hold disjoint
 //!   persons and are unioned per hour.
@@ -32,8 +36,8 @@ use hourcell_storage::{DaySet, PlaceEntry, PlaceIds};
 use roaring::RoaringBitmap;
 
 use crate::batch::{BatchReads, SliceAnswer, SliceRead};
-use crate::error::Result;
-use crate::source::{Catalog, SliceReader};
+use crate::error::{QueryError, Result};
+use crate::source::{day_sets_by_day, Catalog, DayKeys, SliceReader};
 
 /// The cell shards of a week (none if the week has no partition).
 pub type CellShards = Arc<dyn Fn(i64) -> Vec<Arc<dyn SliceReader>> + Send + Sync>;
@@ -204,7 +208,7 @@ impl ShardedSource {
         });
         here?;
         if together.len() != batched.len() {
-            return Err(crate::QueryError::Unavailable(
+            return Err(QueryError::Unavailable(
                 "a batch of shard reads did not run".into(),
             ));
         }
@@ -213,9 +217,7 @@ impl ShardedSource {
         }
         for a in answers {
             let got = a.unwrap_or_else(|| {
-                Err(crate::QueryError::Unavailable(
-                    "a shard read did not run".into(),
-                ))
+                Err(QueryError::Unavailable("a shard read did not run".into()))
             })?;
             visit(Part::Got(got))?;
         }
@@ -311,6 +313,63 @@ impl SliceReader for ShardedSource {
             }
         }
         Ok(found)
+    }
+
+    fn day_sets(
+        &self,
+        days: &[i64],
+        keys: &DayKeys,
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(i64, u64, &[(u32, u32)]),
+    ) -> Result<()> {
+        let mut weeks: Vec<i64> = days.iter().map(|&d| week_of_day(d)).collect();
+        weeks.dedup();
+        let shards: Vec<Arc<dyn SliceReader>> =
+            weeks.iter().flat_map(|&w| (self.cells)(w)).collect();
+        // Gathered by day, so that `f` gets a day's sets together.
+        let mut by_day: BTreeMap<i64, Vec<(u64, DaySet)>> = BTreeMap::new();
+        let cells = matches!(keys, DayKeys::Cells(_));
+        let read = SliceRead::DaySets {
+            days: days.to_vec(),
+            keys: keys.clone(),
+        };
+        let got = self.each_shard(&shards, &read, SliceAnswer::day_sets, &mut |part| {
+            match part {
+                Part::Here(s) => {
+                    // Only the days of the shard's own week.
+                    let week = s.shard().map(|id| id.week);
+                    let mine: Vec<i64> = days
+                        .iter()
+                        .copied()
+                        .filter(|&d| week.is_none_or(|w| week_of_day(d) == w))
+                        .collect();
+                    s.day_sets(&mine, keys, keep, &mut |d, k, set| {
+                        by_day.entry(d).or_default().push((k, set.to_vec()))
+                    })?;
+                }
+                Part::Got(got) => {
+                    for (d, k, set) in got {
+                        if !cells || keep(k) {
+                            by_day.entry(d).or_default().push((k, set));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        match got {
+            Ok(()) => {
+                for (d, sets) in by_day {
+                    for (k, set) in sets {
+                        f(d, k, &set);
+                    }
+                }
+                Ok(())
+            }
+            // A node older than this read: a day at a time.
+            Err(QueryError::UnknownRead(_)) => day_sets_by_day(self, days, keys, keep, f),
+            Err(e) => Err(e),
+        }
     }
 
     fn hour_slices(&self, from: i64, to: i64, f: &mut dyn FnMut(i64, RoaringBitmap)) -> Result<()> {

@@ -76,6 +76,24 @@ pub trait SliceReader: Send + Sync {
         None
     }
 
+    /// The day sets of several UTC days (`days` ascending) in one read:
+    /// with [`DayKeys::Cells`], each cell slice of the ranges that `keep`
+    /// accepts, as `f(day, cell, set)`; with [`DayKeys::Addresses`], each
+    /// address's slice, as `f(day, address id, set)` (`keep` is not
+    /// asked). `f` gets every set of a day before any of a later day's; a
+    /// key may come more than once in a day (parts of it on several
+    /// shards). A reader on another node answers all the days in one
+    /// round trip.
+    fn day_sets(
+        &self,
+        days: &[i64],
+        keys: &DayKeys,
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(i64, u64, &[(u32, u32)]),
+    ) -> Result<()> {
+        day_sets_by_day(self, days, keys, keep, f)
+    }
+
     /// One step of a walk backwards: the all-persons slices of the hours
     /// in `[from, before)`, latest first, and whether any hour before
     /// `from` holds one. A reader on another node answers it in one round
@@ -93,6 +111,43 @@ pub trait SliceReader: Send + Sync {
         })?;
         Ok((got, earlier))
     }
+}
+
+/// What a read of several days ([`SliceReader::day_sets`]) reads of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DayKeys {
+    /// The cell slices of these inclusive, sorted, non-overlapping ranges
+    /// (those the caller's `keep` accepts).
+    Cells(Vec<(u64, u64)>),
+    /// These addresses' slices.
+    Addresses(Vec<u32>),
+}
+
+/// [`SliceReader::day_sets`] a day at a time, through `cell_days_in` and
+/// `address_day`: every reader's default, and what a cluster falls back
+/// to when a node does not serve reads of several days.
+pub fn day_sets_by_day(
+    s: &(impl SliceReader + ?Sized),
+    days: &[i64],
+    keys: &DayKeys,
+    keep: &mut dyn FnMut(u64) -> bool,
+    f: &mut dyn FnMut(i64, u64, &[(u32, u32)]),
+) -> Result<()> {
+    for &day in days {
+        match keys {
+            DayKeys::Cells(ranges) => {
+                s.cell_days_in(day, ranges, keep, &mut |c, set| f(day, c, set))?
+            }
+            DayKeys::Addresses(ids) => {
+                for &id in ids {
+                    if let Some(set) = s.address_day(day, id)? {
+                        f(day, u64::from(id), &set);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`SliceReader::hour_slices_step`] returns: `(hour, slice)` latest

@@ -2,13 +2,16 @@
 //! process, over gRPC, each shard on one of them (so most of the shards a
 //! query reads are on the other two, several on each). A query through
 //! node 1 answers exactly as a single unsharded node loaded with the same
-//! town, and each step of its fan-out (a day of cell slices, an address's
-//! day) sends one request to each other node that holds shards it reads,
-//! carrying all of them, rather than one request per shard.
+//! town, and its fan-out (every day of the window, of cell slices or of
+//! addresses) sends one request to each other node that holds shards it
+//! reads, carrying all of them, rather than one request per shard and day.
+//! Peers that refuse reads of several days, as nodes of an older release
+//! do, are read a day at a time, with the same answers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +40,13 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// read and the op.
 type Sent = (u64, Vec<u64>, ReadOp);
 
-/// The node's peer client, recording every read request it sends.
+/// The node's peer client, recording every read request it sends. While
+/// `old` is set, the peers refuse reads of several days with the words of
+/// a node from before them (they could not decode the op).
 struct Recording {
     inner: Arc<dyn PeerClient>,
     sent: Arc<Mutex<Vec<Sent>>>,
+    old: Arc<AtomicBool>,
 }
 
 impl PeerClient for Recording {
@@ -51,10 +57,16 @@ impl PeerClient for Recording {
         req: ShardRead,
     ) -> BoxFuture<Result<Vec<Vec<u8>>, PeerError>> {
         let groups = req.parts.iter().map(|p| p.group).collect();
-        self.sent
-            .lock()
-            .unwrap()
-            .push((node, groups, decode(&req.op).expect("a read op")));
+        let op: ReadOp = decode(&req.op).expect("a read op");
+        let several = matches!(op, ReadOp::CellDaysMany { .. } | ReadOp::AddressDays { .. });
+        self.sent.lock().unwrap().push((node, groups, op));
+        if several && self.old.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(PeerError::Refused(
+                    "bad reply from a shard replica: unexpected variant index: 8".into(),
+                ))
+            });
+        }
         self.inner.read(node, addr, req)
     }
 
@@ -80,6 +92,7 @@ impl PeerClient for Recording {
 struct RecordingNetwork {
     grpc: GrpcNetwork,
     sent: Arc<Mutex<Vec<Sent>>>,
+    old: Arc<AtomicBool>,
 }
 
 impl Network for RecordingNetwork {
@@ -91,6 +104,7 @@ impl Network for RecordingNetwork {
         Arc::new(Recording {
             inner: self.grpc.peer_client(),
             sent: self.sent.clone(),
+            old: self.old.clone(),
         })
     }
 
@@ -205,6 +219,7 @@ async fn start(
     ports: &[u16],
     clock: Clock,
     sent: Arc<Mutex<Vec<Sent>>>,
+    old: Arc<AtomicBool>,
 ) -> Arc<Node> {
     let cfg = config(dir, Some((id, ports)));
     let network = RecordingNetwork {
@@ -212,6 +227,7 @@ async fn start(
             dialer: hourcell_server::channel::PeerDialer::of_node(&cfg.security).unwrap(),
         },
         sent,
+        old,
     };
     let node = Node::open(&cfg, clock, &network).unwrap();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", ports[id as usize - 1]))
@@ -235,10 +251,11 @@ async fn a_query_step_sends_one_read_per_node_and_answers_as_one_node() {
         .unwrap();
     let ports = hourcell_test_support::procs::free_ports(3);
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let old: Arc<AtomicBool> = Arc::default();
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let d = dir.path().join(format!("n{id}"));
-        nodes.push(start(&d, id, &ports, clock.clone(), sent.clone()).await);
+        nodes.push(start(&d, id, &ports, clock.clone(), sent.clone(), old.clone()).await);
     }
     let n1 = nodes[0].clone();
     let p = plain.clone();
@@ -267,10 +284,14 @@ async fn a_query_step_sends_one_read_per_node_and_answers_as_one_node() {
             if !want.contains("persons: []") {
                 found += 1;
             }
-            // Where the shards of the days read are: those on the other
-            // nodes, by node.
+            // Where the cell shards of the days read are: those on the
+            // other nodes, by day and node.
+            let days: Vec<i64> = (from..to)
+                .step_by(86_400)
+                .map(|t| t.div_euclid(86_400))
+                .collect();
             let mut remote: BTreeMap<i64, BTreeMap<u64, BTreeSet<u64>>> = BTreeMap::new();
-            for day in (from..to).step_by(86_400).map(|t| t.div_euclid(86_400)) {
+            for &day in &days {
                 let w = week_of_day(day);
                 for index in 0..CELLS as usize {
                     let id = ShardId {
@@ -290,42 +311,73 @@ async fn a_query_step_sends_one_read_per_node_and_answers_as_one_node() {
                     }
                 }
             }
-            // Every read of the query's days' cell shards: one request per
-            // step and node, carrying every shard of the day that node
-            // holds.
+            // The groups of every day, by node.
+            let mut by_node: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+            for m in remote.values() {
+                for (n, groups) in m {
+                    by_node.entry(*n).or_default().extend(groups);
+                }
+            }
+            // Every read of the query's cell shards: one request per query
+            // and node for all the days, carrying every shard of those days
+            // that node holds.
             let reads: Vec<Sent> = sent
                 .lock()
                 .unwrap()
                 .iter()
                 .filter(|(_, _, op)| {
-                    matches!(op, ReadOp::CellDaysIn { .. } | ReadOp::AddressDay { .. })
+                    matches!(
+                        op,
+                        ReadOp::CellDaysMany { .. }
+                            | ReadOp::AddressDays { .. }
+                            | ReadOp::CellDaysIn { .. }
+                            | ReadOp::AddressDay { .. }
+                    )
                 })
                 .cloned()
                 .collect();
             assert!(!reads.is_empty(), "{what}: nothing routed");
-            let mut per_step: BTreeMap<(String, u64), usize> = BTreeMap::new();
+            let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
             for (node, groups, op) in &reads {
-                let day = match op {
-                    ReadOp::CellDaysIn { day, .. } | ReadOp::AddressDay { day, .. } => *day,
-                    _ => unreachable!(),
+                let asked = match op {
+                    ReadOp::CellDaysMany { days, .. } | ReadOp::AddressDays { days, .. } => days,
+                    _ => panic!("{what}: a read of one day: {op:?}"),
                 };
-                let want: Vec<u64> = remote[&day][node].iter().copied().collect();
+                assert_eq!(asked, &days, "{what}: the days of the window");
+                let want: Vec<u64> = by_node[node].iter().copied().collect();
                 let mut got = groups.clone();
                 got.sort_unstable();
-                assert_eq!(got, want, "{what}: a request to node {node} for day {day}");
-                *per_step.entry((format!("{op:?}"), *node)).or_default() += 1;
+                assert_eq!(got, want, "{what}: a request to node {node}");
+                *per_node.entry(*node).or_default() += 1;
             }
-            // Who-was-at and occupancy each read every step once.
-            assert!(
-                per_step.values().all(|n| *n == 2),
-                "{what}: one request per step and node from each query: {per_step:?}"
+            // Who-was-at and occupancy each ask each node once.
+            assert_eq!(
+                per_node.keys().collect::<Vec<_>>(),
+                by_node.keys().collect::<Vec<_>>(),
+                "{what}"
             );
-            let days = ((to - from) / 86_400) as usize;
-            let nodes_read: usize = remote.values().map(|m| m.len()).sum();
-            assert_eq!(per_step.len(), nodes_read, "{what}: {per_step:?}");
-            assert!(per_step.len() >= days, "{what}");
-            steps += per_step.len();
+            assert!(
+                per_node.values().all(|n| *n == 2),
+                "{what}: one request per node from each query: {per_node:?}"
+            );
+            steps += per_node.len();
         }
+        // Peers of an older release refuse the read of several days: the
+        // query is read a day at a time and answers alike.
+        old.store(true, Ordering::SeqCst);
+        for (what, region, from, to) in queries(&t) {
+            let want = ask(&p, &region, from, to, town_end);
+            sent.lock().unwrap().clear();
+            let got = ask(&n1, &region, from, to, town_end);
+            assert_eq!(got, want, "{what}: older peers, the same answers");
+            let ops: Vec<ReadOp> = sent.lock().unwrap().iter().map(|s| s.2.clone()).collect();
+            assert!(
+                ops.iter()
+                    .any(|op| matches!(op, ReadOp::CellDaysIn { .. } | ReadOp::AddressDay { .. })),
+                "{what}: read a day at a time after the refusal: {ops:?}"
+            );
+        }
+        old.store(false, Ordering::SeqCst);
         // The layout puts several cell shards on each node: batching
         // saved requests.
         let held: usize = nodes_of_week(&n1, &t).values().map(|s| s.len()).sum();

@@ -24,7 +24,9 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use hourcell_query::{BatchReads, HourStep, QueryError, SliceAnswer, SliceRead, SliceReader};
+use hourcell_query::{
+    BatchReads, DayKeys, HourStep, QueryError, SliceAnswer, SliceRead, SliceReader,
+};
 use hourcell_storage::shard::ShardId;
 use hourcell_storage::{ApplyOutcome, DaySet, PlaceEntry, PlaceIds};
 use parking_lot::Mutex;
@@ -341,11 +343,17 @@ impl Router {
                         }
                     }
                     Err(PeerError::Refused(s)) => {
+                        let unknown = crate::shard_read::is_unknown_op(&s);
                         for &i in &idx {
-                            out[i] = Some(Err(QueryError::Unavailable(format!(
+                            let m = format!(
                                 "node {n} refused a read of shard group {}: {s}",
                                 shards[i].1
-                            ))));
+                            );
+                            out[i] = Some(Err(if unknown {
+                                QueryError::UnknownRead(m)
+                            } else {
+                                QueryError::Unavailable(m)
+                            }));
                         }
                     }
                     Err(e) => {
@@ -679,6 +687,31 @@ impl SliceReader for ShardSource {
         for (c, set) in got {
             if keep(c) {
                 f(c, &set);
+            }
+        }
+        Ok(())
+    }
+
+    fn day_sets(
+        &self,
+        days: &[i64],
+        keys: &DayKeys,
+        keep: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(i64, u64, &[(u32, u32)]),
+    ) -> hourcell_query::Result<()> {
+        if let Some(s) = self.local()? {
+            return SliceReader::day_sets(s.as_ref(), days, keys, keep, f);
+        }
+        let cells = matches!(keys, DayKeys::Cells(_));
+        let got = self
+            .read_slices(&SliceRead::DaySets {
+                days: days.to_vec(),
+                keys: keys.clone(),
+            })?
+            .day_sets()?;
+        for (d, k, set) in got {
+            if !cells || keep(k) {
+                f(d, k, &set);
             }
         }
         Ok(())

@@ -4,7 +4,8 @@
 //! decodes ([`decode_answer`] for the reads of a query's fan-out, a
 //! [`SliceRead`] on the asking side).
 
-use hourcell_query::{QueryError, SliceAnswer, SliceRead, SliceReader};
+use hourcell_query::{DayKeys, QueryError, SliceAnswer, SliceRead, SliceReader};
+use hourcell_storage::shard::week_of_day;
 use hourcell_storage::{DaySet, PlaceEntry};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
@@ -53,12 +54,71 @@ pub enum ReadOp {
         from_day: i64,
         to_day: i64,
     },
+    /// The cell slices of `ranges` on each of `days` (ascending); a cell
+    /// shard reads only the days of its week.
+    CellDaysMany {
+        days: Vec<i64>,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// The slices of addresses `ids` on each of `days`, as `CellDaysMany`.
+    AddressDays {
+        days: Vec<i64>,
+        ids: Vec<u32>,
+    },
+}
+
+/// How a node says it cannot decode a read op: a newer node asked it for
+/// a read it does not know. The asker falls back to older reads.
+pub const UNKNOWN_OP: &str = "unknown shard read op";
+
+/// What releases before [`UNKNOWN_OP`] said in its place.
+const UNKNOWN_OP_BEFORE: &str = "bad reply from a shard replica";
+
+/// Whether a node's refusal says it does not know the op it was sent.
+pub fn is_unknown_op(refusal: &str) -> bool {
+    refusal.contains(UNKNOWN_OP) || refusal.contains(UNKNOWN_OP_BEFORE)
+}
+
+/// Decodes an op as sent in `ShardReadRequest.op`: an op this release does
+/// not know is refused with [`UNKNOWN_OP`].
+pub fn decode_op(v: &[u8]) -> Result<ReadOp, QueryError> {
+    bincode::serde::decode_from_slice(v, bincode::config::standard())
+        .map(|(x, _)| x)
+        .map_err(|e| {
+            QueryError::UnknownRead(format!(
+                "{UNKNOWN_OP} (is this node older than the sender?): {e}"
+            ))
+        })
 }
 
 impl ReadOp {
     /// The op as sent in `ShardReadRequest.op` (and `ShardReadManyRequest.op`).
     pub fn encode(&self) -> Vec<u8> {
         encode(self)
+    }
+
+    /// The op as a cell shard of week `week` runs it: a read of several
+    /// days keeps only the days of that week (the others are another
+    /// shard's).
+    pub fn for_week(&self, week: i64) -> std::borrow::Cow<'_, ReadOp> {
+        use std::borrow::Cow;
+        let keep = |days: &[i64]| -> Vec<i64> {
+            days.iter()
+                .copied()
+                .filter(|&d| week_of_day(d) == week)
+                .collect()
+        };
+        match self {
+            ReadOp::CellDaysMany { days, ranges } => Cow::Owned(ReadOp::CellDaysMany {
+                days: keep(days),
+                ranges: ranges.clone(),
+            }),
+            ReadOp::AddressDays { days, ids } => Cow::Owned(ReadOp::AddressDays {
+                days: keep(days),
+                ids: ids.clone(),
+            }),
+            other => Cow::Borrowed(other),
+        }
     }
 }
 
@@ -86,6 +146,16 @@ impl From<&SliceRead> for ReadOp {
                 before: *before,
                 from: *from,
             },
+            SliceRead::DaySets { days, keys } => match keys {
+                DayKeys::Cells(ranges) => ReadOp::CellDaysMany {
+                    days: days.clone(),
+                    ranges: ranges.clone(),
+                },
+                DayKeys::Addresses(ids) => ReadOp::AddressDays {
+                    days: days.clone(),
+                    ids: ids.clone(),
+                },
+            },
         }
     }
 }
@@ -102,6 +172,7 @@ pub fn decode_answer(read: &SliceRead, reply: &[u8]) -> Result<SliceAnswer, Quer
             let (got, earlier): (WireSlices, bool) = decode(reply)?;
             SliceAnswer::Step((bitmaps(got)?, earlier))
         }
+        SliceRead::DaySets { .. } => SliceAnswer::DaySets(decode(reply)?),
     })
 }
 
@@ -211,6 +282,13 @@ pub fn serve_read(store: &ShardStore, op: &ReadOp) -> Result<Vec<u8>, QueryError
             })?;
             encode(&(out, more))
         }
+        ReadOp::CellDaysMany {
+            ref days,
+            ref ranges,
+        } => day_sets(s, days, &DayKeys::Cells(ranges.clone()))?,
+        ReadOp::AddressDays { ref days, ref ids } => {
+            day_sets(s, days, &DayKeys::Addresses(ids.clone()))?
+        }
         ReadOp::ScanPersonDays { from_day, to_day } => {
             let mut out: Vec<(u32, Vec<(i64, u64, u32, u16)>)> = Vec::new();
             s.scan_person_days(from_day, to_day, &mut |id, places| {
@@ -226,4 +304,12 @@ pub fn serve_read(store: &ShardStore, op: &ReadOp) -> Result<Vec<u8>, QueryError
             encode(&out)
         }
     })
+}
+
+fn day_sets(s: &dyn SliceReader, days: &[i64], keys: &DayKeys) -> Result<Vec<u8>, QueryError> {
+    let mut out: hourcell_query::batch::DaySets = Vec::new();
+    s.day_sets(days, keys, &mut |_| true, &mut |d, k, set| {
+        out.push((d, k, set.to_vec()))
+    })?;
+    Ok(encode(&out))
 }

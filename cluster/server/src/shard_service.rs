@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use hourcell_node::node::Node;
 use hourcell_node::route::{PeerClient, PeerError, ShardProposal, ShardRead};
-use hourcell_node::shard_read::{decode, ReadOp};
+use hourcell_node::shard_read::{decode_op, ReadOp};
 use hourcell_node::types::ShardMembers;
 use hourcell_proto::internal;
 use hourcell_storage::ApplyOutcome;
@@ -87,7 +87,7 @@ impl internal::shard_server::Shard for ShardService {
         self.check_peer(&req)?;
         let r = req.into_inner();
         let node = self.node.clone();
-        let op: ReadOp = decode(&r.op).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let op: ReadOp = decode_op(&r.op).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (reply, map_version) = tokio::task::spawn_blocking(move || {
             node.serve_read(r.map_version, r.group, r.barrier, op)
         })
@@ -107,7 +107,7 @@ impl internal::shard_server::Shard for ShardService {
         self.check_peer(&req)?;
         let r = req.into_inner();
         let node = self.node.clone();
-        let op: ReadOp = decode(&r.op).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let op: ReadOp = decode_op(&r.op).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let parts = read_parts_from_proto(r.parts);
         let (replies, map_version) =
             tokio::task::spawn_blocking(move || node.serve_read_many(r.map_version, &parts, &op))

@@ -25,6 +25,9 @@ pub fn to_status(e: NodeError) -> Status {
         }
         NodeError::Query(QueryError::NotFound { .. }) => Status::not_found(e.to_string()),
         NodeError::Query(QueryError::Unavailable(m)) => Status::unavailable(m),
+        // Caught by the fan-out, which falls back to older reads; should
+        // one escape, retrying after the upgrade helps.
+        NodeError::Query(QueryError::UnknownRead(m)) => Status::unavailable(m),
         NodeError::Query(QueryError::Storage(s)) | NodeError::Storage(s) => {
             tracing::error!(error = %s, "request failed in storage");
             if s.is_fatal() {

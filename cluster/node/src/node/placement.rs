@@ -359,7 +359,13 @@ impl Node {
         }
         let replies = stores
             .iter()
-            .map(|store| crate::shard_read::serve_read(store, op))
+            .zip(parts)
+            .map(|(store, p)| match crate::shards::shard_of_group(p.group) {
+                Some(id) if id.part == hourcell_storage::ShardPart::Cells => {
+                    crate::shard_read::serve_read(store, &op.for_week(id.week))
+                }
+                _ => crate::shard_read::serve_read(store, op),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((replies, self.store.shard_map_version()))
     }
