@@ -26,6 +26,8 @@ const DAY: i64 = 86_400;
 const REGISTRY_BATCH: usize = 5_000;
 /// Radius of the who-was-at circle.
 const CIRCLE_M: f64 = 1_000.0;
+/// Radius of the week-long who-was-at's circle.
+const WEEK_CIRCLE_M: f64 = 3_000.0;
 /// Side of the grid's square.
 const GRID_SIDE_M: f64 = 10_000.0;
 
@@ -370,6 +372,38 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
             .collect();
         out.push((
             QueryStats::new("who-was-at (1 km circle, 24 h)", "persons"),
+            reqs,
+        ));
+        // The heavier question: a week around a site (on a cluster, every
+        // day of it from every cell shard).
+        let reqs = (0..runs)
+            .map(|_| {
+                let a = physical.choose(&mut rng).copied();
+                let (lat, lng) = a.map_or((cfg.center_lat, cfg.center_lng), |a| (a.lat, a.lng));
+                let span = days.min(7);
+                let d = rng.gen_range(0..=(days - span));
+                let from = start + d * DAY;
+                QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
+                    purpose: "load benchmark on a generated town".into(),
+                    case_ref: "BENCH".into(),
+                    max_staleness_ms: None,
+                    region: Some(v1::Region {
+                        kind: Some(v1::region::Kind::Circle(v1::Circle {
+                            lat,
+                            lng,
+                            radius_m: WEEK_CIRCLE_M,
+                        })),
+                    }),
+                    window: Some(v1::Window {
+                        start: from,
+                        end: from + span * DAY,
+                        as_of,
+                    }),
+                })
+            })
+            .collect();
+        out.push((
+            QueryStats::new("who-was-at-week (3 km circle, 7 days)", "persons"),
             reqs,
         ));
     }
@@ -793,6 +827,12 @@ mod tests {
         assert!(selected("where-was (1 person, 7 days)", &only));
         assert!(selected("occupancy (1 address, 24 h)", &only));
         assert!(!selected("who-was-at (1 km circle, 24 h)", &only));
+        // The week-long who-was-at is a kind of its own.
+        let who = vec!["who-was-at".to_string()];
+        assert!(!selected("who-was-at-week (3 km circle, 7 days)", &who));
+        let week = vec!["who-was-at-week".to_string()];
+        assert!(selected("who-was-at-week (3 km circle, 7 days)", &week));
+        assert!(!selected("who-was-at (1 km circle, 24 h)", &week));
     }
 
     #[test]
@@ -810,7 +850,7 @@ mod tests {
         });
         let a = bench_requests(&town, 5, 4);
         let b = bench_requests(&town, 5, 4);
-        assert_eq!(a.len(), 5);
+        assert_eq!(a.len(), 6);
         for ((sa, ra), (_, rb)) in a.iter().zip(&b) {
             assert_eq!(ra, rb, "{}", sa.name);
             assert_eq!(ra.len(), 4);

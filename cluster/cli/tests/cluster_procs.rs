@@ -418,8 +418,9 @@ async fn three_tls_nodes_replicate_over_mutual_tls() {
 /// occupancy and no-activity-since p50/p99 through node 1 from `hourcell
 /// bench`, and each node's read-barrier figures from `/metrics`
 /// (`HOURCELL_SHARD_BENCH_*` change the sizes, the kinds, the node
-/// counts, the shards (`_SHARDS=12x2`), the replicas, the binary, and
-/// `_LEASE=off` turns leader leases off). A benchmark, not run by default:
+/// counts, the shards (`_SHARDS=12x2`), the replicas, the binary (`_BIN`;
+/// `_CLIENT` runs the bench client from another), and `_LEASE=off` turns
+/// leader leases off). A benchmark, not run by default:
 /// `HOURCELL_SHARD_BENCH_PERSONS=5000 cargo test --workspace --all-targets -- --ignored routed_read_latency --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --ignored --nocapture"]
@@ -436,6 +437,10 @@ async fn routed_read_latency() {
     // Another build of hourcell (an A/B run against an older commit).
     let bin = env("HOURCELL_SHARD_BENCH_BIN", BIN);
     let bin = bin.as_str();
+    // The build that runs `hourcell bench` (the client), if not the same:
+    // an older server measured with this build's query kinds.
+    let client = env("HOURCELL_SHARD_BENCH_CLIENT", bin);
+    let client = client.as_str();
     // Cell and person shards, e.g. `12x2` (more shards per node, so that
     // a query's reads of one node's shards are batched).
     let layout: Vec<u32> = env("HOURCELL_SHARD_BENCH_SHARDS", "4x2")
@@ -474,7 +479,7 @@ async fn routed_read_latency() {
         let bench = |extra: &[&str]| {
             let base = ["bench", "--server", &server, "--persons", &persons];
             let more = ["--days", &days, "--no-compact"];
-            ok(bin, &[&base[..], &more[..], extra].concat())
+            ok(client, &[&base[..], &more[..], extra].concat())
         };
         println!(
             "=== {nodes} sharded node(s), {cell_shards} cell and {person_shards} person shards, \
