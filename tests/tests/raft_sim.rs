@@ -318,6 +318,13 @@ fn replicates_fails_over_and_catches_up() {
         );
     }
     c.converged(Duration::from_secs(5));
+    // Every replica knows the leader, asked for many groups in one trip:
+    // a group not hosted answers 0.
+    let leader_now = c.leader(&VOTERS, Duration::from_secs(5));
+    for &id in &VOTERS {
+        let got = c.handle(id).leaders(&[GROUP, 999, GROUP]);
+        assert_eq!(got, vec![leader_now, 0, leader_now], "replica {id}");
+    }
     for r in &c.replicas {
         assert!(has_person(&r.store, 1_000) && has_person(&r.store, 1_549));
     }

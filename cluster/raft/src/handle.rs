@@ -24,6 +24,12 @@ pub enum Input<O> {
         group: u64,
         reply: SyncSender<Option<GroupStatus>>,
     },
+    /// Reports the leader each of `groups` knows of (0: none known, or a
+    /// group not hosted here), in order: one round for many groups.
+    Leaders {
+        groups: Vec<u64>,
+        reply: SyncSender<Vec<u64>>,
+    },
     /// A linearizable read barrier (ReadIndex): replies once this replica
     /// has applied everything committed when the read arrived at the
     /// leader.
@@ -262,6 +268,22 @@ impl<O: Outcome> RaftHandle<O> {
     /// applies up to the read index.
     pub fn read_index(&self, group: u64, timeout: Duration) -> Result<(), ProposeError> {
         self.ask(|reply| Input::ReadIndex { group, reply }, timeout)
+    }
+
+    /// The leader each of `groups` knows of, in order (0: none known, or
+    /// not hosted here); all zeros if the loop does not answer in 5 s.
+    /// One trip through the loop, where [`RaftHandle::status`] takes one
+    /// a group.
+    pub fn leaders(&self, groups: &[u64]) -> Vec<u64> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let sent = self.tx.send(Input::Leaders {
+            groups: groups.to_vec(),
+            reply,
+        });
+        sent.ok()
+            .and_then(|_| rx.recv_timeout(Duration::from_secs(5)).ok())
+            .filter(|l| l.len() == groups.len())
+            .unwrap_or_else(|| vec![0; groups.len()])
     }
 
     pub fn status(&self, group: u64) -> Option<GroupStatus> {

@@ -521,6 +521,13 @@ impl<E: LogEngine, O: Outcome> RaftNode<E, O> {
                     })
                 });
             }
+            Input::Leaders { groups, reply } => {
+                let leaders = groups
+                    .iter()
+                    .map(|g| self.groups.get(g).map_or(0, |g| g.raw.raft.leader_id))
+                    .collect();
+                let _ = reply.send(leaders);
+            }
             Input::Status { group, reply } => {
                 let s = self.groups.get(&group).map(|g| GroupStatus {
                     leader: g.raw.raft.leader_id,

@@ -140,13 +140,20 @@ impl Node {
                 weeks.extend((a..=b).filter(|w| *w != this_week));
             }
         }
+        let held: Vec<u64> = sh
+            .persons()
+            .iter()
+            .map(|(g, _)| *g)
+            .chain(weeks.iter().flat_map(|w| sh.week(*w)).map(|(g, _)| g))
+            .collect();
+        // Which have a leader: one trip through the raft loop for all.
+        let leaders = r.handle.leaders(&held);
         let mut first: Vec<u64> = vec![r.group];
         first.extend(
-            sh.persons()
-                .iter()
-                .map(|(g, _)| *g)
-                .chain(weeks.iter().flat_map(|w| sh.week(*w)).map(|(g, _)| g))
-                .filter(|g| r.handle.status(*g).is_some_and(|s| s.leader != 0)),
+            held.into_iter()
+                .zip(leaders)
+                .filter(|(_, leader)| *leader != 0)
+                .map(|(g, _)| g),
         );
         r.read_index_all(&first).map_err(|e| {
             NodeError::Unavailable(format!("cannot serve a linearizable read: {e}"))
