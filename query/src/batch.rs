@@ -494,4 +494,45 @@ mod tests {
             assert_eq!(old_batches.batches.lock().unwrap().len(), 1 + 3);
         }
     }
+
+    #[test]
+    fn a_long_window_is_read_a_few_days_at_a_time() {
+        let shard = Arc::new(Fixed {
+            id: id(ShardPart::Cells, 1),
+            k: 1,
+            remote: true,
+            reads: AtomicUsize::new(0),
+        });
+        let batch = Arc::new(Recording {
+            shards: [(shard.id, shard.clone())].into_iter().collect(),
+            skip: None,
+            old: false,
+            batches: Mutex::new(Vec::new()),
+        });
+        let meta = Arc::new(MetaStore::open(MemEngine::new(), Some(16)).unwrap());
+        let c: Vec<Arc<dyn SliceReader>> = vec![shard.clone(), shard.clone()];
+        let persons = vec![shard.clone() as Arc<dyn SliceReader>];
+        let s = ShardedSource::new(
+            Layout::new(2, 1).unwrap(),
+            meta,
+            Arc::new(move |_| c.clone()),
+            persons,
+        )
+        .with_batches(batch.clone());
+        let days: Vec<i64> = (0..20).collect();
+        let mut seen = Vec::new();
+        s.day_sets(
+            &days,
+            &DayKeys::Addresses(vec![7]),
+            &mut |_| true,
+            &mut |d, _, _| seen.push(d),
+        )
+        .unwrap();
+        // 20 days: reads of 8, 8 and 4 days, handed on in order.
+        assert_eq!(batch.batches.lock().unwrap().len(), 3);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        // The shard holds week 0 (days 0 to 3), asked twice a read.
+        seen.dedup();
+        assert_eq!(seen, vec![0, 1, 2, 3]);
+    }
 }

@@ -10,9 +10,9 @@
 //!   slice cell, usually one; the day sets of the week's cell shards are
 //!   merged.
 //! - Several days at once ([`SliceReader::day_sets`]): one read of every
-//!   cell shard of every week the days fall in, so a week's query waits
-//!   for one round trip rather than one a day. A node too old to serve it
-//!   is read a day at a time.
+//!   cell shard of every week the days fall in, up to eight days a read,
+//!   so a week's query waits for one round trip rather than one a day. A
+//!   node too old to serve it is read a day at a time.
 //! - The person index and the all-persons hour slices: the person shard
 //!   `id % persons`. Hour slices of different person shards hold disjoint
 //!   persons and are unioned per hour.
@@ -84,6 +84,11 @@ pub struct ShardedSource {
 /// and each step costs a round trip to a remote shard).
 const REV_STEP_HOURS: i64 = 24;
 const REV_STEP_MAX_HOURS: i64 = 7 * 24;
+
+/// Most days in one read of several days: a week's window, wherever it
+/// starts, is one read, and a long window's replies (and what is held
+/// here until a read's days are handed on) stay a few days' worth.
+const DAYS_PER_READ: usize = 8;
 
 /// One shard's part in [`ShardedSource::each_shard`]: a shard to read on
 /// this thread, or what a remote shard's read gathered.
@@ -322,6 +327,12 @@ impl SliceReader for ShardedSource {
         keep: &mut dyn FnMut(u64) -> bool,
         f: &mut dyn FnMut(i64, u64, &[(u32, u32)]),
     ) -> Result<()> {
+        if days.len() > DAYS_PER_READ {
+            for chunk in days.chunks(DAYS_PER_READ) {
+                self.day_sets(chunk, keys, keep, f)?;
+            }
+            return Ok(());
+        }
         let mut weeks: Vec<i64> = days.iter().map(|&d| week_of_day(d)).collect();
         weeks.dedup();
         let shards: Vec<Arc<dyn SliceReader>> =
