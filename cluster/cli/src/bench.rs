@@ -325,6 +325,25 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
             as_of,
         }
     };
+    // Seven days (or the whole town, if shorter) from a random day.
+    let week_window = |rng: &mut ChaCha8Rng| {
+        let span = days.min(7);
+        let d = rng.gen_range(0..=(days - span));
+        let from = start + d * DAY;
+        v1::Window {
+            start: from,
+            end: from + span * DAY,
+            as_of,
+        }
+    };
+    // A circle around a random address point (the town's centre if none).
+    let circle = |rng: &mut ChaCha8Rng, radius_m: f64| {
+        let a = physical.choose(rng).copied();
+        let (lat, lng) = a.map_or((cfg.center_lat, cfg.center_lng), |a| (a.lat, a.lng));
+        v1::Region {
+            kind: Some(v1::region::Kind::Circle(v1::Circle { lat, lng, radius_m })),
+        }
+    };
 
     let mut out = Vec::new();
     if !addresses.is_empty() {
@@ -353,19 +372,12 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
     if !physical.is_empty() {
         let reqs = (0..runs)
             .map(|_| {
-                let a = physical.choose(&mut rng).copied();
-                let (lat, lng) = a.map_or((cfg.center_lat, cfg.center_lng), |a| (a.lat, a.lng));
+                let region = circle(&mut rng, CIRCLE_M);
                 QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
                     purpose: "load benchmark on a generated town".into(),
                     case_ref: "BENCH".into(),
                     max_staleness_ms: None,
-                    region: Some(v1::Region {
-                        kind: Some(v1::region::Kind::Circle(v1::Circle {
-                            lat,
-                            lng,
-                            radius_m: CIRCLE_M,
-                        })),
-                    }),
+                    region: Some(region),
                     window: Some(day_window(&mut rng)),
                 })
             })
@@ -378,27 +390,13 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
         // day of it from every cell shard).
         let reqs = (0..runs)
             .map(|_| {
-                let a = physical.choose(&mut rng).copied();
-                let (lat, lng) = a.map_or((cfg.center_lat, cfg.center_lng), |a| (a.lat, a.lng));
-                let span = days.min(7);
-                let d = rng.gen_range(0..=(days - span));
-                let from = start + d * DAY;
+                let region = circle(&mut rng, WEEK_CIRCLE_M);
                 QueryRequest::WhoWasAt(v1::WhoWasAtRequest {
                     purpose: "load benchmark on a generated town".into(),
                     case_ref: "BENCH".into(),
                     max_staleness_ms: None,
-                    region: Some(v1::Region {
-                        kind: Some(v1::region::Kind::Circle(v1::Circle {
-                            lat,
-                            lng,
-                            radius_m: WEEK_CIRCLE_M,
-                        })),
-                    }),
-                    window: Some(v1::Window {
-                        start: from,
-                        end: from + span * DAY,
-                        as_of,
-                    }),
+                    region: Some(region),
+                    window: Some(week_window(&mut rng)),
                 })
             })
             .collect();
@@ -411,19 +409,12 @@ pub fn bench_requests(town: &Town, seed: u64, runs: usize) -> Vec<(QueryStats, V
         let reqs = (0..runs)
             .map(|_| {
                 let person = *persons.choose(&mut rng).unwrap_or(&0);
-                let span = days.min(7);
-                let d = rng.gen_range(0..=(days - span));
-                let from = start + d * DAY;
                 QueryRequest::WhereWas(v1::WhereWasRequest {
                     purpose: "load benchmark on a generated town".into(),
                     case_ref: "BENCH".into(),
                     max_staleness_ms: None,
                     person,
-                    window: Some(v1::Window {
-                        start: from,
-                        end: from + span * DAY,
-                        as_of,
-                    }),
+                    window: Some(week_window(&mut rng)),
                 })
             })
             .collect();
